@@ -1,0 +1,441 @@
+"""Cluster: the Kubernetes cluster everything else runs on.
+
+target=aws: a VPC over N zones, EKS with KMS envelope encryption of Secrets, API-mode access entries,
+control-plane logs, managed node groups, the EKS add-ons, the AWS Load Balancer Controller.
+target=local: no AWS resource at all; the Kubernetes provider comes from a kubeconfig context.
+Either way the component exposes one `kubernetes.Provider` that every later component uses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+from components.iam import POD_IDENTITY_TRUST_POLICY, managed_policy_arn, service_trust_policy
+from components.settings import Settings
+
+LOAD_BALANCER_CONTROLLER_POLICY_DIR = Path(__file__).parent / "policies"
+CONTROL_PLANE_LOG_TYPES = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
+NODE_ROLE_LABEL = "airflow.apache.org/node-role"
+# Installed before the nodes join: a node is not Ready without the CNI, and the CNI must come up with
+# NetworkPolicy enforcement on, not be reconfigured under running pods.
+ADDONS_BEFORE_NODES = ("vpc-cni", "kube-proxy", "eks-pod-identity-agent")
+# Installed once nodes exist: they run Deployments that cannot schedule (and report degraded) without nodes.
+ADDONS_AFTER_NODES = ("coredns", "aws-ebs-csi-driver", "aws-efs-csi-driver", "metrics-server")
+
+
+@dataclass
+class ClusterArgs:
+    settings: Settings
+    stack: str
+    # None in local mode: the component then creates no AWS resource.
+    aws_provider: Optional[aws.Provider] = None
+
+
+@dataclass
+class Network:
+    vpc_id: pulumi.Output[str]
+    private_subnet_ids: list[pulumi.Output[str]]
+    public_subnet_ids: list[pulumi.Output[str]]
+    private_route_table_ids: list[pulumi.Output[str]]
+
+
+def subnet_plan(vpc_cidr: ipaddress.IPv4Network, zone_count: int) -> tuple[list[str], list[str]]:
+    """Private and public subnet CIDRs, one of each per zone.
+
+    Private subnets are large (a quarter of the VPC each, or an eighth beyond four zones) because
+    the VPC CNI gives every pod a VPC address; public subnets only hold load balancers and NAT gateways,
+    so they share the last private-sized block.
+    """
+    split = 2 if zone_count <= 3 else 3
+    blocks = list(vpc_cidr.subnets(prefixlen_diff=split))
+    private = [str(block) for block in blocks[:zone_count]]
+    public_pool = blocks[-1].subnets(prefixlen_diff=4)
+    public = [str(next(public_pool)) for _ in range(zone_count)]
+    return private, public
+
+
+class Cluster(pulumi.ComponentResource):
+    """The cluster and its Kubernetes provider."""
+
+    provider: k8s.Provider
+    cluster_name: pulumi.Output[str]
+    kubeconfig: Optional[pulumi.Output[str]]
+    vpc_id: Optional[pulumi.Output[str]]
+    vpc_cidr: Optional[str]
+    private_subnet_ids: list[pulumi.Output[str]]
+    cluster_security_group_id: Optional[pulumi.Output[str]]
+    default_storage_class_name: Optional[str]
+    node_groups: list[aws.eks.NodeGroup]
+
+    def __init__(self, name: str, args: ClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("airflow:platform:Cluster", name, None, opts)
+        self._settings = args.settings
+        self.node_groups = []
+        self.private_subnet_ids = []
+        if args.settings.is_aws:
+            if args.aws_provider is None:
+                raise ValueError("Cluster: target=aws needs an aws_provider")
+            self._build_eks(name, args.settings.eks_cluster_name(args.stack), args.aws_provider)
+        else:
+            self._build_local(name)
+        self.register_outputs({
+            "cluster_name": self.cluster_name,
+            "kubeconfig": self.kubeconfig,
+            "vpc_id": self.vpc_id,
+        })
+
+    # --- local -------------------------------------------------------------------------------------
+    def _build_local(self, name: str) -> None:
+        settings = self._settings
+        self.provider = k8s.Provider(
+            f"{name}-k8s",
+            context=settings.kube_context,
+            kubeconfig=settings.kubeconfig_path or None,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.cluster_name = pulumi.Output.from_input(settings.kube_context)
+        self.kubeconfig = None
+        self.vpc_id = None
+        self.vpc_cidr = None
+        self.cluster_security_group_id = None
+        # The laptop cluster's own default class (kind's `standard`, k3d's `local-path`).
+        self.default_storage_class_name = None
+
+    # --- AWS ---------------------------------------------------------------------------------------
+    def _build_eks(self, name: str, cluster_name: str, aws_provider: aws.Provider) -> None:
+        settings = self._settings
+        self._aws = pulumi.ResourceOptions(parent=self, provider=aws_provider)
+        self._invoke = pulumi.InvokeOptions(provider=aws_provider)
+        self._partition = aws.get_partition(opts=self._invoke).partition
+
+        network = self._build_network(name, cluster_name)
+        eks_cluster = self._build_control_plane(name, cluster_name, network)
+        early_addons = [self._addon(name, eks_cluster, addon) for addon in ADDONS_BEFORE_NODES]
+        self.node_groups = self._build_node_groups(name, eks_cluster, network, early_addons)
+        pod_identity_agent = early_addons[ADDONS_BEFORE_NODES.index("eks-pod-identity-agent")]
+        for addon in ADDONS_AFTER_NODES:
+            self._addon(name, eks_cluster, addon, after=[*self.node_groups, pod_identity_agent])
+        self._build_admin_access(name, eks_cluster)
+
+        self.cluster_name = eks_cluster.name
+        self.vpc_id = network.vpc_id
+        self.vpc_cidr = str(settings.vpc_cidr)
+        self.private_subnet_ids = network.private_subnet_ids
+        self.cluster_security_group_id = eks_cluster.vpc_config.cluster_security_group_id
+        self.kubeconfig = pulumi.Output.secret(self._kubeconfig(eks_cluster, settings.region))
+        self.provider = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=self.kubeconfig,
+            # Without it, a change of endpoint or CA would make Pulumi replace every Kubernetes object.
+            cluster_identifier=eks_cluster.arn,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=self.node_groups),
+        )
+        self.default_storage_class_name = self._build_default_storage_class(name)
+        self._build_load_balancer_controller(name, eks_cluster, network, pod_identity_agent)
+
+    def _build_network(self, name: str, cluster_name: str) -> Network:
+        settings = self._settings
+        zones = aws.get_availability_zones(
+            state="available",
+            filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
+            opts=self._invoke,
+        ).names
+        if len(zones) < settings.availability_zone_count:
+            raise ValueError(
+                f"airflow:availabilityZoneCount: {settings.region} offers {len(zones)} zones, "
+                f"{settings.availability_zone_count} were asked for")
+        zones = sorted(zones)[: settings.availability_zone_count]
+        private_cidrs, public_cidrs = subnet_plan(settings.vpc_cidr, len(zones))
+        cluster_tag = {f"kubernetes.io/cluster/{cluster_name}": "shared"}
+
+        vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=str(settings.vpc_cidr), enable_dns_hostnames=True,
+                          enable_dns_support=True, tags={"Name": cluster_name}, opts=self._aws)
+        gateway = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags={"Name": cluster_name},
+                                          opts=self._aws)
+        public_routes = aws.ec2.RouteTable(
+            f"{name}-public", vpc_id=vpc.id,
+            routes=[{"cidr_block": "0.0.0.0/0", "gateway_id": gateway.id}],
+            tags={"Name": f"{cluster_name}-public"}, opts=self._aws)
+
+        public_subnets, private_subnets, private_route_tables, nat_gateways = [], [], [], []
+        for index, zone in enumerate(zones):
+            public = aws.ec2.Subnet(
+                f"{name}-public-{zone}", vpc_id=vpc.id, availability_zone=zone, cidr_block=public_cidrs[index],
+                tags={"Name": f"{cluster_name}-public-{zone}", "kubernetes.io/role/elb": "1", **cluster_tag},
+                opts=self._aws)
+            aws.ec2.RouteTableAssociation(f"{name}-public-{zone}", subnet_id=public.id,
+                                          route_table_id=public_routes.id, opts=self._aws)
+            public_subnets.append(public)
+            if settings.nat_gateways == "perAz" or index == 0:
+                eip = aws.ec2.Eip(f"{name}-nat-{zone}", domain="vpc", tags={"Name": f"{cluster_name}-nat-{zone}"},
+                                  opts=self._aws)
+                nat_gateways.append(aws.ec2.NatGateway(
+                    f"{name}-nat-{zone}", subnet_id=public.id, allocation_id=eip.id,
+                    tags={"Name": f"{cluster_name}-{zone}"},
+                    opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(depends_on=[gateway]))))
+            private = aws.ec2.Subnet(
+                f"{name}-private-{zone}", vpc_id=vpc.id, availability_zone=zone, cidr_block=private_cidrs[index],
+                tags={"Name": f"{cluster_name}-private-{zone}", "kubernetes.io/role/internal-elb": "1",
+                      **cluster_tag},
+                opts=self._aws)
+            routes = aws.ec2.RouteTable(
+                f"{name}-private-{zone}", vpc_id=vpc.id,
+                # With one NAT gateway every zone egresses through it; with one per zone, through its own.
+                routes=[{"cidr_block": "0.0.0.0/0", "nat_gateway_id": nat_gateways[-1].id}],
+                tags={"Name": f"{cluster_name}-private-{zone}"}, opts=self._aws)
+            aws.ec2.RouteTableAssociation(f"{name}-private-{zone}", subnet_id=private.id,
+                                          route_table_id=routes.id, opts=self._aws)
+            private_subnets.append(private)
+            private_route_tables.append(routes)
+
+        # S3 traffic (logs, backups, images layers) stays off the NAT gateways.
+        aws.ec2.VpcEndpoint(
+            f"{name}-s3", vpc_id=vpc.id, service_name=f"com.amazonaws.{settings.region}.s3",
+            vpc_endpoint_type="Gateway", route_table_ids=[table.id for table in private_route_tables],
+            tags={"Name": f"{cluster_name}-s3"}, opts=self._aws)
+        return Network(
+            vpc_id=vpc.id,
+            private_subnet_ids=[subnet.id for subnet in private_subnets],
+            public_subnet_ids=[subnet.id for subnet in public_subnets],
+            private_route_table_ids=[table.id for table in private_route_tables],
+        )
+
+    def _build_control_plane(self, name: str, cluster_name: str, network: Network) -> aws.eks.Cluster:
+        settings = self._settings
+        protect = settings.protect_stateful_resources
+        secrets_key = aws.kms.Key(
+            f"{name}-secrets",
+            description=f"Envelope encryption of Kubernetes Secrets in EKS cluster {cluster_name}",
+            enable_key_rotation=True, deletion_window_in_days=30,
+            opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(
+                protect=protect, retain_on_delete=protect)))
+        aws.kms.Alias(f"{name}-secrets", name=f"alias/{cluster_name}-eks-secrets", target_key_id=secrets_key.key_id,
+                      opts=self._aws)
+        role = aws.iam.Role(f"{name}-control-plane", assume_role_policy=service_trust_policy("eks.amazonaws.com"),
+                            opts=self._aws)
+        policy = aws.iam.RolePolicyAttachment(
+            f"{name}-control-plane", role=role.name,
+            policy_arn=managed_policy_arn(self._partition, "AmazonEKSClusterPolicy"), opts=self._aws)
+        # Created ahead of the cluster so the logs get a retention instead of EKS's never-expire default.
+        log_group = aws.cloudwatch.LogGroup(
+            f"{name}-control-plane", name=f"/aws/eks/{cluster_name}/cluster",
+            retention_in_days=settings.control_plane_log_retention_days, opts=self._aws)
+        public_cidrs = [str(cidr) for cidr in settings.endpoint_public_access_cidrs]
+        return aws.eks.Cluster(
+            f"{name}-eks",
+            name=cluster_name,
+            version=settings.kubernetes_version,
+            role_arn=role.arn,
+            access_config={
+                # Creation-time choices: access entries only (no aws-auth ConfigMap), and the principal that
+                # runs `pulumi up` keeps admin so it can install the Helm releases right after.
+                "authentication_mode": "API",
+                "bootstrap_cluster_creator_admin_permissions": True,
+            },
+            # The add-ons are managed below as EKS add-ons, with our configuration, from the start.
+            bootstrap_self_managed_addons=False,
+            encryption_config={"provider": {"key_arn": secrets_key.arn}, "resources": ["secrets"]},
+            enabled_cluster_log_types=CONTROL_PLANE_LOG_TYPES,
+            vpc_config={
+                "subnet_ids": network.private_subnet_ids,
+                "endpoint_private_access": True,
+                "endpoint_public_access": bool(public_cidrs),
+                "public_access_cidrs": public_cidrs or None,
+            },
+            upgrade_policy={"support_type": "STANDARD"},
+            opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(depends_on=[policy, log_group])),
+        )
+
+    def _addon_version(self, addon: str, eks_cluster: aws.eks.Cluster) -> pulumi.Input[str]:
+        pinned = self._settings.addon_versions.get(addon)
+        if pinned:
+            return pinned
+        # AWS's default version for the pinned Kubernetes version: stable across runs, unlike "latest".
+        return aws.eks.get_addon_version_output(
+            addon_name=addon, kubernetes_version=eks_cluster.version, most_recent=False,
+            opts=pulumi.InvokeOutputOptions(provider=self._invoke.provider)).version
+
+    def _addon(self, name: str, eks_cluster: aws.eks.Cluster, addon: str,
+               after: Optional[list[pulumi.Resource]] = None) -> aws.eks.Addon:
+        configuration: Optional[str] = None
+        pod_identities: list[dict] = []
+        if addon == "vpc-cni":
+            configuration = json.dumps({"enableNetworkPolicy": "true"})
+        elif addon == "aws-ebs-csi-driver":
+            pod_identities = [self._pod_identity_role_for_addon(
+                name, "ebs-csi", "ebs-csi-controller-sa", "service-role/AmazonEBSCSIDriverPolicy")]
+        elif addon == "aws-efs-csi-driver":
+            pod_identities = [self._pod_identity_role_for_addon(
+                name, "efs-csi", "efs-csi-controller-sa", "service-role/AmazonEFSCSIDriverPolicy")]
+        return aws.eks.Addon(
+            f"{name}-{addon}",
+            cluster_name=eks_cluster.name,
+            addon_name=addon,
+            addon_version=self._addon_version(addon, eks_cluster),
+            configuration_values=configuration,
+            pod_identity_associations=pod_identities or None,
+            resolve_conflicts_on_create="OVERWRITE",
+            resolve_conflicts_on_update="OVERWRITE",
+            opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(depends_on=after or [])),
+        )
+
+    def _pod_identity_role_for_addon(self, name: str, short: str, service_account: str, policy: str) -> dict:
+        role = aws.iam.Role(f"{name}-{short}", assume_role_policy=POD_IDENTITY_TRUST_POLICY, opts=self._aws)
+        aws.iam.RolePolicyAttachment(f"{name}-{short}", role=role.name,
+                                     policy_arn=managed_policy_arn(self._partition, policy), opts=self._aws)
+        return {"role_arn": role.arn, "service_account": service_account}
+
+    def _build_node_groups(self, name: str, eks_cluster: aws.eks.Cluster, network: Network,
+                           early_addons: list[aws.eks.Addon]) -> list[aws.eks.NodeGroup]:
+        settings = self._settings
+        role = aws.iam.Role(f"{name}-node", assume_role_policy=service_trust_policy("ec2.amazonaws.com"),
+                            opts=self._aws)
+        attachments = [
+            aws.iam.RolePolicyAttachment(f"{name}-node-{policy}", role=role.name,
+                                         policy_arn=managed_policy_arn(self._partition, policy), opts=self._aws)
+            for policy in ("AmazonEKSWorkerNodePolicy", "AmazonEC2ContainerRegistryPullOnly", "AmazonEKS_CNI_Policy")
+        ]
+        launch_template = aws.ec2.LaunchTemplate(
+            f"{name}-node",
+            # IMDSv2 only, one hop: pods cannot borrow the node's role; they get their own via Pod Identity.
+            metadata_options={"http_endpoint": "enabled", "http_tokens": "required",
+                              "http_put_response_hop_limit": 1},
+            block_device_mappings=[{"device_name": "/dev/xvda", "ebs": {
+                "volume_size": settings.node_disk_size_gib, "volume_type": "gp3", "encrypted": "true",
+                "delete_on_termination": "true"}}],
+            update_default_version=True,
+            opts=self._aws)
+        common = dict(
+            cluster_name=eks_cluster.name,
+            node_role_arn=role.arn,
+            subnet_ids=network.private_subnet_ids,
+            ami_type="AL2023_x86_64_STANDARD",
+            launch_template={"id": launch_template.id, "version": launch_template.latest_version.apply(str)},
+            update_config={"max_unavailable": 1},
+            node_repair_config={"enabled": True},
+        )
+        depends = [*attachments, *early_addons]
+        system = aws.eks.NodeGroup(
+            f"{name}-system",
+            capacity_type="ON_DEMAND",
+            instance_types=settings.system_node_instance_types,
+            scaling_config={"min_size": settings.system_node_count, "desired_size": settings.system_node_count,
+                            "max_size": settings.system_node_count},
+            labels={NODE_ROLE_LABEL: "system"},
+            opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(depends_on=depends)),
+            **common)
+        workers = aws.eks.NodeGroup(
+            f"{name}-workers",
+            capacity_type=settings.worker_capacity_type,
+            instance_types=settings.worker_node_instance_types,
+            scaling_config={"min_size": settings.worker_node_min, "desired_size": settings.worker_node_desired,
+                            "max_size": settings.worker_node_max},
+            labels={**settings.worker_node_labels, NODE_ROLE_LABEL: "worker"},
+            taints=[taint.model_dump() for taint in settings.worker_node_taints] or None,
+            opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(
+                depends_on=depends,
+                # A node autoscaler owns the running size; Pulumi must not reset it on every `up`.
+                ignore_changes=["scalingConfig.desiredSize"])),
+            **common)
+        return [system, workers]
+
+    def _build_admin_access(self, name: str, eks_cluster: aws.eks.Cluster) -> None:
+        for index, principal_arn in enumerate(self._settings.admin_principal_arns):
+            entry = aws.eks.AccessEntry(f"{name}-admin-{index}", cluster_name=eks_cluster.name,
+                                        principal_arn=principal_arn, type="STANDARD", opts=self._aws)
+            aws.eks.AccessPolicyAssociation(
+                f"{name}-admin-{index}", cluster_name=eks_cluster.name, principal_arn=entry.principal_arn,
+                policy_arn=f"arn:{self._partition}:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
+                access_scope={"type": "cluster"}, opts=self._aws)
+
+    @staticmethod
+    def _kubeconfig(eks_cluster: aws.eks.Cluster, region: str) -> pulumi.Output[str]:
+        return pulumi.Output.json_dumps({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": eks_cluster.name, "cluster": {
+                "server": eks_cluster.endpoint,
+                "certificate-authority-data": eks_cluster.certificate_authority.data}}],
+            "contexts": [{"name": eks_cluster.name, "context": {"cluster": eks_cluster.name, "user": eks_cluster.name}}],
+            "current-context": eks_cluster.name,
+            "users": [{"name": eks_cluster.name, "user": {"exec": {
+                "apiVersion": "client.authentication.k8s.io/v1beta1",
+                "command": "aws",
+                "args": ["eks", "get-token", "--cluster-name", eks_cluster.name, "--region", region,
+                         "--output", "json"],
+                "interactiveMode": "Never",
+            }}}],
+        })
+
+    def _build_default_storage_class(self, name: str) -> str:
+        protect = self._settings.protect_stateful_resources
+        class_name = "gp3-encrypted"
+        k8s.storage.v1.StorageClass(
+            f"{name}-gp3",
+            metadata={"name": class_name,
+                      "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            provisioner="ebs.csi.aws.com",
+            parameters={"type": "gp3", "encrypted": "true"},
+            volume_binding_mode="WaitForFirstConsumer",
+            allow_volume_expansion=True,
+            # Volumes outlive their claims unless the stack is declared throwaway.
+            reclaim_policy="Retain" if protect else "Delete",
+            opts=pulumi.ResourceOptions(parent=self, provider=self.provider),
+        )
+        return class_name
+
+    def _build_load_balancer_controller(self, name: str, eks_cluster: aws.eks.Cluster, network: Network,
+                                        pod_identity_agent: aws.eks.Addon) -> None:
+        settings = self._settings
+        version = settings.aws_load_balancer_controller_chart_version
+        policy_file = LOAD_BALANCER_CONTROLLER_POLICY_DIR / f"aws-load-balancer-controller-v{version}.json"
+        if not policy_file.exists():
+            raise ValueError(
+                f"airflow:awsLoadBalancerControllerChartVersion: no IAM policy is pinned for {version}; add the "
+                f"policy the controller publishes for that version as {policy_file.name}")
+        role = aws.iam.Role(f"{name}-lb-controller", assume_role_policy=POD_IDENTITY_TRUST_POLICY, opts=self._aws)
+        policy = aws.iam.RolePolicy(f"{name}-lb-controller", role=role.id, policy=policy_file.read_text(),
+                                    opts=self._aws)
+        service_account = "aws-load-balancer-controller"
+        association = aws.eks.PodIdentityAssociation(
+            f"{name}-lb-controller", cluster_name=eks_cluster.name, namespace="kube-system",
+            service_account=service_account, role_arn=role.arn,
+            opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(depends_on=[pod_identity_agent])))
+        k8s.helm.v3.Release(
+            f"{name}-lb-controller",
+            name="aws-load-balancer-controller",
+            chart="aws-load-balancer-controller",
+            version=version,
+            repository_opts={"repo": "https://aws.github.io/eks-charts"},
+            namespace="kube-system",
+            values=load_balancer_controller_values(eks_cluster.name, settings.region, network.vpc_id, service_account),
+            atomic=True,
+            cleanup_on_fail=True,
+            max_history=5,
+            timeout=600,
+            # Its credentials must exist before its first pod starts, or it crash-loops until they do.
+            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[association, policy]),
+        )
+
+
+def load_balancer_controller_values(cluster_name: pulumi.Input[str], region: str, vpc_id: pulumi.Input[str],
+                                    service_account: str) -> dict:
+    return {
+        "clusterName": cluster_name,
+        # Given explicitly: with IMDS limited to one hop the controller cannot discover them.
+        "region": region,
+        "vpcId": vpc_id,
+        "replicaCount": 2,
+        "serviceAccount": {"create": True, "name": service_account},
+        "podDisruptionBudget": {"maxUnavailable": 1},
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "nodeSelector": {NODE_ROLE_LABEL: "system"},
+    }

@@ -1,0 +1,285 @@
+"""The stack's settings: one typed, validated model read from `pulumi config`.
+
+Every key lives in the project's config namespace (`airflow:<key>`), has a one-line description,
+a default that suits the `local` stack, and bounds. `load_settings` refuses a stack whose config has
+an unknown key (a typo), a wrong type, an out-of-range value or a missing required value, and it does
+so before the program registers any resource, with one message that lists every problem.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+from typing import Any, Literal, Optional
+
+import pulumi
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+
+PROJECT_NAMESPACE = "airflow"
+
+# CloudWatch Logs accepts only these retention periods (days).
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192,
+                      2557, 2922, 3288, 3653)
+
+# EKS add-ons the Cluster installs; a version override may name only these.
+EKS_ADDONS = ("vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent", "aws-ebs-csi-driver",
+              "aws-efs-csi-driver", "metrics-server")
+
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+_IAM_PRINCIPAL_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:(role|user)/[\w+=,.@/-]+$")
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+class SettingsError(ValueError):
+    """The stack's config is not acceptable; the message names every offending key."""
+
+
+class NodeTaint(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str = Field(pattern=_LABEL_KEY.pattern, description="Taint key.")
+    value: str = Field(default="", max_length=63, description="Taint value.")
+    effect: Literal["NO_SCHEDULE", "NO_EXECUTE", "PREFER_NO_SCHEDULE"] = Field(
+        description="Taint effect, as the EKS API spells it.")
+
+
+class Settings(BaseModel):
+    """Everything a stack can set. Config keys are the camelCase field names (`airflow:workerNodeMax`)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+    # --- where the platform runs -------------------------------------------------------------------
+    target: Literal["aws", "local"] = Field(
+        default="local",
+        description="Where to deploy: `aws` builds a VPC and an EKS cluster; `local` uses an existing "
+                    "kubeconfig context (kind, k3d, minikube) and creates no AWS resource.")
+    protect_stateful_resources: bool = Field(
+        default=True,
+        description="Protect KMS keys, buckets, file systems and volumes from deletion and keep them on "
+                    "`pulumi destroy`. Set false only for throwaway stacks.")
+
+    # --- local -------------------------------------------------------------------------------------
+    kube_context: str = Field(
+        default="kind-airflow", min_length=1, max_length=253,
+        description="Kubeconfig context of the local cluster (target=local). Named explicitly so a "
+                    "`pulumi up --stack local` never lands on whatever context happens to be current.")
+    kubeconfig_path: str = Field(
+        default="", max_length=4096,
+        description="Kubeconfig file for target=local; empty means the usual lookup ($KUBECONFIG, ~/.kube/config).")
+
+    # --- AWS: account, network ---------------------------------------------------------------------
+    region: str = Field(
+        default="", pattern=r"^$|^[a-z]{2}(-[a-z]+)+-\d$",
+        description="AWS region, for example `eu-west-1`. Required when target=aws.")
+    cluster_name: str = Field(
+        default="", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$",
+        description="EKS cluster name; empty means `airflow-<stack>`.")
+    kubernetes_version: str = Field(
+        default="1.34", pattern=r"^1\.\d{2}$",
+        description="EKS Kubernetes version (the Airflow chart needs 1.30 or newer).")
+    vpc_cidr: ipaddress.IPv4Network = Field(
+        default=ipaddress.IPv4Network("10.0.0.0/16"),
+        description="IPv4 CIDR of the VPC, a /16 to /20 (pods take VPC addresses through the VPC CNI).")
+    availability_zone_count: int = Field(
+        default=3, ge=2, le=6,
+        description="How many availability zones the VPC and node groups span.")
+    nat_gateways: Literal["perAz", "single"] = Field(
+        default="perAz",
+        description="`perAz` keeps egress up when a zone fails (prod); `single` saves cost (staging).")
+    endpoint_public_access_cidrs: list[ipaddress.IPv4Network] = Field(
+        default_factory=list, max_length=40,
+        description="CIDRs allowed to reach the EKS API endpoint from the internet. Empty keeps the "
+                    "endpoint private: `pulumi up` must then run from inside the VPC.")
+    admin_principal_arns: list[str] = Field(
+        default_factory=list, max_length=50,
+        description="IAM role or user ARNs given cluster-admin through EKS access entries.")
+    control_plane_log_retention_days: int = Field(
+        default=90,
+        description="Retention of the EKS control-plane logs in CloudWatch, in days.")
+
+    # --- AWS: nodes --------------------------------------------------------------------------------
+    system_node_instance_types: list[str] = Field(
+        default_factory=lambda: ["m6i.large"], min_length=1, max_length=10,
+        description="Instance types of the on-demand system node group (add-ons, controllers, schedulers).")
+    system_node_count: int = Field(
+        default=3, ge=2, le=20,
+        description="Size of the system node group, spread over the zones.")
+    worker_node_instance_types: list[str] = Field(
+        default_factory=lambda: ["m6i.xlarge"], min_length=1, max_length=10,
+        description="Instance types of the worker node group (Airflow task pods); list several for spot.")
+    worker_capacity_type: Literal["ON_DEMAND", "SPOT"] = Field(
+        default="ON_DEMAND", description="Capacity type of the worker node group.")
+    worker_node_min: int = Field(default=1, ge=0, le=1000, description="Minimum size of the worker node group.")
+    worker_node_desired: int = Field(default=2, ge=0, le=1000, description="Initial size of the worker node group.")
+    worker_node_max: int = Field(default=6, ge=1, le=1000, description="Maximum size of the worker node group.")
+    worker_node_labels: dict[str, str] = Field(
+        default_factory=dict, max_length=20,
+        description="Extra Kubernetes labels on worker nodes (the label `airflow.apache.org/node-role: worker` is always set).")
+    worker_node_taints: list[NodeTaint] = Field(
+        default_factory=list, max_length=10,
+        description="Taints on worker nodes, as objects with key, value and effect.")
+    node_disk_size_gib: int = Field(
+        default=50, ge=20, le=2000, description="Encrypted gp3 root volume of every node, in GiB.")
+
+    # --- AWS: pinned versions ----------------------------------------------------------------------
+    aws_load_balancer_controller_chart_version: str = Field(
+        default="3.5.0", pattern=r"^\d+\.\d+\.\d+$",
+        description="Chart version of the AWS Load Balancer Controller (its IAM policy is pinned alongside).")
+    addon_versions: dict[str, str] = Field(
+        default_factory=dict,
+        description="Pinned EKS add-on versions by add-on name; an add-on not listed gets the default "
+                    "version AWS publishes for `kubernetesVersion`.")
+
+    @field_validator("kubernetes_version")
+    @classmethod
+    def _supported_kubernetes(cls, value: str) -> str:
+        if int(value.split(".")[1]) < 30:
+            raise ValueError("the Airflow chart needs Kubernetes 1.30 or newer")
+        return value
+
+    @field_validator("vpc_cidr")
+    @classmethod
+    def _vpc_size(cls, value: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+        if not 16 <= value.prefixlen <= 20:
+            raise ValueError(f"must be a /16 to /20 network, got /{value.prefixlen}")
+        return value
+
+    @field_validator("admin_principal_arns")
+    @classmethod
+    def _principal_arns(cls, values: list[str]) -> list[str]:
+        for arn in values:
+            if not _IAM_PRINCIPAL_ARN.match(arn):
+                raise ValueError(f"{arn!r} is not an IAM role or user ARN (arn:aws:iam::<account>:role/<name>)")
+        return values
+
+    @field_validator("control_plane_log_retention_days")
+    @classmethod
+    def _log_retention(cls, value: int) -> int:
+        if value not in LOG_RETENTION_DAYS:
+            raise ValueError(f"CloudWatch accepts only {', '.join(map(str, LOG_RETENTION_DAYS))}")
+        return value
+
+    @field_validator("system_node_instance_types", "worker_node_instance_types")
+    @classmethod
+    def _instance_types(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not _INSTANCE_TYPE.match(value):
+                raise ValueError(f"{value!r} is not an EC2 instance type such as m6i.large")
+        return values
+
+    @field_validator("worker_node_labels")
+    @classmethod
+    def _labels(cls, values: dict[str, str]) -> dict[str, str]:
+        for key in values:
+            if not _LABEL_KEY.match(key):
+                raise ValueError(f"{key!r} is not a valid Kubernetes label key")
+        return values
+
+    @field_validator("addon_versions")
+    @classmethod
+    def _addon_names(cls, values: dict[str, str]) -> dict[str, str]:
+        for name in values:
+            if name not in EKS_ADDONS:
+                raise ValueError(f"{name!r} is not an add-on this stack installs ({', '.join(EKS_ADDONS)})")
+        return values
+
+    # --- derived -----------------------------------------------------------------------------------
+    @property
+    def is_aws(self) -> bool:
+        return self.target == "aws"
+
+    def eks_cluster_name(self, stack: str) -> str:
+        return self.cluster_name or f"airflow-{stack}"
+
+
+def config_key(field_name: str) -> str:
+    """The `pulumi config` key of a settings field."""
+    return f"{PROJECT_NAMESPACE}:{Settings.model_fields[field_name].alias}"
+
+
+def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    if settings.is_aws and not settings.region:
+        problems.append(("region", "is required when target is 'aws' (for example eu-west-1)"))
+    if not settings.worker_node_min <= settings.worker_node_desired <= settings.worker_node_max:
+        problems.append((
+            "workerNodeDesired",
+            f"must lie between workerNodeMin ({settings.worker_node_min}) and workerNodeMax "
+            f"({settings.worker_node_max}), got {settings.worker_node_desired}"))
+    return problems
+
+
+def _project_config() -> dict[str, str]:
+    """Every config value of the project's namespace, keyed without the namespace.
+
+    The language host hands config to the program either explicitly (`set_all_config`) or through the
+    PULUMI_CONFIG environment variable; both are read so an unknown key cannot hide in either.
+    """
+    merged = {**pulumi.runtime.get_config_env(), **pulumi.runtime.config.CONFIG.get()}
+    prefix = f"{PROJECT_NAMESPACE}:"
+    return {key[len(prefix):]: value for key, value in merged.items() if key.startswith(prefix)}
+
+
+def _parse_value(raw: Any) -> Any:
+    # Pulumi hands structured values (lists, objects) to the program as JSON text.
+    if isinstance(raw, str) and raw[:1] in ("[", "{"):
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError:
+            return raw
+    return raw
+
+
+def _describe_error(error: dict[str, Any]) -> tuple[str, str]:
+    loc = error["loc"]
+    key = str(loc[0])
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc[1:])
+    message = error["msg"].removeprefix("Value error, ")
+    allowed = ""
+    field = next((f for f in Settings.model_fields.values() if f.alias == key), None)
+    if field is not None and field.description:
+        allowed = f" ({field.description})"
+    return key, f"{where}: {message}; got {error.get('input')!r}{allowed}" if where else \
+        f": {message}; got {error.get('input')!r}{allowed}"
+
+
+def load_settings(raw_config: Optional[dict[str, str]] = None) -> Settings:
+    """Read and validate the stack's settings; raise SettingsError naming every bad key."""
+    raw = _project_config() if raw_config is None else raw_config
+    known = {field.alias for field in Settings.model_fields.values()}
+    problems: list[str] = []
+    for key in sorted(set(raw) - known):
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"; did you mean '{PROJECT_NAMESPACE}:{close[0]}'?" if close else ""
+        problems.append(f"{PROJECT_NAMESPACE}:{key}: unknown setting{hint}")
+    settings: Optional[Settings] = None
+    try:
+        settings = Settings.model_validate({k: _parse_value(v) for k, v in raw.items() if k in known})
+    except ValidationError as exc:
+        for error in exc.errors():
+            key, text = _describe_error(error)
+            problems.append(f"{PROJECT_NAMESPACE}:{key}{text}")
+    if settings is not None:
+        problems.extend(f"{PROJECT_NAMESPACE}:{key}: {text}" for key, text in _cross_field_problems(settings))
+    if problems:
+        raise SettingsError("invalid stack settings:\n  - " + "\n  - ".join(problems))
+    assert settings is not None
+    return settings
+
+
+def settings_reference_markdown() -> str:
+    """The settings table the README carries (`python -m components.settings`)."""
+    rows = ["| key | default | description |", "|---|---|---|"]
+    for field in Settings.model_fields.values():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, ipaddress.IPv4Network):
+            default = str(default)
+        rows.append(f"| `{PROJECT_NAMESPACE}:{field.alias}` | `{json.dumps(default)}` | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_reference_markdown())

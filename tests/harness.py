@@ -1,0 +1,281 @@
+"""Runs the whole Pulumi program (`__main__.py`) under Pulumi mocks and records what it registers.
+
+The config is loaded the way the Pulumi CLI hands it to a program: project defaults from Pulumi.yaml,
+then the stack file, every value a string (structured values as JSON). The program runs inside a
+`Stack` exactly as the language host runs it, and every assertion happens after it has finished.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+import pulumi
+import yaml
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+from pulumi.runtime.settings import set_root_resource
+from pulumi.runtime.stack import run_in_stack
+from pulumi.runtime.sync_await import _sync_await
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+SCHEMAS = SHARED / "schemas"
+PROJECT = yaml.safe_load((REPO / "Pulumi.yaml").read_text())["name"]
+STACKS = ("local", "staging", "prod")
+
+SECRET_SIG = rpc._special_secret_sig
+SIG_KEY = rpc._special_sig_key
+
+# Invoke results for the data sources the program reads.
+FAKE_ZONES = ["eu-west-1a", "eu-west-1b", "eu-west-1c", "eu-west-1d"]
+FAKE_ACCOUNT = "111122223333"
+
+
+def pulumi_config_value(value: Any) -> str:
+    """How the Pulumi CLI passes a config value to a program: strings as-is, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def load_stack_config(stack: str) -> dict[str, str]:
+    project = yaml.safe_load((REPO / "Pulumi.yaml").read_text())
+    config: dict[str, str] = {}
+    for key, spec in (project.get("config") or {}).items():
+        full_key = key if ":" in key else f"{PROJECT}:{key}"
+        if isinstance(spec, dict) and "default" in spec:
+            config[full_key] = pulumi_config_value(spec["default"])
+        elif isinstance(spec, dict) and "value" in spec:
+            config[full_key] = pulumi_config_value(spec["value"])
+    stack_file = REPO / f"Pulumi.{stack}.yaml"
+    for key, value in (yaml.safe_load(stack_file.read_text()).get("config") or {}).items():
+        if isinstance(value, dict) and "secure" in value:
+            raise ValueError(f"{stack_file.name}: {key} is encrypted; tests pass secrets through `secrets=`")
+        config[key] = pulumi_config_value(value)
+    return config
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SIG_KEY) == SECRET_SIG
+
+
+def unwrap(value: Any) -> Any:
+    """The value with every secret marker removed."""
+    if is_secret(value):
+        return unwrap(value["value"])
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
+def plain_strings(value: Any) -> Iterable[str]:
+    """Every string in a value that is not under a secret marker."""
+    if is_secret(value):
+        return
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield str(k)
+            yield from plain_strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from plain_strings(v)
+
+
+@dataclass
+class Registration:
+    type: str
+    name: str
+    urn: str
+    parent: str
+    custom: bool
+    provider: str
+    dependencies: list[str]
+    property_dependencies: dict[str, list[str]]
+    inputs: dict[str, Any]          # as sent, secrets still marked
+    protect: bool
+    retain_on_delete: bool
+    ignore_changes: list[str]
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def values(self) -> dict[str, Any]:
+        """Inputs with secret markers removed."""
+        return unwrap(self.inputs)
+
+    def depends_on(self, other: "Registration") -> bool:
+        return other.urn in self.dependencies
+
+
+class PlatformMocks(pulumi_mocks.Mocks):
+    """Returns, for each resource and invoke, the outputs the program reads."""
+
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs):
+        inputs = unwrap(args.inputs)
+        name = inputs.get("name") or args.name
+        state = dict(inputs)
+        state.setdefault("arn", f"arn:aws:mock:eu-west-1:{FAKE_ACCOUNT}:{args.typ.split(':')[-1].lower()}/{name}")
+        if args.typ == "aws:eks/cluster:Cluster":
+            state.update(
+                endpoint=f"https://{name}.gr7.eu-west-1.eks.amazonaws.com",
+                certificateAuthority={"data": "bW9jay1jYQ=="},
+                vpcConfig={**inputs.get("vpcConfig", {}), "clusterSecurityGroupId": f"sg-{name}"},
+            )
+        elif args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
+            state["latestVersion"] = 1
+        elif args.typ == "aws:kms/key:Key":
+            state["keyId"] = f"key-{args.name}"
+        elif args.typ == "aws:iam/role:Role":
+            state["name"] = name
+        return f"{args.name}-id", state
+
+    def call(self, args: pulumi_mocks.MockCallArgs):
+        if args.token == "aws:index/getPartition:getPartition":
+            return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}
+        if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            return {"names": FAKE_ZONES, "zoneIds": [f"euw1-az{i}" for i in range(1, 5)], "id": "eu-west-1"}
+        if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": FAKE_ACCOUNT, "arn": f"arn:aws:iam::{FAKE_ACCOUNT}:user/ci", "userId": "AIDA",
+                    "id": FAKE_ACCOUNT}
+        if args.token == "aws:eks/getAddonVersion:getAddonVersion":
+            return {"version": f"v1.0.0-eksbuild.1-{args.args['addonName']}", "id": args.args["addonName"]}
+        raise NotImplementedError(f"the mocks do not answer invoke {args.token}; add it to tests/harness.py")
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    """The SDK's mock monitor, also keeping parent, dependencies, provider and options of each registration."""
+
+    def __init__(self, mocks: pulumi_mocks.Mocks):
+        super().__init__(mocks)
+        self.registrations: list[Registration] = []
+        self.stack_outputs: dict[str, Any] = {}
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        if request.type != "pulumi:pulumi:Stack":
+            self.registrations.append(Registration(
+                type=request.type,
+                name=request.name,
+                urn=response.urn,
+                parent=request.parent,
+                custom=request.custom,
+                provider=request.provider,
+                dependencies=list(request.dependencies),
+                property_dependencies={k: list(v.urns) for k, v in request.propertyDependencies.items()},
+                inputs=rpc.deserialize_properties(request.object),
+                protect=request.protect,
+                retain_on_delete=request.retainOnDelete,
+                ignore_changes=list(request.ignoreChanges),
+                state=self.resources[response.urn].state,
+            ))
+        return response
+
+    def RegisterResourceOutputs(self, request):
+        if request.urn.endswith(f"::pulumi:pulumi:Stack::{PROJECT}-{pulumi.get_stack()}"):
+            self.stack_outputs = rpc.deserialize_properties(request.outputs)
+        return super().RegisterResourceOutputs(request)
+
+
+@dataclass
+class ProgramRun:
+    stack: str
+    registrations: list[Registration]
+    outputs: dict[str, Any]        # stack outputs, secrets still marked
+    seconds: float
+
+    def of_type(self, type_: str) -> list[Registration]:
+        return [r for r in self.registrations if r.type == type_]
+
+    def one(self, type_: str, name: Optional[str] = None) -> Registration:
+        found = [r for r in self.of_type(type_) if name is None or r.name == name]
+        assert len(found) == 1, f"expected one {type_} {name or ''}, found {[r.name for r in found]}"
+        return found[0]
+
+    def by_urn(self, urn: str) -> Registration:
+        return next(r for r in self.registrations if r.urn == urn)
+
+    def where(self, predicate: Callable[[Registration], bool]) -> list[Registration]:
+        return [r for r in self.registrations if predicate(r)]
+
+    def provider_of(self, registration: Registration) -> Registration:
+        """The provider resource a registration uses (its reference is `<urn>::<id>`)."""
+        urn = registration.provider.rsplit("::", 1)[0]
+        return self.by_urn(urn)
+
+    def ancestors(self, registration: Registration) -> list[Registration]:
+        chain = []
+        parent = registration.parent
+        while parent and not parent.endswith(f"pulumi:pulumi:Stack::{PROJECT}-{self.stack}"):
+            found = self.by_urn(parent)
+            chain.append(found)
+            parent = found.parent
+        return chain
+
+    def depends_transitively(self, registration: Registration, target: Registration) -> bool:
+        """Whether `registration` waits for `target` through dependencies, parents' dependencies or providers."""
+        seen: set[str] = set()
+        stack = [registration]
+        while stack:
+            current = stack.pop()
+            if current.urn in seen:
+                continue
+            seen.add(current.urn)
+            edges = list(current.dependencies)
+            for deps in current.property_dependencies.values():
+                edges.extend(deps)
+            if current.provider:
+                edges.append(current.provider.rsplit("::", 1)[0])
+            if current.parent:
+                edges.append(current.parent)
+            for urn in edges:
+                if urn == target.urn:
+                    return True
+                found = next((r for r in self.registrations if r.urn == urn), None)
+                if found is not None:
+                    stack.append(found)
+        return False
+
+
+class ProgramFailed(Exception):
+    def __init__(self, cause: BaseException, registrations: list[Registration]):
+        super().__init__(str(cause))
+        self.cause = cause
+        self.registrations = registrations
+
+
+def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
+                secrets: Optional[dict[str, str]] = None) -> ProgramRun:
+    """Run `__main__.py` for a stack file; `overrides` replace config keys (None deletes one)."""
+    config = load_stack_config(stack)
+    for key, value in (overrides or {}).items():
+        full_key = key if ":" in key else f"{PROJECT}:{key}"
+        if value is None:
+            config.pop(full_key, None)
+        else:
+            config[full_key] = pulumi_config_value(value)
+    secret_keys = []
+    for key, value in (secrets or {}).items():
+        full_key = key if ":" in key else f"{PROJECT}:{key}"
+        config[full_key] = value
+        secret_keys.append(full_key)
+
+    monitor = RecordingMonitor(PlatformMocks())
+    set_root_resource(None)
+    pulumi.runtime.set_mocks(PlatformMocks(), project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_all_config(config, secret_keys)
+    # set_mocks made a root Stack of its own; the program gets a fresh one, as under the language host.
+    set_root_resource(None)
+
+    started = time.perf_counter()
+    try:
+        _sync_await(run_in_stack(lambda: runpy.run_path(str(REPO / "__main__.py"), run_name="__main__")))
+    except Exception as exc:  # noqa: BLE001 handed to the test with what was registered before it
+        raise ProgramFailed(exc, monitor.registrations) from exc
+    return ProgramRun(stack=stack, registrations=monitor.registrations, outputs=monitor.stack_outputs,
+                      seconds=time.perf_counter() - started)
