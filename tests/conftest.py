@@ -1,5 +1,31 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 # The program imports `components` from the project root, as `pulumi up` runs it from there.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import STACKS, run_program  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def stack_runs():
+    """The whole program, run once per stack file (each run takes well under a second)."""
+    return {stack: run_program(stack) for stack in STACKS}
+
+
+@pytest.fixture(scope="session")
+def prod(stack_runs):
+    return stack_runs["prod"]
+
+
+@pytest.fixture(scope="session")
+def staging(stack_runs):
+    return stack_runs["staging"]
+
+
+@pytest.fixture(scope="session")
+def local(stack_runs):
+    return stack_runs["local"]

@@ -1,0 +1,63 @@
+"""Validation against the official schemas: Kubernetes built-ins, chart values, CRDs."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import yaml
+
+from harness import SCHEMAS, Registration
+
+KUBERNETES_VERSION = "1.34.0"
+# Helm releases are recorded as resources too, but what they render is checked against the chart schemas.
+NOT_A_KUBERNETES_OBJECT = ("kubernetes:helm.sh/v3:Release",)
+
+
+def kubernetes_object(registration: Registration) -> dict[str, Any]:
+    """The object Pulumi would send to the API server, rebuilt from the recorded inputs."""
+    obj = dict(registration.values)
+    _, group_version, kind = registration.type.split(":")
+    obj.setdefault("apiVersion", group_version.removeprefix("core/"))
+    obj.setdefault("kind", kind)
+    obj.setdefault("metadata", {}).setdefault("name", registration.name)
+    return obj
+
+
+def validate_kubernetes_object(registration: Registration) -> None:
+    """Raises kubernetes_validate.ValidationError for an object the API server would refuse."""
+    kubernetes_validate.validate(kubernetes_object(registration), KUBERNETES_VERSION, strict=True)
+
+
+@lru_cache(maxsize=None)
+def chart_defaults(chart: str) -> dict[str, Any]:
+    return yaml.safe_load((SCHEMAS / chart / "values.yaml").read_text())
+
+
+def missing_value_paths(values: Any, defaults: Any, free_form: tuple[str, ...] = (), prefix: str = "") -> list[str]:
+    """Key paths set in `values` that the chart's default values.yaml does not have.
+
+    Maps that the chart documents as free-form (annotations, labels, resources, selectors) are named in
+    `free_form` as dotted paths and not descended into.
+    """
+    missing: list[str] = []
+    if not isinstance(values, dict):
+        return missing
+    for key, value in values.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if path in free_form:
+            continue
+        if not isinstance(defaults, dict) or key not in defaults:
+            missing.append(path)
+            continue
+        if isinstance(value, dict) and isinstance(defaults[key], dict):
+            missing.extend(missing_value_paths(value, defaults[key], free_form, path))
+    return missing
+
+
+def validate_against_json_schema(instance: Any, schema_path: str) -> None:
+    schema = json.loads((SCHEMAS / schema_path).read_text())
+    jsonschema.validators.validator_for(schema)(schema).validate(instance)

@@ -1,0 +1,268 @@
+"""The Cluster component, as the whole program builds it for each stack file."""
+
+import ipaddress
+import json
+
+import pytest
+
+from components.cluster import ADDONS_AFTER_NODES, ADDONS_BEFORE_NODES, subnet_plan
+from harness import REPO, SCHEMAS, STACKS, is_secret, run_program, unwrap
+from schemas import chart_defaults, missing_value_paths, validate_kubernetes_object
+
+AWS_STACKS = ("prod", "staging")
+
+
+def test_every_component_is_a_component_resource_with_the_platform_token(stack_runs):
+    for run in stack_runs.values():
+        components = run.where(lambda r: not r.custom)
+        assert components, run.stack
+        for component in components:
+            assert component.type.startswith("airflow:platform:"), component.type
+        assert run.one("airflow:platform:Cluster")
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_resource_is_a_child_of_a_component(stack_runs, stack):
+    run = stack_runs[stack]
+    for registration in run.registrations:
+        if registration.type == "pulumi:providers:aws":
+            continue  # the one stack-level provider, handed down to the components
+        assert any(a.type.startswith("airflow:platform:") for a in run.ancestors(registration)) \
+            or registration.type.startswith("airflow:platform:"), registration.name
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_custom_resource_uses_an_explicit_provider(stack_runs, stack):
+    # Default providers are disabled in every stack file; this proves the program never needs one.
+    run = stack_runs[stack]
+    for registration in run.where(lambda r: r.custom and not r.type.startswith("pulumi:providers:")):
+        provider = run.provider_of(registration)
+        package = registration.type.split(":")[0]
+        assert provider.type == f"pulumi:providers:{package}", registration.name
+        assert provider.name != f"default", registration.name
+
+
+def test_local_creates_no_aws_resource_and_uses_the_named_context(local):
+    assert not local.where(lambda r: r.type.startswith("aws:") or r.type == "pulumi:providers:aws")
+    provider = local.one("pulumi:providers:kubernetes")
+    assert provider.values["context"] == "kind-airflow"
+    assert unwrap(local.outputs["cluster_name"]) == "kind-airflow"
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_eks_cluster_is_pinned_private_encrypted_and_logged(stack_runs, stack):
+    run = stack_runs[stack]
+    eks = run.one("aws:eks/cluster:Cluster")
+    values = eks.values
+    assert values["version"] == "1.34"
+    assert values["accessConfig"]["authenticationMode"] == "API"
+    assert values["accessConfig"]["bootstrapClusterCreatorAdminPermissions"] is True
+    assert values["bootstrapSelfManagedAddons"] is False
+    assert set(values["enabledClusterLogTypes"]) == {"api", "audit", "authenticator", "controllerManager",
+                                                     "scheduler"}
+    assert values["vpcConfig"]["endpointPrivateAccess"] is True
+    assert values["vpcConfig"]["endpointPublicAccess"] is True
+    assert values["vpcConfig"]["publicAccessCidrs"] == ["203.0.113.0/24"]
+
+    key = run.one("aws:kms/key:Key")
+    assert values["encryptionConfig"]["resources"] == ["secrets"]
+    assert values["encryptionConfig"]["provider"]["keyArn"] == key.state["arn"]
+    assert key.values["enableKeyRotation"] is True
+    assert key.protect and key.retain_on_delete, "the secrets key must outlive a careless destroy"
+
+    log_group = run.one("aws:cloudwatch/logGroup:LogGroup")
+    assert log_group.values["name"] == f"/aws/eks/{values['name']}/cluster"
+    assert eks.depends_on(log_group), "the log group must exist before EKS creates one without retention"
+
+
+def test_endpoint_is_private_only_without_an_allow_list():
+    run = run_program("prod", overrides={"endpointPublicAccessCidrs": []})
+    vpc_config = run.one("aws:eks/cluster:Cluster").values["vpcConfig"]
+    assert vpc_config["endpointPublicAccess"] is False
+    assert vpc_config["endpointPrivateAccess"] is True
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_node_groups_span_private_subnets_in_three_zones(stack_runs, stack):
+    run = stack_runs[stack]
+    subnets = {s.state["arn"]: s for s in run.of_type("aws:ec2/subnet:Subnet")}
+    subnet_by_id = {f"{s.name}-id": s for s in subnets.values()}
+    node_groups = run.of_type("aws:eks/nodeGroup:NodeGroup")
+    assert {n.name for n in node_groups} == {"cluster-system", "cluster-workers"}
+    for node_group in node_groups:
+        used = [subnet_by_id[subnet_id] for subnet_id in node_group.values["subnetIds"]]
+        assert {s.values["availabilityZone"] for s in used} == {"eu-west-1a", "eu-west-1b", "eu-west-1c"}
+        assert all(s.values["tags"].get("kubernetes.io/role/internal-elb") == "1" for s in used), \
+            "node groups belong in the private subnets"
+        assert node_group.values["amiType"].startswith("AL2023")
+    system = run.one("aws:eks/nodeGroup:NodeGroup", "cluster-system")
+    assert system.values["capacityType"] == "ON_DEMAND"
+    workers = run.one("aws:eks/nodeGroup:NodeGroup", "cluster-workers")
+    assert workers.values["labels"]["airflow.apache.org/node-role"] == "worker"
+    assert "scalingConfig.desiredSize" in workers.ignore_changes
+
+
+def test_staging_runs_spot_workers_behind_one_nat_and_prod_one_nat_per_zone(staging, prod):
+    assert staging.one("aws:eks/nodeGroup:NodeGroup", "cluster-workers").values["capacityType"] == "SPOT"
+    assert len(staging.of_type("aws:ec2/natGateway:NatGateway")) == 1
+    nat_zones = {n.name for n in prod.of_type("aws:ec2/natGateway:NatGateway")}
+    assert nat_zones == {"cluster-nat-eu-west-1a", "cluster-nat-eu-west-1b", "cluster-nat-eu-west-1c"}
+    # Each private route table egresses through the NAT gateway of its own zone.
+    for table in prod.where(lambda r: r.type == "aws:ec2/routeTable:RouteTable" and "private" in r.name):
+        zone = table.name.rsplit("-", 3)[-3:]
+        nat_id = table.values["routes"][0]["natGatewayId"]
+        assert nat_id == f"cluster-nat-{'-'.join(zone)}-id"
+
+
+def test_worker_taints_and_labels_reach_the_node_group():
+    taint = {"key": "airflow.apache.org/spot", "value": "true", "effect": "NO_SCHEDULE"}
+    run = run_program("staging", overrides={"workerNodeTaints": [taint], "workerNodeLabels": {"team": "data"}})
+    workers = run.one("aws:eks/nodeGroup:NodeGroup", "cluster-workers").values
+    assert workers["taints"] == [taint]
+    assert workers["labels"] == {"team": "data", "airflow.apache.org/node-role": "worker"}
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_addons_are_installed_in_the_right_order_with_network_policy_enforcement(stack_runs, stack):
+    run = stack_runs[stack]
+    addons = {a.values["addonName"]: a for a in run.of_type("aws:eks/addon:Addon")}
+    assert set(addons) == set(ADDONS_BEFORE_NODES) | set(ADDONS_AFTER_NODES)
+    assert json.loads(addons["vpc-cni"].values["configurationValues"]) == {"enableNetworkPolicy": "true"}
+    node_groups = run.of_type("aws:eks/nodeGroup:NodeGroup")
+    for node_group in node_groups:
+        for early in ADDONS_BEFORE_NODES:
+            assert node_group.depends_on(addons[early]), f"{node_group.name} must wait for {early}"
+    for late in ADDONS_AFTER_NODES:
+        for node_group in node_groups:
+            assert addons[late].depends_on(node_group), f"{late} must wait for {node_group.name}"
+    for addon in addons.values():
+        assert addon.values["addonVersion"].startswith("v"), "every add-on version is pinned"
+    for csi, service_account in (("aws-ebs-csi-driver", "ebs-csi-controller-sa"),
+                                 ("aws-efs-csi-driver", "efs-csi-controller-sa")):
+        [association] = addons[csi].values["podIdentityAssociations"]
+        assert association["serviceAccount"] == service_account
+
+
+def test_an_addon_version_from_settings_is_used_verbatim():
+    run = run_program("prod", overrides={"addonVersions": {"coredns": "v1.12.4-eksbuild.1"}})
+    coredns = next(a for a in run.of_type("aws:eks/addon:Addon") if a.values["addonName"] == "coredns")
+    assert coredns.values["addonVersion"] == "v1.12.4-eksbuild.1"
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_nodes_use_imdsv2_and_encrypted_volumes(stack_runs, stack):
+    template = stack_runs[stack].one("aws:ec2/launchTemplate:LaunchTemplate").values
+    assert template["metadataOptions"]["httpTokens"] == "required"
+    assert template["metadataOptions"]["httpPutResponseHopLimit"] == 1
+    assert template["blockDeviceMappings"][0]["ebs"]["encrypted"] == "true"
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_kubernetes_provider_waits_for_nodes_and_uses_an_exec_kubeconfig(stack_runs, stack):
+    run = stack_runs[stack]
+    provider = run.one("pulumi:providers:kubernetes")
+    for node_group in run.of_type("aws:eks/nodeGroup:NodeGroup"):
+        assert provider.depends_on(node_group)
+    eks = run.one("aws:eks/cluster:Cluster")
+    assert provider.values["clusterIdentifier"] == eks.state["arn"]
+    assert is_secret(provider.inputs["kubeconfig"])
+    kubeconfig = json.loads(provider.values["kubeconfig"])
+    user = kubeconfig["users"][0]["user"]["exec"]
+    assert user["command"] == "aws"
+    assert user["args"][:4] == ["eks", "get-token", "--cluster-name", eks.values["name"]]
+    assert "token" not in json.dumps(kubeconfig["users"][0]["user"]).replace("get-token", "")
+    assert is_secret(run.outputs["kubeconfig"])
+    assert unwrap(run.outputs["cluster_name"]) == eks.values["name"]
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_every_kubernetes_resource_uses_the_cluster_provider(stack_runs, stack):
+    run = stack_runs[stack]
+    provider = run.one("pulumi:providers:kubernetes")
+    for registration in run.where(lambda r: r.type.startswith("kubernetes:")):
+        assert run.provider_of(registration).urn == provider.urn, registration.name
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_load_balancer_controller_release(stack_runs, stack):
+    run = stack_runs[stack]
+    release = run.one("kubernetes:helm.sh/v3:Release")
+    values = release.values
+    assert values["chart"] == "aws-load-balancer-controller"
+    assert values["version"] == "3.5.0"
+    assert values["namespace"] == "kube-system"
+    chart_values = values["values"]
+    assert chart_values["clusterName"] == run.one("aws:eks/cluster:Cluster").values["name"]
+    assert chart_values["vpcId"] == "cluster-vpc-id"
+    assert missing_value_paths(chart_values, chart_defaults("aws-load-balancer-controller"),
+                               free_form=("resources", "nodeSelector", "podDisruptionBudget")) == []
+    association = run.one("aws:eks/podIdentityAssociation:PodIdentityAssociation")
+    assert association.values["serviceAccount"] == chart_values["serviceAccount"]["name"]
+    assert release.depends_on(association)
+    for node_group in run.of_type("aws:eks/nodeGroup:NodeGroup"):
+        assert run.depends_transitively(release, node_group)
+
+    policy = run.one("aws:iam/rolePolicy:RolePolicy").values["policy"]
+    published = (SCHEMAS / "aws-load-balancer-controller" / "iam_policy.json").read_text()
+    assert json.loads(policy) == json.loads(published), "the controller's role carries its published policy"
+
+
+def test_pinned_load_balancer_controller_policy_matches_the_published_one():
+    pinned = REPO / "components" / "policies" / "aws-load-balancer-controller-v3.5.0.json"
+    published = SCHEMAS / "aws-load-balancer-controller" / "iam_policy.json"
+    assert json.loads(pinned.read_text()) == json.loads(published.read_text())
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_default_storage_class_is_encrypted_gp3_and_valid(stack_runs, stack):
+    run = stack_runs[stack]
+    storage_class = run.one("kubernetes:storage.k8s.io/v1:StorageClass")
+    values = storage_class.values
+    assert values["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true"
+    assert values["parameters"] == {"type": "gp3", "encrypted": "true"}
+    assert values["reclaimPolicy"] == "Retain"
+    validate_kubernetes_object(storage_class)
+
+
+def test_throwaway_stack_lets_volumes_and_keys_go():
+    run = run_program("staging", overrides={"protectStatefulResources": False})
+    assert run.one("kubernetes:storage.k8s.io/v1:StorageClass").values["reclaimPolicy"] == "Delete"
+    key = run.one("aws:kms/key:Key")
+    assert not key.protect and not key.retain_on_delete
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_subnets_tagged_for_load_balancers(stack_runs, stack):
+    run = stack_runs[stack]
+    for subnet in run.of_type("aws:ec2/subnet:Subnet"):
+        tags = subnet.values["tags"]
+        role = "kubernetes.io/role/elb" if "public" in subnet.name else "kubernetes.io/role/internal-elb"
+        assert tags[role] == "1"
+    endpoint = run.one("aws:ec2/vpcEndpoint:VpcEndpoint").values
+    assert endpoint["serviceName"] == "com.amazonaws.eu-west-1.s3"
+    assert len(endpoint["routeTableIds"]) == 3
+
+
+@pytest.mark.parametrize("cidr,zones", [("10.0.0.0/16", 3), ("10.20.0.0/20", 2), ("10.0.0.0/16", 6)])
+def test_subnet_plan_never_overlaps_and_stays_inside_the_vpc(cidr, zones):
+    vpc = ipaddress.IPv4Network(cidr)
+    private, public = subnet_plan(vpc, zones)
+    networks = [ipaddress.IPv4Network(n) for n in private + public]
+    assert len(private) == len(public) == zones
+    assert all(n.subnet_of(vpc) for n in networks)
+    for i, a in enumerate(networks):
+        for b in networks[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+
+
+def test_admin_principals_get_cluster_admin_through_access_entries(prod):
+    entry = prod.one("aws:eks/accessEntry:AccessEntry")
+    assert entry.values["principalArn"] == "arn:aws:iam::111122223333:role/platform-admins"
+    association = prod.one("aws:eks/accessPolicyAssociation:AccessPolicyAssociation").values
+    assert association["policyArn"].endswith(":cluster-access-policy/AmazonEKSClusterAdminPolicy")
+    assert association["accessScope"] == {"type": "cluster"}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_whole_program_evaluates_quickly(stack_runs, stack):
+    assert stack_runs[stack].seconds < 2.0

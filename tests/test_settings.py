@@ -1,0 +1,124 @@
+"""Bad stack settings stop the program before it registers anything, naming the key."""
+
+import ipaddress
+import re
+
+import pytest
+import yaml
+
+from components.settings import Settings, SettingsError, load_settings, settings_reference_markdown
+from harness import REPO, ProgramFailed, run_program
+
+
+def failure(stack: str, **overrides) -> ProgramFailed:
+    with pytest.raises(ProgramFailed) as caught:
+        run_program(stack, overrides=overrides)
+    assert isinstance(caught.value.cause, SettingsError), caught.value.cause
+    assert caught.value.registrations == [], "nothing may be registered before the settings are valid"
+    return caught.value
+
+
+def test_a_typo_names_the_key_and_suggests_the_right_one():
+    message = str(failure("prod", workerNodeMaxx=12))
+    assert "airflow:workerNodeMaxx: unknown setting; did you mean 'airflow:workerNodeMax'?" in message
+
+
+def test_an_unknown_key_without_a_near_match_is_refused_too():
+    assert "airflow:colour: unknown setting" in str(failure("local", colour="blue"))
+
+
+def test_a_wrong_type_names_the_key_and_what_is_allowed():
+    message = str(failure("prod", workerNodeMax="lots"))
+    assert "airflow:workerNodeMax: Input should be a valid integer" in message
+    assert "'lots'" in message
+    assert "Maximum size of the worker node group" in message
+
+
+def test_an_out_of_range_value_names_the_key_and_the_bound():
+    message = str(failure("prod", availabilityZoneCount=1))
+    assert "airflow:availabilityZoneCount: Input should be greater than or equal to 2" in message
+
+
+def test_a_value_outside_an_enumeration_lists_the_choices():
+    message = str(failure("prod", natGateways="none"))
+    assert "airflow:natGateways: Input should be 'perAz' or 'single'" in message
+
+
+def test_a_bad_list_element_names_its_position():
+    message = str(failure("prod", endpointPublicAccessCidrs=["0.0.0.0/0", "not-a-cidr"]))
+    assert "airflow:endpointPublicAccessCidrs[1]:" in message
+
+
+def test_a_missing_required_value_is_named():
+    message = str(failure("prod", region=None))
+    assert "airflow:region: is required when target is 'aws'" in message
+
+
+def test_inconsistent_sizes_are_refused():
+    message = str(failure("prod", workerNodeDesired=50))
+    assert "airflow:workerNodeDesired: must lie between workerNodeMin (3) and workerNodeMax (30), got 50" in message
+
+
+def test_every_problem_is_reported_at_once():
+    message = str(failure("prod", workerNodeMaxx=1, kubernetesVersion="1.29", vpcCidr="10.0.0.0/8"))
+    assert "workerNodeMaxx" in message
+    assert "airflow:kubernetesVersion: the Airflow chart needs Kubernetes 1.30 or newer" in message
+    assert "airflow:vpcCidr: must be a /16 to /20 network, got /8" in message
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("adminPrincipalArns", ["arn:aws:iam::123:role/x"], "is not an IAM role or user ARN"),
+    ("controlPlaneLogRetentionDays", 10, "CloudWatch accepts only"),
+    ("workerNodeInstanceTypes", ["large"], "is not an EC2 instance type"),
+    ("addonVersions", {"kube-dns": "v1"}, "is not an add-on this stack installs"),
+    ("workerNodeTaints", [{"key": "a", "effect": "NoSchedule"}], "workerNodeTaints[0].effect"),
+    ("target", "gcp", "Input should be 'aws' or 'local'"),
+])
+def test_field_rules(key, value, expected):
+    assert expected in str(failure("prod", **{key: value}))
+
+
+def test_defaults_suit_a_local_stack():
+    settings = load_settings({})
+    assert settings.target == "local"
+    assert settings.kube_context == "kind-airflow"
+
+
+def test_pulumi_yaml_documents_every_key_with_the_model_default():
+    project_config = yaml.safe_load((REPO / "Pulumi.yaml").read_text())["config"]
+    map_valued = {"workerNodeLabels", "workerNodeTaints", "addonVersions"}
+    for name, field in Settings.model_fields.items():
+        if field.alias in map_valued:
+            assert field.alias not in project_config
+            continue
+        spec = project_config[field.alias]
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, ipaddress.IPv4Network):
+            default = str(default)
+        assert spec["default"] == default, field.alias
+        assert spec["description"] == field.description, field.alias
+    assert set(project_config) <= {f.alias for f in Settings.model_fields.values()}
+
+
+def test_readme_carries_the_settings_reference():
+    readme = (REPO / "README.md").read_text()
+    assert settings_reference_markdown() in readme, "regenerate it with `python -m components.settings`"
+
+
+def test_every_setting_has_a_description():
+    for name, field in Settings.model_fields.items():
+        assert field.description and len(field.description) > 10, name
+
+
+@pytest.mark.parametrize("stack_file", sorted(REPO.glob("Pulumi.*.yaml")))
+def test_stack_files_hold_no_plain_text_secret(stack_file):
+    for key, value in (yaml.safe_load(stack_file.read_text())["config"] or {}).items():
+        if re.search(r"(?i)password|secret|token|privatekey", key):
+            assert isinstance(value, dict) and "secure" in value, f"{stack_file.name}: {key}"
+
+
+def test_settings_error_is_a_value_error_with_every_line_prefixed():
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"target": "aws", "regoin": "eu-west-1"})
+    lines = str(caught.value).splitlines()[1:]
+    assert lines and all(line.strip().startswith("- airflow:") for line in lines)
