@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.requirements-installed
 
-.PHONY: test settings-reference clean
+.PHONY: test docs clean
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
@@ -14,9 +14,9 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(VENV)/bin/python -m pip install --quiet -r requirements-dev.txt
 	touch $(STAMP)
 
-# The settings table in README.md is generated from the settings model.
-settings-reference: $(STAMP)
-	$(VENV)/bin/python -m components.settings
+# The settings table in README.md and the config block of Pulumi.yaml come from the settings model.
+docs: $(STAMP)
+	$(VENV)/bin/python scripts/generate_docs.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

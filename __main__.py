@@ -7,7 +7,9 @@ import pulumi
 import pulumi_aws as aws
 
 from components.cluster import Cluster, ClusterArgs
+from components.security import Security, SecurityArgs
 from components.settings import load_settings
+from components.storage import Storage, StorageArgs
 
 settings = load_settings()
 stack = pulumi.get_stack()
@@ -22,6 +24,31 @@ if settings.is_aws:
 
 cluster = Cluster("cluster", ClusterArgs(settings=settings, stack=stack, aws_provider=aws_provider))
 
+security = Security("security", SecurityArgs(
+    settings=settings,
+    k8s_provider=cluster.provider,
+    aws_provider=aws_provider,
+    cluster_name=cluster.cluster_name,
+    vpc_cidr=cluster.vpc_cidr,
+    load_balancer_cidrs=cluster.public_subnet_cidrs,
+))
+
+storage = Storage("storage", StorageArgs(
+    settings=settings,
+    stack=stack,
+    k8s_provider=cluster.provider,
+    airflow_namespace=security.airflow_namespace,
+    aws_provider=aws_provider,
+    cluster_name=cluster.cluster_name,
+    vpc_id=cluster.vpc_id,
+    private_subnet_ids=cluster.private_subnet_ids,
+    node_security_group_id=cluster.cluster_security_group_id,
+))
+
 pulumi.export("cluster_name", cluster.cluster_name)
 if cluster.kubeconfig is not None:
     pulumi.export("kubeconfig", cluster.kubeconfig)
+if settings.is_aws:
+    pulumi.export("logs_bucket_name", storage.logs_bucket_name)
+    pulumi.export("backups_bucket_name", storage.backups_bucket_name)
+    pulumi.export("certificate_arn", security.certificate_arn)

@@ -71,6 +71,8 @@ class Cluster(pulumi.ComponentResource):
     vpc_id: Optional[pulumi.Output[str]]
     vpc_cidr: Optional[str]
     private_subnet_ids: list[pulumi.Output[str]]
+    # Where internet-facing load balancers get their addresses (the NetworkPolicies admit them).
+    public_subnet_cidrs: list[str]
     cluster_security_group_id: Optional[pulumi.Output[str]]
     default_storage_class_name: Optional[str]
     node_groups: list[aws.eks.NodeGroup]
@@ -80,6 +82,7 @@ class Cluster(pulumi.ComponentResource):
         self._settings = args.settings
         self.node_groups = []
         self.private_subnet_ids = []
+        self.public_subnet_cidrs = []
         if args.settings.is_aws:
             if args.aws_provider is None:
                 raise ValueError("Cluster: target=aws needs an aws_provider")
@@ -154,6 +157,7 @@ class Cluster(pulumi.ComponentResource):
                 f"{settings.availability_zone_count} were asked for")
         zones = sorted(zones)[: settings.availability_zone_count]
         private_cidrs, public_cidrs = subnet_plan(settings.vpc_cidr, len(zones))
+        self.public_subnet_cidrs = public_cidrs
         cluster_tag = {f"kubernetes.io/cluster/{cluster_name}": "shared"}
 
         vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=str(settings.vpc_cidr), enable_dns_hostnames=True,

@@ -124,6 +124,37 @@ class Settings(BaseModel):
     node_disk_size_gib: int = Field(
         default=50, ge=20, le=2000, description="Encrypted gp3 root volume of every node, in GiB.")
 
+    # --- Security -----------------------------------------------------------------------------------
+    ingress_host: str = Field(
+        default="", pattern=r"^$|^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$",
+        description="Public host name of the Airflow UI/API, for example airflow.example.com. Required when target=aws.")
+    route53_zone_id: str = Field(
+        default="", pattern=r"^$|^Z[A-Z0-9]{1,31}$",
+        description="Route53 hosted zone of ingressHost: validates the ACM certificate and holds the alias record.")
+    certificate_arn: str = Field(
+        default="", pattern=r"^$|^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]+$",
+        description="An existing ACM certificate for ingressHost; empty means one is issued and DNS-validated in route53ZoneId.")
+    operator_principal_arns: list[str] = Field(
+        default_factory=list, max_length=50,
+        description="IAM role or user ARNs given the read-only `airflow-operators` group in the Airflow namespace.")
+    worker_egress_cidrs: list[ipaddress.IPv4Network] = Field(
+        default_factory=list, max_length=50,
+        description="Networks Airflow workers may reach beyond the platform (your data sources); egress is "
+                    "otherwise denied. `0.0.0.0/0` opens everything.")
+    cert_manager_chart_version: str = Field(
+        default="v1.21.1", pattern=r"^v\d+\.\d+\.\d+$", description="Chart version of cert-manager.")
+
+    # --- Storage ------------------------------------------------------------------------------------
+    log_retention_days: int = Field(
+        default=30, ge=1, le=3650, description="Days task logs are kept in the logs bucket.")
+    backup_retention_days: int = Field(
+        default=30, ge=1, le=3650,
+        description="Days database backups, their noncurrent object versions and EFS backups are kept.")
+    dags_volume_size_gib: int = Field(
+        default=5, ge=1, le=1000, description="Requested size of the DAGs volume (EFS ignores it; local clusters do not).")
+    logs_volume_size_gib: int = Field(
+        default=20, ge=1, le=10000, description="Requested size of the shared logs volume.")
+
     # --- AWS: pinned versions ----------------------------------------------------------------------
     aws_load_balancer_controller_chart_version: str = Field(
         default="3.5.0", pattern=r"^\d+\.\d+\.\d+$",
@@ -147,7 +178,7 @@ class Settings(BaseModel):
             raise ValueError(f"must be a /16 to /20 network, got /{value.prefixlen}")
         return value
 
-    @field_validator("admin_principal_arns")
+    @field_validator("admin_principal_arns", "operator_principal_arns")
     @classmethod
     def _principal_arns(cls, values: list[str]) -> list[str]:
         for arn in values:
@@ -204,6 +235,11 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     if settings.is_aws and not settings.region:
         problems.append(("region", "is required when target is 'aws' (for example eu-west-1)"))
+    if settings.is_aws and not settings.ingress_host:
+        problems.append(("ingressHost", "is required when target is 'aws' (the host name users open, e.g. airflow.example.com)"))
+    if settings.is_aws and not (settings.certificate_arn or settings.route53_zone_id):
+        problems.append(("route53ZoneId", "is required when target is 'aws' and certificateArn is empty "
+                                          "(the zone validates the issued certificate)"))
     if not settings.worker_node_min <= settings.worker_node_desired <= settings.worker_node_max:
         problems.append((
             "workerNodeDesired",
@@ -281,5 +317,32 @@ def settings_reference_markdown() -> str:
     return "\n".join(rows)
 
 
+# Project config in Pulumi.yaml can declare only these types; map-valued settings are documented in the README.
+_PULUMI_YAML_TYPES = {bool: "boolean", int: "integer", str: "string", list: "array"}
+
+
+def pulumi_yaml_config() -> dict[str, dict]:
+    """The `config:` block of Pulumi.yaml: every setting Pulumi can declare, with its type, default and
+    description (`python -m components.settings --pulumi-yaml`)."""
+    block: dict[str, dict] = {}
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, ipaddress.IPv4Network):
+            default = str(default)
+        if isinstance(default, dict) or name == "worker_node_taints":
+            continue
+        entry: dict = {"type": _PULUMI_YAML_TYPES[type(default)]}
+        if isinstance(default, list):
+            entry["items"] = {"type": "string"}
+        entry.update(default=default, description=field.description)
+        block[field.alias] = entry
+    return block
+
+
 if __name__ == "__main__":
-    print(settings_reference_markdown())
+    import sys
+
+    if "--pulumi-yaml" in sys.argv:
+        print(json.dumps(pulumi_yaml_config(), indent=2))
+    else:
+        print(settings_reference_markdown())

@@ -7,8 +7,11 @@ then the stack file, every value a string (structured values as JSON). The progr
 
 from __future__ import annotations
 
+import base64
 import json
 import runpy
+import secrets
+import string
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +116,25 @@ class Registration:
         return other.urn in self.dependencies
 
 
+def fake_password(inputs: dict[str, Any]) -> str:
+    """A password drawn like random.RandomPassword draws it: its length, classes and special set.
+
+    Fresh on every run, so no credential is ever committed in a fixture.
+    """
+    alphabet = string.ascii_letters + string.digits
+    special = inputs.get("overrideSpecial") if inputs.get("special", True) else ""
+    if inputs.get("special", True) and special is None:
+        special = "!@#$%&*()-_=+[]{}<>:?"
+    chars = [secrets.choice(string.ascii_lowercase) for _ in range(int(inputs.get("minLower", 0)))]
+    chars += [secrets.choice(string.ascii_uppercase) for _ in range(int(inputs.get("minUpper", 0)))]
+    chars += [secrets.choice(string.digits) for _ in range(int(inputs.get("minNumeric", 0)))]
+    chars += [secrets.choice(special) for _ in range(int(inputs.get("minSpecial", 0)))] if special else []
+    pool = alphabet + (special or "")
+    chars += [secrets.choice(pool) for _ in range(int(inputs["length"]) - len(chars))]
+    secrets.SystemRandom().shuffle(chars)
+    return "".join(chars)
+
+
 class PlatformMocks(pulumi_mocks.Mocks):
     """Returns, for each resource and invoke, the outputs the program reads."""
 
@@ -133,6 +155,20 @@ class PlatformMocks(pulumi_mocks.Mocks):
             state["keyId"] = f"key-{args.name}"
         elif args.typ == "aws:iam/role:Role":
             state["name"] = name
+        elif args.typ == "aws:s3/bucket:Bucket":
+            state["bucket"] = f"{inputs['bucketPrefix']}mock"
+            state["arn"] = f"arn:aws:s3:::{state['bucket']}"
+        elif args.typ == "aws:acm/certificate:Certificate":
+            state["domainValidationOptions"] = [{
+                "domainName": inputs["domainName"], "resourceRecordName": f"_x1.{inputs['domainName']}.",
+                "resourceRecordType": "CNAME", "resourceRecordValue": "_x2.acm-validations.aws."}]
+        elif args.typ == "aws:route53/record:Record":
+            state["fqdn"] = inputs["name"].rstrip(".")
+        elif args.typ == "random:index/randomPassword:RandomPassword":
+            state["result"] = fake_password(inputs)
+        elif args.typ == "random:index/randomBytes:RandomBytes":
+            raw = secrets.token_bytes(int(inputs["length"]))
+            state.update(base64=base64.b64encode(raw).decode(), hex=raw.hex())
         return f"{args.name}-id", state
 
     def call(self, args: pulumi_mocks.MockCallArgs):

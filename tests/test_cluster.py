@@ -4,6 +4,7 @@ import ipaddress
 import json
 
 import pytest
+import yaml
 
 from components.cluster import ADDONS_AFTER_NODES, ADDONS_BEFORE_NODES, subnet_plan
 from harness import REPO, SCHEMAS, STACKS, is_secret, run_program, unwrap
@@ -32,14 +33,19 @@ def test_every_resource_is_a_child_of_a_component(stack_runs, stack):
 
 
 @pytest.mark.parametrize("stack", STACKS)
-def test_every_custom_resource_uses_an_explicit_provider(stack_runs, stack):
-    # Default providers are disabled in every stack file; this proves the program never needs one.
+def test_every_cloud_resource_uses_an_explicit_provider(stack_runs, stack):
+    # Default aws and kubernetes providers are disabled in every stack file; this proves the program never
+    # needs one (so it cannot land in whatever account or context the shell points at).
     run = stack_runs[stack]
-    for registration in run.where(lambda r: r.custom and not r.type.startswith("pulumi:providers:")):
-        provider = run.provider_of(registration)
+    stack_file = yaml.safe_load((REPO / f"Pulumi.{stack}.yaml").read_text())["config"]
+    assert set(stack_file["pulumi:disable-default-providers"]) == {"aws", "kubernetes"}
+    cloud = run.where(lambda r: r.custom and r.type.split(":")[0] in ("aws", "kubernetes"))
+    assert cloud
+    for registration in cloud:
         package = registration.type.split(":")[0]
-        assert provider.type == f"pulumi:providers:{package}", registration.name
-        assert provider.name != f"default", registration.name
+        assert registration.provider, registration.name
+        assert f"::pulumi:providers:{package}::default" not in registration.provider, registration.name
+        assert run.provider_of(registration).type == f"pulumi:providers:{package}", registration.name
 
 
 def test_local_creates_no_aws_resource_and_uses_the_named_context(local):
@@ -64,7 +70,7 @@ def test_eks_cluster_is_pinned_private_encrypted_and_logged(stack_runs, stack):
     assert values["vpcConfig"]["endpointPublicAccess"] is True
     assert values["vpcConfig"]["publicAccessCidrs"] == ["203.0.113.0/24"]
 
-    key = run.one("aws:kms/key:Key")
+    key = run.one("aws:kms/key:Key", "cluster-secrets")
     assert values["encryptionConfig"]["resources"] == ["secrets"]
     assert values["encryptionConfig"]["provider"]["keyArn"] == key.state["arn"]
     assert key.values["enableKeyRotation"] is True
@@ -186,7 +192,7 @@ def test_every_kubernetes_resource_uses_the_cluster_provider(stack_runs, stack):
 @pytest.mark.parametrize("stack", AWS_STACKS)
 def test_load_balancer_controller_release(stack_runs, stack):
     run = stack_runs[stack]
-    release = run.one("kubernetes:helm.sh/v3:Release")
+    release = run.one("kubernetes:helm.sh/v3:Release", "cluster-lb-controller")
     values = release.values
     assert values["chart"] == "aws-load-balancer-controller"
     assert values["version"] == "3.5.0"
@@ -196,13 +202,13 @@ def test_load_balancer_controller_release(stack_runs, stack):
     assert chart_values["vpcId"] == "cluster-vpc-id"
     assert missing_value_paths(chart_values, chart_defaults("aws-load-balancer-controller"),
                                free_form=("resources", "nodeSelector", "podDisruptionBudget")) == []
-    association = run.one("aws:eks/podIdentityAssociation:PodIdentityAssociation")
+    association = run.one("aws:eks/podIdentityAssociation:PodIdentityAssociation", "cluster-lb-controller")
     assert association.values["serviceAccount"] == chart_values["serviceAccount"]["name"]
     assert release.depends_on(association)
     for node_group in run.of_type("aws:eks/nodeGroup:NodeGroup"):
         assert run.depends_transitively(release, node_group)
 
-    policy = run.one("aws:iam/rolePolicy:RolePolicy").values["policy"]
+    policy = run.one("aws:iam/rolePolicy:RolePolicy", "cluster-lb-controller").values["policy"]
     published = (SCHEMAS / "aws-load-balancer-controller" / "iam_policy.json").read_text()
     assert json.loads(policy) == json.loads(published), "the controller's role carries its published policy"
 
@@ -216,7 +222,7 @@ def test_pinned_load_balancer_controller_policy_matches_the_published_one():
 @pytest.mark.parametrize("stack", AWS_STACKS)
 def test_default_storage_class_is_encrypted_gp3_and_valid(stack_runs, stack):
     run = stack_runs[stack]
-    storage_class = run.one("kubernetes:storage.k8s.io/v1:StorageClass")
+    storage_class = run.one("kubernetes:storage.k8s.io/v1:StorageClass", "cluster-gp3")
     values = storage_class.values
     assert values["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"] == "true"
     assert values["parameters"] == {"type": "gp3", "encrypted": "true"}
@@ -226,8 +232,8 @@ def test_default_storage_class_is_encrypted_gp3_and_valid(stack_runs, stack):
 
 def test_throwaway_stack_lets_volumes_and_keys_go():
     run = run_program("staging", overrides={"protectStatefulResources": False})
-    assert run.one("kubernetes:storage.k8s.io/v1:StorageClass").values["reclaimPolicy"] == "Delete"
-    key = run.one("aws:kms/key:Key")
+    assert run.one("kubernetes:storage.k8s.io/v1:StorageClass", "cluster-gp3").values["reclaimPolicy"] == "Delete"
+    key = run.one("aws:kms/key:Key", "cluster-secrets")
     assert not key.protect and not key.retain_on_delete
 
 
@@ -256,9 +262,9 @@ def test_subnet_plan_never_overlaps_and_stays_inside_the_vpc(cidr, zones):
 
 
 def test_admin_principals_get_cluster_admin_through_access_entries(prod):
-    entry = prod.one("aws:eks/accessEntry:AccessEntry")
+    entry = prod.one("aws:eks/accessEntry:AccessEntry", "cluster-admin-0")
     assert entry.values["principalArn"] == "arn:aws:iam::111122223333:role/platform-admins"
-    association = prod.one("aws:eks/accessPolicyAssociation:AccessPolicyAssociation").values
+    association = prod.one("aws:eks/accessPolicyAssociation:AccessPolicyAssociation", "cluster-admin-0").values
     assert association["policyArn"].endswith(":cluster-access-policy/AmazonEKSClusterAdminPolicy")
     assert association["accessScope"] == {"type": "cluster"}
 

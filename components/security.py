@@ -1,0 +1,374 @@
+"""Security: namespaces with Pod Security Admission, least-privilege RBAC, default-deny NetworkPolicies
+with one allow rule per required flow, every generated secret, and TLS (ACM for the ingress host,
+cert-manager with an in-cluster CA for in-cluster TLS).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+
+from components import workloads as w
+from components.settings import Settings
+
+OPERATORS_GROUP = "airflow-operators"
+
+# Pod Security Admission per namespace, and why where it is not `restricted`.
+POD_SECURITY_LEVELS = {
+    w.AIRFLOW_NAMESPACE: "restricted",
+    w.CERT_MANAGER_NAMESPACE: "restricted",
+    # kube-prometheus-stack's node-exporter DaemonSet needs hostNetwork, hostPID and hostPath mounts to
+    # read node metrics; nothing short of `privileged` admits it. `restricted` is still warned and audited.
+    w.MONITORING_NAMESPACE: "privileged",
+}
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One end of a flow: pods (in a namespace, or in any namespace when `namespace` is None) or a CIDR."""
+    pods: Optional[dict[str, str]] = None
+    namespace: Optional[str] = w.AIRFLOW_NAMESPACE
+    cidr: Optional[str] = None
+    except_cidrs: tuple[str, ...] = ()
+
+    @property
+    def in_airflow_namespace(self) -> bool:
+        return self.cidr is None and self.namespace == w.AIRFLOW_NAMESPACE
+
+    def as_policy_peer(self) -> dict:
+        if self.cidr is not None:
+            block: dict = {"cidr": self.cidr}
+            if self.except_cidrs:
+                block["except"] = list(self.except_cidrs)
+            return {"ipBlock": block}
+        peer: dict = {"podSelector": {"matchLabels": self.pods} if self.pods else {}}
+        if self.namespace != w.AIRFLOW_NAMESPACE:
+            peer["namespaceSelector"] = (
+                {"matchLabels": {"kubernetes.io/metadata.name": self.namespace}} if self.namespace else {})
+        return peer
+
+
+@dataclass(frozen=True)
+class Flow:
+    """A connection the platform needs. It becomes an egress rule on the source when the source lives in
+    the Airflow namespace, and an ingress rule on the destination when the destination does."""
+    name: str
+    source: Peer
+    destination: Peer
+    ports: tuple[tuple[int, str], ...]
+
+
+def _tcp(*ports: int) -> tuple[tuple[int, str], ...]:
+    return tuple((port, "TCP") for port in ports)
+
+
+def required_flows(vpc_cidr: Optional[str], load_balancer_cidrs: list[str],
+                   worker_egress_cidrs: list[str]) -> list[Flow]:
+    """Every flow the platform needs in the Airflow namespace; anything else is denied.
+
+    vpc_cidr is None on a local cluster: there the load balancer is the local ingress controller or a
+    port-forward, the Kubernetes API is a node address, and there are no AWS APIs to reach.
+    """
+    airflow = Peer(w.AIRFLOW_PODS)
+    api_server = Peer(w.AIRFLOW_API_SERVER)
+    instances = Peer(w.POSTGRES_INSTANCES)
+    pooler = Peer(w.POSTGRES_POOLER_PODS)
+    haproxy = Peer(w.REDIS_HAPROXY)
+    redis = Peer(w.REDIS_SERVERS)
+    prometheus = Peer(w.PROMETHEUS_PODS, namespace=w.MONITORING_NAMESPACE)
+    flows = [
+        Flow("dns", Peer({}), Peer(w.KUBE_DNS_PODS, namespace="kube-system"), ((53, "UDP"), (53, "TCP"))),
+        # Airflow 3: workers, triggerer and DAG processor call the API server's execution API.
+        Flow("airflow-to-api-server", airflow, api_server, _tcp(w.API_SERVER_PORT)),
+        Flow("airflow-to-pgbouncer", airflow, pooler, _tcp(w.POSTGRES_PORT)),
+        Flow("keda-to-pgbouncer", Peer(w.KEDA_OPERATOR_PODS, namespace=w.KEDA_NAMESPACE), pooler,
+             _tcp(w.POSTGRES_PORT)),
+        Flow("airflow-to-redis", airflow, haproxy, _tcp(w.REDIS_PORT)),
+        Flow("airflow-to-statsd", airflow, Peer(w.AIRFLOW_STATSD), ((w.STATSD_INGEST_PORT, "UDP"),)),
+        # Chart 1.19.0 only lets `component: webserver` fetch task logs; Airflow 3 serves them from the API server.
+        Flow("api-server-to-worker-logs", api_server, Peer(w.AIRFLOW_WORKER), _tcp(w.WORKER_LOG_PORT)),
+        Flow("api-server-to-triggerer-logs", api_server, Peer(w.AIRFLOW_TRIGGERER), _tcp(w.TRIGGERER_LOG_PORT)),
+        Flow("pgbouncer-to-postgres", pooler, instances, _tcp(w.POSTGRES_PORT)),
+        Flow("postgres-replication", instances, instances, _tcp(w.POSTGRES_PORT)),
+        Flow("cnpg-operator-to-postgres", Peer(w.CNPG_OPERATOR_PODS, namespace=w.CNPG_NAMESPACE), instances,
+             _tcp(w.CNPG_STATUS_PORT)),
+        Flow("haproxy-to-redis", haproxy, redis, _tcp(w.REDIS_PORT, w.SENTINEL_PORT)),
+        Flow("redis-replication", redis, redis, _tcp(w.REDIS_PORT, w.SENTINEL_PORT)),
+        Flow("prometheus-to-statsd", prometheus, Peer(w.AIRFLOW_STATSD), _tcp(w.STATSD_METRICS_PORT)),
+        Flow("prometheus-to-postgres", prometheus, instances, _tcp(w.CNPG_METRICS_PORT)),
+        Flow("prometheus-to-pgbouncer", prometheus, pooler, _tcp(w.PGBOUNCER_METRICS_PORT)),
+        Flow("prometheus-to-redis", prometheus, redis, _tcp(w.REDIS_EXPORTER_PORT)),
+        Flow("prometheus-to-haproxy", prometheus, haproxy, _tcp(w.HAPROXY_METRICS_PORT)),
+    ]
+    if vpc_cidr is None:
+        flows += [
+            Flow("ingress-to-api-server", Peer(None, namespace=None), api_server, _tcp(w.API_SERVER_PORT)),
+            Flow("postgres-to-kubernetes-api", instances, Peer(cidr="0.0.0.0/0"), _tcp(443, 6443)),
+            Flow("pgbouncer-to-kubernetes-api", pooler, Peer(cidr="0.0.0.0/0"), _tcp(443, 6443)),
+        ]
+    else:
+        # Outside the VPC only: AWS APIs are public endpoints (S3 through the gateway endpoint, STS).
+        aws_apis = Peer(cidr="0.0.0.0/0", except_cidrs=(vpc_cidr,))
+        flows += [Flow(f"load-balancer-{index}-to-api-server", Peer(cidr=cidr), api_server, _tcp(w.API_SERVER_PORT))
+                  for index, cidr in enumerate(load_balancer_cidrs)]
+        flows += [
+            # The EKS API endpoint's network interfaces live in the VPC.
+            Flow("postgres-to-kubernetes-api", instances, Peer(cidr=vpc_cidr), _tcp(443)),
+            Flow("pgbouncer-to-kubernetes-api", pooler, Peer(cidr=vpc_cidr), _tcp(443)),
+            Flow("airflow-to-aws-apis", airflow, aws_apis, _tcp(443)),
+            Flow("postgres-to-aws-apis", instances, aws_apis, _tcp(443)),
+            Flow("airflow-to-pod-identity", airflow, Peer(cidr=w.POD_IDENTITY_AGENT_CIDR),
+                 _tcp(w.POD_IDENTITY_AGENT_PORT)),
+            Flow("postgres-to-pod-identity", instances, Peer(cidr=w.POD_IDENTITY_AGENT_CIDR),
+                 _tcp(w.POD_IDENTITY_AGENT_PORT)),
+        ]
+    flows += [Flow(f"worker-egress-{index}", Peer(w.AIRFLOW_WORKER), Peer(cidr=cidr), ())
+              for index, cidr in enumerate(worker_egress_cidrs)]
+    return flows
+
+
+def network_policy_specs(flows: list[Flow]) -> dict[str, dict]:
+    """NetworkPolicy specs by name: a default deny, then one policy (with one rule) per flow end."""
+    ports = lambda flow: [{"port": port, "protocol": protocol} for port, protocol in flow.ports]  # noqa: E731
+    specs: dict[str, dict] = {"default-deny-all": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}}
+    for flow in flows:
+        if flow.source.in_airflow_namespace:
+            rule: dict = {"to": [flow.destination.as_policy_peer()]}
+            if flow.ports:
+                rule["ports"] = ports(flow)
+            specs[f"{flow.name}-egress"] = {
+                "podSelector": {"matchLabels": flow.source.pods} if flow.source.pods else {},
+                "policyTypes": ["Egress"], "egress": [rule]}
+        if flow.destination.in_airflow_namespace:
+            rule = {"from": [flow.source.as_policy_peer()]}
+            if flow.ports:
+                rule["ports"] = ports(flow)
+            specs[f"{flow.name}-ingress"] = {
+                "podSelector": {"matchLabels": flow.destination.pods} if flow.destination.pods else {},
+                "policyTypes": ["Ingress"], "ingress": [rule]}
+    return specs
+
+
+@dataclass
+class SecurityArgs:
+    settings: Settings
+    k8s_provider: k8s.Provider
+    aws_provider: Optional[aws.Provider] = None
+    # From Cluster (target=aws): the EKS cluster name for access entries, and the networks for the policies.
+    cluster_name: Optional[pulumi.Input[str]] = None
+    vpc_cidr: Optional[str] = None
+    load_balancer_cidrs: list[str] = field(default_factory=list)
+
+
+class Security(pulumi.ComponentResource):
+    """Namespaces, RBAC, NetworkPolicies, generated secrets and TLS."""
+
+    airflow_namespace: pulumi.Output[str]
+    monitoring_namespace: pulumi.Output[str]
+    postgres_password: pulumi.Output[str]
+    redis_password: pulumi.Output[str]
+    admin_password: pulumi.Output[str]
+    fernet_key_secret_name: pulumi.Output[str]
+    api_secret_key_secret_name: pulumi.Output[str]
+    jwt_secret_name: pulumi.Output[str]
+    postgres_user_secret_name: pulumi.Output[str]
+    redis_auth_secret_name: pulumi.Output[str]
+    admin_user_secret_name: pulumi.Output[str]
+    certificate_arn: Optional[pulumi.Output[str]]
+    cluster_ca_issuer_name: pulumi.Output[str]
+    cert_manager: k8s.helm.v3.Release
+
+    def __init__(self, name: str, args: SecurityArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("airflow:platform:Security", name, None, opts)
+        self._settings = args.settings
+        self._k8s = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
+
+        namespaces = {ns: self._namespace(name, ns, level) for ns, level in POD_SECURITY_LEVELS.items()}
+        airflow_ns = namespaces[w.AIRFLOW_NAMESPACE]
+        self.airflow_namespace = airflow_ns.metadata.name
+        self.monitoring_namespace = namespaces[w.MONITORING_NAMESPACE].metadata.name
+        in_airflow = pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[airflow_ns]))
+
+        self._build_rbac(name, args, in_airflow)
+        flows = required_flows(args.vpc_cidr, args.load_balancer_cidrs,
+                               [str(cidr) for cidr in args.settings.worker_egress_cidrs])
+        for policy_name, spec in network_policy_specs(flows).items():
+            k8s.networking.v1.NetworkPolicy(
+                f"{name}-{policy_name}",
+                metadata={"name": policy_name, "namespace": w.AIRFLOW_NAMESPACE},
+                spec=spec, opts=in_airflow)
+
+        self._build_secrets(name, in_airflow)
+        self.certificate_arn = self._build_certificate(name, args) if args.settings.is_aws else None
+        self._build_cert_manager(name, namespaces[w.CERT_MANAGER_NAMESPACE])
+
+        self.register_outputs({
+            "airflow_namespace": self.airflow_namespace,
+            "certificate_arn": self.certificate_arn,
+            "fernet_key_secret_name": self.fernet_key_secret_name,
+        })
+
+    def _namespace(self, name: str, namespace: str, level: str) -> k8s.core.v1.Namespace:
+        return k8s.core.v1.Namespace(
+            f"{name}-{namespace}",
+            metadata={"name": namespace, "labels": {
+                "pod-security.kubernetes.io/enforce": level,
+                "pod-security.kubernetes.io/enforce-version": "latest",
+                "pod-security.kubernetes.io/warn": "restricted",
+                "pod-security.kubernetes.io/audit": "restricted",
+            }},
+            opts=self._k8s)
+
+    def _build_rbac(self, name: str, args: SecurityArgs, in_airflow: pulumi.ResourceOptions) -> None:
+        role = k8s.rbac.v1.Role(
+            f"{name}-operators-read-only",
+            metadata={"name": "airflow-operators-read-only", "namespace": w.AIRFLOW_NAMESPACE},
+            # Enough to diagnose (state, logs, events), nothing to change, and no Secrets.
+            rules=[
+                {"apiGroups": [""], "resources": ["pods", "pods/log", "services", "endpoints", "configmaps",
+                                                  "events", "persistentvolumeclaims", "serviceaccounts"],
+                 "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "replicasets"],
+                 "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses", "networkpolicies"],
+                 "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"],
+                 "verbs": ["get", "list", "watch"]},
+            ],
+            opts=in_airflow)
+        k8s.rbac.v1.RoleBinding(
+            f"{name}-operators-read-only",
+            metadata={"name": "airflow-operators-read-only", "namespace": w.AIRFLOW_NAMESPACE},
+            role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role.metadata.name},
+            subjects=[{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": OPERATORS_GROUP}],
+            opts=in_airflow)
+        if args.settings.is_aws:
+            for index, principal_arn in enumerate(args.settings.operator_principal_arns):
+                # No access policy: the principal gets exactly what the group's Role grants.
+                aws.eks.AccessEntry(
+                    f"{name}-operator-{index}", cluster_name=args.cluster_name, principal_arn=principal_arn,
+                    type="STANDARD", kubernetes_groups=[OPERATORS_GROUP],
+                    opts=pulumi.ResourceOptions(parent=self, provider=args.aws_provider))
+
+    def _password(self, name: str, purpose: str, special: bool) -> pulumi.Output[str]:
+        password = random.RandomPassword(
+            f"{name}-{purpose}", length=32, special=special,
+            # URL-reserved characters on purpose: the connection URLs must percent-encode them.
+            override_special="!#%&*()-_=+[]{}<>:?@/" if special else None,
+            min_lower=2, min_upper=2, min_numeric=2, min_special=2 if special else 0,
+            opts=pulumi.ResourceOptions(parent=self))
+        return password.result
+
+    def _secret(self, name: str, secret_name: str, data: dict[str, pulumi.Input[str]],
+                opts: pulumi.ResourceOptions, secret_type: str = "Opaque") -> pulumi.Output[str]:
+        secret = k8s.core.v1.Secret(
+            f"{name}-{secret_name}",
+            metadata={"name": secret_name, "namespace": w.AIRFLOW_NAMESPACE},
+            type=secret_type,
+            string_data={key: pulumi.Output.secret(value) for key, value in data.items()},
+            opts=opts)
+        return secret.metadata.name
+
+    def _build_secrets(self, name: str, in_airflow: pulumi.ResourceOptions) -> None:
+        fernet_bytes = random.RandomBytes(f"{name}-fernet-key", length=32, opts=pulumi.ResourceOptions(parent=self))
+        # Fernet keys are URL-safe base64 of 32 random bytes.
+        fernet_key = fernet_bytes.base64.apply(lambda b64: b64.replace("+", "-").replace("/", "_"))
+        self.postgres_password = pulumi.Output.secret(self._password(name, "postgres-password", special=True))
+        # redis-ha writes the password into redis.conf, sentinel.conf and haproxy.cfg: alphanumeric only,
+        # its strength comes from its length.
+        self.redis_password = pulumi.Output.secret(self._password(name, "redis-password", special=False))
+        self.admin_password = pulumi.Output.secret(self._password(name, "admin-password", special=True))
+        api_secret_key = self._password(name, "api-secret-key", special=False)
+        jwt_secret = self._password(name, "jwt-secret", special=False)
+
+        self.fernet_key_secret_name = self._secret(name, w.FERNET_KEY_SECRET, {"fernet-key": fernet_key}, in_airflow)
+        self.api_secret_key_secret_name = self._secret(
+            name, w.API_SECRET_KEY_SECRET, {"api-secret-key": api_secret_key}, in_airflow)
+        self.jwt_secret_name = self._secret(name, w.JWT_SECRET, {"jwt-secret": jwt_secret}, in_airflow)
+        self.admin_user_secret_name = self._secret(
+            name, w.ADMIN_USER_SECRET, {"username": w.ADMIN_USER, "password": self.admin_password}, in_airflow)
+        self.postgres_user_secret_name = self._secret(
+            name, w.POSTGRES_APP_USER_SECRET, {"username": w.POSTGRES_USER, "password": self.postgres_password},
+            in_airflow, secret_type="kubernetes.io/basic-auth")
+        self.redis_auth_secret_name = self._secret(name, w.REDIS_AUTH_SECRET, {"auth": self.redis_password},
+                                                   in_airflow)
+
+    def _build_certificate(self, name: str, args: SecurityArgs) -> pulumi.Output[str]:
+        settings = args.settings
+        if settings.certificate_arn:
+            return pulumi.Output.from_input(settings.certificate_arn)
+        aws_opts = pulumi.ResourceOptions(parent=self, provider=args.aws_provider)
+        certificate = aws.acm.Certificate(
+            f"{name}-ingress", domain_name=settings.ingress_host, validation_method="DNS",
+            opts=pulumi.ResourceOptions.merge(aws_opts, pulumi.ResourceOptions(
+                # A replacement must exist before the load balancer lets go of the old one.
+                delete_before_replace=False)))
+        validation = certificate.domain_validation_options[0]
+        record = aws.route53.Record(
+            f"{name}-ingress-validation",
+            zone_id=settings.route53_zone_id,
+            name=validation.resource_record_name,
+            type=validation.resource_record_type,
+            records=[validation.resource_record_value],
+            ttl=300,
+            allow_overwrite=True,
+            opts=aws_opts)
+        validated = aws.acm.CertificateValidation(
+            f"{name}-ingress", certificate_arn=certificate.arn, validation_record_fqdns=[record.fqdn], opts=aws_opts)
+        return validated.certificate_arn
+
+    def _build_cert_manager(self, name: str, namespace: k8s.core.v1.Namespace) -> None:
+        settings = self._settings
+        self.cert_manager = k8s.helm.v3.Release(
+            f"{name}-cert-manager",
+            name="cert-manager",
+            chart="cert-manager",
+            version=settings.cert_manager_chart_version,
+            repository_opts={"repo": "https://charts.jetstack.io"},
+            namespace=w.CERT_MANAGER_NAMESPACE,
+            values=cert_manager_values(ha=settings.is_aws),
+            atomic=True, cleanup_on_fail=True, max_history=5, timeout=600,
+            opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[namespace])))
+        after_release = pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[self.cert_manager]))
+        bootstrap = k8s.apiextensions.CustomResource(
+            f"{name}-selfsigned-issuer",
+            api_version="cert-manager.io/v1", kind="ClusterIssuer",
+            metadata={"name": "selfsigned-bootstrap"}, spec={"selfSigned": {}},
+            opts=after_release)
+        ca_secret = "airflow-platform-ca"
+        ca = k8s.apiextensions.CustomResource(
+            f"{name}-platform-ca",
+            api_version="cert-manager.io/v1", kind="Certificate",
+            metadata={"name": "airflow-platform-ca", "namespace": w.CERT_MANAGER_NAMESPACE},
+            spec={"isCA": True, "commonName": "airflow-platform-ca", "secretName": ca_secret,
+                  "duration": "87600h", "renewBefore": "720h",
+                  "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+                  "issuerRef": {"name": bootstrap.metadata["name"], "kind": "ClusterIssuer",
+                                "group": "cert-manager.io"}},
+            opts=after_release)
+        issuer = k8s.apiextensions.CustomResource(
+            f"{name}-platform-ca-issuer",
+            api_version="cert-manager.io/v1", kind="ClusterIssuer",
+            metadata={"name": "airflow-platform-ca"}, spec={"ca": {"secretName": ca_secret}},
+            opts=pulumi.ResourceOptions.merge(after_release, pulumi.ResourceOptions(depends_on=[ca])))
+        self.cluster_ca_issuer_name = issuer.metadata["name"]
+
+
+def cert_manager_values(ha: bool) -> dict:
+    replicas = 2 if ha else 1
+    return {
+        "crds": {"enabled": True, "keep": True},
+        "replicaCount": replicas,
+        "podDisruptionBudget": {"enabled": ha},
+        "webhook": {"replicaCount": replicas, "podDisruptionBudget": {"enabled": ha}},
+        "cainjector": {"replicaCount": replicas, "podDisruptionBudget": {"enabled": ha}},
+        "prometheus": {"enabled": True},
+        "resources": {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+    }

@@ -1,0 +1,76 @@
+"""Names, pod labels and ports of the workloads, shared by the components that create them and by
+the NetworkPolicies that let them talk. One place, so a renamed release cannot silently open or close
+a flow.
+"""
+
+from __future__ import annotations
+
+AIRFLOW_NAMESPACE = "airflow"
+MONITORING_NAMESPACE = "monitoring"
+CERT_MANAGER_NAMESPACE = "cert-manager"
+CNPG_NAMESPACE = "cnpg-system"
+KEDA_NAMESPACE = "keda"
+
+# Helm release / resource names (the charts derive service, pod and service-account names from them).
+AIRFLOW_RELEASE = "airflow"
+REDIS_RELEASE = "airflow-redis"
+POSTGRES_CLUSTER = "airflow-db"
+POSTGRES_POOLER = "airflow-db-pooler"
+
+# Pod labels, as the charts and operators set them.
+AIRFLOW_PODS = {"tier": "airflow", "release": AIRFLOW_RELEASE}
+
+
+def airflow_component(component: str) -> dict[str, str]:
+    return {**AIRFLOW_PODS, "component": component}
+
+
+AIRFLOW_API_SERVER = airflow_component("api-server")
+AIRFLOW_WORKER = airflow_component("worker")
+AIRFLOW_TRIGGERER = airflow_component("triggerer")
+AIRFLOW_STATSD = airflow_component("statsd")
+POSTGRES_INSTANCES = {"cnpg.io/cluster": POSTGRES_CLUSTER, "cnpg.io/podRole": "instance"}
+POSTGRES_POOLER_PODS = {"cnpg.io/poolerName": POSTGRES_POOLER}
+REDIS_SERVERS = {"app": "redis-ha", "release": REDIS_RELEASE}
+REDIS_HAPROXY = {"app": "redis-ha-haproxy", "release": REDIS_RELEASE}
+PROMETHEUS_PODS = {"app.kubernetes.io/name": "prometheus"}
+CNPG_OPERATOR_PODS = {"app.kubernetes.io/name": "cloudnative-pg"}
+KEDA_OPERATOR_PODS = {"app": "keda-operator"}
+KUBE_DNS_PODS = {"k8s-app": "kube-dns"}
+
+# Ports.
+API_SERVER_PORT = 8080
+WORKER_LOG_PORT = 8793
+TRIGGERER_LOG_PORT = 8794
+STATSD_INGEST_PORT = 9125       # UDP, Airflow components -> statsd exporter
+STATSD_METRICS_PORT = 9102
+POSTGRES_PORT = 5432
+CNPG_STATUS_PORT = 8000
+CNPG_METRICS_PORT = 9187
+PGBOUNCER_METRICS_PORT = 9127
+REDIS_PORT = 6379
+SENTINEL_PORT = 26379
+REDIS_EXPORTER_PORT = 9121
+HAPROXY_METRICS_PORT = 9101
+# EKS Pod Identity agent, on every node's link-local address.
+POD_IDENTITY_AGENT_CIDR = "169.254.170.23/32"
+POD_IDENTITY_AGENT_PORT = 80
+
+# Service accounts that get AWS roles through EKS Pod Identity (the chart names them <release>-<component>).
+AIRFLOW_LOG_WRITERS = tuple(f"{AIRFLOW_RELEASE}-{c}" for c in
+                            ("worker", "scheduler", "triggerer", "api-server", "dag-processor"))
+# CloudNativePG runs the instances (and their Barman Cloud sidecar) under a service account named after the cluster.
+POSTGRES_SERVICE_ACCOUNT = POSTGRES_CLUSTER
+
+# Kubernetes Secrets the charts read (names and the keys inside them).
+FERNET_KEY_SECRET = "airflow-fernet-key"            # key: fernet-key
+API_SECRET_KEY_SECRET = "airflow-api-secret-key"    # key: api-secret-key
+JWT_SECRET = "airflow-jwt-secret"                   # key: jwt-secret
+ADMIN_USER_SECRET = "airflow-admin-user"            # keys: username, password
+POSTGRES_APP_USER_SECRET = "airflow-db-app-user"    # kubernetes.io/basic-auth: username, password
+REDIS_AUTH_SECRET = "airflow-redis-auth"            # key: auth
+POSTGRES_USER = "airflow"
+ADMIN_USER = "admin"
+
+DAGS_PVC = "airflow-dags-pvc"
+LOGS_PVC = "airflow-logs-pvc"
