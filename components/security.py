@@ -68,7 +68,7 @@ def _tcp(*ports: int) -> tuple[tuple[int, str], ...]:
 
 
 def required_flows(vpc_cidr: Optional[str], load_balancer_cidrs: list[str],
-                   worker_egress_cidrs: list[str]) -> list[Flow]:
+                   worker_egress_cidrs: list[str], local_ingress_namespace: str) -> list[Flow]:
     """Every flow the platform needs in the Airflow namespace; anything else is denied.
 
     vpc_cidr is None on a local cluster: there the load balancer is the local ingress controller or a
@@ -107,9 +107,12 @@ def required_flows(vpc_cidr: Optional[str], load_balancer_cidrs: list[str],
     ]
     if vpc_cidr is None:
         flows += [
-            Flow("ingress-to-api-server", Peer(None, namespace=None), api_server, _tcp(w.API_SERVER_PORT)),
-            Flow("postgres-to-kubernetes-api", instances, Peer(cidr="0.0.0.0/0"), _tcp(443, 6443)),
-            Flow("pgbouncer-to-kubernetes-api", pooler, Peer(cidr="0.0.0.0/0"), _tcp(443, 6443)),
+            # The laptop cluster's ingress controller (a port-forward needs no rule).
+            Flow("ingress-to-api-server", Peer({}, namespace=local_ingress_namespace), api_server,
+                 _tcp(w.API_SERVER_PORT)),
+            # A laptop cluster's API server listens on a node address: 6443 (kind, k3d) or 8443 (minikube).
+            Flow("postgres-to-kubernetes-api", instances, Peer(cidr="0.0.0.0/0"), _tcp(6443, 8443)),
+            Flow("pgbouncer-to-kubernetes-api", pooler, Peer(cidr="0.0.0.0/0"), _tcp(6443, 8443)),
         ]
     else:
         # Outside the VPC only: AWS APIs are public endpoints (S3 through the gateway endpoint, STS).
@@ -196,7 +199,8 @@ class Security(pulumi.ComponentResource):
 
         self._build_rbac(name, args, in_airflow)
         flows = required_flows(args.vpc_cidr, args.load_balancer_cidrs,
-                               [str(cidr) for cidr in args.settings.worker_egress_cidrs])
+                               [str(cidr) for cidr in args.settings.worker_egress_cidrs],
+                               args.settings.local_ingress_namespace)
         for policy_name, spec in network_policy_specs(flows).items():
             k8s.networking.v1.NetworkPolicy(
                 f"{name}-{policy_name}",

@@ -70,6 +70,11 @@ class Settings(BaseModel):
         default="", max_length=4096,
         description="Kubeconfig file for target=local; empty means the usual lookup ($KUBECONFIG, ~/.kube/config).")
 
+    local_ingress_namespace: str = Field(
+        default="kube-system", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="Namespace of the local cluster's ingress controller (k3d's Traefik lives in kube-system), "
+                    "admitted to the Airflow API server by the NetworkPolicies (target=local).")
+
     # --- AWS: account, network ---------------------------------------------------------------------
     region: str = Field(
         default="", pattern=r"^$|^[a-z]{2}(-[a-z]+)+-\d$",

@@ -1,0 +1,109 @@
+"""A small evaluator of Kubernetes NetworkPolicy semantics, for the flow-matrix tests.
+
+It follows the API's rules: a pod is isolated in a direction once any policy in its namespace selects it
+with that policy type; a connection is allowed when the source's egress and the destination's ingress
+both allow it (a side that no policy isolates allows everything). Peers match by pod selector (same
+namespace), namespace selector (+ pod selector), or IP block, which is matched against any address,
+pods' included, as the VPC CNI does: pods there have VPC addresses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    namespace: Optional[str]            # None: outside the cluster
+    ip: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.namespace, self.ip))
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    namespace: str
+    spec: dict[str, Any]
+
+
+def selects(selector: Optional[dict], labels: dict[str, str]) -> bool:
+    if selector is None:
+        return True
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and labels.get(key) in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def _peer_matches(peer: dict, policy_namespace: str, endpoint: Endpoint) -> bool:
+    if "ipBlock" in peer:
+        address = ipaddress.ip_address(endpoint.ip)
+        block = peer["ipBlock"]
+        if address not in ipaddress.ip_network(block["cidr"]):
+            return False
+        return not any(address in ipaddress.ip_network(cidr) for cidr in block.get("except") or [])
+    if endpoint.namespace is None:
+        return False
+    if "namespaceSelector" in peer:
+        if not selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": endpoint.namespace}):
+            return False
+    elif endpoint.namespace != policy_namespace:
+        return False
+    return selects(peer.get("podSelector"), endpoint.labels)
+
+
+def _port_matches(rule: dict, port: int, protocol: str) -> bool:
+    ports = rule.get("ports")
+    if not ports:
+        return True
+    for entry in ports:
+        if entry.get("protocol", "TCP") != protocol:
+            continue
+        if "port" not in entry:
+            return True
+        low, high = entry["port"], entry.get("endPort", entry["port"])
+        if low <= port <= high:
+            return True
+    return False
+
+
+def _side_allows(policies: list[Policy], pod: Endpoint, other: Endpoint, port: int, protocol: str,
+                 direction: str) -> bool:
+    if pod.namespace is None:
+        return True
+    policy_type, rules_key, peers_key = (("Egress", "egress", "to") if direction == "egress"
+                                         else ("Ingress", "ingress", "from"))
+    isolating = [p for p in policies if p.namespace == pod.namespace
+                 and policy_type in p.spec.get("policyTypes", [])
+                 and selects(p.spec.get("podSelector") or {}, pod.labels)]
+    if not isolating:
+        return True
+    for policy in isolating:
+        for rule in policy.spec.get(rules_key) or []:
+            peers = rule.get(peers_key)
+            peer_ok = not peers or any(_peer_matches(peer, policy.namespace, other) for peer in peers)
+            if peer_ok and _port_matches(rule, port, protocol):
+                return True
+    return False
+
+
+def allowed(policies: list[Policy], source: Endpoint, destination: Endpoint, port: int,
+            protocol: str = "TCP") -> bool:
+    return (_side_allows(policies, source, destination, port, protocol, "egress")
+            and _side_allows(policies, destination, source, port, protocol, "ingress"))

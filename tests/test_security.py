@@ -1,0 +1,391 @@
+"""The Security component: namespaces, RBAC, NetworkPolicies as a flow matrix, secrets, TLS."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+import pytest
+from cryptography.fernet import Fernet
+
+from components import workloads as w
+from components.cluster import subnet_plan
+from components.settings import Settings
+from harness import is_secret, plain_strings, run_program, unwrap
+from netpol import Endpoint, Policy, allowed
+from schemas import validate_against_json_schema, validate_kubernetes_object
+
+NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
+SECRET = "kubernetes:core/v1:Secret"
+
+
+def policies_of(run) -> list[Policy]:
+    return [Policy(r.values["metadata"]["name"], r.values["metadata"]["namespace"], r.values["spec"])
+            for r in run.of_type(NETWORK_POLICY)]
+
+
+# --- the flow matrix ------------------------------------------------------------------------------------
+def endpoints(stack: str) -> dict[str, Endpoint]:
+    """Concrete pods and addresses, labelled as the charts and operators label them."""
+    if stack == "local":
+        pod_net = iter(ipaddress.ip_network("10.244.0.0/16").hosts())
+        api_endpoint, lb_addresses = "172.18.0.2", []
+    else:
+        vpc = ipaddress.ip_network("10.20.0.0/16")  # Pulumi.prod.yaml
+        private, public = subnet_plan(vpc, 3)
+        pod_net = iter(ipaddress.ip_network(private[1]).hosts())
+        api_endpoint = str(next(iter(ipaddress.ip_network(private[0]).hosts())))
+        # The ALB has a node in every zone's public subnet.
+        lb_addresses = [str(list(ipaddress.ip_network(cidr).hosts())[7]) for cidr in public]
+
+    def pod(name, namespace, labels):
+        return Endpoint(name, namespace, str(next(pod_net)), labels)
+
+    def airflow(component):
+        return pod(component, w.AIRFLOW_NAMESPACE, {**w.airflow_component(component), "pod-template-hash": "x"})
+
+    found = {c: airflow(c) for c in ("worker", "scheduler", "triggerer", "dag-processor", "api-server", "statsd",
+                                     "flower")}
+    found.update({
+        "postgres": pod("postgres", w.AIRFLOW_NAMESPACE, {**w.POSTGRES_INSTANCES, "cnpg.io/instanceName": "airflow-db-1"}),
+        "pgbouncer": pod("pgbouncer", w.AIRFLOW_NAMESPACE, {**w.POSTGRES_POOLER_PODS, "cnpg.io/cluster": w.POSTGRES_CLUSTER}),
+        "redis": pod("redis", w.AIRFLOW_NAMESPACE, {**w.REDIS_SERVERS, f"{w.REDIS_RELEASE}-redis-ha": "replica"}),
+        "haproxy": pod("haproxy", w.AIRFLOW_NAMESPACE, {**w.REDIS_HAPROXY, "revision": "1"}),
+        "prometheus": pod("prometheus", w.MONITORING_NAMESPACE, {**w.PROMETHEUS_PODS, "prometheus": "kps"}),
+        "keda": pod("keda", w.KEDA_NAMESPACE, {**w.KEDA_OPERATOR_PODS, "app.kubernetes.io/name": "keda-operator"}),
+        "cnpg-operator": pod("cnpg-operator", w.CNPG_NAMESPACE, dict(w.CNPG_OPERATOR_PODS)),
+        "coredns": pod("coredns", "kube-system", {**w.KUBE_DNS_PODS, "eks.amazonaws.com/component": "coredns"}),
+        "stranger": pod("stranger", "default", {"app": "curious"}),
+        "stranger-posing-as-worker": pod("stranger-posing-as-worker", "default", dict(w.AIRFLOW_WORKER)),
+        "kubernetes-api": Endpoint("kubernetes-api", None, api_endpoint),
+        "s3": Endpoint("s3", None, "52.216.8.10"),
+        "pod-identity-agent": Endpoint("pod-identity-agent", None, "169.254.170.23"),
+        "vpc-neighbour": Endpoint("vpc-neighbour", None, "10.20.7.7"),
+    })
+    for zone, address in enumerate(lb_addresses):
+        found[f"load-balancer-{zone}"] = Endpoint(f"load-balancer-{zone}", None, address)
+    if not lb_addresses:
+        # k3d's Traefik; the default of airflow:localIngressNamespace.
+        found["ingress-controller"] = pod("ingress-controller", "kube-system", {"app.kubernetes.io/name": "traefik"})
+    return found
+
+
+AIRFLOW_CORE = ("worker", "scheduler", "triggerer", "dag-processor", "api-server")
+
+COMMON_REQUIRED = [
+    *[(c, "coredns", 53, proto) for c in AIRFLOW_CORE + ("postgres", "pgbouncer", "redis", "haproxy")
+      for proto in ("UDP", "TCP")],
+    *[(c, "api-server", 8080, "TCP") for c in ("worker", "triggerer", "dag-processor", "scheduler")],
+    *[(c, "pgbouncer", 5432, "TCP") for c in AIRFLOW_CORE + ("flower",)],
+    ("keda", "pgbouncer", 5432, "TCP"),
+    *[(c, "haproxy", 6379, "TCP") for c in ("worker", "scheduler", "flower", "api-server")],
+    *[(c, "statsd", 9125, "UDP") for c in AIRFLOW_CORE],
+    ("api-server", "worker", 8793, "TCP"),
+    ("api-server", "triggerer", 8794, "TCP"),
+    ("pgbouncer", "postgres", 5432, "TCP"),
+    ("postgres", "postgres", 5432, "TCP"),
+    ("cnpg-operator", "postgres", 8000, "TCP"),
+    *[(src, "redis", port, "TCP") for src in ("haproxy", "redis") for port in (6379, 26379)],
+    ("prometheus", "statsd", 9102, "TCP"),
+    ("prometheus", "postgres", 9187, "TCP"),
+    ("prometheus", "pgbouncer", 9127, "TCP"),
+    ("prometheus", "redis", 9121, "TCP"),
+    ("prometheus", "haproxy", 9101, "TCP"),
+]
+AWS_REQUIRED = [
+    *[(f"load-balancer-{zone}", "api-server", 8080, "TCP") for zone in range(3)],
+    ("postgres", "kubernetes-api", 443, "TCP"),
+    ("pgbouncer", "kubernetes-api", 443, "TCP"),
+    *[(c, "s3", 443, "TCP") for c in AIRFLOW_CORE + ("postgres",)],
+    *[(c, "pod-identity-agent", 80, "TCP") for c in AIRFLOW_CORE + ("postgres",)],
+]
+LOCAL_REQUIRED = [
+    ("ingress-controller", "api-server", 8080, "TCP"),
+    ("postgres", "kubernetes-api", 6443, "TCP"),
+    ("pgbouncer", "kubernetes-api", 6443, "TCP"),
+]
+COMMON_BLOCKED = [
+    ("stranger", "api-server", 8080, "TCP"),
+    ("worker", "worker", 5432, "TCP"),
+    ("worker", "postgres", 5432, "TCP"),          # only through PgBouncer
+    ("api-server", "postgres", 5432, "TCP"),
+    ("keda", "postgres", 5432, "TCP"),
+    ("worker", "redis", 6379, "TCP"),             # only through HAProxy
+    ("stranger", "haproxy", 6379, "TCP"),
+    ("stranger", "redis", 6379, "TCP"),
+    ("stranger", "pgbouncer", 5432, "TCP"),
+    ("stranger-posing-as-worker", "pgbouncer", 5432, "TCP"),
+    ("stranger-posing-as-worker", "haproxy", 6379, "TCP"),
+    ("stranger", "worker", 8793, "TCP"),
+    ("worker", "worker", 8793, "TCP"),
+    ("scheduler", "worker", 8793, "TCP"),
+    ("prometheus", "api-server", 8080, "TCP"),
+    ("prometheus", "worker", 8793, "TCP"),
+    ("keda", "haproxy", 6379, "TCP"),
+    ("worker", "coredns", 80, "TCP"),
+    ("worker", "s3", 80, "TCP"),
+    ("haproxy", "s3", 443, "TCP"),
+    ("redis", "s3", 443, "TCP"),
+    ("pgbouncer", "s3", 443, "TCP"),
+    ("worker", "kubernetes-api", 6443, "TCP"),
+    ("redis", "pod-identity-agent", 80, "TCP"),
+    ("statsd", "redis", 26379, "TCP"),
+    # Pods that no specific policy selects are closed by the default deny alone.
+    ("stranger", "scheduler", 8974, "TCP"),
+    ("worker", "flower", 5555, "TCP"),
+    ("stranger", "dag-processor", 8793, "TCP"),
+    ("api-server", "redis", 26379, "TCP"),
+]
+AWS_BLOCKED = [
+    ("worker", "vpc-neighbour", 443, "TCP"),     # AWS APIs only outside the VPC
+    ("worker", "kubernetes-api", 443, "TCP"),
+    ("load-balancer-0", "worker", 8793, "TCP"),
+    ("load-balancer-1", "api-server", 8793, "TCP"),
+    ("postgres", "vpc-neighbour", 5432, "TCP"),
+]
+
+
+def matrix(stack: str):
+    if stack == "local":
+        return COMMON_REQUIRED + LOCAL_REQUIRED, COMMON_BLOCKED
+    return COMMON_REQUIRED + AWS_REQUIRED, COMMON_BLOCKED + AWS_BLOCKED
+
+
+def denied_flows(policies, stack, flows):
+    pods = endpoints(stack)
+    return [flow for flow in flows
+            if not allowed(policies, pods[flow[0]], pods[flow[1]], flow[2], flow[3])]
+
+
+def opened_flows(policies, stack, flows):
+    pods = endpoints(stack)
+    return [flow for flow in flows if allowed(policies, pods[flow[0]], pods[flow[1]], flow[2], flow[3])]
+
+
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_every_required_flow_is_allowed_and_every_other_flow_is_denied(stack_runs, stack):
+    policies = policies_of(stack_runs[stack])
+    required, blocked = matrix(stack)
+    assert denied_flows(policies, stack, required) == []
+    assert opened_flows(policies, stack, blocked) == []
+
+
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_every_allow_rule_is_needed_by_some_required_flow(stack_runs, stack):
+    policies = policies_of(stack_runs[stack])
+    required, blocked = matrix(stack)
+    for index, policy in enumerate(policies):
+        rules = policy.spec.get("ingress") or policy.spec.get("egress") or []
+        if not rules:
+            # The default deny: without it, blocked flows open.
+            assert policy.name == "default-deny-all"
+            assert opened_flows(policies[:index] + policies[index + 1:], stack, blocked), policy.name
+            continue
+        for rule_index in range(len(rules)):
+            key = "ingress" if "ingress" in policy.spec else "egress"
+            fewer_rules = {**policy.spec, key: rules[:rule_index] + rules[rule_index + 1:]}
+            weakened = policies[:index] + [Policy(policy.name, policy.namespace, fewer_rules)] + policies[index + 1:]
+            assert denied_flows(weakened, stack, required), f"{policy.name} rule {rule_index} is not needed"
+
+
+def test_default_deny_covers_both_directions(prod):
+    deny = next(p for p in policies_of(prod) if p.name == "default-deny-all")
+    assert deny.spec == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+
+
+def test_worker_egress_to_data_sources_is_opt_in():
+    run = run_program("prod", overrides={"workerEgressCidrs": ["192.0.2.0/24"]})
+    pods = endpoints("prod")
+    warehouse = Endpoint("warehouse", None, "192.0.2.10")
+    policies = policies_of(run)
+    assert allowed(policies, pods["worker"], warehouse, 5439)
+    assert not allowed(policies, pods["scheduler"], warehouse, 5439)
+    assert not allowed(policies_of(run_program("prod")), pods["worker"], warehouse, 5439)
+
+
+def test_evaluator_follows_kubernetes_semantics():
+    a = Endpoint("a", "ns", "10.0.0.1", {"app": "a"})
+    b = Endpoint("b", "ns", "10.0.0.2", {"app": "b"})
+    assert allowed([], a, b, 80)
+    deny = Policy("deny", "ns", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]})
+    assert not allowed([deny], a, b, 80)
+    out = Policy("out", "ns", {"podSelector": {"matchLabels": {"app": "a"}}, "policyTypes": ["Egress"],
+                               "egress": [{"to": [{"podSelector": {"matchLabels": {"app": "b"}}}],
+                                           "ports": [{"port": 80, "protocol": "TCP"}]}]})
+    into = Policy("in", "ns", {"podSelector": {"matchLabels": {"app": "b"}}, "policyTypes": ["Ingress"],
+                               "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a"}}}]}]})
+    assert not allowed([deny, out], a, b, 80)
+    assert allowed([deny, out, into], a, b, 80)
+    assert not allowed([deny, out, into], a, b, 81)
+    assert not allowed([deny, out, into], a, b, 80, "UDP")
+    assert not allowed([deny, out, into], b, a, 80)
+
+
+# --- namespaces and RBAC --------------------------------------------------------------------------------
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_namespaces_enforce_pod_security(stack_runs, stack):
+    namespaces = {r.values["metadata"]["name"]: r.values["metadata"]["labels"]
+                  for r in stack_runs[stack].of_type("kubernetes:core/v1:Namespace")}
+    assert namespaces[w.AIRFLOW_NAMESPACE]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert namespaces[w.CERT_MANAGER_NAMESPACE]["pod-security.kubernetes.io/enforce"] == "restricted"
+    # node-exporter needs host namespaces; restricted is still warned about and audited there.
+    assert namespaces[w.MONITORING_NAMESPACE]["pod-security.kubernetes.io/enforce"] == "privileged"
+    for labels in namespaces.values():
+        assert labels["pod-security.kubernetes.io/warn"] == "restricted"
+        assert labels["pod-security.kubernetes.io/audit"] == "restricted"
+
+
+def test_operators_role_reads_and_never_touches_secrets(prod):
+    role = prod.one("kubernetes:rbac.authorization.k8s.io/v1:Role").values
+    for rule in role["rules"]:
+        assert set(rule["verbs"]) <= {"get", "list", "watch"}
+        assert "secrets" not in rule["resources"] and "*" not in rule["resources"]
+        assert "*" not in rule["apiGroups"]
+    binding = prod.one("kubernetes:rbac.authorization.k8s.io/v1:RoleBinding").values
+    assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
+                                    "name": "airflow-operators"}]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    entry = prod.one("aws:eks/accessEntry:AccessEntry", "security-operator-0").values
+    assert entry["principalArn"] == "arn:aws:iam::111122223333:role/airflow-operators"
+    assert entry["kubernetesGroups"] == ["airflow-operators"]
+    associations = prod.of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
+    assert all(a.values["principalArn"] != entry["principalArn"] for a in associations), \
+        "operators get only what the Role grants"
+
+
+# --- secrets --------------------------------------------------------------------------------------------
+def secrets_by_name(run) -> dict[str, dict]:
+    return {r.values["metadata"]["name"]: r for r in run.of_type(SECRET)}
+
+
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_secrets_carry_the_names_and_keys_the_charts_expect(stack_runs, stack):
+    found = secrets_by_name(stack_runs[stack])
+    expected = {
+        w.FERNET_KEY_SECRET: {"fernet-key"},
+        w.API_SECRET_KEY_SECRET: {"api-secret-key"},
+        w.JWT_SECRET: {"jwt-secret"},
+        w.ADMIN_USER_SECRET: {"username", "password"},
+        w.POSTGRES_APP_USER_SECRET: {"username", "password"},
+        w.REDIS_AUTH_SECRET: {"auth"},
+    }
+    assert {name: set(found[name].values["stringData"]) for name in expected} == expected
+    assert found[w.POSTGRES_APP_USER_SECRET].values["type"] == "kubernetes.io/basic-auth"
+    for secret in found.values():
+        assert secret.values["metadata"]["namespace"] == w.AIRFLOW_NAMESPACE
+        data = secret.inputs["stringData"]
+        assert is_secret(data) or all(is_secret(value) for value in data.values())
+
+
+def test_fernet_key_is_a_valid_fernet_key(prod):
+    key = secrets_by_name(prod)[w.FERNET_KEY_SECRET].values["stringData"]["fernet-key"]
+    fernet = Fernet(key.encode())
+    assert fernet.decrypt(fernet.encrypt(b"connection password")) == b"connection password"
+
+
+def test_generated_passwords_are_long_and_use_url_reserved_characters(prod):
+    password = secrets_by_name(prod)[w.POSTGRES_APP_USER_SECRET].values["stringData"]["password"]
+    assert len(password) == 32
+    generator = prod.one("random:index/randomPassword:RandomPassword", "security-postgres-password").values
+    assert set("@:/?#%&") <= set(generator["overrideSpecial"])
+    redis = secrets_by_name(prod)[w.REDIS_AUTH_SECRET].values["stringData"]["auth"]
+    assert redis.isalnum() and len(redis) == 32
+
+
+@pytest.mark.parametrize("stack", ["local", "staging", "prod"])
+def test_no_generated_secret_appears_in_plain_text_anywhere(stack_runs, stack):
+    run = stack_runs[stack]
+    generated = set()
+    for r in run.of_type("random:index/randomPassword:RandomPassword"):
+        generated.add(r.state["result"])
+    for r in run.of_type("random:index/randomBytes:RandomBytes"):
+        generated.update({r.state["base64"], r.state["hex"]})
+    for secret in run.of_type(SECRET):
+        generated.update(unwrap(secret.inputs["stringData"]).values())
+    generated.discard(w.ADMIN_USER)
+    generated.discard(w.POSTGRES_USER)
+    assert len(generated) >= 7
+    for registration in run.where(lambda r: not r.type.startswith("random:")):
+        for text in plain_strings(registration.inputs):
+            for value in generated:
+                assert value not in text, f"{registration.type} {registration.name} holds a secret in plain text"
+    for name, output in run.outputs.items():
+        for text in plain_strings(output):
+            for value in generated:
+                assert value not in text, f"stack output {name} holds a secret in plain text"
+
+
+def test_the_secret_scan_would_catch_a_leak(prod):
+    leaked = secrets_by_name(prod)[w.JWT_SECRET].values["stringData"]["jwt-secret"]
+    assert any(leaked in text for text in plain_strings({"values": {"config": f"x{leaked}y"}}))
+    hidden = {"values": {"config": {SECRET_MARKER: SECRET_SIG, "value": leaked}}}
+    assert not any(leaked in text for text in plain_strings(hidden))
+
+
+from harness import SECRET_SIG, SIG_KEY as SECRET_MARKER  # noqa: E402
+
+
+# --- Kubernetes objects and charts ----------------------------------------------------------------------
+@pytest.mark.parametrize("stack", ["local", "staging", "prod"])
+def test_every_kubernetes_object_of_security_and_storage_is_valid_for_the_pinned_version(stack_runs, stack):
+    run = stack_runs[stack]
+    checked = 0
+    for registration in run.where(lambda r: r.type.startswith("kubernetes:")
+                                  and r.type != "kubernetes:helm.sh/v3:Release"
+                                  and not r.type.startswith("kubernetes:cert-manager.io")):
+        validate_kubernetes_object(registration)
+        checked += 1
+    assert checked >= 40
+
+
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_cert_manager_release_and_issuers(stack_runs, stack):
+    run = stack_runs[stack]
+    release = run.one("kubernetes:helm.sh/v3:Release", "security-cert-manager")
+    assert release.values["version"] == "v1.21.1"
+    validate_against_json_schema(release.values["values"], "cert-manager/values.schema.json")
+    assert release.values["values"]["crds"]["enabled"] is True
+    issuers = run.of_type("kubernetes:cert-manager.io/v1:ClusterIssuer")
+    assert {i.values["metadata"]["name"] for i in issuers} == {"selfsigned-bootstrap", "airflow-platform-ca"}
+    for issuer in issuers:
+        assert issuer.depends_on(release), "the CRDs come with the release"
+    ca = run.one("kubernetes:cert-manager.io/v1:Certificate").values["spec"]
+    assert ca["isCA"] is True
+
+
+def test_cert_manager_schema_rejects_a_misspelled_key():
+    from jsonschema import ValidationError
+
+    from components.security import cert_manager_values
+    with pytest.raises(ValidationError):
+        validate_against_json_schema({**cert_manager_values(True), "replicaCont": 2},
+                                     "cert-manager/values.schema.json")
+
+
+# --- TLS for the ingress host ---------------------------------------------------------------------------
+def test_prod_issues_a_dns_validated_certificate_for_the_ingress_host(prod):
+    certificate = prod.one("aws:acm/certificate:Certificate").values
+    assert certificate["domainName"] == "airflow.example.com"
+    assert certificate["validationMethod"] == "DNS"
+    record = prod.one("aws:route53/record:Record", "security-ingress-validation")
+    assert record.values["zoneId"] == "Z0123456789EXAMPLE"
+    assert record.values["type"] == "CNAME"
+    validation = prod.one("aws:acm/certificateValidation:CertificateValidation")
+    assert validation.depends_on(record) or record.urn in sum(validation.property_dependencies.values(), [])
+    assert unwrap(prod.outputs["certificate_arn"]).startswith("arn:aws:")
+
+
+def test_an_existing_certificate_is_used_as_is():
+    arn = "arn:aws:acm:eu-west-1:111122223333:certificate/0b4e6a3c-1111-2222-3333-444455556666"
+    run = run_program("prod", overrides={"certificateArn": arn, "route53ZoneId": None})
+    assert not run.of_type("aws:acm/certificate:Certificate")
+    assert unwrap(run.outputs["certificate_arn"]) == arn
+
+
+def test_aws_needs_an_ingress_host_and_a_zone_or_certificate():
+    from components.settings import SettingsError, load_settings
+    with pytest.raises(SettingsError, match=r"airflow:ingressHost: is required"):
+        load_settings({"target": "aws", "region": "eu-west-1", "route53ZoneId": "Z0123"})
+    with pytest.raises(SettingsError, match=r"airflow:route53ZoneId: is required"):
+        load_settings({"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com"})
+    assert isinstance(load_settings({"target": "local"}), Settings)
