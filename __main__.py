@@ -6,7 +6,9 @@ Thin on purpose: read the settings, build the components in dependency order, ex
 import pulumi
 import pulumi_aws as aws
 
+from components.broker import Broker, BrokerArgs
 from components.cluster import Cluster, ClusterArgs
+from components.database import Database, DatabaseArgs
 from components.security import Security, SecurityArgs
 from components.settings import load_settings
 from components.storage import Storage, StorageArgs
@@ -43,6 +45,27 @@ storage = Storage("storage", StorageArgs(
     vpc_id=cluster.vpc_id,
     private_subnet_ids=cluster.private_subnet_ids,
     node_security_group_id=cluster.cluster_security_group_id,
+))
+
+database = Database("database", DatabaseArgs(
+    settings=settings,
+    k8s_provider=cluster.provider,
+    airflow_namespace=security.airflow_namespace,
+    app_user_secret_name=security.postgres_user_secret_name,
+    app_user_password=security.postgres_password,
+    cert_manager=security.cert_manager,
+    backups_bucket_name=storage.backups_bucket_name,
+    backup_access=storage.database_access,
+    storage_class_name=cluster.default_storage_class_name,
+))
+
+broker = Broker("broker", BrokerArgs(
+    settings=settings,
+    k8s_provider=cluster.provider,
+    airflow_namespace=security.airflow_namespace,
+    redis_auth_secret_name=security.redis_auth_secret_name,
+    redis_password=security.redis_password,
+    storage_class_name=cluster.default_storage_class_name,
 ))
 
 pulumi.export("cluster_name", cluster.cluster_name)

@@ -157,6 +157,20 @@ def network_policy_specs(flows: list[Flow]) -> dict[str, dict]:
     return specs
 
 
+def namespace_with_pod_security(resource_name: str, namespace: str, level: str,
+                                opts: pulumi.ResourceOptions) -> k8s.core.v1.Namespace:
+    """A namespace that enforces a Pod Security Admission level and warns about and audits `restricted`."""
+    return k8s.core.v1.Namespace(
+        resource_name,
+        metadata={"name": namespace, "labels": {
+            "pod-security.kubernetes.io/enforce": level,
+            "pod-security.kubernetes.io/enforce-version": "latest",
+            "pod-security.kubernetes.io/warn": "restricted",
+            "pod-security.kubernetes.io/audit": "restricted",
+        }},
+        opts=opts)
+
+
 @dataclass
 class SecurityArgs:
     settings: Settings
@@ -218,15 +232,7 @@ class Security(pulumi.ComponentResource):
         })
 
     def _namespace(self, name: str, namespace: str, level: str) -> k8s.core.v1.Namespace:
-        return k8s.core.v1.Namespace(
-            f"{name}-{namespace}",
-            metadata={"name": namespace, "labels": {
-                "pod-security.kubernetes.io/enforce": level,
-                "pod-security.kubernetes.io/enforce-version": "latest",
-                "pod-security.kubernetes.io/warn": "restricted",
-                "pod-security.kubernetes.io/audit": "restricted",
-            }},
-            opts=self._k8s)
+        return namespace_with_pod_security(f"{name}-{namespace}", namespace, level, self._k8s)
 
     def _build_rbac(self, name: str, args: SecurityArgs, in_airflow: pulumi.ResourceOptions) -> None:
         role = k8s.rbac.v1.Role(

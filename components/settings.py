@@ -30,6 +30,7 @@ EKS_ADDONS = ("vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent", "aws
 
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 _IAM_PRINCIPAL_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:(role|user)/[\w+=,.@/-]+$")
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
@@ -160,6 +161,52 @@ class Settings(BaseModel):
     logs_volume_size_gib: int = Field(
         default=20, ge=1, le=10000, description="Requested size of the shared logs volume.")
 
+    # --- Database (CloudNativePG) --------------------------------------------------------------------
+    postgres_instances: int = Field(
+        default=1, ge=1, le=9,
+        description="PostgreSQL instances (1 primary + standbys), spread over zones; 3 or more enable "
+                    "synchronous replication to a quorum of one standby.")
+    postgres_storage_gib: int = Field(default=10, ge=1, le=16384, description="Volume size of each PostgreSQL instance, in GiB.")
+    postgres_cpu: str = Field(default="500m", pattern=_QUANTITY,
+                              description="CPU request of each PostgreSQL instance (a Kubernetes quantity).")
+    postgres_memory: str = Field(default="1Gi", pattern=_QUANTITY,
+                                 description="Memory request and limit of each PostgreSQL instance.")
+    postgres_image: str = Field(
+        default="", max_length=300,
+        description="PostgreSQL image; empty means the default of the pinned operator version.")
+    postgres_max_connections: int = Field(default=200, ge=20, le=5000, description="PostgreSQL max_connections.")
+    postgres_backup_schedule: str = Field(
+        default="0 0 2 * * *", pattern=r"^(\S+\s+){5}\S+$",
+        description="When the base backup runs: a six-field cron (seconds first), in UTC.")
+    postgres_backup_server_name: str = Field(
+        default="airflow-db", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+        description="Folder in the backups bucket this cluster archives WAL and base backups to.")
+    postgres_restore_target_time: str = Field(
+        default="", pattern=r"^$|^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:?\d{2})$",
+        description="Point-in-time restore: bootstrap a new cluster from the backups up to this time "
+                    "(RFC 3339, e.g. 2026-11-27T23:00:00Z) instead of creating an empty database.")
+    postgres_restore_from_server_name: str = Field(
+        default="airflow-db", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+        description="Folder in the backups bucket to restore from (postgresRestoreTargetTime).")
+    pgbouncer_instances: int = Field(default=1, ge=1, le=10, description="PgBouncer pods in front of the primary.")
+    pgbouncer_pool_size: int = Field(
+        default=20, ge=1, le=1000, description="PgBouncer default_pool_size: server connections per user and database.")
+    pgbouncer_max_client_connections: int = Field(
+        default=1000, ge=10, le=100000, description="PgBouncer max_client_conn.")
+    cloudnative_pg_chart_version: str = Field(
+        default="0.29.0", pattern=r"^\d+\.\d+\.\d+$", description="Chart version of the CloudNativePG operator.")
+    barman_cloud_plugin_chart_version: str = Field(
+        default="0.7.0", pattern=r"^\d+\.\d+\.\d+$", description="Chart version of the Barman Cloud plugin.")
+
+    # --- Broker (redis-ha) -------------------------------------------------------------------------
+    redis_replicas: int = Field(
+        default=1, ge=1, le=7,
+        description="Redis servers (each with a Sentinel); 3 or more survive the loss of one node or zone.")
+    redis_storage_gib: int = Field(default=8, ge=1, le=1000, description="Volume size of each Redis server, in GiB.")
+    redis_memory: str = Field(default="512Mi", pattern=_QUANTITY, description="Memory request and limit of each Redis server.")
+    redis_ha_chart_version: str = Field(
+        default="4.39.0", pattern=r"^\d+\.\d+\.\d+$", description="Chart version of redis-ha.")
+
     # --- AWS: pinned versions ----------------------------------------------------------------------
     aws_load_balancer_controller_chart_version: str = Field(
         default="3.5.0", pattern=r"^\d+\.\d+\.\d+$",
@@ -245,6 +292,15 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
     if settings.is_aws and not (settings.certificate_arn or settings.route53_zone_id):
         problems.append(("route53ZoneId", "is required when target is 'aws' and certificateArn is empty "
                                           "(the zone validates the issued certificate)"))
+    if settings.postgres_restore_target_time:
+        if not settings.is_aws:
+            problems.append(("postgresRestoreTargetTime", "needs target 'aws': only AWS stacks keep backups"))
+        if settings.postgres_restore_from_server_name == settings.postgres_backup_server_name:
+            problems.append((
+                "postgresBackupServerName",
+                f"must differ from postgresRestoreFromServerName ('{settings.postgres_restore_from_server_name}') "
+                "while restoring: a restored cluster starts a new timeline and may not archive over the "
+                "backups it came from (for example 'airflow-db-r1')"))
     if not settings.worker_node_min <= settings.worker_node_desired <= settings.worker_node_max:
         problems.append((
             "workerNodeDesired",

@@ -80,6 +80,9 @@ class Storage(pulumi.ComponentResource):
     logs_claim_name: pulumi.Output[str]
     airflow_role_arn: Optional[pulumi.Output[str]]
     database_role_arn: Optional[pulumi.Output[str]]
+    # What must exist before a workload can use its bucket (role policy and Pod Identity associations).
+    airflow_access: list[pulumi.Resource]
+    database_access: list[pulumi.Resource]
 
     def __init__(self, name: str, args: StorageArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("airflow:platform:Storage", name, None, opts)
@@ -88,6 +91,7 @@ class Storage(pulumi.ComponentResource):
         self._keep = pulumi.ResourceOptions(protect=protect, retain_on_delete=protect)
         self.logs_bucket_name = self.backups_bucket_name = self.backups_bucket_arn = None
         self.file_system_id = self.airflow_role_arn = self.database_role_arn = None
+        self.airflow_access, self.database_access = [], []
 
         storage_class: Optional[str] = None
         access_mode = "ReadWriteOnce"  # a laptop cluster's default class (local-path, hostpath) is single-node
@@ -106,10 +110,10 @@ class Storage(pulumi.ComponentResource):
                                    noncurrent_days=args.settings.backup_retention_days)
             self.logs_bucket_name, self.backups_bucket_name = logs.bucket, backups.bucket
             self.backups_bucket_arn = backups.arn
-            self.airflow_role_arn = self._pod_identity_role(
+            self.airflow_role_arn, self.airflow_access = self._pod_identity_role(
                 name, "airflow-logs", logs, key, LOG_WRITER_OBJECT_ACTIONS, args.cluster_name,
                 w.AIRFLOW_LOG_WRITERS)
-            self.database_role_arn = self._pod_identity_role(
+            self.database_role_arn, self.database_access = self._pod_identity_role(
                 name, "database-backups", backups, key, BACKUP_WRITER_OBJECT_ACTIONS, args.cluster_name,
                 (w.POSTGRES_SERVICE_ACCOUNT,))
             file_system = self._file_system(name, args, key)
@@ -174,18 +178,19 @@ class Storage(pulumi.ComponentResource):
 
     def _pod_identity_role(self, name: str, purpose: str, bucket: aws.s3.Bucket, key: aws.kms.Key,
                            object_actions: list[str], cluster_name: pulumi.Input[str],
-                           service_accounts: tuple[str, ...]) -> pulumi.Output[str]:
+                           service_accounts: tuple[str, ...]) -> tuple[pulumi.Output[str], list[pulumi.Resource]]:
         role = aws.iam.Role(f"{name}-{purpose}", assume_role_policy=POD_IDENTITY_TRUST_POLICY, opts=self._aws)
-        aws.iam.RolePolicy(
+        policy = aws.iam.RolePolicy(
             f"{name}-{purpose}", role=role.id,
             policy=pulumi.Output.all(bucket.arn, key.arn).apply(
                 lambda arns: bucket_access_policy(arns[0], arns[1], object_actions)),
             opts=self._aws)
+        access: list[pulumi.Resource] = [policy]
         for service_account in service_accounts:
-            aws.eks.PodIdentityAssociation(
+            access.append(aws.eks.PodIdentityAssociation(
                 f"{name}-{service_account}", cluster_name=cluster_name, namespace=w.AIRFLOW_NAMESPACE,
-                service_account=service_account, role_arn=role.arn, opts=self._aws)
-        return role.arn
+                service_account=service_account, role_arn=role.arn, opts=self._aws))
+        return role.arn, access
 
     def _file_system(self, name: str, args: StorageArgs, key: aws.kms.Key) -> aws.efs.FileSystem:
         file_system = aws.efs.FileSystem(

@@ -61,3 +61,38 @@ def missing_value_paths(values: Any, defaults: Any, free_form: tuple[str, ...] =
 def validate_against_json_schema(instance: Any, schema_path: str) -> None:
     schema = json.loads((SCHEMAS / schema_path).read_text())
     jsonschema.validators.validator_for(schema)(schema).validate(instance)
+
+
+# Custom resources whose CRD schema is not among the official schemas in ../shared (cert-manager's).
+CRDS_WITHOUT_SHARED_SCHEMA = ("cert-manager.io",)
+
+
+def crd_schema_path(registration: Registration):
+    """The shared CRD schema of a custom resource, or None for a built-in Kubernetes type."""
+    _, group_version, kind = registration.type.split(":")
+    if "/" not in group_version or "." not in group_version.split("/")[0]:
+        return None
+    group, version = group_version.split("/")
+    if group.endswith(".k8s.io") or group in ("apps", "batch", "policy", "autoscaling"):
+        return None
+    return SCHEMAS / "crds" / group / f"{kind}_{version}.json"
+
+
+def validate_custom_resource(registration: Registration) -> None:
+    """Validates the whole object against its CRD's openAPIV3Schema (structural, unknown fields refused)."""
+    obj = kubernetes_object(registration)
+    schema = json.loads(crd_schema_path(registration).read_text())
+    jsonschema.validators.validator_for(schema)(_closed(schema)).validate(obj)
+
+
+def _closed(schema: Any) -> Any:
+    """Kubernetes prunes unknown fields of structural schemas; refuse them instead, so a typo fails a test."""
+    if isinstance(schema, dict):
+        closed = {k: _closed(v) for k, v in schema.items()}
+        if closed.get("type") == "object" and "properties" in closed \
+                and "additionalProperties" not in closed and not closed.get("x-kubernetes-preserve-unknown-fields"):
+            closed["additionalProperties"] = False
+        return closed
+    if isinstance(schema, list):
+        return [_closed(v) for v in schema]
+    return schema

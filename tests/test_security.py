@@ -13,7 +13,7 @@ from components.cluster import subnet_plan
 from components.settings import Settings
 from harness import is_secret, plain_strings, run_program, unwrap
 from netpol import Endpoint, Policy, allowed
-from schemas import validate_against_json_schema, validate_kubernetes_object
+from schemas import validate_against_json_schema
 
 NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 SECRET = "kubernetes:core/v1:Secret"
@@ -326,18 +326,6 @@ from harness import SECRET_SIG, SIG_KEY as SECRET_MARKER  # noqa: E402
 
 
 # --- Kubernetes objects and charts ----------------------------------------------------------------------
-@pytest.mark.parametrize("stack", ["local", "staging", "prod"])
-def test_every_kubernetes_object_of_security_and_storage_is_valid_for_the_pinned_version(stack_runs, stack):
-    run = stack_runs[stack]
-    checked = 0
-    for registration in run.where(lambda r: r.type.startswith("kubernetes:")
-                                  and r.type != "kubernetes:helm.sh/v3:Release"
-                                  and not r.type.startswith("kubernetes:cert-manager.io")):
-        validate_kubernetes_object(registration)
-        checked += 1
-    assert checked >= 40
-
-
 @pytest.mark.parametrize("stack", ["local", "prod"])
 def test_cert_manager_release_and_issuers(stack_runs, stack):
     run = stack_runs[stack]

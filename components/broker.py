@@ -1,0 +1,110 @@
+"""Broker: HA Redis for Celery, from the redis-ha chart.
+
+Redis servers with a Sentinel each, HAProxy in front so Celery always talks to the current primary at
+one stable address, auth from the generated password, persistence, PDBs, hard anti-affinity, the
+metrics exporter, and the Secret with the broker URL the Airflow chart reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+from urllib.parse import quote
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components import workloads as w
+from components.settings import Settings
+
+BROKER_URL_SECRET = "airflow-broker-url"
+# The chart names its services after fullnameOverride: <release>, <release>-haproxy, ...
+HAPROXY_SERVICE = f"{w.REDIS_RELEASE}-haproxy"
+
+
+def broker_url(password: str, host: str, port: int, database: int = 0) -> str:
+    """The Celery broker URL. The password may hold any character, so it is percent-encoded."""
+    return f"redis://:{quote(password, safe='')}@{host}:{port}/{database}"
+
+
+@dataclass
+class BrokerArgs:
+    settings: Settings
+    k8s_provider: k8s.Provider
+    # From Security.
+    airflow_namespace: pulumi.Input[str]
+    redis_auth_secret_name: pulumi.Input[str]
+    redis_password: pulumi.Output[str]
+    # From Cluster: the encrypted default class on EKS; None uses the cluster's default.
+    storage_class_name: Optional[str] = None
+
+
+class Broker(pulumi.ComponentResource):
+    """redis-ha and the broker URL Secret."""
+
+    connection_secret_name: pulumi.Output[str]
+    release: k8s.helm.v3.Release
+
+    def __init__(self, name: str, args: BrokerArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("airflow:platform:Broker", name, None, opts)
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
+        self.release = k8s.helm.v3.Release(
+            f"{name}-redis-ha",
+            name=w.REDIS_RELEASE,
+            chart="redis-ha",
+            version=args.settings.redis_ha_chart_version,
+            repository_opts={"repo": "https://dandydeveloper.github.io/charts"},
+            namespace=args.airflow_namespace,
+            values=redis_ha_values(args.settings, args.redis_auth_secret_name, args.storage_class_name),
+            atomic=True, cleanup_on_fail=True, max_history=5, timeout=900,
+            opts=k8s_opts)
+        url = args.redis_password.apply(lambda password: broker_url(
+            password, f"{HAPROXY_SERVICE}.{w.AIRFLOW_NAMESPACE}.svc.cluster.local", w.REDIS_PORT))
+        connection = k8s.core.v1.Secret(
+            f"{name}-broker-url",
+            metadata={"name": BROKER_URL_SECRET, "namespace": args.airflow_namespace},
+            string_data={"connection": pulumi.Output.secret(url)},
+            opts=k8s_opts)
+        self.connection_secret_name = connection.metadata.name
+        self.register_outputs({"connection_secret_name": self.connection_secret_name})
+
+
+def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_class: Optional[str]) -> dict:
+    replicas = settings.redis_replicas
+    ha = replicas >= 3
+    resources = {"requests": {"cpu": "100m", "memory": settings.redis_memory},
+                 "limits": {"memory": settings.redis_memory}}
+    return {
+        "fullnameOverride": w.REDIS_RELEASE,
+        "replicas": replicas,
+        "auth": True,
+        "existingSecret": auth_secret,
+        "authKey": "auth",
+        "hardAntiAffinity": ha,
+        "topologySpreadConstraints": {"enabled": ha, "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                      "whenUnsatisfiable": "ScheduleAnyway"},
+        "podDisruptionBudget": {"maxUnavailable": 1},
+        "persistentVolume": {"enabled": True, "size": f"{settings.redis_storage_gib}Gi",
+                             **({"storageClass": storage_class} if storage_class else {})},
+        "redis": {
+            "resources": resources,
+            "config": {
+                # A lone primary has no replica to wait for; with replicas, refuse writes no replica saw.
+                "min-replicas-to-write": 1 if ha else 0,
+                # Celery must not lose queued tasks: evicting keys would do exactly that.
+                "maxmemory-policy": "noeviction",
+            },
+        },
+        "sentinel": {"quorum": 2 if ha else 1, "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
+                                                             "limits": {"memory": "128Mi"}}},
+        "haproxy": {
+            "enabled": True,
+            "replicas": 3 if ha else 1,
+            "hardAntiAffinity": ha,
+            "podDisruptionBudget": {"maxUnavailable": 1},
+            "metrics": {"enabled": True},
+            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        },
+        "exporter": {"enabled": True, "resources": {"requests": {"cpu": "20m", "memory": "32Mi"},
+                                                    "limits": {"memory": "128Mi"}}},
+    }

@@ -1,0 +1,252 @@
+"""Database: HA PostgreSQL for Airflow's metadata, run by the CloudNativePG operator.
+
+Operator and Barman Cloud plugin (Helm), a `Cluster` spread over zones with synchronous replication,
+continuous WAL archiving and daily base backups to S3 (an `ObjectStore`, credentials from Pod Identity),
+point-in-time restore as a setting, a PgBouncer `Pooler` in transaction mode, and the Secret with the
+metadata connection URL that the Airflow chart and KEDA read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+from urllib.parse import quote
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components import workloads as w
+from components.security import namespace_with_pod_security
+from components.settings import Settings
+
+CNPG_CHARTS = "https://cloudnative-pg.github.io/charts"
+BARMAN_CLOUD_PLUGIN = "barman-cloud.cloudnative-pg.io"
+OBJECT_STORE = "airflow-db-backups"
+RESTORE_SOURCE = "backup-origin"
+METADATA_CONNECTION_SECRET = "airflow-metadata-connection"
+DATABASE_NAME = "airflow"
+
+
+def metadata_url(user: str, password: str, host: str, port: int, database: str, sslmode: str = "require") -> str:
+    """The metadata URL as Airflow (SQLAlchemy) and KEDA read it. The password may hold any character,
+    so it is percent-encoded; `safe=""` encodes `/` too."""
+    return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{database}?sslmode={sslmode}"
+
+
+@dataclass
+class DatabaseArgs:
+    settings: Settings
+    k8s_provider: k8s.Provider
+    # From Security.
+    airflow_namespace: pulumi.Input[str]
+    app_user_secret_name: pulumi.Input[str]
+    app_user_password: pulumi.Output[str]
+    cert_manager: Optional[pulumi.Resource] = None
+    # From Storage (target=aws): where backups go, and the Pod Identity role that may write there.
+    backups_bucket_name: Optional[pulumi.Input[str]] = None
+    backup_access: Optional[list[pulumi.Resource]] = None
+    # From Cluster: the encrypted default class on EKS; None uses the cluster's default.
+    storage_class_name: Optional[str] = None
+
+
+class Database(pulumi.ComponentResource):
+    """CloudNativePG operator, the PostgreSQL cluster, its backups and its pooler."""
+
+    connection_secret_name: pulumi.Output[str]
+    cluster_name: str
+    pooler_service: str
+    operator: k8s.helm.v3.Release
+
+    def __init__(self, name: str, args: DatabaseArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("airflow:platform:Database", name, None, opts)
+        settings = args.settings
+        self._k8s = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
+        backups = settings.is_aws
+
+        operator_namespace = namespace_with_pod_security(
+            f"{name}-{w.CNPG_NAMESPACE}", w.CNPG_NAMESPACE, "restricted", self._k8s)
+        self.operator = k8s.helm.v3.Release(
+            f"{name}-cloudnative-pg",
+            name="cloudnative-pg",
+            chart="cloudnative-pg",
+            version=settings.cloudnative_pg_chart_version,
+            repository_opts={"repo": CNPG_CHARTS},
+            namespace=w.CNPG_NAMESPACE,
+            values=operator_values(ha=settings.is_aws),
+            atomic=True, cleanup_on_fail=True, max_history=5, timeout=600,
+            opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[operator_namespace])))
+        cluster_dependencies: list[pulumi.Resource] = [self.operator]
+
+        if backups:
+            plugin = k8s.helm.v3.Release(
+                f"{name}-barman-cloud",
+                name="plugin-barman-cloud",
+                chart="plugin-barman-cloud",
+                version=settings.barman_cloud_plugin_chart_version,
+                repository_opts={"repo": CNPG_CHARTS},
+                namespace=w.CNPG_NAMESPACE,
+                values=barman_cloud_plugin_values(),
+                atomic=True, cleanup_on_fail=True, max_history=5, timeout=600,
+                # The plugin talks to the operator over mTLS with certificates cert-manager issues.
+                opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(
+                    depends_on=[self.operator, *([args.cert_manager] if args.cert_manager else [])])))
+            object_store = k8s.apiextensions.CustomResource(
+                f"{name}-object-store",
+                api_version="barmancloud.cnpg.io/v1", kind="ObjectStore",
+                metadata={"name": OBJECT_STORE, "namespace": args.airflow_namespace},
+                spec=object_store_spec(args.backups_bucket_name, settings.backup_retention_days),
+                opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[plugin])))
+            # The instances archive WAL from their first minute: their role must be in place first.
+            cluster_dependencies += [plugin, object_store, *(args.backup_access or [])]
+
+        self.cluster_name = w.POSTGRES_CLUSTER
+        cluster = k8s.apiextensions.CustomResource(
+            f"{name}-cluster",
+            api_version="postgresql.cnpg.io/v1", kind="Cluster",
+            metadata={"name": w.POSTGRES_CLUSTER, "namespace": args.airflow_namespace},
+            spec=cluster_spec(settings, args.app_user_secret_name, args.storage_class_name, backups),
+            opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(
+                depends_on=cluster_dependencies,
+                # CloudNativePG owns the instances' PVCs: deleting the Cluster deletes the data with it.
+                protect=settings.protect_stateful_resources,
+                retain_on_delete=settings.protect_stateful_resources,
+                # A restore is a bootstrap choice: changing it later must not replace a live database.
+                ignore_changes=["spec.bootstrap"])))
+
+        if backups:
+            k8s.apiextensions.CustomResource(
+                f"{name}-daily-backup",
+                api_version="postgresql.cnpg.io/v1", kind="ScheduledBackup",
+                metadata={"name": f"{w.POSTGRES_CLUSTER}-daily", "namespace": args.airflow_namespace},
+                spec={
+                    "schedule": settings.postgres_backup_schedule,
+                    "cluster": {"name": w.POSTGRES_CLUSTER},
+                    "method": "plugin",
+                    "pluginConfiguration": {"name": BARMAN_CLOUD_PLUGIN},
+                    "backupOwnerReference": "self",
+                    "immediate": True,
+                },
+                opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[cluster])))
+
+        self.pooler_service = w.POSTGRES_POOLER
+        k8s.apiextensions.CustomResource(
+            f"{name}-pooler",
+            api_version="postgresql.cnpg.io/v1", kind="Pooler",
+            metadata={"name": w.POSTGRES_POOLER, "namespace": args.airflow_namespace},
+            spec=pooler_spec(settings),
+            opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[cluster])))
+
+        url = args.app_user_password.apply(lambda password: metadata_url(
+            w.POSTGRES_USER, password, f"{w.POSTGRES_POOLER}.{w.AIRFLOW_NAMESPACE}.svc.cluster.local",
+            w.POSTGRES_PORT, DATABASE_NAME))
+        connection = k8s.core.v1.Secret(
+            f"{name}-metadata-connection",
+            metadata={"name": METADATA_CONNECTION_SECRET, "namespace": args.airflow_namespace},
+            string_data={"connection": pulumi.Output.secret(url)},
+            opts=self._k8s)
+        self.connection_secret_name = connection.metadata.name
+        self.register_outputs({"connection_secret_name": self.connection_secret_name})
+
+
+def operator_values(ha: bool) -> dict:
+    return {
+        # Leader election lets a second operator take over at once.
+        "replicaCount": 2 if ha else 1,
+        "crds": {"create": True},
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "monitoring": {"podMonitorEnabled": False},
+    }
+
+
+def barman_cloud_plugin_values() -> dict:
+    return {
+        "replicaCount": 1,
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+    }
+
+
+def object_store_spec(bucket_name: pulumi.Input[str], retention_days: int) -> dict:
+    return {
+        "retentionPolicy": f"{retention_days}d",
+        "configuration": {
+            "destinationPath": pulumi.Output.concat("s3://", bucket_name, "/"),
+            # No static keys: the instances' service account gets a role through EKS Pod Identity.
+            "s3Credentials": {"inheritFromIAMRole": True},
+            "wal": {"compression": "gzip", "maxParallel": 4},
+            "data": {"compression": "gzip", "jobs": 2},
+        },
+    }
+
+
+def cluster_spec(settings: Settings, app_user_secret: pulumi.Input[str], storage_class: Optional[str],
+                 backups: bool) -> dict:
+    instances = settings.postgres_instances
+    spec: dict = {
+        "instances": instances,
+        "primaryUpdateStrategy": "unsupervised",
+        "enablePDB": True,
+        "storage": {"size": f"{settings.postgres_storage_gib}Gi",
+                    **({"storageClass": storage_class} if storage_class else {})},
+        "resources": {"requests": {"cpu": settings.postgres_cpu, "memory": settings.postgres_memory},
+                      "limits": {"memory": settings.postgres_memory}},
+        "affinity": {
+            "enablePodAntiAffinity": True,
+            "topologyKey": "topology.kubernetes.io/zone",
+            # One instance per zone when there are enough zones to honour it.
+            "podAntiAffinityType": "required" if instances > 1 else "preferred",
+        },
+        "postgresql": {"parameters": {
+            "max_connections": str(settings.postgres_max_connections),
+            "log_min_duration_statement": "1000",
+        }},
+        "monitoring": {"enablePodMonitor": False},
+    }
+    if settings.postgres_image:
+        spec["imageName"] = settings.postgres_image
+    if instances >= 3:
+        # Quorum commit: every transaction is on at least one standby before it is acknowledged.
+        spec["postgresql"]["synchronous"] = {"method": "any", "number": 1, "dataDurability": "required"}
+    if backups:
+        spec["plugins"] = [{
+            "name": BARMAN_CLOUD_PLUGIN, "isWALArchiver": True,
+            "parameters": {"barmanObjectName": OBJECT_STORE, "serverName": settings.postgres_backup_server_name},
+        }]
+    if settings.postgres_restore_target_time:
+        spec["bootstrap"] = {"recovery": {
+            "source": RESTORE_SOURCE,
+            "database": DATABASE_NAME,
+            "owner": w.POSTGRES_USER,
+            "secret": {"name": app_user_secret},
+            "recoveryTarget": {"targetTime": settings.postgres_restore_target_time},
+        }}
+        spec["externalClusters"] = [{
+            "name": RESTORE_SOURCE,
+            "plugin": {"name": BARMAN_CLOUD_PLUGIN, "parameters": {
+                "barmanObjectName": OBJECT_STORE, "serverName": settings.postgres_restore_from_server_name}},
+        }]
+    else:
+        spec["bootstrap"] = {"initdb": {"database": DATABASE_NAME, "owner": w.POSTGRES_USER,
+                                        "secret": {"name": app_user_secret}}}
+    return spec
+
+
+def pooler_spec(settings: Settings) -> dict:
+    return {
+        "cluster": {"name": w.POSTGRES_CLUSTER},
+        "instances": settings.pgbouncer_instances,
+        "type": "rw",
+        "pgbouncer": {
+            # Airflow opens and closes many short transactions; transaction pooling multiplexes them.
+            "poolMode": "transaction",
+            "parameters": {
+                "default_pool_size": str(settings.pgbouncer_pool_size),
+                "max_client_conn": str(settings.pgbouncer_max_client_connections),
+            },
+        },
+        "template": {"metadata": {"labels": dict(w.POSTGRES_POOLER_PODS)}, "spec": {
+            "containers": [],
+            "topologySpreadConstraints": [{
+                "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": dict(w.POSTGRES_POOLER_PODS)}}],
+        }},
+    }

@@ -1,0 +1,163 @@
+"""Database and Broker under mocks: the resources, their HA shape, backups, restore, values schemas."""
+
+from __future__ import annotations
+
+import pytest
+
+from components import workloads as w
+from components.broker import BROKER_URL_SECRET
+from components.database import METADATA_CONNECTION_SECRET
+from components.settings import SettingsError
+from harness import ProgramFailed, is_secret, run_program, unwrap
+from schemas import chart_defaults, missing_value_paths, validate_against_json_schema
+
+RELEASE = "kubernetes:helm.sh/v3:Release"
+CLUSTER = "kubernetes:postgresql.cnpg.io/v1:Cluster"
+POOLER = "kubernetes:postgresql.cnpg.io/v1:Pooler"
+SCHEDULED_BACKUP = "kubernetes:postgresql.cnpg.io/v1:ScheduledBackup"
+OBJECT_STORE = "kubernetes:barmancloud.cnpg.io/v1:ObjectStore"
+# Maps the redis-ha chart documents as free-form (passed to Kubernetes or to redis.conf as they are).
+REDIS_HA_FREE_FORM = ("redis.config", "redis.resources", "sentinel.resources", "haproxy.resources",
+                      "exporter.resources", "podDisruptionBudget", "haproxy.podDisruptionBudget")
+
+
+def test_prod_runs_operator_plugin_and_a_three_instance_synchronous_cluster(prod):
+    releases = {r.values["chart"]: r for r in prod.of_type(RELEASE)}
+    operator, plugin = releases["cloudnative-pg"], releases["plugin-barman-cloud"]
+    assert operator.values["version"] == "0.29.0" and plugin.values["version"] == "0.7.0"
+    assert plugin.depends_on(operator)
+    assert plugin.depends_on(prod.one(RELEASE, "security-cert-manager")), "the plugin needs cert-manager"
+
+    cluster = prod.one(CLUSTER)
+    spec = cluster.values["spec"]
+    assert spec["instances"] == 3
+    assert spec["postgresql"]["synchronous"] == {"method": "any", "number": 1, "dataDurability": "required"}
+    assert spec["affinity"]["topologyKey"] == "topology.kubernetes.io/zone"
+    assert spec["affinity"]["podAntiAffinityType"] == "required"
+    assert spec["enablePDB"] is True
+    assert spec["storage"]["storageClass"] == "gp3-encrypted"
+    assert spec["resources"]["limits"]["memory"] == "8Gi"
+    assert spec["bootstrap"]["initdb"]["secret"]["name"] == w.POSTGRES_APP_USER_SECRET
+    assert cluster.depends_on(operator) and cluster.depends_on(plugin)
+    assert cluster.protect and cluster.retain_on_delete
+
+
+def test_prod_archives_wal_and_takes_daily_base_backups_to_the_backups_bucket(prod):
+    store = prod.one(OBJECT_STORE).values["spec"]
+    assert store["configuration"]["destinationPath"] == "s3://airflow-prod-backups-mock/"
+    assert store["configuration"]["s3Credentials"] == {"inheritFromIAMRole": True}, "no static keys"
+    assert store["retentionPolicy"] == "30d"
+    [plugin] = prod.one(CLUSTER).values["spec"]["plugins"]
+    assert plugin["isWALArchiver"] is True
+    assert plugin["parameters"]["barmanObjectName"] == prod.one(OBJECT_STORE).values["metadata"]["name"]
+    backup = prod.one(SCHEDULED_BACKUP).values["spec"]
+    assert backup["method"] == "plugin" and backup["cluster"]["name"] == w.POSTGRES_CLUSTER
+    assert backup["schedule"] == "0 0 2 * * *"
+    # The instances' role and association exist before the first WAL segment is archived.
+    cluster = prod.one(CLUSTER)
+    association = prod.one("aws:eks/podIdentityAssociation:PodIdentityAssociation", f"storage-{w.POSTGRES_SERVICE_ACCOUNT}")
+    assert cluster.depends_on(association)
+
+
+def test_prod_pools_connections_in_transaction_mode(prod):
+    pooler = prod.one(POOLER).values["spec"]
+    assert pooler["type"] == "rw" and pooler["instances"] == 3
+    assert pooler["pgbouncer"]["poolMode"] == "transaction"
+    assert pooler["pgbouncer"]["parameters"]["default_pool_size"] == "40"
+
+
+def test_local_runs_one_instance_without_object_store_backups(local):
+    spec = local.one(CLUSTER).values["spec"]
+    assert spec["instances"] == 1
+    assert "synchronous" not in spec["postgresql"]
+    assert "plugins" not in spec and "storageClass" not in spec["storage"]
+    assert not local.of_type(OBJECT_STORE) and not local.of_type(SCHEDULED_BACKUP)
+    assert {r.values["chart"] for r in local.of_type(RELEASE)} == {"cloudnative-pg", "cert-manager", "redis-ha"}
+    values = local.one(RELEASE, "broker-redis-ha").values["values"]
+    assert values["replicas"] == 1 and values["redis"]["config"]["min-replicas-to-write"] == 0
+
+
+def test_restore_bootstraps_from_the_backups_at_the_requested_time():
+    target = "2026-11-27T23:00:00Z"
+    run = run_program("prod", overrides={"postgresRestoreTargetTime": target,
+                                         "postgresBackupServerName": "airflow-db-r1"})
+    spec = run.one(CLUSTER).values["spec"]
+    recovery = spec["bootstrap"]["recovery"]
+    assert "initdb" not in spec["bootstrap"]
+    assert recovery["recoveryTarget"] == {"targetTime": target}
+    [origin] = spec["externalClusters"]
+    assert origin["name"] == recovery["source"]
+    assert origin["plugin"]["parameters"] == {"barmanObjectName": "airflow-db-backups", "serverName": "airflow-db"}
+    assert spec["plugins"][0]["parameters"]["serverName"] == "airflow-db-r1"
+    assert "spec.bootstrap" in run.one(CLUSTER).ignore_changes
+
+
+def test_restore_refuses_to_archive_over_its_own_source():
+    with pytest.raises(ProgramFailed) as caught:
+        run_program("prod", overrides={"postgresRestoreTargetTime": "2026-11-27T23:00:00Z"})
+    assert isinstance(caught.value.cause, SettingsError)
+    assert "airflow:postgresBackupServerName: must differ from postgresRestoreFromServerName" in str(caught.value)
+    assert caught.value.registrations == []
+
+
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_operator_and_plugin_values_validate_against_their_chart_schemas(stack_runs, stack):
+    run = stack_runs[stack]
+    for release in run.of_type(RELEASE):
+        chart = release.values["chart"]
+        if chart in ("cloudnative-pg", "plugin-barman-cloud"):
+            validate_against_json_schema(release.values["values"], f"{chart}/values.schema.json")
+
+
+def test_redis_ha_has_three_servers_sentinel_haproxy_auth_and_persistence(prod):
+    release = prod.one(RELEASE, "broker-redis-ha")
+    assert release.values["version"] == "4.39.0"
+    assert release.values["name"] == w.REDIS_RELEASE
+    values = release.values["values"]
+    assert values["replicas"] == 3 and values["sentinel"]["quorum"] == 2
+    assert values["haproxy"]["enabled"] is True and values["haproxy"]["replicas"] == 3
+    assert values["auth"] is True and values["existingSecret"] == w.REDIS_AUTH_SECRET
+    assert values["hardAntiAffinity"] is True and values["haproxy"]["hardAntiAffinity"] is True
+    assert values["persistentVolume"]["enabled"] is True
+    assert values["podDisruptionBudget"] == {"maxUnavailable": 1}
+    assert values["exporter"]["enabled"] is True and values["haproxy"]["metrics"]["enabled"] is True
+    assert values["redis"]["config"]["maxmemory-policy"] == "noeviction"
+
+
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_every_redis_ha_value_path_exists_in_the_chart_defaults(stack_runs, stack):
+    values = stack_runs[stack].one(RELEASE, "broker-redis-ha").values["values"]
+    assert missing_value_paths(values, chart_defaults("redis-ha"), REDIS_HA_FREE_FORM) == []
+
+
+def test_the_key_path_check_catches_a_misspelled_redis_ha_key(prod):
+    values = dict(prod.one(RELEASE, "broker-redis-ha").values["values"])
+    values["haproxy"] = {**values["haproxy"], "replicaz": 3}
+    assert missing_value_paths(values, chart_defaults("redis-ha"), REDIS_HA_FREE_FORM) == ["haproxy.replicaz"]
+
+
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_connection_secrets_are_published_with_key_connection(stack_runs, stack):
+    secrets = {s.values["metadata"]["name"]: s for s in stack_runs[stack].of_type("kubernetes:core/v1:Secret")}
+    metadata = secrets[METADATA_CONNECTION_SECRET]
+    broker = secrets[BROKER_URL_SECRET]
+    for secret in (metadata, broker):
+        assert set(secret.values["stringData"]) == {"connection"}
+        data = secret.inputs["stringData"]
+        assert is_secret(data) or is_secret(data["connection"])
+    assert unwrap(metadata.inputs)["stringData"]["connection"].startswith(
+        "postgresql://airflow:")
+    assert "@airflow-db-pooler.airflow.svc.cluster.local:5432/airflow?sslmode=require" in \
+        metadata.values["stringData"]["connection"]
+    assert broker.values["stringData"]["connection"].endswith(
+        "@airflow-redis-haproxy.airflow.svc.cluster.local:6379/0")
+
+
+def test_database_broker_and_operator_do_not_wait_for_each_other(prod):
+    broker = prod.one(RELEASE, "broker-redis-ha")
+    for name in ("database-cloudnative-pg", "database-barman-cloud"):
+        database_release = prod.one(RELEASE, name)
+        assert not prod.depends_transitively(broker, database_release)
+        assert not prod.depends_transitively(database_release, broker)
+    operator = prod.one(RELEASE, "database-cloudnative-pg")
+    assert not prod.depends_transitively(operator, prod.one("airflow:platform:Security"))
