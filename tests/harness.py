@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import runpy
 import secrets
 import string
@@ -56,7 +57,7 @@ def load_stack_config(stack: str) -> dict[str, str]:
     stack_file = REPO / f"Pulumi.{stack}.yaml"
     for key, value in (yaml.safe_load(stack_file.read_text()).get("config") or {}).items():
         if isinstance(value, dict) and "secure" in value:
-            raise ValueError(f"{stack_file.name}: {key} is encrypted; tests pass secrets through `secrets=`")
+            raise ValueError(f"{stack_file.name}: {key} is encrypted; tests pass secrets through `secret_config=`")
         config[key] = pulumi_config_value(value)
     return config
 
@@ -116,27 +117,39 @@ class Registration:
         return other.urn in self.dependencies
 
 
-def fake_password(inputs: dict[str, Any]) -> str:
+def fake_password(inputs: dict[str, Any], must_include: str = "", rng: Optional[random.Random] = None) -> str:
     """A password drawn like random.RandomPassword draws it: its length, classes and special set.
 
-    Fresh on every run, so no credential is ever committed in a fixture.
+    Fresh on every run (or from a seed drawn at run time), so no credential is ever committed in a fixture.
     """
+    rng = rng or secrets.SystemRandom()
     alphabet = string.ascii_letters + string.digits
     special = inputs.get("overrideSpecial") if inputs.get("special", True) else ""
     if inputs.get("special", True) and special is None:
         special = "!@#$%&*()-_=+[]{}<>:?"
-    chars = [secrets.choice(string.ascii_lowercase) for _ in range(int(inputs.get("minLower", 0)))]
-    chars += [secrets.choice(string.ascii_uppercase) for _ in range(int(inputs.get("minUpper", 0)))]
-    chars += [secrets.choice(string.digits) for _ in range(int(inputs.get("minNumeric", 0)))]
-    chars += [secrets.choice(special) for _ in range(int(inputs.get("minSpecial", 0)))] if special else []
+    chars = [rng.choice(string.ascii_lowercase) for _ in range(int(inputs.get("minLower", 0)))]
+    chars += [rng.choice(string.ascii_uppercase) for _ in range(int(inputs.get("minUpper", 0)))]
+    chars += [rng.choice(string.digits) for _ in range(int(inputs.get("minNumeric", 0)))]
+    chars += [rng.choice(special) for _ in range(int(inputs.get("minSpecial", 0)))] if special else []
     pool = alphabet + (special or "")
-    chars += [secrets.choice(pool) for _ in range(int(inputs["length"]) - len(chars))]
-    secrets.SystemRandom().shuffle(chars)
+    chars += list(must_include)
+    chars += [rng.choice(pool) for _ in range(max(0, int(inputs["length"]) - len(chars)))]
+    rng.shuffle(chars)
     return "".join(chars)
 
 
 class PlatformMocks(pulumi_mocks.Mocks):
-    """Returns, for each resource and invoke, the outputs the program reads."""
+    """Returns, for each resource and invoke, the outputs the program reads.
+
+    `password_characters` go into every generated password, so tests can prove that characters with a
+    meaning in URLs survive the trip from the generator to a real server; `password_seed` (drawn at run
+    time by the test) makes two runs generate the same passwords.
+    """
+
+    def __init__(self, password_characters: str = "", password_seed: Optional[int] = None):
+        super().__init__()
+        self.password_characters = password_characters
+        self.password_seed = password_seed
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs):
         inputs = unwrap(args.inputs)
@@ -165,7 +178,8 @@ class PlatformMocks(pulumi_mocks.Mocks):
         elif args.typ == "aws:route53/record:Record":
             state["fqdn"] = inputs["name"].rstrip(".")
         elif args.typ == "random:index/randomPassword:RandomPassword":
-            state["result"] = fake_password(inputs)
+            rng = random.Random(f"{self.password_seed}-{args.name}") if self.password_seed is not None else None
+            state["result"] = fake_password(inputs, self.password_characters, rng)
         elif args.typ == "random:index/randomBytes:RandomBytes":
             raw = secrets.token_bytes(int(inputs["length"]))
             state.update(base64=base64.b64encode(raw).decode(), hex=raw.hex())
@@ -286,7 +300,8 @@ class ProgramFailed(Exception):
 
 
 def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
-                secrets: Optional[dict[str, str]] = None) -> ProgramRun:
+                secret_config: Optional[dict[str, str]] = None, password_characters: str = "",
+                password_seed: Optional[int] = None) -> ProgramRun:
     """Run `__main__.py` for a stack file; `overrides` replace config keys (None deletes one)."""
     config = load_stack_config(stack)
     for key, value in (overrides or {}).items():
@@ -296,14 +311,15 @@ def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
         else:
             config[full_key] = pulumi_config_value(value)
     secret_keys = []
-    for key, value in (secrets or {}).items():
+    for key, value in (secret_config or {}).items():
         full_key = key if ":" in key else f"{PROJECT}:{key}"
         config[full_key] = value
         secret_keys.append(full_key)
 
-    monitor = RecordingMonitor(PlatformMocks())
+    mocks = PlatformMocks(password_characters, password_seed)
+    monitor = RecordingMonitor(mocks)
     set_root_resource(None)
-    pulumi.runtime.set_mocks(PlatformMocks(), project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(config, secret_keys)
     # set_mocks made a root Stack of its own; the program gets a fresh one, as under the language host.
     set_root_resource(None)

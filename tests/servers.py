@@ -1,0 +1,216 @@
+"""Real PostgreSQL, PgBouncer and Redis servers on loopback, from the Debian packages.
+
+Each server listens on a free 127.0.0.1 port in a temporary directory and is stopped when the test
+session ends. PostgreSQL and PgBouncer refuse to run as root; under root they run as the `postgres`
+user the Debian package creates.
+"""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+
+class ServerUnavailable(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerUnavailable(f"server exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise ServerUnavailable(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def postgres_bin() -> Path:
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not candidates:
+        raise ServerUnavailable("PostgreSQL server binaries not found (apt-get install postgresql)")
+    return Path(candidates[-1]).parent
+
+
+def _as_postgres_user(command: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+def _hand_to_postgres_user(*paths: Path) -> None:
+    if os.geteuid() == 0:
+        for path in paths:
+            shutil.chown(path, "postgres", "postgres")
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "server.crt", directory / "server.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    _hand_to_postgres_user(cert_path, key_path)
+    return cert_path, key_path
+
+
+@dataclass
+class PostgresServer:
+    port: int
+    socket_dir: Path
+    data_dir: Path
+    bin_dir: Path
+
+    def stop(self) -> None:
+        subprocess.run(_as_postgres_user([str(self.bin_dir / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate",
+                                          "stop"]), capture_output=True, check=False)
+
+    def superuser_sql(self, statement: str, *params: str) -> None:
+        import psycopg2
+        connection = psycopg2.connect(host=str(self.socket_dir), port=self.port, user="postgres", dbname="postgres")
+        connection.autocommit = True
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(statement, params or None)
+        finally:
+            connection.close()
+
+
+def start_postgres(workdir: Path) -> PostgresServer:
+    bin_dir = postgres_bin()
+    workdir.mkdir(parents=True, exist_ok=True)
+    data_dir, socket_dir = workdir / "data", workdir / "socket"
+    socket_dir.mkdir()
+    _hand_to_postgres_user(workdir, socket_dir)
+    subprocess.run(_as_postgres_user([str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres",
+                                      "--auth-local=trust", "--auth-host=reject"]),
+                   check=True, capture_output=True)
+    cert, key = self_signed_certificate(data_dir)
+    # Password logins over TLS only, as CloudNativePG serves them.
+    (data_dir / "pg_hba.conf").write_text(
+        "local all postgres trust\n"
+        "hostssl all all 127.0.0.1/32 scram-sha-256\n"
+        "host all all 127.0.0.1/32 reject\n")
+    port = free_port()
+    options = (f"-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c ssl=on "
+               f"-c ssl_cert_file={cert} -c ssl_key_file={key}")
+    subprocess.run(_as_postgres_user([str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-o", options, "-w",
+                                      "-l", str(workdir / "postgres.log"), "start"]),
+                   check=True, capture_output=True)
+    return PostgresServer(port=port, socket_dir=socket_dir, data_dir=data_dir, bin_dir=bin_dir)
+
+
+def _pgbouncer_quote(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
+@dataclass
+class PgBouncerServer:
+    port: int
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def start_pgbouncer(workdir: Path, postgres: PostgresServer, user: str, password: str,
+                    database: str) -> PgBouncerServer:
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not Path(binary).exists():
+        raise ServerUnavailable("pgbouncer not found (apt-get install pgbouncer)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    cert, key = self_signed_certificate(workdir)
+    userlist = workdir / "userlist.txt"
+    userlist.write_text(f"{_pgbouncer_quote(user)} {_pgbouncer_quote(password)}\n")
+    userlist.chmod(0o600)
+    port = free_port()
+    ini = workdir / "pgbouncer.ini"
+    # Transaction pooling and TLS towards clients, as the CloudNativePG Pooler runs it.
+    ini.write_text(
+        "[databases]\n"
+        f"{database} = host=127.0.0.1 port={postgres.port} dbname={database}\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = scram-sha-256\nauth_file = {userlist}\n"
+        "pool_mode = transaction\n"
+        f"client_tls_sslmode = require\nclient_tls_cert_file = {cert}\nclient_tls_key_file = {key}\n"
+        "server_tls_sslmode = require\n"
+        f"logfile = {workdir / 'pgbouncer.log'}\n")
+    _hand_to_postgres_user(workdir, userlist, ini)
+    process = subprocess.Popen(_as_postgres_user([binary, str(ini)]), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    wait_for_port(port, process)
+    return PgBouncerServer(port=port, process=process)
+
+
+@dataclass
+class RedisServer:
+    port: int
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def start_redis(workdir: Path, password: str) -> RedisServer:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServerUnavailable("redis-server not found (apt-get install redis-server)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    escaped = password.replace("\\", "\\\\").replace('"', '\\"')
+    config = workdir / "redis.conf"
+    config.write_text(f'bind 127.0.0.1\nport {port}\nrequirepass "{escaped}"\nsave ""\nappendonly no\n'
+                      f"dir {workdir}\nprotected-mode yes\n")
+    config.chmod(0o600)
+    process = subprocess.Popen([binary, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_port(port, process)
+    return RedisServer(port=port, process=process)
+
+
+def with_host_and_port(url: str, host: str, port: int) -> str:
+    """The URL with only its host and port replaced. The user info is left byte for byte as published
+    (split at the last `@`, which percent-encoding keeps out of the password)."""
+    scheme, rest = url.split("://", 1)
+    userinfo, location = rest.rsplit("@", 1)
+    _, _, path = location.partition("/")
+    return f"{scheme}://{userinfo}@{host}:{port}/{path}"
+
+
+def unavailable_reason() -> Optional[str]:
+    try:
+        postgres_bin()
+    except ServerUnavailable as exc:
+        return str(exc)
+    for tool in ("pgbouncer", "redis-server"):
+        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
+            return f"{tool} not found"
+    return None

@@ -1,0 +1,158 @@
+"""The connection URLs the program publishes, proven by connecting to real servers.
+
+PostgreSQL, PgBouncer and Redis run on loopback with the users and passwords the program generated
+(every password forced to contain `@ : / ? # % &`). Only the host and port of the published URLs are
+rewritten; the rest is used byte for byte, through the clients Airflow uses (SQLAlchemy + psycopg2,
+kombu for Celery's broker).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import sqlalchemy
+from kombu import Connection
+
+import components.broker
+import components.database
+from components import workloads as w
+from components.broker import BROKER_URL_SECRET
+from components.database import DATABASE_NAME, METADATA_CONNECTION_SECRET
+from harness import run_program
+from servers import (ServerUnavailable, start_pgbouncer, start_postgres, start_redis, unavailable_reason,
+                     with_host_and_port)
+
+URL_RESERVED = "@:/?#%&"
+PASSWORD_SEED = secrets.randbits(64)
+
+
+def published(run) -> dict[str, str]:
+    secret_data = {s.values["metadata"]["name"]: s.values["stringData"] for s in run.of_type("kubernetes:core/v1:Secret")}
+    return {
+        "metadata_url": secret_data[METADATA_CONNECTION_SECRET]["connection"],
+        "broker_url": secret_data[BROKER_URL_SECRET]["connection"],
+        "postgres_user": secret_data[w.POSTGRES_APP_USER_SECRET]["username"],
+        "postgres_password": secret_data[w.POSTGRES_APP_USER_SECRET]["password"],
+        "redis_password": secret_data[w.REDIS_AUTH_SECRET]["auth"],
+    }
+
+
+@pytest.fixture(scope="module")
+def program():
+    return published(run_program("prod", password_characters=URL_RESERVED, password_seed=PASSWORD_SEED))
+
+
+@pytest.fixture(scope="module")
+def servers(program):
+    reason = unavailable_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"real-server tests must run in CI: {reason}")
+        pytest.skip(reason)
+    started = []
+    # Not pytest's tmp_path: under root that lies in a 0700 directory the `postgres` user cannot enter.
+    workdir = Path(tempfile.mkdtemp(prefix="airflow-platform-servers-"))
+    workdir.chmod(0o755)
+    try:
+        postgres = start_postgres(workdir / "postgres")
+        started.append(postgres)
+        postgres.superuser_sql(f'CREATE ROLE "{program["postgres_user"]}" LOGIN PASSWORD %s',
+                               program["postgres_password"])
+        postgres.superuser_sql(f'CREATE DATABASE "{DATABASE_NAME}" OWNER "{program["postgres_user"]}"')
+        pgbouncer = start_pgbouncer(workdir / "pgbouncer", postgres, program["postgres_user"],
+                                    program["postgres_password"], DATABASE_NAME)
+        started.append(pgbouncer)
+        redis = start_redis(workdir / "redis", program["redis_password"])
+        started.append(redis)
+        yield {"postgres": postgres.port, "pgbouncer": pgbouncer.port, "redis": redis.port}
+    except ServerUnavailable as exc:
+        pytest.fail(str(exc))
+    finally:
+        for server in reversed(started):
+            server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def query(url: str) -> tuple:
+    """(user, database, whether the client's connection is encrypted), through SQLAlchemy as Airflow connects."""
+    engine = sqlalchemy.create_engine(url, pool_pre_ping=True)
+    try:
+        with engine.connect() as connection:
+            user, database = connection.execute(sqlalchemy.text("select current_user, current_database()")).one()
+            return user, database, connection.connection.dbapi_connection.info.ssl_in_use
+    finally:
+        engine.dispose()
+
+
+def broker_round_trip(url: str) -> dict:
+    payload = {"task": "airflow.providers.celery.executors.celery_executor_utils.execute_command",
+               "id": str(uuid.uuid4())}
+    with Connection(url, connect_timeout=5, transport_options={"max_retries": 1}) as connection:
+        queue = connection.SimpleQueue(f"platform-test-{uuid.uuid4().hex[:8]}")
+        try:
+            queue.put(payload)
+            message = queue.get(timeout=5)
+            message.ack()
+            return message.payload
+        finally:
+            queue.clear()
+            queue.close()
+
+
+def test_generated_passwords_hold_every_url_reserved_character(program):
+    for key in ("postgres_password", "redis_password"):
+        assert set(URL_RESERVED) <= set(program[key]), key
+
+
+def test_metadata_url_connects_directly_to_postgres_with_tls(program, servers):
+    url = with_host_and_port(program["metadata_url"], "127.0.0.1", servers["postgres"])
+    assert query(url) == (program["postgres_user"], DATABASE_NAME, True)
+
+
+def test_metadata_url_connects_through_pgbouncer(program, servers):
+    url = with_host_and_port(program["metadata_url"], "127.0.0.1", servers["pgbouncer"])
+    assert query(url) == (program["postgres_user"], DATABASE_NAME, True)
+
+
+def test_metadata_url_with_a_wrong_password_is_refused(program, servers):
+    wrong = program["metadata_url"].replace(quote(program["postgres_password"], safe=""),
+                                            quote(program["postgres_password"][::-1], safe=""))
+    assert wrong != program["metadata_url"]
+    for port in (servers["postgres"], servers["pgbouncer"]):
+        with pytest.raises(sqlalchemy.exc.OperationalError, match="password authentication failed|SASL"):
+            query(with_host_and_port(wrong, "127.0.0.1", port))
+
+
+def test_broker_url_carries_a_celery_message_with_auth_on(program, servers):
+    url = with_host_and_port(program["broker_url"], "127.0.0.1", servers["redis"])
+    payload = broker_round_trip(url)
+    assert payload["task"].endswith("execute_command")
+
+
+def test_broker_url_with_a_wrong_password_is_refused(program, servers):
+    wrong = program["broker_url"].replace(quote(program["redis_password"], safe=""), "not-the-password")
+    with pytest.raises(Exception, match="(?i)invalid|WRONGPASS|auth"):
+        broker_round_trip(with_host_and_port(wrong, "127.0.0.1", servers["redis"]))
+
+
+def test_without_percent_encoding_the_published_urls_stop_working(program, servers, monkeypatch):
+    # The same program and the same passwords, with the encoding taken out of the URL builders.
+    def no_encoding(value, safe=""):
+        return value
+
+    monkeypatch.setattr(components.database, "quote", no_encoding)
+    monkeypatch.setattr(components.broker, "quote", no_encoding)
+    raw = published(run_program("prod", password_characters=URL_RESERVED, password_seed=PASSWORD_SEED))
+    assert raw["postgres_password"] == program["postgres_password"]
+    assert raw["metadata_url"] != program["metadata_url"]
+    with pytest.raises(Exception):
+        query(with_host_and_port(raw["metadata_url"], "127.0.0.1", servers["pgbouncer"]))
+    with pytest.raises(Exception):
+        broker_round_trip(with_host_and_port(raw["broker_url"], "127.0.0.1", servers["redis"]))
