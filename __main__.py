@@ -69,6 +69,8 @@ broker = Broker("broker", BrokerArgs(
 ))
 
 pulumi.export("cluster_name", cluster.cluster_name)
+pulumi.export("metadata_connection_secret", database.connection_secret_name)
+pulumi.export("broker_url_secret", broker.connection_secret_name)
 if cluster.kubeconfig is not None:
     pulumi.export("kubeconfig", cluster.kubeconfig)
 if settings.is_aws:
