@@ -6,6 +6,7 @@ Thin on purpose: read the settings, build the components in dependency order, ex
 import pulumi
 import pulumi_aws as aws
 
+from components.airflow import AirflowRelease, AirflowReleaseArgs
 from components.broker import Broker, BrokerArgs
 from components.cluster import Cluster, ClusterArgs
 from components.database import Database, DatabaseArgs
@@ -68,6 +69,33 @@ broker = Broker("broker", BrokerArgs(
     storage_class_name=cluster.default_storage_class_name,
 ))
 
+airflow = AirflowRelease("airflow", AirflowReleaseArgs(
+    settings=settings,
+    k8s_provider=cluster.provider,
+    security=security,
+    storage=storage,
+    database=database,
+    broker=broker,
+    airflow_namespace=security.airflow_namespace,
+    fernet_key_secret_name=security.fernet_key_secret_name,
+    api_secret_key_secret_name=security.api_secret_key_secret_name,
+    jwt_secret_name=security.jwt_secret_name,
+    admin_user_secret_name=security.admin_user_secret_name,
+    metadata_secret_name=database.connection_secret_name,
+    broker_secret_name=broker.connection_secret_name,
+    dags_claim_name=storage.dags_claim_name,
+    logs_claim_name=storage.logs_claim_name,
+    aws_provider=aws_provider,
+    logs_bucket_name=storage.logs_bucket_name,
+    certificate_arn=security.certificate_arn,
+    load_balancer_cidrs=cluster.public_subnet_cidrs,
+    log_access=storage.airflow_access,
+    load_balancer_controller=cluster.load_balancer_controller,
+))
+
+pulumi.export("ingress_url", airflow.ingress_url)
+pulumi.export("admin_username", airflow.admin_username)
+pulumi.export("admin_password", security.admin_password)
 pulumi.export("cluster_name", cluster.cluster_name)
 pulumi.export("metadata_connection_secret", database.connection_secret_name)
 pulumi.export("broker_url_secret", broker.connection_secret_name)

@@ -76,11 +76,14 @@ class Cluster(pulumi.ComponentResource):
     cluster_security_group_id: Optional[pulumi.Output[str]]
     default_storage_class_name: Optional[str]
     node_groups: list[aws.eks.NodeGroup]
+    # The AWS Load Balancer Controller (target=aws): it turns Ingresses into ALBs.
+    load_balancer_controller: Optional[k8s.helm.v3.Release]
 
     def __init__(self, name: str, args: ClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("airflow:platform:Cluster", name, None, opts)
         self._settings = args.settings
         self.node_groups = []
+        self.load_balancer_controller = None
         self.private_subnet_ids = []
         self.public_subnet_cidrs = []
         if args.settings.is_aws:
@@ -142,7 +145,8 @@ class Cluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=self.node_groups),
         )
         self.default_storage_class_name = self._build_default_storage_class(name)
-        self._build_load_balancer_controller(name, eks_cluster, network, pod_identity_agent)
+        self.load_balancer_controller = self._build_load_balancer_controller(
+            name, eks_cluster, network, pod_identity_agent)
 
     def _build_network(self, name: str, cluster_name: str) -> Network:
         settings = self._settings
@@ -397,7 +401,7 @@ class Cluster(pulumi.ComponentResource):
         return class_name
 
     def _build_load_balancer_controller(self, name: str, eks_cluster: aws.eks.Cluster, network: Network,
-                                        pod_identity_agent: aws.eks.Addon) -> None:
+                                        pod_identity_agent: aws.eks.Addon) -> k8s.helm.v3.Release:
         settings = self._settings
         version = settings.aws_load_balancer_controller_chart_version
         policy_file = LOAD_BALANCER_CONTROLLER_POLICY_DIR / f"aws-load-balancer-controller-v{version}.json"
@@ -413,7 +417,7 @@ class Cluster(pulumi.ComponentResource):
             f"{name}-lb-controller", cluster_name=eks_cluster.name, namespace="kube-system",
             service_account=service_account, role_arn=role.arn,
             opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(depends_on=[pod_identity_agent])))
-        k8s.helm.v3.Release(
+        return k8s.helm.v3.Release(
             f"{name}-lb-controller",
             name="aws-load-balancer-controller",
             chart="aws-load-balancer-controller",

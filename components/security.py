@@ -68,7 +68,7 @@ def _tcp(*ports: int) -> tuple[tuple[int, str], ...]:
 
 
 def required_flows(vpc_cidr: Optional[str], load_balancer_cidrs: list[str],
-                   worker_egress_cidrs: list[str], local_ingress_namespace: str) -> list[Flow]:
+                   worker_egress_cidrs: list[str], local_ingress_namespace: str, git_sync: bool = False) -> list[Flow]:
     """Every flow the platform needs in the Airflow namespace; anything else is denied.
 
     vpc_cidr is None on a local cluster: there the load balancer is the local ingress controller or a
@@ -114,6 +114,11 @@ def required_flows(vpc_cidr: Optional[str], load_balancer_cidrs: list[str],
             Flow("postgres-to-kubernetes-api", instances, Peer(cidr="0.0.0.0/0"), _tcp(6443, 8443)),
             Flow("pgbouncer-to-kubernetes-api", pooler, Peer(cidr="0.0.0.0/0"), _tcp(6443, 8443)),
         ]
+        if git_sync:
+            # On AWS the git host is covered by airflow-to-aws-apis (HTTPS outside the VPC).
+            flows.append(Flow("git-sync-to-repository", airflow,
+                              Peer(cidr="0.0.0.0/0", except_cidrs=("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")),
+                              _tcp(443)))
     else:
         # Outside the VPC only: AWS APIs are public endpoints (S3 through the gateway endpoint, STS).
         aws_apis = Peer(cidr="0.0.0.0/0", except_cidrs=(vpc_cidr,))
@@ -123,6 +128,7 @@ def required_flows(vpc_cidr: Optional[str], load_balancer_cidrs: list[str],
             # The EKS API endpoint's network interfaces live in the VPC.
             Flow("postgres-to-kubernetes-api", instances, Peer(cidr=vpc_cidr), _tcp(443)),
             Flow("pgbouncer-to-kubernetes-api", pooler, Peer(cidr=vpc_cidr), _tcp(443)),
+            # AWS APIs, and the git host of git-sync: HTTPS outside the VPC.
             Flow("airflow-to-aws-apis", airflow, aws_apis, _tcp(443)),
             Flow("postgres-to-aws-apis", instances, aws_apis, _tcp(443)),
             Flow("airflow-to-pod-identity", airflow, Peer(cidr=w.POD_IDENTITY_AGENT_CIDR),
@@ -214,7 +220,7 @@ class Security(pulumi.ComponentResource):
         self._build_rbac(name, args, in_airflow)
         flows = required_flows(args.vpc_cidr, args.load_balancer_cidrs,
                                [str(cidr) for cidr in args.settings.worker_egress_cidrs],
-                               args.settings.local_ingress_namespace)
+                               args.settings.local_ingress_namespace, bool(args.settings.git_sync_repository))
         for policy_name, spec in network_policy_specs(flows).items():
             k8s.networking.v1.NetworkPolicy(
                 f"{name}-{policy_name}",

@@ -136,7 +136,7 @@ class Settings(BaseModel):
         description="Public host name of the Airflow UI/API, for example airflow.example.com. Required when target=aws.")
     route53_zone_id: str = Field(
         default="", pattern=r"^$|^Z[A-Z0-9]{1,31}$",
-        description="Route53 hosted zone of ingressHost: validates the ACM certificate and holds the alias record.")
+        description="Route53 hosted zone of ingressHost: holds its alias record and validates the ACM certificate. Required when target=aws.")
     certificate_arn: str = Field(
         default="", pattern=r"^$|^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]+$",
         description="An existing ACM certificate for ingressHost; empty means one is issued and DNS-validated in route53ZoneId.")
@@ -206,6 +206,48 @@ class Settings(BaseModel):
     redis_memory: str = Field(default="512Mi", pattern=_QUANTITY, description="Memory request and limit of each Redis server.")
     redis_ha_chart_version: str = Field(
         default="4.39.0", pattern=r"^\d+\.\d+\.\d+$", description="Chart version of redis-ha.")
+
+    # --- Airflow -----------------------------------------------------------------------------------
+    airflow_chart_version: str = Field(
+        default="1.19.0", pattern=r"^\d+\.\d+\.\d+$", description="Version of the official Apache Airflow chart.")
+    airflow_version: str = Field(
+        default="3.1.7", pattern=r"^3\.\d+\.\d+$", description="Airflow version (the chart's airflowVersion); Airflow 3 only.")
+    airflow_image_repository: str = Field(
+        default="apache/airflow", min_length=1, max_length=300,
+        description="Image repository, e.g. your own image with your DAGs' Python dependencies.")
+    airflow_image_tag: str = Field(
+        default="", max_length=128, description="Image tag; empty means airflowVersion.")
+    scheduler_replicas: int = Field(default=1, ge=1, le=10, description="Scheduler replicas (2 or more for HA).")
+    api_server_replicas: int = Field(default=1, ge=1, le=20, description="API server replicas (UI, REST and execution API).")
+    triggerer_replicas: int = Field(default=1, ge=1, le=10, description="Triggerer replicas.")
+    dag_processor_replicas: int = Field(default=1, ge=1, le=10, description="DAG processor replicas.")
+    worker_min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest Celery workers KEDA keeps.")
+    worker_max_replicas: int = Field(default=4, ge=1, le=1000, description="Most Celery workers KEDA may run.")
+    worker_concurrency: int = Field(
+        default=8, ge=1, le=256,
+        description="Tasks one Celery worker runs at once (celery.worker_concurrency; KEDA divides the queue by it).")
+    worker_termination_grace_seconds: int = Field(
+        default=600, ge=30, le=86400,
+        description="How long a stopping worker may finish its running tasks; KEDA's cooldown is kept above it.")
+    worker_cpu: str = Field(default="1", pattern=_QUANTITY, description="CPU request of each Celery worker.")
+    worker_memory: str = Field(default="2Gi", pattern=_QUANTITY, description="Memory request and limit of each Celery worker.")
+    keda_chart_version: str = Field(
+        default="2.20.2", pattern=r"^\d+\.\d+\.\d+$", description="Chart version of KEDA.")
+    git_sync_repository: str = Field(
+        default="", pattern=r"^$|^https://\S+$",
+        description="HTTPS URL of the DAG repository for git-sync; empty means DAGs come from the DAGs volume.")
+    git_sync_branch: str = Field(default="main", min_length=1, max_length=255, description="Branch git-sync follows.")
+    git_sync_sub_path: str = Field(default="", max_length=1024, description="Folder of the DAGs inside the repository.")
+    git_sync_credentials_secret: str = Field(
+        default="", pattern=r"^$|^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+        description="Existing Secret in the Airflow namespace with GITSYNC_USERNAME and GITSYNC_PASSWORD "
+                    "(and GIT_SYNC_USERNAME/GIT_SYNC_PASSWORD); empty for a public repository.")
+    ingress_scheme: Literal["internet-facing", "internal"] = Field(
+        default="internet-facing", description="Whether the ALB is reachable from the internet or only inside the VPC.")
+    ingress_allowed_cidrs: list[ipaddress.IPv4Network] = Field(
+        default_factory=list, max_length=50,
+        description="CIDRs allowed to reach the ALB; empty allows everyone the scheme allows.")
+    flower_enabled: bool = Field(default=True, description="Run Celery Flower (reach it with a port-forward; it gets no ingress).")
 
     # --- AWS: pinned versions ----------------------------------------------------------------------
     aws_load_balancer_controller_chart_version: str = Field(
@@ -289,9 +331,9 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
         problems.append(("region", "is required when target is 'aws' (for example eu-west-1)"))
     if settings.is_aws and not settings.ingress_host:
         problems.append(("ingressHost", "is required when target is 'aws' (the host name users open, e.g. airflow.example.com)"))
-    if settings.is_aws and not (settings.certificate_arn or settings.route53_zone_id):
-        problems.append(("route53ZoneId", "is required when target is 'aws' and certificateArn is empty "
-                                          "(the zone validates the issued certificate)"))
+    if settings.is_aws and not settings.route53_zone_id:
+        problems.append(("route53ZoneId", "is required when target is 'aws' (the zone of ingressHost: it holds the "
+                                          "alias record and validates the certificate unless certificateArn is set)"))
     if settings.postgres_restore_target_time:
         if not settings.is_aws:
             problems.append(("postgresRestoreTargetTime", "needs target 'aws': only AWS stacks keep backups"))
@@ -301,6 +343,9 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
                 f"must differ from postgresRestoreFromServerName ('{settings.postgres_restore_from_server_name}') "
                 "while restoring: a restored cluster starts a new timeline and may not archive over the "
                 "backups it came from (for example 'airflow-db-r1')"))
+    if settings.worker_min_replicas > settings.worker_max_replicas:
+        problems.append(("workerMinReplicas", f"must not exceed workerMaxReplicas ({settings.worker_max_replicas}), "
+                                              f"got {settings.worker_min_replicas}"))
     if not settings.worker_node_min <= settings.worker_node_desired <= settings.worker_node_max:
         problems.append((
             "workerNodeDesired",

@@ -175,6 +175,9 @@ class PlatformMocks(pulumi_mocks.Mocks):
             state["domainValidationOptions"] = [{
                 "domainName": inputs["domainName"], "resourceRecordName": f"_x1.{inputs['domainName']}.",
                 "resourceRecordType": "CNAME", "resourceRecordValue": "_x2.acm-validations.aws."}]
+        elif args.typ == "kubernetes:networking.k8s.io/v1:Ingress":
+            state["status"] = {"loadBalancer": {"ingress": [
+                {"hostname": f"k8s-airflow-{args.name}-1234567890.eu-west-1.elb.amazonaws.com"}]}}
         elif args.typ == "aws:route53/record:Record":
             state["fqdn"] = inputs["name"].rstrip(".")
         elif args.typ == "random:index/randomPassword:RandomPassword":
@@ -193,6 +196,8 @@ class PlatformMocks(pulumi_mocks.Mocks):
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": FAKE_ACCOUNT, "arn": f"arn:aws:iam::{FAKE_ACCOUNT}:user/ci", "userId": "AIDA",
                     "id": FAKE_ACCOUNT}
+        if args.token == "aws:lb/getHostedZoneId:getHostedZoneId":
+            return {"id": "Z32O12XQLNTSW2"}
         if args.token == "aws:eks/getAddonVersion:getAddonVersion":
             return {"version": f"v1.0.0-eksbuild.1-{args.args['addonName']}", "id": args.args["addonName"]}
         raise NotImplementedError(f"the mocks do not answer invoke {args.token}; add it to tests/harness.py")

@@ -96,3 +96,13 @@ def _closed(schema: Any) -> Any:
     if isinstance(schema, list):
         return [_closed(v) for v in schema]
     return schema
+
+
+def validate_chart_values_strictly(values: dict, schema_path: str) -> None:
+    """The chart's schema, plus what it leaves open at the top level: every top-level key must be one the
+    schema declares (the Airflow chart's schema accepts unknown top-level keys, so a typo there would pass)."""
+    validate_against_json_schema(values, schema_path)
+    schema = json.loads((SCHEMAS / schema_path).read_text())
+    unknown = sorted(set(values) - set(schema.get("properties", {})))
+    if unknown:
+        raise jsonschema.ValidationError(f"unknown top-level keys {unknown}")

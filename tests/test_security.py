@@ -365,7 +365,7 @@ def test_prod_issues_a_dns_validated_certificate_for_the_ingress_host(prod):
 
 def test_an_existing_certificate_is_used_as_is():
     arn = "arn:aws:acm:eu-west-1:111122223333:certificate/0b4e6a3c-1111-2222-3333-444455556666"
-    run = run_program("prod", overrides={"certificateArn": arn, "route53ZoneId": None})
+    run = run_program("prod", overrides={"certificateArn": arn})
     assert not run.of_type("aws:acm/certificate:Certificate")
     assert unwrap(run.outputs["certificate_arn"]) == arn
 
@@ -374,6 +374,7 @@ def test_aws_needs_an_ingress_host_and_a_zone_or_certificate():
     from components.settings import SettingsError, load_settings
     with pytest.raises(SettingsError, match=r"airflow:ingressHost: is required"):
         load_settings({"target": "aws", "region": "eu-west-1", "route53ZoneId": "Z0123"})
-    with pytest.raises(SettingsError, match=r"airflow:route53ZoneId: is required"):
-        load_settings({"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com"})
+    for certificate in ({}, {"certificateArn": "arn:aws:acm:eu-west-1:111122223333:certificate/0b4e6a3c-1111"}):
+        with pytest.raises(SettingsError, match=r"airflow:route53ZoneId: is required"):
+            load_settings({"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com", **certificate})
     assert isinstance(load_settings({"target": "local"}), Settings)

@@ -1,0 +1,353 @@
+"""AirflowRelease: the official Apache Airflow chart with CeleryExecutor, KEDA worker autoscaling,
+remote logging to S3, an HTTPS ALB in front of the API server, and the URL users open.
+
+The chart renders Airflow; this component only decides its values. The Ingress is the one object
+created here rather than by the chart: Pulumi waits for its load balancer address, which the Route53
+alias record needs, while Helm would return before the ALB exists.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+from components import workloads as w
+from components.security import namespace_with_pod_security
+from components.settings import Settings
+
+AIRFLOW_CHARTS = "https://airflow.apache.org"
+KEDA_CHARTS = "https://kedacore.github.io/charts"
+API_SERVER_SERVICE = f"{w.AIRFLOW_RELEASE}-api-server"
+HEALTH_CHECK_PATH = "/api/v2/monitor/health"
+# Airflow's image runs as uid 50000 with gid 0; every pod also meets Pod Security `restricted`.
+POD_SECURITY_CONTEXT = {"runAsUser": 50000, "runAsGroup": 0, "fsGroup": 0, "runAsNonRoot": True,
+                        "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY_CONTEXT = {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                              "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def resources(cpu: str, memory: str) -> dict:
+    """Requests, and a memory limit equal to the request: no CPU limit, so no throttling of schedulers."""
+    return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
+
+
+def zone_spread(component: str) -> list[dict]:
+    return [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
+             "labelSelector": {"matchLabels": w.airflow_component(component)}}]
+
+
+def pdb() -> dict:
+    return {"enabled": True, "config": {"maxUnavailable": 1}}
+
+
+def log_groomer() -> dict:
+    return {"resources": resources("20m", "64Mi")}
+
+
+def keda_cooldown_seconds(settings: Settings) -> int:
+    """KEDA's scale-to-minimum cooldown: longer than a worker's grace period, so a worker that is still
+    finishing tasks is never counted as idle and removed."""
+    return settings.worker_termination_grace_seconds + 60
+
+
+def api_server_sources(load_balancer_cidrs: list[str], local_ingress_namespace: Optional[str]) -> list[dict]:
+    """Who may reach the API server: the load balancer (or a local ingress controller) and Airflow's pods
+    (Airflow 3 workers, triggerer and DAG processor call its execution API). Matches Security's policies."""
+    sources: list[dict] = [{"ipBlock": {"cidr": cidr}} for cidr in load_balancer_cidrs]
+    if local_ingress_namespace:
+        sources.append({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": local_ingress_namespace}},
+                        "podSelector": {}})
+    sources.append({"podSelector": {"matchLabels": dict(w.AIRFLOW_PODS)}})
+    return sources
+
+
+def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], api_secret_key_secret: pulumi.Input[str],
+                   jwt_secret: pulumi.Input[str], metadata_secret: pulumi.Input[str], broker_secret: pulumi.Input[str],
+                   admin_user_secret: pulumi.Input[str], dags_claim: pulumi.Input[str], logs_claim: pulumi.Input[str],
+                   logs_bucket: Optional[pulumi.Input[str]], load_balancer_cidrs: list[str]) -> dict:
+    """The chart's values. Only Secret names go in here, never a secret value."""
+    ha = settings.is_aws
+    remote_logging = logs_bucket is not None
+    values: dict = {
+        "executor": "CeleryExecutor",
+        "airflowVersion": settings.airflow_version,
+        "defaultAirflowRepository": settings.airflow_image_repository,
+        "defaultAirflowTag": settings.airflow_image_tag or settings.airflow_version,
+        # Keys and connections come from Secrets Pulumi owns, so upgrades never regenerate them.
+        "fernetKeySecretName": fernet_key_secret,
+        "apiSecretKeySecretName": api_secret_key_secret,
+        "jwtSecretName": jwt_secret,
+        "data": {"metadataSecretName": metadata_secret, "brokerUrlSecretName": broker_secret},
+        "postgresql": {"enabled": False},
+        "redis": {"enabled": False},
+        "pgbouncer": {"enabled": False},
+        "securityContexts": {"pod": POD_SECURITY_CONTEXT, "containers": CONTAINER_SECURITY_CONTEXT},
+        "networkPolicies": {"enabled": True},
+        "ingress": {"apiServer": {"enabled": False}, "flower": {"enabled": False}},
+        "config": {
+            "celery": {"worker_concurrency": settings.worker_concurrency},
+            "core": {"parallelism": settings.worker_concurrency * settings.worker_max_replicas},
+            "logging": {"remote_logging": str(remote_logging)},
+        },
+        # Pulumi waits for the release; Helm hooks would deadlock that wait.
+        "migrateDatabaseJob": {"useHelmHooks": False, "applyCustomEnv": False,
+                               "resources": resources("200m", "512Mi")},
+        "createUserJob": {
+            "useHelmHooks": False, "applyCustomEnv": False,
+            "resources": resources("200m", "512Mi"),
+            # The password stays in its Secret: the job reads it from the environment instead of its args.
+            "env": [
+                {"name": "ADMIN_USERNAME", "valueFrom": {"secretKeyRef": {"name": admin_user_secret, "key": "username"}}},
+                {"name": "ADMIN_PASSWORD", "valueFrom": {"secretKeyRef": {"name": admin_user_secret, "key": "password"}}},
+            ],
+            "args": ["bash", "-c", 'exec airflow users create --role Admin --username "$ADMIN_USERNAME" '
+                                   '--password "$ADMIN_PASSWORD" --email admin@example.invalid '
+                                   '--firstname Airflow --lastname Admin'],
+        },
+        "scheduler": {
+            "replicas": settings.scheduler_replicas,
+            "resources": resources("500m", "1Gi"),
+            "podDisruptionBudget": pdb(),
+            "topologySpreadConstraints": zone_spread("scheduler"),
+            "logGroomerSidecar": log_groomer(),
+            "livenessProbe": {"initialDelaySeconds": 10, "timeoutSeconds": 20, "failureThreshold": 5,
+                              "periodSeconds": 60},
+            "startupProbe": {"timeoutSeconds": 20, "failureThreshold": 6, "periodSeconds": 10},
+        },
+        "apiServer": {
+            "replicas": settings.api_server_replicas,
+            "resources": resources("500m", "1Gi"),
+            "podDisruptionBudget": pdb(),
+            "topologySpreadConstraints": zone_spread("api-server"),
+            "networkPolicy": {"ingress": {"from": api_server_sources(
+                load_balancer_cidrs, None if settings.is_aws else settings.local_ingress_namespace)}},
+            "livenessProbe": {"initialDelaySeconds": 15, "timeoutSeconds": 5, "failureThreshold": 5, "periodSeconds": 10},
+            "readinessProbe": {"initialDelaySeconds": 15, "timeoutSeconds": 5, "failureThreshold": 5, "periodSeconds": 10},
+            "startupProbe": {"timeoutSeconds": 20, "failureThreshold": 6, "periodSeconds": 10},
+        },
+        "workers": {
+            "replicas": settings.worker_min_replicas,
+            "resources": resources(settings.worker_cpu, settings.worker_memory),
+            "terminationGracePeriodSeconds": settings.worker_termination_grace_seconds,
+            "podDisruptionBudget": pdb(),
+            "topologySpreadConstraints": zone_spread("worker"),
+            "logGroomerSidecar": log_groomer(),
+            # Remote logging keeps task logs; a 100Gi volume per worker would only slow scaling.
+            "persistence": {"enabled": False},
+            "keda": {
+                "enabled": True,
+                "minReplicaCount": settings.worker_min_replicas,
+                "maxReplicaCount": settings.worker_max_replicas,
+                "cooldownPeriod": keda_cooldown_seconds(settings),
+                "pollingInterval": 10,
+                "usePgbouncer": False,
+            },
+            "livenessProbe": {"initialDelaySeconds": 10, "timeoutSeconds": 20, "failureThreshold": 5, "periodSeconds": 60},
+        },
+        "triggerer": {
+            "replicas": settings.triggerer_replicas,
+            "resources": resources("250m", "512Mi"),
+            "podDisruptionBudget": pdb(),
+            "topologySpreadConstraints": zone_spread("triggerer"),
+            "logGroomerSidecar": log_groomer(),
+            "persistence": {"enabled": False},
+            "livenessProbe": {"initialDelaySeconds": 10, "timeoutSeconds": 20, "failureThreshold": 5, "periodSeconds": 60},
+        },
+        "dagProcessor": {
+            "replicas": settings.dag_processor_replicas,
+            "resources": resources("250m", "1Gi"),
+            "podDisruptionBudget": pdb(),
+            "topologySpreadConstraints": zone_spread("dag-processor"),
+            "logGroomerSidecar": log_groomer(),
+            "livenessProbe": {"initialDelaySeconds": 10, "timeoutSeconds": 20, "failureThreshold": 5, "periodSeconds": 60},
+        },
+        "statsd": {
+            "resources": resources("50m", "128Mi"),
+            "securityContexts": {"pod": {"runAsUser": 65534, "runAsNonRoot": True,
+                                         "seccompProfile": {"type": "RuntimeDefault"}},
+                                 "container": CONTAINER_SECURITY_CONTEXT},
+        },
+        "flower": {
+            "enabled": settings.flower_enabled,
+            "resources": resources("100m", "256Mi"),
+        },
+        "dags": {},
+        "logs": {},
+    }
+    if ha:
+        for component in ("scheduler", "apiServer", "triggerer", "dagProcessor"):
+            values[component]["replicas"] = max(values[component]["replicas"], 2)
+    if remote_logging:
+        values["config"]["logging"].update({
+            "remote_base_log_folder": pulumi.Output.concat("s3://", logs_bucket, "/logs"),
+            "remote_log_conn_id": "aws_default",
+            "delete_local_logs": "True",
+        })
+        # No keys: boto3 finds the Pod Identity credentials the service accounts are associated with.
+        values["env"] = [{"name": "AIRFLOW_CONN_AWS_DEFAULT",
+                          "value": json.dumps({"conn_type": "aws", "extra": {"region_name": settings.region}})}]
+    else:
+        values["logs"]["persistence"] = {"enabled": True, "existingClaim": logs_claim}
+    if settings.git_sync_repository:
+        git_sync: dict = {
+            "enabled": True,
+            "repo": settings.git_sync_repository,
+            "branch": settings.git_sync_branch,
+            "rev": "HEAD",
+            "ref": settings.git_sync_branch,
+            "depth": 1,
+            "subPath": settings.git_sync_sub_path,
+            "period": "60s",
+            "resources": resources("50m", "128Mi"),
+            "securityContexts": {"container": CONTAINER_SECURITY_CONTEXT},
+        }
+        if settings.git_sync_credentials_secret:
+            git_sync["credentialsSecret"] = settings.git_sync_credentials_secret
+        values["dags"]["gitSync"] = git_sync
+    else:
+        values["dags"]["persistence"] = {"enabled": True, "existingClaim": dags_claim}
+    return values
+
+
+def keda_values() -> dict:
+    return {
+        "resources": {
+            "operator": resources("100m", "256Mi"),
+            "metricServer": resources("100m", "256Mi"),
+            "webhooks": resources("50m", "128Mi"),
+        },
+    }
+
+
+def ingress_annotations(settings: Settings, certificate_arn: pulumi.Input[str]) -> dict:
+    annotations = {
+        "alb.ingress.kubernetes.io/scheme": settings.ingress_scheme,
+        # Straight to the pods (VPC CNI addresses): no NodePort hop, and the NetworkPolicies see the ALB.
+        "alb.ingress.kubernetes.io/target-type": "ip",
+        "alb.ingress.kubernetes.io/listen-ports": json.dumps([{"HTTP": 80}, {"HTTPS": 443}]),
+        "alb.ingress.kubernetes.io/ssl-redirect": "443",
+        "alb.ingress.kubernetes.io/certificate-arn": certificate_arn,
+        "alb.ingress.kubernetes.io/ssl-policy": "ELBSecurityPolicy-TLS13-1-2-2021-06",
+        "alb.ingress.kubernetes.io/healthcheck-path": HEALTH_CHECK_PATH,
+        "alb.ingress.kubernetes.io/success-codes": "200",
+        "alb.ingress.kubernetes.io/load-balancer-attributes": "routing.http.drop_invalid_header_fields.enabled=true",
+    }
+    if settings.ingress_allowed_cidrs:
+        annotations["alb.ingress.kubernetes.io/inbound-cidrs"] = ",".join(map(str, settings.ingress_allowed_cidrs))
+    return annotations
+
+
+@dataclass
+class AirflowReleaseArgs:
+    settings: Settings
+    k8s_provider: k8s.Provider
+    security: "pulumi.ComponentResource"
+    storage: "pulumi.ComponentResource"
+    database: "pulumi.ComponentResource"
+    broker: "pulumi.ComponentResource"
+    airflow_namespace: pulumi.Input[str]
+    fernet_key_secret_name: pulumi.Input[str]
+    api_secret_key_secret_name: pulumi.Input[str]
+    jwt_secret_name: pulumi.Input[str]
+    admin_user_secret_name: pulumi.Input[str]
+    metadata_secret_name: pulumi.Input[str]
+    broker_secret_name: pulumi.Input[str]
+    dags_claim_name: pulumi.Input[str]
+    logs_claim_name: pulumi.Input[str]
+    aws_provider: Optional[aws.Provider] = None
+    logs_bucket_name: Optional[pulumi.Input[str]] = None
+    certificate_arn: Optional[pulumi.Input[str]] = None
+    load_balancer_cidrs: Optional[list[str]] = None
+    # Pod Identity for the log writers must exist before the first task writes a log.
+    log_access: Optional[list[pulumi.Resource]] = None
+    # The controller that gives the Ingress its ALB (and the address Pulumi waits for).
+    load_balancer_controller: Optional[pulumi.Resource] = None
+
+
+class AirflowRelease(pulumi.ComponentResource):
+    """KEDA, the Airflow chart, and the way in (ALB + DNS, or a port-forward locally)."""
+
+    release: k8s.helm.v3.Release
+    ingress_url: pulumi.Output[str]
+    admin_username: str
+
+    def __init__(self, name: str, args: AirflowReleaseArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("airflow:platform:AirflowRelease", name, None, opts)
+        settings = args.settings
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
+
+        keda_namespace = namespace_with_pod_security(f"{name}-{w.KEDA_NAMESPACE}", w.KEDA_NAMESPACE, "restricted",
+                                                     k8s_opts)
+        keda = k8s.helm.v3.Release(
+            f"{name}-keda",
+            name="keda", chart="keda", version=settings.keda_chart_version,
+            repository_opts={"repo": KEDA_CHARTS}, namespace=w.KEDA_NAMESPACE,
+            values=keda_values(), atomic=True, cleanup_on_fail=True, max_history=5, timeout=600,
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[keda_namespace])))
+
+        self.release = k8s.helm.v3.Release(
+            f"{name}-airflow",
+            name=w.AIRFLOW_RELEASE,
+            chart="airflow",
+            version=settings.airflow_chart_version,
+            repository_opts={"repo": AIRFLOW_CHARTS},
+            namespace=args.airflow_namespace,
+            values=airflow_values(
+                settings,
+                fernet_key_secret=args.fernet_key_secret_name,
+                api_secret_key_secret=args.api_secret_key_secret_name,
+                jwt_secret=args.jwt_secret_name,
+                metadata_secret=args.metadata_secret_name,
+                broker_secret=args.broker_secret_name,
+                admin_user_secret=args.admin_user_secret_name,
+                dags_claim=args.dags_claim_name,
+                logs_claim=args.logs_claim_name,
+                logs_bucket=args.logs_bucket_name,
+                load_balancer_cidrs=args.load_balancer_cidrs or [],
+            ),
+            # The migration job waits for the database; a first install pulls images on fresh nodes.
+            timeout=1800,
+            wait_for_jobs=True,
+            cleanup_on_fail=True,
+            max_history=10,
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[
+                args.security, args.storage, args.database, args.broker, keda, *(args.log_access or [])])))
+
+        self.admin_username = w.ADMIN_USER
+        if settings.is_aws:
+            self.ingress_url = self._build_ingress(name, args, k8s_opts)
+        else:
+            # A laptop cluster: `kubectl -n airflow port-forward svc/airflow-api-server 8080:8080`.
+            self.ingress_url = pulumi.Output.from_input("http://localhost:8080")
+        self.register_outputs({"ingress_url": self.ingress_url, "admin_username": self.admin_username})
+
+    def _build_ingress(self, name: str, args: AirflowReleaseArgs, k8s_opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+        settings = args.settings
+        ingress = k8s.networking.v1.Ingress(
+            f"{name}-api-server",
+            metadata={"name": API_SERVER_SERVICE, "namespace": args.airflow_namespace,
+                      "annotations": ingress_annotations(settings, args.certificate_arn)},
+            spec={
+                "ingressClassName": "alb",
+                "rules": [{"host": settings.ingress_host, "http": {"paths": [{
+                    "path": "/", "pathType": "Prefix",
+                    "backend": {"service": {"name": API_SERVER_SERVICE, "port": {"number": w.API_SERVER_PORT}}}}]}}],
+            },
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[
+                self.release, *([args.load_balancer_controller] if args.load_balancer_controller else [])])))
+        load_balancer_host = ingress.status.apply(lambda status: status.load_balancer.ingress[0].hostname)
+        alb_zone = aws.lb.get_hosted_zone_id(load_balancer_type="application", region=settings.region,
+                                             opts=pulumi.InvokeOptions(provider=args.aws_provider)).id
+        record = aws.route53.Record(
+            f"{name}-ingress-host",
+            zone_id=settings.route53_zone_id,
+            name=settings.ingress_host,
+            type="A",
+            aliases=[{"name": load_balancer_host, "zone_id": alb_zone, "evaluate_target_health": True}],
+            opts=pulumi.ResourceOptions(parent=self, provider=args.aws_provider))
+        return record.fqdn.apply(lambda _: f"https://{settings.ingress_host}")

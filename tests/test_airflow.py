@@ -1,0 +1,229 @@
+"""AirflowRelease: chart values against the official schema, the Release's options and dependencies,
+KEDA, TLS ingress and DNS, logs, DAGs, and the outputs."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from jsonschema import ValidationError
+
+from components import workloads as w
+from components.airflow import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, api_server_sources
+from harness import STACKS, is_secret, run_program, unwrap
+from netpol import Policy, allowed
+from schemas import validate_chart_values_strictly
+from test_security import endpoints, matrix, policies_of
+
+RELEASE = "kubernetes:helm.sh/v3:Release"
+AIRFLOW_SCHEMA = "airflow-chart/values.schema.json"
+COMPONENTS = ("scheduler", "apiServer", "triggerer", "dagProcessor")
+
+
+def airflow_release(run):
+    return run.one(RELEASE, "airflow-airflow")
+
+
+def chart_values(run) -> dict:
+    return airflow_release(run).values["values"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_values_validate_against_the_chart_schema(stack_runs, stack):
+    validate_chart_values_strictly(chart_values(stack_runs[stack]), AIRFLOW_SCHEMA)
+
+
+@pytest.mark.parametrize("path", [("schedular",), ("workers", "kedaa"), ("apiServer", "replica")])
+def test_a_misspelled_key_fails_the_schema(prod, path):
+    values = copy.deepcopy(chart_values(prod))
+    node = values
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = 2
+    with pytest.raises(ValidationError):
+        validate_chart_values_strictly(values, AIRFLOW_SCHEMA)
+
+
+def test_git_sync_values_validate_and_replace_the_dags_volume():
+    run = run_program("prod", overrides={"gitSyncRepository": "https://github.com/example/dags.git",
+                                         "gitSyncCredentialsSecret": "dags-repo-credentials",
+                                         "gitSyncSubPath": "dags"})
+    values = chart_values(run)
+    validate_chart_values_strictly(values, AIRFLOW_SCHEMA)
+    git_sync = values["dags"]["gitSync"]
+    assert git_sync["enabled"] is True and git_sync["repo"] == "https://github.com/example/dags.git"
+    assert git_sync["credentialsSecret"] == "dags-repo-credentials"
+    assert "persistence" not in values["dags"]
+
+
+def test_release_options_and_dependencies(prod):
+    release = airflow_release(prod)
+    values = release.values
+    assert values["name"] == "airflow" and values["chart"] == "airflow" and values["version"] == "1.19.0"
+    assert values["timeout"] >= 1200
+    assert values["waitForJobs"] is True and values["cleanupOnFail"] is True and values["maxHistory"] >= 1
+    # A dependency on a component is a dependency on every resource inside it.
+    for component in ("Database", "Broker", "Storage", "Security"):
+        inside = [r for r in prod.registrations if r.custom and any(
+            a.type == f"airflow:platform:{component}" for a in prod.ancestors(r))]
+        assert inside and all(release.depends_on(r) for r in inside), component
+    for component in ("Cluster", "AirflowRelease"):
+        assert not any(release.depends_on(r) for r in prod.registrations
+                       if r.custom and any(a.type == f"airflow:platform:{component}" for a in prod.ancestors(r))
+                       and r.type != "kubernetes:helm.sh/v3:Release")
+    assert release.depends_on(prod.one(RELEASE, "airflow-keda")), "the ScaledObject CRD comes with KEDA"
+    for association in prod.where(lambda r: r.type == "aws:eks/podIdentityAssociation:PodIdentityAssociation"
+                                  and r.values["serviceAccount"] in w.AIRFLOW_LOG_WRITERS):
+        assert release.depends_on(association)
+
+
+def test_external_database_broker_and_keys_by_secret_name_only(prod):
+    values = chart_values(prod)
+    assert values["executor"] == "CeleryExecutor"
+    assert values["data"] == {"metadataSecretName": "airflow-metadata-connection",
+                              "brokerUrlSecretName": "airflow-broker-url"}
+    assert values["postgresql"]["enabled"] is False and values["redis"]["enabled"] is False
+    assert values["fernetKeySecretName"] == w.FERNET_KEY_SECRET
+    assert values["apiSecretKeySecretName"] == w.API_SECRET_KEY_SECRET
+    assert values["jwtSecretName"] == w.JWT_SECRET
+    for job in ("migrateDatabaseJob", "createUserJob"):
+        assert values[job]["useHelmHooks"] is False and values[job]["applyCustomEnv"] is False
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in values["createUserJob"]["env"]}
+    assert env["ADMIN_PASSWORD"] == {"name": w.ADMIN_USER_SECRET, "key": "password"}
+    assert "$ADMIN_PASSWORD" in values["createUserJob"]["args"][-1]
+    for key in ("fernetKey", "apiSecretKey", "jwtSecret", "webserverSecretKey"):
+        assert key not in values
+
+
+def test_no_secret_value_reaches_the_release_values(prod):
+    release = airflow_release(prod)
+    generated = {r.state["result"] for r in prod.of_type("random:index/randomPassword:RandomPassword")}
+    text = json.dumps(unwrap(release.inputs))
+    assert generated and not any(value in text for value in generated)
+
+
+def test_prod_is_highly_available(prod):
+    values = chart_values(prod)
+    for component in COMPONENTS:
+        assert values[component]["replicas"] == 2, component
+        assert values[component]["podDisruptionBudget"]["enabled"] is True, component
+        [spread] = values[component]["topologySpreadConstraints"]
+        assert spread["topologyKey"] == "topology.kubernetes.io/zone"
+    assert values["workers"]["podDisruptionBudget"]["enabled"] is True
+
+
+def test_every_container_has_resources_and_a_restricted_security_context(prod):
+    values = chart_values(prod)
+    for component in (*COMPONENTS, "workers", "statsd", "flower", "migrateDatabaseJob", "createUserJob"):
+        resources = values[component]["resources"]
+        assert resources["requests"]["cpu"] and resources["requests"]["memory"], component
+        assert resources["limits"]["memory"], component
+    for component in ("scheduler", "workers", "triggerer", "dagProcessor"):
+        assert values[component]["logGroomerSidecar"]["resources"]["limits"]["memory"], component
+    assert values["securityContexts"]["pod"] == POD_SECURITY_CONTEXT
+    assert values["uid"] if "uid" in values else POD_SECURITY_CONTEXT["runAsUser"] == 50000
+    assert CONTAINER_SECURITY_CONTEXT["capabilities"] == {"drop": ["ALL"]}
+    assert CONTAINER_SECURITY_CONTEXT["allowPrivilegeEscalation"] is False
+    assert values["securityContexts"]["containers"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert values["statsd"]["securityContexts"]["container"] == CONTAINER_SECURITY_CONTEXT
+    for component in ("scheduler", "apiServer"):
+        assert values[component]["livenessProbe"] and values[component]["startupProbe"]
+    assert values["apiServer"]["readinessProbe"]
+
+
+def test_keda_scales_workers_without_killing_running_tasks(prod):
+    values = chart_values(prod)
+    keda = values["workers"]["keda"]
+    assert keda["enabled"] is True
+    assert (keda["minReplicaCount"], keda["maxReplicaCount"]) == (2, 20)
+    assert keda["cooldownPeriod"] > values["workers"]["terminationGracePeriodSeconds"] == 900
+    assert values["config"]["celery"]["worker_concurrency"] == 16
+    keda_release = prod.one(RELEASE, "airflow-keda")
+    assert keda_release.values["version"] == "2.20.2" and keda_release.values["namespace"] == w.KEDA_NAMESPACE
+
+
+def test_remote_logging_to_the_logs_bucket_without_keys(prod):
+    values = chart_values(prod)
+    logging = values["config"]["logging"]
+    assert logging["remote_logging"] == "True"
+    assert logging["remote_base_log_folder"] == "s3://airflow-prod-logs-mock/logs"
+    [connection] = [e for e in values["env"] if e["name"] == "AIRFLOW_CONN_AWS_DEFAULT"]
+    assert json.loads(connection["value"]) == {"conn_type": "aws", "extra": {"region_name": "eu-west-1"}}
+    assert values["workers"]["persistence"]["enabled"] is False
+    assert values["triggerer"]["persistence"]["enabled"] is False
+    assert values["dags"]["persistence"] == {"enabled": True, "existingClaim": w.DAGS_PVC}
+
+
+def test_local_keeps_logs_on_the_shared_claim(local):
+    values = chart_values(local)
+    assert values["config"]["logging"]["remote_logging"] == "False"
+    assert values["logs"]["persistence"] == {"enabled": True, "existingClaim": w.LOGS_PVC}
+    assert "env" not in values
+
+
+def test_chart_network_policy_for_the_api_server_matches_security(prod, local):
+    for run, stack in ((prod, "prod"), (local, "local")):
+        values = chart_values(run)
+        assert values["networkPolicies"]["enabled"] is True
+        sources = values["apiServer"]["networkPolicy"]["ingress"]["from"]
+        assert sources, "an empty list would block the ALB and the execution API"
+        chart_policy = Policy("airflow-api-server-policy", w.AIRFLOW_NAMESPACE, {
+            "podSelector": {"matchLabels": w.AIRFLOW_API_SERVER}, "policyTypes": ["Ingress"],
+            "ingress": [{"from": sources, "ports": [{"port": w.API_SERVER_PORT}]}]})
+        policies = policies_of(run) + [chart_policy]
+        required, blocked = matrix(stack)
+        pods = endpoints(stack)
+        assert all(allowed(policies, pods[s], pods[d], p, proto) for s, d, p, proto in required)
+        assert not any(allowed(policies, pods[s], pods[d], p, proto) for s, d, p, proto in blocked)
+    assert api_server_sources(["10.0.0.0/24"], None)[0] == {"ipBlock": {"cidr": "10.0.0.0/24"}}
+
+
+def test_https_ingress_through_the_alb_with_the_acm_certificate(prod):
+    ingress = prod.one("kubernetes:networking.k8s.io/v1:Ingress")
+    annotations = ingress.values["metadata"]["annotations"]
+    assert annotations["alb.ingress.kubernetes.io/certificate-arn"] == unwrap(prod.outputs["certificate_arn"])
+    assert json.loads(annotations["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTP": 80}, {"HTTPS": 443}]
+    assert annotations["alb.ingress.kubernetes.io/ssl-redirect"] == "443"
+    assert annotations["alb.ingress.kubernetes.io/healthcheck-path"] == "/api/v2/monitor/health"
+    assert annotations["alb.ingress.kubernetes.io/scheme"] == "internet-facing"
+    assert annotations["alb.ingress.kubernetes.io/target-type"] == "ip"
+    spec = ingress.values["spec"]
+    assert spec["ingressClassName"] == "alb"
+    [rule] = spec["rules"]
+    assert rule["host"] == "airflow.example.com"
+    assert rule["http"]["paths"][0]["backend"]["service"] == {"name": "airflow-api-server", "port": {"number": 8080}}
+    assert ingress.depends_on(airflow_release(prod))
+    assert ingress.depends_on(prod.one(RELEASE, "cluster-lb-controller")), "only the controller gives it an ALB"
+
+
+def test_allow_list_and_internal_scheme_reach_the_load_balancer():
+    run = run_program("prod", overrides={"ingressScheme": "internal", "ingressAllowedCidrs": ["192.0.2.0/24"]})
+    annotations = run.one("kubernetes:networking.k8s.io/v1:Ingress").values["metadata"]["annotations"]
+    assert annotations["alb.ingress.kubernetes.io/scheme"] == "internal"
+    assert annotations["alb.ingress.kubernetes.io/inbound-cidrs"] == "192.0.2.0/24"
+
+
+def test_dns_alias_for_the_host(prod):
+    record = prod.one("aws:route53/record:Record", "airflow-ingress-host").values
+    assert record["name"] == "airflow.example.com" and record["type"] == "A"
+    assert record["zoneId"] == "Z0123456789EXAMPLE"
+    [alias] = record["aliases"]
+    assert alias["name"].endswith(".elb.amazonaws.com") and alias["zoneId"] == "Z32O12XQLNTSW2"
+
+
+def test_flower_runs_without_a_public_ingress(prod):
+    values = chart_values(prod)
+    assert values["flower"]["enabled"] is True
+    assert values["ingress"]["flower"]["enabled"] is False
+    assert len(prod.of_type("kubernetes:networking.k8s.io/v1:Ingress")) == 1
+
+
+def test_outputs(prod, staging, local):
+    assert unwrap(prod.outputs["ingress_url"]) == "https://airflow.example.com"
+    assert unwrap(staging.outputs["ingress_url"]) == "https://airflow-staging.example.com"
+    assert unwrap(local.outputs["ingress_url"]) == "http://localhost:8080"
+    for run in (prod, local):
+        assert unwrap(run.outputs["admin_username"]) == w.ADMIN_USER
+        assert is_secret(run.outputs["admin_password"])
+    assert not local.of_type("kubernetes:networking.k8s.io/v1:Ingress")
