@@ -17,6 +17,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from components import workloads as w
+from components.helm import chart_release
 from components.security import namespace_with_pod_security
 from components.settings import Settings
 
@@ -283,11 +284,9 @@ class AirflowRelease(pulumi.ComponentResource):
 
         keda_namespace = namespace_with_pod_security(f"{name}-{w.KEDA_NAMESPACE}", w.KEDA_NAMESPACE, "restricted",
                                                      k8s_opts)
-        keda = k8s.helm.v3.Release(
-            f"{name}-keda",
-            name="keda", chart="keda", version=settings.keda_chart_version,
-            repository_opts={"repo": KEDA_CHARTS}, namespace=w.KEDA_NAMESPACE,
-            values=keda_values(), atomic=True, cleanup_on_fail=True, max_history=5, timeout=600,
+        keda = chart_release(
+            f"{name}-keda", chart="keda", version=settings.keda_chart_version, repo=KEDA_CHARTS,
+            namespace=w.KEDA_NAMESPACE, values=keda_values(),
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[keda_namespace])))
 
         self.release = k8s.helm.v3.Release(

@@ -15,6 +15,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import workloads as w
+from components.helm import chart_release
 from components.settings import Settings
 
 BROKER_URL_SECRET = "airflow-broker-url"
@@ -48,16 +49,13 @@ class Broker(pulumi.ComponentResource):
     def __init__(self, name: str, args: BrokerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("airflow:platform:Broker", name, None, opts)
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
-        self.release = k8s.helm.v3.Release(
-            f"{name}-redis-ha",
-            name=w.REDIS_RELEASE,
-            chart="redis-ha",
-            version=args.settings.redis_ha_chart_version,
-            repository_opts={"repo": "https://dandydeveloper.github.io/charts"},
+        self.release = chart_release(
+            f"{name}-redis-ha", release_name=w.REDIS_RELEASE, chart="redis-ha",
+            version=args.settings.redis_ha_chart_version, repo="https://dandydeveloper.github.io/charts",
             namespace=args.airflow_namespace,
             values=redis_ha_values(args.settings, args.redis_auth_secret_name, args.storage_class_name),
-            atomic=True, cleanup_on_fail=True, max_history=5, timeout=900,
-            opts=k8s_opts)
+            # Three servers start one after another (OrderedReady), each waiting for its volume.
+            timeout=900, opts=k8s_opts)
         url = args.redis_password.apply(lambda password: broker_url(
             password, f"{HAPROXY_SERVICE}.{w.AIRFLOW_NAMESPACE}.svc.cluster.local", w.REDIS_PORT))
         connection = k8s.core.v1.Secret(

@@ -18,6 +18,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from components.helm import chart_release
 from components.iam import POD_IDENTITY_TRUST_POLICY, managed_policy_arn, service_trust_policy
 from components.settings import Settings
 
@@ -417,18 +418,10 @@ class Cluster(pulumi.ComponentResource):
             f"{name}-lb-controller", cluster_name=eks_cluster.name, namespace="kube-system",
             service_account=service_account, role_arn=role.arn,
             opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(depends_on=[pod_identity_agent])))
-        return k8s.helm.v3.Release(
-            f"{name}-lb-controller",
-            name="aws-load-balancer-controller",
-            chart="aws-load-balancer-controller",
-            version=version,
-            repository_opts={"repo": "https://aws.github.io/eks-charts"},
-            namespace="kube-system",
+        return chart_release(
+            f"{name}-lb-controller", chart="aws-load-balancer-controller", version=version,
+            repo="https://aws.github.io/eks-charts", namespace="kube-system",
             values=load_balancer_controller_values(eks_cluster.name, settings.region, network.vpc_id, service_account),
-            atomic=True,
-            cleanup_on_fail=True,
-            max_history=5,
-            timeout=600,
             # Its credentials must exist before its first pod starts, or it crash-loops until they do.
             opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[association, policy]),
         )

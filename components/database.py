@@ -16,6 +16,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import workloads as w
+from components.helm import chart_release
 from components.security import namespace_with_pod_security
 from components.settings import Settings
 
@@ -65,28 +66,17 @@ class Database(pulumi.ComponentResource):
 
         operator_namespace = namespace_with_pod_security(
             f"{name}-{w.CNPG_NAMESPACE}", w.CNPG_NAMESPACE, "restricted", self._k8s)
-        self.operator = k8s.helm.v3.Release(
-            f"{name}-cloudnative-pg",
-            name="cloudnative-pg",
-            chart="cloudnative-pg",
-            version=settings.cloudnative_pg_chart_version,
-            repository_opts={"repo": CNPG_CHARTS},
-            namespace=w.CNPG_NAMESPACE,
-            values=operator_values(ha=settings.is_aws),
-            atomic=True, cleanup_on_fail=True, max_history=5, timeout=600,
+        self.operator = chart_release(
+            f"{name}-cloudnative-pg", chart="cloudnative-pg", version=settings.cloudnative_pg_chart_version,
+            repo=CNPG_CHARTS, namespace=w.CNPG_NAMESPACE, values=operator_values(ha=settings.is_aws),
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[operator_namespace])))
         cluster_dependencies: list[pulumi.Resource] = [self.operator]
 
         if backups:
-            plugin = k8s.helm.v3.Release(
-                f"{name}-barman-cloud",
-                name="plugin-barman-cloud",
-                chart="plugin-barman-cloud",
-                version=settings.barman_cloud_plugin_chart_version,
-                repository_opts={"repo": CNPG_CHARTS},
-                namespace=w.CNPG_NAMESPACE,
-                values=barman_cloud_plugin_values(),
-                atomic=True, cleanup_on_fail=True, max_history=5, timeout=600,
+            plugin = chart_release(
+                f"{name}-barman-cloud", chart="plugin-barman-cloud",
+                version=settings.barman_cloud_plugin_chart_version, repo=CNPG_CHARTS,
+                namespace=w.CNPG_NAMESPACE, values=barman_cloud_plugin_values(),
                 # The plugin talks to the operator over mTLS with certificates cert-manager issues.
                 opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(
                     depends_on=[self.operator, *([args.cert_manager] if args.cert_manager else [])])))

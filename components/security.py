@@ -14,6 +14,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from components import workloads as w
+from components.helm import chart_release
 from components.settings import Settings
 
 OPERATORS_GROUP = "airflow-operators"
@@ -342,15 +343,10 @@ class Security(pulumi.ComponentResource):
 
     def _build_cert_manager(self, name: str, namespace: k8s.core.v1.Namespace) -> None:
         settings = self._settings
-        self.cert_manager = k8s.helm.v3.Release(
-            f"{name}-cert-manager",
-            name="cert-manager",
-            chart="cert-manager",
-            version=settings.cert_manager_chart_version,
-            repository_opts={"repo": "https://charts.jetstack.io"},
-            namespace=w.CERT_MANAGER_NAMESPACE,
+        self.cert_manager = chart_release(
+            f"{name}-cert-manager", chart="cert-manager", version=settings.cert_manager_chart_version,
+            repo="https://charts.jetstack.io", namespace=w.CERT_MANAGER_NAMESPACE,
             values=cert_manager_values(ha=settings.is_aws),
-            atomic=True, cleanup_on_fail=True, max_history=5, timeout=600,
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[namespace])))
         after_release = pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[self.cert_manager]))
         bootstrap = k8s.apiextensions.CustomResource(

@@ -37,3 +37,15 @@ def test_a_misspelled_custom_resource_field_is_refused(prod):
     broken.inputs["spec"]["instancez"] = broken.inputs["spec"].pop("instances")
     with pytest.raises(ValidationError):
         validate_custom_resource(broken)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_helm_release_has_a_fixed_name_a_pinned_version_and_rolls_back(stack_runs, stack):
+    releases = stack_runs[stack].of_type("kubernetes:helm.sh/v3:Release")
+    assert releases
+    for release in releases:
+        values = release.values
+        assert values["name"] and values["version"][0].isdigit() or values["version"].startswith("v"), release.name
+        assert values["cleanupOnFail"] is True and values["maxHistory"] >= 1, release.name
+        # The Airflow release waits for its jobs instead of rolling back (a failed migration must be read).
+        assert values.get("atomic") is True or values.get("waitForJobs") is True, release.name

@@ -88,7 +88,7 @@ def test_pulumi_yaml_documents_every_key_with_the_model_default():
     project_config = yaml.safe_load((REPO / "Pulumi.yaml").read_text())["config"]
     assert project_config == pulumi_yaml_config(), "regenerate with `make docs`"
     documented = set(project_config)
-    for name, field in Settings.model_fields.items():
+    for field in Settings.model_fields.values():
         if field.alias not in documented:
             # Only map-valued settings are left out (Pulumi.yaml cannot declare their type).
             assert isinstance(field.get_default(call_default_factory=True), (dict, list)), field.alias

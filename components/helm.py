@@ -1,0 +1,29 @@
+"""The one way this project installs a third-party chart."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+
+def chart_release(resource_name: str, *, chart: str, version: str, repo: str, namespace: pulumi.Input[str],
+                  values: dict, opts: pulumi.ResourceOptions, release_name: Optional[str] = None,
+                  timeout: int = 600) -> k8s.helm.v3.Release:
+    """A Helm release with a fixed name that rolls itself back on a failed install or upgrade
+    (`atomic`), cleans up what a failed upgrade created, and keeps a short history."""
+    return k8s.helm.v3.Release(
+        resource_name,
+        name=release_name or chart,
+        chart=chart,
+        version=version,
+        repository_opts={"repo": repo},
+        namespace=namespace,
+        values=values,
+        atomic=True,
+        cleanup_on_fail=True,
+        max_history=5,
+        timeout=timeout,
+        opts=opts,
+    )
