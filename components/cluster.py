@@ -30,6 +30,11 @@ NODE_ROLE_LABEL = "airflow.apache.org/node-role"
 ADDONS_BEFORE_NODES = ("vpc-cni", "kube-proxy", "eks-pod-identity-agent")
 # Installed once nodes exist: they run Deployments that cannot schedule (and report degraded) without nodes.
 ADDONS_AFTER_NODES = ("coredns", "aws-ebs-csi-driver", "aws-efs-csi-driver", "metrics-server")
+# Add-on -> (short name, service account, AWS managed policy) of the role it gets through Pod Identity.
+ADDONS_WITH_POD_IDENTITY = {
+    "aws-ebs-csi-driver": ("ebs-csi", "ebs-csi-controller-sa", "service-role/AmazonEBSCSIDriverPolicy"),
+    "aws-efs-csi-driver": ("efs-csi", "efs-csi-controller-sa", "service-role/AmazonEFSCSIDriverPolicy"),
+}
 
 
 @dataclass
@@ -129,7 +134,10 @@ class Cluster(pulumi.ComponentResource):
         self.node_groups = self._build_node_groups(name, eks_cluster, network, early_addons)
         pod_identity_agent = early_addons[ADDONS_BEFORE_NODES.index("eks-pod-identity-agent")]
         for addon in ADDONS_AFTER_NODES:
-            self._addon(name, eks_cluster, addon, after=[*self.node_groups, pod_identity_agent])
+            # The CSI controllers get their AWS credentials from the Pod Identity agent.
+            uses_pod_identity = addon in ADDONS_WITH_POD_IDENTITY
+            self._addon(name, eks_cluster, addon,
+                        after=[*self.node_groups, *([pod_identity_agent] if uses_pod_identity else [])])
         self._build_admin_access(name, eks_cluster)
 
         self.cluster_name = eks_cluster.name
@@ -278,12 +286,8 @@ class Cluster(pulumi.ComponentResource):
         pod_identities: list[dict] = []
         if addon == "vpc-cni":
             configuration = json.dumps({"enableNetworkPolicy": "true"})
-        elif addon == "aws-ebs-csi-driver":
-            pod_identities = [self._pod_identity_role_for_addon(
-                name, "ebs-csi", "ebs-csi-controller-sa", "service-role/AmazonEBSCSIDriverPolicy")]
-        elif addon == "aws-efs-csi-driver":
-            pod_identities = [self._pod_identity_role_for_addon(
-                name, "efs-csi", "efs-csi-controller-sa", "service-role/AmazonEFSCSIDriverPolicy")]
+        elif addon in ADDONS_WITH_POD_IDENTITY:
+            pod_identities = [self._pod_identity_role_for_addon(name, *ADDONS_WITH_POD_IDENTITY[addon])]
         return aws.eks.Addon(
             f"{name}-{addon}",
             cluster_name=eks_cluster.name,

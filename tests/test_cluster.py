@@ -143,6 +143,10 @@ def test_addons_are_installed_in_the_right_order_with_network_policy_enforcement
             assert addons[late].depends_on(node_group), f"{late} must wait for {node_group.name}"
     for addon in addons.values():
         assert addon.values["addonVersion"].startswith("v"), "every add-on version is pinned"
+    # Only what really needs the Pod Identity agent waits for it.
+    agent = addons["eks-pod-identity-agent"]
+    assert addons["aws-ebs-csi-driver"].depends_on(agent) and addons["aws-efs-csi-driver"].depends_on(agent)
+    assert not addons["coredns"].depends_on(agent) and not addons["metrics-server"].depends_on(agent)
     for csi, service_account in (("aws-ebs-csi-driver", "ebs-csi-controller-sa"),
                                  ("aws-efs-csi-driver", "efs-csi-controller-sa")):
         [association] = addons[csi].values["podIdentityAssociations"]
