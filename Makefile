@@ -2,11 +2,23 @@
 PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.requirements-installed
+AIRFLOW_VENV ?= .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.requirements-installed
 
-.PHONY: test docs clean
+.PHONY: test e2e docs clean
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+# The slower tier: Airflow itself against real PostgreSQL, PgBouncer and Redis (CI runs it too).
+e2e: $(STAMP) $(AIRFLOW_STAMP)
+	AIRFLOW_BIN=$(CURDIR)/$(AIRFLOW_VENV)/bin/airflow $(VENV)/bin/python -m pytest -m e2e
+
+$(AIRFLOW_STAMP): requirements-e2e.txt
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet -r requirements-e2e.txt
+	touch $(AIRFLOW_STAMP)
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,4 +31,4 @@ docs: $(STAMP)
 	$(VENV)/bin/python scripts/generate_docs.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(AIRFLOW_VENV) .pytest_cache

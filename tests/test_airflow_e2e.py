@@ -1,0 +1,138 @@
+"""End-to-end tier (`make e2e`): Airflow 3.1.7 itself, from PyPI, against the real servers.
+
+`airflow db migrate` runs through PgBouncer in transaction mode with the metadata URL the program
+published (the same path the chart's migration Job takes), then Airflow stores a connection encrypted
+with the program's Fernet key and reads it back, and the Celery app Airflow builds from the published
+broker URL and Fernet-keyed config sends a task message through Redis.
+
+Airflow runs in its own virtualenv (AIRFLOW_BIN), because its dependencies and Pulumi's do not share one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+
+from components import workloads as w
+from harness import run_program
+from servers import start_pgbouncer, start_postgres, start_redis, unavailable_reason, with_host_and_port
+from test_real_servers import PASSWORD_SEED, URL_RESERVED, published
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def airflow_bin() -> Path:
+    location = os.environ.get("AIRFLOW_BIN")
+    if not location or not Path(location).exists():
+        pytest.fail("AIRFLOW_BIN must name the airflow executable of the e2e virtualenv (make e2e sets it)")
+    return Path(location)
+
+
+@pytest.fixture(scope="module")
+def platform():
+    run = run_program("prod", password_characters=URL_RESERVED, password_seed=PASSWORD_SEED)
+    values = published(run)
+    secrets = {s.values["metadata"]["name"]: s.values["stringData"] for s in run.of_type("kubernetes:core/v1:Secret")}
+    values["fernet_key"] = secrets[w.FERNET_KEY_SECRET]["fernet-key"]
+    values["jwt_secret"] = secrets[w.JWT_SECRET]["jwt-secret"]
+    return values
+
+
+@pytest.fixture(scope="module")
+def servers(platform):
+    reason = unavailable_reason()
+    if reason:
+        pytest.fail(reason)
+    workdir = Path(tempfile.mkdtemp(prefix="airflow-platform-e2e-"))
+    workdir.chmod(0o755)
+    started = []
+    try:
+        postgres = start_postgres(workdir / "postgres")
+        started.append(postgres)
+        postgres.superuser_sql(f'CREATE ROLE "{platform["postgres_user"]}" LOGIN PASSWORD %s', platform["postgres_password"])
+        postgres.superuser_sql(f'CREATE DATABASE "airflow" OWNER "{platform["postgres_user"]}"')
+        pgbouncer = start_pgbouncer(workdir / "pgbouncer", postgres, platform["postgres_user"],
+                                    platform["postgres_password"], "airflow")
+        started.append(pgbouncer)
+        redis = start_redis(workdir / "redis", platform["redis_password"])
+        started.append(redis)
+        yield {"pgbouncer": pgbouncer.port, "redis": redis.port, "home": workdir / "airflow-home"}
+    finally:
+        for server in reversed(started):
+            server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def airflow_env(platform, servers) -> dict[str, str]:
+    """What the chart gives every Airflow container, from the Secrets the program published."""
+    metadata = with_host_and_port(platform["metadata_url"], "127.0.0.1", servers["pgbouncer"])
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": str(servers["home"]),
+        "AIRFLOW_HOME": str(servers["home"]),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata,
+        "AIRFLOW__CORE__FERNET_KEY": platform["fernet_key"],
+        "AIRFLOW__API_AUTH__JWT_SECRET": platform["jwt_secret"],
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CELERY__BROKER_URL": with_host_and_port(platform["broker_url"], "127.0.0.1", servers["redis"]),
+    }
+
+
+def airflow(airflow_bin: Path, env: dict[str, str], *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([str(airflow_bin), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_airflow_migrates_the_metadata_database_through_pgbouncer(airflow_bin, platform, servers):
+    env = airflow_env(platform, servers)
+    migrated = airflow(airflow_bin, env, "db", "migrate")
+    assert migrated.returncode == 0, migrated.stderr[-3000:]
+    checked = airflow(airflow_bin, env, "db", "check")
+    assert checked.returncode == 0, checked.stderr[-2000:]
+    # A second migration (every `pulumi up` of the release runs one) takes the advisory lock again.
+    assert airflow(airflow_bin, env, "db", "migrate").returncode == 0
+
+
+def test_airflow_encrypts_connections_with_the_generated_fernet_key(airflow_bin, platform, servers):
+    env = airflow_env(platform, servers)
+    added = airflow(airflow_bin, env, "connections", "add", "warehouse", "--conn-type", "postgres",
+                    "--conn-host", "warehouse.internal", "--conn-login", "etl", "--conn-password", "s3cr3t-value")
+    assert added.returncode == 0, added.stderr[-2000:]
+    exported = airflow(airflow_bin, env, "connections", "get", "warehouse", "--output", "json")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    assert json.loads(exported.stdout)[0]["password"] == "s3cr3t-value"
+
+    import psycopg2  # the stored value is Fernet ciphertext under the program's key
+    metadata = with_host_and_port(platform["metadata_url"], "127.0.0.1", servers["pgbouncer"])
+    with psycopg2.connect(metadata) as connection, connection.cursor() as cursor:
+        cursor.execute("select password from connection where conn_id = 'warehouse'")
+        (stored,) = cursor.fetchone()
+    assert stored != "s3cr3t-value"
+    assert Fernet(platform["fernet_key"].encode()).decrypt(stored.encode()) == b"s3cr3t-value"
+
+
+def test_airflows_celery_app_sends_a_task_through_the_broker(airflow_bin, platform, servers):
+    env = airflow_env(platform, servers)
+    python = airflow_bin.parent / "python"
+    script = (
+        "from airflow.providers.celery.executors.celery_executor_utils import app\n"
+        "with app.connection_for_write() as connection:\n"
+        "    connection.ensure_connection(max_retries=1)\n"
+        "    producer = app.amqp.Producer(connection)\n"
+        "    producer.publish({'probe': 1}, routing_key='platform-e2e', declare=[])\n"
+        "    queue = connection.SimpleQueue('platform-e2e')\n"
+        "    message = queue.get(timeout=5)\n"
+        "    message.ack()\n"
+        "    print(message.payload)\n"
+    )
+    result = subprocess.run([str(python), "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'probe': 1" in result.stdout
