@@ -131,7 +131,8 @@ def _pgbouncer_quote(value: str) -> str:
 
 
 @dataclass
-class PgBouncerServer:
+class ProcessServer:
+    """A server run in the foreground by this test session (PgBouncer, Redis)."""
     port: int
     process: subprocess.Popen
 
@@ -141,7 +142,7 @@ class PgBouncerServer:
 
 
 def start_pgbouncer(workdir: Path, postgres: PostgresServer, user: str, password: str,
-                    database: str) -> PgBouncerServer:
+                    database: str) -> ProcessServer:
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not Path(binary).exists():
         raise ServerUnavailable("pgbouncer not found (apt-get install pgbouncer)")
@@ -167,20 +168,11 @@ def start_pgbouncer(workdir: Path, postgres: PostgresServer, user: str, password
     process = subprocess.Popen(_as_postgres_user([binary, str(ini)]), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     wait_for_port(port, process)
-    return PgBouncerServer(port=port, process=process)
+    return ProcessServer(port=port, process=process)
 
 
-@dataclass
-class RedisServer:
-    port: int
-    process: subprocess.Popen
 
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
-def start_redis(workdir: Path, password: str) -> RedisServer:
+def start_redis(workdir: Path, password: str) -> ProcessServer:
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServerUnavailable("redis-server not found (apt-get install redis-server)")
@@ -193,7 +185,7 @@ def start_redis(workdir: Path, password: str) -> RedisServer:
     config.chmod(0o600)
     process = subprocess.Popen([binary, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port, process)
-    return RedisServer(port=port, process=process)
+    return ProcessServer(port=port, process=process)
 
 
 def with_host_and_port(url: str, host: str, port: int) -> str:
