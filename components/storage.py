@@ -164,7 +164,8 @@ class Storage(pulumi.ComponentResource):
         rule: dict = {
             "id": f"{purpose}-retention",
             "status": "Enabled",
-            "filter": {},
+            # An explicit empty prefix: the rule covers every object (an absent filter is deprecated).
+            "filter": {"prefix": ""},
             "noncurrent_version_expiration": {"noncurrent_days": noncurrent_days},
             "abort_incomplete_multipart_upload": {"days_after_initiation": 7},
         }

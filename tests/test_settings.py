@@ -117,3 +117,17 @@ def test_settings_error_is_a_value_error_with_every_line_prefixed():
         load_settings({"target": "aws", "regoin": "eu-west-1"})
     lines = str(caught.value).splitlines()[1:]
     assert lines and all(line.strip().startswith("- airflow:") for line in lines)
+
+
+@pytest.mark.parametrize("stack_file", sorted(REPO.glob("Pulumi.*.yaml")))
+def test_stack_file_values_have_the_types_pulumi_yaml_declares(stack_file):
+    # The Pulumi CLI refuses a stack whose value does not match the project's declared type.
+    declared = yaml.safe_load((REPO / "Pulumi.yaml").read_text())["config"]
+    python_types = {"string": str, "integer": int, "boolean": bool, "array": list}
+    for key, value in yaml.safe_load(stack_file.read_text())["config"].items():
+        namespace, _, name = key.partition(":")
+        if namespace != "airflow" or name not in declared:
+            continue
+        expected = python_types[declared[name]["type"]]
+        assert isinstance(value, expected) and not (expected is int and isinstance(value, bool)), \
+            f"{stack_file.name}: {key} must be {declared[name]['type']}, got {value!r}"
