@@ -8,6 +8,7 @@ AIRFLOW_STAMP := $(AIRFLOW_VENV)/.requirements-installed
 .PHONY: test e2e docs clean
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest
 
 # The slower tier: Airflow itself against real PostgreSQL, PgBouncer and Redis (CI runs it too).

@@ -29,8 +29,14 @@ from components import workloads as w
 from components.broker import BROKER_URL_SECRET
 from components.database import DATABASE_NAME, METADATA_CONNECTION_SECRET
 from harness import run_program
-from servers import (ServerUnavailable, start_pgbouncer, start_postgres, start_redis, unavailable_reason,
-                     with_host_and_port)
+from servers import (
+    ServerUnavailable,
+    start_pgbouncer,
+    start_postgres,
+    start_redis,
+    unavailable_reason,
+    with_host_and_port,
+)
 
 URL_RESERVED = "@:/?#%&"
 PASSWORD_SEED = secrets.randbits(64)

@@ -10,7 +10,8 @@ from cryptography.fernet import Fernet
 from components import workloads as w
 from components.cluster import subnet_plan
 from components.settings import Settings
-from harness import is_secret, plain_strings, run_program, unwrap
+from harness import SECRET_SIG, is_secret, plain_strings, run_program, unwrap
+from harness import SIG_KEY as SECRET_MARKER
 from netpol import Endpoint, Policy, allowed
 from schemas import validate_against_json_schema
 
@@ -319,9 +320,6 @@ def test_the_secret_scan_would_catch_a_leak(prod):
     assert any(leaked in text for text in plain_strings({"values": {"config": f"x{leaked}y"}}))
     hidden = {"values": {"config": {SECRET_MARKER: SECRET_SIG, "value": leaked}}}
     assert not any(leaked in text for text in plain_strings(hidden))
-
-
-from harness import SECRET_SIG, SIG_KEY as SECRET_MARKER  # noqa: E402
 
 
 # --- Kubernetes objects and charts ----------------------------------------------------------------------

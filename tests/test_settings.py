@@ -5,8 +5,7 @@ import re
 import pytest
 import yaml
 
-from components.settings import (Settings, SettingsError, load_settings, pulumi_yaml_config,
-                                 settings_reference_markdown)
+from components.settings import Settings, SettingsError, load_settings, pulumi_yaml_config, settings_reference_markdown
 from harness import REPO, ProgramFailed, run_program
 
 

@@ -7,8 +7,12 @@ import json
 import pytest
 
 from components import workloads as w
-from components.storage import (BACKUP_WRITER_OBJECT_ACTIONS, BUCKET_ACTIONS, KMS_DATA_KEY_ACTIONS,
-                                 LOG_WRITER_OBJECT_ACTIONS)
+from components.storage import (
+    BACKUP_WRITER_OBJECT_ACTIONS,
+    BUCKET_ACTIONS,
+    KMS_DATA_KEY_ACTIONS,
+    LOG_WRITER_OBJECT_ACTIONS,
+)
 from harness import run_program
 
 BUCKET = "aws:s3/bucket:Bucket"
