@@ -122,7 +122,7 @@ def test_every_container_has_resources_and_a_restricted_security_context(prod):
     for component in ("scheduler", "workers", "triggerer", "dagProcessor"):
         assert values[component]["logGroomerSidecar"]["resources"]["limits"]["memory"], component
     assert values["securityContexts"]["pod"] == POD_SECURITY_CONTEXT
-    assert values["uid"] if "uid" in values else POD_SECURITY_CONTEXT["runAsUser"] == 50000
+    assert POD_SECURITY_CONTEXT["runAsUser"] == 50000 and POD_SECURITY_CONTEXT["runAsNonRoot"] is True
     assert CONTAINER_SECURITY_CONTEXT["capabilities"] == {"drop": ["ALL"]}
     assert CONTAINER_SECURITY_CONTEXT["allowPrivilegeEscalation"] is False
     assert values["securityContexts"]["containers"]["seccompProfile"] == {"type": "RuntimeDefault"}
