@@ -54,8 +54,6 @@ class Database(pulumi.ComponentResource):
     """CloudNativePG operator, the PostgreSQL cluster, its backups and its pooler."""
 
     connection_secret_name: pulumi.Output[str]
-    cluster_name: str
-    pooler_service: str
     operator: k8s.helm.v3.Release
 
     def __init__(self, name: str, args: DatabaseArgs, opts: Optional[pulumi.ResourceOptions] = None):
@@ -89,7 +87,6 @@ class Database(pulumi.ComponentResource):
             # The instances archive WAL from their first minute: their role must be in place first.
             cluster_dependencies += [plugin, object_store, *(args.backup_access or [])]
 
-        self.cluster_name = w.POSTGRES_CLUSTER
         cluster = k8s.apiextensions.CustomResource(
             f"{name}-cluster",
             api_version="postgresql.cnpg.io/v1", kind="Cluster",
@@ -118,7 +115,6 @@ class Database(pulumi.ComponentResource):
                 },
                 opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[cluster])))
 
-        self.pooler_service = w.POSTGRES_POOLER
         k8s.apiextensions.CustomResource(
             f"{name}-pooler",
             api_version="postgresql.cnpg.io/v1", kind="Pooler",

@@ -74,12 +74,9 @@ class Storage(pulumi.ComponentResource):
 
     logs_bucket_name: Optional[pulumi.Output[str]]
     backups_bucket_name: Optional[pulumi.Output[str]]
-    backups_bucket_arn: Optional[pulumi.Output[str]]
     file_system_id: Optional[pulumi.Output[str]]
     dags_claim_name: pulumi.Output[str]
     logs_claim_name: pulumi.Output[str]
-    airflow_role_arn: Optional[pulumi.Output[str]]
-    database_role_arn: Optional[pulumi.Output[str]]
     # What must exist before a workload can use its bucket (role policy and Pod Identity associations).
     airflow_access: list[pulumi.Resource]
     database_access: list[pulumi.Resource]
@@ -89,8 +86,7 @@ class Storage(pulumi.ComponentResource):
         self._settings = args.settings
         protect = args.settings.protect_stateful_resources
         self._keep = pulumi.ResourceOptions(protect=protect, retain_on_delete=protect)
-        self.logs_bucket_name = self.backups_bucket_name = self.backups_bucket_arn = None
-        self.file_system_id = self.airflow_role_arn = self.database_role_arn = None
+        self.logs_bucket_name = self.backups_bucket_name = self.file_system_id = None
         self.airflow_access, self.database_access = [], []
 
         storage_class: Optional[str] = None
@@ -109,11 +105,10 @@ class Storage(pulumi.ComponentResource):
             backups = self._bucket(name, "backups", args.stack, key, expire_current_after_days=None,
                                    noncurrent_days=args.settings.backup_retention_days)
             self.logs_bucket_name, self.backups_bucket_name = logs.bucket, backups.bucket
-            self.backups_bucket_arn = backups.arn
-            self.airflow_role_arn, self.airflow_access = self._pod_identity_role(
+            self.airflow_access = self._pod_identity_role(
                 name, "airflow-logs", logs, key, LOG_WRITER_OBJECT_ACTIONS, args.cluster_name,
                 w.AIRFLOW_LOG_WRITERS)
-            self.database_role_arn, self.database_access = self._pod_identity_role(
+            self.database_access = self._pod_identity_role(
                 name, "database-backups", backups, key, BACKUP_WRITER_OBJECT_ACTIONS, args.cluster_name,
                 (w.POSTGRES_SERVICE_ACCOUNT,))
             file_system = self._file_system(name, args, key)
@@ -179,7 +174,8 @@ class Storage(pulumi.ComponentResource):
 
     def _pod_identity_role(self, name: str, purpose: str, bucket: aws.s3.Bucket, key: aws.kms.Key,
                            object_actions: list[str], cluster_name: pulumi.Input[str],
-                           service_accounts: tuple[str, ...]) -> tuple[pulumi.Output[str], list[pulumi.Resource]]:
+                           service_accounts: tuple[str, ...]) -> list[pulumi.Resource]:
+        """A role that may use one bucket, and what must exist before its service accounts can use it."""
         role = aws.iam.Role(f"{name}-{purpose}", assume_role_policy=POD_IDENTITY_TRUST_POLICY, opts=self._aws)
         policy = aws.iam.RolePolicy(
             f"{name}-{purpose}", role=role.id,
@@ -191,7 +187,7 @@ class Storage(pulumi.ComponentResource):
             access.append(aws.eks.PodIdentityAssociation(
                 f"{name}-{service_account}", cluster_name=cluster_name, namespace=w.AIRFLOW_NAMESPACE,
                 service_account=service_account, role_arn=role.arn, opts=self._aws))
-        return role.arn, access
+        return access
 
     def _file_system(self, name: str, args: StorageArgs, key: aws.kms.Key) -> aws.efs.FileSystem:
         file_system = aws.efs.FileSystem(
