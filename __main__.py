@@ -88,7 +88,7 @@ airflow = AirflowRelease("airflow", AirflowReleaseArgs(
     aws_provider=aws_provider,
     logs_bucket_name=storage.logs_bucket_name,
     certificate_arn=security.certificate_arn,
-    load_balancer_cidrs=cluster.public_subnet_cidrs,
+    api_server_sources=security.api_server_sources,
     log_access=storage.airflow_access,
     load_balancer_controller=cluster.load_balancer_controller,
 ))

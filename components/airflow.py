@@ -56,21 +56,10 @@ def keda_cooldown_seconds(settings: Settings) -> int:
     return settings.worker_termination_grace_seconds + 60
 
 
-def api_server_sources(load_balancer_cidrs: list[str], local_ingress_namespace: Optional[str]) -> list[dict]:
-    """Who may reach the API server: the load balancer (or a local ingress controller) and Airflow's pods
-    (Airflow 3 workers, triggerer and DAG processor call its execution API). Matches Security's policies."""
-    sources: list[dict] = [{"ipBlock": {"cidr": cidr}} for cidr in load_balancer_cidrs]
-    if local_ingress_namespace:
-        sources.append({"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": local_ingress_namespace}},
-                        "podSelector": {}})
-    sources.append({"podSelector": {"matchLabels": dict(w.AIRFLOW_PODS)}})
-    return sources
-
-
 def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], api_secret_key_secret: pulumi.Input[str],
                    jwt_secret: pulumi.Input[str], metadata_secret: pulumi.Input[str], broker_secret: pulumi.Input[str],
                    admin_user_secret: pulumi.Input[str], dags_claim: pulumi.Input[str], logs_claim: pulumi.Input[str],
-                   logs_bucket: Optional[pulumi.Input[str]], load_balancer_cidrs: list[str]) -> dict:
+                   logs_bucket: Optional[pulumi.Input[str]], api_server_sources: list[dict]) -> dict:
     """The chart's values. Only Secret names go in here, never a secret value."""
     ha = settings.is_aws
     remote_logging = logs_bucket is not None
@@ -125,8 +114,9 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
             "resources": resources("500m", "1Gi"),
             "podDisruptionBudget": pdb(),
             "topologySpreadConstraints": zone_spread("api-server"),
-            "networkPolicy": {"ingress": {"from": api_server_sources(
-                load_balancer_cidrs, None if settings.is_aws else settings.local_ingress_namespace)}},
+            # The same sources Security admits (the ALB or local ingress, and Airflow's pods calling the
+            # execution API); an empty list would block them all.
+            "networkPolicy": {"ingress": {"from": api_server_sources}},
             "livenessProbe": {"initialDelaySeconds": 15, "timeoutSeconds": 5, "failureThreshold": 5, "periodSeconds": 10},
             "readinessProbe": {"initialDelaySeconds": 15, "timeoutSeconds": 5, "failureThreshold": 5, "periodSeconds": 10},
             "startupProbe": {"timeoutSeconds": 20, "failureThreshold": 6, "periodSeconds": 10},
@@ -263,7 +253,8 @@ class AirflowReleaseArgs:
     aws_provider: Optional[aws.Provider] = None
     logs_bucket_name: Optional[pulumi.Input[str]] = None
     certificate_arn: Optional[pulumi.Input[str]] = None
-    load_balancer_cidrs: Optional[list[str]] = None
+    # From Security: who may reach the API server, for the chart's own NetworkPolicy.
+    api_server_sources: Optional[list[dict]] = None
     # Pod Identity for the log writers must exist before the first task writes a log.
     log_access: Optional[list[pulumi.Resource]] = None
     # The controller that gives the Ingress its ALB (and the address Pulumi waits for).
@@ -307,7 +298,7 @@ class AirflowRelease(pulumi.ComponentResource):
                 dags_claim=args.dags_claim_name,
                 logs_claim=args.logs_claim_name,
                 logs_bucket=args.logs_bucket_name,
-                load_balancer_cidrs=args.load_balancer_cidrs or [],
+                api_server_sources=args.api_server_sources or [],
             ),
             # The migration job waits for the database; a first install pulls images on fresh nodes.
             timeout=1800,

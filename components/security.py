@@ -204,6 +204,8 @@ class Security(pulumi.ComponentResource):
     redis_auth_secret_name: pulumi.Output[str]
     admin_user_secret_name: pulumi.Output[str]
     certificate_arn: Optional[pulumi.Output[str]]
+    # Who may reach the Airflow API server, as NetworkPolicy peers: the chart's own policy gets the same list.
+    api_server_sources: list[dict]
     cluster_ca_issuer_name: pulumi.Output[str]
     cert_manager: k8s.helm.v3.Release
 
@@ -222,6 +224,8 @@ class Security(pulumi.ComponentResource):
         flows = required_flows(args.vpc_cidr, args.load_balancer_cidrs,
                                [str(cidr) for cidr in args.settings.worker_egress_cidrs],
                                args.settings.local_ingress_namespace, bool(args.settings.git_sync_repository))
+        self.api_server_sources = [flow.source.as_policy_peer() for flow in flows
+                                   if flow.destination.pods == w.AIRFLOW_API_SERVER]
         for policy_name, spec in network_policy_specs(flows).items():
             k8s.networking.v1.NetworkPolicy(
                 f"{name}-{policy_name}",

@@ -10,7 +10,7 @@ import pytest
 from jsonschema import ValidationError
 
 from components import workloads as w
-from components.airflow import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT, api_server_sources
+from components.airflow import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
 from harness import STACKS, is_secret, run_program, unwrap
 from netpol import Policy, allowed
 from schemas import validate_chart_values_strictly
@@ -176,7 +176,9 @@ def test_chart_network_policy_for_the_api_server_matches_security(prod, local):
         pods = endpoints(stack)
         assert all(allowed(policies, pods[s], pods[d], p, proto) for s, d, p, proto in required)
         assert not any(allowed(policies, pods[s], pods[d], p, proto) for s, d, p, proto in blocked)
-    assert api_server_sources(["10.0.0.0/24"], None)[0] == {"ipBlock": {"cidr": "10.0.0.0/24"}}
+    lb_sources = [p["ipBlock"]["cidr"] for p in chart_values(prod)["apiServer"]["networkPolicy"]["ingress"]["from"]
+                  if "ipBlock" in p]
+    assert lb_sources == ["10.20.192.0/22", "10.20.196.0/22", "10.20.200.0/22"], "one per public subnet"
 
 
 def test_https_ingress_through_the_alb_with_the_acm_certificate(prod):
