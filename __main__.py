@@ -46,6 +46,7 @@ storage = Storage("storage", StorageArgs(
     vpc_id=cluster.vpc_id,
     private_subnet_ids=cluster.private_subnet_ids,
     node_security_group_id=cluster.cluster_security_group_id,
+    partition=cluster.partition,
 ))
 
 database = Database("database", DatabaseArgs(

@@ -49,8 +49,7 @@ class ClusterArgs:
 class Network:
     vpc_id: pulumi.Output[str]
     private_subnet_ids: list[pulumi.Output[str]]
-    public_subnet_ids: list[pulumi.Output[str]]
-    private_route_table_ids: list[pulumi.Output[str]]
+    public_subnet_cidrs: list[str]
 
 
 def subnet_plan(vpc_cidr: ipaddress.IPv4Network, zone_count: int) -> tuple[list[str], list[str]]:
@@ -82,6 +81,8 @@ class Cluster(pulumi.ComponentResource):
     cluster_security_group_id: Optional[pulumi.Output[str]]
     default_storage_class_name: Optional[str]
     node_groups: list[aws.eks.NodeGroup]
+    # The AWS partition (aws, aws-cn, aws-us-gov) managed policy ARNs are built in; None locally.
+    partition: Optional[str]
     # The AWS Load Balancer Controller (target=aws): it turns Ingresses into ALBs.
     load_balancer_controller: Optional[k8s.helm.v3.Release]
 
@@ -90,6 +91,7 @@ class Cluster(pulumi.ComponentResource):
         self._settings = args.settings
         self.node_groups = []
         self.load_balancer_controller = None
+        self.partition = None
         self.private_subnet_ids = []
         self.public_subnet_cidrs = []
         if args.settings.is_aws:
@@ -126,7 +128,7 @@ class Cluster(pulumi.ComponentResource):
         settings = self._settings
         self._aws = pulumi.ResourceOptions(parent=self, provider=aws_provider)
         self._invoke = pulumi.InvokeOptions(provider=aws_provider)
-        self._partition = aws.get_partition(opts=self._invoke).partition
+        self.partition = aws.get_partition(opts=self._invoke).partition
 
         network = self._build_network(name, cluster_name)
         eks_cluster = self._build_control_plane(name, cluster_name, network)
@@ -144,6 +146,7 @@ class Cluster(pulumi.ComponentResource):
         self.vpc_id = network.vpc_id
         self.vpc_cidr = str(settings.vpc_cidr)
         self.private_subnet_ids = network.private_subnet_ids
+        self.public_subnet_cidrs = network.public_subnet_cidrs
         self.cluster_security_group_id = eks_cluster.vpc_config.cluster_security_group_id
         self.kubeconfig = pulumi.Output.secret(self._kubeconfig(eks_cluster, settings.region))
         self.provider = k8s.Provider(
@@ -170,7 +173,6 @@ class Cluster(pulumi.ComponentResource):
                 f"{settings.availability_zone_count} were asked for")
         zones = sorted(zones)[: settings.availability_zone_count]
         private_cidrs, public_cidrs = subnet_plan(settings.vpc_cidr, len(zones))
-        self.public_subnet_cidrs = public_cidrs
         cluster_tag = {f"kubernetes.io/cluster/{cluster_name}": "shared"}
 
         vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=str(settings.vpc_cidr), enable_dns_hostnames=True,
@@ -221,8 +223,7 @@ class Cluster(pulumi.ComponentResource):
         return Network(
             vpc_id=vpc.id,
             private_subnet_ids=[subnet.id for subnet in private_subnets],
-            public_subnet_ids=[subnet.id for subnet in public_subnets],
-            private_route_table_ids=[table.id for table in private_route_tables],
+            public_subnet_cidrs=public_cidrs,
         )
 
     def _build_control_plane(self, name: str, cluster_name: str, network: Network) -> aws.eks.Cluster:
@@ -240,7 +241,7 @@ class Cluster(pulumi.ComponentResource):
                             opts=self._aws)
         policy = aws.iam.RolePolicyAttachment(
             f"{name}-control-plane", role=role.name,
-            policy_arn=managed_policy_arn(self._partition, "AmazonEKSClusterPolicy"), opts=self._aws)
+            policy_arn=managed_policy_arn(self.partition, "AmazonEKSClusterPolicy"), opts=self._aws)
         # Created ahead of the cluster so the logs get a retention instead of EKS's never-expire default.
         log_group = aws.cloudwatch.LogGroup(
             f"{name}-control-plane", name=f"/aws/eks/{cluster_name}/cluster",
@@ -303,7 +304,7 @@ class Cluster(pulumi.ComponentResource):
     def _pod_identity_role_for_addon(self, name: str, short: str, service_account: str, policy: str) -> dict:
         role = aws.iam.Role(f"{name}-{short}", assume_role_policy=POD_IDENTITY_TRUST_POLICY, opts=self._aws)
         aws.iam.RolePolicyAttachment(f"{name}-{short}", role=role.name,
-                                     policy_arn=managed_policy_arn(self._partition, policy), opts=self._aws)
+                                     policy_arn=managed_policy_arn(self.partition, policy), opts=self._aws)
         return {"role_arn": role.arn, "service_account": service_account}
 
     def _build_node_groups(self, name: str, eks_cluster: aws.eks.Cluster, network: Network,
@@ -313,7 +314,7 @@ class Cluster(pulumi.ComponentResource):
                             opts=self._aws)
         attachments = [
             aws.iam.RolePolicyAttachment(f"{name}-node-{policy}", role=role.name,
-                                         policy_arn=managed_policy_arn(self._partition, policy), opts=self._aws)
+                                         policy_arn=managed_policy_arn(self.partition, policy), opts=self._aws)
             for policy in ("AmazonEKSWorkerNodePolicy", "AmazonEC2ContainerRegistryPullOnly", "AmazonEKS_CNI_Policy")
         ]
         launch_template = aws.ec2.LaunchTemplate(
@@ -366,7 +367,7 @@ class Cluster(pulumi.ComponentResource):
                                         principal_arn=principal_arn, type="STANDARD", opts=self._aws)
             aws.eks.AccessPolicyAssociation(
                 f"{name}-admin-{index}", cluster_name=eks_cluster.name, principal_arn=entry.principal_arn,
-                policy_arn=f"arn:{self._partition}:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
+                policy_arn=f"arn:{self.partition}:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
                 access_scope={"type": "cluster"}, opts=self._aws)
 
     @staticmethod

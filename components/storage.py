@@ -67,6 +67,7 @@ class StorageArgs:
     vpc_id: Optional[pulumi.Input[str]] = None
     private_subnet_ids: list[pulumi.Input[str]] = field(default_factory=list)
     node_security_group_id: Optional[pulumi.Input[str]] = None
+    partition: Optional[str] = None
 
 
 class Storage(pulumi.ComponentResource):
@@ -93,7 +94,9 @@ class Storage(pulumi.ComponentResource):
         access_mode = "ReadWriteOnce"  # a laptop cluster's default class (local-path, hostpath) is single-node
         if args.settings.is_aws:
             self._aws = pulumi.ResourceOptions(parent=self, provider=args.aws_provider)
-            self._partition = aws.get_partition(opts=pulumi.InvokeOptions(provider=args.aws_provider)).partition
+            if args.partition is None:
+                raise ValueError("Storage: target=aws needs the AWS partition")
+            self._partition = args.partition
             key = aws.kms.Key(
                 f"{name}-data", description=f"Airflow {args.stack}: task logs, database backups, EFS",
                 enable_key_rotation=True, deletion_window_in_days=30,
