@@ -12,9 +12,9 @@ from jsonschema import ValidationError
 from components import workloads as w
 from components.airflow import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
 from harness import STACKS, is_secret, run_program, unwrap
-from netpol import Policy, allowed
+from netpol import Policy
 from schemas import validate_chart_values_strictly
-from test_security import endpoints, matrix, policies_of
+from test_security import denied_flows, matrix, opened_flows, policies_of
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
 AIRFLOW_SCHEMA = "airflow-chart/values.schema.json"
@@ -173,9 +173,8 @@ def test_chart_network_policy_for_the_api_server_matches_security(prod, local):
             "ingress": [{"from": sources, "ports": [{"port": w.API_SERVER_PORT}]}]})
         policies = policies_of(run) + [chart_policy]
         required, blocked = matrix(stack)
-        pods = endpoints(stack)
-        assert all(allowed(policies, pods[s], pods[d], p, proto) for s, d, p, proto in required)
-        assert not any(allowed(policies, pods[s], pods[d], p, proto) for s, d, p, proto in blocked)
+        assert denied_flows(policies, stack, required) == []
+        assert opened_flows(policies, stack, blocked) == []
     lb_sources = [p["ipBlock"]["cidr"] for p in chart_values(prod)["apiServer"]["networkPolicy"]["ingress"]["from"]
                   if "ipBlock" in p]
     assert lb_sources == ["10.20.192.0/22", "10.20.196.0/22", "10.20.200.0/22"], "one per public subnet"

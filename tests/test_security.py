@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 import pytest
@@ -25,6 +26,7 @@ def policies_of(run) -> list[Policy]:
 
 
 # --- the flow matrix ------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
 def endpoints(stack: str) -> dict[str, Endpoint]:
     """Concrete pods and addresses, labelled as the charts and operators label them."""
     if stack == "local":
@@ -151,15 +153,19 @@ def matrix(stack: str):
     return COMMON_REQUIRED + AWS_REQUIRED, COMMON_BLOCKED + AWS_BLOCKED
 
 
-def denied_flows(policies, stack, flows):
+def flows_where(policies, stack, flows, *, open_: bool) -> list[tuple]:
+    """The flows the policies allow (open_=True) or deny (open_=False)."""
     pods = endpoints(stack)
     return [flow for flow in flows
-            if not allowed(policies, pods[flow[0]], pods[flow[1]], flow[2], flow[3])]
+            if allowed(policies, pods[flow[0]], pods[flow[1]], flow[2], flow[3]) is open_]
+
+
+def denied_flows(policies, stack, flows):
+    return flows_where(policies, stack, flows, open_=False)
 
 
 def opened_flows(policies, stack, flows):
-    pods = endpoints(stack)
-    return [flow for flow in flows if allowed(policies, pods[flow[0]], pods[flow[1]], flow[2], flow[3])]
+    return flows_where(policies, stack, flows, open_=True)
 
 
 @pytest.mark.parametrize("stack", ["local", "prod"])
