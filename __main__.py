@@ -32,8 +32,9 @@ security = Security("security", SecurityArgs(
     k8s_provider=cluster.provider,
     aws_provider=aws_provider,
     cluster_name=cluster.cluster_name,
-    vpc_cidr=cluster.vpc_cidr,
-    load_balancer_cidrs=cluster.public_subnet_cidrs,
+    private_subnet_cidrs=cluster.private_subnet_cidrs,
+    public_subnet_cidrs=cluster.public_subnet_cidrs,
+    s3_cidrs=cluster.s3_cidrs,
 ))
 
 storage = Storage("storage", StorageArgs(

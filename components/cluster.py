@@ -18,13 +18,13 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from components import workloads as w
 from components.helm import chart_release
 from components.iam import POD_IDENTITY_TRUST_POLICY, managed_policy_arn, service_trust_policy
 from components.settings import Settings
 
 LOAD_BALANCER_CONTROLLER_POLICY_DIR = Path(__file__).parent / "policies"
 CONTROL_PLANE_LOG_TYPES = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
-NODE_ROLE_LABEL = "airflow.apache.org/node-role"
 # Installed before the nodes join: a node is not Ready without the CNI, and the CNI must come up with
 # NetworkPolicy enforcement on, not be reconfigured under running pods.
 ADDONS_BEFORE_NODES = ("vpc-cni", "kube-proxy", "eks-pod-identity-agent")
@@ -49,7 +49,10 @@ class ClusterArgs:
 class Network:
     vpc_id: pulumi.Output[str]
     private_subnet_ids: list[pulumi.Output[str]]
+    private_subnet_cidrs: list[str]
     public_subnet_cidrs: list[str]
+    # The addresses S3 answers on in the region (its managed prefix list): the gateway endpoint routes them.
+    s3_cidrs: list[str]
 
 
 def subnet_plan(vpc_cidr: ipaddress.IPv4Network, zone_count: int) -> tuple[list[str], list[str]]:
@@ -76,8 +79,12 @@ class Cluster(pulumi.ComponentResource):
     vpc_id: Optional[pulumi.Output[str]]
     vpc_cidr: Optional[str]
     private_subnet_ids: list[pulumi.Output[str]]
+    # Nodes, pods, internal load balancers and the EKS endpoint's network interfaces live here.
+    private_subnet_cidrs: list[str]
     # Where internet-facing load balancers get their addresses (the NetworkPolicies admit them).
     public_subnet_cidrs: list[str]
+    # S3's addresses in the region, for NetworkPolicies that must not rely on `except` (empty locally).
+    s3_cidrs: list[str]
     cluster_security_group_id: Optional[pulumi.Output[str]]
     default_storage_class_name: Optional[str]
     node_groups: list[aws.eks.NodeGroup]
@@ -93,7 +100,9 @@ class Cluster(pulumi.ComponentResource):
         self.load_balancer_controller = None
         self.partition = None
         self.private_subnet_ids = []
+        self.private_subnet_cidrs = []
         self.public_subnet_cidrs = []
+        self.s3_cidrs = []
         if args.settings.is_aws:
             if args.aws_provider is None:
                 raise ValueError("Cluster: target=aws needs an aws_provider")
@@ -140,13 +149,15 @@ class Cluster(pulumi.ComponentResource):
             uses_pod_identity = addon in ADDONS_WITH_POD_IDENTITY
             self._addon(name, eks_cluster, addon,
                         after=[*self.node_groups, *([pod_identity_agent] if uses_pod_identity else [])])
-        self._build_admin_access(name, eks_cluster)
+        admin_access = self._build_admin_access(name, eks_cluster)
 
         self.cluster_name = eks_cluster.name
         self.vpc_id = network.vpc_id
         self.vpc_cidr = str(settings.vpc_cidr)
         self.private_subnet_ids = network.private_subnet_ids
+        self.private_subnet_cidrs = network.private_subnet_cidrs
         self.public_subnet_cidrs = network.public_subnet_cidrs
+        self.s3_cidrs = network.s3_cidrs
         self.cluster_security_group_id = eks_cluster.vpc_config.cluster_security_group_id
         self.kubeconfig = pulumi.Output.secret(self._kubeconfig(eks_cluster, settings.region))
         self.provider = k8s.Provider(
@@ -154,7 +165,8 @@ class Cluster(pulumi.ComponentResource):
             kubeconfig=self.kubeconfig,
             # Without it, a change of endpoint or CA would make Pulumi replace every Kubernetes object.
             cluster_identifier=eks_cluster.arn,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=self.node_groups),
+            # Nodes to run on, and the admin access the Helm releases are installed with.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*self.node_groups, *admin_access]),
         )
         self.default_storage_class_name = self._build_default_storage_class(name)
         self.load_balancer_controller = self._build_load_balancer_controller(
@@ -220,10 +232,13 @@ class Cluster(pulumi.ComponentResource):
             f"{name}-s3", vpc_id=vpc.id, service_name=f"com.amazonaws.{settings.region}.s3",
             vpc_endpoint_type="Gateway", route_table_ids=[table.id for table in private_route_tables],
             tags={"Name": f"{cluster_name}-s3"}, opts=self._aws)
+        s3_prefix_list = aws.ec2.get_prefix_list(name=f"com.amazonaws.{settings.region}.s3", opts=self._invoke)
         return Network(
             vpc_id=vpc.id,
             private_subnet_ids=[subnet.id for subnet in private_subnets],
+            private_subnet_cidrs=private_cidrs,
             public_subnet_cidrs=public_cidrs,
+            s3_cidrs=sorted(s3_prefix_list.cidr_blocks),
         )
 
     def _build_control_plane(self, name: str, cluster_name: str, network: Network) -> aws.eks.Cluster:
@@ -253,11 +268,15 @@ class Cluster(pulumi.ComponentResource):
             version=settings.kubernetes_version,
             role_arn=role.arn,
             access_config={
-                # Creation-time choices: access entries only (no aws-auth ConfigMap), and the principal that
-                # runs `pulumi up` keeps admin so it can install the Helm releases right after.
+                # Creation-time choices: access entries only (no aws-auth ConfigMap), and no entry EKS makes
+                # on its own for the creator: every admin, the principal running `pulumi up` included, gets an
+                # entry this program owns (an implicit one would collide with an explicit one: 409).
                 "authentication_mode": "API",
-                "bootstrap_cluster_creator_admin_permissions": True,
+                "bootstrap_cluster_creator_admin_permissions": False,
             },
+            # Explicit, so the NetworkPolicies can name the `kubernetes` Service address.
+            kubernetes_network_config={"ip_family": "ipv4",
+                                       "service_ipv4_cidr": str(settings.kubernetes_service_cidr)},
             # The add-ons are managed below as EKS add-ons, with our configuration, from the start.
             bootstrap_self_managed_addons=False,
             encryption_config={"provider": {"key_arn": secrets_key.arn}, "resources": ["secrets"]},
@@ -333,6 +352,8 @@ class Cluster(pulumi.ComponentResource):
             subnet_ids=network.private_subnet_ids,
             ami_type="AL2023_x86_64_STANDARD",
             launch_template={"id": launch_template.id, "version": launch_template.latest_version.apply(str)},
+            # Nodes follow the control plane: upgrading kubernetesVersion rolls them onto the new version.
+            version=eks_cluster.version,
             update_config={"max_unavailable": 1},
             node_repair_config={"enabled": True},
         )
@@ -343,7 +364,7 @@ class Cluster(pulumi.ComponentResource):
             instance_types=settings.system_node_instance_types,
             scaling_config={"min_size": settings.system_node_count, "desired_size": settings.system_node_count,
                             "max_size": settings.system_node_count},
-            labels={NODE_ROLE_LABEL: "system"},
+            labels=dict(w.SYSTEM_NODES),
             opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(depends_on=depends)),
             **common)
         workers = aws.eks.NodeGroup(
@@ -352,7 +373,7 @@ class Cluster(pulumi.ComponentResource):
             instance_types=settings.worker_node_instance_types,
             scaling_config={"min_size": settings.worker_node_min, "desired_size": settings.worker_node_desired,
                             "max_size": settings.worker_node_max},
-            labels={**settings.worker_node_labels, NODE_ROLE_LABEL: "worker"},
+            labels={**settings.worker_node_labels, **w.WORKER_NODES},
             taints=[taint.model_dump() for taint in settings.worker_node_taints] or None,
             opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(
                 depends_on=depends,
@@ -361,14 +382,24 @@ class Cluster(pulumi.ComponentResource):
             **common)
         return [system, workers]
 
-    def _build_admin_access(self, name: str, eks_cluster: aws.eks.Cluster) -> None:
-        for index, principal_arn in enumerate(self._settings.admin_principal_arns):
-            entry = aws.eks.AccessEntry(f"{name}-admin-{index}", cluster_name=eks_cluster.name,
+    def _build_admin_access(self, name: str, eks_cluster: aws.eks.Cluster) -> list[aws.eks.AccessPolicyAssociation]:
+        """Cluster-admin access entries for adminPrincipalArns and for the principal running `pulumi up`
+        (it installs the Helm releases right after), one entry per principal. Named after the principal, so
+        the same principal moving between the list and "the one running up" keeps the same entry."""
+        caller_arn = aws.get_caller_identity(opts=self._invoke).arn
+        # An assumed-role session stands for its role: EKS keys access entries on the role ARN.
+        deployer_arn = aws.iam.get_session_context(arn=caller_arn, opts=self._invoke).issuer_arn
+        principals = list(dict.fromkeys([*self._settings.admin_principal_arns, deployer_arn]))
+        associations = []
+        for principal_arn in principals:
+            resource_name = f"{name}-admin-{principal_arn.split(':', 5)[5].replace('/', '-')}"
+            entry = aws.eks.AccessEntry(resource_name, cluster_name=eks_cluster.name,
                                         principal_arn=principal_arn, type="STANDARD", opts=self._aws)
-            aws.eks.AccessPolicyAssociation(
-                f"{name}-admin-{index}", cluster_name=eks_cluster.name, principal_arn=entry.principal_arn,
+            associations.append(aws.eks.AccessPolicyAssociation(
+                resource_name, cluster_name=eks_cluster.name, principal_arn=entry.principal_arn,
                 policy_arn=f"arn:{self.partition}:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
-                access_scope={"type": "cluster"}, opts=self._aws)
+                access_scope={"type": "cluster"}, opts=self._aws))
+        return associations
 
     @staticmethod
     def _kubeconfig(eks_cluster: aws.eks.Cluster, region: str) -> pulumi.Output[str]:
@@ -443,5 +474,9 @@ def load_balancer_controller_values(cluster_name: pulumi.Input[str], region: str
         "serviceAccount": {"create": True, "name": service_account},
         "podDisruptionBudget": {"maxUnavailable": 1},
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-        "nodeSelector": {NODE_ROLE_LABEL: "system"},
+        "nodeSelector": dict(w.SYSTEM_NODES),
+        # The controller's Service webhook (failurePolicy Fail, every Service create) would refuse the Services
+        # of every release installed while the controller has no ready endpoint; no Service here is of type
+        # LoadBalancer, so it has nothing to do.
+        "enableServiceMutatorWebhook": False,
     }

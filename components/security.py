@@ -29,29 +29,42 @@ POD_SECURITY_LEVELS = {
 }
 
 
+Expression = tuple[str, str, tuple[str, ...]]   # (label key, operator, values), as in matchExpressions
+
+
 @dataclass(frozen=True)
 class Peer:
-    """One end of a flow: pods (in a namespace, or in any namespace when `namespace` is None) or a CIDR."""
+    """One end of a flow: pods (in a namespace, or in any namespace when `namespace` is None) selected by
+    labels and label expressions, or a set of CIDRs."""
     pods: Optional[dict[str, str]] = None
     namespace: Optional[str] = w.AIRFLOW_NAMESPACE
-    cidr: Optional[str] = None
+    expressions: tuple[Expression, ...] = ()
+    cidrs: tuple[str, ...] = ()
     except_cidrs: tuple[str, ...] = ()
 
     @property
     def in_airflow_namespace(self) -> bool:
-        return self.cidr is None and self.namespace == w.AIRFLOW_NAMESPACE
+        return not self.cidrs and self.namespace == w.AIRFLOW_NAMESPACE
 
-    def as_policy_peer(self) -> dict:
-        if self.cidr is not None:
-            block: dict = {"cidr": self.cidr}
-            if self.except_cidrs:
-                block["except"] = list(self.except_cidrs)
-            return {"ipBlock": block}
-        peer: dict = {"podSelector": {"matchLabels": self.pods} if self.pods else {}}
+    def pod_selector(self) -> dict:
+        selector: dict = {}
+        if self.pods:
+            selector["matchLabels"] = dict(self.pods)
+        if self.expressions:
+            selector["matchExpressions"] = [
+                {"key": key, "operator": operator, **({"values": list(values)} if values else {})}
+                for key, operator, values in self.expressions]
+        return selector
+
+    def as_policy_peers(self) -> list[dict]:
+        if self.cidrs:
+            return [{"ipBlock": {"cidr": cidr, **({"except": list(self.except_cidrs)} if self.except_cidrs else {})}}
+                    for cidr in self.cidrs]
+        peer: dict = {"podSelector": self.pod_selector()}
         if self.namespace != w.AIRFLOW_NAMESPACE:
             peer["namespaceSelector"] = (
                 {"matchLabels": {"kubernetes.io/metadata.name": self.namespace}} if self.namespace else {})
-        return peer
+        return [peer]
 
 
 @dataclass(frozen=True)
@@ -62,105 +75,139 @@ class Flow:
     source: Peer
     destination: Peer
     ports: tuple[tuple[int, str], ...]
+    # The Airflow chart (networkPolicies.enabled) renders the destination's ingress rule itself: the API
+    # server's from the sources handed to it (Security.api_server_sources), statsd's for the release's pods.
+    ingress_by_chart: bool = False
 
 
 def _tcp(*ports: int) -> tuple[tuple[int, str], ...]:
     return tuple((port, "TCP") for port in ports)
 
 
-def required_flows(vpc_cidr: Optional[str], load_balancer_cidrs: list[str],
-                   worker_egress_cidrs: list[str], local_ingress_namespace: str, git_sync: bool = False) -> list[Flow]:
-    """Every flow the platform needs in the Airflow namespace; anything else is denied.
+@dataclass(frozen=True)
+class ClusterNetwork:
+    """What the policies must know of the network the cluster runs in."""
+    # The `kubernetes` Service's ClusterIP (first address of the service CIDR).
+    kubernetes_service_ip: str
+    # target=aws: the EKS endpoint's network interfaces (the private subnets), where the ALB lives (public
+    # or private subnets, by the ingress scheme) and S3's addresses (the region's prefix list).
+    # All empty on a local cluster.
+    api_endpoint_cidrs: tuple[str, ...] = ()
+    load_balancer_cidrs: tuple[str, ...] = ()
+    s3_cidrs: tuple[str, ...] = ()
 
-    vpc_cidr is None on a local cluster: there the load balancer is the local ingress controller or a
-    port-forward, the Kubernetes API is a node address, and there are no AWS APIs to reach.
-    """
-    airflow = Peer(w.AIRFLOW_PODS)
+    @property
+    def is_aws(self) -> bool:
+        return bool(self.api_endpoint_cidrs)
+
+
+PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+
+
+def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], local_ingress_namespace: str, *,
+                   git_sync: bool = False, replicated_database: bool = False,
+                   restoring_database: bool = False) -> list[Flow]:
+    """Every flow the platform needs in the Airflow namespace; anything else is denied."""
+    clients = Peer(w.AIRFLOW_PODS, expressions=(("component", "In", w.AIRFLOW_CLIENT_COMPONENTS),))
+    log_writers = Peer(w.AIRFLOW_PODS, expressions=(("component", "In", w.AIRFLOW_LOG_WRITER_COMPONENTS),))
     api_server = Peer(w.AIRFLOW_API_SERVER)
     instances = Peer(w.POSTGRES_INSTANCES)
     pooler = Peer(w.POSTGRES_POOLER_PODS)
+    postgres_jobs = Peer(w.POSTGRES_JOBS_CLUSTER_LABEL, expressions=((w.POSTGRES_JOB_ROLE_LABEL, "Exists", ()),))
     haproxy = Peer(w.REDIS_HAPROXY)
     redis = Peer(w.REDIS_SERVERS)
+    statsd = Peer(w.AIRFLOW_STATSD)
     prometheus = Peer(w.PROMETHEUS_PODS, namespace=w.MONITORING_NAMESPACE)
     flows = [
         Flow("dns", Peer({}), Peer(w.KUBE_DNS_PODS, namespace="kube-system"), ((53, "UDP"), (53, "TCP"))),
         # Airflow 3: workers, triggerer and DAG processor call the API server's execution API.
-        Flow("airflow-to-api-server", airflow, api_server, _tcp(w.API_SERVER_PORT)),
-        Flow("airflow-to-pgbouncer", airflow, pooler, _tcp(w.POSTGRES_PORT)),
+        Flow("airflow-to-api-server", clients, api_server, _tcp(w.API_SERVER_PORT), ingress_by_chart=True),
+        Flow("airflow-to-pgbouncer", clients, pooler, _tcp(w.POSTGRES_PORT)),
         Flow("keda-to-pgbouncer", Peer(w.KEDA_OPERATOR_PODS, namespace=w.KEDA_NAMESPACE), pooler,
              _tcp(w.POSTGRES_PORT)),
-        Flow("airflow-to-redis", airflow, haproxy, _tcp(w.REDIS_PORT)),
-        Flow("airflow-to-statsd", airflow, Peer(w.AIRFLOW_STATSD), ((w.STATSD_INGEST_PORT, "UDP"),)),
+        Flow("airflow-to-redis", clients, haproxy, _tcp(w.REDIS_PORT)),
+        Flow("airflow-to-statsd", clients, statsd, ((w.STATSD_INGEST_PORT, "UDP"),), ingress_by_chart=True),
         # Chart 1.19.0 only lets `component: webserver` fetch task logs; Airflow 3 serves them from the API server.
         Flow("api-server-to-worker-logs", api_server, Peer(w.AIRFLOW_WORKER), _tcp(w.WORKER_LOG_PORT)),
         Flow("api-server-to-triggerer-logs", api_server, Peer(w.AIRFLOW_TRIGGERER), _tcp(w.TRIGGERER_LOG_PORT)),
         Flow("pgbouncer-to-postgres", pooler, instances, _tcp(w.POSTGRES_PORT)),
-        Flow("postgres-replication", instances, instances, _tcp(w.POSTGRES_PORT)),
+        # Streaming replication, and the primary's liveness isolation check on the others' status port.
+        Flow("postgres-replication", instances, instances, _tcp(w.POSTGRES_PORT, w.CNPG_STATUS_PORT)),
         Flow("cnpg-operator-to-postgres", Peer(w.CNPG_OPERATOR_PODS, namespace=w.CNPG_NAMESPACE), instances,
              _tcp(w.CNPG_STATUS_PORT)),
         Flow("haproxy-to-redis", haproxy, redis, _tcp(w.REDIS_PORT, w.SENTINEL_PORT)),
         Flow("redis-replication", redis, redis, _tcp(w.REDIS_PORT, w.SENTINEL_PORT)),
-        Flow("prometheus-to-statsd", prometheus, Peer(w.AIRFLOW_STATSD), _tcp(w.STATSD_METRICS_PORT)),
+        Flow("prometheus-to-statsd", prometheus, statsd, _tcp(w.STATSD_METRICS_PORT)),
         Flow("prometheus-to-postgres", prometheus, instances, _tcp(w.CNPG_METRICS_PORT)),
         Flow("prometheus-to-pgbouncer", prometheus, pooler, _tcp(w.PGBOUNCER_METRICS_PORT)),
         Flow("prometheus-to-redis", prometheus, redis, _tcp(w.REDIS_EXPORTER_PORT)),
         Flow("prometheus-to-haproxy", prometheus, haproxy, _tcp(w.HAPROXY_METRICS_PORT)),
     ]
-    if vpc_cidr is None:
-        flows += [
-            # The laptop cluster's ingress controller (a port-forward needs no rule).
-            Flow("ingress-to-api-server", Peer({}, namespace=local_ingress_namespace), api_server,
-                 _tcp(w.API_SERVER_PORT)),
-            # A laptop cluster's API server listens on a node address: 6443 (kind, k3d) or 8443 (minikube).
-            Flow("postgres-to-kubernetes-api", instances, Peer(cidr="0.0.0.0/0"), _tcp(6443, 8443)),
-            Flow("pgbouncer-to-kubernetes-api", pooler, Peer(cidr="0.0.0.0/0"), _tcp(6443, 8443)),
-        ]
-        if git_sync:
-            # On AWS the git host is covered by airflow-to-aws-apis (HTTPS outside the VPC).
-            flows.append(Flow("git-sync-to-repository", airflow,
-                              Peer(cidr="0.0.0.0/0", except_cidrs=("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")),
-                              _tcp(443)))
+    if replicated_database:
+        # The join Job clones each further instance from the primary (the -rw Service) with pg_basebackup.
+        flows.append(Flow("postgres-jobs-to-postgres", postgres_jobs, instances, _tcp(w.POSTGRES_PORT)))
+    # CloudNativePG's instance manager, PgBouncer's and the operator's Jobs all start by reading their Cluster
+    # from the Kubernetes API. Pods reach it at the `kubernetes` Service's ClusterIP; whether a network plugin
+    # matches ipBlocks before or after that address is translated is left to it (the VPC CNI: before), so
+    # both the Service address and the API server's own addresses are admitted, on their ports only.
+    service = Peer(cidrs=(f"{network.kubernetes_service_ip}/32",))
+    if network.is_aws:
+        api_servers, api_ports = Peer(cidrs=network.api_endpoint_cidrs), _tcp(w.KUBERNETES_API_PORT)
     else:
-        # Outside the VPC only: AWS APIs are public endpoints (S3 through the gateway endpoint, STS).
-        aws_apis = Peer(cidr="0.0.0.0/0", except_cidrs=(vpc_cidr,))
-        flows += [Flow(f"load-balancer-{index}-to-api-server", Peer(cidr=cidr), api_server, _tcp(w.API_SERVER_PORT))
-                  for index, cidr in enumerate(load_balancer_cidrs)]
+        # A laptop cluster's API server listens on a node address, which no setting knows.
+        api_servers, api_ports = Peer(cidrs=("0.0.0.0/0",)), _tcp(*w.LOCAL_API_SERVER_PORTS)
+    for source_name, source in (("postgres", instances), ("pgbouncer", pooler), ("postgres-jobs", postgres_jobs)):
+        flows += [Flow(f"{source_name}-to-kubernetes-service", source, service, _tcp(w.KUBERNETES_API_PORT)),
+                  Flow(f"{source_name}-to-kubernetes-api", source, api_servers, api_ports)]
+    if git_sync:
+        # The git host is on the internet. The VPC CNI's policy agent has open reports of ignoring `except`
+        # (aws/amazon-vpc-cni-k8s#2592): there this rule may admit HTTPS inside the VPC too (README).
+        flows.append(Flow("git-sync-to-repository", clients,
+                          Peer(cidrs=("0.0.0.0/0",), except_cidrs=PRIVATE_RANGES), _tcp(443)))
+    if network.is_aws:
+        s3 = Peer(cidrs=network.s3_cidrs)
+        pod_identity = Peer(cidrs=(w.POD_IDENTITY_AGENT_CIDR,))
         flows += [
-            # The EKS API endpoint's network interfaces live in the VPC.
-            Flow("postgres-to-kubernetes-api", instances, Peer(cidr=vpc_cidr), _tcp(443)),
-            Flow("pgbouncer-to-kubernetes-api", pooler, Peer(cidr=vpc_cidr), _tcp(443)),
-            # AWS APIs, and the git host of git-sync: HTTPS outside the VPC.
-            Flow("airflow-to-aws-apis", airflow, aws_apis, _tcp(443)),
-            Flow("postgres-to-aws-apis", instances, aws_apis, _tcp(443)),
-            Flow("airflow-to-pod-identity", airflow, Peer(cidr=w.POD_IDENTITY_AGENT_CIDR),
-                 _tcp(w.POD_IDENTITY_AGENT_PORT)),
-            Flow("postgres-to-pod-identity", instances, Peer(cidr=w.POD_IDENTITY_AGENT_CIDR),
-                 _tcp(w.POD_IDENTITY_AGENT_PORT)),
+            Flow("load-balancer-to-api-server", Peer(cidrs=network.load_balancer_cidrs), api_server,
+                 _tcp(w.API_SERVER_PORT), ingress_by_chart=True),
+            # Task logs (Airflow), WAL and base backups (the Barman Cloud sidecar) and restores (the recovery
+            # Job) go to S3, through the gateway endpoint, with credentials from the Pod Identity agent.
+            Flow("airflow-to-s3", log_writers, s3, _tcp(443)),
+            Flow("postgres-to-s3", instances, s3, _tcp(443)),
+            Flow("airflow-to-pod-identity", log_writers, pod_identity, _tcp(w.POD_IDENTITY_AGENT_PORT)),
+            Flow("postgres-to-pod-identity", instances, pod_identity, _tcp(w.POD_IDENTITY_AGENT_PORT)),
         ]
-    flows += [Flow(f"worker-egress-{index}", Peer(w.AIRFLOW_WORKER), Peer(cidr=cidr), ())
+        if restoring_database:
+            flows += [Flow("postgres-jobs-to-s3", postgres_jobs, s3, _tcp(443)),
+                      Flow("postgres-jobs-to-pod-identity", postgres_jobs, pod_identity,
+                           _tcp(w.POD_IDENTITY_AGENT_PORT))]
+    else:
+        # The laptop cluster's ingress controller (a port-forward needs no rule).
+        flows.append(Flow("ingress-to-api-server", Peer({}, namespace=local_ingress_namespace), api_server,
+                          _tcp(w.API_SERVER_PORT), ingress_by_chart=True))
+    flows += [Flow(f"worker-egress-{index}", Peer(w.AIRFLOW_WORKER), Peer(cidrs=(cidr,)), ())
               for index, cidr in enumerate(worker_egress_cidrs)]
     return flows
 
 
 def network_policy_specs(flows: list[Flow]) -> dict[str, dict]:
-    """NetworkPolicy specs by name: a default deny, then one policy (with one rule) per flow end."""
+    """NetworkPolicy specs by name: a default deny, then one policy (with one rule) per flow end that the
+    Airflow chart does not already render."""
     ports = lambda flow: [{"port": port, "protocol": protocol} for port, protocol in flow.ports]  # noqa: E731
     specs: dict[str, dict] = {"default-deny-all": {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}}
     for flow in flows:
         if flow.source.in_airflow_namespace:
-            rule: dict = {"to": [flow.destination.as_policy_peer()]}
+            rule: dict = {"to": flow.destination.as_policy_peers()}
             if flow.ports:
                 rule["ports"] = ports(flow)
             specs[f"{flow.name}-egress"] = {
-                "podSelector": {"matchLabels": flow.source.pods} if flow.source.pods else {},
-                "policyTypes": ["Egress"], "egress": [rule]}
-        if flow.destination.in_airflow_namespace:
-            rule = {"from": [flow.source.as_policy_peer()]}
+                "podSelector": flow.source.pod_selector(), "policyTypes": ["Egress"], "egress": [rule]}
+        if flow.destination.in_airflow_namespace and not flow.ingress_by_chart:
+            rule = {"from": flow.source.as_policy_peers()}
             if flow.ports:
                 rule["ports"] = ports(flow)
             specs[f"{flow.name}-ingress"] = {
-                "podSelector": {"matchLabels": flow.destination.pods} if flow.destination.pods else {},
-                "policyTypes": ["Ingress"], "ingress": [rule]}
+                "podSelector": flow.destination.pod_selector(), "policyTypes": ["Ingress"], "ingress": [rule]}
     return specs
 
 
@@ -185,8 +232,9 @@ class SecurityArgs:
     aws_provider: Optional[aws.Provider] = None
     # From Cluster (target=aws): the EKS cluster name for access entries, and the networks for the policies.
     cluster_name: Optional[pulumi.Input[str]] = None
-    vpc_cidr: Optional[str] = None
-    load_balancer_cidrs: list[str] = field(default_factory=list)
+    private_subnet_cidrs: list[str] = field(default_factory=list)
+    public_subnet_cidrs: list[str] = field(default_factory=list)
+    s3_cidrs: list[str] = field(default_factory=list)
 
 
 class Security(pulumi.ComponentResource):
@@ -221,11 +269,19 @@ class Security(pulumi.ComponentResource):
         in_airflow = pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[airflow_ns]))
 
         self._build_rbac(name, args, in_airflow)
-        flows = required_flows(args.vpc_cidr, args.load_balancer_cidrs,
-                               [str(cidr) for cidr in args.settings.worker_egress_cidrs],
-                               args.settings.local_ingress_namespace, bool(args.settings.git_sync_repository))
-        self.api_server_sources = [flow.source.as_policy_peer() for flow in flows
-                                   if flow.destination.pods == w.AIRFLOW_API_SERVER]
+        settings = args.settings
+        # The ALB takes its addresses in the subnets its scheme puts it in.
+        load_balancer_cidrs = args.private_subnet_cidrs if settings.ingress_scheme == "internal" \
+            else args.public_subnet_cidrs
+        network = ClusterNetwork(kubernetes_service_ip=settings.kubernetes_service_ip,
+                                 api_endpoint_cidrs=tuple(args.private_subnet_cidrs),
+                                 load_balancer_cidrs=tuple(load_balancer_cidrs), s3_cidrs=tuple(args.s3_cidrs))
+        flows = required_flows(network, [str(cidr) for cidr in settings.worker_egress_cidrs],
+                               settings.local_ingress_namespace, git_sync=bool(settings.git_sync_repository),
+                               replicated_database=settings.postgres_instances > 1,
+                               restoring_database=bool(settings.postgres_restore_target_time))
+        self.api_server_sources = [peer for flow in flows if flow.destination.pods == w.AIRFLOW_API_SERVER
+                                   for peer in flow.source.as_policy_peers()]
         for policy_name, spec in network_policy_specs(flows).items():
             k8s.networking.v1.NetworkPolicy(
                 f"{name}-{policy_name}",

@@ -89,6 +89,11 @@ class Settings(BaseModel):
     vpc_cidr: ipaddress.IPv4Network = Field(
         default=ipaddress.IPv4Network("10.0.0.0/16"),
         description="IPv4 CIDR of the VPC, a /16 to /20 (pods take VPC addresses through the VPC CNI).")
+    kubernetes_service_cidr: ipaddress.IPv4Network = Field(
+        default=ipaddress.IPv4Network("10.96.0.0/16"),
+        description="Service CIDR of the cluster: EKS is created with it (a private /12 to /24 outside vpcCidr); "
+                    "on a local cluster it must be the cluster's own (kind and minikube 10.96.0.0/16 or /12, k3d "
+                    "10.43.0.0/16). The NetworkPolicies admit the `kubernetes` Service address in it.")
     availability_zone_count: int = Field(
         default=3, ge=2, le=6,
         description="How many availability zones the VPC and node groups span.")
@@ -272,6 +277,13 @@ class Settings(BaseModel):
             raise ValueError(f"must be a /16 to /20 network, got /{value.prefixlen}")
         return value
 
+    @field_validator("kubernetes_service_cidr")
+    @classmethod
+    def _service_cidr(cls, value: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+        if not value.is_private or not 12 <= value.prefixlen <= 24:
+            raise ValueError("must be a private (RFC 1918) network of /12 to /24")
+        return value
+
     @field_validator("admin_principal_arns", "operator_principal_arns")
     @classmethod
     def _principal_arns(cls, values: list[str]) -> list[str]:
@@ -316,6 +328,11 @@ class Settings(BaseModel):
     def is_aws(self) -> bool:
         return self.target == "aws"
 
+    @property
+    def kubernetes_service_ip(self) -> str:
+        """The `kubernetes` Service's ClusterIP: the first address of the service CIDR."""
+        return str(next(self.kubernetes_service_cidr.hosts()))
+
     def eks_cluster_name(self, stack: str) -> str:
         return self.cluster_name or f"airflow-{stack}"
 
@@ -343,6 +360,9 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
                 f"must differ from postgresRestoreFromServerName ('{settings.postgres_restore_from_server_name}') "
                 "while restoring: a restored cluster starts a new timeline and may not archive over the "
                 "backups it came from (for example 'airflow-db-r1')"))
+    if settings.is_aws and settings.kubernetes_service_cidr.overlaps(settings.vpc_cidr):
+        problems.append(("kubernetesServiceCidr", f"must not overlap vpcCidr ({settings.vpc_cidr}), got "
+                                                  f"{settings.kubernetes_service_cidr} (for example 172.20.0.0/16)"))
     if settings.worker_min_replicas > settings.worker_max_replicas:
         problems.append(("workerMinReplicas", f"must not exceed workerMaxReplicas ({settings.worker_max_replicas}), "
                                               f"got {settings.worker_min_replicas}"))

@@ -25,18 +25,33 @@ def airflow_component(component: str) -> dict[str, str]:
     return {**AIRFLOW_PODS, "component": component}
 
 
+# The Airflow pods that use the metadata database, the broker and the execution API. Named one by one
+# (not "every pod of the release") so that statsd, or a component a future chart adds, gets nothing by default.
+AIRFLOW_CLIENT_COMPONENTS = ("scheduler", "worker", "triggerer", "dag-processor", "api-server", "flower",
+                             "run-airflow-migrations", "create-user-job")
+# The ones that read and write task logs in the logs bucket (remote logging, target=aws).
+AIRFLOW_LOG_WRITER_COMPONENTS = ("scheduler", "worker", "triggerer", "dag-processor", "api-server")
 AIRFLOW_API_SERVER = airflow_component("api-server")
 AIRFLOW_WORKER = airflow_component("worker")
 AIRFLOW_TRIGGERER = airflow_component("triggerer")
 AIRFLOW_STATSD = airflow_component("statsd")
 POSTGRES_INSTANCES = {"cnpg.io/cluster": POSTGRES_CLUSTER, "cnpg.io/podRole": "instance"}
 POSTGRES_POOLER_PODS = {"cnpg.io/poolerName": POSTGRES_POOLER}
+# CloudNativePG's bootstrap and maintenance Jobs (initdb, join, full-recovery, ...) carry the cluster and a
+# job role, not `cnpg.io/podRole: instance` (CloudNativePG 1.30 pkg/specs/jobs.go).
+POSTGRES_JOBS_CLUSTER_LABEL = {"cnpg.io/cluster": POSTGRES_CLUSTER}
+POSTGRES_JOB_ROLE_LABEL = "cnpg.io/jobRole"
 REDIS_SERVERS = {"app": "redis-ha", "release": REDIS_RELEASE}
 REDIS_HAPROXY = {"app": "redis-ha-haproxy", "release": REDIS_RELEASE}
 PROMETHEUS_PODS = {"app.kubernetes.io/name": "prometheus"}
 CNPG_OPERATOR_PODS = {"app.kubernetes.io/name": "cloudnative-pg"}
 KEDA_OPERATOR_PODS = {"app": "keda-operator"}
 KUBE_DNS_PODS = {"k8s-app": "kube-dns"}
+
+# Node pools (target=aws): everything but the Celery workers runs on the on-demand system nodes.
+NODE_ROLE_LABEL = "airflow.apache.org/node-role"
+SYSTEM_NODES = {NODE_ROLE_LABEL: "system"}
+WORKER_NODES = {NODE_ROLE_LABEL: "worker"}
 
 # Ports.
 API_SERVER_PORT = 8080
@@ -52,13 +67,15 @@ REDIS_PORT = 6379
 SENTINEL_PORT = 26379
 REDIS_EXPORTER_PORT = 9121
 HAPROXY_METRICS_PORT = 9101
+KUBERNETES_API_PORT = 443      # the `kubernetes` Service, and the EKS endpoint's network interfaces
+# A laptop cluster's API server listens on a node address: 6443 (kind, k3d) or 8443 (minikube).
+LOCAL_API_SERVER_PORTS = (6443, 8443)
 # EKS Pod Identity agent, on every node's link-local address.
 POD_IDENTITY_AGENT_CIDR = "169.254.170.23/32"
 POD_IDENTITY_AGENT_PORT = 80
 
 # Service accounts that get AWS roles through EKS Pod Identity (the chart names them <release>-<component>).
-AIRFLOW_LOG_WRITERS = tuple(f"{AIRFLOW_RELEASE}-{c}" for c in
-                            ("worker", "scheduler", "triggerer", "api-server", "dag-processor"))
+AIRFLOW_LOG_WRITERS = tuple(f"{AIRFLOW_RELEASE}-{c}" for c in AIRFLOW_LOG_WRITER_COMPONENTS)
 # CloudNativePG runs the instances (and their Barman Cloud sidecar) under a service account named after the cluster.
 POSTGRES_SERVICE_ACCOUNT = POSTGRES_CLUSTER
 

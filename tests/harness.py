@@ -38,6 +38,10 @@ SIG_KEY = rpc._special_sig_key
 # Invoke results for the data sources the program reads.
 FAKE_ZONES = ["eu-west-1a", "eu-west-1b", "eu-west-1c", "eu-west-1d"]
 FAKE_ACCOUNT = "111122223333"
+# S3's prefix list in eu-west-1, as `aws ec2 describe-managed-prefix-lists` lists it.
+FAKE_S3_CIDRS = ["3.5.64.0/21", "3.5.72.0/23", "52.92.0.0/17", "52.218.0.0/17"]
+# The role CI assumes to run `pulumi up`.
+DEPLOYER_ROLE = f"arn:aws:iam::{FAKE_ACCOUNT}:role/pulumi-deployer"
 
 
 def pulumi_config_value(value: Any) -> str:
@@ -146,10 +150,12 @@ class PlatformMocks(pulumi_mocks.Mocks):
     time by the test) makes two runs generate the same passwords.
     """
 
-    def __init__(self, password_characters: str = "", password_seed: Optional[int] = None):
+    def __init__(self, password_characters: str = "", password_seed: Optional[int] = None,
+                 deployer_arn: str = DEPLOYER_ROLE):
         super().__init__()
         self.password_characters = password_characters
         self.password_seed = password_seed
+        self.deployer_arn = deployer_arn
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs):
         inputs = unwrap(args.inputs)
@@ -194,8 +200,15 @@ class PlatformMocks(pulumi_mocks.Mocks):
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             return {"names": FAKE_ZONES, "zoneIds": [f"euw1-az{i}" for i in range(1, 5)], "id": "eu-west-1"}
         if args.token == "aws:index/getCallerIdentity:getCallerIdentity":
-            return {"accountId": FAKE_ACCOUNT, "arn": f"arn:aws:iam::{FAKE_ACCOUNT}:user/ci", "userId": "AIDA",
-                    "id": FAKE_ACCOUNT}
+            session = self.deployer_arn.replace(":iam::", ":sts::").replace(":role/", ":assumed-role/") + "/ci"
+            return {"accountId": FAKE_ACCOUNT, "arn": session, "userId": "AROA:ci", "id": FAKE_ACCOUNT}
+        if args.token == "aws:iam/getSessionContext:getSessionContext":
+            # The principal running `pulumi up` (a role session in CI): see DEPLOYER_ROLE.
+            return {"arn": args.args["arn"], "issuerArn": self.deployer_arn, "issuerId": "AROA",
+                    "issuerName": self.deployer_arn.rsplit("/", 1)[-1], "sessionName": "ci", "id": args.args["arn"]}
+        if args.token == "aws:ec2/getPrefixList:getPrefixList":
+            return {"name": args.args["name"], "prefixListId": "pl-6da54004", "cidrBlocks": FAKE_S3_CIDRS,
+                    "id": "pl-6da54004"}
         if args.token == "aws:lb/getHostedZoneId:getHostedZoneId":
             return {"id": "Z32O12XQLNTSW2"}
         if args.token == "aws:eks/getAddonVersion:getAddonVersion":
@@ -306,7 +319,7 @@ class ProgramFailed(Exception):
 
 def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
                 secret_config: Optional[dict[str, str]] = None, password_characters: str = "",
-                password_seed: Optional[int] = None) -> ProgramRun:
+                password_seed: Optional[int] = None, deployer_arn: str = DEPLOYER_ROLE) -> ProgramRun:
     """Run `__main__.py` for a stack file; `overrides` replace config keys (None deletes one)."""
     config = load_stack_config(stack)
     for key, value in (overrides or {}).items():
@@ -321,7 +334,7 @@ def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
         config[full_key] = value
         secret_keys.append(full_key)
 
-    mocks = PlatformMocks(password_characters, password_seed)
+    mocks = PlatformMocks(password_characters, password_seed, deployer_arn)
     monitor = RecordingMonitor(mocks)
     set_root_resource(None)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)

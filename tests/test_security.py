@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import functools
-import ipaddress
-
 import pytest
 from cryptography.fernet import Fernet
+from test_network_flows import policies_of
 
 from components import workloads as w
-from components.cluster import subnet_plan
 from components.settings import Settings
 from harness import SECRET_SIG, is_secret, plain_strings, run_program, unwrap
 from harness import SIG_KEY as SECRET_MARKER
@@ -20,193 +17,10 @@ NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 SECRET = "kubernetes:core/v1:Secret"
 
 
-def policies_of(run) -> list[Policy]:
-    return [Policy(r.values["metadata"]["name"], r.values["metadata"]["namespace"], r.values["spec"])
-            for r in run.of_type(NETWORK_POLICY)]
-
-
-# --- the flow matrix ------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def endpoints(stack: str) -> dict[str, Endpoint]:
-    """Concrete pods and addresses, labelled as the charts and operators label them."""
-    if stack == "local":
-        pod_net = iter(ipaddress.ip_network("10.244.0.0/16").hosts())
-        api_endpoint, lb_addresses = "172.18.0.2", []
-    else:
-        vpc = ipaddress.ip_network("10.20.0.0/16")  # Pulumi.prod.yaml
-        private, public = subnet_plan(vpc, 3)
-        pod_net = iter(ipaddress.ip_network(private[1]).hosts())
-        api_endpoint = str(next(iter(ipaddress.ip_network(private[0]).hosts())))
-        # The ALB has a node in every zone's public subnet.
-        lb_addresses = [str(list(ipaddress.ip_network(cidr).hosts())[7]) for cidr in public]
-
-    def pod(name, namespace, labels):
-        return Endpoint(name, namespace, str(next(pod_net)), labels)
-
-    def airflow(component):
-        return pod(component, w.AIRFLOW_NAMESPACE, {**w.airflow_component(component), "pod-template-hash": "x"})
-
-    found = {c: airflow(c) for c in ("worker", "scheduler", "triggerer", "dag-processor", "api-server", "statsd",
-                                     "flower")}
-    found.update({
-        "postgres": pod("postgres", w.AIRFLOW_NAMESPACE, {**w.POSTGRES_INSTANCES, "cnpg.io/instanceName": "airflow-db-1"}),
-        "pgbouncer": pod("pgbouncer", w.AIRFLOW_NAMESPACE, {**w.POSTGRES_POOLER_PODS, "cnpg.io/cluster": w.POSTGRES_CLUSTER}),
-        "redis": pod("redis", w.AIRFLOW_NAMESPACE, {**w.REDIS_SERVERS, f"{w.REDIS_RELEASE}-redis-ha": "replica"}),
-        "haproxy": pod("haproxy", w.AIRFLOW_NAMESPACE, {**w.REDIS_HAPROXY, "revision": "1"}),
-        "prometheus": pod("prometheus", w.MONITORING_NAMESPACE, {**w.PROMETHEUS_PODS, "prometheus": "kps"}),
-        "keda": pod("keda", w.KEDA_NAMESPACE, {**w.KEDA_OPERATOR_PODS, "app.kubernetes.io/name": "keda-operator"}),
-        "cnpg-operator": pod("cnpg-operator", w.CNPG_NAMESPACE, dict(w.CNPG_OPERATOR_PODS)),
-        "coredns": pod("coredns", "kube-system", {**w.KUBE_DNS_PODS, "eks.amazonaws.com/component": "coredns"}),
-        "stranger": pod("stranger", "default", {"app": "curious"}),
-        "stranger-posing-as-worker": pod("stranger-posing-as-worker", "default", dict(w.AIRFLOW_WORKER)),
-        "kubernetes-api": Endpoint("kubernetes-api", None, api_endpoint),
-        "s3": Endpoint("s3", None, "52.216.8.10"),
-        "pod-identity-agent": Endpoint("pod-identity-agent", None, "169.254.170.23"),
-        "vpc-neighbour": Endpoint("vpc-neighbour", None, "10.20.7.7"),
-    })
-    for zone, address in enumerate(lb_addresses):
-        found[f"load-balancer-{zone}"] = Endpoint(f"load-balancer-{zone}", None, address)
-    if not lb_addresses:
-        # k3d's Traefik; the default of airflow:localIngressNamespace.
-        found["ingress-controller"] = pod("ingress-controller", "kube-system", {"app.kubernetes.io/name": "traefik"})
-    return found
-
-
-AIRFLOW_CORE = ("worker", "scheduler", "triggerer", "dag-processor", "api-server")
-
-COMMON_REQUIRED = [
-    *[(c, "coredns", 53, proto) for c in AIRFLOW_CORE + ("postgres", "pgbouncer", "redis", "haproxy")
-      for proto in ("UDP", "TCP")],
-    *[(c, "api-server", 8080, "TCP") for c in ("worker", "triggerer", "dag-processor", "scheduler")],
-    *[(c, "pgbouncer", 5432, "TCP") for c in AIRFLOW_CORE + ("flower",)],
-    ("keda", "pgbouncer", 5432, "TCP"),
-    *[(c, "haproxy", 6379, "TCP") for c in ("worker", "scheduler", "flower", "api-server")],
-    *[(c, "statsd", 9125, "UDP") for c in AIRFLOW_CORE],
-    ("api-server", "worker", 8793, "TCP"),
-    ("api-server", "triggerer", 8794, "TCP"),
-    ("pgbouncer", "postgres", 5432, "TCP"),
-    ("postgres", "postgres", 5432, "TCP"),
-    ("cnpg-operator", "postgres", 8000, "TCP"),
-    *[(src, "redis", port, "TCP") for src in ("haproxy", "redis") for port in (6379, 26379)],
-    ("prometheus", "statsd", 9102, "TCP"),
-    ("prometheus", "postgres", 9187, "TCP"),
-    ("prometheus", "pgbouncer", 9127, "TCP"),
-    ("prometheus", "redis", 9121, "TCP"),
-    ("prometheus", "haproxy", 9101, "TCP"),
-]
-AWS_REQUIRED = [
-    *[(f"load-balancer-{zone}", "api-server", 8080, "TCP") for zone in range(3)],
-    ("postgres", "kubernetes-api", 443, "TCP"),
-    ("pgbouncer", "kubernetes-api", 443, "TCP"),
-    *[(c, "s3", 443, "TCP") for c in AIRFLOW_CORE + ("postgres",)],
-    *[(c, "pod-identity-agent", 80, "TCP") for c in AIRFLOW_CORE + ("postgres",)],
-]
-LOCAL_REQUIRED = [
-    ("ingress-controller", "api-server", 8080, "TCP"),
-    ("postgres", "kubernetes-api", 6443, "TCP"),
-    ("pgbouncer", "kubernetes-api", 6443, "TCP"),
-]
-COMMON_BLOCKED = [
-    ("stranger", "api-server", 8080, "TCP"),
-    ("worker", "worker", 5432, "TCP"),
-    ("worker", "postgres", 5432, "TCP"),          # only through PgBouncer
-    ("api-server", "postgres", 5432, "TCP"),
-    ("keda", "postgres", 5432, "TCP"),
-    ("worker", "redis", 6379, "TCP"),             # only through HAProxy
-    ("stranger", "haproxy", 6379, "TCP"),
-    ("stranger", "redis", 6379, "TCP"),
-    ("stranger", "pgbouncer", 5432, "TCP"),
-    ("stranger-posing-as-worker", "pgbouncer", 5432, "TCP"),
-    ("stranger-posing-as-worker", "haproxy", 6379, "TCP"),
-    ("stranger", "worker", 8793, "TCP"),
-    ("worker", "worker", 8793, "TCP"),
-    ("scheduler", "worker", 8793, "TCP"),
-    ("prometheus", "api-server", 8080, "TCP"),
-    ("prometheus", "worker", 8793, "TCP"),
-    ("keda", "haproxy", 6379, "TCP"),
-    ("worker", "coredns", 80, "TCP"),
-    ("worker", "s3", 80, "TCP"),
-    ("haproxy", "s3", 443, "TCP"),
-    ("redis", "s3", 443, "TCP"),
-    ("pgbouncer", "s3", 443, "TCP"),
-    ("worker", "kubernetes-api", 6443, "TCP"),
-    ("redis", "pod-identity-agent", 80, "TCP"),
-    ("statsd", "redis", 26379, "TCP"),
-    # Pods that no specific policy selects are closed by the default deny alone.
-    ("stranger", "scheduler", 8974, "TCP"),
-    ("worker", "flower", 5555, "TCP"),
-    ("stranger", "dag-processor", 8793, "TCP"),
-    ("api-server", "redis", 26379, "TCP"),
-]
-AWS_BLOCKED = [
-    ("worker", "vpc-neighbour", 443, "TCP"),     # AWS APIs only outside the VPC
-    ("worker", "kubernetes-api", 443, "TCP"),
-    ("load-balancer-0", "worker", 8793, "TCP"),
-    ("load-balancer-1", "api-server", 8793, "TCP"),
-    ("postgres", "vpc-neighbour", 5432, "TCP"),
-]
-
-
-def matrix(stack: str):
-    if stack == "local":
-        return COMMON_REQUIRED + LOCAL_REQUIRED, COMMON_BLOCKED
-    return COMMON_REQUIRED + AWS_REQUIRED, COMMON_BLOCKED + AWS_BLOCKED
-
-
-def flows_where(policies, stack, flows, *, open_: bool) -> list[tuple]:
-    """The flows the policies allow (open_=True) or deny (open_=False)."""
-    pods = endpoints(stack)
-    return [flow for flow in flows
-            if allowed(policies, pods[flow[0]], pods[flow[1]], flow[2], flow[3]) is open_]
-
-
-def denied_flows(policies, stack, flows):
-    return flows_where(policies, stack, flows, open_=False)
-
-
-def opened_flows(policies, stack, flows):
-    return flows_where(policies, stack, flows, open_=True)
-
-
-@pytest.mark.parametrize("stack", ["local", "prod"])
-def test_every_required_flow_is_allowed_and_every_other_flow_is_denied(stack_runs, stack):
-    policies = policies_of(stack_runs[stack])
-    required, blocked = matrix(stack)
-    assert denied_flows(policies, stack, required) == []
-    assert opened_flows(policies, stack, blocked) == []
-
-
-@pytest.mark.parametrize("stack", ["local", "prod"])
-def test_every_allow_rule_is_needed_by_some_required_flow(stack_runs, stack):
-    policies = policies_of(stack_runs[stack])
-    required, blocked = matrix(stack)
-    for index, policy in enumerate(policies):
-        rules = policy.spec.get("ingress") or policy.spec.get("egress") or []
-        if not rules:
-            # The default deny: without it, blocked flows open.
-            assert policy.name == "default-deny-all"
-            assert opened_flows(policies[:index] + policies[index + 1:], stack, blocked), policy.name
-            continue
-        for rule_index in range(len(rules)):
-            key = "ingress" if "ingress" in policy.spec else "egress"
-            fewer_rules = {**policy.spec, key: rules[:rule_index] + rules[rule_index + 1:]}
-            weakened = policies[:index] + [Policy(policy.name, policy.namespace, fewer_rules)] + policies[index + 1:]
-            assert denied_flows(weakened, stack, required), f"{policy.name} rule {rule_index} is not needed"
-
-
+# --- NetworkPolicies (the flow matrix over every pod is in test_network_flows.py) -----------------------
 def test_default_deny_covers_both_directions(prod):
     deny = next(p for p in policies_of(prod) if p.name == "default-deny-all")
     assert deny.spec == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
-
-
-def test_worker_egress_to_data_sources_is_opt_in():
-    run = run_program("prod", overrides={"workerEgressCidrs": ["192.0.2.0/24"]})
-    pods = endpoints("prod")
-    warehouse = Endpoint("warehouse", None, "192.0.2.10")
-    policies = policies_of(run)
-    assert allowed(policies, pods["worker"], warehouse, 5439)
-    assert not allowed(policies, pods["scheduler"], warehouse, 5439)
-    assert not allowed(policies_of(run_program("prod")), pods["worker"], warehouse, 5439)
 
 
 def test_evaluator_follows_kubernetes_semantics():

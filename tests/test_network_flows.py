@@ -1,0 +1,344 @@
+"""The flow matrix over every pod the platform runs.
+
+The pods are not a list kept by hand: they are the workloads of every chart the program installs, rendered
+by real Helm with the values the program produced, plus the pods the CloudNativePG operator creates
+(instances, poolers, bootstrap Jobs; labels from its source, see tests/rendering.py). Every such pod must
+have a role here, or the test fails. The policies evaluated are the program's own and the ones the charts
+render. The Kubernetes API is modelled as its ClusterIP and as the API server's own addresses.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from typing import Optional
+
+import pytest
+from rendering import Pod, platform_pods, rendered_network_policies
+
+from components import workloads as w
+from components.cluster import subnet_plan
+from harness import FAKE_S3_CIDRS, run_program
+from netpol import Endpoint, Policy, allowed, selects
+
+NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
+AIRFLOW = w.AIRFLOW_NAMESPACE
+
+# Role of every pod the platform runs: (role, namespace, label selector); the first match wins.
+ROLES: list[tuple[str, str, dict]] = [
+    *[(role, AIRFLOW, {"matchLabels": {**w.AIRFLOW_PODS, "component": component}}) for role, component in (
+        ("scheduler", "scheduler"), ("worker", "worker"), ("triggerer", "triggerer"),
+        ("dag-processor", "dag-processor"), ("api-server", "api-server"), ("flower", "flower"),
+        ("statsd", "statsd"), ("migrate-job", "run-airflow-migrations"), ("create-user-job", "create-user-job"))],
+    ("redis", AIRFLOW, {"matchLabels": w.REDIS_SERVERS}),
+    ("haproxy", AIRFLOW, {"matchLabels": w.REDIS_HAPROXY}),
+    ("postgres", AIRFLOW, {"matchLabels": w.POSTGRES_INSTANCES}),
+    ("pgbouncer", AIRFLOW, {"matchLabels": w.POSTGRES_POOLER_PODS}),
+    *[(f"{job}-job", AIRFLOW, {"matchLabels": {**w.POSTGRES_JOBS_CLUSTER_LABEL, w.POSTGRES_JOB_ROLE_LABEL: job}})
+      for job in ("initdb", "join", "full-recovery", "major-upgrade")],
+    ("cnpg-operator", w.CNPG_NAMESPACE, {"matchLabels": w.CNPG_OPERATOR_PODS}),
+    ("barman-cloud-plugin", w.CNPG_NAMESPACE, {"matchLabels": {"app.kubernetes.io/name": "plugin-barman-cloud"}}),
+    *[(f"cert-manager-{component}", w.CERT_MANAGER_NAMESPACE,
+       {"matchLabels": {"app.kubernetes.io/instance": "cert-manager", "app.kubernetes.io/component": component}})
+      for component in ("controller", "webhook", "cainjector", "startupapicheck")],
+    ("keda-operator", w.KEDA_NAMESPACE, {"matchLabels": w.KEDA_OPERATOR_PODS}),
+    ("keda-metrics-apiserver", w.KEDA_NAMESPACE, {"matchLabels": {"app": "keda-operator-metrics-apiserver"}}),
+    ("keda-admission-webhooks", w.KEDA_NAMESPACE, {"matchLabels": {"app": "keda-admission-webhooks"}}),
+    ("lb-controller", "kube-system", {"matchLabels": {"app.kubernetes.io/name": "aws-load-balancer-controller"}}),
+]
+
+
+def role_of(pod: Pod) -> Optional[str]:
+    return next((role for role, namespace, selector in ROLES
+                 if namespace == pod.namespace and selects(selector, pod.labels)), None)
+
+
+AIRFLOW_ROLES = ("scheduler", "worker", "triggerer", "dag-processor", "api-server", "flower", "statsd",
+                 "migrate-job", "create-user-job", "redis", "haproxy", "postgres", "pgbouncer",
+                 "initdb-job", "join-job", "full-recovery-job", "major-upgrade-job")
+AIRFLOW_CLIENTS = ("scheduler", "worker", "triggerer", "dag-processor", "api-server", "flower", "migrate-job",
+                   "create-user-job")
+LOG_WRITERS = ("scheduler", "worker", "triggerer", "dag-processor", "api-server")
+CNPG_JOBS = ("initdb-job", "join-job", "full-recovery-job", "major-upgrade-job")
+API_CALLERS = ("postgres", "pgbouncer", *CNPG_JOBS)
+
+COMMON_REQUIRED = [
+    *[(role, "coredns", 53, proto) for role in AIRFLOW_ROLES for proto in ("UDP", "TCP")],
+    *[(role, "pgbouncer", 5432, "TCP") for role in (*AIRFLOW_CLIENTS, "keda-operator")],
+    *[(role, "api-server", 8080, "TCP") for role in ("worker", "triggerer", "dag-processor", "scheduler")],
+    *[(role, "haproxy", 6379, "TCP") for role in ("worker", "scheduler", "flower", "api-server")],
+    *[(role, "statsd", 9125, "UDP") for role in LOG_WRITERS],
+    ("api-server", "worker", 8793, "TCP"),
+    ("api-server", "triggerer", 8794, "TCP"),
+    ("pgbouncer", "postgres", 5432, "TCP"),
+    ("postgres", "postgres", 5432, "TCP"),
+    # The primary's liveness isolation check asks the other instances' status port (/failsafe).
+    ("postgres", "postgres", 8000, "TCP"),
+    ("join-job", "postgres", 5432, "TCP"),
+    ("cnpg-operator", "postgres", 8000, "TCP"),
+    *[(src, "redis", port, "TCP") for src in ("haproxy", "redis") for port in (6379, 26379)],
+    ("prometheus", "statsd", 9102, "TCP"),
+    ("prometheus", "postgres", 9187, "TCP"),
+    ("prometheus", "pgbouncer", 9127, "TCP"),
+    ("prometheus", "redis", 9121, "TCP"),
+    ("prometheus", "haproxy", 9101, "TCP"),
+    *[(role, "kubernetes-service", 443, "TCP") for role in API_CALLERS],
+]
+AWS_REQUIRED = [
+    *[(f"load-balancer-{zone}", "api-server", 8080, "TCP") for zone in range(3)],
+    *[(role, "kubernetes-api", 443, "TCP") for role in API_CALLERS],
+    *[(role, "s3", 443, "TCP") for role in (*LOG_WRITERS, "postgres", "full-recovery-job")],
+    *[(role, "pod-identity-agent", 80, "TCP") for role in (*LOG_WRITERS, "postgres", "full-recovery-job")],
+]
+LOCAL_REQUIRED = [
+    ("ingress-controller", "api-server", 8080, "TCP"),
+    *[(role, "kubernetes-api", 6443, "TCP") for role in API_CALLERS],
+]
+COMMON_FORBIDDEN = [
+    *[("stranger", target, port, "TCP") for target, port in (
+        ("api-server", 8080), ("haproxy", 6379), ("redis", 6379), ("pgbouncer", 5432), ("postgres", 5432),
+        ("worker", 8793), ("triggerer", 8794), ("scheduler", 8974), ("dag-processor", 8793))],
+    ("stranger", "statsd", 9125, "UDP"),
+    *[("stranger-posing-as-worker", target, port, "TCP") for target, port in (
+        ("pgbouncer", 5432), ("haproxy", 6379), ("api-server", 8080))],
+    # The database only through PgBouncer, Redis only through HAProxy.
+    *[(role, "postgres", 5432, "TCP") for role in ("worker", "api-server", "scheduler", "keda-operator",
+                                                   "migrate-job")],
+    *[(role, "redis", 6379, "TCP") for role in ("worker", "scheduler", "api-server")],
+    ("api-server", "redis", 26379, "TCP"),
+    # statsd is not an Airflow client: it ingests metrics and is scraped, nothing else.
+    *[("statsd", target, port, "TCP") for target, port in (
+        ("pgbouncer", 5432), ("haproxy", 6379), ("api-server", 8080), ("postgres", 5432), ("redis", 26379),
+        ("kubernetes-service", 443), ("s3", 443), ("pod-identity-agent", 80), ("internet-host", 443))],
+    # Only the CloudNativePG pods call the Kubernetes API.
+    *[(role, "kubernetes-service", 443, "TCP") for role in ("worker", "api-server", "scheduler", "redis",
+                                                            "haproxy", "migrate-job")],
+    ("worker", "kubernetes-api", 6443, "TCP"),
+    # The internet on database ports, either way; and the internet at large.
+    *[("internet-host", target, 5432, "TCP") for target in ("pgbouncer", "postgres")],
+    *[(role, "internet-host", 5432, "TCP") for role in ("postgres", "pgbouncer", "worker")],
+    *[(role, "internet-host", 443, "TCP") for role in ("worker", "postgres", "initdb-job", "scheduler")],
+    ("worker", "worker", 8793, "TCP"),
+    ("scheduler", "worker", 8793, "TCP"),
+    ("prometheus", "api-server", 8080, "TCP"),
+    ("prometheus", "worker", 8793, "TCP"),
+    ("keda-operator", "haproxy", 6379, "TCP"),
+    ("worker", "coredns", 80, "TCP"),
+    ("worker", "flower", 5555, "TCP"),
+    *[(role, "s3", 443, "TCP") for role in ("haproxy", "redis", "pgbouncer", "flower", "migrate-job")],
+    ("redis", "pod-identity-agent", 80, "TCP"),
+    ("initdb-job", "haproxy", 6379, "TCP"),
+]
+AWS_FORBIDDEN = [
+    ("worker", "vpc-neighbour", 443, "TCP"),
+    ("worker", "kubernetes-api", 443, "TCP"),
+    ("postgres", "vpc-neighbour", 5432, "TCP"),
+    ("load-balancer-0", "worker", 8793, "TCP"),
+    ("load-balancer-1", "api-server", 8793, "TCP"),
+    ("load-balancer-2", "pgbouncer", 5432, "TCP"),
+]
+
+
+def matrix(stack: str) -> tuple[list[tuple], list[tuple]]:
+    if stack == "local":
+        return COMMON_REQUIRED + LOCAL_REQUIRED, COMMON_FORBIDDEN
+    return COMMON_REQUIRED + AWS_REQUIRED, COMMON_FORBIDDEN + AWS_FORBIDDEN
+
+
+# --- the pods and addresses ---------------------------------------------------------------------------
+STACK_VARIANTS = {
+    "local": ("local", {}),
+    "staging": ("staging", {}),
+    "prod": ("prod", {}),
+    # A point-in-time restore: the recovery Job instead of initdb.
+    "prod-restore": ("prod", {"postgresRestoreTargetTime": "2026-11-27T23:00:00Z",
+                              "postgresBackupServerName": "airflow-db-r1"}),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def variant_run(variant: str):
+    stack, overrides = STACK_VARIANTS[variant]
+    return run_program(stack, overrides=overrides)
+
+
+@functools.lru_cache(maxsize=None)
+def endpoints(variant: str) -> dict[str, list[Endpoint]]:
+    """Endpoints by role: one per pod template the platform runs, plus the world around it."""
+    stack = STACK_VARIANTS[variant][0]
+    if stack == "local":
+        pod_net = iter(ipaddress.ip_network("10.244.0.0/16").hosts())
+        service_ip, api_servers, lb_addresses = "10.96.0.1", ["172.18.0.2"], []
+    else:
+        vpc = ipaddress.ip_network("10.20.0.0/16" if stack == "prod" else "10.30.0.0/16")
+        private, public = subnet_plan(vpc, 3)
+        pod_net = iter(ipaddress.ip_network(private[1]).hosts())
+        service_ip = "172.20.0.1"
+        # The EKS endpoint's network interfaces sit in the private subnets.
+        api_servers = [str(list(ipaddress.ip_network(cidr).hosts())[9]) for cidr in private]
+        # An internet-facing ALB has a node in every zone's public subnet.
+        lb_addresses = [str(list(ipaddress.ip_network(cidr).hosts())[7]) for cidr in public]
+
+    found: dict[str, list[Endpoint]] = {}
+
+    def add(role: str, endpoint: Endpoint) -> None:
+        found.setdefault(role, []).append(endpoint)
+
+    for pod in platform_pods(variant_run(variant)):
+        role = role_of(pod)
+        if role is not None:
+            add(role, Endpoint(pod.source, pod.namespace, str(next(pod_net)), {**pod.labels, "pod-template-hash": "x"}))
+
+    def pod(role, namespace, labels):
+        add(role, Endpoint(role, namespace, str(next(pod_net)), labels))
+
+    pod("prometheus", w.MONITORING_NAMESPACE, {**w.PROMETHEUS_PODS, "prometheus": "kube-prometheus-stack"})
+    pod("coredns", "kube-system", {**w.KUBE_DNS_PODS, "eks.amazonaws.com/component": "coredns"})
+    pod("stranger", "default", {"app": "curious"})
+    pod("stranger-posing-as-worker", "default", dict(w.AIRFLOW_WORKER))
+    add("kubernetes-service", Endpoint("kubernetes-service", None, service_ip))
+    for index, address in enumerate(api_servers):
+        add("kubernetes-api", Endpoint(f"kubernetes-api-{index}", None, address))
+    s3_address = str(list(ipaddress.ip_network(FAKE_S3_CIDRS[2]).hosts())[100])
+    add("s3", Endpoint("s3", None, s3_address))
+    add("internet-host", Endpoint("internet-host", None, "140.82.121.4"))
+    add("pod-identity-agent", Endpoint("pod-identity-agent", None, "169.254.170.23"))
+    add("vpc-neighbour", Endpoint("vpc-neighbour", None, "10.20.7.7" if stack == "prod" else "10.30.7.7"))
+    for zone, address in enumerate(lb_addresses):
+        add(f"load-balancer-{zone}", Endpoint(f"load-balancer-{zone}", None, address))
+    if stack == "local":
+        # k3d's Traefik; the default of airflow:localIngressNamespace.
+        pod("ingress-controller", "kube-system", {"app.kubernetes.io/name": "traefik"})
+    return found
+
+
+def policies_of(run) -> list[Policy]:
+    """The program's own NetworkPolicies."""
+    return [Policy(r.values["metadata"]["name"], r.values["metadata"]["namespace"], r.values["spec"])
+            for r in run.of_type(NETWORK_POLICY)]
+
+
+def chart_policies_of(run) -> list[Policy]:
+    return [Policy(d["metadata"]["name"], d["metadata"]["namespace"], d["spec"]) for d in rendered_network_policies(run)]
+
+
+def expand(variant: str, flows: list[tuple]) -> list[tuple[Endpoint, Endpoint, int, str]]:
+    """Role-level flows as endpoint pairs; a role the stack does not run (the join Job of a one-instance
+    cluster) has no endpoints and no flows."""
+    found = endpoints(variant)
+    return [(source, destination, port, protocol) for src, dst, port, protocol in flows
+            for source in found.get(src, []) for destination in found.get(dst, [])]
+
+
+def refused(policies, pairs) -> list[str]:
+    return [f"{s.name} -> {d.name}:{port}/{protocol}" for s, d, port, protocol in pairs
+            if not allowed(policies, s, d, port, protocol)]
+
+
+def admitted(policies, pairs) -> list[str]:
+    return [f"{s.name} -> {d.name}:{port}/{protocol}" for s, d, port, protocol in pairs
+            if allowed(policies, s, d, port, protocol)]
+
+
+def all_policies(variant: str) -> list[Policy]:
+    run = variant_run(variant)
+    return policies_of(run) + chart_policies_of(run)
+
+
+# --- the tests ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", STACK_VARIANTS)
+def test_every_pod_the_platform_runs_has_a_role_in_the_flow_matrix(variant):
+    pods = platform_pods(variant_run(variant))
+    assert len(pods) >= 15
+    unknown = [f"{pod.source} in {pod.namespace} {pod.labels}" for pod in pods if role_of(pod) is None]
+    assert unknown == [], "pods the flow matrix does not know"
+
+
+def test_the_matrix_knows_the_operator_made_pods():
+    roles = {variant: set(endpoints(variant)) for variant in STACK_VARIANTS}
+    assert {"postgres", "pgbouncer", "initdb-job", "join-job"} <= roles["prod"]
+    assert "full-recovery-job" in roles["prod-restore"] and "initdb-job" not in roles["prod-restore"]
+    assert "join-job" not in roles["local"], "one instance: no join Job"
+    assert {"cert-manager-startupapicheck", "migrate-job", "create-user-job", "keda-operator"} <= roles["local"]
+
+
+@pytest.mark.parametrize("variant", STACK_VARIANTS)
+def test_every_required_flow_is_allowed_and_every_forbidden_flow_is_denied(variant):
+    required, forbidden = matrix(STACK_VARIANTS[variant][0])
+    policies = all_policies(variant)
+    required_pairs, forbidden_pairs = expand(variant, required), expand(variant, forbidden)
+    assert len(required_pairs) > len(required) / 2 and len(forbidden_pairs) > len(forbidden) / 2
+    assert refused(policies, required_pairs) == []
+    assert admitted(policies, forbidden_pairs) == []
+
+
+@pytest.mark.parametrize("variant", ["local", "prod", "prod-restore"])
+def test_every_allow_rule_of_the_program_is_needed_by_some_required_flow(variant):
+    run = variant_run(variant)
+    own, charts = policies_of(run), chart_policies_of(run)
+    required, forbidden = matrix(STACK_VARIANTS[variant][0])
+    required_pairs, forbidden_pairs = expand(variant, required), expand(variant, forbidden)
+    for index, policy in enumerate(own):
+        others = own[:index] + own[index + 1:] + charts
+        rules = policy.spec.get("ingress") or policy.spec.get("egress") or []
+        if not rules:
+            assert policy.name == "default-deny-all"
+            assert admitted(others, forbidden_pairs), "without the default deny, forbidden flows open"
+            continue
+        key = "ingress" if "ingress" in policy.spec else "egress"
+        for rule_index in range(len(rules)):
+            weakened = Policy(policy.name, policy.namespace,
+                              {**policy.spec, key: rules[:rule_index] + rules[rule_index + 1:]})
+            assert refused(others + [weakened], required_pairs), f"{policy.name} rule {rule_index} is not needed"
+
+
+def test_the_kubernetes_api_is_admitted_at_its_service_address_and_its_own_addresses_only(prod):
+    by_name = {p.name: p.spec for p in policies_of(prod)}
+    service = by_name["pgbouncer-to-kubernetes-service-egress"]["egress"][0]
+    assert service["to"] == [{"ipBlock": {"cidr": "172.20.0.1/32"}}]
+    assert service["ports"] == [{"port": 443, "protocol": "TCP"}]
+    servers = by_name["pgbouncer-to-kubernetes-api-egress"]["egress"][0]
+    assert [peer["ipBlock"]["cidr"] for peer in servers["to"]] == subnet_plan(ipaddress.ip_network("10.20.0.0/16"), 3)[0]
+    eks = prod.one("aws:eks/cluster:Cluster").values
+    assert eks["kubernetesNetworkConfig"]["serviceIpv4Cidr"] == "172.20.0.0/16"
+
+
+def test_no_aws_rule_relies_on_except(prod):
+    """The VPC CNI's policy agent has open reports of ignoring `except`: no AWS flow may depend on it."""
+    for policy in policies_of(prod):
+        for rule in policy.spec.get("egress") or []:
+            for peer in rule.get("to") or []:
+                assert "except" not in peer.get("ipBlock", {}), policy.name
+
+
+def test_an_internal_load_balancer_is_admitted_from_the_private_subnets_only():
+    run = run_program("prod", overrides={"ingressScheme": "internal"})
+    private, public = subnet_plan(ipaddress.ip_network("10.20.0.0/16"), 3)
+    policies = policies_of(run) + chart_policies_of(run)
+    api_server = endpoints("prod")["api-server"][0]
+    internal_alb = Endpoint("internal-alb", None, str(list(ipaddress.ip_network(private[2]).hosts())[5]))
+    public_alb = Endpoint("public-alb", None, str(list(ipaddress.ip_network(public[0]).hosts())[7]))
+    assert allowed(policies, internal_alb, api_server, 8080)
+    assert not allowed(policies, public_alb, api_server, 8080)
+    chart_sources = [p["ipBlock"]["cidr"] for p in
+                     run.one("kubernetes:helm.sh/v3:Release", "airflow-airflow").values["values"]["apiServer"]
+                     ["networkPolicy"]["ingress"]["from"] if "ipBlock" in p]
+    assert chart_sources == private
+
+
+def test_worker_egress_to_data_sources_is_opt_in():
+    run = run_program("prod", overrides={"workerEgressCidrs": ["192.0.2.0/24"]})
+    found = endpoints("prod")
+    warehouse = Endpoint("warehouse", None, "192.0.2.10")
+    assert allowed(policies_of(run), found["worker"][0], warehouse, 5439)
+    assert not allowed(policies_of(run), found["scheduler"][0], warehouse, 5439)
+    assert not allowed(all_policies("prod"), found["worker"][0], warehouse, 5439)
+
+
+def test_git_sync_reaches_the_git_host_over_https_only():
+    run = run_program("prod", overrides={"gitSyncRepository": "https://github.com/example/dags.git"})
+    found = endpoints("prod")
+    policies = policies_of(run)
+    assert allowed(policies, found["dag-processor"][0], found["internet-host"][0], 443)
+    assert not allowed(policies, found["dag-processor"][0], found["internet-host"][0], 22)
+    assert not allowed(policies, found["statsd"][0], found["internet-host"][0], 443)
