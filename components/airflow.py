@@ -32,6 +32,10 @@ CONTAINER_SECURITY_CONTEXT = {"runAsNonRoot": True, "allowPrivilegeEscalation": 
                               "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
+# EKS spells taint effects its own way.
+TAINT_EFFECTS = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
+
+
 def resources(cpu: str, memory: str) -> dict:
     """Requests, and a memory limit equal to the request: no CPU limit, so no throttling of schedulers."""
     return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
@@ -170,6 +174,14 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         "dags": {},
         "logs": {},
     }
+    if settings.is_aws:
+        # Everything on the system nodes but the Celery workers, which get the worker nodes (and their taints).
+        values["nodeSelector"] = settings.system_node_selector
+        values["workers"]["nodeSelector"] = dict(w.WORKER_NODES)
+        if settings.worker_node_taints:
+            values["workers"]["tolerations"] = [
+                {"key": taint.key, "operator": "Equal", "value": taint.value, "effect": TAINT_EFFECTS[taint.effect]}
+                for taint in settings.worker_node_taints]
     if ha:
         for component in ("scheduler", "apiServer", "triggerer", "dagProcessor"):
             values[component]["replicas"] = max(values[component]["replicas"], 2)
@@ -205,8 +217,9 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
     return values
 
 
-def keda_values() -> dict:
+def keda_values(node_selector: Optional[dict] = None) -> dict:
     return {
+        **({"nodeSelector": node_selector} if node_selector else {}),
         "resources": {
             "operator": resources("100m", "256Mi"),
             "metricServer": resources("100m", "256Mi"),
@@ -277,7 +290,7 @@ class AirflowRelease(pulumi.ComponentResource):
                                                      k8s_opts)
         keda = chart_release(
             f"{name}-keda", chart="keda", version=settings.keda_chart_version, repo=KEDA_CHARTS,
-            namespace=w.KEDA_NAMESPACE, values=keda_values(),
+            namespace=w.KEDA_NAMESPACE, values=keda_values(settings.system_node_selector),
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[keda_namespace])))
 
         self.release = k8s.helm.v3.Release(

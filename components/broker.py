@@ -16,7 +16,7 @@ import pulumi_kubernetes as k8s
 
 from components import workloads as w
 from components.helm import chart_release
-from components.settings import Settings
+from components.settings import Settings, memory_bytes
 
 BROKER_URL_SECRET = "airflow-broker-url"
 # The chart names its services after fullnameOverride: <release>, <release>-haproxy, ...
@@ -67,18 +67,31 @@ class Broker(pulumi.ComponentResource):
         self.register_outputs({"connection_secret_name": self.connection_secret_name})
 
 
+# Of the container's memory, what Redis may hold in data; the rest is its own overhead, replication and
+# AOF-rewrite buffers. Past it, with `noeviction`, writes are refused instead of the pod being OOM-killed.
+REDIS_MAXMEMORY_SHARE = 0.75
+SMALL_CONTAINER = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}}
+
+
+def redis_maxmemory_bytes(settings: Settings) -> int:
+    return int(memory_bytes(settings.redis_memory) * REDIS_MAXMEMORY_SHARE)
+
+
 def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_class: Optional[str]) -> dict:
     replicas = settings.redis_replicas
     ha = replicas >= 3
+    # One server (and one HAProxy) per node, required only where there are enough system nodes for it.
+    hard_anti_affinity = ha and replicas <= settings.system_nodes
     resources = {"requests": {"cpu": "100m", "memory": settings.redis_memory},
                  "limits": {"memory": settings.redis_memory}}
     return {
+        **({"nodeSelector": settings.system_node_selector} if settings.system_node_selector else {}),
         "fullnameOverride": w.REDIS_RELEASE,
         "replicas": replicas,
         "auth": True,
         "existingSecret": auth_secret,
         "authKey": "auth",
-        "hardAntiAffinity": ha,
+        "hardAntiAffinity": hard_anti_affinity,
         "topologySpreadConstraints": {"enabled": ha, "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
                                       "whenUnsatisfiable": "ScheduleAnyway"},
         "podDisruptionBudget": {"maxUnavailable": 1},
@@ -91,15 +104,19 @@ def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_
                 "min-replicas-to-write": 1 if ha else 0,
                 # Celery must not lose queued tasks: evicting keys would do exactly that.
                 "maxmemory-policy": "noeviction",
+                "maxmemory": str(redis_maxmemory_bytes(settings)),
             },
         },
+        "init": {"resources": SMALL_CONTAINER},
+        "splitBrainDetection": {"resources": SMALL_CONTAINER},
         "sentinel": {"quorum": 2 if ha else 1, "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
                                                              "limits": {"memory": "128Mi"}}},
         "haproxy": {
             "enabled": True,
             "replicas": 3 if ha else 1,
-            "hardAntiAffinity": ha,
+            "hardAntiAffinity": hard_anti_affinity,
             "podDisruptionBudget": {"maxUnavailable": 1},
+            "init": {"resources": SMALL_CONTAINER},
             "metrics": {"enabled": True},
             "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
         },

@@ -66,7 +66,8 @@ class Database(pulumi.ComponentResource):
             f"{name}-{w.CNPG_NAMESPACE}", w.CNPG_NAMESPACE, "restricted", self._k8s)
         self.operator = chart_release(
             f"{name}-cloudnative-pg", chart="cloudnative-pg", version=settings.cloudnative_pg_chart_version,
-            repo=CNPG_CHARTS, namespace=w.CNPG_NAMESPACE, values=operator_values(ha=settings.is_aws),
+            repo=CNPG_CHARTS, namespace=w.CNPG_NAMESPACE,
+            values=operator_values(ha=settings.is_aws, node_selector=settings.system_node_selector),
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[operator_namespace])))
         cluster_dependencies: list[pulumi.Resource] = [self.operator]
 
@@ -74,7 +75,7 @@ class Database(pulumi.ComponentResource):
             plugin = chart_release(
                 f"{name}-barman-cloud", chart="plugin-barman-cloud",
                 version=settings.barman_cloud_plugin_chart_version, repo=CNPG_CHARTS,
-                namespace=w.CNPG_NAMESPACE, values=barman_cloud_plugin_values(),
+                namespace=w.CNPG_NAMESPACE, values=barman_cloud_plugin_values(settings.system_node_selector),
                 # The plugin talks to the operator over mTLS with certificates cert-manager issues.
                 opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(
                     depends_on=[self.operator, *([args.cert_manager] if args.cert_manager else [])])))
@@ -134,8 +135,9 @@ class Database(pulumi.ComponentResource):
         self.register_outputs({"connection_secret_name": self.connection_secret_name})
 
 
-def operator_values(ha: bool) -> dict:
+def operator_values(ha: bool, node_selector: Optional[dict] = None) -> dict:
     return {
+        **({"nodeSelector": node_selector} if node_selector else {}),
         # Leader election lets a second operator take over at once.
         "replicaCount": 2 if ha else 1,
         "crds": {"create": True},
@@ -144,8 +146,9 @@ def operator_values(ha: bool) -> dict:
     }
 
 
-def barman_cloud_plugin_values() -> dict:
+def barman_cloud_plugin_values(node_selector: Optional[dict] = None) -> dict:
     return {
+        **({"nodeSelector": node_selector} if node_selector else {}),
         "replicaCount": 1,
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
     }
@@ -161,6 +164,9 @@ def object_store_spec(bucket_name: pulumi.Input[str], retention_days: int) -> di
             "wal": {"compression": "gzip", "maxParallel": 4},
             "data": {"compression": "gzip", "jobs": 2},
         },
+        # The sidecar the plugin injects into the instances (and a recovery Job) gets these.
+        "instanceSidecarConfiguration": {"resources": {"requests": {"cpu": "50m", "memory": "128Mi"},
+                                                       "limits": {"memory": "512Mi"}}},
     }
 
 
@@ -178,8 +184,10 @@ def cluster_spec(settings: Settings, app_user_secret: pulumi.Input[str], storage
         "affinity": {
             "enablePodAntiAffinity": True,
             "topologyKey": "topology.kubernetes.io/zone",
-            # One instance per zone when there are enough zones to honour it.
-            "podAntiAffinityType": "required" if instances > 1 else "preferred",
+            # One instance per zone, required only where the system nodes span enough zones to honour it:
+            # otherwise the surplus instances would stay Pending.
+            "podAntiAffinityType": "required" if 1 < instances <= settings.system_zones else "preferred",
+            **({"nodeSelector": settings.system_node_selector} if settings.system_node_selector else {}),
         },
         "postgresql": {"parameters": {
             "max_connections": str(settings.postgres_max_connections),
@@ -216,6 +224,9 @@ def cluster_spec(settings: Settings, app_user_secret: pulumi.Input[str], storage
     return spec
 
 
+POOLER_RESOURCES = {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
+
+
 def pooler_spec(settings: Settings) -> dict:
     return {
         "cluster": {"name": w.POSTGRES_CLUSTER},
@@ -229,8 +240,12 @@ def pooler_spec(settings: Settings) -> dict:
                 "max_client_conn": str(settings.pgbouncer_max_client_connections),
             },
         },
+        # CloudNativePG gives PgBouncer the resources of the template's container named `pgbouncer`, and its
+        # init container those of the template's init container named `bootstrap-controller` (none otherwise).
         "template": {"metadata": {"labels": dict(w.POSTGRES_POOLER_PODS)}, "spec": {
-            "containers": [],
+            "containers": [{"name": "pgbouncer", "resources": POOLER_RESOURCES}],
+            "initContainers": [{"name": "bootstrap-controller", "resources": POOLER_RESOURCES}],
+            **({"nodeSelector": settings.system_node_selector} if settings.system_node_selector else {}),
             "topologySpreadConstraints": [{
                 "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
                 "labelSelector": {"matchLabels": dict(w.POSTGRES_POOLER_PODS)}}],

@@ -406,7 +406,7 @@ class Security(pulumi.ComponentResource):
         self.cert_manager = chart_release(
             f"{name}-cert-manager", chart="cert-manager", version=settings.cert_manager_chart_version,
             repo="https://charts.jetstack.io", namespace=w.CERT_MANAGER_NAMESPACE,
-            values=cert_manager_values(ha=settings.is_aws),
+            values=cert_manager_values(ha=settings.is_aws, node_selector=settings.system_node_selector),
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[namespace])))
         after_release = pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[self.cert_manager]))
         bootstrap = k8s.apiextensions.CustomResource(
@@ -433,14 +433,22 @@ class Security(pulumi.ComponentResource):
         self.cluster_ca_issuer_name = issuer.metadata["name"]
 
 
-def cert_manager_values(ha: bool) -> dict:
+def cert_manager_values(ha: bool, node_selector: Optional[dict] = None) -> dict:
     replicas = 2 if ha else 1
+    placement = {"nodeSelector": node_selector} if node_selector else {}
     return {
         "crds": {"enabled": True, "keep": True},
         "replicaCount": replicas,
         "podDisruptionBudget": {"enabled": ha},
-        "webhook": {"replicaCount": replicas, "podDisruptionBudget": {"enabled": ha}},
-        "cainjector": {"replicaCount": replicas, "podDisruptionBudget": {"enabled": ha}},
-        "prometheus": {"enabled": True},
         "resources": {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        **placement,
+        "webhook": {"replicaCount": replicas, "podDisruptionBudget": {"enabled": ha},
+                    "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+                    **placement},
+        "cainjector": {"replicaCount": replicas, "podDisruptionBudget": {"enabled": ha},
+                       "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+                       **placement},
+        "startupapicheck": {"resources": {"requests": {"cpu": "10m", "memory": "32Mi"},
+                                          "limits": {"memory": "64Mi"}}, **placement},
+        "prometheus": {"enabled": True},
     }

@@ -34,6 +34,16 @@ _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
+_QUANTITY_FACTORS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+                     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def memory_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity (as the settings accept them) in bytes."""
+    number, unit = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([kMGT]i?)?", quantity).groups()
+    return int(float(number) * _QUANTITY_FACTORS[unit or ""])
+
+
 class SettingsError(ValueError):
     """The stack's config is not acceptable; the message names every offending key."""
 
@@ -327,6 +337,20 @@ class Settings(BaseModel):
     @property
     def is_aws(self) -> bool:
         return self.target == "aws"
+
+    @property
+    def system_node_selector(self) -> dict[str, str]:
+        """Where everything but the Celery workers runs: the on-demand system nodes (none locally)."""
+        return {"airflow.apache.org/node-role": "system"} if self.is_aws else {}
+
+    @property
+    def system_zones(self) -> int:
+        """How many zones the system nodes are spread over (a managed node group balances its subnets)."""
+        return min(self.system_node_count, self.availability_zone_count) if self.is_aws else 1
+
+    @property
+    def system_nodes(self) -> int:
+        return self.system_node_count if self.is_aws else 1
 
     @property
     def kubernetes_service_ip(self) -> str:

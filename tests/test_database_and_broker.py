@@ -18,7 +18,8 @@ SCHEDULED_BACKUP = "kubernetes:postgresql.cnpg.io/v1:ScheduledBackup"
 OBJECT_STORE = "kubernetes:barmancloud.cnpg.io/v1:ObjectStore"
 # Maps the redis-ha chart documents as free-form (passed to Kubernetes or to redis.conf as they are).
 REDIS_HA_FREE_FORM = ("redis.config", "redis.resources", "sentinel.resources", "haproxy.resources",
-                      "exporter.resources", "podDisruptionBudget", "haproxy.podDisruptionBudget")
+                      "exporter.resources", "podDisruptionBudget", "haproxy.podDisruptionBudget",
+                      "init.resources", "haproxy.init.resources", "splitBrainDetection.resources", "nodeSelector")
 
 
 def test_prod_runs_operator_plugin_and_a_three_instance_synchronous_cluster(prod):

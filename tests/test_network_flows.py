@@ -14,12 +14,12 @@ import ipaddress
 from typing import Optional
 
 import pytest
-from rendering import Pod, platform_pods, rendered_network_policies
 
 from components import workloads as w
 from components.cluster import subnet_plan
 from harness import FAKE_S3_CIDRS, run_program
 from netpol import Endpoint, Policy, allowed, selects
+from rendering import Pod, platform_pods, rendered_network_policies
 
 NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 AIRFLOW = w.AIRFLOW_NAMESPACE

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from cryptography.fernet import Fernet
-from test_network_flows import policies_of
 
 from components import workloads as w
 from components.settings import Settings
@@ -12,6 +11,7 @@ from harness import SECRET_SIG, is_secret, plain_strings, run_program, unwrap
 from harness import SIG_KEY as SECRET_MARKER
 from netpol import Endpoint, Policy, allowed
 from schemas import validate_against_json_schema
+from test_network_flows import policies_of
 
 NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 SECRET = "kubernetes:core/v1:Secret"

@@ -1,0 +1,121 @@
+"""What would really run: every container of every chart the program installs (rendered by real Helm with
+the program's values) and of every pod the operators create, on every stack."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import STACKS
+from netpol import selects
+from rendering import platform_pods, render_all
+
+# Pod Security Standards, `restricted` profile (Kubernetes 1.34): the checks of
+# https://kubernetes.io/docs/concepts/security/pod-security-standards/ that a pod spec can fail.
+RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                           "projected", "secret", "image", "name"}
+BASELINE_CAPABILITIES = {"NET_BIND_SERVICE"}
+
+
+def restricted_violations(spec: dict) -> list[str]:
+    problems = []
+    pod_context = spec.get("securityContext") or {}
+    for host in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(host):
+            problems.append(host)
+    for volume in spec.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUME_TYPES:
+            problems.append(f"volume {volume['name']}: {sorted(kinds)}")
+    for container in [*(spec.get("initContainers") or []), *spec["containers"]]:
+        context = container.get("securityContext") or {}
+        name = container["name"]
+        if context.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if context.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation is not false")
+        capabilities = context.get("capabilities") or {}
+        if "ALL" not in (capabilities.get("drop") or []):
+            problems.append(f"{name}: capabilities do not drop ALL")
+        if set(capabilities.get("add") or []) - BASELINE_CAPABILITIES:
+            problems.append(f"{name}: adds capabilities {capabilities['add']}")
+        if not context.get("runAsNonRoot", pod_context.get("runAsNonRoot")):
+            problems.append(f"{name}: runAsNonRoot is not true")
+        if context.get("runAsUser", pod_context.get("runAsUser")) == 0:
+            problems.append(f"{name}: runs as uid 0")
+        seccomp = (context.get("seccompProfile") or pod_context.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{name}: seccompProfile is {seccomp!r}")
+        if any(port.get("hostPort") for port in container.get("ports") or []):
+            problems.append(f"{name}: hostPort")
+    return problems
+
+
+def enforced_levels(run) -> dict[str, str]:
+    return {r.values["metadata"]["name"]: r.values["metadata"]["labels"]["pod-security.kubernetes.io/enforce"]
+            for r in run.of_type("kubernetes:core/v1:Namespace")}
+
+
+def test_the_restricted_check_catches_what_it_must():
+    good = {"securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{"name": "app", "securityContext": {"allowPrivilegeEscalation": False,
+                                                               "capabilities": {"drop": ["ALL"]}}}]}
+    assert restricted_violations(good) == []
+    assert restricted_violations({**good, "hostNetwork": True}) == ["hostNetwork"]
+    assert restricted_violations({**good, "securityContext": {"runAsNonRoot": True}}) == \
+        ["app: seccompProfile is None"]
+    assert restricted_violations({**good, "volumes": [{"name": "root", "hostPath": {"path": "/"}}]})
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_pod_meets_pod_security_restricted_where_its_namespace_enforces_it(stack_runs, stack):
+    run = stack_runs[stack]
+    levels = enforced_levels(run)
+    checked = 0
+    problems = {}
+    for pod in platform_pods(run):
+        if levels.get(pod.namespace) != "restricted":
+            continue
+        checked += 1
+        found = restricted_violations(pod.spec)
+        if found:
+            problems[pod.source] = found
+    assert checked >= 15
+    assert problems == {}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_container_has_requests_and_a_memory_limit(stack_runs, stack):
+    missing = []
+    for pod in platform_pods(stack_runs[stack]):
+        for container in pod.containers:
+            resources = container.get("resources") or {}
+            requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
+            if not (requests.get("cpu") and requests.get("memory") and limits.get("memory")):
+                missing.append(f"{pod.source}: {container['name']} {resources}")
+    assert missing == []
+
+
+@pytest.mark.parametrize("stack", ("staging", "prod"))
+def test_no_fail_closed_webhook_of_the_load_balancer_controller_touches_the_platforms_objects(stack_runs, stack):
+    """Chart 3.5.0 registers a Service webhook (failurePolicy Fail) for every Service create: releases that
+    start while the controller has no ready endpoint would fail. Every fail-closed webhook must either be
+    off or select nothing the platform creates before the controller is up (pods, services)."""
+    run = stack_runs[stack]
+    rendered = render_all(run)
+    namespaces = {r.values["metadata"]["name"]: {**r.values["metadata"]["labels"],
+                                                 "kubernetes.io/metadata.name": r.values["metadata"]["name"]}
+                  for r in run.of_type("kubernetes:core/v1:Namespace")}
+    pods = [pod for pod in platform_pods(run) if pod.namespace in namespaces]
+    webhooks = [hook for document in rendered["aws-load-balancer-controller"]
+                if document["kind"] == "MutatingWebhookConfiguration" for hook in document["webhooks"]]
+    assert webhooks
+    for hook in webhooks:
+        if hook.get("failurePolicy", "Fail") != "Fail":
+            continue
+        resources = {resource for rule in hook["rules"] for resource in rule["resources"]}
+        assert "services" not in resources, hook["name"]
+        if "pods" in resources:
+            caught = [pod.source for pod in pods
+                      if selects(hook.get("objectSelector"), pod.labels)
+                      and selects(hook.get("namespaceSelector"), namespaces[pod.namespace])]
+            assert caught == [], hook["name"]
