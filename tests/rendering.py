@@ -210,7 +210,7 @@ def operator_pods(run: ProgramRun) -> list[Pod]:
                       {"name": "postgresql", "containerPort": w.POSTGRES_PORT},
                       {"name": "metrics", "containerPort": w.CNPG_METRICS_PORT},
                       {"name": "status", "containerPort": w.CNPG_STATUS_PORT}])]},
-            replicas=spec["instances"]))
+            replicas=int(spec["instances"])))
 
         bootstrap_method, bootstrap = next(iter(spec["bootstrap"].items()))
         jobs = [CNPG_JOB_ROLES_BY_BOOTSTRAP[bootstrap_method], CNPG_MAJOR_UPGRADE_ROLE]
@@ -254,7 +254,7 @@ def operator_pods(run: ProgramRun) -> list[Pod]:
                   "containers": [_container("pgbouncer", (given.get("pgbouncer") or {}).get("resources"), [
                       {"name": "pgbouncer", "containerPort": w.POSTGRES_PORT},
                       {"name": "metrics", "containerPort": w.PGBOUNCER_METRICS_PORT}])]},
-            replicas=spec["instances"]))
+            replicas=int(spec["instances"])))
     return pods
 
 
