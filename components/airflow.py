@@ -17,8 +17,9 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from components import workloads as w
+from components.database import ASYNC_CONNECTION_KEY
 from components.helm import chart_release
-from components.security import namespace_with_pod_security
+from components.security import namespace_with_pod_security, secrets_checksum
 from components.settings import Settings
 
 AIRFLOW_CHARTS = "https://airflow.apache.org"
@@ -63,8 +64,9 @@ def keda_cooldown_seconds(settings: Settings) -> int:
 def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], api_secret_key_secret: pulumi.Input[str],
                    jwt_secret: pulumi.Input[str], metadata_secret: pulumi.Input[str], broker_secret: pulumi.Input[str],
                    admin_user_secret: pulumi.Input[str], dags_claim: pulumi.Input[str], logs_claim: pulumi.Input[str],
-                   logs_bucket: Optional[pulumi.Input[str]], api_server_sources: list[dict]) -> dict:
-    """The chart's values. Only Secret names go in here, never a secret value."""
+                   logs_bucket: Optional[pulumi.Input[str]], api_server_sources: list[dict],
+                   secrets_checksum: Optional[pulumi.Input[str]] = None) -> dict:
+    """The chart's values. Only Secret names (and a digest of the secrets) go in here, never a secret value."""
     ha = settings.is_aws
     remote_logging = logs_bucket is not None
     values: dict = {
@@ -77,6 +79,9 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         "apiSecretKeySecretName": api_secret_key_secret,
         "jwtSecretName": jwt_secret,
         "data": {"metadataSecretName": metadata_secret, "brokerUrlSecretName": broker_secret},
+        # Airflow would derive its async URL from the sync one, `sslmode` included, which asyncpg refuses.
+        "secret": [{"envName": "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC", "secretName": metadata_secret,
+                    "secretKey": ASYNC_CONNECTION_KEY}],
         "postgresql": {"enabled": False},
         "redis": {"enabled": False},
         "pgbouncer": {"enabled": False},
@@ -174,6 +179,10 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         "dags": {},
         "logs": {},
     }
+    if secrets_checksum is not None:
+        # The chart rolls its pods only for Secrets it renders itself; these are Pulumi's. A rotated key,
+        # password or URL changes the digest, and with it every Airflow pod template.
+        values["airflowPodAnnotations"] = {"checksum/platform-secrets": secrets_checksum}
     if settings.is_aws:
         # Everything on the system nodes but the Celery workers, which get the worker nodes (and their taints).
         values["nodeSelector"] = settings.system_node_selector
@@ -312,6 +321,9 @@ class AirflowRelease(pulumi.ComponentResource):
                 logs_claim=args.logs_claim_name,
                 logs_bucket=args.logs_bucket_name,
                 api_server_sources=args.api_server_sources or [],
+                secrets_checksum=secrets_checksum(args.security.airflow_keys_checksum,
+                                                  args.database.connection_checksum,
+                                                  args.broker.connection_checksum),
             ),
             # The migration job waits for the database; a first install pulls images on fresh nodes.
             timeout=1800,

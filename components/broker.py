@@ -16,6 +16,7 @@ import pulumi_kubernetes as k8s
 
 from components import workloads as w
 from components.helm import chart_release
+from components.security import secrets_checksum
 from components.settings import Settings, memory_bytes
 
 BROKER_URL_SECRET = "airflow-broker-url"
@@ -44,6 +45,8 @@ class Broker(pulumi.ComponentResource):
     """redis-ha and the broker URL Secret."""
 
     connection_secret_name: pulumi.Output[str]
+    # Digest of the broker URL: the Airflow pods that read it roll when the password is rotated.
+    connection_checksum: pulumi.Output[str]
     release: k8s.helm.v3.Release
 
     def __init__(self, name: str, args: BrokerArgs, opts: Optional[pulumi.ResourceOptions] = None):
@@ -53,7 +56,8 @@ class Broker(pulumi.ComponentResource):
             f"{name}-redis-ha", release_name=w.REDIS_RELEASE, chart="redis-ha",
             version=args.settings.redis_ha_chart_version, repo="https://dandydeveloper.github.io/charts",
             namespace=args.airflow_namespace,
-            values=redis_ha_values(args.settings, args.redis_auth_secret_name, args.storage_class_name),
+            values=redis_ha_values(args.settings, args.redis_auth_secret_name, args.storage_class_name,
+                                   password_checksum=secrets_checksum(args.redis_password)),
             # Three servers start one after another (OrderedReady), each waiting for its volume.
             timeout=900, opts=k8s_opts)
         url = args.redis_password.apply(lambda password: broker_url(
@@ -64,6 +68,7 @@ class Broker(pulumi.ComponentResource):
             string_data={"connection": pulumi.Output.secret(url)},
             opts=k8s_opts)
         self.connection_secret_name = connection.metadata.name
+        self.connection_checksum = secrets_checksum(url)
         self.register_outputs({"connection_secret_name": self.connection_secret_name})
 
 
@@ -77,13 +82,16 @@ def redis_maxmemory_bytes(settings: Settings) -> int:
     return int(memory_bytes(settings.redis_memory) * REDIS_MAXMEMORY_SHARE)
 
 
-def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_class: Optional[str]) -> dict:
+def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_class: Optional[str],
+                    password_checksum: Optional[pulumi.Input[str]] = None) -> dict:
     replicas = settings.redis_replicas
     ha = replicas >= 3
     # One server (and one HAProxy) per node, required only where there are enough system nodes for it.
     hard_anti_affinity = ha and replicas <= settings.system_nodes
     resources = {"requests": {"cpu": "100m", "memory": settings.redis_memory},
                  "limits": {"memory": settings.redis_memory}}
+    # Redis, Sentinel and HAProxy read the password when they start: a rotation must restart them.
+    rotation = {"podAnnotations": {"checksum/redis-auth": password_checksum}} if password_checksum else {}
     return {
         **({"nodeSelector": settings.system_node_selector} if settings.system_node_selector else {}),
         "fullnameOverride": w.REDIS_RELEASE,
@@ -98,6 +106,7 @@ def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_
         "persistentVolume": {"enabled": True, "size": f"{settings.redis_storage_gib}Gi",
                              **({"storageClass": storage_class} if storage_class else {})},
         "redis": {
+            **rotation,
             "resources": resources,
             "config": {
                 # A lone primary has no replica to wait for; with replicas, refuse writes no replica saw.
@@ -117,6 +126,7 @@ def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_
             "hardAntiAffinity": hard_anti_affinity,
             "podDisruptionBudget": {"maxUnavailable": 1},
             "init": {"resources": SMALL_CONTAINER},
+            **rotation,
             "metrics": {"enabled": True},
             "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
         },

@@ -17,7 +17,7 @@ import pulumi_kubernetes as k8s
 
 from components import workloads as w
 from components.helm import chart_release
-from components.security import namespace_with_pod_security
+from components.security import namespace_with_pod_security, secrets_checksum
 from components.settings import Settings
 
 CNPG_CHARTS = "https://cloudnative-pg.github.io/charts"
@@ -25,6 +25,9 @@ BARMAN_CLOUD_PLUGIN = "barman-cloud.cloudnative-pg.io"
 OBJECT_STORE = "airflow-db-backups"
 RESTORE_SOURCE = "backup-origin"
 METADATA_CONNECTION_SECRET = "airflow-metadata-connection"
+# Keys of that Secret: the chart reads `connection`; AirflowRelease hands `async-connection` to
+# [database] sql_alchemy_conn_async.
+ASYNC_CONNECTION_KEY = "async-connection"
 DATABASE_NAME = "airflow"
 
 
@@ -32,6 +35,14 @@ def metadata_url(user: str, password: str, host: str, port: int, database: str, 
     """The metadata URL as Airflow (SQLAlchemy) and KEDA read it. The password may hold any character,
     so it is percent-encoded; `safe=""` encodes `/` too."""
     return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{database}?sslmode={sslmode}"
+
+
+def async_metadata_url(user: str, password: str, host: str, port: int, database: str) -> str:
+    """The URL of Airflow's async engine (asyncpg). Airflow derives one from the sync URL by changing the
+    driver only, and asyncpg refuses the libpq `sslmode` parameter (TypeError: unexpected keyword argument
+    'sslmode'); its own spelling is `ssl`."""
+    return (f"postgresql+asyncpg://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{database}"
+            "?ssl=require")
 
 
 @dataclass
@@ -54,6 +65,8 @@ class Database(pulumi.ComponentResource):
     """CloudNativePG operator, the PostgreSQL cluster, its backups and its pooler."""
 
     connection_secret_name: pulumi.Output[str]
+    # Digest of the published URLs: the pods that read them roll when the password is rotated.
+    connection_checksum: pulumi.Output[str]
     operator: k8s.helm.v3.Release
 
     def __init__(self, name: str, args: DatabaseArgs, opts: Optional[pulumi.ResourceOptions] = None):
@@ -123,15 +136,18 @@ class Database(pulumi.ComponentResource):
             spec=pooler_spec(settings),
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[cluster])))
 
+        pooler_host = f"{w.POSTGRES_POOLER}.{w.AIRFLOW_NAMESPACE}.svc.cluster.local"
         url = args.app_user_password.apply(lambda password: metadata_url(
-            w.POSTGRES_USER, password, f"{w.POSTGRES_POOLER}.{w.AIRFLOW_NAMESPACE}.svc.cluster.local",
-            w.POSTGRES_PORT, DATABASE_NAME))
+            w.POSTGRES_USER, password, pooler_host, w.POSTGRES_PORT, DATABASE_NAME))
+        async_url = args.app_user_password.apply(lambda password: async_metadata_url(
+            w.POSTGRES_USER, password, pooler_host, w.POSTGRES_PORT, DATABASE_NAME))
         connection = k8s.core.v1.Secret(
             f"{name}-metadata-connection",
             metadata={"name": METADATA_CONNECTION_SECRET, "namespace": args.airflow_namespace},
-            string_data={"connection": pulumi.Output.secret(url)},
+            string_data={"connection": pulumi.Output.secret(url), ASYNC_CONNECTION_KEY: pulumi.Output.secret(async_url)},
             opts=self._k8s)
         self.connection_secret_name = connection.metadata.name
+        self.connection_checksum = secrets_checksum(url, async_url)
         self.register_outputs({"connection_secret_name": self.connection_secret_name})
 
 
@@ -238,6 +254,9 @@ def pooler_spec(settings: Settings) -> dict:
             "parameters": {
                 "default_pool_size": str(settings.pgbouncer_pool_size),
                 "max_client_conn": str(settings.pgbouncer_max_client_connections),
+                # asyncpg (Airflow's async engine) uses named prepared statements; PgBouncer 1.21+ (the
+                # Pooler runs 1.25) keeps them working in transaction mode when it may track them.
+                "max_prepared_statements": "200",
             },
         },
         # CloudNativePG gives PgBouncer the resources of the template's container named `pgbouncer`, and its

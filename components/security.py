@@ -5,6 +5,7 @@ cert-manager with an in-cluster CA for in-cluster TLS).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -211,6 +212,15 @@ def network_policy_specs(flows: list[Flow]) -> dict[str, dict]:
     return specs
 
 
+def secrets_checksum(*values: pulumi.Input[str]) -> pulumi.Output[str]:
+    """A digest of secret values, for pod annotations: when a value changes (a rotation), the pods that
+    read it roll. The digest reveals nothing of the values, so it is not kept secret (it would hide every
+    diff of the Helm values it sits in)."""
+    digest = pulumi.Output.all(*values).apply(
+        lambda plain: hashlib.sha256("\0".join(plain).encode()).hexdigest())
+    return pulumi.Output.unsecret(digest)
+
+
 def namespace_with_pod_security(resource_name: str, namespace: str, level: str,
                                 opts: pulumi.ResourceOptions) -> k8s.core.v1.Namespace:
     """A namespace that enforces a Pod Security Admission level and warns about and audits `restricted`."""
@@ -251,6 +261,8 @@ class Security(pulumi.ComponentResource):
     postgres_user_secret_name: pulumi.Output[str]
     redis_auth_secret_name: pulumi.Output[str]
     admin_user_secret_name: pulumi.Output[str]
+    # Digest of the keys every Airflow pod reads (Fernet key, API secret key, JWT secret).
+    airflow_keys_checksum: pulumi.Output[str]
     certificate_arn: Optional[pulumi.Output[str]]
     # Who may reach the Airflow API server, as NetworkPolicy peers: the chart's own policy gets the same list.
     api_server_sources: list[dict]
@@ -344,10 +356,11 @@ class Security(pulumi.ComponentResource):
         return password.result
 
     def _secret(self, name: str, secret_name: str, data: dict[str, pulumi.Input[str]],
-                opts: pulumi.ResourceOptions, secret_type: str = "Opaque") -> pulumi.Output[str]:
+                opts: pulumi.ResourceOptions, secret_type: str = "Opaque",
+                labels: Optional[dict[str, str]] = None) -> pulumi.Output[str]:
         secret = k8s.core.v1.Secret(
             f"{name}-{secret_name}",
-            metadata={"name": secret_name, "namespace": w.AIRFLOW_NAMESPACE},
+            metadata={"name": secret_name, "namespace": w.AIRFLOW_NAMESPACE, **({"labels": labels} if labels else {})},
             type=secret_type,
             string_data={key: pulumi.Output.secret(value) for key, value in data.items()},
             opts=opts)
@@ -369,11 +382,15 @@ class Security(pulumi.ComponentResource):
         self.api_secret_key_secret_name = self._secret(
             name, w.API_SECRET_KEY_SECRET, {"api-secret-key": api_secret_key}, in_airflow)
         self.jwt_secret_name = self._secret(name, w.JWT_SECRET, {"jwt-secret": jwt_secret}, in_airflow)
+        self.airflow_keys_checksum = secrets_checksum(fernet_key, api_secret_key, jwt_secret)
         self.admin_user_secret_name = self._secret(
             name, w.ADMIN_USER_SECRET, {"username": w.ADMIN_USER, "password": self.admin_password}, in_airflow)
         self.postgres_user_secret_name = self._secret(
             name, w.POSTGRES_APP_USER_SECRET, {"username": w.POSTGRES_USER, "password": self.postgres_password},
-            in_airflow, secret_type="kubernetes.io/basic-auth")
+            in_airflow, secret_type="kubernetes.io/basic-auth",
+            # CloudNativePG reconciles the owner's password from this Secret (ALTER ROLE) when it changes, but
+            # it only watches Secrets it owns or that carry this label.
+            labels={"cnpg.io/reload": "true"})
         self.redis_auth_secret_name = self._secret(name, w.REDIS_AUTH_SECRET, {"auth": self.redis_password},
                                                    in_airflow)
 

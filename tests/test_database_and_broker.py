@@ -19,7 +19,8 @@ OBJECT_STORE = "kubernetes:barmancloud.cnpg.io/v1:ObjectStore"
 # Maps the redis-ha chart documents as free-form (passed to Kubernetes or to redis.conf as they are).
 REDIS_HA_FREE_FORM = ("redis.config", "redis.resources", "sentinel.resources", "haproxy.resources",
                       "exporter.resources", "podDisruptionBudget", "haproxy.podDisruptionBudget",
-                      "init.resources", "haproxy.init.resources", "splitBrainDetection.resources", "nodeSelector")
+                      "init.resources", "haproxy.init.resources", "splitBrainDetection.resources", "nodeSelector",
+                      "redis.podAnnotations", "haproxy.podAnnotations")
 
 
 def test_prod_runs_operator_plugin_and_a_three_instance_synchronous_cluster(prod):
@@ -142,10 +143,15 @@ def test_connection_secrets_are_published_with_key_connection(stack_runs, stack)
     secrets = {s.values["metadata"]["name"]: s for s in stack_runs[stack].of_type("kubernetes:core/v1:Secret")}
     metadata = secrets[METADATA_CONNECTION_SECRET]
     broker = secrets[BROKER_URL_SECRET]
+    assert set(metadata.values["stringData"]) == {"connection", "async-connection"}
+    assert set(broker.values["stringData"]) == {"connection"}
     for secret in (metadata, broker):
-        assert set(secret.values["stringData"]) == {"connection"}
         data = secret.inputs["stringData"]
-        assert is_secret(data) or is_secret(data["connection"])
+        assert is_secret(data) or all(is_secret(value) for value in data.values())
+    # Airflow's async engine (asyncpg) takes `ssl`, not libpq's `sslmode`.
+    assert metadata.values["stringData"]["async-connection"].startswith("postgresql+asyncpg://airflow:")
+    assert metadata.values["stringData"]["async-connection"].endswith(
+        "@airflow-db-pooler.airflow.svc.cluster.local:5432/airflow?ssl=require")
     assert unwrap(metadata.inputs)["stringData"]["connection"].startswith(
         "postgresql://airflow:")
     assert "@airflow-db-pooler.airflow.svc.cluster.local:5432/airflow?sslmode=require" in \
