@@ -77,7 +77,6 @@ class Cluster(pulumi.ComponentResource):
     cluster_name: pulumi.Output[str]
     kubeconfig: Optional[pulumi.Output[str]]
     vpc_id: Optional[pulumi.Output[str]]
-    vpc_cidr: Optional[str]
     private_subnet_ids: list[pulumi.Output[str]]
     # Nodes, pods, internal load balancers and the EKS endpoint's network interfaces live here.
     private_subnet_cidrs: list[str]
@@ -127,7 +126,6 @@ class Cluster(pulumi.ComponentResource):
         self.cluster_name = pulumi.Output.from_input(settings.kube_context)
         self.kubeconfig = None
         self.vpc_id = None
-        self.vpc_cidr = None
         self.cluster_security_group_id = None
         # The laptop cluster's own default class (kind's `standard`, k3d's `local-path`).
         self.default_storage_class_name = None
@@ -153,7 +151,6 @@ class Cluster(pulumi.ComponentResource):
 
         self.cluster_name = eks_cluster.name
         self.vpc_id = network.vpc_id
-        self.vpc_cidr = str(settings.vpc_cidr)
         self.private_subnet_ids = network.private_subnet_ids
         self.private_subnet_cidrs = network.private_subnet_cidrs
         self.public_subnet_cidrs = network.public_subnet_cidrs

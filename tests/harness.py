@@ -190,7 +190,8 @@ class PlatformMocks(pulumi_mocks.Mocks):
             rng = random.Random(f"{self.password_seed}-{args.name}") if self.password_seed is not None else None
             state["result"] = fake_password(inputs, self.password_characters, rng)
         elif args.typ == "random:index/randomBytes:RandomBytes":
-            raw = secrets.token_bytes(int(inputs["length"]))
+            raw = (random.Random(f"{self.password_seed}-{args.name}").randbytes(int(inputs["length"]))
+                   if self.password_seed is not None else secrets.token_bytes(int(inputs["length"])))
             state.update(base64=base64.b64encode(raw).decode(), hex=raw.hex())
         return f"{args.name}-id", state
 

@@ -172,18 +172,20 @@ def start_pgbouncer(workdir: Path, postgres: PostgresServer, user: str, password
 
 
 
-def start_redis(workdir: Path, password: str) -> ProcessServer:
+def start_redis(workdir: Path, password: str, config: Optional[dict[str, str]] = None) -> ProcessServer:
+    """Redis with auth; `config` adds redis.conf directives (as the chart's `redis.config` renders them)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServerUnavailable("redis-server not found (apt-get install redis-server)")
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     escaped = password.replace("\\", "\\\\").replace('"', '\\"')
-    config = workdir / "redis.conf"
-    config.write_text(f'bind 127.0.0.1\nport {port}\nrequirepass "{escaped}"\nsave ""\nappendonly no\n'
-                      f"dir {workdir}\nprotected-mode yes\n")
-    config.chmod(0o600)
-    process = subprocess.Popen([binary, str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config_file = workdir / "redis.conf"
+    config_file.write_text(f'bind 127.0.0.1\nport {port}\nrequirepass "{escaped}"\nsave ""\nappendonly no\n'
+                      f"dir {workdir}\nprotected-mode yes\n"
+                      + "".join(f"{key} {value}\n" for key, value in (config or {}).items()))
+    config_file.chmod(0o600)
+    process = subprocess.Popen([binary, str(config_file)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_port(port, process)
     return ProcessServer(port=port, process=process)
 

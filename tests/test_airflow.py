@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import secrets
 
 import pytest
 from jsonschema import ValidationError
@@ -12,6 +13,7 @@ from jsonschema import ValidationError
 from components import workloads as w
 from components.airflow import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
 from harness import STACKS, is_secret, run_program, unwrap
+from rendering import platform_pods, render_all
 from schemas import validate_chart_values_strictly
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
@@ -221,3 +223,45 @@ def test_outputs(prod, staging, local):
         assert unwrap(run.outputs["admin_username"]) == w.ADMIN_USER
         assert is_secret(run.outputs["admin_password"])
     assert not local.of_type("kubernetes:networking.k8s.io/v1:Ingress")
+
+
+AIRFLOW_WORKLOADS = ("scheduler", "worker", "triggerer", "dag-processor", "api-server", "flower",
+                     "run-airflow-migrations", "create-user-job")
+
+
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_every_airflow_container_gets_the_async_url_from_the_metadata_secret(stack_runs, stack):
+    """Rendered by the chart: AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC from the Secret's async-connection key,
+    in every container that gets the metadata URL (otherwise Airflow derives one asyncpg refuses). The
+    migration and create-user Jobs are left out by the chart (applyCustomEnv: false, see DESIGN); they run
+    CLI commands on the sync engine only (the e2e tier migrates without an async URL)."""
+    pods = [p for p in platform_pods(stack_runs[stack]) if p.labels.get("component") in AIRFLOW_WORKLOADS]
+    assert {p.labels["component"] for p in pods} == set(AIRFLOW_WORKLOADS)
+    checked = 0
+    for pod in pods:
+        if pod.labels["component"] in ("run-airflow-migrations", "create-user-job"):
+            continue
+        for container in pod.containers:
+            env = {e["name"]: e for e in container.get("env") or []}
+            if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in env:
+                continue
+            checked += 1
+            assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"]["valueFrom"]["secretKeyRef"] == \
+                {"name": "airflow-metadata-connection", "key": "async-connection"}, (pod.source, container["name"])
+    assert checked >= 10
+
+
+def test_rotating_any_secret_the_airflow_pods_read_rolls_them():
+    seed = secrets.randbits(32)
+    runs = [run_program("prod", password_seed=s) for s in (seed, seed, seed + 1)]
+    digests = [chart_values(r)["airflowPodAnnotations"]["checksum/platform-secrets"] for r in runs]
+    assert digests[0] == digests[1], "an `up` without a rotation rolls nothing"
+    assert digests[0] != digests[2]
+    assert not is_secret(airflow_release(runs[0]).inputs["values"]["airflowPodAnnotations"]["checksum/platform-secrets"])
+    # The chart puts the annotation on every Airflow pod template.
+    rendered = [d for d in render_all(runs[0])["airflow"] if d["kind"] in ("Deployment", "StatefulSet", "Job")]
+    for document in rendered:
+        if document["spec"]["template"]["metadata"]["labels"].get("component") == "statsd":
+            continue
+        annotations = document["spec"]["template"]["metadata"].get("annotations") or {}
+        assert annotations.get("checksum/platform-secrets") == digests[0], document["metadata"]["name"]

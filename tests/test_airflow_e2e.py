@@ -21,6 +21,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from components import workloads as w
+from components.database import ASYNC_CONNECTION_KEY, METADATA_CONNECTION_SECRET
 from harness import run_program
 from servers import start_pgbouncer, start_postgres, start_redis, unavailable_reason, with_host_and_port
 from test_real_servers import PASSWORD_SEED, URL_RESERVED, published
@@ -43,6 +44,7 @@ def platform():
     secrets = {s.values["metadata"]["name"]: s.values["stringData"] for s in run.of_type("kubernetes:core/v1:Secret")}
     values["fernet_key"] = secrets[w.FERNET_KEY_SECRET]["fernet-key"]
     values["jwt_secret"] = secrets[w.JWT_SECRET]["jwt-secret"]
+    values["async_metadata_url"] = secrets[METADATA_CONNECTION_SECRET][ASYNC_CONNECTION_KEY]
     return values
 
 
@@ -64,7 +66,8 @@ def servers(platform):
         started.append(pgbouncer)
         redis = start_redis(workdir / "redis", platform["redis_password"])
         started.append(redis)
-        yield {"pgbouncer": pgbouncer.port, "redis": redis.port, "home": workdir / "airflow-home"}
+        yield {"postgres": postgres.port, "pgbouncer": pgbouncer.port, "redis": redis.port,
+               "home": workdir / "airflow-home"}
     finally:
         for server in reversed(started):
             server.stop()
@@ -136,3 +139,44 @@ def test_airflows_celery_app_sends_a_task_through_the_broker(airflow_bin, platfo
     result = subprocess.run([str(python), "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "'probe': 1" in result.stdout
+
+
+ASYNC_PROBE = """
+import asyncio, json, sys
+from sqlalchemy import text
+from airflow import settings
+settings.configure_orm()
+
+async def main():
+    users = []
+    async with settings.AsyncSession() as session:
+        for _ in range(int(sys.argv[1])):
+            users.append((await session.execute(text("select current_user"))).scalar_one())
+    print(json.dumps({"url": settings.SQL_ALCHEMY_CONN_ASYNC.split("@")[-1], "users": sorted(set(users))}))
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("through", ["postgres", "pgbouncer"])
+def test_airflows_async_engine_connects_with_the_published_async_url(airflow_bin, platform, servers, through):
+    """Airflow's own AsyncSession (the API server's async routes use it), configured by the environment the
+    chart gives the pods: the published async-connection, over TLS, directly and through PgBouncer."""
+    env = airflow_env(platform, servers)
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = with_host_and_port(
+        platform["async_metadata_url"], "127.0.0.1", servers[through])
+    probe = subprocess.run([str(airflow_bin.parent / "python"), "-c", ASYNC_PROBE, "5"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    result = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert result["users"] == [platform["postgres_user"]]
+    assert result["url"].endswith("/airflow?ssl=require")
+
+
+def test_the_async_url_airflow_would_derive_from_the_sync_url_fails(airflow_bin, platform, servers):
+    """Why the program publishes its own: Airflow's derived URL keeps libpq's `sslmode`, which asyncpg refuses."""
+    env = airflow_env(platform, servers)
+    probe = subprocess.run([str(airflow_bin.parent / "python"), "-c", ASYNC_PROBE, "1"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert probe.returncode != 0
+    assert "sslmode" in probe.stderr

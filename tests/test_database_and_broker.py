@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 
 from components import workloads as w
 from components.broker import BROKER_URL_SECRET
 from components.database import METADATA_CONNECTION_SECRET
-from components.settings import SettingsError
+from components.settings import SettingsError, memory_bytes
 from harness import ProgramFailed, is_secret, run_program, unwrap
 from schemas import chart_defaults, missing_value_paths, validate_against_json_schema
 
@@ -168,3 +170,30 @@ def test_database_broker_and_operator_do_not_wait_for_each_other(prod):
         assert not prod.depends_transitively(database_release, broker)
     operator = prod.one(RELEASE, "database-cloudnative-pg")
     assert not prod.depends_transitively(operator, prod.one("airflow:platform:Security"))
+
+
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_redis_maxmemory_leaves_a_quarter_of_the_container_to_redis_itself(stack_runs, stack):
+    values = stack_runs[stack].one(RELEASE, "broker-redis-ha").values["values"]
+    limit = memory_bytes(values["redis"]["resources"]["limits"]["memory"])
+    assert int(values["redis"]["config"]["maxmemory"]) == int(limit * 0.75)
+    assert values["redis"]["config"]["maxmemory-policy"] == "noeviction"
+
+
+def test_the_app_user_secret_is_watched_by_cloudnative_pg(prod):
+    # Without the label CloudNativePG does not react to a rotated password (pkg: isUsefulClusterSecret).
+    secret = next(s for s in prod.of_type("kubernetes:core/v1:Secret")
+                  if s.values["metadata"]["name"] == w.POSTGRES_APP_USER_SECRET)
+    assert secret.values["metadata"]["labels"] == {"cnpg.io/reload": "true"}
+
+
+def test_rotating_the_redis_password_restarts_redis_sentinel_and_haproxy():
+    seed = secrets.randbits(32)
+    first, again, rotated = (run_program("prod", password_seed=s) for s in (seed, seed, seed + 1))
+    annotations = [(r.one(RELEASE, "broker-redis-ha").values["values"]["redis"]["podAnnotations"],
+                    r.one(RELEASE, "broker-redis-ha").values["values"]["haproxy"]["podAnnotations"])
+                   for r in (first, again, rotated)]
+    assert annotations[0] == annotations[1], "an `up` without a rotation rolls nothing"
+    assert annotations[0][0] != annotations[2][0] and annotations[0][1] != annotations[2][1]
+    assert not is_secret(first.one(RELEASE, "broker-redis-ha").inputs["values"]["redis"]["podAnnotations"]
+                         ["checksum/redis-auth"]), "a digest, not a secret: it must not hide the values' diff"

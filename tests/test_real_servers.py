@@ -185,3 +185,31 @@ def test_without_percent_encoding_the_published_urls_stop_working(program, serve
             broker_round_trip(broker)
     else:
         assert parts is None or parts.password != program["redis_password"] or parts.hostname != "127.0.0.1"
+
+
+def test_redis_with_the_charts_memory_settings_refuses_writes_instead_of_dropping_tasks(program):
+    """The `redis.config` the program hands redis-ha (maxmemory, noeviction), on a real Redis: a full broker
+    answers OOM to the producer; it neither evicts queued tasks nor grows past its container's memory."""
+    reason = unavailable_reason()
+    if reason:
+        pytest.fail(reason) if os.environ.get("CI") else pytest.skip(reason)
+    run = run_program("local", overrides={"redisMemory": "64Mi"})
+    chart_config = run.one("kubernetes:helm.sh/v3:Release", "broker-redis-ha").values["values"]["redis"]["config"]
+    assert int(chart_config["maxmemory"]) == int(64 * 2**20 * 0.75)
+    workdir = Path(tempfile.mkdtemp(prefix="airflow-platform-redis-"))
+    server = start_redis(workdir, program["redis_password"],
+                         {key: chart_config[key] for key in ("maxmemory", "maxmemory-policy")})
+    try:
+        client = redis.Redis(host="127.0.0.1", port=server.port, password=program["redis_password"])
+        client.lpush("celery", "first-task")
+        payload = b"x" * 2**20
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            for _ in range(200):
+                client.lpush("celery", payload)
+        used = int(client.info("memory")["used_memory"])
+        assert used <= int(chart_config["maxmemory"]) + 2 * len(payload)
+        assert client.lindex("celery", -1) == b"first-task", "nothing already queued was evicted"
+        client.close()
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
