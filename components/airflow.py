@@ -55,6 +55,15 @@ def log_groomer() -> dict:
     return {"resources": resources("20m", "64Mi")}
 
 
+# asyncpg names its prepared statements unless its statement cache is off; named statements break behind
+# PgBouncer in transaction mode unless PgBouncer tracks them (1.21+, max_prepared_statements). Unnamed ones
+# work with any PgBouncer. Airflow takes async connect args only from an importable object, so the chart's
+# airflow_local_settings.py ($AIRFLOW_HOME/config, on sys.path) holds them.
+ASYNC_CONNECT_ARGS_OBJECT = "airflow_local_settings.ASYNC_CONNECT_ARGS"
+AIRFLOW_LOCAL_SETTINGS = ('# Written by the platform (AirflowRelease): connect args of the async engine.\n'
+                          'ASYNC_CONNECT_ARGS = {"statement_cache_size": 0}\n')
+
+
 def keda_cooldown_seconds(settings: Settings) -> int:
     """KEDA's scale-to-minimum cooldown: longer than a worker's grace period, so a worker that is still
     finishing tasks is never counted as idle and removed."""
@@ -88,7 +97,9 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         "securityContexts": {"pod": POD_SECURITY_CONTEXT, "containers": CONTAINER_SECURITY_CONTEXT},
         "networkPolicies": {"enabled": True},
         "ingress": {"apiServer": {"enabled": False}, "flower": {"enabled": False}},
+        "airflowLocalSettings": AIRFLOW_LOCAL_SETTINGS,
         "config": {
+            "database": {"sql_alchemy_connect_args_async": ASYNC_CONNECT_ARGS_OBJECT},
             "celery": {"worker_concurrency": settings.worker_concurrency},
             "core": {"parallelism": settings.worker_concurrency * settings.worker_max_replicas},
             "logging": {"remote_logging": str(remote_logging)},

@@ -40,9 +40,11 @@ def metadata_url(user: str, password: str, host: str, port: int, database: str, 
 def async_metadata_url(user: str, password: str, host: str, port: int, database: str) -> str:
     """The URL of Airflow's async engine (asyncpg). Airflow derives one from the sync URL by changing the
     driver only, and asyncpg refuses the libpq `sslmode` parameter (TypeError: unexpected keyword argument
-    'sslmode'); its own spelling is `ssl`."""
+    'sslmode'); its own spelling is `ssl`. SQLAlchemy's statement cache is off: behind PgBouncer in
+    transaction mode a cached statement may live on another server connection (AirflowRelease also turns
+    asyncpg's own cache off, which only connect_args can)."""
     return (f"postgresql+asyncpg://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{database}"
-            "?ssl=require")
+            "?ssl=require&prepared_statement_cache_size=0")
 
 
 @dataclass

@@ -142,7 +142,9 @@ class ProcessServer:
 
 
 def start_pgbouncer(workdir: Path, postgres: PostgresServer, user: str, password: str,
-                    database: str) -> ProcessServer:
+                    database: str, server_connections: int = 20) -> ProcessServer:
+    """PgBouncer in transaction mode; `server_connections` (default_pool_size) small makes clients share
+    server connections, as they do under load."""
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     if not Path(binary).exists():
         raise ServerUnavailable("pgbouncer not found (apt-get install pgbouncer)")
@@ -161,6 +163,7 @@ def start_pgbouncer(workdir: Path, postgres: PostgresServer, user: str, password
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
         f"auth_type = scram-sha-256\nauth_file = {userlist}\n"
         "pool_mode = transaction\n"
+        f"default_pool_size = {server_connections}\n"
         f"client_tls_sslmode = require\nclient_tls_cert_file = {cert}\nclient_tls_key_file = {key}\n"
         "server_tls_sslmode = require\n"
         f"logfile = {workdir / 'pgbouncer.log'}\n")

@@ -45,6 +45,9 @@ def platform():
     values["fernet_key"] = secrets[w.FERNET_KEY_SECRET]["fernet-key"]
     values["jwt_secret"] = secrets[w.JWT_SECRET]["jwt-secret"]
     values["async_metadata_url"] = secrets[METADATA_CONNECTION_SECRET][ASYNC_CONNECTION_KEY]
+    chart_values = run.one("kubernetes:helm.sh/v3:Release", "airflow-airflow").values["values"]
+    values["async_connect_args"] = chart_values["config"]["database"]["sql_alchemy_connect_args_async"]
+    values["airflow_local_settings"] = chart_values["airflowLocalSettings"]
     return values
 
 
@@ -64,9 +67,13 @@ def servers(platform):
         pgbouncer = start_pgbouncer(workdir / "pgbouncer", postgres, platform["postgres_user"],
                                     platform["postgres_password"], "airflow")
         started.append(pgbouncer)
+        # A second PgBouncer whose clients share two server connections, as under load.
+        shared = start_pgbouncer(workdir / "pgbouncer-shared", postgres, platform["postgres_user"],
+                                 platform["postgres_password"], "airflow", server_connections=2)
+        started.append(shared)
         redis = start_redis(workdir / "redis", platform["redis_password"])
         started.append(redis)
-        yield {"postgres": postgres.port, "pgbouncer": pgbouncer.port, "redis": redis.port,
+        yield {"postgres": postgres.port, "pgbouncer_shared": shared.port, "pgbouncer": pgbouncer.port, "redis": redis.port,
                "home": workdir / "airflow-home"}
     finally:
         for server in reversed(started):
@@ -146,37 +153,81 @@ import asyncio, json, sys
 from sqlalchemy import text
 from airflow import settings
 settings.configure_orm()
+clients, queries = int(sys.argv[1]), int(sys.argv[2])
+users, errors = set(), []
+
+async def client(number):
+    for query in range(queries):
+        try:
+            async with settings.AsyncSession() as session:
+                # A parameterised query: asyncpg prepares it.
+                result = await session.execute(text("select current_user, cast(:n as int) + 1"), {"n": query})
+                user, value = result.one()
+                assert value == query + 1
+                users.add(user)
+        except Exception as error:  # counted, not raised: the test reads how many failed and why
+            errors.append(f"{type(error).__name__}: {str(error)[:160]}")
 
 async def main():
-    users = []
-    async with settings.AsyncSession() as session:
-        for _ in range(int(sys.argv[1])):
-            users.append((await session.execute(text("select current_user"))).scalar_one())
-    print(json.dumps({"url": settings.SQL_ALCHEMY_CONN_ASYNC.split("@")[-1], "users": sorted(set(users))}))
+    await asyncio.gather(*(client(number) for number in range(clients)))
 
 asyncio.run(main())
+print(json.dumps({"url": settings.SQL_ALCHEMY_CONN_ASYNC.split("@")[-1], "users": sorted(users),
+                  "errors": errors}))
 """
+
+
+def async_env(platform, servers, port: int, with_connect_args: bool = True) -> dict[str, str]:
+    """The environment the chart gives an Airflow container for its async engine: the published
+    async-connection, and (from the release's `config` and `airflowLocalSettings`) its connect args."""
+    env = airflow_env(platform, servers)
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = with_host_and_port(platform["async_metadata_url"],
+                                                                          "127.0.0.1", port)
+    if with_connect_args:
+        config_dir = servers["home"] / "config"
+        config_dir.mkdir(parents=True, exist_ok=True)
+        (config_dir / "airflow_local_settings.py").write_text(platform["airflow_local_settings"])
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC"] = platform["async_connect_args"]
+    return env
+
+
+def run_async_probe(airflow_bin: Path, env: dict[str, str], clients: int, queries: int, processes: int = 1) -> list:
+    probes = [subprocess.Popen([str(airflow_bin.parent / "python"), "-c", ASYNC_PROBE, str(clients), str(queries)],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+              for _ in range(processes)]
+    results = []
+    for probe in probes:
+        stdout, stderr = probe.communicate(timeout=300)
+        assert probe.returncode == 0, stderr[-3000:]
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    return results
 
 
 @pytest.mark.parametrize("through", ["postgres", "pgbouncer"])
 def test_airflows_async_engine_connects_with_the_published_async_url(airflow_bin, platform, servers, through):
-    """Airflow's own AsyncSession (the API server's async routes use it), configured by the environment the
-    chart gives the pods: the published async-connection, over TLS, directly and through PgBouncer."""
-    env = airflow_env(platform, servers)
-    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = with_host_and_port(
-        platform["async_metadata_url"], "127.0.0.1", servers[through])
-    probe = subprocess.run([str(airflow_bin.parent / "python"), "-c", ASYNC_PROBE, "5"], env=env,
-                           capture_output=True, text=True, timeout=300)
-    assert probe.returncode == 0, probe.stderr[-3000:]
-    result = json.loads(probe.stdout.strip().splitlines()[-1])
+    """Airflow's own AsyncSession (the API server's async routes use it), configured as the chart configures
+    the pods: the published async-connection over TLS, directly and through PgBouncer."""
+    [result] = run_async_probe(airflow_bin, async_env(platform, servers, servers[through]), clients=1, queries=5)
+    assert result["errors"] == []
     assert result["users"] == [platform["postgres_user"]]
-    assert result["url"].endswith("/airflow?ssl=require")
+    assert result["url"].endswith("/airflow?ssl=require&prepared_statement_cache_size=0")
+
+
+def test_the_async_engine_survives_transaction_pooling_under_concurrency(airflow_bin, platform, servers):
+    """Many clients sharing two server connections of PgBouncer in transaction mode (Debian's 1.18, which
+    does not track prepared statements): with the release's connect args every query succeeds; without
+    them, asyncpg's named statements land on connections that do not have them."""
+    env = async_env(platform, servers, servers["pgbouncer_shared"])
+    results = run_async_probe(airflow_bin, env, clients=4, queries=40, processes=3)
+    assert [error for result in results for error in result["errors"]] == []
+    control = run_async_probe(airflow_bin, async_env(platform, servers, servers["pgbouncer_shared"],
+                                                     with_connect_args=False), clients=4, queries=40, processes=3)
+    failed = [error for result in control for error in result["errors"]]
+    assert failed and all("prepared statement" in e or "bind message" in e or "buffer" in e or "protocol" in e.lower()
+                          for e in failed[:20]), failed[:5]
 
 
 def test_the_async_url_airflow_would_derive_from_the_sync_url_fails(airflow_bin, platform, servers):
     """Why the program publishes its own: Airflow's derived URL keeps libpq's `sslmode`, which asyncpg refuses."""
-    env = airflow_env(platform, servers)
-    probe = subprocess.run([str(airflow_bin.parent / "python"), "-c", ASYNC_PROBE, "1"], env=env,
-                           capture_output=True, text=True, timeout=300)
-    assert probe.returncode != 0
-    assert "sslmode" in probe.stderr
+    [result] = run_async_probe(airflow_bin, airflow_env(platform, servers), clients=1, queries=1)
+    assert result["errors"] and all("sslmode" in error for error in result["errors"])

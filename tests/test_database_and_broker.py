@@ -153,7 +153,7 @@ def test_connection_secrets_are_published_with_key_connection(stack_runs, stack)
     # Airflow's async engine (asyncpg) takes `ssl`, not libpq's `sslmode`.
     assert metadata.values["stringData"]["async-connection"].startswith("postgresql+asyncpg://airflow:")
     assert metadata.values["stringData"]["async-connection"].endswith(
-        "@airflow-db-pooler.airflow.svc.cluster.local:5432/airflow?ssl=require")
+        "@airflow-db-pooler.airflow.svc.cluster.local:5432/airflow?ssl=require&prepared_statement_cache_size=0")
     assert unwrap(metadata.inputs)["stringData"]["connection"].startswith(
         "postgresql://airflow:")
     assert "@airflow-db-pooler.airflow.svc.cluster.local:5432/airflow?sslmode=require" in \
