@@ -64,6 +64,10 @@ AIRFLOW_LOCAL_SETTINGS = ('# Written by the platform (AirflowRelease): connect a
                           'ASYNC_CONNECT_ARGS = {"statement_cache_size": 0}\n')
 
 
+# The chart's components that run as Deployments (or StatefulSets) and read the platform's Secrets.
+LONG_RUNNING_COMPONENTS = ("scheduler", "workers", "apiServer", "triggerer", "dagProcessor", "flower")
+
+
 def keda_cooldown_seconds(settings: Settings) -> int:
     """KEDA's scale-to-minimum cooldown: longer than a worker's grace period, so a worker that is still
     finishing tasks is never counted as idle and removed."""
@@ -192,8 +196,11 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
     }
     if secrets_checksum is not None:
         # The chart rolls its pods only for Secrets it renders itself; these are Pulumi's. A rotated key,
-        # password or URL changes the digest, and with it every Airflow pod template.
-        values["airflowPodAnnotations"] = {"checksum/platform-secrets": secrets_checksum}
+        # password or URL changes the digest, and with it the long-running Airflow pods. Not on the
+        # migration and create-user Jobs (airflowPodAnnotations would reach them): a Job's pod template is
+        # immutable, so an upgrade within their TTL would fail; they read the Secrets when they start.
+        for component in LONG_RUNNING_COMPONENTS:
+            values[component]["podAnnotations"] = {"checksum/platform-secrets": secrets_checksum}
     if settings.is_aws:
         # Everything on the system nodes but the Celery workers, which get the worker nodes (and their taints).
         values["nodeSelector"] = settings.system_node_selector

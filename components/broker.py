@@ -56,8 +56,7 @@ class Broker(pulumi.ComponentResource):
             f"{name}-redis-ha", release_name=w.REDIS_RELEASE, chart="redis-ha",
             version=args.settings.redis_ha_chart_version, repo="https://dandydeveloper.github.io/charts",
             namespace=args.airflow_namespace,
-            values=redis_ha_values(args.settings, args.redis_auth_secret_name, args.storage_class_name,
-                                   password_checksum=secrets_checksum(args.redis_password)),
+            values=redis_ha_values(args.settings, args.redis_auth_secret_name, args.storage_class_name),
             # Three servers start one after another (OrderedReady), each waiting for its volume.
             timeout=900, opts=k8s_opts)
         url = args.redis_password.apply(lambda password: broker_url(
@@ -82,16 +81,16 @@ def redis_maxmemory_bytes(settings: Settings) -> int:
     return int(memory_bytes(settings.redis_memory) * REDIS_MAXMEMORY_SHARE)
 
 
-def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_class: Optional[str],
-                    password_checksum: Optional[pulumi.Input[str]] = None) -> dict:
+def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_class: Optional[str]) -> dict:
     replicas = settings.redis_replicas
     ha = replicas >= 3
     # One server (and one HAProxy) per node, required only where there are enough system nodes for it.
     hard_anti_affinity = ha and replicas <= settings.system_nodes
     resources = {"requests": {"cpu": "100m", "memory": settings.redis_memory},
                  "limits": {"memory": settings.redis_memory}}
-    # Redis, Sentinel and HAProxy read the password when they start: a rotation must restart them.
-    rotation = {"podAnnotations": {"checksum/redis-auth": password_checksum}} if password_checksum else {}
+    # No checksum annotation for the password: a rolling restart cannot rotate it. A restarted server with
+    # the new password cannot authenticate to a primary that still has the old one, its readiness waits
+    # for a replication link that never comes, and the rollout stops there (README: Rotate secrets).
     return {
         **({"nodeSelector": settings.system_node_selector} if settings.system_node_selector else {}),
         "fullnameOverride": w.REDIS_RELEASE,
@@ -106,7 +105,6 @@ def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_
         "persistentVolume": {"enabled": True, "size": f"{settings.redis_storage_gib}Gi",
                              **({"storageClass": storage_class} if storage_class else {})},
         "redis": {
-            **rotation,
             "resources": resources,
             "config": {
                 # A lone primary has no replica to wait for; with replicas, refuse writes no replica saw.
@@ -126,7 +124,6 @@ def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_
             "hardAntiAffinity": hard_anti_affinity,
             "podDisruptionBudget": {"maxUnavailable": 1},
             "init": {"resources": SMALL_CONTAINER},
-            **rotation,
             "metrics": {"enabled": True},
             "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
         },

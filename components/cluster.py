@@ -21,7 +21,7 @@ import pulumi_kubernetes as k8s
 from components import workloads as w
 from components.helm import chart_release
 from components.iam import POD_IDENTITY_TRUST_POLICY, managed_policy_arn, service_trust_policy
-from components.settings import Settings
+from components.settings import IAM_PRINCIPAL_ARN, Settings
 
 LOAD_BALANCER_CONTROLLER_POLICY_DIR = Path(__file__).parent / "policies"
 CONTROL_PLANE_LOG_TYPES = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
@@ -273,7 +273,7 @@ class Cluster(pulumi.ComponentResource):
             },
             # Explicit, so the NetworkPolicies can name the `kubernetes` Service address.
             kubernetes_network_config={"ip_family": "ipv4",
-                                       "service_ipv4_cidr": str(settings.kubernetes_service_cidr)},
+                                       "service_ipv4_cidr": str(settings.service_cidr)},
             # The add-ons are managed below as EKS add-ons, with our configuration, from the start.
             bootstrap_self_managed_addons=False,
             encryption_config={"provider": {"key_arn": secrets_key.arn}, "resources": ["secrets"]},
@@ -285,7 +285,11 @@ class Cluster(pulumi.ComponentResource):
                 "public_access_cidrs": public_cidrs or None,
             },
             upgrade_policy={"support_type": "STANDARD"},
-            opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(depends_on=[policy, log_group])),
+            opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(
+                depends_on=[policy, log_group],
+                # A creation-time choice that forces a new cluster: a cluster created with the creator's
+                # implicit entry keeps it (README: AWS, clusters created before explicit access entries).
+                ignore_changes=["accessConfig.bootstrapClusterCreatorAdminPermissions"])),
         )
 
     def _addon_version(self, addon: str, eks_cluster: aws.eks.Cluster) -> pulumi.Input[str]:
@@ -386,16 +390,25 @@ class Cluster(pulumi.ComponentResource):
         caller_arn = aws.get_caller_identity(opts=self._invoke).arn
         # An assumed-role session stands for its role: EKS keys access entries on the role ARN.
         deployer_arn = aws.iam.get_session_context(arn=caller_arn, opts=self._invoke).issuer_arn
-        principals = list(dict.fromkeys([*self._settings.admin_principal_arns, deployer_arn]))
+        if not IAM_PRINCIPAL_ARN.match(deployer_arn):
+            raise ValueError(
+                f"the principal running `pulumi up` ({deployer_arn}) cannot be given an EKS access entry (the "
+                "root user and federated users cannot); run it as an IAM role or user")
+        admins = self._settings.admin_principal_arns
+        principals = list(dict.fromkeys([*admins, deployer_arn]))
         associations = []
         for principal_arn in principals:
             resource_name = f"{name}-admin-{principal_arn.split(':', 5)[5].replace('/', '-')}"
+            # Entries of adminPrincipalArns were once named by their position in the list.
+            aliases = [pulumi.Alias(name=f"{name}-admin-{admins.index(principal_arn)}")] \
+                if principal_arn in admins else []
+            opts = pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(aliases=aliases))
             entry = aws.eks.AccessEntry(resource_name, cluster_name=eks_cluster.name,
-                                        principal_arn=principal_arn, type="STANDARD", opts=self._aws)
+                                        principal_arn=principal_arn, type="STANDARD", opts=opts)
             associations.append(aws.eks.AccessPolicyAssociation(
                 resource_name, cluster_name=eks_cluster.name, principal_arn=entry.principal_arn,
                 policy_arn=f"arn:{self.partition}:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
-                access_scope={"type": "cluster"}, opts=self._aws))
+                access_scope={"type": "cluster"}, opts=opts))
         return associations
 
     @staticmethod

@@ -79,6 +79,11 @@ class Flow:
     # The Airflow chart (networkPolicies.enabled) renders the destination's ingress rule itself: the API
     # server's from the sources handed to it (Security.api_server_sources), statsd's for the release's pods.
     ingress_by_chart: bool = False
+    # The selector of the Service the source dials, where it differs from the destination's selector. The
+    # VPC CNI checks egress at the Service's ClusterIP, and admits a ClusterIP only for a podSelector peer
+    # that matches the Service's own selector (amazon-network-policy-controller-k8s,
+    # pkg/resolvers/endpoints.go getMatchingServiceClusterIPs): the egress rule names it too.
+    via_service: Optional[dict[str, str]] = None
 
 
 def _tcp(*ports: int) -> tuple[tuple[int, str], ...]:
@@ -131,9 +136,12 @@ def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], loca
         # Chart 1.19.0 only lets `component: webserver` fetch task logs; Airflow 3 serves them from the API server.
         Flow("api-server-to-worker-logs", api_server, Peer(w.AIRFLOW_WORKER), _tcp(w.WORKER_LOG_PORT)),
         Flow("api-server-to-triggerer-logs", api_server, Peer(w.AIRFLOW_TRIGGERER), _tcp(w.TRIGGERER_LOG_PORT)),
-        Flow("pgbouncer-to-postgres", pooler, instances, _tcp(w.POSTGRES_PORT)),
-        # Streaming replication, and the primary's liveness isolation check on the others' status port.
-        Flow("postgres-replication", instances, instances, _tcp(w.POSTGRES_PORT, w.CNPG_STATUS_PORT)),
+        Flow("pgbouncer-to-postgres", pooler, instances, _tcp(w.POSTGRES_PORT),
+             via_service=w.POSTGRES_PRIMARY_SERVICE_SELECTOR),
+        # Streaming replication (from the -rw Service), and the primary's liveness isolation check on the
+        # others' status port (pod addresses).
+        Flow("postgres-replication", instances, instances, _tcp(w.POSTGRES_PORT, w.CNPG_STATUS_PORT),
+             via_service=w.POSTGRES_PRIMARY_SERVICE_SELECTOR),
         Flow("cnpg-operator-to-postgres", Peer(w.CNPG_OPERATOR_PODS, namespace=w.CNPG_NAMESPACE), instances,
              _tcp(w.CNPG_STATUS_PORT)),
         Flow("haproxy-to-redis", haproxy, redis, _tcp(w.REDIS_PORT, w.SENTINEL_PORT)),
@@ -146,7 +154,8 @@ def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], loca
     ]
     if replicated_database:
         # The join Job clones each further instance from the primary (the -rw Service) with pg_basebackup.
-        flows.append(Flow("postgres-jobs-to-postgres", postgres_jobs, instances, _tcp(w.POSTGRES_PORT)))
+        flows.append(Flow("postgres-jobs-to-postgres", postgres_jobs, instances, _tcp(w.POSTGRES_PORT),
+                          via_service=w.POSTGRES_PRIMARY_SERVICE_SELECTOR))
     # CloudNativePG's instance manager, PgBouncer's and the operator's Jobs all start by reading their Cluster
     # from the Kubernetes API. Pods reach it at the `kubernetes` Service's ClusterIP; whether a network plugin
     # matches ipBlocks before or after that address is translated is left to it (the VPC CNI: before), so
@@ -199,6 +208,8 @@ def network_policy_specs(flows: list[Flow]) -> dict[str, dict]:
     for flow in flows:
         if flow.source.in_airflow_namespace:
             rule: dict = {"to": flow.destination.as_policy_peers()}
+            if flow.via_service:
+                rule["to"] += Peer(flow.via_service, namespace=flow.destination.namespace).as_policy_peers()
             if flow.ports:
                 rule["ports"] = ports(flow)
             specs[f"{flow.name}-egress"] = {

@@ -29,7 +29,7 @@ EKS_ADDONS = ("vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent", "aws
               "aws-efs-csi-driver", "metrics-server")
 
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
-_IAM_PRINCIPAL_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:(role|user)/[\w+=,.@/-]+$")
+IAM_PRINCIPAL_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:(role|user)/[\w+=,.@/-]+$")
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
@@ -99,11 +99,12 @@ class Settings(BaseModel):
     vpc_cidr: ipaddress.IPv4Network = Field(
         default=ipaddress.IPv4Network("10.0.0.0/16"),
         description="IPv4 CIDR of the VPC, a /16 to /20 (pods take VPC addresses through the VPC CNI).")
-    kubernetes_service_cidr: ipaddress.IPv4Network = Field(
-        default=ipaddress.IPv4Network("10.96.0.0/16"),
-        description="Service CIDR of the cluster: EKS is created with it (a private /12 to /24 outside vpcCidr); "
-                    "on a local cluster it must be the cluster's own (kind and minikube 10.96.0.0/16 or /12, k3d "
-                    "10.43.0.0/16). The NetworkPolicies admit the `kubernetes` Service address in it.")
+    kubernetes_service_cidr: str = Field(
+        default="", max_length=18,
+        description="Service CIDR of the cluster; the NetworkPolicies admit the `kubernetes` Service address in "
+                    "it. EKS is created with it (a private /12 to /24 outside vpcCidr; empty: 172.20.0.0/16, what "
+                    "EKS picks for a 10.x VPC). On a local cluster it must be the cluster's own (empty: "
+                    "10.96.0.0/16, kind's; k3d uses 10.43.0.0/16).")
     availability_zone_count: int = Field(
         default=3, ge=2, le=6,
         description="How many availability zones the VPC and node groups span.")
@@ -289,16 +290,22 @@ class Settings(BaseModel):
 
     @field_validator("kubernetes_service_cidr")
     @classmethod
-    def _service_cidr(cls, value: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
-        if not value.is_private or not 12 <= value.prefixlen <= 24:
+    def _service_cidr(cls, value: str) -> str:
+        if not value:
+            return value
+        try:
+            network = ipaddress.IPv4Network(value)
+        except ValueError as exc:
+            raise ValueError(f"not an IPv4 network: {exc}") from None
+        if not network.is_private or not 12 <= network.prefixlen <= 24:
             raise ValueError("must be a private (RFC 1918) network of /12 to /24")
-        return value
+        return str(network)
 
     @field_validator("admin_principal_arns", "operator_principal_arns")
     @classmethod
     def _principal_arns(cls, values: list[str]) -> list[str]:
         for arn in values:
-            if not _IAM_PRINCIPAL_ARN.match(arn):
+            if not IAM_PRINCIPAL_ARN.match(arn):
                 raise ValueError(f"{arn!r} is not an IAM role or user ARN (arn:aws:iam::<account>:role/<name>)")
         return values
 
@@ -353,9 +360,14 @@ class Settings(BaseModel):
         return self.system_node_count if self.is_aws else 1
 
     @property
+    def service_cidr(self) -> ipaddress.IPv4Network:
+        default = "172.20.0.0/16" if self.is_aws else "10.96.0.0/16"
+        return ipaddress.IPv4Network(self.kubernetes_service_cidr or default)
+
+    @property
     def kubernetes_service_ip(self) -> str:
         """The `kubernetes` Service's ClusterIP: the first address of the service CIDR."""
-        return str(next(self.kubernetes_service_cidr.hosts()))
+        return str(next(self.service_cidr.hosts()))
 
     def eks_cluster_name(self, stack: str) -> str:
         return self.cluster_name or f"airflow-{stack}"
@@ -384,9 +396,9 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
                 f"must differ from postgresRestoreFromServerName ('{settings.postgres_restore_from_server_name}') "
                 "while restoring: a restored cluster starts a new timeline and may not archive over the "
                 "backups it came from (for example 'airflow-db-r1')"))
-    if settings.is_aws and settings.kubernetes_service_cidr.overlaps(settings.vpc_cidr):
+    if settings.is_aws and settings.service_cidr.overlaps(settings.vpc_cidr):
         problems.append(("kubernetesServiceCidr", f"must not overlap vpcCidr ({settings.vpc_cidr}), got "
-                                                  f"{settings.kubernetes_service_cidr} (for example 172.20.0.0/16)"))
+                                                  f"{settings.service_cidr} (for example 10.100.0.0/16)"))
     if settings.worker_min_replicas > settings.worker_max_replicas:
         problems.append(("workerMinReplicas", f"must not exceed workerMaxReplicas ({settings.worker_max_replicas}), "
                                               f"got {settings.worker_min_replicas}"))

@@ -37,6 +37,9 @@ AIRFLOW_TRIGGERER = airflow_component("triggerer")
 AIRFLOW_STATSD = airflow_component("statsd")
 POSTGRES_INSTANCES = {"cnpg.io/cluster": POSTGRES_CLUSTER, "cnpg.io/podRole": "instance"}
 POSTGRES_POOLER_PODS = {"cnpg.io/poolerName": POSTGRES_POOLER}
+# The selector of the `<cluster>-rw` Service (CloudNativePG 1.30 pkg/specs/services.go): PgBouncer, the
+# standbys and the join Job reach the primary through it.
+POSTGRES_PRIMARY_SERVICE_SELECTOR = {"cnpg.io/cluster": POSTGRES_CLUSTER, "cnpg.io/instanceRole": "primary"}
 # CloudNativePG's bootstrap and maintenance Jobs (initdb, join, full-recovery, ...) carry the cluster and a
 # job role, not `cnpg.io/podRole: instance` (CloudNativePG 1.30 pkg/specs/jobs.go).
 POSTGRES_JOBS_CLUSTER_LABEL = {"cnpg.io/cluster": POSTGRES_CLUSTER}

@@ -111,6 +111,8 @@ class Registration:
     retain_on_delete: bool
     ignore_changes: list[str]
     state: dict[str, Any] = field(default_factory=dict)
+    # The names (and URNs) of former identities this resource takes over.
+    alias_names: list[str] = field(default_factory=list)
 
     @property
     def values(self) -> dict[str, Any]:
@@ -153,6 +155,7 @@ class PlatformMocks(pulumi_mocks.Mocks):
     def __init__(self, password_characters: str = "", password_seed: Optional[int] = None,
                  deployer_arn: str = DEPLOYER_ROLE):
         super().__init__()
+        self.invokes: list[tuple[str, dict]] = []
         self.password_characters = password_characters
         self.password_seed = password_seed
         self.deployer_arn = deployer_arn
@@ -196,6 +199,7 @@ class PlatformMocks(pulumi_mocks.Mocks):
         return f"{args.name}-id", state
 
     def call(self, args: pulumi_mocks.MockCallArgs):
+        self.invokes.append((args.token, dict(args.args)))
         if args.token == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}
         if args.token == "aws:index/getAvailabilityZones:getAvailabilityZones":
@@ -242,6 +246,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 retain_on_delete=request.retainOnDelete,
                 ignore_changes=list(request.ignoreChanges),
                 state=self.resources[response.urn].state,
+                alias_names=[a.spec.name for a in request.aliases if a.HasField("spec")]
+                + [urn.rsplit("::", 1)[-1] for urn in request.aliasURNs],
             ))
         return response
 
@@ -257,6 +263,7 @@ class ProgramRun:
     registrations: list[Registration]
     outputs: dict[str, Any]        # stack outputs, secrets still marked
     seconds: float
+    invokes: list[tuple[str, dict]] = field(default_factory=list)   # data-source calls: token, arguments
 
     def of_type(self, type_: str) -> list[Registration]:
         return [r for r in self.registrations if r.type == type_]
@@ -349,4 +356,4 @@ def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
     except Exception as exc:  # noqa: BLE001 handed to the test with what was registered before it
         raise ProgramFailed(exc, monitor.registrations) from exc
     return ProgramRun(stack=stack, registrations=monitor.registrations, outputs=monitor.stack_outputs,
-                      seconds=time.perf_counter() - started)
+                      seconds=time.perf_counter() - started, invokes=mocks.invokes)

@@ -107,3 +107,55 @@ def allowed(policies: list[Policy], source: Endpoint, destination: Endpoint, por
             protocol: str = "TCP") -> bool:
     return (_side_allows(policies, source, destination, port, protocol, "egress")
             and _side_allows(policies, destination, source, port, protocol, "ingress"))
+
+
+@dataclass(frozen=True)
+class Service:
+    """A ClusterIP Service: its address and the selector of the pods behind it."""
+    name: str
+    namespace: str
+    ip: str
+    selector: tuple[tuple[str, str], ...]
+
+    @property
+    def selector_labels(self) -> dict[str, str]:
+        return dict(self.selector)
+
+
+def _egress_admits_service(policies: list[Policy], source: Endpoint, service: Service, port: int,
+                           protocol: str) -> bool:
+    """Egress as the VPC CNI's policy agent evaluates it: before the ClusterIP is translated. The controller
+    resolves a Service's ClusterIP for a podSelector peer only when that selector matches the Service's own
+    selector, read as a label set (amazon-network-policy-controller-k8s, pkg/resolvers/endpoints.go,
+    getMatchingServiceClusterIPs); an ipBlock must contain the ClusterIP itself."""
+    isolating = [p for p in policies if p.namespace == source.namespace
+                 and "Egress" in p.spec.get("policyTypes", []) and selects(p.spec.get("podSelector") or {}, source.labels)]
+    if not isolating:
+        return True
+    as_endpoint = Endpoint(service.name, service.namespace, service.ip, service.selector_labels)
+    for policy in isolating:
+        for rule in policy.spec.get("egress") or []:
+            if not _port_matches(rule, port, protocol):
+                continue
+            peers = rule.get("to")
+            if not peers:
+                return True
+            for peer in peers:
+                if "ipBlock" in peer:
+                    if _peer_matches(peer, policy.namespace, as_endpoint):
+                        return True
+                elif _peer_matches(peer, policy.namespace, as_endpoint):
+                    return True
+    return False
+
+
+def allowed_through_service(policies: list[Policy], source: Endpoint, service: Service, backend: Endpoint,
+                            port: int, protocol: str = "TCP", egress_before_translation: bool = True) -> bool:
+    """A connection to a Service's ClusterIP that lands on `backend`. Ingress is always evaluated at the
+    backend pod (after translation); egress at the ClusterIP where the plugin does so (the VPC CNI), at the
+    backend pod otherwise (kind's kube-network-policies)."""
+    if egress_before_translation:
+        egress = _egress_admits_service(policies, source, service, port, protocol)
+    else:
+        egress = _side_allows(policies, source, backend, port, protocol, "egress")
+    return egress and _side_allows(policies, backend, source, port, protocol, "ingress")

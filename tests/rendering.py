@@ -197,20 +197,25 @@ def operator_pods(run: ProgramRun) -> list[Pod]:
 
         archive_store = next((p["parameters"]["barmanObjectName"] for p in spec.get("plugins") or []), None)
         instance_labels = {"cnpg.io/cluster": name, "cnpg.io/podRole": "instance"}
-        pods.append(Pod(
-            source=f"operator cloudnative-pg: Cluster/{name} instance",
-            namespace=w.AIRFLOW_NAMESPACE,
-            labels={**app, **instance_labels, "cnpg.io/instanceName": f"{name}-1", "cnpg.io/instanceRole": "primary",
-                    "role": "primary"},
-            spec={"securityContext": CNPG_POD_SECURITY_CONTEXT, **_scheduling(spec),
-                  **({"affinity": cnpg_instance_anti_affinity(spec, instance_labels)}
-                     if cnpg_instance_anti_affinity(spec, instance_labels) else {}),
-                  "initContainers": [_container("bootstrap-controller", resources), *sidecar(archive_store)],
-                  "containers": [_container("postgres", resources, [
-                      {"name": "postgresql", "containerPort": w.POSTGRES_PORT},
-                      {"name": "metrics", "containerPort": w.CNPG_METRICS_PORT},
-                      {"name": "status", "containerPort": w.CNPG_STATUS_PORT}])]},
-            replicas=int(spec["instances"])))
+        anti_affinity = cnpg_instance_anti_affinity(spec, instance_labels)
+        instances = int(spec["instances"])
+        # The operator labels the primary and the standbys (pkg/reconciler/instance/metadata.go updateRoleLabels).
+        for role, count, serial in (("primary", 1, 1), ("replica", instances - 1, 2)):
+            if count == 0:
+                continue
+            pods.append(Pod(
+                source=f"operator cloudnative-pg: Cluster/{name} instance ({role})",
+                namespace=w.AIRFLOW_NAMESPACE,
+                labels={**app, **instance_labels, "cnpg.io/instanceName": f"{name}-{serial}",
+                        "cnpg.io/instanceRole": role, "role": role},
+                spec={"securityContext": CNPG_POD_SECURITY_CONTEXT, **_scheduling(spec),
+                      **({"affinity": anti_affinity} if anti_affinity else {}),
+                      "initContainers": [_container("bootstrap-controller", resources), *sidecar(archive_store)],
+                      "containers": [_container("postgres", resources, [
+                          {"name": "postgresql", "containerPort": w.POSTGRES_PORT},
+                          {"name": "metrics", "containerPort": w.CNPG_METRICS_PORT},
+                          {"name": "status", "containerPort": w.CNPG_STATUS_PORT}])]},
+                replicas=count))
 
         bootstrap_method, bootstrap = next(iter(spec["bootstrap"].items()))
         jobs = [CNPG_JOB_ROLES_BY_BOOTSTRAP[bootstrap_method], CNPG_MAJOR_UPGRADE_ROLE]
@@ -256,6 +261,28 @@ def operator_pods(run: ProgramRun) -> list[Pod]:
                       {"name": "metrics", "containerPort": w.PGBOUNCER_METRICS_PORT}])]},
             replicas=int(spec["instances"])))
     return pods
+
+
+def operator_services(run: ProgramRun) -> list[tuple[str, dict[str, str]]]:
+    """(name, selector) of the Services CloudNativePG creates in the Airflow namespace
+    (pkg/specs/services.go; pkg/specs/pgbouncer/services.go)."""
+    services = []
+    for cluster in run.of_type("kubernetes:postgresql.cnpg.io/v1:Cluster"):
+        name = cluster.values["metadata"]["name"]
+        services += [(f"{name}-rw", {"cnpg.io/cluster": name, "cnpg.io/instanceRole": "primary"}),
+                     (f"{name}-ro", {"cnpg.io/cluster": name, "cnpg.io/instanceRole": "replica"}),
+                     (f"{name}-r", {"cnpg.io/cluster": name, "cnpg.io/podRole": "instance"})]
+    for pooler in run.of_type("kubernetes:postgresql.cnpg.io/v1:Pooler"):
+        name = pooler.values["metadata"]["name"]
+        services.append((name, {"cnpg.io/poolerName": name}))
+    return services
+
+
+def chart_services(run: ProgramRun) -> list[tuple[str, str, dict[str, str]]]:
+    """(namespace, name, selector) of every Service with a selector the charts render."""
+    return [(d["metadata"]["namespace"], d["metadata"]["name"], d["spec"]["selector"])
+            for documents in render_all(run).values() for d in documents
+            if d["kind"] == "Service" and (d.get("spec") or {}).get("selector")]
 
 
 _PODS_CACHE: dict[int, list[Pod]] = {}

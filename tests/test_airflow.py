@@ -169,7 +169,12 @@ def test_chart_network_policy_for_the_api_server_admits_what_security_admits(pro
         assert values["networkPolicies"]["enabled"] is True
         sources = values["apiServer"]["networkPolicy"]["ingress"]["from"]
         assert sources, "an empty list would block the ALB and the execution API"
-        assert sources == run.one("airflow:platform:Security").values.get("apiServerSources", sources)
+        clients = {"podSelector": {"matchLabels": w.AIRFLOW_PODS, "matchExpressions": [
+            {"key": "component", "operator": "In", "values": list(w.AIRFLOW_CLIENT_COMPONENTS)}]}}
+        assert sources[0] == clients, "Airflow's clients, named one by one (statsd is not one)"
+        rendered = next(d for d in render_all(run)["airflow"]
+                        if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "airflow-api-server-policy")
+        assert rendered["spec"]["ingress"][0]["from"] == sources
     lb_sources = [p["ipBlock"]["cidr"] for p in chart_values(prod)["apiServer"]["networkPolicy"]["ingress"]["from"]
                   if "ipBlock" in p]
     assert lb_sources == ["10.20.192.0/22", "10.20.196.0/22", "10.20.200.0/22"], "one per public subnet"
@@ -254,14 +259,28 @@ def test_every_airflow_container_gets_the_async_url_from_the_metadata_secret(sta
 def test_rotating_any_secret_the_airflow_pods_read_rolls_them():
     seed = secrets.randbits(32)
     runs = [run_program("prod", password_seed=s) for s in (seed, seed, seed + 1)]
-    digests = [chart_values(r)["airflowPodAnnotations"]["checksum/platform-secrets"] for r in runs]
+    digests = [chart_values(r)["scheduler"]["podAnnotations"]["checksum/platform-secrets"] for r in runs]
     assert digests[0] == digests[1], "an `up` without a rotation rolls nothing"
     assert digests[0] != digests[2]
-    assert not is_secret(airflow_release(runs[0]).inputs["values"]["airflowPodAnnotations"]["checksum/platform-secrets"])
-    # The chart puts the annotation on every Airflow pod template.
-    rendered = [d for d in render_all(runs[0])["airflow"] if d["kind"] in ("Deployment", "StatefulSet", "Job")]
-    for document in rendered:
-        if document["spec"]["template"]["metadata"]["labels"].get("component") == "statsd":
-            continue
-        annotations = document["spec"]["template"]["metadata"].get("annotations") or {}
-        assert annotations.get("checksum/platform-secrets") == digests[0], document["metadata"]["name"]
+    assert not is_secret(airflow_release(runs[0]).inputs["values"]["scheduler"]["podAnnotations"]
+                         ["checksum/platform-secrets"]), "a digest, not a secret: it must not hide the values' diff"
+    # On every long-running Airflow pod template the chart renders, and on no Job: a Job's template is
+    # immutable, and an upgrade that changed it within the Jobs' TTL would fail.
+    workloads = [d for d in render_all(runs[0])["airflow"] if d["kind"] in ("Deployment", "StatefulSet", "Job")]
+    annotated = {d["spec"]["template"]["metadata"]["labels"]["component"]: (d["kind"], (
+        d["spec"]["template"]["metadata"].get("annotations") or {}).get("checksum/platform-secrets"))
+        for d in workloads}
+    assert annotated == {
+        **{component: ("Deployment", digests[0]) for component in
+           ("scheduler", "worker", "api-server", "triggerer", "dag-processor", "flower")},
+        "statsd": ("Deployment", None), "run-airflow-migrations": ("Job", None), "create-user-job": ("Job", None)}
+
+
+def test_rotating_the_redis_password_rolls_the_airflow_pods_that_hold_the_broker_url():
+    seed = secrets.randbits(32)
+    first, rotated = (run_program("prod", password_seed=s) for s in (seed, seed + 1))
+    broker_urls = [next(s for s in r.of_type("kubernetes:core/v1:Secret")
+                        if s.values["metadata"]["name"] == "airflow-broker-url").values["stringData"]["connection"]
+                   for r in (first, rotated)]
+    assert broker_urls[0] != broker_urls[1]
+    assert chart_values(first)["workers"]["podAnnotations"] != chart_values(rotated)["workers"]["podAnnotations"]

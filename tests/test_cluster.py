@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from components.cluster import ADDONS_AFTER_NODES, ADDONS_BEFORE_NODES, subnet_plan
-from harness import DEPLOYER_ROLE, REPO, SCHEMAS, STACKS, is_secret, run_program, unwrap
+from harness import DEPLOYER_ROLE, REPO, SCHEMAS, STACKS, ProgramFailed, is_secret, run_program, unwrap
 from schemas import chart_defaults, missing_value_paths, validate_kubernetes_object
 
 AWS_STACKS = ("prod", "staging")
@@ -324,3 +324,39 @@ def test_a_service_cidr_inside_the_vpc_is_refused():
     with pytest.raises(SettingsError, match=r"airflow:kubernetesServiceCidr: must not overlap vpcCidr"):
         load_settings({"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com",
                        "route53ZoneId": "Z0123", "vpcCidr": "10.20.0.0/16", "kubernetesServiceCidr": "10.20.0.0/16"})
+
+
+def test_entries_of_the_admin_list_keep_their_former_names_as_aliases(prod):
+    """Entries were named by list position before; without an alias Pulumi would create the renamed entry
+    next to the old one for the same principal (409) and then delete the old one (access lost)."""
+    entry = prod.one("aws:eks/accessEntry:AccessEntry", "cluster-admin-role-platform-admins")
+    assert "cluster-admin-0" in entry.alias_names
+    association = prod.one("aws:eks/accessPolicyAssociation:AccessPolicyAssociation", "cluster-admin-role-platform-admins")
+    assert "cluster-admin-0" in association.alias_names
+    assert prod.one("aws:eks/accessEntry:AccessEntry", "cluster-admin-role-pulumi-deployer").alias_names == []
+
+
+def test_a_cluster_created_with_the_creators_implicit_entry_is_not_replaced(prod):
+    eks = prod.one("aws:eks/cluster:Cluster")
+    assert "accessConfig.bootstrapClusterCreatorAdminPermissions" in eks.ignore_changes
+
+
+def test_a_root_deployer_is_refused_with_a_clear_error():
+    with pytest.raises(ProgramFailed, match=r"cannot be given an EKS access entry .* run it as an IAM role or user"):
+        run_program("prod", deployer_arn="arn:aws:iam::111122223333:root")
+
+
+def test_the_deployer_and_the_s3_prefix_list_are_looked_up_by_what_aws_calls_them(prod):
+    calls = dict(prod.invokes)
+    assert calls["aws:ec2/getPrefixList:getPrefixList"]["name"] == "com.amazonaws.eu-west-1.s3"
+    # The session context is asked about the caller's own ARN (an assumed-role session), not a guess.
+    assert "aws:index/getCallerIdentity:getCallerIdentity" in calls
+    assert calls["aws:iam/getSessionContext:getSessionContext"]["arn"].startswith(
+        "arn:aws:sts::111122223333:assumed-role/pulumi-deployer/")
+
+
+def test_the_service_cidr_defaults_to_what_each_target_uses(stack_runs):
+    from components.settings import load_settings
+    assert str(load_settings({"target": "local"}).service_cidr) == "10.96.0.0/16"
+    assert stack_runs["prod"].one("aws:eks/cluster:Cluster").values["kubernetesNetworkConfig"]["serviceIpv4Cidr"] \
+        == "172.20.0.0/16"

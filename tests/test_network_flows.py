@@ -18,8 +18,8 @@ import pytest
 from components import workloads as w
 from components.cluster import subnet_plan
 from harness import FAKE_S3_CIDRS, run_program
-from netpol import Endpoint, Policy, allowed, selects
-from rendering import Pod, platform_pods, rendered_network_policies
+from netpol import Endpoint, Policy, Service, allowed, allowed_through_service, selects
+from rendering import Pod, chart_services, operator_services, platform_pods, rendered_network_policies
 
 NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 AIRFLOW = w.AIRFLOW_NAMESPACE
@@ -342,3 +342,94 @@ def test_git_sync_reaches_the_git_host_over_https_only():
     assert allowed(policies, found["dag-processor"][0], found["internet-host"][0], 443)
     assert not allowed(policies, found["dag-processor"][0], found["internet-host"][0], 22)
     assert not allowed(policies, found["statsd"][0], found["internet-host"][0], 443)
+
+
+# --- through Services -------------------------------------------------------------------------------------
+# Who dials which Service (the address clients are configured with): role, Service, port, protocol.
+SERVICE_FLOWS = [
+    *[(role, w.POSTGRES_POOLER, 5432, "TCP") for role in (*AIRFLOW_CLIENTS, "keda-operator")],
+    # PgBouncer's [databases], the standbys' primary_conninfo and the join Job's pg_basebackup: the -rw Service.
+    *[(role, f"{w.POSTGRES_CLUSTER}-rw", 5432, "TCP") for role in ("pgbouncer", "postgres", "join-job")],
+    *[(role, "airflow-redis-haproxy", 6379, "TCP") for role in ("worker", "scheduler", "flower", "api-server")],
+    *[(role, "airflow-api-server", 8080, "TCP") for role in ("worker", "triggerer", "dag-processor", "scheduler")],
+    *[(role, "airflow-statsd", 9125, "UDP") for role in LOG_WRITERS],
+    # redis-ha's servers and HAProxy find each other through the per-server announce Services.
+    *[(role, f"airflow-redis-announce-{index}", port, "TCP") for role in ("haproxy", "redis")
+      for index in range(3) for port in (6379, 26379)],
+]
+SERVICE_FORBIDDEN = [
+    ("statsd", w.POSTGRES_POOLER, 5432, "TCP"),
+    ("statsd", "airflow-redis-haproxy", 6379, "TCP"),
+    ("stranger", w.POSTGRES_POOLER, 5432, "TCP"),
+    ("worker", f"{w.POSTGRES_CLUSTER}-rw", 5432, "TCP"),
+    ("api-server", f"{w.POSTGRES_CLUSTER}-r", 5432, "TCP"),
+    ("worker", "airflow-redis-announce-0", 6379, "TCP"),
+]
+
+
+@functools.lru_cache(maxsize=None)
+def services(variant: str) -> dict[str, tuple[Service, list[Endpoint]]]:
+    """Services of the Airflow namespace by name, each with its ClusterIP and the endpoints behind it."""
+    run = variant_run(variant)
+    found = endpoints(variant)
+    pods = [endpoint for role_endpoints in found.values() for endpoint in role_endpoints
+            if endpoint.namespace == AIRFLOW]
+    ips = iter(ipaddress.ip_network("172.20.16.0/20").hosts())
+    named = [(name, selector) for namespace, name, selector in chart_services(run) if namespace == AIRFLOW]
+    result = {}
+    for name, selector in named + operator_services(run):
+        service = Service(name, AIRFLOW, str(next(ips)), tuple(sorted(selector.items())))
+        result[name] = (service, [pod for pod in pods if selects({"matchLabels": selector}, pod.labels)])
+    return result
+
+
+def through_services(variant: str, flows: list[tuple], before_translation: bool) -> tuple[list[str], list[str]]:
+    """(flows admitted, flows refused), each source pod to each backend of the Service."""
+    found, known = endpoints(variant), services(variant)
+    policies = all_policies(variant)
+    admitted_flows, refused_flows = [], []
+    for role, name, port, protocol in flows:
+        if name not in known:
+            continue
+        service, backends = known[name]
+        for source in found.get(role, []):
+            for backend in backends:
+                # Only the pods that serve the port (the major-upgrade Job also carries the primary's labels).
+                if role_of_endpoint(backend) in ("major-upgrade-job",):
+                    continue
+                ok = allowed_through_service(policies, source, service, backend, port, protocol, before_translation)
+                (admitted_flows if ok else refused_flows).append(f"{source.name} -> {name} ({backend.name}):{port}")
+    return admitted_flows, refused_flows
+
+
+def role_of_endpoint(endpoint: Endpoint) -> Optional[str]:
+    return next((role for role, namespace, selector in ROLES
+                 if namespace == endpoint.namespace and selects(selector, endpoint.labels)), None)
+
+
+@pytest.mark.parametrize("variant", STACK_VARIANTS)
+def test_every_flow_through_a_service_is_allowed_as_the_network_plugin_evaluates_it(variant):
+    """The VPC CNI (AWS stacks) checks egress at the ClusterIP; kind's kube-network-policies after translation."""
+    before_translation = STACK_VARIANTS[variant][0] != "local"
+    known = services(variant)
+    assert {w.POSTGRES_POOLER, f"{w.POSTGRES_CLUSTER}-rw", "airflow-redis-haproxy", "airflow-api-server"} <= set(known)
+    assert all(backends for name, (_, backends) in known.items()
+               if name in (w.POSTGRES_POOLER, f"{w.POSTGRES_CLUSTER}-rw", "airflow-redis-haproxy")), known
+    admitted_flows, refused_flows = through_services(variant, SERVICE_FLOWS, before_translation)
+    assert refused_flows == []
+    assert len(admitted_flows) >= len(SERVICE_FLOWS) / 2
+    admitted_forbidden, _ = through_services(variant, SERVICE_FORBIDDEN, before_translation)
+    assert admitted_forbidden == []
+
+
+def test_a_peer_that_does_not_match_the_rw_services_selector_loses_the_primary_on_eks():
+    """What the VPC CNI did to the program before the -rw selector was named: PgBouncer, the standbys and the
+    join Job selected the instances by cnpg.io/podRole, which the -rw Service's selector does not carry."""
+    policies = [Policy(p.name, p.namespace, {**p.spec, "egress": [
+        {**rule, "to": [peer for peer in rule["to"] if peer.get("podSelector", {}).get("matchLabels")
+                        != w.POSTGRES_PRIMARY_SERVICE_SELECTOR]} for rule in p.spec.get("egress") or []]})
+        for p in all_policies("prod")]
+    service, backends = services("prod")[f"{w.POSTGRES_CLUSTER}-rw"]
+    pgbouncer = endpoints("prod")["pgbouncer"][0]
+    assert not allowed_through_service(policies, pgbouncer, service, backends[0], 5432)
+    assert allowed_through_service(policies, pgbouncer, service, backends[0], 5432, egress_before_translation=False)
