@@ -10,6 +10,7 @@ from components.airflow import AirflowRelease, AirflowReleaseArgs
 from components.broker import Broker, BrokerArgs
 from components.cluster import Cluster, ClusterArgs
 from components.database import Database, DatabaseArgs
+from components.observability import Observability, ObservabilityArgs
 from components.security import Security, SecurityArgs
 from components.settings import load_settings
 from components.storage import Storage, StorageArgs
@@ -71,6 +72,17 @@ broker = Broker("broker", BrokerArgs(
     storage_class_name=cluster.default_storage_class_name,
 ))
 
+# Next to Database and Broker, and nothing waits for it.
+observability = Observability("observability", ObservabilityArgs(
+    settings=settings,
+    k8s_provider=cluster.provider,
+    monitoring_namespace=security.monitoring_namespace,
+    storage_class_name=cluster.default_storage_class_name,
+    aws_provider=aws_provider,
+    certificate_arn=security.certificate_arn,
+    load_balancer_controller=cluster.load_balancer_controller,
+))
+
 airflow = AirflowRelease("airflow", AirflowReleaseArgs(
     settings=settings,
     k8s_provider=cluster.provider,
@@ -98,6 +110,8 @@ airflow = AirflowRelease("airflow", AirflowReleaseArgs(
 pulumi.export("ingress_url", airflow.ingress_url)
 pulumi.export("admin_username", airflow.admin_username)
 pulumi.export("admin_password", security.admin_password)
+pulumi.export("grafana_url", observability.grafana_url)
+pulumi.export("grafana_admin_password", observability.grafana_admin_password)
 pulumi.export("cluster_name", cluster.cluster_name)
 pulumi.export("metadata_connection_secret", database.connection_secret_name)
 pulumi.export("broker_url_secret", broker.connection_secret_name)

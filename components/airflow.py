@@ -19,6 +19,7 @@ import pulumi_kubernetes as k8s
 from components import workloads as w
 from components.database import ASYNC_CONNECTION_KEY
 from components.helm import chart_release
+from components.ingress import alb_ingress
 from components.security import namespace_with_pod_security, secrets_checksum
 from components.settings import Settings
 
@@ -246,6 +247,8 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
 
 def keda_values(node_selector: Optional[dict] = None) -> dict:
     return {
+        # Exposes the operator's metrics port (Observability's PodMonitor scrapes it); no monitor from here.
+        "prometheus": {"operator": {"enabled": True}},
         **({"nodeSelector": node_selector} if node_selector else {}),
         "resources": {
             "operator": resources("100m", "256Mi"),
@@ -253,24 +256,6 @@ def keda_values(node_selector: Optional[dict] = None) -> dict:
             "webhooks": resources("50m", "128Mi"),
         },
     }
-
-
-def ingress_annotations(settings: Settings, certificate_arn: pulumi.Input[str]) -> dict:
-    annotations = {
-        "alb.ingress.kubernetes.io/scheme": settings.ingress_scheme,
-        # Straight to the pods (VPC CNI addresses): no NodePort hop, and the NetworkPolicies see the ALB.
-        "alb.ingress.kubernetes.io/target-type": "ip",
-        "alb.ingress.kubernetes.io/listen-ports": json.dumps([{"HTTP": 80}, {"HTTPS": 443}]),
-        "alb.ingress.kubernetes.io/ssl-redirect": "443",
-        "alb.ingress.kubernetes.io/certificate-arn": certificate_arn,
-        "alb.ingress.kubernetes.io/ssl-policy": "ELBSecurityPolicy-TLS13-1-2-2021-06",
-        "alb.ingress.kubernetes.io/healthcheck-path": HEALTH_CHECK_PATH,
-        "alb.ingress.kubernetes.io/success-codes": "200",
-        "alb.ingress.kubernetes.io/load-balancer-attributes": "routing.http.drop_invalid_header_fields.enabled=true",
-    }
-    if settings.ingress_allowed_cidrs:
-        annotations["alb.ingress.kubernetes.io/inbound-cidrs"] = ",".join(map(str, settings.ingress_allowed_cidrs))
-    return annotations
 
 
 @dataclass
@@ -360,27 +345,11 @@ class AirflowRelease(pulumi.ComponentResource):
         self.register_outputs({"ingress_url": self.ingress_url, "admin_username": self.admin_username})
 
     def _build_ingress(self, name: str, args: AirflowReleaseArgs, k8s_opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
-        settings = args.settings
-        ingress = k8s.networking.v1.Ingress(
-            f"{name}-api-server",
-            metadata={"name": API_SERVER_SERVICE, "namespace": args.airflow_namespace,
-                      "annotations": ingress_annotations(settings, args.certificate_arn)},
-            spec={
-                "ingressClassName": "alb",
-                "rules": [{"host": settings.ingress_host, "http": {"paths": [{
-                    "path": "/", "pathType": "Prefix",
-                    "backend": {"service": {"name": API_SERVER_SERVICE, "port": {"number": w.API_SERVER_PORT}}}}]}}],
-            },
+        return alb_ingress(
+            f"{name}-api-server", settings=args.settings, namespace=args.airflow_namespace,
+            host=args.settings.ingress_host, service=API_SERVER_SERVICE, port=w.API_SERVER_PORT,
+            health_check_path=HEALTH_CHECK_PATH, group_order=10, certificate_arn=args.certificate_arn,
+            aws_provider=args.aws_provider, record_resource_name=f"{name}-ingress-host",
+            # Only the controller gives the Ingress its ALB (and the address Pulumi waits for).
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[
                 self.release, *([args.load_balancer_controller] if args.load_balancer_controller else [])])))
-        load_balancer_host = ingress.status.apply(lambda status: status.load_balancer.ingress[0].hostname)
-        alb_zone = aws.lb.get_hosted_zone_id(load_balancer_type="application", region=settings.region,
-                                             opts=pulumi.InvokeOptions(provider=args.aws_provider)).id
-        record = aws.route53.Record(
-            f"{name}-ingress-host",
-            zone_id=settings.route53_zone_id,
-            name=settings.ingress_host,
-            type="A",
-            aliases=[{"name": load_balancer_host, "zone_id": alb_zone, "evaluate_target_health": True}],
-            opts=pulumi.ResourceOptions(parent=self, provider=args.aws_provider))
-        return record.fqdn.apply(lambda _: f"https://{settings.ingress_host}")

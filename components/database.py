@@ -160,7 +160,9 @@ def operator_values(ha: bool, node_selector: Optional[dict] = None) -> dict:
         "replicaCount": 2 if ha else 1,
         "crds": {"create": True},
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
-        "monitoring": {"podMonitorEnabled": False},
+        # The operator's PodMonitor is Observability's (it needs its CRDs); the official CloudNativePG
+        # dashboard is a plain ConfigMap that Grafana's sidecar picks up.
+        "monitoring": {"podMonitorEnabled": False, "grafanaDashboard": {"create": True}},
     }
 
 

@@ -410,23 +410,30 @@ class Security(pulumi.ComponentResource):
         if settings.certificate_arn:
             return pulumi.Output.from_input(settings.certificate_arn)
         aws_opts = pulumi.ResourceOptions(parent=self, provider=args.aws_provider)
+        # One certificate for every host the shared load balancer serves (Airflow, Grafana).
+        extra_hosts = [settings.grafana_host] if settings.grafana_host else []
         certificate = aws.acm.Certificate(
             f"{name}-ingress", domain_name=settings.ingress_host, validation_method="DNS",
+            subject_alternative_names=extra_hosts or None,
             opts=pulumi.ResourceOptions.merge(aws_opts, pulumi.ResourceOptions(
                 # A replacement must exist before the load balancer lets go of the old one.
                 delete_before_replace=False)))
-        validation = certificate.domain_validation_options[0]
-        record = aws.route53.Record(
-            f"{name}-ingress-validation",
-            zone_id=settings.route53_zone_id,
-            name=validation.resource_record_name,
-            type=validation.resource_record_type,
-            records=[validation.resource_record_value],
-            ttl=300,
-            allow_overwrite=True,
-            opts=aws_opts)
+        records = []
+        for index in range(1 + len(extra_hosts)):
+            validation = certificate.domain_validation_options[index]
+            records.append(aws.route53.Record(
+                # The first keeps its former name.
+                f"{name}-ingress-validation" + (f"-{index}" if index else ""),
+                zone_id=settings.route53_zone_id,
+                name=validation.resource_record_name,
+                type=validation.resource_record_type,
+                records=[validation.resource_record_value],
+                ttl=300,
+                allow_overwrite=True,
+                opts=aws_opts))
         validated = aws.acm.CertificateValidation(
-            f"{name}-ingress", certificate_arn=certificate.arn, validation_record_fqdns=[record.fqdn], opts=aws_opts)
+            f"{name}-ingress", certificate_arn=certificate.arn,
+            validation_record_fqdns=[record.fqdn for record in records], opts=aws_opts)
         return validated.certificate_arn
 
     def _build_cert_manager(self, name: str, namespace: k8s.core.v1.Namespace) -> None:

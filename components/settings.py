@@ -265,6 +265,44 @@ class Settings(BaseModel):
         description="CIDRs allowed to reach the ALB; empty allows everyone the scheme allows.")
     flower_enabled: bool = Field(default=True, description="Run Celery Flower (reach it with a port-forward; it gets no ingress).")
 
+    # --- Observability -----------------------------------------------------------------------------
+    kube_prometheus_stack_chart_version: str = Field(
+        default="88.5.3", pattern=r"^\d+\.\d+\.\d+$", description="Chart version of kube-prometheus-stack.")
+    prometheus_retention_days: int = Field(
+        default=15, ge=1, le=365, description="Days Prometheus keeps its samples.")
+    prometheus_storage_gib: int = Field(
+        default=20, ge=5, le=4096,
+        description="Volume of each Prometheus replica, in GiB; samples are also dropped at 90 % of it.")
+    grafana_host: str = Field(
+        default="", pattern=r"^$|^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$",
+        description="Host name of Grafana, served by the Airflow ALB (an ingress group) with the same certificate; "
+                    "required when target=aws, in the zone route53ZoneId.")
+    alert_slack_webhook_url: str = Field(
+        default="", pattern=r"^$|^https://\S+$", repr=False, json_schema_extra={"secret": True},
+        description="Slack incoming-webhook URL alerts are sent to (set with `pulumi config set --secret`).")
+    alert_slack_channel: str = Field(
+        default="", pattern=r"^$|^[#@]?[a-z0-9._-]{1,80}$",
+        description="Slack channel for alerts; empty uses the webhook's own channel.")
+    alert_email_to: str = Field(
+        default="", pattern=r"^$|^[^@\s]+@[^@\s]+$", description="E-mail address alerts are sent to.")
+    alert_email_from: str = Field(
+        default="", pattern=r"^$|^[^@\s]+@[^@\s]+$", description="Sender address of alert e-mails.")
+    alert_smtp_smarthost: str = Field(
+        default="", pattern=r"^$|^[A-Za-z0-9.-]+:\d{1,5}$",
+        description="SMTP server of alert e-mails, host:port (TLS required).")
+    alert_smtp_username: str = Field(default="", max_length=256, description="SMTP user of alert e-mails.")
+    alert_smtp_password: str = Field(
+        default="", max_length=256, repr=False, json_schema_extra={"secret": True},
+        description="SMTP password of alert e-mails (set with `pulumi config set --secret`).")
+    alert_runbook_base_url: str = Field(
+        default="https://github.com/example/airflow-platform/blob/main/README.md", pattern=r"^https?://\S+$",
+        description="Where the README is published: every alert's runbook_url is this plus the alert's anchor.")
+    postgres_replication_lag_alert_seconds: int = Field(
+        default=300, ge=10, le=86400, description="Replication lag of a standby that raises an alert, in seconds.")
+    airflow_queued_alert_minutes: int = Field(
+        default=15, ge=1, le=1440,
+        description="Minutes tasks may sit queued while none run before an alert is raised.")
+
     # --- AWS: pinned versions ----------------------------------------------------------------------
     aws_load_balancer_controller_chart_version: str = Field(
         default="3.5.0", pattern=r"^\d+\.\d+\.\d+$",
@@ -399,6 +437,16 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
     if settings.is_aws and settings.service_cidr.overlaps(settings.vpc_cidr):
         problems.append(("kubernetesServiceCidr", f"must not overlap vpcCidr ({settings.vpc_cidr}), got "
                                                   f"{settings.service_cidr} (for example 10.100.0.0/16)"))
+    if settings.is_aws and not settings.grafana_host:
+        problems.append(("grafanaHost", "is required when target is 'aws' (the host name of Grafana, in "
+                                        "route53ZoneId, e.g. grafana.example.com)"))
+    if settings.grafana_host and settings.grafana_host == settings.ingress_host:
+        problems.append(("grafanaHost", f"must differ from ingressHost ({settings.ingress_host}): both are "
+                                        "served by the same load balancer, by host name"))
+    email = [settings.alert_email_to, settings.alert_email_from, settings.alert_smtp_smarthost]
+    if any(email) and not all(email):
+        problems.append(("alertEmailTo", "alertEmailTo, alertEmailFrom and alertSmtpSmarthost go together: set "
+                                         "all three for e-mail alerts, or none"))
     if settings.worker_min_replicas > settings.worker_max_replicas:
         problems.append(("workerMinReplicas", f"must not exceed workerMaxReplicas ({settings.worker_max_replicas}), "
                                               f"got {settings.worker_min_replicas}"))
@@ -408,6 +456,17 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
             f"must lie between workerNodeMin ({settings.worker_node_min}) and workerNodeMax "
             f"({settings.worker_node_max}), got {settings.worker_node_desired}"))
     return problems
+
+
+SECRET_SETTINGS = tuple(field.alias for field in Settings.model_fields.values()
+                        if (field.json_schema_extra or {}).get("secret"))
+
+
+def _plain_text_secrets(raw: dict[str, str]) -> list[str]:
+    """Secret settings given without `--secret`: they would sit in plain text in the stack file."""
+    return [f"{PROJECT_NAMESPACE}:{key}: must be set with `pulumi config set --secret {PROJECT_NAMESPACE}:{key}`, "
+            "not in plain text" for key in SECRET_SETTINGS
+            if raw.get(key) and not pulumi.runtime.is_config_secret(f"{PROJECT_NAMESPACE}:{key}")]
 
 
 def _project_config() -> dict[str, str]:
@@ -448,7 +507,7 @@ def load_settings(raw_config: Optional[dict[str, str]] = None) -> Settings:
     """Read and validate the stack's settings; raise SettingsError naming every bad key."""
     raw = _project_config() if raw_config is None else raw_config
     known = {field.alias for field in Settings.model_fields.values()}
-    problems: list[str] = []
+    problems: list[str] = _plain_text_secrets(raw) if raw_config is None else []
     for key in sorted(set(raw) - known):
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         hint = f"; did you mean '{PROJECT_NAMESPACE}:{close[0]}'?" if close else ""
@@ -491,7 +550,7 @@ def pulumi_yaml_config() -> dict[str, dict]:
         default = field.get_default(call_default_factory=True)
         if isinstance(default, ipaddress.IPv4Network):
             default = str(default)
-        if isinstance(default, dict) or name == "worker_node_taints":
+        if isinstance(default, dict) or name == "worker_node_taints" or field.alias in SECRET_SETTINGS:
             continue
         entry: dict = {"type": _PULUMI_YAML_TYPES[type(default)]}
         if isinstance(default, list):

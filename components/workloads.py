@@ -14,6 +14,7 @@ KEDA_NAMESPACE = "keda"
 # Helm release / resource names (the charts derive service, pod and service-account names from them).
 AIRFLOW_RELEASE = "airflow"
 REDIS_RELEASE = "airflow-redis"
+PROMETHEUS_RELEASE = "kube-prometheus-stack"
 POSTGRES_CLUSTER = "airflow-db"
 POSTGRES_POOLER = "airflow-db-pooler"
 

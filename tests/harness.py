@@ -182,8 +182,9 @@ class PlatformMocks(pulumi_mocks.Mocks):
             state["arn"] = f"arn:aws:s3:::{state['bucket']}"
         elif args.typ == "aws:acm/certificate:Certificate":
             state["domainValidationOptions"] = [{
-                "domainName": inputs["domainName"], "resourceRecordName": f"_x1.{inputs['domainName']}.",
-                "resourceRecordType": "CNAME", "resourceRecordValue": "_x2.acm-validations.aws."}]
+                "domainName": domain, "resourceRecordName": f"_x1.{domain}.",
+                "resourceRecordType": "CNAME", "resourceRecordValue": f"_x2.{domain}.acm-validations.aws."}
+                for domain in [inputs["domainName"], *(inputs.get("subjectAlternativeNames") or [])]]
         elif args.typ == "kubernetes:networking.k8s.io/v1:Ingress":
             state["status"] = {"loadBalancer": {"ingress": [
                 {"hostname": f"k8s-airflow-{args.name}-1234567890.eu-west-1.elb.amazonaws.com"}]}}

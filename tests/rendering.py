@@ -111,14 +111,63 @@ def chart_pods(chart: str, documents: list[dict]) -> list[Pod]:
             continue
         template = _pod_template(document)
         replicas = document["spec"].get("replicas", 1) if document["kind"] in ("Deployment", "StatefulSet") else 1
-        pods.append(Pod(
-            source=f"chart {chart}: {document['kind']}/{document['metadata']['name']}",
-            namespace=document["metadata"]["namespace"],
-            labels=dict(template["metadata"].get("labels") or {}),
-            spec=template["spec"],
-            replicas=replicas if replicas is not None else 1,
-            per_node=document["kind"] == "DaemonSet",
-        ))
+        replicas = 1 if replicas is None else int(replicas)
+        source = f"chart {chart}: {document['kind']}/{document['metadata']['name']}"
+        labels = dict(template["metadata"].get("labels") or {})
+        if document["kind"] == "StatefulSet":
+            # Each StatefulSet pod carries its own name as a label (per-pod Services select on it).
+            pods += [Pod(source=f"{source}-{index}", namespace=document["metadata"]["namespace"],
+                         labels={**labels, "statefulset.kubernetes.io/pod-name": f"{document['metadata']['name']}-{index}"},
+                         spec=template["spec"]) for index in range(replicas)]
+            continue
+        pods.append(Pod(source=source, namespace=document["metadata"]["namespace"], labels=labels,
+                        spec=template["spec"], replicas=replicas, per_node=document["kind"] == "DaemonSet"))
+    return pods
+
+
+# --- pods the Prometheus operator creates from the Prometheus and Alertmanager resources ----------------------
+# As prometheus-operator v0.93 builds their StatefulSets (pkg/prometheus/server/statefulset.go,
+# pkg/alertmanager/statefulset.go): labels app.kubernetes.io/name=<prometheus|alertmanager>,
+# app.kubernetes.io/instance=<name>, app.kubernetes.io/managed-by=prometheus-operator, <kind>=<name>; the
+# main container with the resource's resources and a config-reloader (and its init container) with the
+# resources the operator was started with (--config-reloader-* flags, from the chart's values).
+def _reloader_resources(documents: list[dict]) -> dict:
+    operator = next(d for d in documents if d["kind"] == "Deployment"
+                    and (d["spec"]["template"]["metadata"].get("labels") or {}).get("app.kubernetes.io/component")
+                    == "prometheus-operator")
+    flags = dict(arg.removeprefix("--").split("=", 1)
+                 for arg in operator["spec"]["template"]["spec"]["containers"][0]["args"] if "=" in arg)
+    requests = {"cpu": flags["config-reloader-cpu-request"], "memory": flags["config-reloader-memory-request"]}
+    limits = {key: flags[f"config-reloader-{key}-limit"] for key in ("cpu", "memory")
+              if flags.get(f"config-reloader-{key}-limit") not in (None, "0")}
+    return {"requests": requests, "limits": limits}
+
+
+def prometheus_operator_pods(documents: list[dict]) -> list[Pod]:
+    pods = []
+    for document in documents:
+        if document["kind"] not in ("Prometheus", "Alertmanager"):
+            continue
+        kind, name, spec = document["kind"].lower(), document["metadata"]["name"], document["spec"]
+        reloader = {"name": "config-reloader", "resources": _reloader_resources(documents),
+                    "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                        "capabilities": {"drop": ["ALL"]}}}
+        main = {"name": kind, "resources": spec.get("resources") or {},
+                "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}}}
+        pod_spec = {"securityContext": spec.get("securityContext") or {},
+                    "initContainers": [{**reloader, "name": "init-config-reloader"}],
+                    "containers": [main, reloader]}
+        for key in ("nodeSelector", "affinity", "tolerations"):
+            if spec.get(key):
+                pod_spec[key] = spec[key]
+        labels = {"app.kubernetes.io/name": kind, "app.kubernetes.io/instance": name,
+                  "app.kubernetes.io/managed-by": "prometheus-operator", kind: name}
+        replicas = int(spec.get("replicas", 1))
+        pods += [Pod(source=f"operator prometheus-operator: {document['kind']}/{name}-{index}",
+                     namespace=document["metadata"]["namespace"],
+                     labels={**labels, "statefulset.kubernetes.io/pod-name": f"{kind}-{name}-{index}"},
+                     spec=pod_spec) for index in range(replicas)]
     return pods
 
 
@@ -292,7 +341,9 @@ def platform_pods(run: ProgramRun) -> list[Pod]:
     """Every pod template the platform runs for this program run: rendered charts and operator-made pods."""
     key = id(run)
     if key not in _PODS_CACHE:
-        pods = [pod for chart, documents in render_all(run).items() for pod in chart_pods(chart, documents)]
+        rendered = render_all(run)
+        pods = [pod for chart, documents in rendered.items() for pod in chart_pods(chart, documents)]
+        pods += prometheus_operator_pods(rendered.get("kube-prometheus-stack", []))
         _PODS_CACHE[key] = pods + operator_pods(run)
     return _PODS_CACHE[key]
 

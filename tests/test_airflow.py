@@ -181,7 +181,7 @@ def test_chart_network_policy_for_the_api_server_admits_what_security_admits(pro
 
 
 def test_https_ingress_through_the_alb_with_the_acm_certificate(prod):
-    ingress = prod.one("kubernetes:networking.k8s.io/v1:Ingress")
+    ingress = prod.one("kubernetes:networking.k8s.io/v1:Ingress", "airflow-api-server")
     annotations = ingress.values["metadata"]["annotations"]
     assert annotations["alb.ingress.kubernetes.io/certificate-arn"] == unwrap(prod.outputs["certificate_arn"])
     assert json.loads(annotations["alb.ingress.kubernetes.io/listen-ports"]) == [{"HTTP": 80}, {"HTTPS": 443}]
@@ -200,7 +200,7 @@ def test_https_ingress_through_the_alb_with_the_acm_certificate(prod):
 
 def test_allow_list_and_internal_scheme_reach_the_load_balancer():
     run = run_program("prod", overrides={"ingressScheme": "internal", "ingressAllowedCidrs": ["192.0.2.0/24"]})
-    annotations = run.one("kubernetes:networking.k8s.io/v1:Ingress").values["metadata"]["annotations"]
+    annotations = run.one("kubernetes:networking.k8s.io/v1:Ingress", "airflow-api-server").values["metadata"]["annotations"]
     assert annotations["alb.ingress.kubernetes.io/scheme"] == "internal"
     assert annotations["alb.ingress.kubernetes.io/inbound-cidrs"] == "192.0.2.0/24"
 
@@ -217,7 +217,9 @@ def test_flower_runs_without_a_public_ingress(prod):
     values = chart_values(prod)
     assert values["flower"]["enabled"] is True
     assert values["ingress"]["flower"]["enabled"] is False
-    assert len(prod.of_type("kubernetes:networking.k8s.io/v1:Ingress")) == 1
+    backends = [r.values["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"]
+                for r in prod.of_type("kubernetes:networking.k8s.io/v1:Ingress")]
+    assert sorted(backends) == ["airflow-api-server", "kube-prometheus-stack-grafana"], "no Flower ingress"
 
 
 def test_outputs(prod, staging, local):

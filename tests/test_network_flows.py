@@ -45,6 +45,13 @@ ROLES: list[tuple[str, str, dict]] = [
     ("keda-metrics-apiserver", w.KEDA_NAMESPACE, {"matchLabels": {"app": "keda-operator-metrics-apiserver"}}),
     ("keda-admission-webhooks", w.KEDA_NAMESPACE, {"matchLabels": {"app": "keda-admission-webhooks"}}),
     ("lb-controller", "kube-system", {"matchLabels": {"app.kubernetes.io/name": "aws-load-balancer-controller"}}),
+    ("prometheus", w.MONITORING_NAMESPACE, {"matchLabels": w.PROMETHEUS_PODS}),
+    ("alertmanager", w.MONITORING_NAMESPACE, {"matchLabels": {"app.kubernetes.io/name": "alertmanager"}}),
+    ("grafana", w.MONITORING_NAMESPACE, {"matchLabels": {"app.kubernetes.io/name": "grafana"}}),
+    ("kube-state-metrics", w.MONITORING_NAMESPACE, {"matchLabels": {"app.kubernetes.io/name": "kube-state-metrics"}}),
+    ("node-exporter", w.MONITORING_NAMESPACE, {"matchLabels": {"app.kubernetes.io/name": "prometheus-node-exporter"}}),
+    ("prometheus-operator", w.MONITORING_NAMESPACE,
+     {"matchLabels": {"app.kubernetes.io/name": "kube-prometheus-stack-prometheus-operator"}}),
 ]
 
 
@@ -192,7 +199,6 @@ def endpoints(variant: str) -> dict[str, list[Endpoint]]:
     def pod(role, namespace, labels):
         add(role, Endpoint(role, namespace, str(next(pod_net)), labels))
 
-    pod("prometheus", w.MONITORING_NAMESPACE, {**w.PROMETHEUS_PODS, "prometheus": "kube-prometheus-stack"})
     pod("coredns", "kube-system", {**w.KUBE_DNS_PODS, "eks.amazonaws.com/component": "coredns"})
     pod("stranger", "default", {"app": "curious"})
     pod("stranger-posing-as-worker", "default", dict(w.AIRFLOW_WORKER))

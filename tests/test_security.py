@@ -75,7 +75,9 @@ def test_operators_role_reads_and_never_touches_secrets(prod):
 
 # --- secrets --------------------------------------------------------------------------------------------
 def secrets_by_name(run) -> dict[str, dict]:
-    return {r.values["metadata"]["name"]: r for r in run.of_type(SECRET)}
+    """The Secrets of the Airflow namespace by name."""
+    return {r.values["metadata"]["name"]: r for r in run.of_type(SECRET)
+            if r.values["metadata"]["namespace"] == w.AIRFLOW_NAMESPACE}
 
 
 @pytest.mark.parametrize("stack", ["local", "prod"])

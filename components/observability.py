@@ -1,0 +1,255 @@
+"""Observability: Prometheus, Alertmanager and Grafana (kube-prometheus-stack), the monitors that scrape
+Airflow, PostgreSQL, PgBouncer, Redis and KEDA, the platform's alert rules, and its dashboards.
+
+Nothing else waits for it: the Airflow release never depends on Observability, and the other releases
+create no monitor of their own (a monitor needs this release's CRDs); every monitor is created here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+import yaml
+
+from components import workloads as w
+from components.alerts import alert_groups, prometheus_rule_spec
+from components.helm import chart_release
+from components.ingress import alb_ingress
+from components.settings import Settings
+
+KPS_CHARTS = "https://prometheus-community.github.io/helm-charts"
+GRAFANA_SERVICE = f"{w.PROMETHEUS_RELEASE}-grafana"
+GRAFANA_ADMIN_SECRET = "grafana-admin"
+ALERTMANAGER_CONFIG_SECRET = "alertmanager-platform"
+DASHBOARDS_DIR = Path(__file__).parent / "dashboards"
+# kube-prometheus-stack's Prometheus selects monitors and rules labelled for its release.
+SELECTED = {"release": w.PROMETHEUS_RELEASE}
+
+
+def resources(cpu: str, memory: str, memory_limit: Optional[str] = None) -> dict:
+    return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory_limit or memory}}
+
+
+def kube_prometheus_stack_values(settings: Settings, storage_class: Optional[str]) -> dict:
+    ha = settings.is_aws
+    placement = {"nodeSelector": settings.system_node_selector} if settings.system_node_selector else {}
+    storage_class_spec = {"storageClassName": storage_class} if storage_class else {}
+    return {
+        "crds": {"enabled": True},
+        # EKS runs the control plane: etcd, the controller manager, the scheduler and kube-proxy's metrics
+        # endpoints are not reachable, and their rules would only report them down.
+        **{component: {"enabled": False} for component in ("kubeEtcd", "kubeControllerManager", "kubeScheduler",
+                                                           "kubeProxy")},
+        "defaultRules": {"rules": {"etcd": False, "kubeControllerManager": False, "kubeSchedulerAlerting": False,
+                                   "kubeSchedulerRecording": False, "kubeProxy": False}},
+        "prometheusOperator": {
+            "resources": resources("100m", "128Mi", "512Mi"),
+            "prometheusConfigReloader": {"resources": resources("10m", "32Mi", "64Mi")},
+            "admissionWebhooks": {"patch": {"resources": resources("10m", "32Mi", "64Mi"), **placement}},
+            **placement,
+        },
+        "prometheus": {
+            "podDisruptionBudget": {"enabled": ha, "maxUnavailable": 1},
+            "prometheusSpec": {
+                "replicas": 2 if ha else 1,
+                "retention": f"{settings.prometheus_retention_days}d",
+                # Below the volume, so Prometheus drops old blocks before the disk is full.
+                "retentionSize": f"{int(settings.prometheus_storage_gib * 0.9)}GB",
+                "storageSpec": {"volumeClaimTemplate": {"spec": {
+                    **storage_class_spec, "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": f"{settings.prometheus_storage_gib}Gi"}}}}},
+                "resources": resources("500m" if ha else "200m", "2Gi" if ha else "1Gi", "4Gi" if ha else "2Gi"),
+                # Monitors and rules are picked up by the release label (SELECTED), from every namespace.
+                "serviceMonitorSelector": {"matchLabels": SELECTED},
+                "podMonitorSelector": {"matchLabels": SELECTED},
+                "ruleSelector": {"matchLabels": SELECTED},
+                **placement,
+            },
+        },
+        "alertmanager": {
+            "podDisruptionBudget": {"enabled": ha, "maxUnavailable": 1},
+            "alertmanagerSpec": {
+                "replicas": 2 if ha else 1,
+                # The whole configuration, receivers' credentials included, lives in a Secret this component
+                # writes; the Helm values only name it.
+                "configSecret": ALERTMANAGER_CONFIG_SECRET,
+                "resources": resources("20m", "64Mi", "256Mi"),
+                "storage": {"volumeClaimTemplate": {"spec": {
+                    **storage_class_spec, "accessModes": ["ReadWriteOnce"],
+                    "resources": {"requests": {"storage": "2Gi"}}}}},
+                **placement,
+            },
+        },
+        "grafana": {
+            "admin": {"existingSecret": GRAFANA_ADMIN_SECRET, "userKey": "admin-user", "passwordKey": "admin-password"},
+            "persistence": {"enabled": True, "size": "10Gi", **storage_class_spec},
+            "resources": resources("100m", "256Mi", "512Mi"),
+            "sidecar": {"resources": resources("10m", "64Mi", "128Mi"),
+                        "dashboards": {"enabled": True, "label": "grafana_dashboard", "labelValue": "1",
+                                       "searchNamespace": "ALL"}},
+            "ingress": {"enabled": False},
+            # The volume's group comes from fsGroup; the chart's chown init container would run as root.
+            "initChownData": {"enabled": False},
+            **placement,
+        },
+        "kube-state-metrics": {"resources": resources("20m", "64Mi", "256Mi"), **placement},
+        # A DaemonSet on every node: no node selector. Host access is what it is for (README).
+        "prometheus-node-exporter": {"resources": resources("20m", "32Mi", "64Mi")},
+    }
+
+
+def alertmanager_config(settings: Settings) -> dict:
+    """alertmanager.yaml: every alert to the configured receivers (Slack and/or e-mail), or to a null
+    receiver when none is set. Holds credentials: it goes into a Secret only."""
+    receiver: dict = {"name": "platform"}
+    if settings.alert_slack_webhook_url:
+        slack: dict = {"api_url": settings.alert_slack_webhook_url, "send_resolved": True,
+                       "title": '[{{ .Status | toUpper }}] {{ .CommonLabels.alertname }}',
+                       "text": '{{ range .Alerts }}{{ .Annotations.summary }}: {{ .Annotations.description }}\n'
+                               'Runbook: {{ .Annotations.runbook_url }}\n{{ end }}'}
+        if settings.alert_slack_channel:
+            slack["channel"] = settings.alert_slack_channel
+        receiver["slack_configs"] = [slack]
+    if settings.alert_email_to:
+        receiver["email_configs"] = [{"to": settings.alert_email_to, "send_resolved": True}]
+    configured = len(receiver) > 1
+    config: dict = {
+        "route": {
+            "receiver": "platform" if configured else "null",
+            "group_by": ["alertname", "namespace"],
+            "group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h",
+            # kube-prometheus-stack's always-firing Watchdog and its info-level inhibitor go nowhere.
+            "routes": [{"receiver": "null", "matchers": ['alertname =~ "Watchdog|InfoInhibitor"']}],
+        },
+        "inhibit_rules": [{"source_matchers": ['severity = "critical"'], "target_matchers": ['severity = "warning"'],
+                           "equal": ["alertname", "namespace"]}],
+        "receivers": [{"name": "null"}, *([receiver] if configured else [])],
+    }
+    if settings.alert_email_to:
+        config["global"] = {"smtp_smarthost": settings.alert_smtp_smarthost, "smtp_from": settings.alert_email_from,
+                            "smtp_require_tls": True,
+                            **({"smtp_auth_username": settings.alert_smtp_username} if settings.alert_smtp_username else {}),
+                            **({"smtp_auth_password": settings.alert_smtp_password} if settings.alert_smtp_password else {})}
+    return config
+
+
+def pod_monitor(name: str, selector: dict, port: str, namespace: str, relabelings: Optional[list] = None) -> dict:
+    """A PodMonitor (in the monitoring namespace) for pods of `namespace`."""
+    endpoint: dict = {"port": port, "path": "/metrics"}
+    if relabelings:
+        endpoint["relabelings"] = relabelings
+    return {"name": name, "kind": "PodMonitor", "spec": {
+        "namespaceSelector": {"matchNames": [namespace]},
+        "selector": {"matchLabels": selector}, "podMetricsEndpoints": [endpoint]}}
+
+
+def monitors() -> list[dict]:
+    """What Prometheus scrapes, by port name as the charts and operators name the ports. All of them live
+    in the monitoring namespace and name the namespace they watch."""
+    cluster_label = [{"sourceLabels": ["__meta_kubernetes_pod_label_cnpg_io_cluster"], "targetLabel": "cluster"}]
+    return [
+        {"name": "airflow-statsd", "kind": "ServiceMonitor",
+         "spec": {"namespaceSelector": {"matchNames": [w.AIRFLOW_NAMESPACE]},
+                  "selector": {"matchLabels": w.AIRFLOW_STATSD},
+                  "endpoints": [{"port": "statsd-scrape", "path": "/metrics"}]}},
+        pod_monitor("airflow-db", w.POSTGRES_INSTANCES, "metrics", w.AIRFLOW_NAMESPACE, cluster_label),
+        pod_monitor("airflow-db-pooler", w.POSTGRES_POOLER_PODS, "metrics", w.AIRFLOW_NAMESPACE, cluster_label),
+        pod_monitor("airflow-redis", w.REDIS_SERVERS, "exporter-port", w.AIRFLOW_NAMESPACE),
+        pod_monitor("airflow-redis-haproxy", w.REDIS_HAPROXY, "metrics-port", w.AIRFLOW_NAMESPACE),
+        pod_monitor("cloudnative-pg", w.CNPG_OPERATOR_PODS, "metrics", w.CNPG_NAMESPACE),
+        pod_monitor("keda-operator", w.KEDA_OPERATOR_PODS, "metrics", w.KEDA_NAMESPACE),
+    ]
+
+
+@dataclass
+class ObservabilityArgs:
+    settings: Settings
+    k8s_provider: k8s.Provider
+    # From Security: the monitoring namespace (Pod Security `privileged` for node-exporter).
+    monitoring_namespace: pulumi.Input[str]
+    # From Cluster: the encrypted default class on EKS; None uses the cluster's default.
+    storage_class_name: Optional[str] = None
+    aws_provider: Optional[aws.Provider] = None
+    certificate_arn: Optional[pulumi.Input[str]] = None
+    load_balancer_controller: Optional[pulumi.Resource] = None
+
+
+class Observability(pulumi.ComponentResource):
+    """kube-prometheus-stack, monitors, alert rules, dashboards, and the way to Grafana."""
+
+    release: k8s.helm.v3.Release
+    grafana_url: pulumi.Output[str]
+    grafana_admin_password: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ObservabilityArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("airflow:platform:Observability", name, None, opts)
+        settings = args.settings
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
+        # Every object names args.monitoring_namespace: it waits for the namespace through that input.
+        in_namespaces = k8s_opts
+
+        password = random.RandomPassword(f"{name}-grafana-admin", length=32, special=False, min_lower=2,
+                                         min_upper=2, min_numeric=2, opts=pulumi.ResourceOptions(parent=self))
+        self.grafana_admin_password = pulumi.Output.secret(password.result)
+        grafana_admin = k8s.core.v1.Secret(
+            f"{name}-grafana-admin",
+            metadata={"name": GRAFANA_ADMIN_SECRET, "namespace": args.monitoring_namespace},
+            string_data={"admin-user": "admin", "admin-password": self.grafana_admin_password},
+            opts=in_namespaces)
+        alertmanager = k8s.core.v1.Secret(
+            f"{name}-alertmanager-config",
+            metadata={"name": ALERTMANAGER_CONFIG_SECRET, "namespace": args.monitoring_namespace},
+            string_data={"alertmanager.yaml": pulumi.Output.secret(
+                yaml.safe_dump(alertmanager_config(settings), sort_keys=False))},
+            opts=in_namespaces)
+
+        self.release = chart_release(
+            f"{name}-kube-prometheus-stack", release_name=w.PROMETHEUS_RELEASE, chart="kube-prometheus-stack",
+            version=settings.kube_prometheus_stack_chart_version, repo=KPS_CHARTS, namespace=args.monitoring_namespace,
+            values=kube_prometheus_stack_values(settings, args.storage_class_name),
+            # Prometheus and Grafana wait for their volumes on fresh nodes.
+            timeout=900,
+            opts=pulumi.ResourceOptions.merge(in_namespaces, pulumi.ResourceOptions(
+                depends_on=[grafana_admin, alertmanager])))
+        with_crds = pulumi.ResourceOptions.merge(in_namespaces, pulumi.ResourceOptions(depends_on=[self.release]))
+
+        for monitor in monitors():
+            k8s.apiextensions.CustomResource(
+                f"{name}-{monitor['name']}",
+                api_version="monitoring.coreos.com/v1", kind=monitor["kind"],
+                metadata={"name": monitor["name"], "namespace": args.monitoring_namespace, "labels": SELECTED},
+                spec=monitor["spec"], opts=with_crds)
+        for area, alerts in alert_groups(settings).items():
+            k8s.apiextensions.CustomResource(
+                f"{name}-rules-{area}",
+                api_version="monitoring.coreos.com/v1", kind="PrometheusRule",
+                metadata={"name": f"airflow-platform-{area}", "namespace": args.monitoring_namespace,
+                          "labels": SELECTED},
+                spec=prometheus_rule_spec(area, alerts, settings.alert_runbook_base_url), opts=with_crds)
+        for dashboard in sorted(DASHBOARDS_DIR.glob("*.json")):
+            # Grafana's sidecar loads every ConfigMap with this label, from every namespace.
+            k8s.core.v1.ConfigMap(
+                f"{name}-dashboard-{dashboard.stem}",
+                metadata={"name": f"dashboard-{dashboard.stem}", "namespace": args.monitoring_namespace,
+                          "labels": {"grafana_dashboard": "1"}},
+                data={dashboard.name: json.dumps(json.loads(dashboard.read_text()))},
+                opts=in_namespaces)
+
+        if settings.is_aws:
+            self.grafana_url = alb_ingress(
+                f"{name}-grafana", settings=settings, namespace=args.monitoring_namespace, host=settings.grafana_host,
+                service=GRAFANA_SERVICE, port=80, health_check_path="/api/health", group_order=20,
+                certificate_arn=args.certificate_arn, aws_provider=args.aws_provider,
+                opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[
+                    self.release, *([args.load_balancer_controller] if args.load_balancer_controller else [])])))
+        else:
+            # A laptop cluster: `kubectl -n monitoring port-forward svc/kube-prometheus-stack-grafana 3000:80`.
+            self.grafana_url = pulumi.Output.from_input("http://localhost:3000")
+        self.register_outputs({"grafana_url": self.grafana_url})
