@@ -136,6 +136,8 @@ class Cluster(pulumi.ComponentResource):
         self._aws = pulumi.ResourceOptions(parent=self, provider=aws_provider)
         self._invoke = pulumi.InvokeOptions(provider=aws_provider)
         self.partition = aws.get_partition(opts=self._invoke).partition
+        # Before any resource: a principal that cannot get an access entry stops the program here.
+        deployer_arn = self._deployer_arn()
 
         network = self._build_network(name, cluster_name)
         eks_cluster = self._build_control_plane(name, cluster_name, network)
@@ -147,7 +149,7 @@ class Cluster(pulumi.ComponentResource):
             uses_pod_identity = addon in ADDONS_WITH_POD_IDENTITY
             self._addon(name, eks_cluster, addon,
                         after=[*self.node_groups, *([pod_identity_agent] if uses_pod_identity else [])])
-        admin_access = self._build_admin_access(name, eks_cluster)
+        admin_access = self._build_admin_access(name, eks_cluster, deployer_arn)
 
         self.cluster_name = eks_cluster.name
         self.vpc_id = network.vpc_id
@@ -383,17 +385,22 @@ class Cluster(pulumi.ComponentResource):
             **common)
         return [system, workers]
 
-    def _build_admin_access(self, name: str, eks_cluster: aws.eks.Cluster) -> list[aws.eks.AccessPolicyAssociation]:
-        """Cluster-admin access entries for adminPrincipalArns and for the principal running `pulumi up`
-        (it installs the Helm releases right after), one entry per principal. Named after the principal, so
-        the same principal moving between the list and "the one running up" keeps the same entry."""
+    def _deployer_arn(self) -> str:
+        """The IAM role or user running `pulumi up`: an assumed-role session stands for its role, as EKS
+        keys access entries on the role ARN."""
         caller_arn = aws.get_caller_identity(opts=self._invoke).arn
-        # An assumed-role session stands for its role: EKS keys access entries on the role ARN.
         deployer_arn = aws.iam.get_session_context(arn=caller_arn, opts=self._invoke).issuer_arn
         if not IAM_PRINCIPAL_ARN.match(deployer_arn):
             raise ValueError(
                 f"the principal running `pulumi up` ({deployer_arn}) cannot be given an EKS access entry (the "
                 "root user and federated users cannot); run it as an IAM role or user")
+        return deployer_arn
+
+    def _build_admin_access(self, name: str, eks_cluster: aws.eks.Cluster,
+                            deployer_arn: str) -> list[aws.eks.AccessPolicyAssociation]:
+        """Cluster-admin access entries for adminPrincipalArns and for the principal running `pulumi up`
+        (it installs the Helm releases right after), one entry per principal. Named after the principal, so
+        the same principal moving between the list and "the one running up" keeps the same entry."""
         admins = self._settings.admin_principal_arns
         principals = list(dict.fromkeys([*admins, deployer_arn]))
         associations = []

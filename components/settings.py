@@ -102,8 +102,8 @@ class Settings(BaseModel):
     kubernetes_service_cidr: str = Field(
         default="", max_length=18,
         description="Service CIDR of the cluster; the NetworkPolicies admit the `kubernetes` Service address in "
-                    "it. EKS is created with it (a private /12 to /24 outside vpcCidr; empty: 172.20.0.0/16, what "
-                    "EKS picks for a 10.x VPC). On a local cluster it must be the cluster's own (empty: "
+                    "it. EKS is created with it (a private /12 to /24 outside vpcCidr; empty: what EKS itself picks, "
+                    "172.20.0.0/16 for a VPC in 10.0.0.0/8, 10.100.0.0/16 otherwise). On a local cluster it must be the cluster's own (empty: "
                     "10.96.0.0/16, kind's; k3d uses 10.43.0.0/16).")
     availability_zone_count: int = Field(
         default=3, ge=2, le=6,
@@ -399,8 +399,13 @@ class Settings(BaseModel):
 
     @property
     def service_cidr(self) -> ipaddress.IPv4Network:
-        default = "172.20.0.0/16" if self.is_aws else "10.96.0.0/16"
-        return ipaddress.IPv4Network(self.kubernetes_service_cidr or default)
+        if self.kubernetes_service_cidr:
+            return ipaddress.IPv4Network(self.kubernetes_service_cidr)
+        if not self.is_aws:
+            return ipaddress.IPv4Network("10.96.0.0/16")
+        # What EKS itself picks when none is given, so a cluster created without one keeps it.
+        in_ten = self.vpc_cidr.subnet_of(ipaddress.IPv4Network("10.0.0.0/8"))
+        return ipaddress.IPv4Network("172.20.0.0/16" if in_ten else "10.100.0.0/16")
 
     @property
     def kubernetes_service_ip(self) -> str:

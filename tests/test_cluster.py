@@ -342,8 +342,10 @@ def test_a_cluster_created_with_the_creators_implicit_entry_is_not_replaced(prod
 
 
 def test_a_root_deployer_is_refused_with_a_clear_error():
-    with pytest.raises(ProgramFailed, match=r"cannot be given an EKS access entry .* run it as an IAM role or user"):
+    with pytest.raises(ProgramFailed, match=r"cannot be given an EKS access entry .* run it as an IAM role or user") \
+            as caught:
         run_program("prod", deployer_arn="arn:aws:iam::111122223333:root")
+    assert not [r for r in caught.value.registrations if r.type.startswith("aws:")], "before any AWS resource"
 
 
 def test_the_deployer_and_the_s3_prefix_list_are_looked_up_by_what_aws_calls_them(prod):
@@ -358,5 +360,9 @@ def test_the_deployer_and_the_s3_prefix_list_are_looked_up_by_what_aws_calls_the
 def test_the_service_cidr_defaults_to_what_each_target_uses(stack_runs):
     from components.settings import load_settings
     assert str(load_settings({"target": "local"}).service_cidr) == "10.96.0.0/16"
+    aws = {"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com", "grafanaHost": "g.example.com",
+           "route53ZoneId": "Z0123"}
+    # What EKS picks by itself, so a cluster created without the setting is not replaced.
+    assert str(load_settings({**aws, "vpcCidr": "192.168.0.0/16"}).service_cidr) == "10.100.0.0/16"
     assert stack_runs["prod"].one("aws:eks/cluster:Cluster").values["kubernetesNetworkConfig"]["serviceIpv4Cidr"] \
         == "172.20.0.0/16"
