@@ -87,7 +87,8 @@ def airflow_alerts(settings: Settings) -> list[Alert]:
               "Task instances stopped heartbeating and were failed by the scheduler (zombies): a worker died or "
               "was evicted mid-task."),
         Alert("AirflowPoolStarving",
-              "max by (pool) (airflow_pool_starving_tasks) > 0",
+              # The pool's own series; Airflow also sends an unlabelled twin that holds whichever pool came last.
+              'max by (pool) (airflow_pool_starving_tasks{pool!=""}) > 0',
               "15m", "warning", "An Airflow pool is starving",
               "Pool {{ $labels.pool }} has had tasks waiting for a free slot for 15 minutes."),
         Alert("AirflowApiServerNotReady",

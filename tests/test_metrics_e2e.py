@@ -10,7 +10,8 @@ for want of heartbeats) and a file that does not import. Every line received is 
 program's values.
 
 Then every `airflow_*` name that the platform's alert rules (the PrometheusRule resources of the prod stack)
-and dashboards (components/dashboards/*.json) use must be among the series that come out.
+and dashboards (components/dashboards/*.json) use must be among the series that come out, with the labels their
+selectors require (`{pool!=""}` needs a series that has `pool`).
 
 The names seen and the series they become are written to METRICS_OBSERVED (default
 /tmp/metrics-work/observed.json). A few of Airflow's intervals are shortened (pool and running-task gauges,
@@ -42,12 +43,12 @@ from typing import Any, Iterable
 
 import psycopg2
 import pytest
-from statsd_mapping import Exporter, LineError, MappingConfig, parse_line
-from test_airflow_e2e import airflow, airflow_bin, async_env, platform, servers  # noqa: F401
 
 from harness import REPO, run_program
 from rendering import render_all
 from servers import with_host_and_port
+from statsd_mapping import Exporter, LineError, MappingConfig, parse_line
+from test_airflow_e2e import airflow, airflow_bin, async_env, platform, servers  # noqa: F401
 
 pytestmark = pytest.mark.e2e
 
@@ -146,6 +147,35 @@ def airflow_names(expr: Any) -> set[str]:
     text = _PROMQL_MATCHERS.sub("{}", text)
     text = _PROMQL_GROUPING.sub(" ", text)
     return {name for name in _AIRFLOW_NAME.findall(text) if name != "airflow_"}
+
+
+_SELECTOR = re.compile(r"(?<![A-Za-z0-9_:$])(airflow_[A-Za-z0-9_:]*)\s*\{((?:[^{}]|\$\{[^{}]*\})*)\}")
+_MATCHER = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*("(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`)')
+_GRAFANA_VARIABLE = re.compile(r"\$(\{[^}]*\}|[A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _matches_empty(operator: str, value: str) -> bool:
+    """Whether a PromQL label matcher matches a series that lacks the label (its value is then "").
+    Grafana variables are taken to be non-empty; a regex PromQL cannot compile is taken to match ""."""
+    value = _GRAFANA_VARIABLE.sub("x", value)
+    if operator in ("=", "!="):
+        return (value == "") == (operator == "=")
+    try:
+        empty = re.fullmatch(value, "") is not None      # PromQL regexes are fully anchored
+    except re.error:
+        return True
+    return empty == (operator == "=~")
+
+
+def required_labels(expr: Any) -> list[tuple[str, frozenset[str]]]:
+    """(name, labels a series must carry to be selected) for every `airflow_x{...}` selector of an expression:
+    `pool!=""`, `dag_id="x"` or `hostname=~".+"` select only series that have the label."""
+    found = []
+    for name, matchers in _SELECTOR.findall(str(expr or "")):
+        labels = frozenset(label for label, operator, quoted in _MATCHER.findall(matchers)
+                           if not _matches_empty(operator, quoted[1:-1]))
+        found.append((name, labels))
+    return found
 
 
 def rule_exprs(run) -> tuple[list[tuple[str, str]], set[str]]:
@@ -527,3 +557,22 @@ def test_every_airflow_metric_the_alerts_and_dashboards_use_is_produced(request,
                      f"{', '.join(closest) or 'none'}")
     assert not missing, ("airflow_* names used by the alert rules/dashboards that the release's statsd mapping "
                          f"does not produce from what Airflow 3.1.7 sends (see {OBSERVED}):\n" + "\n".join(lines))
+
+
+def test_the_labels_the_alerts_and_dashboards_select_on_are_produced(request, release):
+    """A used name is not enough: `airflow_pool_running_slots{pool!=""}` selects nothing when that name only
+    arrives unlabelled (a per-pool name that fell through the mapping, plus its untagged twin)."""
+    rules, recorded = rule_exprs(release["run"])
+    selectors = [(where, name, labels) for where, expr in [*rules, *dashboard_exprs()]
+                 for name, labels in required_labels(expr) if labels and name not in recorded]
+    observed = request.getfixturevalue("observed")
+    problems = []
+    for where, name, labels in selectors:
+        if name not in observed["series"]:
+            continue  # not produced at all: the test above says so
+        label_sets = [set(keys) for keys in observed["series"][name]["label_keys"]]
+        if not any(labels <= keys for keys in label_sets):
+            problems.append(f"  {name}{{{', '.join(sorted(labels))}}} ({where}): produced only with the label "
+                            f"sets {sorted(sorted(keys) for keys in label_sets)}")
+    assert not problems, ("selectors of the alert rules/dashboards that need labels the release's statsd mapping "
+                          f"does not give (see {OBSERVED}):\n" + "\n".join(sorted(set(problems))))

@@ -1,0 +1,266 @@
+"""The platform's alert rules, proven with Prometheus's own tools (Debian's `prometheus` package: promtool).
+
+For every alert: `promtool check rules` accepts the PrometheusRule's groups as the program registers them,
+and `promtool test rules` shows the alert firing on a matching series and staying silent on a healthy one.
+The series below use the names and labels the exporters publish (see components/alerts.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.alerts import alert_groups
+from components.settings import load_settings
+from harness import REPO
+from test_placement import stack_settings
+
+RULE = "kubernetes:monitoring.coreos.com/v1:PrometheusRule"
+AIRFLOW = 'namespace="airflow"'
+DB = 'namespace="airflow", cluster="airflow-db"'
+REDIS = 'namespace="airflow", service="airflow-redis"'
+
+# alert -> (firing series, healthy series, labels the firing alert carries beyond alertname/severity/area)
+# Series values use promtool's expanding notation: 'a+bxN' is a, a+b, ... N+1 samples, one per minute.
+CASES: dict[str, tuple[dict[str, str], dict[str, str], dict[str, str]]] = {
+    # --- Airflow -----------------------------------------------------------------------------------------
+    "AirflowSchedulerHeartbeatStopped": (
+        {f"airflow_scheduler_heartbeat{{{AIRFLOW}}}": "0+1x10 10x30"},
+        {f"airflow_scheduler_heartbeat{{{AIRFLOW}}}": "0+1x40"}, {}),
+    "AirflowDagProcessorHeartbeatStopped": (
+        {f"airflow_dag_processor_heartbeat{{{AIRFLOW}}}": "0+1x10 10x30"},
+        {f"airflow_dag_processor_heartbeat{{{AIRFLOW}}}": "0+1x40"}, {}),
+    "AirflowTriggererHeartbeatStopped": (
+        {f"airflow_triggerer_heartbeat{{{AIRFLOW}}}": "0+1x10 10x30"},
+        {f"airflow_triggerer_heartbeat{{{AIRFLOW}}}": "0+1x40"}, {}),
+    "AirflowDagImportErrors": (
+        {f"airflow_dag_processing_import_errors{{{AIRFLOW}}}": "0 0 2x40"},
+        {f"airflow_dag_processing_import_errors{{{AIRFLOW}}}": "0x40"}, {}),
+    "AirflowTaskFailureRateHigh": (
+        {f"airflow_ti_failures{{{AIRFLOW}}}": "0+1x40", f"airflow_ti_successes{{{AIRFLOW}}}": "0+1x40"},
+        {f"airflow_ti_failures{{{AIRFLOW}}}": "0+1x40", f"airflow_ti_successes{{{AIRFLOW}}}": "0+20x40"}, {}),
+    "AirflowTasksQueuedNotRunning": (
+        {f"airflow_executor_queued_tasks{{{AIRFLOW}}}": "5x40", f"airflow_executor_running_tasks{{{AIRFLOW}}}": "0x40"},
+        {f"airflow_executor_queued_tasks{{{AIRFLOW}}}": "5x40", f"airflow_executor_running_tasks{{{AIRFLOW}}}": "3x40"},
+        {}),
+    "AirflowExecutorOutOfSlots": (
+        {f"airflow_executor_open_slots{{{AIRFLOW}}}": "0x40", f"airflow_executor_queued_tasks{{{AIRFLOW}}}": "4x40"},
+        {f"airflow_executor_open_slots{{{AIRFLOW}}}": "10x40", f"airflow_executor_queued_tasks{{{AIRFLOW}}}": "4x40"},
+        {}),
+    "AirflowTaskInstancesKilledWithoutHeartbeat": (
+        {f"airflow_task_instances_without_heartbeats_killed{{{AIRFLOW}}}": "0x20 1x20"},
+        {f"airflow_task_instances_without_heartbeats_killed{{{AIRFLOW}}}": "0x40"}, {}),
+    "AirflowPoolStarving": (
+        {f'airflow_pool_starving_tasks{{{AIRFLOW}, pool="default_pool"}}': "3x40"},
+        {f'airflow_pool_starving_tasks{{{AIRFLOW}, pool="default_pool"}}': "0x40"}, {"pool": "default_pool"}),
+    "AirflowApiServerNotReady": (
+        {f'kube_deployment_status_replicas_available{{{AIRFLOW}, deployment="airflow-api-server"}}': "0x40"},
+        {f'kube_deployment_status_replicas_available{{{AIRFLOW}, deployment="airflow-api-server"}}': "2x40"},
+        {"namespace": "airflow", "deployment": "airflow-api-server"}),
+    # --- PostgreSQL --------------------------------------------------------------------------------------
+    "PostgresInstanceDown": (
+        {f'cnpg_collector_up{{{DB}, pod="airflow-db-2"}}': "1x5 0x35"},
+        {f'cnpg_collector_up{{{DB}, pod="airflow-db-2"}}': "1x40"},
+        {"namespace": "airflow", "cluster": "airflow-db", "pod": "airflow-db-2"}),
+    "PostgresNoPrimary": (
+        {f'cnpg_pg_replication_in_recovery{{{DB}, pod="airflow-db-1"}}': "1x40",
+         f'cnpg_pg_replication_in_recovery{{{DB}, pod="airflow-db-2"}}': "1x40"},
+        {f'cnpg_pg_replication_in_recovery{{{DB}, pod="airflow-db-1"}}': "0x40",
+         f'cnpg_pg_replication_in_recovery{{{DB}, pod="airflow-db-2"}}': "1x40"}, {}),
+    "PostgresReplicationLagHigh": (
+        {f'cnpg_pg_replication_lag{{{DB}, pod="airflow-db-2"}}': "900x40"},
+        {f'cnpg_pg_replication_lag{{{DB}, pod="airflow-db-2"}}': "2x40"}, {"pod": "airflow-db-2"}),
+    "PostgresWalArchivingFailing": (
+        {f"cnpg_pg_stat_archiver_last_failed_time{{{DB}}}": "2000x40",
+         f"cnpg_pg_stat_archiver_last_archived_time{{{DB}}}": "1000x40"},
+        {f"cnpg_pg_stat_archiver_last_failed_time{{{DB}}}": "1000x40",
+         f"cnpg_pg_stat_archiver_last_archived_time{{{DB}}}": "2000x40"},
+        {"namespace": "airflow", "cluster": "airflow-db"}),
+    "PgBouncerDown": (
+        {f'cnpg_pgbouncer_up{{{AIRFLOW}, pod="airflow-db-pooler-x"}}': "0x40"},
+        {f'cnpg_pgbouncer_up{{{AIRFLOW}, pod="airflow-db-pooler-x"}}': "1x40"},
+        {"namespace": "airflow", "pod": "airflow-db-pooler-x"}),
+    "PgBouncerClientConnectionsNearLimit": (
+        {f'cnpg_pgbouncer_lists_used_clients{{{AIRFLOW}, pod="airflow-db-pooler-x"}}': "990x40"},
+        {f'cnpg_pgbouncer_lists_used_clients{{{AIRFLOW}, pod="airflow-db-pooler-x"}}': "100x40"},
+        {"pod": "airflow-db-pooler-x"}),
+    "PostgresStreamingReplicasMissing": (
+        {f'cnpg_pg_replication_streaming_replicas{{{DB}, pod="airflow-db-1"}}': "1x40"},
+        {f'cnpg_pg_replication_streaming_replicas{{{DB}, pod="airflow-db-1"}}': "2x40"}, {}),
+    # promtool's clock starts at 0: a backup taken at second 1 is 27 hours old at 27h; a healthy one keeps
+    # being taken (its timestamp follows the clock).
+    "PostgresBackupTooOld": (
+        {f"barman_cloud_cloudnative_pg_io_last_available_backup_timestamp{{{DB}}}": "1x1700"},
+        {f"barman_cloud_cloudnative_pg_io_last_available_backup_timestamp{{{DB}}}": "1+60x1700"}, {}),
+    # --- Redis -------------------------------------------------------------------------------------------
+    "RedisNoMaster": (
+        {f'redis_instance_info{{{REDIS}, pod="airflow-redis-server-0", role="slave"}}': "1x40"},
+        {f'redis_instance_info{{{REDIS}, pod="airflow-redis-server-0", role="master"}}': "1x40"}, {}),
+    "RedisMasterLinkDown": (
+        {f'redis_master_link_up{{{REDIS}, pod="airflow-redis-server-1"}}': "0x40"},
+        {f'redis_master_link_up{{{REDIS}, pod="airflow-redis-server-1"}}': "1x40"},
+        {"namespace": "airflow", "service": "airflow-redis", "pod": "airflow-redis-server-1"}),
+    "RedisMemoryNearMaxmemory": (
+        {f'redis_memory_used_bytes{{{REDIS}, pod="airflow-redis-server-0"}}': "95x40",
+         f'redis_memory_max_bytes{{{REDIS}, pod="airflow-redis-server-0"}}': "100x40"},
+        {f'redis_memory_used_bytes{{{REDIS}, pod="airflow-redis-server-0"}}': "10x40",
+         f'redis_memory_max_bytes{{{REDIS}, pod="airflow-redis-server-0"}}': "100x40"},
+        {"namespace": "airflow", "service": "airflow-redis", "pod": "airflow-redis-server-0"}),
+    "RedisReplicasMissing": (
+        {f'redis_connected_slaves{{{REDIS}, pod="airflow-redis-server-0"}}': "1x40",
+         f'redis_instance_info{{{REDIS}, pod="airflow-redis-server-0", role="master"}}': "1x40"},
+        {f'redis_connected_slaves{{{REDIS}, pod="airflow-redis-server-0"}}': "2x40",
+         f'redis_instance_info{{{REDIS}, pod="airflow-redis-server-0", role="master"}}': "1x40"}, {}),
+    # --- Platform ----------------------------------------------------------------------------------------
+    "AirflowPodCrashLooping": (
+        {f'kube_pod_container_status_waiting_reason{{{AIRFLOW}, pod="airflow-scheduler-x", container="scheduler", '
+         f'reason="CrashLoopBackOff"}}': "1x40"},
+        {f'kube_pod_container_status_waiting_reason{{{AIRFLOW}, pod="airflow-scheduler-x", container="scheduler", '
+         f'reason="CrashLoopBackOff"}}': "0x40"},
+        {"pod": "airflow-scheduler-x", "container": "scheduler"}),
+    "AirflowPodOOMKilled": (
+        {f'kube_pod_container_status_restarts_total{{{AIRFLOW}, pod="airflow-worker-x", container="worker"}}':
+         "0x30 1x10",
+         f'kube_pod_container_status_last_terminated_reason{{{AIRFLOW}, pod="airflow-worker-x", container="worker", '
+         f'reason="OOMKilled"}}': "1x40"},
+        {f'kube_pod_container_status_restarts_total{{{AIRFLOW}, pod="airflow-worker-x", container="worker"}}':
+         "0x40",
+         f'kube_pod_container_status_last_terminated_reason{{{AIRFLOW}, pod="airflow-worker-x", container="worker", '
+         f'reason="OOMKilled"}}': "1x40"},
+        {"namespace": "airflow", "pod": "airflow-worker-x", "container": "worker"}),
+    "PersistentVolumeFillingUp": (
+        {'kubelet_volume_stats_used_bytes{namespace="airflow", persistentvolumeclaim="data-x"}': "90x40",
+         'kubelet_volume_stats_capacity_bytes{namespace="airflow", persistentvolumeclaim="data-x"}': "100x40"},
+        {'kubelet_volume_stats_used_bytes{namespace="airflow", persistentvolumeclaim="data-x"}': "50x40",
+         'kubelet_volume_stats_capacity_bytes{namespace="airflow", persistentvolumeclaim="data-x"}': "100x40"},
+        {"namespace": "airflow", "persistentvolumeclaim": "data-x"}),
+    "KedaScalerErrors": (
+        {'keda_scaler_detail_errors_total{namespace="airflow", scaledObject="airflow-worker", scaler="postgresql"}':
+         "0+1x40"},
+        {'keda_scaler_detail_errors_total{namespace="airflow", scaledObject="airflow-worker", scaler="postgresql"}':
+         "0x40"},
+        {"scaledObject": "airflow-worker"}),
+    "NodeNotReady": (
+        {'kube_node_status_condition{node="ip-10-0-1-1", condition="Ready", status="true"}': "0x40"},
+        {'kube_node_status_condition{node="ip-10-0-1-1", condition="Ready", status="true"}': "1x40"},
+        {"node": "ip-10-0-1-1", "condition": "Ready", "status": "true"}),
+}
+# The backup alert needs more than a day to pass.
+EVAL_TIME = {"PostgresBackupTooOld": "27h"}
+
+
+def promtool() -> str:
+    binary = shutil.which("promtool")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool must run in CI (apt-get install prometheus)")
+        pytest.skip("promtool not found (apt-get install prometheus)")
+    return binary
+
+
+def registered_groups(run) -> list[dict]:
+    return [group for rule in run.of_type(RULE) for group in rule.values["spec"]["groups"]]
+
+
+def without_annotations(groups: list[dict]) -> list[dict]:
+    """promtool's unit tests compare annotations too; the alerts' logic is what these cases test (the
+    annotations' templates are checked by `promtool check rules`, their anchors by the README test)."""
+    return [{**group, "rules": [{k: v for k, v in rule.items() if k != "annotations"} for rule in group["rules"]]}
+            for group in groups]
+
+
+def run_promtool(*args: str, files: dict[str, object]) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as directory:
+        for name, content in files.items():
+            Path(directory, name).write_text(yaml.safe_dump(content, sort_keys=False))
+        return subprocess.run([promtool(), *args], cwd=directory, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_promtool_accepts_every_rule_group(stack_runs, stack):
+    groups = registered_groups(stack_runs[stack])
+    assert len(groups) == 4
+    checked = run_promtool("check", "rules", "rules.yaml", files={"rules.yaml": {"groups": groups}})
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert re.search(r"SUCCESS: \d+ rules found", checked.stdout)
+
+
+def test_every_alert_has_a_case_that_fires_and_one_that_stays_silent(prod):
+    alerts = [rule["alert"] for group in registered_groups(prod) for rule in group["rules"]]
+    assert sorted(alerts) == sorted(CASES), "every alert needs a firing and a healthy case here"
+
+
+@pytest.mark.parametrize("stack", ["local", "staging", "prod"])
+def test_every_alert_fires_on_a_matching_series_and_stays_silent_on_a_healthy_one(stack_runs, stack):
+    groups = registered_groups(stack_runs[stack])
+    rules = {rule["alert"]: rule for group in groups for rule in group["rules"]}
+    tests = []
+    for name, rule in rules.items():
+        firing, healthy, labels = CASES[name]
+        expected = {"alertname": name, **rule["labels"], **labels}
+        expected.pop("alertname")
+        eval_time = EVAL_TIME.get(name, "35m")
+        tests.append({"interval": "1m", "name": f"{name} fires now",
+                      "input_series": [{"series": s, "values": v} for s, v in firing.items()],
+                      "alert_rule_test": [{"eval_time": eval_time, "alertname": name,
+                                           "exp_alerts": [{"exp_labels": expected}]}]})
+        tests.append({"interval": "1m", "name": f"{name} stays silent",
+                      "input_series": [{"series": s, "values": v} for s, v in healthy.items()],
+                      "alert_rule_test": [{"eval_time": eval_time, "alertname": name, "exp_alerts": []}]})
+    # Cases that need a day to pass run with a coarser evaluation interval, so promtool does not evaluate every
+    # rule each minute for 27 hours.
+    for long_cases, interval in ((False, "1m"), (True, "10m")):
+        selected = [t for t in tests if (t["name"].rsplit(" ", 2)[0] in EVAL_TIME) == long_cases]
+        if not selected:
+            continue
+        result = run_promtool("test", "rules", "tests.yaml", files={
+            "rules.yaml": {"groups": without_annotations(groups)},
+            "tests.yaml": {"rule_files": ["rules.yaml"], "evaluation_interval": interval, "tests": selected}})
+        assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+        assert "SUCCESS" in result.stdout
+
+
+def test_the_unit_tests_would_catch_a_broken_rule(prod):
+    """A rule whose expression no longer matches its series must fail the promtool tests above."""
+    groups = registered_groups(prod)
+    broken = [{**group, "rules": [{**rule, "expr": rule["expr"].replace("airflow_scheduler_heartbeat",
+                                                                         "airflow_scheduler_heartbeats")}
+                                  for rule in group["rules"]]} for group in groups]
+    firing, healthy, _ = CASES["AirflowSchedulerHeartbeatStopped"]
+    result = run_promtool("test", "rules", "tests.yaml", files={
+        "rules.yaml": {"groups": without_annotations(broken)},
+        "tests.yaml": {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [
+            {"interval": "1m", "input_series": [{"series": s, "values": v} for s, v in healthy.items()],
+             "alert_rule_test": [{"eval_time": "35m", "alertname": "AirflowSchedulerHeartbeatStopped",
+                                  "exp_alerts": []}]}]}})
+    assert result.returncode != 0, "a misspelt metric makes the heartbeat alert fire on a healthy scheduler"
+
+
+def test_every_alert_carries_severity_summary_description_and_a_runbook_in_the_readme(prod):
+    readme = (REPO / "README.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9 -]", "", heading.strip().lower()).replace(" ", "-")
+               for heading in re.findall(r"^#+ (.+)$", readme, re.M)}
+    base = load_settings({}).alert_runbook_base_url
+    for group in registered_groups(prod):
+        for rule in group["rules"]:
+            assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
+            annotations = rule["annotations"]
+            assert annotations["summary"] and annotations["description"], rule["alert"]
+            url, _, anchor = annotations["runbook_url"].partition("#")
+            assert url == base and anchor in anchors, f"{rule['alert']}: no README section #{anchor}"
+
+
+def test_thresholds_follow_the_settings():
+    settings = stack_settings("prod", {"postgresReplicationLagAlertSeconds": 42})
+    lag = next(a for a in alert_groups(settings)["postgresql"] if a.name == "PostgresReplicationLagHigh")
+    assert "> 42" in lag.expr
+    local = {a.name for a in alert_groups(stack_settings("local"))["postgresql"]}
+    assert "PostgresBackupTooOld" not in local and "PostgresStreamingReplicasMissing" not in local, \
+        "a local stack keeps no backups and has one instance"
