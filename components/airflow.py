@@ -69,6 +69,32 @@ AIRFLOW_LOCAL_SETTINGS = ('# Written by the platform (AirflowRelease): connect a
 LONG_RUNNING_COMPONENTS = ("scheduler", "workers", "apiServer", "triggerer", "dagProcessor", "flower")
 
 
+# statsd_exporter (v0.28.0, the chart's) mappings appended to the chart's own, for what Airflow 3.1.7 really
+# sends (tests/test_metrics_e2e.py runs Airflow and checks every name the alerts and dashboards use). The
+# chart's mappings were written for Airflow 2: Airflow 3 sends pool.{queued,running,deferred,scheduled}_slots
+# per pool, per-triggerer gauges whose host name may hold dots, one-field dagrun.dependency-check, and the
+# executor gauges without the executor's name. Globs are tried before regexes, and a glob whose whole path is
+# a prefix of a chart glob never matches (statsd_exporter pkg/mapper/fsm), hence the anchored regexes.
+# Airflow also sends most metrics once more without the values in the name (plain statsd drops the tags):
+# that copy would land unlabelled under the labelled series' name and hold whichever pool, DAG or host
+# reported last, so it is dropped where a labelled twin exists.
+STATSD_EXTRA_MAPPINGS = [
+    {"match": "airflow.pool.queued_slots.*", "name": "airflow_pool_queued_slots", "labels": {"pool": "$1"}},
+    {"match": "airflow.pool.running_slots.*", "name": "airflow_pool_running_slots", "labels": {"pool": "$1"}},
+    {"match": "airflow.pool.deferred_slots.*", "name": "airflow_pool_deferred_slots", "labels": {"pool": "$1"}},
+    {"match": "airflow.pool.scheduled_slots.*", "name": "airflow_pool_scheduled_slots", "labels": {"pool": "$1"}},
+    {"match": "^airflow\\.triggerer\\.capacity_left\\.(.+)$", "match_type": "regex", "name": "airflow_triggerer_capacity_left", "labels": {"hostname": "$1"}, "ttl": "10m"},
+    {"match": "^airflow\\.triggers\\.running\\.(.+)$", "match_type": "regex", "name": "airflow_triggers_running", "labels": {"hostname": "$1"}, "ttl": "10m"},
+    {"match": "^airflow\\.dagrun\\.dependency-check\\.([^.]+)$", "match_type": "regex", "name": "airflow_dagrun_dependency_check", "labels": {"dag_id": "$1"}},
+    {"match": "airflow.dagrun.*.first_task_scheduling_delay", "name": "airflow_dagrun_first_task_scheduling_delay", "labels": {"dag_id": "$1"}},
+    {"match": "airflow.dag.*.*.scheduled_duration", "name": "airflow_task_scheduled_duration", "labels": {"dag_id": "$1", "task_id": "$2"}},
+    {"match": "^airflow\\.task_instance_created_(.+)$", "match_type": "regex", "name": "airflow_task_instance_created", "labels": {"task_type": "$1"}},
+    {"match": "^airflow\\.executor\\.(open_slots|queued_tasks|running_tasks)$", "match_type": "regex", "name": "airflow_executor_$1", "labels": {"executor": "CeleryExecutor"}},
+    {"match": "^airflow\\.pool\\.(open_slots|queued_slots|running_slots|deferred_slots|scheduled_slots|starving_tasks)$", "match_type": "regex", "action": "drop", "name": "dropped"},
+    {"match": "^airflow\\.(triggerer\\.capacity_left|triggers\\.running|ti\\.running|task\\.duration|task\\.scheduled_duration|dagrun\\.schedule_delay|dagrun\\.dependency-check|dagrun\\.first_task_scheduling_delay|task_instance_created|operator_failures|operator_successes)$", "match_type": "regex", "action": "drop", "name": "dropped"},
+]
+
+
 def keda_cooldown_seconds(settings: Settings) -> int:
     """KEDA's scale-to-minimum cooldown: longer than a worker's grace period, so a worker that is still
     finishing tasks is never counted as idle and removed."""
@@ -183,6 +209,7 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
             "livenessProbe": {"initialDelaySeconds": 10, "timeoutSeconds": 20, "failureThreshold": 5, "periodSeconds": 60},
         },
         "statsd": {
+            "extraMappings": STATSD_EXTRA_MAPPINGS,
             "resources": resources("50m", "128Mi"),
             "securityContexts": {"pod": {"runAsUser": 65534, "runAsNonRoot": True,
                                          "seccompProfile": {"type": "RuntimeDefault"}},

@@ -21,6 +21,7 @@ from components import workloads as w
 from components.settings import Settings
 
 AIRFLOW_NS = f'namespace="{w.AIRFLOW_NAMESPACE}"'
+COMPONENTS = "airflow-(scheduler|dag-processor|triggerer|api-server)"
 
 
 @dataclass(frozen=True)
@@ -68,29 +69,39 @@ def airflow_alerts(settings: Settings) -> list[Alert]:
               "10m", "warning", "DAG files fail to import",
               "{{ $value }} DAG file(s) fail to import: their DAGs are missing from Airflow."),
         Alert("AirflowTaskFailureRateHigh",
-              "sum(increase(airflow_ti_failures[30m])) > 5 and sum(increase(airflow_ti_failures[30m])) "
-              "> 0.2 * (sum(increase(airflow_ti_failures[30m])) + sum(increase(airflow_ti_successes[30m])))",
+              "sum(increase(airflow_ti_failures[30m])) > 5 and sum(increase(airflow_ti_failures[30m])) / "
+              "clamp_min(sum(increase(airflow_ti_failures[30m])) + sum(increase(airflow_ti_successes[30m])), 1) > 0.2",
               "5m", "warning", "Many Airflow tasks fail",
               "More than 5 task instances and more than 20 % of all finished task instances failed in 30 minutes."),
+        # Task-instance states per pool: the Celery executor counts a task waiting in Redis as running, so its
+        # own gauges cannot tell that workers take no work.
         Alert("AirflowTasksQueuedNotRunning",
-              "sum(airflow_executor_queued_tasks) > 0 and sum(airflow_executor_running_tasks) == 0",
-              queued_for, "critical", "Airflow tasks are queued but none runs",
+              f'sum(min_over_time(airflow_pool_queued_slots{{pool!=""}}[{queued_for}])) > 0 and '
+              f'sum(max_over_time(airflow_pool_running_slots{{pool!=""}}[{queued_for}])) == 0',
+              "2m", "critical", "Airflow tasks are queued but none runs",
               f"Tasks have been queued for {queued_for} while no task runs: the workers do not take work."),
+        # Every report for 10 minutes said no slot was open (both schedulers write the same series).
         Alert("AirflowExecutorOutOfSlots",
-              "sum(airflow_executor_open_slots) <= 0 and sum(airflow_executor_queued_tasks) > 0",
-              "15m", "warning", "The executor has no open slots",
-              "All executor slots (core.parallelism) are taken while tasks wait: raise workerMaxReplicas or "
-              "parallelism, or find the long-running tasks."),
+              "max(max_over_time(airflow_executor_open_slots[10m])) < 1",
+              "5m", "warning", "The executor has no open slots",
+              "All executor slots (core.parallelism) are taken: raise workerMaxReplicas or parallelism, or find "
+              "the long-running tasks."),
         Alert("AirflowTaskInstancesKilledWithoutHeartbeat",
               "sum(increase(airflow_task_instances_without_heartbeats_killed[15m])) > 0",
               "0m", "warning", "Task instances were killed without a heartbeat",
               "Task instances stopped heartbeating and were failed by the scheduler (zombies): a worker died or "
               "was evicted mid-task."),
         Alert("AirflowPoolStarving",
-              # The pool's own series; Airflow also sends an unlabelled twin that holds whichever pool came last.
-              'max by (pool) (airflow_pool_starving_tasks{pool!=""}) > 0',
-              "15m", "warning", "An Airflow pool is starving",
+              'max by (pool) (min_over_time(airflow_pool_starving_tasks{pool!=""}[15m])) > 0',
+              "0m", "warning", "An Airflow pool is starving",
               "Pool {{ $labels.pool }} has had tasks waiting for a free slot for 15 minutes."),
+        # The heartbeat alerts above fire only when every replica stopped (they share one counter).
+        Alert("AirflowComponentReplicasUnavailable",
+              f'kube_deployment_status_replicas_available{{{AIRFLOW_NS}, deployment=~"{COMPONENTS}"}} '
+              f'< kube_deployment_spec_replicas{{{AIRFLOW_NS}, deployment=~"{COMPONENTS}"}}',
+              "15m", "warning", "An Airflow component runs fewer replicas than asked for",
+              "{{ $labels.deployment }} has had fewer available replicas than desired for 15 minutes: one more "
+              "failure takes it down."),
         Alert("AirflowApiServerNotReady",
               f'kube_deployment_status_replicas_available{{{AIRFLOW_NS}, deployment="airflow-api-server"}} < 1',
               "5m", "critical", "No Airflow API server is ready",
