@@ -492,6 +492,10 @@ def load_balancer_controller_values(cluster_name: pulumi.Input[str], region: str
         "podDisruptionBudget": {"maxUnavailable": 1},
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "nodeSelector": dict(w.SYSTEM_NODES),
+        # kube-system enforces no Pod Security level; the controller meets `restricted` all the same.
+        "podSecurityContext": {"fsGroup": 65534, "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
         # The controller's Service webhook (failurePolicy Fail, every Service create) would refuse the Services
         # of every release installed while the controller has no ready endpoint; no Service here is of type
         # LoadBalancer, so it has nothing to do.

@@ -100,8 +100,14 @@ def kube_prometheus_stack_values(settings: Settings, storage_class: Optional[str
             **placement,
         },
         "kube-state-metrics": {"resources": resources("20m", "64Mi", "256Mi"), **placement},
-        # A DaemonSet on every node: no node selector. Host access is what it is for (README).
-        "prometheus-node-exporter": {"resources": resources("20m", "32Mi", "64Mi")},
+        # A DaemonSet on every node: no node selector. Host access (network, PID namespace, /proc, /sys, /) is
+        # what it is for (README); everything else is as tight as `restricted`.
+        "prometheus-node-exporter": {
+            "resources": resources("20m", "32Mi", "64Mi"),
+            "containerSecurityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                         "capabilities": {"drop": ["ALL"]},
+                                         "seccompProfile": {"type": "RuntimeDefault"}},
+        },
     }
 
 

@@ -25,7 +25,8 @@ from test_placement import stack_settings
 RULE = "kubernetes:monitoring.coreos.com/v1:PrometheusRule"
 AIRFLOW = 'namespace="airflow"'
 DB = 'namespace="airflow", cluster="airflow-db"'
-REDIS = 'namespace="airflow", service="airflow-redis"'
+# What the PodMonitor's scrape gives the exporter's series (job: <namespace>/<monitor>).
+REDIS = 'namespace="airflow", job="monitoring/airflow-redis"'
 
 # alert -> (firing series, healthy series, labels the firing alert carries beyond alertname/severity/area)
 # Series values use promtool's expanding notation: 'a+bxN' is a, a+b, ... N+1 samples, one per minute.
@@ -117,13 +118,13 @@ CASES: dict[str, tuple[dict[str, str], dict[str, str], dict[str, str]]] = {
     "RedisMasterLinkDown": (
         {f'redis_master_link_up{{{REDIS}, pod="airflow-redis-server-1"}}': "0x40"},
         {f'redis_master_link_up{{{REDIS}, pod="airflow-redis-server-1"}}': "1x40"},
-        {"namespace": "airflow", "service": "airflow-redis", "pod": "airflow-redis-server-1"}),
+        {"namespace": "airflow", "job": "monitoring/airflow-redis", "pod": "airflow-redis-server-1"}),
     "RedisMemoryNearMaxmemory": (
         {f'redis_memory_used_bytes{{{REDIS}, pod="airflow-redis-server-0"}}': "95x40",
          f'redis_memory_max_bytes{{{REDIS}, pod="airflow-redis-server-0"}}': "100x40"},
         {f'redis_memory_used_bytes{{{REDIS}, pod="airflow-redis-server-0"}}': "10x40",
          f'redis_memory_max_bytes{{{REDIS}, pod="airflow-redis-server-0"}}': "100x40"},
-        {"namespace": "airflow", "service": "airflow-redis", "pod": "airflow-redis-server-0"}),
+        {"namespace": "airflow", "job": "monitoring/airflow-redis", "pod": "airflow-redis-server-0"}),
     "RedisReplicasMissing": (
         {f'redis_connected_slaves{{{REDIS}, pod="airflow-redis-server-0"}}': "1x40",
          f'redis_instance_info{{{REDIS}, pod="airflow-redis-server-0", role="master"}}': "1x40"},

@@ -206,7 +206,8 @@ def test_load_balancer_controller_release(stack_runs, stack):
     assert chart_values["clusterName"] == run.one("aws:eks/cluster:Cluster").values["name"]
     assert chart_values["vpcId"] == "cluster-vpc-id"
     assert missing_value_paths(chart_values, chart_defaults("aws-load-balancer-controller"),
-                               free_form=("resources", "nodeSelector", "podDisruptionBudget")) == []
+                               free_form=("resources", "nodeSelector", "podDisruptionBudget", "podSecurityContext",
+                                          "securityContext")) == []
     association = run.one("aws:eks/podIdentityAssociation:PodIdentityAssociation", "cluster-lb-controller")
     assert association.values["serviceAccount"] == chart_values["serviceAccount"]["name"]
     assert release.depends_on(association)

@@ -119,3 +119,25 @@ def test_no_fail_closed_webhook_of_the_load_balancer_controller_touches_the_plat
                       if selects(hook.get("objectSelector"), pod.labels)
                       and selects(hook.get("namespaceSelector"), namespaces[pod.namespace])]
             assert caught == [], hook["name"]
+
+
+# node-exporter reads the node: host network, PID namespace and hostPath mounts of /proc, /sys and /.
+NODE_EXPORTER_HOST_ACCESS = {"hostNetwork", "hostPID", "volume proc: ['hostPath']", "volume sys: ['hostPath']",
+                             "volume root: ['hostPath']"}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_pods_in_namespaces_that_enforce_less_still_meet_restricted_but_for_node_exporters_host_access(
+        stack_runs, stack):
+    """The monitoring namespace enforces `privileged` (for node-exporter) and kube-system nothing: every pod
+    there meets `restricted` all the same, and node-exporter fails it only by its host access."""
+    levels = enforced_levels(stack_runs[stack])
+    checked = 0
+    for pod in platform_pods(stack_runs[stack]):
+        if levels.get(pod.namespace) == "restricted":
+            continue
+        checked += 1
+        allowed = NODE_EXPORTER_HOST_ACCESS if pod.labels.get("app.kubernetes.io/name") == "prometheus-node-exporter" \
+            else set()
+        assert set(restricted_violations(pod.spec)) <= allowed, pod.source
+    assert checked >= 8
