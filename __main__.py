@@ -58,6 +58,7 @@ database = Database("database", DatabaseArgs(
     app_user_secret_name=security.postgres_user_secret_name,
     app_user_password=security.postgres_password,
     cert_manager=security.cert_manager,
+    monitoring_namespace=security.monitoring_namespace,
     backups_bucket_name=storage.backups_bucket_name,
     backup_access=storage.database_access,
     storage_class_name=cluster.default_storage_class_name,

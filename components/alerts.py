@@ -22,6 +22,9 @@ from components.settings import Settings
 
 AIRFLOW_NS = f'namespace="{w.AIRFLOW_NAMESPACE}"'
 COMPONENTS = "airflow-(scheduler|dag-processor|triggerer|api-server)"
+# Prometheus names a PodMonitor's scrape job <namespace>/<monitor> (Observability's monitors).
+INSTANCES_JOB = f"{w.MONITORING_NAMESPACE}/{w.POSTGRES_CLUSTER}"
+POOLER_JOB = f"{w.MONITORING_NAMESPACE}/{w.POSTGRES_POOLER}"
 
 
 @dataclass(frozen=True)
@@ -113,10 +116,11 @@ def postgres_alerts(settings: Settings) -> list[Alert]:
     cluster = f'cluster="{w.POSTGRES_CLUSTER}"'
     standbys = settings.postgres_instances - 1
     alerts = [
+        # Either PostgreSQL does not answer its instance manager, or the pod cannot be scraped at all.
         Alert("PostgresInstanceDown",
-              f"cnpg_collector_up{{{cluster}}} == 0",
+              f'cnpg_collector_up{{{cluster}}} == 0 or up{{job="{INSTANCES_JOB}"}} == 0',
               "5m", "critical", "A PostgreSQL instance is down",
-              "Instance {{ $labels.pod }} of the metadata database does not answer its instance manager."),
+              "Instance {{ $labels.pod }} of the metadata database does not answer."),
         Alert("PostgresNoPrimary",
               f"sum(cnpg_pg_replication_in_recovery{{{cluster}}} == bool 0) < 1 "
               f"or absent(cnpg_pg_replication_in_recovery{{{cluster}}})",
@@ -131,8 +135,11 @@ def postgres_alerts(settings: Settings) -> list[Alert]:
               f"cnpg_pg_stat_archiver_last_failed_time{{{cluster}}} > cnpg_pg_stat_archiver_last_archived_time{{{cluster}}}",
               "10m", "critical", "WAL archiving to the backups bucket fails",
               "The last attempt to archive WAL failed: point-in-time recovery stops at the last archived segment."),
+        # CloudNativePG 1.30's PgBouncer exporter does not publish an `up` of its own: the scrape's `up`, and
+        # the exporter's failure to query PgBouncer.
         Alert("PgBouncerDown",
-              f'cnpg_pgbouncer_up{{{AIRFLOW_NS}}} == 0 or absent(cnpg_pgbouncer_up{{{AIRFLOW_NS}}})',
+              f'up{{job="{POOLER_JOB}"}} == 0 or absent(up{{job="{POOLER_JOB}"}}) '
+              f"or cnpg_pgbouncer_last_collection_error{{{AIRFLOW_NS}}} == 1",
               "5m", "critical", "PgBouncer is down",
               "A PgBouncer pod does not reach PostgreSQL, or none reports: Airflow's database connections fail."),
         Alert("PgBouncerClientConnectionsNearLimit",

@@ -56,6 +56,8 @@ class DatabaseArgs:
     app_user_secret_name: pulumi.Input[str]
     app_user_password: pulumi.Output[str]
     cert_manager: Optional[pulumi.Resource] = None
+    # From Security: where Grafana's sidecar finds dashboards.
+    monitoring_namespace: pulumi.Input[str] = w.MONITORING_NAMESPACE
     # From Storage (target=aws): where backups go, and the Pod Identity role that may write there.
     backups_bucket_name: Optional[pulumi.Input[str]] = None
     backup_access: Optional[list[pulumi.Resource]] = None
@@ -82,7 +84,9 @@ class Database(pulumi.ComponentResource):
         self.operator = chart_release(
             f"{name}-cloudnative-pg", chart="cloudnative-pg", version=settings.cloudnative_pg_chart_version,
             repo=CNPG_CHARTS, namespace=w.CNPG_NAMESPACE,
-            values=operator_values(ha=settings.is_aws, node_selector=settings.system_node_selector),
+            # The dashboard ConfigMap goes where Grafana looks (the namespace is an input: it waits for it).
+            values=operator_values(ha=settings.is_aws, node_selector=settings.system_node_selector,
+                                   monitoring_namespace=args.monitoring_namespace),
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[operator_namespace])))
         cluster_dependencies: list[pulumi.Resource] = [self.operator]
 
@@ -153,7 +157,8 @@ class Database(pulumi.ComponentResource):
         self.register_outputs({"connection_secret_name": self.connection_secret_name})
 
 
-def operator_values(ha: bool, node_selector: Optional[dict] = None) -> dict:
+def operator_values(ha: bool, node_selector: Optional[dict] = None,
+                    monitoring_namespace: pulumi.Input[str] = w.MONITORING_NAMESPACE) -> dict:
     return {
         **({"nodeSelector": node_selector} if node_selector else {}),
         # Leader election lets a second operator take over at once.
@@ -162,7 +167,8 @@ def operator_values(ha: bool, node_selector: Optional[dict] = None) -> dict:
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         # The operator's PodMonitor is Observability's (it needs its CRDs); the official CloudNativePG
         # dashboard is a plain ConfigMap that Grafana's sidecar picks up.
-        "monitoring": {"podMonitorEnabled": False, "grafanaDashboard": {"create": True}},
+        "monitoring": {"podMonitorEnabled": False,
+                       "grafanaDashboard": {"create": True, "namespace": monitoring_namespace}},
     }
 
 

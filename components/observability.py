@@ -56,12 +56,14 @@ def kube_prometheus_stack_values(settings: Settings, storage_class: Optional[str
             **placement,
         },
         "prometheus": {
-            "podDisruptionBudget": {"enabled": ha, "maxUnavailable": 1},
+            # The chart's own minAvailable: 1 (setting maxUnavailable too would make the PDB invalid).
+            "podDisruptionBudget": {"enabled": ha},
             "prometheusSpec": {
                 "replicas": 2 if ha else 1,
                 "retention": f"{settings.prometheus_retention_days}d",
-                # Below the volume, so Prometheus drops old blocks before the disk is full.
-                "retentionSize": f"{int(settings.prometheus_storage_gib * 0.9)}GB",
+                # Prometheus drops old blocks beyond this (its GB are GiB), well below the volume and below the
+                # 85 % at which PersistentVolumeFillingUp fires.
+                "retentionSize": f"{int(settings.prometheus_storage_gib * 0.75)}GB",
                 "storageSpec": {"volumeClaimTemplate": {"spec": {
                     **storage_class_spec, "accessModes": ["ReadWriteOnce"],
                     "resources": {"requests": {"storage": f"{settings.prometheus_storage_gib}Gi"}}}}},
@@ -74,7 +76,7 @@ def kube_prometheus_stack_values(settings: Settings, storage_class: Optional[str
             },
         },
         "alertmanager": {
-            "podDisruptionBudget": {"enabled": ha, "maxUnavailable": 1},
+            "podDisruptionBudget": {"enabled": ha},
             "alertmanagerSpec": {
                 "replicas": 2 if ha else 1,
                 # The whole configuration, receivers' credentials included, lives in a Secret this component
@@ -90,10 +92,17 @@ def kube_prometheus_stack_values(settings: Settings, storage_class: Optional[str
         "grafana": {
             "admin": {"existingSecret": GRAFANA_ADMIN_SECRET, "userKey": "admin-user", "passwordKey": "admin-password"},
             "persistence": {"enabled": True, "size": "10Gi", **storage_class_spec},
+            # One pod on a ReadWriteOnce volume: a surge pod on another node could never attach it.
+            "deploymentStrategy": {"type": "Recreate"},
+            # The sidecars read ConfigMaps (and Secrets, for datasources) in the monitoring namespace only:
+            # cluster-wide they could read every Secret, the Airflow namespace's included.
+            "rbac": {"namespaced": True},
             "resources": resources("100m", "256Mi", "512Mi"),
             "sidecar": {"resources": resources("10m", "64Mi", "128Mi"),
                         "dashboards": {"enabled": True, "label": "grafana_dashboard", "labelValue": "1",
-                                       "searchNamespace": "ALL"}},
+                                       "searchNamespace": [w.MONITORING_NAMESPACE]}},
+            **({"grafana.ini": {"server": {"root_url": f"https://{settings.grafana_host}"}}}
+               if settings.is_aws and settings.grafana_host else {}),
             "ingress": {"enabled": False},
             # The volume's group comes from fsGroup; the chart's chown init container would run as root.
             "initChownData": {"enabled": False},
@@ -131,11 +140,18 @@ def alertmanager_config(settings: Settings) -> dict:
             "receiver": "platform" if configured else "null",
             "group_by": ["alertname", "namespace"],
             "group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h",
-            # kube-prometheus-stack's always-firing Watchdog and its info-level inhibitor go nowhere.
-            "routes": [{"receiver": "null", "matchers": ['alertname =~ "Watchdog|InfoInhibitor"']}],
+            # kube-prometheus-stack's always-firing Watchdog (no dead-man's switch is wired: README), its
+            # InfoInhibitor and the default rules' info-level alerts go nowhere.
+            "routes": [{"receiver": "null", "matchers": ['alertname =~ "Watchdog|InfoInhibitor"']},
+                       {"receiver": "null", "matchers": ['severity = "info"']}],
         },
-        "inhibit_rules": [{"source_matchers": ['severity = "critical"'], "target_matchers": ['severity = "warning"'],
-                           "equal": ["alertname", "namespace"]}],
+        "inhibit_rules": [
+            {"source_matchers": ['severity = "critical"'], "target_matchers": ['severity = "warning"'],
+             "equal": ["alertname", "namespace"]},
+            # The chart's convention: InfoInhibitor fires while info alerts fire alone in a namespace.
+            {"source_matchers": ['alertname = "InfoInhibitor"'], "target_matchers": ['severity = "info"'],
+             "equal": ["namespace"]},
+        ],
         "receivers": [{"name": "null"}, *([receiver] if configured else [])],
     }
     if settings.alert_email_to:

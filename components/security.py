@@ -419,10 +419,12 @@ class Security(pulumi.ComponentResource):
                 # A replacement must exist before the load balancer lets go of the old one.
                 delete_before_replace=False)))
         records = []
-        for index in range(1 + len(extra_hosts)):
-            validation = certificate.domain_validation_options[index]
+        for index, host in enumerate([settings.ingress_host, *extra_hosts]):
+            # By domain: the validation options are a set, in no particular order.
+            validation = certificate.domain_validation_options.apply(
+                lambda options, host=host: next(o for o in options if o.domain_name == host))
             records.append(aws.route53.Record(
-                # The first keeps its former name.
+                # The ingress host's keeps its former name.
                 f"{name}-ingress-validation" + (f"-{index}" if index else ""),
                 zone_id=settings.route53_zone_id,
                 name=validation.resource_record_name,

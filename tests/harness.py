@@ -184,7 +184,8 @@ class PlatformMocks(pulumi_mocks.Mocks):
             state["domainValidationOptions"] = [{
                 "domainName": domain, "resourceRecordName": f"_x1.{domain}.",
                 "resourceRecordType": "CNAME", "resourceRecordValue": f"_x2.{domain}.acm-validations.aws."}
-                for domain in [inputs["domainName"], *(inputs.get("subjectAlternativeNames") or [])]]
+                # ACM's options are a set: listed here in another order than the domains were given.
+                for domain in reversed([inputs["domainName"], *(inputs.get("subjectAlternativeNames") or [])])]
         elif args.typ == "kubernetes:networking.k8s.io/v1:Ingress":
             state["status"] = {"loadBalancer": {"ingress": [
                 {"hostname": f"k8s-airflow-{args.name}-1234567890.eu-west-1.elb.amazonaws.com"}]}}

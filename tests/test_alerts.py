@@ -96,9 +96,10 @@ CASES: dict[str, tuple[dict[str, str], dict[str, str], dict[str, str]]] = {
          f"cnpg_pg_stat_archiver_last_archived_time{{{DB}}}": "2000x40"},
         {"namespace": "airflow", "cluster": "airflow-db"}),
     "PgBouncerDown": (
-        {f'cnpg_pgbouncer_up{{{AIRFLOW}, pod="airflow-db-pooler-x"}}': "0x40"},
-        {f'cnpg_pgbouncer_up{{{AIRFLOW}, pod="airflow-db-pooler-x"}}': "1x40"},
-        {"namespace": "airflow", "pod": "airflow-db-pooler-x"}),
+        {'up{namespace="airflow", job="monitoring/airflow-db-pooler", pod="airflow-db-pooler-x"}': "1x5 0x35"},
+        {'up{namespace="airflow", job="monitoring/airflow-db-pooler", pod="airflow-db-pooler-x"}': "1x40",
+         f'cnpg_pgbouncer_last_collection_error{{{AIRFLOW}, pod="airflow-db-pooler-x"}}': "0x40"},
+        {"namespace": "airflow", "job": "monitoring/airflow-db-pooler", "pod": "airflow-db-pooler-x"}),
     "PgBouncerClientConnectionsNearLimit": (
         {f'cnpg_pgbouncer_lists_used_clients{{{AIRFLOW}, pod="airflow-db-pooler-x"}}': "990x40"},
         {f'cnpg_pgbouncer_lists_used_clients{{{AIRFLOW}, pod="airflow-db-pooler-x"}}': "100x40"},
@@ -154,10 +155,10 @@ CASES: dict[str, tuple[dict[str, str], dict[str, str], dict[str, str]]] = {
          'kubelet_volume_stats_capacity_bytes{namespace="airflow", persistentvolumeclaim="data-x"}': "100x40"},
         {"namespace": "airflow", "persistentvolumeclaim": "data-x"}),
     "KedaScalerErrors": (
-        {'keda_scaler_detail_errors_total{namespace="airflow", scaledObject="airflow-worker", scaler="postgresql"}':
-         "0+1x40"},
-        {'keda_scaler_detail_errors_total{namespace="airflow", scaledObject="airflow-worker", scaler="postgresql"}':
-         "0x40"},
+        {'keda_scaler_detail_errors_total{namespace="keda", exported_namespace="airflow", scaledObject="airflow-worker", '
+         'scaler="postgresql"}': "0+1x40"},
+        {'keda_scaler_detail_errors_total{namespace="keda", exported_namespace="airflow", scaledObject="airflow-worker", '
+         'scaler="postgresql"}': "0x40"},
         {"scaledObject": "airflow-worker"}),
     "NodeNotReady": (
         {'kube_node_status_condition{node="ip-10-0-1-1", condition="Ready", status="true"}': "0x40"},

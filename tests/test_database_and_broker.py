@@ -167,8 +167,14 @@ def test_database_broker_and_operator_do_not_wait_for_each_other(prod):
         database_release = prod.one(RELEASE, name)
         assert not prod.depends_transitively(broker, database_release)
         assert not prod.depends_transitively(database_release, broker)
+    # The operator waits for nothing of Security but the monitoring namespace (its dashboard goes there):
+    # not for cert-manager, the certificate or the policies.
     operator = prod.one(RELEASE, "database-cloudnative-pg")
-    assert not prod.depends_transitively(operator, prod.one("airflow:platform:Security"))
+    security = prod.one("airflow:platform:Security")
+    waited = {prod.by_urn(urn).name for urn in operator.dependencies + sum(operator.property_dependencies.values(), [])
+              if prod.by_urn(urn).parent == security.urn}
+    assert waited == {"security-monitoring"}
+    assert not prod.depends_transitively(operator, prod.one(RELEASE, "security-cert-manager"))
 
 
 @pytest.mark.parametrize("stack", ["local", "prod"])

@@ -222,4 +222,29 @@ def test_dashboards_are_loaded_by_the_grafana_sidecar(prod):
             if d["kind"] == "ConfigMap" and (d["metadata"].get("labels") or {}).get("grafana_dashboard") == "1"]
     assert cnpg, "the operator chart's official CloudNativePG dashboard"
     sidecar = prod.one(RELEASE, "observability-kube-prometheus-stack").values["values"]["grafana"]["sidecar"]
-    assert sidecar["dashboards"]["searchNamespace"] == "ALL" and sidecar["dashboards"]["label"] == "grafana_dashboard"
+    assert sidecar["dashboards"]["searchNamespace"] == [w.MONITORING_NAMESPACE]
+    assert sidecar["dashboards"]["label"] == "grafana_dashboard"
+    assert {d["metadata"]["namespace"] for d in cnpg} == {w.MONITORING_NAMESPACE}, "where the sidecar looks"
+
+
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_grafana_cannot_read_secrets_outside_its_namespace(stack_runs, stack):
+    rendered = render_all(stack_runs[stack])["kube-prometheus-stack"]
+    for document in rendered:
+        if document["kind"] != "ClusterRole" or "grafana" not in document["metadata"]["name"]:
+            continue
+        for rule in document.get("rules") or []:
+            assert "secrets" not in rule.get("resources", []), document["metadata"]["name"]
+    roles = [d for d in rendered if d["kind"] == "Role" and "grafana" in d["metadata"]["name"]]
+    assert roles and all(r["metadata"]["namespace"] == w.MONITORING_NAMESPACE for r in roles)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_rendered_pod_disruption_budget_is_valid(stack_runs, stack):
+    """The API server refuses a PDB with both minAvailable and maxUnavailable (helm template does not)."""
+    budgets = [d for documents in render_all(stack_runs[stack]).values() for d in documents
+               if d["kind"] == "PodDisruptionBudget"]
+    assert budgets or stack == "local"
+    for budget in budgets:
+        spec = budget["spec"]
+        assert ("minAvailable" in spec) != ("maxUnavailable" in spec), budget["metadata"]["name"]

@@ -176,6 +176,10 @@ def test_prod_issues_a_dns_validated_certificate_for_the_ingress_host(prod):
     assert certificate["validationMethod"] == "DNS"
     record = prod.one("aws:route53/record:Record", "security-ingress-validation")
     assert record.values["zoneId"] == "Z0123456789EXAMPLE"
+    # Each record validates its own host, whatever order ACM lists the domains in.
+    assert record.values["name"] == "_x1.airflow.example.com."
+    assert prod.one("aws:route53/record:Record", "security-ingress-validation-1").values["name"] == \
+        "_x1.grafana.example.com."
     assert record.values["type"] == "CNAME"
     validation = prod.one("aws:acm/certificateValidation:CertificateValidation")
     assert validation.depends_on(record) or record.urn in sum(validation.property_dependencies.values(), [])
