@@ -250,7 +250,7 @@ class Cluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(
                 protect=protect, retain_on_delete=protect)))
         aws.kms.Alias(f"{name}-secrets", name=f"alias/{cluster_name}-eks-secrets", target_key_id=secrets_key.key_id,
-                      opts=self._aws)
+                      opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(retain_on_delete=protect)))
         role = aws.iam.Role(f"{name}-control-plane", assume_role_policy=service_trust_policy("eks.amazonaws.com"),
                             opts=self._aws)
         policy = aws.iam.RolePolicyAttachment(
@@ -259,7 +259,10 @@ class Cluster(pulumi.ComponentResource):
         # Created ahead of the cluster so the logs get a retention instead of EKS's never-expire default.
         log_group = aws.cloudwatch.LogGroup(
             f"{name}-control-plane", name=f"/aws/eks/{cluster_name}/cluster",
-            retention_in_days=settings.control_plane_log_retention_days, opts=self._aws)
+            retention_in_days=settings.control_plane_log_retention_days,
+            # The control plane's audit trail is kept like the other data.
+            opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(
+                protect=protect, retain_on_delete=protect)))
         public_cidrs = [str(cidr) for cidr in settings.endpoint_public_access_cidrs]
         return aws.eks.Cluster(
             f"{name}-eks",

@@ -86,7 +86,11 @@ class Storage(pulumi.ComponentResource):
         super().__init__("airflow:platform:Storage", name, None, opts)
         self._settings = args.settings
         protect = args.settings.protect_stateful_resources
+        self._protect = protect
         self._keep = pulumi.ResourceOptions(protect=protect, retain_on_delete=protect)
+        # What configures a kept resource is kept with it: deleting BucketVersioning would suspend versioning,
+        # deleting the public-access block or the TLS-only policy would open a retained bucket.
+        self._keep_with = pulumi.ResourceOptions(retain_on_delete=protect)
         self.logs_bucket_name = self.backups_bucket_name = self.file_system_id = None
         self.airflow_access, self.database_access = [], []
 
@@ -102,7 +106,7 @@ class Storage(pulumi.ComponentResource):
                 enable_key_rotation=True, deletion_window_in_days=30,
                 opts=pulumi.ResourceOptions.merge(self._aws, self._keep))
             aws.kms.Alias(f"{name}-data", name=f"alias/airflow-{args.stack}-data", target_key_id=key.key_id,
-                          opts=self._aws)
+                          opts=pulumi.ResourceOptions.merge(self._aws, self._keep_with))
             logs = self._bucket(name, "logs", args.stack, key, expire_current_after_days=args.settings.log_retention_days,
                                 noncurrent_days=7)
             backups = self._bucket(name, "backups", args.stack, key, expire_current_after_days=None,
@@ -142,23 +146,27 @@ class Storage(pulumi.ComponentResource):
     def _bucket(self, name: str, purpose: str, stack: str, key: aws.kms.Key,
                 expire_current_after_days: Optional[int], noncurrent_days: int) -> aws.s3.Bucket:
         bucket = aws.s3.Bucket(
-            f"{name}-{purpose}", bucket_prefix=f"airflow-{stack}-{purpose}-", force_destroy=False,
+            f"{name}-{purpose}", bucket_prefix=f"airflow-{stack}-{purpose}-",
+            # A throwaway stack's buckets are never empty (WAL from the first minute, task logs, every version):
+            # without this its `destroy` fails with BucketNotEmpty.
+            force_destroy=not self._protect,
             opts=pulumi.ResourceOptions.merge(self._aws, self._keep))
+        companion = pulumi.ResourceOptions.merge(self._aws, self._keep_with)
         aws.s3.BucketOwnershipControls(f"{name}-{purpose}", bucket=bucket.id,
-                                       rule={"object_ownership": "BucketOwnerEnforced"}, opts=self._aws)
+                                       rule={"object_ownership": "BucketOwnerEnforced"}, opts=companion)
         aws.s3.BucketPublicAccessBlock(
             f"{name}-{purpose}", bucket=bucket.id, block_public_acls=True, block_public_policy=True,
-            ignore_public_acls=True, restrict_public_buckets=True, opts=self._aws)
+            ignore_public_acls=True, restrict_public_buckets=True, opts=companion)
         aws.s3.BucketServerSideEncryptionConfiguration(
             f"{name}-{purpose}", bucket=bucket.id,
             rules=[{"apply_server_side_encryption_by_default": {"sse_algorithm": "aws:kms",
                                                                 "kms_master_key_id": key.arn},
                     "bucket_key_enabled": True}],
-            opts=self._aws)
+            opts=companion)
         versioning = aws.s3.BucketVersioning(f"{name}-{purpose}", bucket=bucket.id,
-                                             versioning_configuration={"status": "Enabled"}, opts=self._aws)
+                                             versioning_configuration={"status": "Enabled"}, opts=companion)
         aws.s3.BucketPolicy(f"{name}-{purpose}", bucket=bucket.id,
-                            policy=bucket.arn.apply(tls_only_bucket_policy), opts=self._aws)
+                            policy=bucket.arn.apply(tls_only_bucket_policy), opts=companion)
         rule: dict = {
             "id": f"{purpose}-retention",
             "status": "Enabled",
@@ -172,7 +180,7 @@ class Storage(pulumi.ComponentResource):
         aws.s3.BucketLifecycleConfiguration(
             f"{name}-{purpose}", bucket=bucket.id, rules=[rule],
             # Lifecycle rules on noncurrent versions need versioning switched on first.
-            opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(depends_on=[versioning])))
+            opts=pulumi.ResourceOptions.merge(companion, pulumi.ResourceOptions(depends_on=[versioning])))
         return bucket
 
     def _pod_identity_role(self, name: str, purpose: str, bucket: aws.s3.Bucket, key: aws.kms.Key,
@@ -213,13 +221,16 @@ class Storage(pulumi.ComponentResource):
     def _efs_backups(self, name: str, stack: str, file_system: aws.efs.FileSystem, key: aws.kms.Key) -> None:
         retention = self._settings.backup_retention_days
         vault = aws.backup.Vault(f"{name}-efs", name=f"airflow-{stack}", kms_key_arn=key.arn,
+                                 # A throwaway stack's vault holds recovery points: without this, `destroy` fails.
+                                 force_destroy=not self._protect,
                                  opts=pulumi.ResourceOptions.merge(self._aws, self._keep))
+        companion = pulumi.ResourceOptions.merge(self._aws, self._keep_with)
         plan = aws.backup.Plan(
             f"{name}-efs", name=f"airflow-{stack}-efs-daily",
             rules=[{"rule_name": "daily", "target_vault_name": vault.name, "schedule": "cron(0 3 * * ? *)",
                     "start_window": 60, "completion_window": 360,
                     "lifecycle": {"delete_after": retention}}],
-            opts=self._aws)
+            opts=companion)
         role = aws.iam.Role(f"{name}-backup", assume_role_policy=service_trust_policy("backup.amazonaws.com"),
                             opts=self._aws)
         attachments = [
@@ -229,7 +240,7 @@ class Storage(pulumi.ComponentResource):
                            "service-role/AWSBackupServiceRolePolicyForRestores")]
         aws.backup.Selection(f"{name}-efs", name="efs", plan_id=plan.id, iam_role_arn=role.arn,
                              resources=[file_system.arn],
-                             opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(
+                             opts=pulumi.ResourceOptions.merge(companion, pulumi.ResourceOptions(
                                  depends_on=attachments)))
 
     def _claim(self, name: str, claim_name: str, args: StorageArgs, storage_class: Optional[str],

@@ -151,8 +151,35 @@ def test_opting_out_of_protection_for_a_throwaway_stack():
     for type_ in (BUCKET, "aws:efs/fileSystem:FileSystem", "aws:kms/key:Key", "aws:backup/vault:Vault", PVC):
         for registration in run.of_type(type_):
             assert not registration.protect and not registration.retain_on_delete, registration.name
-    for bucket in run.of_type(BUCKET):
-        assert bucket.values["forceDestroy"] is False, "objects are never deleted behind the user's back"
+    # A throwaway stack must be destroyable: its buckets always hold objects and versions, its vault recovery
+    # points (issue: destroy failed with BucketNotEmpty).
+    for registration in [*run.of_type(BUCKET), *run.of_type("aws:backup/vault:Vault")]:
+        assert registration.values["forceDestroy"] is True, registration.name
+
+
+COMPANIONS = ("aws:s3/bucketOwnershipControls:BucketOwnershipControls",
+              "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock",
+              "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+              "aws:s3/bucketVersioning:BucketVersioning", "aws:s3/bucketPolicy:BucketPolicy",
+              "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration", "aws:backup/plan:Plan",
+              "aws:backup/selection:Selection", "aws:kms/alias:Alias")
+
+
+def test_what_configures_a_kept_resource_is_kept_with_it(prod):
+    """A retained bucket whose versioning, public-access block or TLS-only policy were deleted would be a
+    different bucket: suspended versioning, possibly public. The companions are retained with it."""
+    for type_ in COMPANIONS:
+        found = prod.of_type(type_)
+        assert found, type_
+        for registration in found:
+            assert registration.retain_on_delete, registration.name
+    for registration in [*prod.of_type(BUCKET), *prod.of_type("aws:backup/vault:Vault")]:
+        assert registration.values["forceDestroy"] is False, "a protected stack never deletes objects"
+    log_group = prod.one("aws:cloudwatch/logGroup:LogGroup")
+    assert log_group.protect and log_group.retain_on_delete, "the control plane's audit trail"
+    throwaway = run_program("staging", overrides={"protectStatefulResources": False})
+    for type_ in COMPANIONS:
+        assert not any(r.retain_on_delete for r in throwaway.of_type(type_)), type_
 
 
 def test_buckets_kms_and_efs_do_not_wait_for_the_cluster(prod):
