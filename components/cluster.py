@@ -144,11 +144,13 @@ class Cluster(pulumi.ComponentResource):
         early_addons = [self._addon(name, eks_cluster, addon) for addon in ADDONS_BEFORE_NODES]
         self.node_groups = self._build_node_groups(name, eks_cluster, network, early_addons)
         pod_identity_agent = early_addons[ADDONS_BEFORE_NODES.index("eks-pod-identity-agent")]
+        late_addons = []
         for addon in ADDONS_AFTER_NODES:
             # The CSI controllers get their AWS credentials from the Pod Identity agent.
             uses_pod_identity = addon in ADDONS_WITH_POD_IDENTITY
-            self._addon(name, eks_cluster, addon,
-                        after=[*self.node_groups, *([pod_identity_agent] if uses_pod_identity else [])])
+            late_addons.append(self._addon(
+                name, eks_cluster, addon,
+                after=[*self.node_groups, *([pod_identity_agent] if uses_pod_identity else [])]))
         admin_access = self._build_admin_access(name, eks_cluster, deployer_arn)
 
         self.cluster_name = eks_cluster.name
@@ -159,17 +161,26 @@ class Cluster(pulumi.ComponentResource):
         self.s3_cidrs = network.s3_cidrs
         self.cluster_security_group_id = eks_cluster.vpc_config.cluster_security_group_id
         self.kubeconfig = pulumi.Output.secret(self._kubeconfig(eks_cluster, settings.region))
+        # Two providers, so that Pulumi orders the Kubernetes objects against the cluster's own services both ways:
+        # a resource is created after, and deleted before, whatever its provider depends on. The first serves
+        # what the cluster itself needs (the default StorageClass, the load balancer controller); the second,
+        # every other object, and waits for those too. On `destroy` every release, Ingress and claim is then gone
+        # while CoreDNS, the CSI drivers and the controller still run to clear finalizers and reclaim volumes.
+        cluster_services = [*self.node_groups, *admin_access, *late_addons]
+        bootstrap = k8s.Provider(
+            f"{name}-k8s-bootstrap", kubeconfig=self.kubeconfig, cluster_identifier=eks_cluster.arn,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=cluster_services))
+        self.default_storage_class_name = self._build_default_storage_class(name, bootstrap)
+        self.load_balancer_controller = self._build_load_balancer_controller(
+            name, eks_cluster, network, pod_identity_agent, bootstrap)
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
             # Without it, a change of endpoint or CA would make Pulumi replace every Kubernetes object.
             cluster_identifier=eks_cluster.arn,
-            # Nodes to run on, and the admin access the Helm releases are installed with.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*self.node_groups, *admin_access]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[
+                *cluster_services, self._default_storage_class, self.load_balancer_controller]),
         )
-        self.default_storage_class_name = self._build_default_storage_class(name)
-        self.load_balancer_controller = self._build_load_balancer_controller(
-            name, eks_cluster, network, pod_identity_agent)
 
     def _build_network(self, name: str, cluster_name: str) -> Network:
         settings = self._settings
@@ -440,10 +451,10 @@ class Cluster(pulumi.ComponentResource):
             }}}],
         })
 
-    def _build_default_storage_class(self, name: str) -> str:
+    def _build_default_storage_class(self, name: str, provider: k8s.Provider) -> str:
         protect = self._settings.protect_stateful_resources
         class_name = "gp3-encrypted"
-        k8s.storage.v1.StorageClass(
+        self._default_storage_class = k8s.storage.v1.StorageClass(
             f"{name}-gp3",
             metadata={"name": class_name,
                       "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
@@ -453,12 +464,13 @@ class Cluster(pulumi.ComponentResource):
             allow_volume_expansion=True,
             # Volumes outlive their claims unless the stack is declared throwaway.
             reclaim_policy="Retain" if protect else "Delete",
-            opts=pulumi.ResourceOptions(parent=self, provider=self.provider),
+            opts=pulumi.ResourceOptions(parent=self, provider=provider),
         )
         return class_name
 
     def _build_load_balancer_controller(self, name: str, eks_cluster: aws.eks.Cluster, network: Network,
-                                        pod_identity_agent: aws.eks.Addon) -> k8s.helm.v3.Release:
+                                        pod_identity_agent: aws.eks.Addon,
+                                        provider: k8s.Provider) -> k8s.helm.v3.Release:
         settings = self._settings
         version = settings.aws_load_balancer_controller_chart_version
         policy_file = LOAD_BALANCER_CONTROLLER_POLICY_DIR / f"aws-load-balancer-controller-v{version}.json"
@@ -479,7 +491,7 @@ class Cluster(pulumi.ComponentResource):
             repo="https://aws.github.io/eks-charts", namespace="kube-system",
             values=load_balancer_controller_values(eks_cluster.name, settings.region, network.vpc_id, service_account),
             # Its credentials must exist before its first pod starts, or it crash-loops until they do.
-            opts=pulumi.ResourceOptions(parent=self, provider=self.provider, depends_on=[association, policy]),
+            opts=pulumi.ResourceOptions(parent=self, provider=provider, depends_on=[association, policy]),
         )
 
 

@@ -171,7 +171,7 @@ def test_nodes_use_imdsv2_and_encrypted_volumes(stack_runs, stack):
 @pytest.mark.parametrize("stack", AWS_STACKS)
 def test_kubernetes_provider_waits_for_nodes_and_uses_an_exec_kubeconfig(stack_runs, stack):
     run = stack_runs[stack]
-    provider = run.one("pulumi:providers:kubernetes")
+    provider = run.one("pulumi:providers:kubernetes", "cluster-k8s")
     for node_group in run.of_type("aws:eks/nodeGroup:NodeGroup"):
         assert provider.depends_on(node_group)
     eks = run.one("aws:eks/cluster:Cluster")
@@ -186,12 +186,87 @@ def test_kubernetes_provider_waits_for_nodes_and_uses_an_exec_kubeconfig(stack_r
     assert unwrap(run.outputs["cluster_name"]) == eks.values["name"]
 
 
-@pytest.mark.parametrize("stack", AWS_STACKS)
-def test_every_kubernetes_resource_uses_the_cluster_provider(stack_runs, stack):
+# What an in-cluster object relies on while it is created and, above all, deleted: DNS, the CSI drivers that
+# reclaim its volumes, and the controller that clears its load balancer's finalizer.
+CLUSTER_SERVICES = ("coredns", "aws-ebs-csi-driver", "aws-efs-csi-driver")
+BOOTSTRAP = ("cluster-gp3", "cluster-lb-controller")
+
+
+def delete_order(run) -> list[str]:
+    """Pulumi's delete order for the recorded graph: a resource goes before everything it depends on (its
+    dependencies, property dependencies, provider and parent), so this is a reverse topological order."""
+    edges: dict[str, set[str]] = {}
+    for r in run.registrations:
+        targets = set(r.dependencies) | {u for deps in r.property_dependencies.values() for u in deps}
+        if r.provider:
+            targets.add(r.provider.rsplit("::", 1)[0])
+        if r.parent:
+            targets.add(r.parent)
+        edges[r.urn] = {t for t in targets if t in {x.urn for x in run.registrations}}
+    order, state = [], {}
+
+    def visit(urn):  # depth-first: everything that depends on `urn` must come first
+        if state.get(urn) == "done":
+            return
+        state[urn] = "visiting"
+        for dependent in (u for u, targets in edges.items() if urn in targets):
+            if state.get(dependent) != "visiting":
+                visit(dependent)
+        state[urn] = "done"
+        order.append(urn)
+
+    for r in run.registrations:
+        visit(r.urn)
+    return order
+
+
+def in_cluster_objects(run) -> list:
+    return [r for r in run.registrations if r.custom and r.type.startswith("kubernetes:")
+            and r.name not in BOOTSTRAP]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_in_cluster_object_is_created_after_and_deleted_before_what_it_relies_on(stack_runs, stack):
     run = stack_runs[stack]
-    provider = run.one("pulumi:providers:kubernetes")
+    addons = {a.values["addonName"]: a for a in run.of_type("aws:eks/addon:Addon")}
+    services = [addons[name] for name in CLUSTER_SERVICES if name in addons]
+    services += [run.one("kubernetes:helm.sh/v3:Release", "cluster-lb-controller")] if addons else []
+    assert len(services) == (4 if stack != "local" else 0)
+    order = delete_order(run)
+    position = {urn: index for index, urn in enumerate(order)}
+    objects = in_cluster_objects(run)
+    assert len(objects) > 40
+    for registration in objects:
+        for service in services:
+            # Created after: it waits for the service; deleted before: it comes first in the delete order.
+            assert run.depends_transitively(registration, service), (registration.name, service.name)
+            assert position[registration.urn] < position[service.urn], (registration.name, service.name)
+    # Every claim goes before its CSI driver (the EFS claims are the program's; the rest the operators').
+    for claim in run.of_type("kubernetes:core/v1:PersistentVolumeClaim"):
+        for driver in ("aws-ebs-csi-driver", "aws-efs-csi-driver"):
+            if driver in addons:
+                assert position[claim.urn] < position[addons[driver].urn]
+
+
+def test_the_delete_order_model_would_catch_a_missing_dependency(prod):
+    """Take the platform provider's dependency on CoreDNS away: objects may then go after CoreDNS."""
+    import copy
+    run = copy.deepcopy(prod)
+    coredns = next(a for a in run.of_type("aws:eks/addon:Addon") if a.values["addonName"] == "coredns")
+    for provider in run.of_type("pulumi:providers:kubernetes"):
+        provider.dependencies = [u for u in provider.dependencies if u != coredns.urn]
+    objects = in_cluster_objects(run)
+    assert not all(run.depends_transitively(r, coredns) for r in objects)
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_the_cluster_services_use_their_own_provider(stack_runs, stack):
+    run = stack_runs[stack]
+    bootstrap = run.one("pulumi:providers:kubernetes", "cluster-k8s-bootstrap")
+    platform = run.one("pulumi:providers:kubernetes", "cluster-k8s")
     for registration in run.where(lambda r: r.type.startswith("kubernetes:")):
-        assert run.provider_of(registration).urn == provider.urn, registration.name
+        expected = bootstrap if registration.name in BOOTSTRAP else platform
+        assert run.provider_of(registration).urn == expected.urn, registration.name
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)
@@ -285,7 +360,7 @@ def test_admin_principals_and_the_deployer_get_cluster_admin_through_access_entr
         assert association["policyArn"].endswith(ADMIN_POLICY)
         assert association["accessScope"] == {"type": "cluster"}
         # The Helm releases are installed with the deployer's access: it must exist first.
-        assert prod.one("pulumi:providers:kubernetes").depends_on(
+        assert prod.one("pulumi:providers:kubernetes", "cluster-k8s").depends_on(
             prod.one("aws:eks/accessPolicyAssociation:AccessPolicyAssociation", name))
 
 
