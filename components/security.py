@@ -233,7 +233,8 @@ def secrets_checksum(*values: pulumi.Input[str]) -> pulumi.Output[str]:
 
 
 def namespace_with_pod_security(resource_name: str, namespace: str, level: str,
-                                opts: pulumi.ResourceOptions) -> k8s.core.v1.Namespace:
+                                opts: pulumi.ResourceOptions,
+                                labels: Optional[dict[str, str]] = None) -> k8s.core.v1.Namespace:
     """A namespace that enforces a Pod Security Admission level and warns about and audits `restricted`."""
     return k8s.core.v1.Namespace(
         resource_name,
@@ -242,8 +243,16 @@ def namespace_with_pod_security(resource_name: str, namespace: str, level: str,
             "pod-security.kubernetes.io/enforce-version": "latest",
             "pod-security.kubernetes.io/warn": "restricted",
             "pod-security.kubernetes.io/audit": "restricted",
+            **(labels or {}),
         }},
         opts=opts)
+
+
+# The AWS Load Balancer Controller adds a readiness gate to the pods behind an ALB target group in namespaces
+# labelled so: a rolling update of the API server (or Grafana) waits until the new pod is healthy in the target
+# group before the old one goes, so the ALB always has a healthy target. The webhook that does it fails open
+# (failurePolicy Ignore in chart 3.5.0): while the controller is down, pods start without the gate.
+READINESS_GATE_LABELS = {"elbv2.k8s.aws/pod-readiness-gate-inject": "enabled"}
 
 
 @dataclass
@@ -322,7 +331,9 @@ class Security(pulumi.ComponentResource):
         })
 
     def _namespace(self, name: str, namespace: str, level: str) -> k8s.core.v1.Namespace:
-        return namespace_with_pod_security(f"{name}-{namespace}", namespace, level, self._k8s)
+        behind_alb = self._settings.is_aws and namespace in (w.AIRFLOW_NAMESPACE, w.MONITORING_NAMESPACE)
+        return namespace_with_pod_security(f"{name}-{namespace}", namespace, level, self._k8s,
+                                           READINESS_GATE_LABELS if behind_alb else None)
 
     def _build_rbac(self, name: str, args: SecurityArgs, in_airflow: pulumi.ResourceOptions) -> None:
         role = k8s.rbac.v1.Role(

@@ -508,8 +508,21 @@ def _describe_error(error: dict[str, Any]) -> tuple[str, str]:
         f": {message}; got {error.get('input')!r}{allowed}"
 
 
-def load_settings(raw_config: Optional[dict[str, str]] = None) -> Settings:
-    """Read and validate the stack's settings; raise SettingsError naming every bad key."""
+# On AWS, S3 bucket prefixes (`airflow-<stack>-backups-`, at most 37 characters, lower case), the backup vault
+# and the KMS aliases are named after the stack.
+_AWS_STACK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,19}$")
+
+
+def _stack_name_problems(settings: Settings, stack: str) -> list[str]:
+    if settings.is_aws and not _AWS_STACK_NAME.match(stack):
+        return [f"stack name {stack!r}: target 'aws' names buckets, the backup vault and KMS aliases after it: "
+                "use lower-case letters, digits and '-', at most 20 characters (for example 'prod-eu')"]
+    return []
+
+
+def load_settings(raw_config: Optional[dict[str, str]] = None, stack: Optional[str] = None) -> Settings:
+    """Read and validate the stack's settings; raise SettingsError naming every bad key. `stack` defaults to
+    the running stack's name when the config is the running stack's."""
     raw = _project_config() if raw_config is None else raw_config
     known = {field.alias for field in Settings.model_fields.values()}
     problems: list[str] = _plain_text_secrets(raw) if raw_config is None else []
@@ -526,6 +539,10 @@ def load_settings(raw_config: Optional[dict[str, str]] = None) -> Settings:
             problems.append(f"{PROJECT_NAMESPACE}:{key}{text}")
     if settings is not None:
         problems.extend(f"{PROJECT_NAMESPACE}:{key}: {text}" for key, text in _cross_field_problems(settings))
+        if stack is None and raw_config is None:
+            stack = pulumi.get_stack()
+        if stack is not None:
+            problems.extend(_stack_name_problems(settings, stack))
     if problems:
         raise SettingsError("invalid stack settings:\n  - " + "\n  - ".join(problems))
     assert settings is not None

@@ -141,3 +141,19 @@ def test_pods_in_namespaces_that_enforce_less_still_meet_restricted_but_for_node
             else set()
         assert set(restricted_violations(pod.spec)) <= allowed, pod.source
     assert checked >= 8
+
+
+@pytest.mark.parametrize("stack", ("local", "prod"))
+def test_pods_behind_the_alb_get_a_readiness_gate_from_a_webhook_that_fails_open(stack_runs, stack):
+    run = stack_runs[stack]
+    namespaces = {r.values["metadata"]["name"]: {**r.values["metadata"]["labels"],
+                                                 "kubernetes.io/metadata.name": r.values["metadata"]["name"]}
+                  for r in run.of_type("kubernetes:core/v1:Namespace")}
+    if stack == "local":
+        assert not any("elbv2.k8s.aws/pod-readiness-gate-inject" in labels for labels in namespaces.values())
+        return
+    [hook] = [h for d in render_all(run)["aws-load-balancer-controller"] if d["kind"] == "MutatingWebhookConfiguration"
+              for h in d["webhooks"] if h["name"] == "mpod.elbv2.k8s.aws"]
+    assert hook["failurePolicy"] == "Ignore", "a controller that is down must not block pod creation"
+    for namespace in ("airflow", "monitoring"):
+        assert selects(hook["namespaceSelector"], namespaces[namespace]), namespace

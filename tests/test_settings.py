@@ -132,3 +132,18 @@ def test_stack_file_values_have_the_types_pulumi_yaml_declares(stack_file):
         expected = python_types[declared[name]["type"]]
         assert isinstance(value, expected) and not (expected is int and isinstance(value, bool)), \
             f"{stack_file.name}: {key} must be {declared[name]['type']}, got {value!r}"
+
+
+AWS_MINIMUM = {"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com", "grafanaHost": "g.example.com",
+               "route53ZoneId": "Z0123"}
+
+
+@pytest.mark.parametrize("stack", ["Prod", "prod_eu", "production-europe-west-1", "-prod"])
+def test_an_aws_stack_name_that_cannot_name_buckets_is_refused_before_anything_is_created(stack):
+    with pytest.raises(SettingsError, match=rf"stack name '{re.escape(stack)}': target 'aws' names buckets"):
+        load_settings(AWS_MINIMUM, stack=stack)
+
+
+def test_stack_names_that_fit_are_accepted():
+    assert load_settings(AWS_MINIMUM, stack="prod-eu").is_aws
+    assert not load_settings({}, stack="Anything_Goes_Locally").is_aws
