@@ -184,16 +184,26 @@ class Cluster(pulumi.ComponentResource):
 
     def _build_network(self, name: str, cluster_name: str) -> Network:
         settings = self._settings
-        zones = aws.get_availability_zones(
-            state="available",
-            filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
-            opts=self._invoke,
-        ).names
-        if len(zones) < settings.availability_zone_count:
-            raise ValueError(
-                f"airflow:availabilityZoneCount: {settings.region} offers {len(zones)} zones, "
-                f"{settings.availability_zone_count} were asked for")
-        zones = sorted(zones)[: settings.availability_zone_count]
+        if settings.availability_zones:
+            # Pinned: whatever their state today (a zone event must not move subnets or node groups), but they
+            # must be zones of the region.
+            known = aws.get_availability_zones(all_availability_zones=True, opts=self._invoke).names
+            unknown = sorted(set(settings.availability_zones) - set(known))
+            if unknown:
+                raise ValueError(f"airflow:availabilityZones: {unknown} are not zones of {settings.region} "
+                                 f"({', '.join(sorted(known))})")
+            zones = list(settings.availability_zones)
+        else:
+            zones = aws.get_availability_zones(
+                state="available",
+                filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
+                opts=self._invoke,
+            ).names
+            if len(zones) < settings.availability_zone_count:
+                raise ValueError(
+                    f"airflow:availabilityZoneCount: {settings.region} offers {len(zones)} zones, "
+                    f"{settings.availability_zone_count} were asked for")
+            zones = sorted(zones)[: settings.availability_zone_count]
         private_cidrs, public_cidrs = subnet_plan(settings.vpc_cidr, len(zones))
         cluster_tag = {f"kubernetes.io/cluster/{cluster_name}": "shared"}
 

@@ -105,6 +105,11 @@ class Settings(BaseModel):
                     "it. EKS is created with it (a private /12 to /24 outside vpcCidr; empty: what EKS itself picks, "
                     "172.20.0.0/16 for a VPC in 10.0.0.0/8, 10.100.0.0/16 otherwise). On a local cluster it must be the cluster's own (empty: "
                     "10.96.0.0/16, kind's; k3d uses 10.43.0.0/16).")
+    availability_zones: list[str] = Field(
+        default_factory=list, max_length=6,
+        description="Zone names the VPC and node groups use, pinned (e.g. [eu-west-1a, eu-west-1b, eu-west-1c]); "
+                    "their number replaces availabilityZoneCount. Empty looks zones up on every run, which a zone "
+                    "event can change: pin them.")
     availability_zone_count: int = Field(
         default=3, ge=2, le=6,
         description="How many availability zones the VPC and node groups span.")
@@ -339,6 +344,18 @@ class Settings(BaseModel):
             raise ValueError("must be a private (RFC 1918) network of /12 to /24")
         return str(network)
 
+    @field_validator("availability_zones")
+    @classmethod
+    def _zone_names(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d[a-z](-[a-z0-9]+-\d[a-z])?", value):
+                raise ValueError(f"{value!r} is not an availability zone name such as eu-west-1a")
+        if len(set(values)) != len(values):
+            raise ValueError("lists a zone twice")
+        if values and len(values) < 2:
+            raise ValueError("needs at least 2 zones")
+        return values
+
     @field_validator("admin_principal_arns", "operator_principal_arns")
     @classmethod
     def _principal_arns(cls, values: list[str]) -> list[str]:
@@ -391,7 +408,11 @@ class Settings(BaseModel):
     @property
     def system_zones(self) -> int:
         """How many zones the system nodes are spread over (a managed node group balances its subnets)."""
-        return min(self.system_node_count, self.availability_zone_count) if self.is_aws else 1
+        return min(self.system_node_count, self.zone_count) if self.is_aws else 1
+
+    @property
+    def zone_count(self) -> int:
+        return len(self.availability_zones) or self.availability_zone_count
 
     @property
     def system_nodes(self) -> int:
@@ -442,6 +463,9 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
     if settings.is_aws and settings.service_cidr.overlaps(settings.vpc_cidr):
         problems.append(("kubernetesServiceCidr", f"must not overlap vpcCidr ({settings.vpc_cidr}), got "
                                                   f"{settings.service_cidr} (for example 10.100.0.0/16)"))
+    for zone in settings.availability_zones:
+        if settings.region and not zone.startswith(settings.region):
+            problems.append(("availabilityZones", f"{zone!r} is not a zone of region {settings.region}"))
     if settings.is_aws and not settings.grafana_host:
         problems.append(("grafanaHost", "is required when target is 'aws' (the host name of Grafana, in "
                                         "route53ZoneId, e.g. grafana.example.com)"))

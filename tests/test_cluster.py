@@ -442,3 +442,24 @@ def test_the_service_cidr_defaults_to_what_each_target_uses(stack_runs):
     assert str(load_settings({**aws, "vpcCidr": "192.168.0.0/16"}).service_cidr) == "10.100.0.0/16"
     assert stack_runs["prod"].one("aws:eks/cluster:Cluster").values["kubernetesNetworkConfig"]["serviceIpv4Cidr"] \
         == "172.20.0.0/16"
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_zones_are_pinned_and_looked_up_only_to_be_validated(stack_runs, stack):
+    run = stack_runs[stack]
+    zones = sorted({s.values["availabilityZone"] for s in run.of_type("aws:ec2/subnet:Subnet")})
+    assert zones == ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+    lookups = [args for token, args in run.invokes if token == "aws:index/getAvailabilityZones:getAvailabilityZones"]
+    # Every zone of the region, whatever its state today: a zone event neither stops the program nor moves
+    # subnets and node groups.
+    assert lookups and all(args.get("allAvailabilityZones") is True and "state" not in args for args in lookups)
+
+
+def test_a_pinned_zone_the_region_does_not_have_is_refused():
+    with pytest.raises(ProgramFailed, match=r"airflow:availabilityZones: \['eu-west-1z'\] are not zones of eu-west-1"):
+        run_program("prod", overrides={"availabilityZones": ["eu-west-1a", "eu-west-1z"]})
+    from components.settings import SettingsError, load_settings
+    with pytest.raises(SettingsError, match=r"'us-east-1a' is not a zone of region eu-west-1"):
+        load_settings({"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com",
+                       "grafanaHost": "g.example.com", "route53ZoneId": "Z0123",
+                       "availabilityZones": ["eu-west-1a", "us-east-1a"]})

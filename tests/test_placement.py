@@ -109,7 +109,7 @@ def fits(pod: Pod, needs: dict, node: Node, nodes: list[Node]) -> bool:
 def cluster_nodes(settings) -> list[Node]:
     if not settings.is_aws:
         return [Node("kind-control-plane", "local", dict(NODE_LABELS), [], dict(LOCAL_NODE))]
-    zones = [f"zone-{chr(97 + i)}" for i in range(settings.availability_zone_count)]
+    zones = [f"zone-{chr(97 + i)}" for i in range(settings.zone_count)]
     taints = [{"key": t.key, "effect": {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute",
                                         "PREFER_NO_SCHEDULE": "PreferNoSchedule"}[t.effect]}
               for t in settings.worker_node_taints]
