@@ -213,9 +213,8 @@ class Observability(pulumi.ComponentResource):
     def __init__(self, name: str, args: ObservabilityArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("airflow:platform:Observability", name, None, opts)
         settings = args.settings
-        k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
         # Every object names args.monitoring_namespace: it waits for the namespace through that input.
-        in_namespaces = k8s_opts
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
 
         password = random.RandomPassword(f"{name}-grafana-admin", length=32, special=False, min_lower=2,
                                          min_upper=2, min_numeric=2, opts=pulumi.ResourceOptions(parent=self))
@@ -224,13 +223,13 @@ class Observability(pulumi.ComponentResource):
             f"{name}-grafana-admin",
             metadata={"name": GRAFANA_ADMIN_SECRET, "namespace": args.monitoring_namespace},
             string_data={"admin-user": "admin", "admin-password": self.grafana_admin_password},
-            opts=in_namespaces)
+            opts=k8s_opts)
         alertmanager = k8s.core.v1.Secret(
             f"{name}-alertmanager-config",
             metadata={"name": ALERTMANAGER_CONFIG_SECRET, "namespace": args.monitoring_namespace},
             string_data={"alertmanager.yaml": pulumi.Output.secret(
                 yaml.safe_dump(alertmanager_config(settings), sort_keys=False))},
-            opts=in_namespaces)
+            opts=k8s_opts)
 
         self.release = chart_release(
             f"{name}-kube-prometheus-stack", release_name=w.PROMETHEUS_RELEASE, chart="kube-prometheus-stack",
@@ -238,9 +237,9 @@ class Observability(pulumi.ComponentResource):
             values=kube_prometheus_stack_values(settings, args.storage_class_name),
             # Prometheus and Grafana wait for their volumes on fresh nodes.
             timeout=900,
-            opts=pulumi.ResourceOptions.merge(in_namespaces, pulumi.ResourceOptions(
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
                 depends_on=[grafana_admin, alertmanager])))
-        with_crds = pulumi.ResourceOptions.merge(in_namespaces, pulumi.ResourceOptions(depends_on=[self.release]))
+        with_crds = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[self.release]))
 
         for monitor in monitors():
             k8s.apiextensions.CustomResource(
@@ -262,7 +261,7 @@ class Observability(pulumi.ComponentResource):
                 metadata={"name": f"dashboard-{dashboard.stem}", "namespace": args.monitoring_namespace,
                           "labels": {"grafana_dashboard": "1"}},
                 data={dashboard.name: json.dumps(json.loads(dashboard.read_text()))},
-                opts=in_namespaces)
+                opts=k8s_opts)
 
         if settings.is_aws:
             self.grafana_url = alb_ingress(

@@ -18,7 +18,7 @@ from components.observability import ALERTMANAGER_CONFIG_SECRET, GRAFANA_ADMIN_S
 from harness import STACKS, ProgramFailed, is_secret, run_program, unwrap
 from netpol import allowed, selects
 from rendering import platform_pods, render_all
-from test_network_flows import all_policies, endpoints
+from test_network_flows import all_policies, endpoints, variant_run
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
 MONITOR_TYPES = ("kubernetes:monitoring.coreos.com/v1:ServiceMonitor", "kubernetes:monitoring.coreos.com/v1:PodMonitor")
@@ -86,7 +86,7 @@ def test_every_monitor_selects_something_that_runs_with_the_port_it_scrapes(stac
 @pytest.mark.parametrize("variant", ["local", "prod"])
 def test_prometheus_may_reach_every_target_in_the_airflow_namespace(variant):
     """Every PodMonitor target behind the Airflow namespace's default deny is admitted by a flow."""
-    run = run_program(variant)
+    run = variant_run(variant)
     policies = all_policies(variant)
     [prometheus] = endpoints(variant)["prometheus"][:1]
     for monitor in monitors(run):
@@ -97,17 +97,12 @@ def test_prometheus_may_reach_every_target_in_the_airflow_namespace(variant):
         targets = [e for role in endpoints(variant).values() for e in role
                    if e.namespace == w.AIRFLOW_NAMESPACE and selects(spec["selector"], e.labels)]
         assert targets, monitor.name
-        pods = {p.source: p for p in platform_pods(variant_run_of(variant))}
+        pods = {p.source: p for p in platform_pods(run)}
         for target in targets:
             pod = pods[target.name]
             [number] = {cp["containerPort"] for c in pod.containers for cp in c.get("ports") or []
                         if cp.get("name") == port_name}
             assert allowed(policies, prometheus, target, number), f"{monitor.name}: {target.name}:{number}"
-
-
-def variant_run_of(variant: str):
-    from test_network_flows import variant_run
-    return variant_run(variant)
 
 
 def test_observability_is_off_the_path_to_the_airflow_release(prod):

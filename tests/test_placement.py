@@ -143,9 +143,22 @@ def running_replicas(pod: Pod, settings) -> int:
 
 def place(pods: list[Pod], nodes: list[Node], settings) -> list[str]:
     """Places every replica; returns what could not be placed."""
-    replicas = [(pod, requests_of(pod)) for pod in pods for _ in range(running_replicas(pod, settings))]
-    replicas.sort(key=lambda item: (-len(required_anti_affinity(item[0])), -item[1]["cpu"], -item[1]["memory"]))
     unplaced = []
+    # A DaemonSet's pod runs on every node it selects and tolerates, before anything else is scheduled.
+    for pod in (p for p in pods if p.per_node):
+        needs = requests_of(pod)
+        for node in nodes:
+            if all(node.labels.get(k) == v for k, v in (pod.spec.get("nodeSelector") or {}).items()) \
+                    and tolerates(pod, node.taints):
+                if not fits(pod, needs, node, nodes):
+                    unplaced.append(f"{pod.source} on {node.name}")
+                    continue
+                node.free = {"cpu": node.free["cpu"] - needs["cpu"], "memory": node.free["memory"] - needs["memory"],
+                             "pods": node.free["pods"] - 1}
+                node.placed.append((pod, needs))
+    replicas = [(pod, requests_of(pod)) for pod in pods if not pod.per_node
+                for _ in range(running_replicas(pod, settings))]
+    replicas.sort(key=lambda item: (-len(required_anti_affinity(item[0])), -item[1]["cpu"], -item[1]["memory"]))
     for pod, needs in replicas:
         candidates = [node for node in nodes if fits(pod, needs, node, nodes)]
         if not candidates:
@@ -219,3 +232,13 @@ def test_anti_affinity_is_required_only_where_the_system_nodes_can_honour_it(sta
     redis = "kubernetes:helm.sh/v3:Release"
     assert prod.one(redis, "broker-redis-ha").values["values"]["hardAntiAffinity"] is True
     assert staging.one(redis, "broker-redis-ha").values["values"]["hardAntiAffinity"] is False
+
+
+def test_a_daemonset_takes_its_share_of_every_node(stack_runs):
+    settings = stack_settings("prod")
+    nodes = cluster_nodes(settings)
+    pods = platform_pods(stack_runs["prod"])
+    place([p for p in pods if not is_job(p)] + addon_pods(), nodes, settings)
+    on_nodes = [node.name for node in nodes for pod, _ in node.placed
+                if pod.labels.get("app.kubernetes.io/name") == "prometheus-node-exporter"]
+    assert sorted(on_nodes) == sorted(node.name for node in nodes)
