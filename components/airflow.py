@@ -38,9 +38,9 @@ CONTAINER_SECURITY_CONTEXT = {"runAsNonRoot": True, "allowPrivilegeEscalation": 
 TAINT_EFFECTS = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
 
 
-def resources(cpu: str, memory: str) -> dict:
-    """Requests, and a memory limit equal to the request: no CPU limit, so no throttling of schedulers."""
-    return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}}
+def resources(cpu: str, memory: str, memory_limit: Optional[str] = None) -> dict:
+    """Requests, and a memory limit (the request unless given): no CPU limit, so no throttling of schedulers."""
+    return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory_limit or memory}}
 
 
 def zone_spread(component: str) -> list[dict]:
@@ -272,11 +272,11 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
     return values
 
 
-def keda_values(node_selector: Optional[dict] = None) -> dict:
+def keda_values(placement: Optional[dict] = None) -> dict:
     return {
         # Exposes the operator's metrics port (Observability's PodMonitor scrapes it); no monitor from here.
         "prometheus": {"operator": {"enabled": True}},
-        **({"nodeSelector": node_selector} if node_selector else {}),
+        **(placement or {}),
         "resources": {
             "operator": resources("100m", "256Mi"),
             "metricServer": resources("100m", "256Mi"),
@@ -329,7 +329,7 @@ class AirflowRelease(pulumi.ComponentResource):
                                                      k8s_opts)
         keda = chart_release(
             f"{name}-keda", chart="keda", version=settings.keda_chart_version, repo=KEDA_CHARTS,
-            namespace=w.KEDA_NAMESPACE, values=keda_values(settings.system_node_selector),
+            namespace=w.KEDA_NAMESPACE, values=keda_values(settings.system_placement),
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[keda_namespace])))
 
         self.release = k8s.helm.v3.Release(

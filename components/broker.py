@@ -92,7 +92,7 @@ def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_
     # the new password cannot authenticate to a primary that still has the old one, its readiness waits
     # for a replication link that never comes, and the rollout stops there (README: Rotate secrets).
     return {
-        **({"nodeSelector": settings.system_node_selector} if settings.system_node_selector else {}),
+        **settings.system_placement,
         "fullnameOverride": w.REDIS_RELEASE,
         "replicas": replicas,
         "auth": True,

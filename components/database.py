@@ -85,7 +85,7 @@ class Database(pulumi.ComponentResource):
             f"{name}-cloudnative-pg", chart="cloudnative-pg", version=settings.cloudnative_pg_chart_version,
             repo=CNPG_CHARTS, namespace=w.CNPG_NAMESPACE,
             # The dashboard ConfigMap goes where Grafana looks (the namespace is an input: it waits for it).
-            values=operator_values(ha=settings.is_aws, node_selector=settings.system_node_selector,
+            values=operator_values(ha=settings.is_aws, placement=settings.system_placement,
                                    monitoring_namespace=args.monitoring_namespace),
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[operator_namespace])))
         cluster_dependencies: list[pulumi.Resource] = [self.operator]
@@ -94,7 +94,7 @@ class Database(pulumi.ComponentResource):
             plugin = chart_release(
                 f"{name}-barman-cloud", chart="plugin-barman-cloud",
                 version=settings.barman_cloud_plugin_chart_version, repo=CNPG_CHARTS,
-                namespace=w.CNPG_NAMESPACE, values=barman_cloud_plugin_values(settings.system_node_selector),
+                namespace=w.CNPG_NAMESPACE, values=barman_cloud_plugin_values(settings.system_placement),
                 # The plugin talks to the operator over mTLS with certificates cert-manager issues.
                 opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(
                     depends_on=[self.operator, *([args.cert_manager] if args.cert_manager else [])])))
@@ -157,10 +157,10 @@ class Database(pulumi.ComponentResource):
         self.register_outputs({"connection_secret_name": self.connection_secret_name})
 
 
-def operator_values(ha: bool, node_selector: Optional[dict] = None,
+def operator_values(ha: bool, placement: Optional[dict] = None,
                     monitoring_namespace: pulumi.Input[str] = w.MONITORING_NAMESPACE) -> dict:
     return {
-        **({"nodeSelector": node_selector} if node_selector else {}),
+        **(placement or {}),
         # Leader election lets a second operator take over at once.
         "replicaCount": 2 if ha else 1,
         "crds": {"create": True},
@@ -172,9 +172,9 @@ def operator_values(ha: bool, node_selector: Optional[dict] = None,
     }
 
 
-def barman_cloud_plugin_values(node_selector: Optional[dict] = None) -> dict:
+def barman_cloud_plugin_values(placement: Optional[dict] = None) -> dict:
     return {
-        **({"nodeSelector": node_selector} if node_selector else {}),
+        **(placement or {}),
         "replicaCount": 1,
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
     }
@@ -213,7 +213,7 @@ def cluster_spec(settings: Settings, app_user_secret: pulumi.Input[str], storage
             # One instance per zone, required only where the system nodes span enough zones to honour it:
             # otherwise the surplus instances would stay Pending.
             "podAntiAffinityType": "required" if 1 < instances <= settings.system_zones else "preferred",
-            **({"nodeSelector": settings.system_node_selector} if settings.system_node_selector else {}),
+            **settings.system_placement,
         },
         "postgresql": {"parameters": {
             "max_connections": str(settings.postgres_max_connections),
@@ -274,7 +274,7 @@ def pooler_spec(settings: Settings) -> dict:
         "template": {"metadata": {"labels": dict(w.POSTGRES_POOLER_PODS)}, "spec": {
             "containers": [{"name": "pgbouncer", "resources": POOLER_RESOURCES}],
             "initContainers": [{"name": "bootstrap-controller", "resources": POOLER_RESOURCES}],
-            **({"nodeSelector": settings.system_node_selector} if settings.system_node_selector else {}),
+            **settings.system_placement,
             "topologySpreadConstraints": [{
                 "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
                 "labelSelector": {"matchLabels": dict(w.POSTGRES_POOLER_PODS)}}],

@@ -19,6 +19,7 @@ import pulumi_random as random
 import yaml
 
 from components import workloads as w
+from components.airflow import resources
 from components.alerts import alert_groups, prometheus_rule_spec
 from components.helm import chart_release
 from components.ingress import alb_ingress
@@ -33,13 +34,9 @@ DASHBOARDS_DIR = Path(__file__).parent / "dashboards"
 SELECTED = {"release": w.PROMETHEUS_RELEASE}
 
 
-def resources(cpu: str, memory: str, memory_limit: Optional[str] = None) -> dict:
-    return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory_limit or memory}}
-
-
 def kube_prometheus_stack_values(settings: Settings, storage_class: Optional[str]) -> dict:
     ha = settings.is_aws
-    placement = {"nodeSelector": settings.system_node_selector} if settings.system_node_selector else {}
+    placement = settings.system_placement
     storage_class_spec = {"storageClassName": storage_class} if storage_class else {}
     return {
         "crds": {"enabled": True},

@@ -454,7 +454,7 @@ class Security(pulumi.ComponentResource):
         self.cert_manager = chart_release(
             f"{name}-cert-manager", chart="cert-manager", version=settings.cert_manager_chart_version,
             repo="https://charts.jetstack.io", namespace=w.CERT_MANAGER_NAMESPACE,
-            values=cert_manager_values(ha=settings.is_aws, node_selector=settings.system_node_selector),
+            values=cert_manager_values(ha=settings.is_aws, placement=settings.system_placement),
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[namespace])))
         after_release = pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[self.cert_manager]))
         bootstrap = k8s.apiextensions.CustomResource(
@@ -481,9 +481,9 @@ class Security(pulumi.ComponentResource):
         self.cluster_ca_issuer_name = issuer.metadata["name"]
 
 
-def cert_manager_values(ha: bool, node_selector: Optional[dict] = None) -> dict:
+def cert_manager_values(ha: bool, placement: Optional[dict] = None) -> dict:
     replicas = 2 if ha else 1
-    placement = {"nodeSelector": node_selector} if node_selector else {}
+    placement = placement or {}
     return {
         "crds": {"enabled": True, "keep": True},
         "replicaCount": replicas,

@@ -406,6 +406,11 @@ class Settings(BaseModel):
         return {"airflow.apache.org/node-role": "system"} if self.is_aws else {}
 
     @property
+    def system_placement(self) -> dict:
+        """Chart or pod-spec values that put a workload on the system nodes (nothing locally)."""
+        return {"nodeSelector": self.system_node_selector} if self.system_node_selector else {}
+
+    @property
     def system_zones(self) -> int:
         """How many zones the system nodes are spread over (a managed node group balances its subnets)."""
         return min(self.system_node_count, self.zone_count) if self.is_aws else 1

@@ -55,7 +55,7 @@ ROLES: list[tuple[str, str, dict]] = [
 ]
 
 
-def role_of(pod: Pod) -> Optional[str]:
+def role_of(pod: Pod | Endpoint) -> Optional[str]:
     return next((role for role, namespace, selector in ROLES
                  if namespace == pod.namespace and selects(selector, pod.labels)), None)
 
@@ -401,7 +401,7 @@ def through_services(variant: str, flows: list[tuple], before_translation: bool)
         for source in found.get(role, []):
             for backend in backends:
                 # Only the pods that serve the port (the major-upgrade Job also carries the primary's labels).
-                if role_of_endpoint(backend) in ("major-upgrade-job",):
+                if role_of(backend) in ("major-upgrade-job",):
                     continue
                 ok = allowed_through_service(policies, source, service, backend, port, protocol, before_translation)
                 (admitted_flows if ok else refused_flows).append((source.name, name, backend.name, port))
@@ -410,11 +410,6 @@ def through_services(variant: str, flows: list[tuple], before_translation: bool)
 
 def replicas_of_redis(variant: str) -> int:
     return len(endpoints(variant)["redis"])
-
-
-def role_of_endpoint(endpoint: Endpoint) -> Optional[str]:
-    return next((role for role, namespace, selector in ROLES
-                 if namespace == endpoint.namespace and selects(selector, endpoint.labels)), None)
 
 
 @pytest.mark.parametrize("variant", STACK_VARIANTS)

@@ -16,6 +16,7 @@ from typing import Optional
 import pytest
 
 from components import workloads as w
+from components.airflow import TAINT_EFFECTS
 from components.settings import load_settings, memory_bytes
 from harness import load_stack_config, run_program
 from netpol import selects
@@ -110,9 +111,7 @@ def cluster_nodes(settings) -> list[Node]:
     if not settings.is_aws:
         return [Node("kind-control-plane", "local", dict(NODE_LABELS), [], dict(LOCAL_NODE))]
     zones = [f"zone-{chr(97 + i)}" for i in range(settings.zone_count)]
-    taints = [{"key": t.key, "effect": {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute",
-                                        "PREFER_NO_SCHEDULE": "PreferNoSchedule"}[t.effect]}
-              for t in settings.worker_node_taints]
+    taints = [{"key": t.key, "effect": TAINT_EFFECTS[t.effect]} for t in settings.worker_node_taints]
     # Spot pools may get any of their types: plan with the smallest.
     worker_type = min(settings.worker_node_instance_types, key=lambda t: allocatable(t)["memory"])
     nodes = []
@@ -136,6 +135,12 @@ def addon_pods() -> list[Pod]:
             for name, cpu, memory in EKS_ADDON_DEPLOYMENTS]
 
 
+def assign(pod: Pod, needs: dict, node: Node) -> None:
+    node.free = {"cpu": node.free["cpu"] - needs["cpu"], "memory": node.free["memory"] - needs["memory"],
+                 "pods": node.free["pods"] - 1}
+    node.placed.append((pod, needs))
+
+
 def running_replicas(pod: Pod, settings) -> int:
     # With KEDA the chart leaves the worker Deployment's replicas to the ScaledObject's minimum.
     return settings.worker_min_replicas if pod.labels.get("component") == "worker" else pod.replicas
@@ -153,9 +158,7 @@ def place(pods: list[Pod], nodes: list[Node], settings) -> list[str]:
                 if not fits(pod, needs, node, nodes):
                     unplaced.append(f"{pod.source} on {node.name}")
                     continue
-                node.free = {"cpu": node.free["cpu"] - needs["cpu"], "memory": node.free["memory"] - needs["memory"],
-                             "pods": node.free["pods"] - 1}
-                node.placed.append((pod, needs))
+                assign(pod, needs, node)
     replicas = [(pod, requests_of(pod)) for pod in pods if not pod.per_node
                 for _ in range(running_replicas(pod, settings))]
     replicas.sort(key=lambda item: (-len(required_anti_affinity(item[0])), -item[1]["cpu"], -item[1]["memory"]))
@@ -164,10 +167,7 @@ def place(pods: list[Pod], nodes: list[Node], settings) -> list[str]:
         if not candidates:
             unplaced.append(f"{pod.source} ({needs['cpu']}m, {needs['memory'] // MiB}Mi)")
             continue
-        node = max(candidates, key=lambda n: (n.free["cpu"], n.free["memory"]))
-        node.free = {"cpu": node.free["cpu"] - needs["cpu"], "memory": node.free["memory"] - needs["memory"],
-                     "pods": node.free["pods"] - 1}
-        node.placed.append((pod, needs))
+        assign(pod, needs, max(candidates, key=lambda n: (n.free["cpu"], n.free["memory"])))
     return unplaced
 
 
