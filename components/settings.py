@@ -18,6 +18,8 @@ import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from components.workloads import SYSTEM_NODES
+
 PROJECT_NAMESPACE = "airflow"
 
 # CloudWatch Logs accepts only these retention periods (days).
@@ -403,7 +405,7 @@ class Settings(BaseModel):
     @property
     def system_node_selector(self) -> dict[str, str]:
         """Where everything but the Celery workers runs: the on-demand system nodes (none locally)."""
-        return {"airflow.apache.org/node-role": "system"} if self.is_aws else {}
+        return dict(SYSTEM_NODES) if self.is_aws else {}
 
     @property
     def system_placement(self) -> dict:
