@@ -12,11 +12,12 @@ from components.cluster import Cluster, ClusterArgs
 from components.database import Database, DatabaseArgs
 from components.observability import Observability, ObservabilityArgs
 from components.security import Security, SecurityArgs
-from components.settings import load_settings
+from components.settings import aws_name_prefix, load_settings
 from components.storage import Storage, StorageArgs
 
 settings = load_settings()
 stack = pulumi.get_stack()
+name_prefix = aws_name_prefix(pulumi.get_project(), stack)
 
 aws_provider = None
 if settings.is_aws:
@@ -26,7 +27,7 @@ if settings.is_aws:
         default_tags={"tags": {"project": pulumi.get_project(), "stack": stack, "managed-by": "pulumi"}},
     )
 
-cluster = Cluster("cluster", ClusterArgs(settings=settings, stack=stack, aws_provider=aws_provider))
+cluster = Cluster("cluster", ClusterArgs(settings=settings, name_prefix=name_prefix, aws_provider=aws_provider))
 
 security = Security("security", SecurityArgs(
     settings=settings,
@@ -40,7 +41,7 @@ security = Security("security", SecurityArgs(
 
 storage = Storage("storage", StorageArgs(
     settings=settings,
-    stack=stack,
+    name_prefix=name_prefix,
     k8s_provider=cluster.provider,
     airflow_namespace=security.airflow_namespace,
     aws_provider=aws_provider,

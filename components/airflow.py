@@ -103,7 +103,7 @@ def keda_cooldown_seconds(settings: Settings) -> int:
 
 def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], api_secret_key_secret: pulumi.Input[str],
                    jwt_secret: pulumi.Input[str], metadata_secret: pulumi.Input[str], broker_secret: pulumi.Input[str],
-                   admin_user_secret: pulumi.Input[str], dags_claim: pulumi.Input[str], logs_claim: pulumi.Input[str],
+                   admin_user_secret: pulumi.Input[str], dags_claim: pulumi.Input[str], logs_claim: Optional[pulumi.Input[str]],
                    logs_bucket: Optional[pulumi.Input[str]], api_server_sources: list[dict],
                    secrets_checksum: Optional[pulumi.Input[str]] = None) -> dict:
     """The chart's values. Only Secret names (and a digest of the secrets) go in here, never a secret value."""
@@ -301,7 +301,8 @@ class AirflowReleaseArgs:
     metadata_secret_name: pulumi.Input[str]
     broker_secret_name: pulumi.Input[str]
     dags_claim_name: pulumi.Input[str]
-    logs_claim_name: pulumi.Input[str]
+    # None on AWS, where task logs go to S3.
+    logs_claim_name: Optional[pulumi.Input[str]]
     aws_provider: Optional[aws.Provider] = None
     logs_bucket_name: Optional[pulumi.Input[str]] = None
     certificate_arn: Optional[pulumi.Input[str]] = None

@@ -40,7 +40,8 @@ ADDONS_WITH_POD_IDENTITY = {
 @dataclass
 class ClusterArgs:
     settings: Settings
-    stack: str
+    # `<project>-<stack>`, the start of AWS names (settings.aws_name_prefix).
+    name_prefix: str
     # None in local mode: the component then creates no AWS resource.
     aws_provider: Optional[aws.Provider] = None
 
@@ -55,19 +56,49 @@ class Network:
     s3_cidrs: list[str]
 
 
-def subnet_plan(vpc_cidr: ipaddress.IPv4Network, zone_count: int) -> tuple[list[str], list[str]]:
-    """Private and public subnet CIDRs, one of each per zone.
+def load_balancer_controller_policy(version: str, partition: str) -> str:
+    """The IAM policy the controller publishes for `version`, for the partition the cluster runs in.
 
-    Private subnets are large (a quarter of the VPC each, or an eighth beyond four zones) because
-    the VPC CNI gives every pod a VPC address; public subnets only hold load balancers and NAT gateways,
-    so they share the last private-sized block.
+    Upstream publishes one file per partition (iam_policy.json, iam_policy_cn.json, iam_policy_us-gov.json);
+    they differ only in the partition of their resource ARNs, so the standard file is pinned and its
+    `arn:aws:` ARNs are rewritten for aws-cn and aws-us-gov."""
+    policy_file = LOAD_BALANCER_CONTROLLER_POLICY_DIR / f"aws-load-balancer-controller-v{version}.json"
+    if not policy_file.exists():
+        raise ValueError(
+            f"airflow:awsLoadBalancerControllerChartVersion: no IAM policy is pinned for {version}; add the "
+            f"policy the controller publishes for that version as {policy_file.name}")
+    if partition not in ("aws", "aws-cn", "aws-us-gov"):
+        raise ValueError(f"AWS partition {partition!r}: the load balancer controller policy is pinned for aws, "
+                         "aws-cn and aws-us-gov")
+    return policy_file.read_text().replace('"arn:aws:', f'"arn:{partition}:')
+
+
+# Zone letters a..g index the subnet layout: a zone's subnets depend on its own letter only, never on how many
+# zones there are or where the zone sits in the list, so adding, removing or reordering zones never moves the
+# subnets of the others (EC2 rejects a replacement subnet that overlaps the one it replaces).
+ZONE_LETTERS = "abcdefg"
+
+
+def zone_index(zone: str) -> int:
+    """The layout slot of a zone: the position of its letter (eu-west-1a -> 0, eu-west-1c -> 2)."""
+    letter = zone[-1]
+    if letter not in ZONE_LETTERS:
+        raise ValueError(f"zone {zone!r}: the subnet layout has slots for zone letters "
+                         f"{ZONE_LETTERS[0]} to {ZONE_LETTERS[-1]}")
+    return ZONE_LETTERS.index(letter)
+
+
+def subnet_plan(vpc_cidr: ipaddress.IPv4Network, zones: list[str]) -> tuple[list[str], list[str]]:
+    """Private and public subnet CIDRs, one of each per zone, in the order of `zones`.
+
+    The VPC is cut into eight blocks: blocks 0-6 are the private subnets of zones a-g (an eighth of the VPC
+    each, a /19 of a /16, because the VPC CNI gives every pod a VPC address); block 7 is cut into sixteen
+    public subnets (load balancers and NAT gateways only), of which zones a-g take the first seven.
     """
-    split = 2 if zone_count <= 3 else 3
-    blocks = list(vpc_cidr.subnets(prefixlen_diff=split))
-    private = [str(block) for block in blocks[:zone_count]]
-    public_pool = blocks[-1].subnets(prefixlen_diff=4)
-    public = [str(next(public_pool)) for _ in range(zone_count)]
-    return private, public
+    private_blocks = list(vpc_cidr.subnets(prefixlen_diff=3))
+    public_blocks = list(private_blocks[-1].subnets(prefixlen_diff=4))
+    slots = [zone_index(zone) for zone in zones]
+    return [str(private_blocks[slot]) for slot in slots], [str(public_blocks[slot]) for slot in slots]
 
 
 class Cluster(pulumi.ComponentResource):
@@ -105,7 +136,7 @@ class Cluster(pulumi.ComponentResource):
         if args.settings.is_aws:
             if args.aws_provider is None:
                 raise ValueError("Cluster: target=aws needs an aws_provider")
-            self._build_eks(name, args.settings.eks_cluster_name(args.stack), args.aws_provider)
+            self._build_eks(name, args.settings.eks_cluster_name(args.name_prefix), args.aws_provider)
         else:
             self._build_local(name)
         self.register_outputs({
@@ -204,7 +235,7 @@ class Cluster(pulumi.ComponentResource):
                     f"airflow:availabilityZoneCount: {settings.region} offers {len(zones)} zones, "
                     f"{settings.availability_zone_count} were asked for")
             zones = sorted(zones)[: settings.availability_zone_count]
-        private_cidrs, public_cidrs = subnet_plan(settings.vpc_cidr, len(zones))
+        private_cidrs, public_cidrs = subnet_plan(settings.vpc_cidr, zones)
         cluster_tag = {f"kubernetes.io/cluster/{cluster_name}": "shared"}
 
         vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=str(settings.vpc_cidr), enable_dns_hostnames=True,
@@ -247,12 +278,15 @@ class Cluster(pulumi.ComponentResource):
             private_subnets.append(private)
             private_route_tables.append(routes)
 
-        # S3 traffic (logs, backups, images layers) stays off the NAT gateways.
+        # S3 traffic (logs, backups, images layers) stays off the NAT gateways. The endpoint service's name is
+        # looked up: it is com.amazonaws.<region>.s3 in most partitions but cn.com.amazonaws.<region>.s3 in China.
+        s3_service = aws.ec2.get_vpc_endpoint_service(service="s3", service_type="Gateway",
+                                                      opts=self._invoke).service_name
         aws.ec2.VpcEndpoint(
-            f"{name}-s3", vpc_id=vpc.id, service_name=f"com.amazonaws.{settings.region}.s3",
+            f"{name}-s3", vpc_id=vpc.id, service_name=s3_service,
             vpc_endpoint_type="Gateway", route_table_ids=[table.id for table in private_route_tables],
             tags={"Name": f"{cluster_name}-s3"}, opts=self._aws)
-        s3_prefix_list = aws.ec2.get_prefix_list(name=f"com.amazonaws.{settings.region}.s3", opts=self._invoke)
+        s3_prefix_list = aws.ec2.get_prefix_list(name=s3_service, opts=self._invoke)
         return Network(
             vpc_id=vpc.id,
             private_subnet_ids=[subnet.id for subnet in private_subnets],
@@ -483,14 +517,10 @@ class Cluster(pulumi.ComponentResource):
                                         provider: k8s.Provider) -> k8s.helm.v3.Release:
         settings = self._settings
         version = settings.aws_load_balancer_controller_chart_version
-        policy_file = LOAD_BALANCER_CONTROLLER_POLICY_DIR / f"aws-load-balancer-controller-v{version}.json"
-        if not policy_file.exists():
-            raise ValueError(
-                f"airflow:awsLoadBalancerControllerChartVersion: no IAM policy is pinned for {version}; add the "
-                f"policy the controller publishes for that version as {policy_file.name}")
         role = aws.iam.Role(f"{name}-lb-controller", assume_role_policy=POD_IDENTITY_TRUST_POLICY, opts=self._aws)
-        policy = aws.iam.RolePolicy(f"{name}-lb-controller", role=role.id, policy=policy_file.read_text(),
-                                    opts=self._aws)
+        policy = aws.iam.RolePolicy(
+            f"{name}-lb-controller", role=role.id,
+            policy=load_balancer_controller_policy(version, self.partition or "aws"), opts=self._aws)
         service_account = "aws-load-balancer-controller"
         association = aws.eks.PodIdentityAssociation(
             f"{name}-lb-controller", cluster_name=eks_cluster.name, namespace="kube-system",

@@ -94,7 +94,7 @@ class Settings(BaseModel):
         description="AWS region, for example `eu-west-1`. Required when target=aws.")
     cluster_name: str = Field(
         default="", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$",
-        description="EKS cluster name; empty means `airflow-<stack>`.")
+        description="EKS cluster name; empty means `<project>-<stack>` (`airflow-prod`).")
     kubernetes_version: str = Field(
         default="1.34", pattern=r"^1\.\d{2}$",
         description="EKS Kubernetes version (the Airflow chart needs 1.30 or newer).")
@@ -182,7 +182,8 @@ class Settings(BaseModel):
     dags_volume_size_gib: int = Field(
         default=5, ge=1, le=1000, description="Requested size of the DAGs volume (EFS ignores it; local clusters do not).")
     logs_volume_size_gib: int = Field(
-        default=20, ge=1, le=10000, description="Requested size of the shared logs volume.")
+        default=20, ge=1, le=10000,
+        description="Requested size of the shared logs volume (local clusters; on AWS task logs go to S3).")
 
     # --- Database (CloudNativePG) --------------------------------------------------------------------
     postgres_instances: int = Field(
@@ -350,8 +351,10 @@ class Settings(BaseModel):
     @classmethod
     def _zone_names(cls, values: list[str]) -> list[str]:
         for value in values:
-            if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d[a-z](-[a-z0-9]+-\d[a-z])?", value):
-                raise ValueError(f"{value!r} is not an availability zone name such as eu-west-1a")
+            if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d[a-g]", value):
+                raise ValueError(f"{value!r} is not an availability zone name with a letter a to g, such as "
+                                 "eu-west-1a (the subnet layout has a slot per zone letter; Local Zones are not "
+                                 "supported)")
         if len(set(values)) != len(values):
             raise ValueError("lists a zone twice")
         if values and len(values) < 2:
@@ -440,8 +443,8 @@ class Settings(BaseModel):
         """The `kubernetes` Service's ClusterIP: the first address of the service CIDR."""
         return str(next(self.service_cidr.hosts()))
 
-    def eks_cluster_name(self, stack: str) -> str:
-        return self.cluster_name or f"airflow-{stack}"
+    def eks_cluster_name(self, name_prefix: str) -> str:
+        return self.cluster_name or name_prefix
 
 
 def config_key(field_name: str) -> str:
@@ -539,21 +542,30 @@ def _describe_error(error: dict[str, Any]) -> tuple[str, str]:
         f": {message}; got {error.get('input')!r}{allowed}"
 
 
-# On AWS, S3 bucket prefixes (`airflow-<stack>-backups-`, at most 37 characters, lower case), the backup vault
-# and the KMS aliases are named after the stack.
-_AWS_STACK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,19}$")
+def aws_name_prefix(project: str, stack: str) -> str:
+    """What AWS names of a stack start with (`<project>-<stack>`): the EKS cluster (unless clusterName is set),
+    S3 bucket prefixes, the backup vault and plan, KMS aliases. Two projects may both have a `prod` stack in
+    one account; their names must not collide."""
+    return f"{project}-{stack}"
 
 
-def _stack_name_problems(settings: Settings, stack: str) -> list[str]:
-    if settings.is_aws and not _AWS_STACK_NAME.match(stack):
-        return [f"stack name {stack!r}: target 'aws' names buckets, the backup vault and KMS aliases after it: "
-                "use lower-case letters, digits and '-', at most 20 characters (for example 'prod-eu')"]
+# S3 bucket prefixes (`<prefix>-backups-`) may have 37 characters at most, lower case.
+_AWS_NAME_PREFIX = re.compile(r"^[a-z0-9][a-z0-9-]{0,27}$")
+
+
+def _name_prefix_problems(settings: Settings, project: str, stack: str) -> list[str]:
+    prefix = aws_name_prefix(project, stack)
+    if settings.is_aws and not _AWS_NAME_PREFIX.match(prefix):
+        return [f"project {project!r} and stack {stack!r}: target 'aws' names buckets, the backup vault and plan "
+                f"and KMS aliases '{prefix}': use lower-case letters, digits and '-', at most 28 characters for "
+                "both with the '-' between them (for example project 'airflow' and stack 'prod-eu')"]
     return []
 
 
-def load_settings(raw_config: Optional[dict[str, str]] = None, stack: Optional[str] = None) -> Settings:
-    """Read and validate the stack's settings; raise SettingsError naming every bad key. `stack` defaults to
-    the running stack's name when the config is the running stack's."""
+def load_settings(raw_config: Optional[dict[str, str]] = None, stack: Optional[str] = None,
+                  project: str = PROJECT_NAMESPACE) -> Settings:
+    """Read and validate the stack's settings; raise SettingsError naming every bad key. `stack` and `project`
+    default to the running stack's when the config is the running stack's."""
     raw = _project_config() if raw_config is None else raw_config
     known = {field.alias for field in Settings.model_fields.values()}
     problems: list[str] = _plain_text_secrets(raw) if raw_config is None else []
@@ -570,10 +582,10 @@ def load_settings(raw_config: Optional[dict[str, str]] = None, stack: Optional[s
             problems.append(f"{PROJECT_NAMESPACE}:{key}{text}")
     if settings is not None:
         problems.extend(f"{PROJECT_NAMESPACE}:{key}: {text}" for key, text in _cross_field_problems(settings))
-        if stack is None and raw_config is None:
-            stack = pulumi.get_stack()
+        if raw_config is None:
+            stack, project = stack or pulumi.get_stack(), pulumi.get_project()
         if stack is not None:
-            problems.extend(_stack_name_problems(settings, stack))
+            problems.extend(_name_prefix_problems(settings, project, stack))
     if problems:
         raise SettingsError("invalid stack settings:\n  - " + "\n  - ".join(problems))
     assert settings is not None

@@ -57,7 +57,8 @@ def tls_only_bucket_policy(bucket_arn: str) -> str:
 @dataclass
 class StorageArgs:
     settings: Settings
-    stack: str
+    # `<project>-<stack>` (settings.aws_name_prefix): buckets, vault, plan and alias names start with it.
+    name_prefix: str
     k8s_provider: k8s.Provider
     # The Airflow namespace (from Security): the PVCs live there.
     airflow_namespace: pulumi.Input[str]
@@ -77,7 +78,8 @@ class Storage(pulumi.ComponentResource):
     backups_bucket_name: Optional[pulumi.Output[str]]
     file_system_id: Optional[pulumi.Output[str]]
     dags_claim_name: pulumi.Output[str]
-    logs_claim_name: pulumi.Output[str]
+    # Locally only: on AWS task logs go to the logs bucket and no pod would mount an EFS logs volume.
+    logs_claim_name: Optional[pulumi.Output[str]]
     # What must exist before a workload can use its bucket (role policy and Pod Identity associations).
     airflow_access: list[pulumi.Resource]
     database_access: list[pulumi.Resource]
@@ -102,14 +104,14 @@ class Storage(pulumi.ComponentResource):
                 raise ValueError("Storage: target=aws needs the AWS partition")
             self._partition = args.partition
             key = aws.kms.Key(
-                f"{name}-data", description=f"Airflow {args.stack}: task logs, database backups, EFS",
+                f"{name}-data", description=f"Airflow {args.name_prefix}: task logs, database backups, EFS",
                 enable_key_rotation=True, deletion_window_in_days=30,
                 opts=pulumi.ResourceOptions.merge(self._aws, self._keep))
-            aws.kms.Alias(f"{name}-data", name=f"alias/airflow-{args.stack}-data", target_key_id=key.key_id,
+            aws.kms.Alias(f"{name}-data", name=f"alias/{args.name_prefix}-data", target_key_id=key.key_id,
                           opts=pulumi.ResourceOptions.merge(self._aws, self._keep_with))
-            logs = self._bucket(name, "logs", args.stack, key, expire_current_after_days=args.settings.log_retention_days,
+            logs = self._bucket(name, "logs", args.name_prefix, key, expire_current_after_days=args.settings.log_retention_days,
                                 noncurrent_days=7)
-            backups = self._bucket(name, "backups", args.stack, key, expire_current_after_days=None,
+            backups = self._bucket(name, "backups", args.name_prefix, key, expire_current_after_days=None,
                                    noncurrent_days=args.settings.backup_retention_days)
             self.logs_bucket_name, self.backups_bucket_name = logs.bucket, backups.bucket
             self.airflow_access = self._pod_identity_role(
@@ -120,7 +122,7 @@ class Storage(pulumi.ComponentResource):
                 (w.POSTGRES_SERVICE_ACCOUNT,))
             file_system = self._file_system(name, args, key)
             self.file_system_id = file_system.id
-            self._efs_backups(name, args.stack, file_system, key)
+            self._efs_backups(name, args.name_prefix, file_system, key)
             storage_class = EFS_STORAGE_CLASS
             access_mode = "ReadWriteMany"
             k8s.storage.v1.StorageClass(
@@ -135,18 +137,20 @@ class Storage(pulumi.ComponentResource):
 
         self.dags_claim_name = self._claim(name, w.DAGS_PVC, args, storage_class, access_mode,
                                            args.settings.dags_volume_size_gib)
-        self.logs_claim_name = self._claim(name, w.LOGS_PVC, args, storage_class, access_mode,
-                                           args.settings.logs_volume_size_gib)
+        self.logs_claim_name = None
+        if not args.settings.is_aws:
+            self.logs_claim_name = self._claim(name, w.LOGS_PVC, args, storage_class, access_mode,
+                                               args.settings.logs_volume_size_gib)
         self.register_outputs({
             "logs_bucket_name": self.logs_bucket_name,
             "backups_bucket_name": self.backups_bucket_name,
             "file_system_id": self.file_system_id,
         })
 
-    def _bucket(self, name: str, purpose: str, stack: str, key: aws.kms.Key,
+    def _bucket(self, name: str, purpose: str, name_prefix: str, key: aws.kms.Key,
                 expire_current_after_days: Optional[int], noncurrent_days: int) -> aws.s3.Bucket:
         bucket = aws.s3.Bucket(
-            f"{name}-{purpose}", bucket_prefix=f"airflow-{stack}-{purpose}-",
+            f"{name}-{purpose}", bucket_prefix=f"{name_prefix}-{purpose}-",
             # A throwaway stack's buckets are never empty (WAL from the first minute, task logs, every version):
             # without this its `destroy` fails with BucketNotEmpty.
             force_destroy=not self._protect,
@@ -206,7 +210,7 @@ class Storage(pulumi.ComponentResource):
             throughput_mode="elastic",
             lifecycle_policies=[{"transition_to_ia": "AFTER_30_DAYS"},
                                 {"transition_to_primary_storage_class": "AFTER_1_ACCESS"}],
-            tags={"Name": f"airflow-{args.stack}"},
+            tags={"Name": args.name_prefix},
             opts=pulumi.ResourceOptions.merge(self._aws, self._keep))
         security_group = aws.ec2.SecurityGroup(
             f"{name}-efs", vpc_id=args.vpc_id, description="NFS to the Airflow EFS file system, from the nodes only",
@@ -218,15 +222,15 @@ class Storage(pulumi.ComponentResource):
                                 security_groups=[security_group.id], opts=self._aws)
         return file_system
 
-    def _efs_backups(self, name: str, stack: str, file_system: aws.efs.FileSystem, key: aws.kms.Key) -> None:
+    def _efs_backups(self, name: str, name_prefix: str, file_system: aws.efs.FileSystem, key: aws.kms.Key) -> None:
         retention = self._settings.backup_retention_days
-        vault = aws.backup.Vault(f"{name}-efs", name=f"airflow-{stack}", kms_key_arn=key.arn,
+        vault = aws.backup.Vault(f"{name}-efs", name=name_prefix, kms_key_arn=key.arn,
                                  # A throwaway stack's vault holds recovery points: without this, `destroy` fails.
                                  force_destroy=not self._protect,
                                  opts=pulumi.ResourceOptions.merge(self._aws, self._keep))
         companion = pulumi.ResourceOptions.merge(self._aws, self._keep_with)
         plan = aws.backup.Plan(
-            f"{name}-efs", name=f"airflow-{stack}-efs-daily",
+            f"{name}-efs", name=f"{name_prefix}-efs-daily",
             rules=[{"rule_name": "daily", "target_vault_name": vault.name, "schedule": "cron(0 3 * * ? *)",
                     "start_window": 60, "completion_window": 360,
                     "lifecycle": {"delete_after": retention}}],

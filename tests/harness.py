@@ -216,6 +216,9 @@ class PlatformMocks(pulumi_mocks.Mocks):
         if args.token == "aws:ec2/getPrefixList:getPrefixList":
             return {"name": args.args["name"], "prefixListId": "pl-6da54004", "cidrBlocks": FAKE_S3_CIDRS,
                     "id": "pl-6da54004"}
+        if args.token == "aws:ec2/getVpcEndpointService:getVpcEndpointService":
+            return {"serviceName": f"com.amazonaws.eu-west-1.{args.args['service']}", "id": "vpce-svc-s3",
+                    "serviceType": args.args["serviceType"]}
         if args.token == "aws:lb/getHostedZoneId:getHostedZoneId":
             return {"id": "Z32O12XQLNTSW2"}
         if args.token == "aws:eks/getAddonVersion:getAddonVersion":
@@ -254,7 +257,7 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
         return response
 
     def RegisterResourceOutputs(self, request):
-        if request.urn.endswith(f"::pulumi:pulumi:Stack::{PROJECT}-{pulumi.get_stack()}"):
+        if request.urn.endswith(f"::pulumi:pulumi:Stack::{pulumi.get_project()}-{pulumi.get_stack()}"):
             self.stack_outputs = rpc.deserialize_properties(request.outputs)
         return super().RegisterResourceOutputs(request)
 
@@ -329,8 +332,10 @@ class ProgramFailed(Exception):
 
 def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
                 secret_config: Optional[dict[str, str]] = None, password_characters: str = "",
-                password_seed: Optional[int] = None, deployer_arn: str = DEPLOYER_ROLE) -> ProgramRun:
-    """Run `__main__.py` for a stack file; `overrides` replace config keys (None deletes one)."""
+                password_seed: Optional[int] = None, deployer_arn: str = DEPLOYER_ROLE,
+                project: str = PROJECT) -> ProgramRun:
+    """Run `__main__.py` for a stack file; `overrides` replace config keys (None deletes one); `project` is the
+    project name Pulumi hands the program (the config keys stay in the `airflow` namespace)."""
     config = load_stack_config(stack)
     for key, value in (overrides or {}).items():
         full_key = key if ":" in key else f"{PROJECT}:{key}"
@@ -347,7 +352,7 @@ def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
     mocks = PlatformMocks(password_characters, password_seed, deployer_arn)
     monitor = RecordingMonitor(mocks)
     set_root_resource(None)
-    pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(config, secret_keys)
     # set_mocks made a root Stack of its own; the program gets a fresh one, as under the language host.
     set_root_resource(None)

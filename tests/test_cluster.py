@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from components.cluster import ADDONS_AFTER_NODES, ADDONS_BEFORE_NODES, subnet_plan
+from components.cluster import ADDONS_AFTER_NODES, ADDONS_BEFORE_NODES, load_balancer_controller_policy, subnet_plan
 from harness import DEPLOYER_ROLE, REPO, SCHEMAS, STACKS, ProgramFailed, is_secret, run_program, unwrap
 from schemas import chart_defaults, missing_value_paths, validate_kubernetes_object
 
@@ -330,16 +330,53 @@ def test_subnets_tagged_for_load_balancers(stack_runs, stack):
     assert len(endpoint["routeTableIds"]) == 3
 
 
-@pytest.mark.parametrize("cidr,zones", [("10.0.0.0/16", 3), ("10.20.0.0/20", 2), ("10.0.0.0/16", 6)])
-def test_subnet_plan_never_overlaps_and_stays_inside_the_vpc(cidr, zones):
+ZONES = [f"eu-west-1{letter}" for letter in "abcdefg"]
+
+
+@pytest.mark.parametrize("cidr,count", [("10.0.0.0/16", 3), ("10.20.0.0/20", 2), ("10.0.0.0/16", 7)])
+def test_subnet_plan_never_overlaps_and_stays_inside_the_vpc(cidr, count):
     vpc = ipaddress.IPv4Network(cidr)
-    private, public = subnet_plan(vpc, zones)
+    private, public = subnet_plan(vpc, ZONES[:count])
     networks = [ipaddress.IPv4Network(n) for n in private + public]
-    assert len(private) == len(public) == zones
+    assert len(private) == len(public) == count
     assert all(n.subnet_of(vpc) for n in networks)
     for i, a in enumerate(networks):
         for b in networks[i + 1:]:
             assert not a.overlaps(b), (a, b)
+
+
+def test_a_zones_subnets_do_not_move_when_zones_are_added_removed_or_reordered():
+    # EC2 refuses a replacement subnet that overlaps the one it replaces: a zone's CIDRs must depend on
+    # the zone alone, so 3 -> 4 zones (or dropping a zone in the middle) leaves the other zones untouched.
+    vpc = ipaddress.IPv4Network("10.0.0.0/16")
+    layouts = [ZONES[:3], ZONES[:4], ZONES[:6], ["eu-west-1a", "eu-west-1c"], ["eu-west-1c", "eu-west-1b"]]
+    seen: dict[str, tuple[str, str]] = {}
+    for zones in layouts:
+        private, public = subnet_plan(vpc, zones)
+        for zone, cidrs in zip(zones, zip(private, public, strict=True), strict=True):
+            assert seen.setdefault(zone, cidrs) == cidrs, f"{zone} moves with the layout {zones}"
+    assert seen["eu-west-1a"] == ("10.0.0.0/19", "10.0.224.0/23")
+
+
+def test_zone_letters_beyond_the_layout_are_refused():
+    with pytest.raises(ValueError, match="zone letters a to g"):
+        subnet_plan(ipaddress.IPv4Network("10.0.0.0/16"), ["us-east-1a", "us-east-1h"])
+
+
+@pytest.mark.parametrize("partition", ["aws-cn", "aws-us-gov"])
+def test_load_balancer_controller_policy_follows_the_partition(partition):
+    # Upstream's iam_policy_cn.json / iam_policy_us-gov.json (v3.5.0) differ from iam_policy.json only in
+    # the partition of their resource ARNs (and the order of two statements).
+    standard = json.loads(load_balancer_controller_policy("3.5.0", "aws"))
+    other = json.loads(load_balancer_controller_policy("3.5.0", partition))
+    resources = [resource for statement in other["Statement"]
+                 for resource in ([statement["Resource"]] if isinstance(statement["Resource"], str)
+                                  else statement["Resource"])]
+    arns = [resource for resource in resources if resource.startswith("arn:")]
+    assert arns and all(arn.startswith(f"arn:{partition}:") for arn in arns)
+    assert json.loads(json.dumps(other).replace(f'"arn:{partition}:', '"arn:aws:')) == standard
+    with pytest.raises(ValueError, match="partition 'aws-iso'"):
+        load_balancer_controller_policy("3.5.0", "aws-iso")
 
 
 ADMIN_POLICY = ":cluster-access-policy/AmazonEKSClusterAdminPolicy"
@@ -456,10 +493,15 @@ def test_zones_are_pinned_and_looked_up_only_to_be_validated(stack_runs, stack):
 
 
 def test_a_pinned_zone_the_region_does_not_have_is_refused():
-    with pytest.raises(ProgramFailed, match=r"airflow:availabilityZones: \['eu-west-1z'\] are not zones of eu-west-1"):
-        run_program("prod", overrides={"availabilityZones": ["eu-west-1a", "eu-west-1z"]})
+    # FAKE_ZONES (the region the mocks answer for) has no eu-west-1e.
+    with pytest.raises(ProgramFailed, match=r"airflow:availabilityZones: \['eu-west-1e'\] are not zones of eu-west-1"):
+        run_program("prod", overrides={"availabilityZones": ["eu-west-1a", "eu-west-1e"]})
     from components.settings import SettingsError, load_settings
     with pytest.raises(SettingsError, match=r"'us-east-1a' is not a zone of region eu-west-1"):
         load_settings({"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com",
                        "grafanaHost": "g.example.com", "route53ZoneId": "Z0123",
                        "availabilityZones": ["eu-west-1a", "us-east-1a"]})
+    with pytest.raises(SettingsError, match=r"'eu-west-1z' is not an availability zone name with a letter a to g"):
+        load_settings({"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com",
+                       "grafanaHost": "g.example.com", "route53ZoneId": "Z0123",
+                       "availabilityZones": ["eu-west-1a", "eu-west-1z"]})

@@ -17,7 +17,7 @@ import pytest
 
 from components import workloads as w
 from components.cluster import subnet_plan
-from harness import FAKE_S3_CIDRS, run_program
+from harness import FAKE_S3_CIDRS, FAKE_ZONES, run_program
 from netpol import Endpoint, Policy, Service, allowed, allowed_through_service, selects
 from rendering import Pod, chart_services, operator_services, platform_pods, rendered_network_policies
 
@@ -178,7 +178,7 @@ def endpoints(variant: str) -> dict[str, list[Endpoint]]:
         service_ip, api_servers, lb_addresses = "10.96.0.1", ["172.18.0.2"], []
     else:
         vpc = ipaddress.ip_network("10.20.0.0/16" if stack == "prod" else "10.30.0.0/16")
-        private, public = subnet_plan(vpc, 3)
+        private, public = subnet_plan(vpc, FAKE_ZONES[:3])
         pod_net = iter(ipaddress.ip_network(private[1]).hosts())
         service_ip = "172.20.0.1"
         # The EKS endpoint's network interfaces sit in the private subnets.
@@ -304,7 +304,7 @@ def test_the_kubernetes_api_is_admitted_at_its_service_address_and_its_own_addre
     assert service["to"] == [{"ipBlock": {"cidr": "172.20.0.1/32"}}]
     assert service["ports"] == [{"port": 443, "protocol": "TCP"}]
     servers = by_name["pgbouncer-to-kubernetes-api-egress"]["egress"][0]
-    assert [peer["ipBlock"]["cidr"] for peer in servers["to"]] == subnet_plan(ipaddress.ip_network("10.20.0.0/16"), 3)[0]
+    assert [peer["ipBlock"]["cidr"] for peer in servers["to"]] == subnet_plan(ipaddress.ip_network("10.20.0.0/16"), FAKE_ZONES[:3])[0]
     eks = prod.one("aws:eks/cluster:Cluster").values
     assert eks["kubernetesNetworkConfig"]["serviceIpv4Cidr"] == "172.20.0.0/16"
 
@@ -319,7 +319,7 @@ def test_no_aws_rule_relies_on_except(prod):
 
 def test_an_internal_load_balancer_is_admitted_from_the_private_subnets_only():
     run = run_program("prod", overrides={"ingressScheme": "internal"})
-    private, public = subnet_plan(ipaddress.ip_network("10.20.0.0/16"), 3)
+    private, public = subnet_plan(ipaddress.ip_network("10.20.0.0/16"), FAKE_ZONES[:3])
     policies = policies_of(run) + chart_policies_of(run)
     api_server = endpoints("prod")["api-server"][0]
     internal_alb = Endpoint("internal-alb", None, str(list(ipaddress.ip_network(private[2]).hosts())[5]))

@@ -138,12 +138,17 @@ AWS_MINIMUM = {"target": "aws", "region": "eu-west-1", "ingressHost": "a.example
                "route53ZoneId": "Z0123"}
 
 
-@pytest.mark.parametrize("stack", ["Prod", "prod_eu", "production-europe-west-1", "-prod"])
-def test_an_aws_stack_name_that_cannot_name_buckets_is_refused_before_anything_is_created(stack):
-    with pytest.raises(SettingsError, match=rf"stack name '{re.escape(stack)}': target 'aws' names buckets"):
-        load_settings(AWS_MINIMUM, stack=stack)
+@pytest.mark.parametrize("project,stack", [("airflow", "Prod"), ("airflow", "prod_eu"),
+                                           ("airflow", "production-europe-west-1"), ("Airflow", "prod"),
+                                           ("data-platform-airflow-team", "prod")])
+def test_an_aws_stack_name_that_cannot_name_buckets_is_refused_before_anything_is_created(project, stack):
+    with pytest.raises(SettingsError, match=rf"project '{project}' and stack '{re.escape(stack)}': target 'aws' "
+                                            rf"names buckets, the backup vault and plan and KMS aliases "
+                                            rf"'{project}-{re.escape(stack)}'"):
+        load_settings(AWS_MINIMUM, stack=stack, project=project)
 
 
 def test_stack_names_that_fit_are_accepted():
     assert load_settings(AWS_MINIMUM, stack="prod-eu").is_aws
+    assert load_settings(AWS_MINIMUM, stack="prod", project="data-platform-airflow").is_aws  # 28 characters
     assert not load_settings({}, stack="Anything_Goes_Locally").is_aws

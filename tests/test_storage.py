@@ -119,7 +119,8 @@ def test_efs_is_backed_up_daily_with_the_retention_setting(prod):
 def test_dags_and_logs_claims(stack_runs, stack):
     run = stack_runs[stack]
     claims = {c.values["metadata"]["name"]: c for c in run.of_type(PVC)}
-    assert set(claims) == {w.DAGS_PVC, w.LOGS_PVC}
+    # On AWS task logs go to S3: an EFS logs claim would be provisioned and never mounted.
+    assert set(claims) == ({w.DAGS_PVC} if stack == "prod" else {w.DAGS_PVC, w.LOGS_PVC})
     for claim in claims.values():
         assert claim.values["metadata"]["namespace"] == w.AIRFLOW_NAMESPACE
         assert claim.protect and claim.retain_on_delete if stack == "prod" else not claim.protect
@@ -187,3 +188,21 @@ def test_buckets_kms_and_efs_do_not_wait_for_the_cluster(prod):
     for registration in (*prod.of_type(BUCKET), prod.one("aws:kms/key:Key", "storage-data"),
                          prod.one("aws:efs/fileSystem:FileSystem")):
         assert not prod.depends_transitively(registration, eks), registration.name
+
+
+def test_aws_names_belong_to_the_project_and_the_stack():
+    # Two projects with a `prod` stack in one account: vault, plan, aliases, bucket prefixes and the cluster
+    # must not collide (a second `airflow-prod` vault or alias is refused by AWS).
+    runs = {project: run_program("prod", overrides={"clusterName": None}, project=project)
+            for project in ("airflow", "airflow-ml")}
+    names = {}
+    for project, run in runs.items():
+        names[project] = [
+            run.one("aws:backup/vault:Vault").values["name"],
+            run.one("aws:backup/plan:Plan").values["name"],
+            *sorted(alias.values["name"] for alias in run.of_type("aws:kms/alias:Alias")),
+            *sorted(bucket.values["bucketPrefix"] for bucket in run.of_type(BUCKET)),
+            run.one("aws:eks/cluster:Cluster").values["name"],
+        ]
+        assert all(f"{project}-prod" in name for name in names[project]), names[project]
+    assert not set(names["airflow"]) & set(names["airflow-ml"])
