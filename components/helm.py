@@ -27,3 +27,8 @@ def chart_release(resource_name: str, *, chart: str, version: str, repo: str, na
         timeout=timeout,
         opts=opts,
     )
+
+
+def pinned(tag: str, digest: str) -> str:
+    """An image tag, with its digest when one is set: the runtime pulls by digest, people read the tag."""
+    return f"{tag}@{digest}" if digest else tag

@@ -59,6 +59,10 @@ class NodeTaint(BaseModel):
         description="Taint effect, as the EKS API spells it.")
 
 
+# An image digest, or empty (the image runs by tag).
+DIGEST_PATTERN = r"^$|^sha256:[0-9a-f]{64}$"
+
+
 class Settings(BaseModel):
     """Everything a stack can set. Config keys are the camelCase field names (`airflow:workerNodeMax`)."""
 
@@ -235,7 +239,9 @@ class Settings(BaseModel):
     airflow_chart_version: str = Field(
         default="1.19.0", pattern=r"^\d+\.\d+\.\d+$", description="Version of the official Apache Airflow chart.")
     airflow_version: str = Field(
-        default="3.1.7", pattern=r"^3\.\d+\.\d+$", description="Airflow version (the chart's airflowVersion); Airflow 3 only.")
+        default="3.1.8", pattern=r"^3\.\d+\.\d+$",
+        description="Airflow version (the chart's airflowVersion and the image tag); Airflow 3 only. The "
+                    "end-to-end tests run the same version (requirements-e2e.txt).")
     airflow_image_repository: str = Field(
         default="apache/airflow", min_length=1, max_length=300,
         description="Image repository, e.g. your own image with your DAGs' Python dependencies.")
@@ -272,6 +278,26 @@ class Settings(BaseModel):
         default_factory=list, max_length=50,
         description="CIDRs allowed to reach the ALB; empty allows everyone the scheme allows.")
     flower_enabled: bool = Field(default=True, description="Run Celery Flower (reach it with a port-forward; it gets no ingress).")
+    kubernetes_pod_operator: bool = Field(
+        default=False,
+        description="Let tasks launch pods (KubernetesPodOperator): gives the workers back their service-account "
+                    "token and the chart's pod-launching Role. Off, no Airflow pod can call the Kubernetes API.")
+
+    # --- Image digests: `sha256:<64 hex>`; set, the image runs as `tag@digest` -----------------------
+    airflow_image_digest: str = Field(
+        default="", pattern=DIGEST_PATTERN,
+        description="Digest of the Airflow image (airflowImageRepository, airflowImageTag), e.g. from "
+                    "`crane digest apache/airflow:3.1.8`.")
+    statsd_image_digest: str = Field(
+        default="", pattern=DIGEST_PATTERN, description="Digest of the chart's statsd exporter image.")
+    git_sync_image_digest: str = Field(
+        default="", pattern=DIGEST_PATTERN, description="Digest of the chart's git-sync image.")
+    redis_image_digest: str = Field(
+        default="", pattern=DIGEST_PATTERN, description="Digest of redis-ha's Redis image (Redis and Sentinel).")
+    haproxy_image_digest: str = Field(
+        default="", pattern=DIGEST_PATTERN, description="Digest of redis-ha's HAProxy image.")
+    redis_exporter_image_digest: str = Field(
+        default="", pattern=DIGEST_PATTERN, description="Digest of redis-ha's Redis exporter image.")
 
     # --- Observability -----------------------------------------------------------------------------
     kube_prometheus_stack_chart_version: str = Field(

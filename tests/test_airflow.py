@@ -12,9 +12,9 @@ from jsonschema import ValidationError
 
 from components import workloads as w
 from components.airflow import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
-from harness import STACKS, is_secret, run_program, unwrap
+from harness import REPO, STACKS, is_secret, run_program, unwrap
 from rendering import platform_pods, render_all
-from schemas import validate_chart_values_strictly
+from schemas import chart_defaults, validate_chart_values_strictly
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
 AIRFLOW_SCHEMA = "airflow-chart/values.schema.json"
@@ -89,9 +89,10 @@ def test_external_database_broker_and_keys_by_secret_name_only(prod):
     assert values["jwtSecretName"] == w.JWT_SECRET
     for job in ("migrateDatabaseJob", "createUserJob"):
         assert values[job]["useHelmHooks"] is False and values[job]["applyCustomEnv"] is False
-    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in values["createUserJob"]["env"]}
-    assert env["ADMIN_PASSWORD"] == {"name": w.ADMIN_USER_SECRET, "key": "password"}
-    assert "$ADMIN_PASSWORD" in values["createUserJob"]["args"][-1]
+    # The admin's credentials: a Secret volume of the create-user Job only, read by its command.
+    assert values["createUserJob"]["extraVolumes"] == [
+        {"name": "admin-user", "secret": {"secretName": w.ADMIN_USER_SECRET, "defaultMode": 0o440}}]
+    assert '"$(cat /opt/airflow/admin-user/password)"' in values["createUserJob"]["args"][-1]
     for key in ("fernetKey", "apiSecretKey", "jwtSecret", "webserverSecretKey"):
         assert key not in values
 
@@ -113,20 +114,23 @@ def test_prod_is_highly_available(prod):
     assert values["workers"]["podDisruptionBudget"]["enabled"] is True
 
 
-def test_every_container_has_resources_and_a_restricted_security_context(prod):
+def test_every_container_has_resources_and_a_restricted_security_context(prod, local):
     values = chart_values(prod)
     for component in (*COMPONENTS, "workers", "statsd", "flower", "migrateDatabaseJob", "createUserJob"):
         resources = values[component]["resources"]
         assert resources["requests"]["cpu"] and resources["requests"]["memory"], component
         assert resources["limits"]["memory"], component
+    local_values = chart_values(local)
     for component in ("scheduler", "workers", "triggerer", "dagProcessor"):
-        assert values[component]["logGroomerSidecar"]["resources"]["limits"]["memory"], component
+        # With remote logging each task log is uploaded and deleted locally: no groomer to run.
+        assert values[component]["logGroomerSidecar"] == {"enabled": False}, component
+        assert local_values[component]["logGroomerSidecar"]["resources"]["limits"]["memory"], component
     assert values["securityContexts"]["pod"] == POD_SECURITY_CONTEXT
     assert POD_SECURITY_CONTEXT["runAsUser"] == 50000 and POD_SECURITY_CONTEXT["runAsNonRoot"] is True
     assert CONTAINER_SECURITY_CONTEXT["capabilities"] == {"drop": ["ALL"]}
     assert CONTAINER_SECURITY_CONTEXT["allowPrivilegeEscalation"] is False
     assert values["securityContexts"]["containers"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert values["statsd"]["securityContexts"]["container"] == CONTAINER_SECURITY_CONTEXT
+    assert values["statsd"]["securityContexts"]["container"]["capabilities"] == {"drop": ["ALL"]}
     for component in ("scheduler", "apiServer"):
         assert values[component]["livenessProbe"] and values[component]["startupProbe"]
     assert values["apiServer"]["readinessProbe"]
@@ -159,7 +163,7 @@ def test_local_keeps_logs_on_the_shared_claim(local):
     values = chart_values(local)
     assert values["config"]["logging"]["remote_logging"] == "False"
     assert values["logs"]["persistence"] == {"enabled": True, "existingClaim": w.LOGS_PVC}
-    assert "env" not in values
+    assert "AIRFLOW_CONN_AWS_DEFAULT" not in {e["name"] for e in values["env"]}
 
 
 def test_chart_network_policy_for_the_api_server_admits_what_security_admits(prod, local):
@@ -236,26 +240,52 @@ AIRFLOW_WORKLOADS = ("scheduler", "worker", "triggerer", "dag-processor", "api-s
                      "run-airflow-migrations", "create-user-job")
 
 
+# The credentials Airflow reads from files, and the Secret key each file must come from.
+CREDENTIAL_FILES = {
+    "AIRFLOW__CORE__FERNET_KEY": (w.FERNET_KEY_SECRET, "fernet-key"),
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": ("airflow-metadata-connection", "connection"),
+    # Otherwise Airflow derives an async URL from the sync one, `sslmode` included, which asyncpg refuses.
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": ("airflow-metadata-connection", "async-connection"),
+    "AIRFLOW__API__SECRET_KEY": (w.API_SECRET_KEY_SECRET, "api-secret-key"),
+    "AIRFLOW__API_AUTH__JWT_SECRET": (w.JWT_SECRET, "jwt-secret"),
+    "AIRFLOW__CELERY__BROKER_URL": ("airflow-broker-url", "connection"),
+}
+
+
+def secret_file_sources(pod, container: dict) -> dict[str, tuple[str, str]]:
+    """Path of every file a container sees from a Secret (secret or projected volume) -> (Secret, key)."""
+    volumes = {v["name"]: v for v in pod.spec.get("volumes") or []}
+    files = {}
+    for mount in container.get("volumeMounts") or []:
+        volume = volumes[mount["name"]]
+        sources = [source["secret"] for source in volume.get("projected", {}).get("sources", []) if "secret" in source]
+        if "secret" in volume:
+            sources.append({"name": volume["secret"]["secretName"], "items": volume["secret"].get("items")})
+        for source in sources:
+            for item in source.get("items") or []:
+                files[f"{mount['mountPath']}/{item['path']}"] = (source["name"], item["key"])
+    return files
+
+
 @pytest.mark.parametrize("stack", ["local", "prod"])
-def test_every_airflow_container_gets_the_async_url_from_the_metadata_secret(stack_runs, stack):
-    """Rendered by the chart: AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC from the Secret's async-connection key,
-    in every container that gets the metadata URL (otherwise Airflow derives one asyncpg refuses). The
-    migration and create-user Jobs are left out by the chart (applyCustomEnv: false, see DESIGN); they run
-    CLI commands on the sync engine only (the e2e tier migrates without an async URL)."""
+def test_every_airflow_container_reads_the_credentials_from_files_of_their_secrets(stack_runs, stack):
+    """Rendered by the chart: each credential through its `_CMD` option from a file of the right Secret key,
+    in every Airflow container (init containers and Jobs too), and none of them as an environment variable."""
     pods = [p for p in platform_pods(stack_runs[stack]) if p.labels.get("component") in AIRFLOW_WORKLOADS]
     assert {p.labels["component"] for p in pods} == set(AIRFLOW_WORKLOADS)
     checked = 0
     for pod in pods:
-        if pod.labels["component"] in ("run-airflow-migrations", "create-user-job"):
-            continue
         for container in pod.containers:
             env = {e["name"]: e for e in container.get("env") or []}
-            if "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" not in env:
-                continue
+            assert not set(CREDENTIAL_FILES) & set(env), (pod.source, container["name"])
+            if container["name"].endswith("-log-groomer"):
+                continue  # local only: a shell script that deletes old log files, no Airflow in it
+            files = secret_file_sources(pod, container)
+            for option, source in CREDENTIAL_FILES.items():
+                command = env[f"{option}_CMD"]["value"].split()
+                assert command[0] == "cat" and files[command[1]] == source, (pod.source, container["name"], option)
             checked += 1
-            assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"]["valueFrom"]["secretKeyRef"] == \
-                {"name": "airflow-metadata-connection", "key": "async-connection"}, (pod.source, container["name"])
-    assert checked >= 10
+    assert checked >= 13
 
 
 def test_rotating_any_secret_the_airflow_pods_read_rolls_them():
@@ -286,3 +316,71 @@ def test_rotating_the_redis_password_rolls_the_airflow_pods_that_hold_the_broker
                    for r in (first, rotated)]
     assert broker_urls[0] != broker_urls[1]
     assert chart_values(first)["workers"]["podAnnotations"] != chart_values(rotated)["workers"]["podAnnotations"]
+
+
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_every_airflow_container_is_read_only_limited_and_without_an_api_token(stack_runs, stack):
+    """On the rendered chart: a read-only root filesystem, CPU and memory limits, and no Kubernetes API token
+    (the pod's ServiceAccount does not mount one and the pod does not ask for it); no RBAC at all."""
+    run = stack_runs[stack]
+    documents = render_all(run)["airflow"]
+    accounts = {d["metadata"]["name"]: d for d in documents if d["kind"] == "ServiceAccount"}
+    assert not [d["metadata"]["name"] for d in documents if d["kind"] in ("Role", "RoleBinding", "ClusterRole",
+                                                                          "ClusterRoleBinding")]
+    pods = [p for p in platform_pods(run) if p.source.startswith("chart airflow:")]
+    assert {p.labels.get("component") for p in pods} >= {*AIRFLOW_WORKLOADS, "statsd"}
+    for pod in pods:
+        account = accounts[pod.spec["serviceAccountName"]]
+        assert account["automountServiceAccountToken"] is False, pod.source
+        assert pod.spec.get("automountServiceAccountToken") in (None, False), pod.source
+        assert not [v for v in pod.spec.get("volumes") or [] if "serviceAccountToken" in json.dumps(v)], pod.source
+        for container in pod.containers:
+            assert container["securityContext"]["readOnlyRootFilesystem"] is True, (pod.source, container["name"])
+            limits = container["resources"]["limits"]
+            assert limits["cpu"] and limits["memory"], (pod.source, container["name"])
+        writable = {m["mountPath"] for c in pod.containers for m in c.get("volumeMounts") or []
+                    if not m.get("readOnly")}
+        # Python, Airflow and the package managers write temporary files (statsd_exporter writes none).
+        assert "/tmp" in writable or pod.labels["component"] == "statsd", pod.source
+
+
+def test_kubernetes_pod_operator_gives_the_workers_their_token_and_role_back():
+    run = run_program("local", overrides={"kubernetesPodOperator": True})
+    documents = render_all(run)["airflow"]
+    accounts = {d["metadata"]["name"]: d for d in documents if d["kind"] == "ServiceAccount"}
+    assert accounts["airflow-worker"]["automountServiceAccountToken"] is True
+    assert accounts["airflow-scheduler"]["automountServiceAccountToken"] is False
+    roles = [d for d in documents if d["kind"] == "Role"]
+    assert any("pods" in rule["resources"] for role in roles for rule in role["rules"])
+
+
+def test_the_end_to_end_tier_runs_the_airflow_version_the_platform_deploys():
+    from components.settings import Settings
+    pins = dict(line.split("==", 1) for line in (REPO / "requirements-e2e.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    assert pins["apache-airflow[postgres,statsd]"] == Settings.model_fields["airflow_version"].default
+
+
+def test_image_tags_pinned_next_to_digests_are_the_charts_own():
+    from components.airflow import GIT_SYNC_IMAGE_TAG, STATSD_IMAGE_TAG
+    from components.broker import HAPROXY_IMAGE_TAG, REDIS_EXPORTER_IMAGE_TAG, REDIS_IMAGE_TAG
+    airflow, redis_ha = chart_defaults("airflow-chart"), chart_defaults("redis-ha")
+    assert (STATSD_IMAGE_TAG, GIT_SYNC_IMAGE_TAG) == (airflow["images"]["statsd"]["tag"],
+                                                      airflow["images"]["gitSync"]["tag"])
+    assert (REDIS_IMAGE_TAG, HAPROXY_IMAGE_TAG, REDIS_EXPORTER_IMAGE_TAG) == (
+        redis_ha["image"]["tag"], redis_ha["haproxy"]["image"]["tag"], redis_ha["exporter"]["tag"])
+
+
+def test_digests_pin_every_image_they_name():
+    digest = "sha256:" + "0123456789abcdef" * 4
+    keys = ("airflowImageDigest", "statsdImageDigest", "gitSyncImageDigest", "redisImageDigest",
+            "haproxyImageDigest", "redisExporterImageDigest")
+    run = run_program("local", overrides={**{key: digest for key in keys},
+                                          "gitSyncRepository": "https://github.com/example/dags.git"})
+    images = {container["image"] for pod in platform_pods(run) if pod.namespace == w.AIRFLOW_NAMESPACE
+              and pod.source.startswith(("chart airflow:", "chart redis-ha:")) for container in pod.containers}
+    assert images and all(image.endswith(f"@{digest}") for image in images), sorted(images)
+    assert "apache/airflow:3.1.8@" + digest in images
+    from components.settings import SettingsError, load_settings
+    with pytest.raises(SettingsError, match="airflow:airflowImageDigest"):
+        load_settings({"airflowImageDigest": "sha256:abc"})

@@ -1,4 +1,4 @@
-"""End-to-end tier (`make e2e`): Airflow 3.1.7 itself, from PyPI, against the real servers.
+"""End-to-end tier (`make e2e`): Airflow itself (the version of requirements-e2e.txt, the platform's default), from PyPI, against the real servers.
 
 `airflow db migrate` runs through PgBouncer in transaction mode with the metadata URL the program
 published (the same path the chart's migration Job takes), then Airflow stores a connection encrypted
@@ -48,6 +48,16 @@ def platform():
     chart_values = run.one("kubernetes:helm.sh/v3:Release", "airflow-airflow").values["values"]
     values["async_connect_args"] = chart_values["config"]["database"]["sql_alchemy_connect_args_async"]
     values["airflow_local_settings"] = chart_values["airflowLocalSettings"]
+    # The credentials as the chart hands them to Airflow: `<option>_CMD` = `cat <file>`, each file an item of
+    # the release's projected Secret volume.
+    mounts = {mount["name"]: mount["mountPath"] for mount in chart_values["volumeMounts"]}
+    files = {f"{mounts[volume['name']]}/{item['path']}": secrets[source["secret"]["name"]][item["key"]]
+             for volume in chart_values["volumes"] if "projected" in volume
+             for source in volume["projected"]["sources"] for item in source["secret"]["items"]}
+    commands = {e["name"].removesuffix("_CMD"): e["value"].split() for e in chart_values["env"]
+                if e["name"].endswith("_CMD")}
+    assert commands and all(command[0] == "cat" for command in commands.values())
+    values["credentials"] = {option: files[command[1]] for option, command in commands.items()}
     return values
 
 
@@ -81,20 +91,34 @@ def servers(platform):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def airflow_env(platform, servers) -> dict[str, str]:
-    """What the chart gives every Airflow container, from the Secrets the program published."""
-    metadata = with_host_and_port(platform["metadata_url"], "127.0.0.1", servers["pgbouncer"])
-    return {
+def airflow_env(platform, servers, async_port: int | None = None, without: tuple[str, ...] = ()) -> dict[str, str]:
+    """What the chart gives every Airflow container, from the Secrets the program published: no credential in
+    the environment, each one read by Airflow through its `_CMD` option from a file (0440, as the projected
+    volume mounts it), the in-cluster host names replaced by the local servers'."""
+    local = {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": ("127.0.0.1", servers["pgbouncer"]),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": ("127.0.0.1", async_port or servers["pgbouncer"]),
+        "AIRFLOW__CELERY__BROKER_URL": ("127.0.0.1", servers["redis"]),
+    }
+    servers["home"].mkdir(parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix="secrets-", dir=servers["home"]))
+    env = {
         "PATH": os.environ["PATH"],
         "HOME": str(servers["home"]),
         "AIRFLOW_HOME": str(servers["home"]),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata,
-        "AIRFLOW__CORE__FERNET_KEY": platform["fernet_key"],
-        "AIRFLOW__API_AUTH__JWT_SECRET": platform["jwt_secret"],
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CELERY__BROKER_URL": with_host_and_port(platform["broker_url"], "127.0.0.1", servers["redis"]),
     }
+    for option, value in platform["credentials"].items():
+        if option in without:
+            continue
+        if option in local:
+            value = with_host_and_port(value, *local[option])
+        path = directory / option.lower()
+        path.write_text(value)
+        path.chmod(0o440)
+        env[f"{option}_CMD"] = f"cat {path}"
+    return env
 
 
 def airflow(airflow_bin: Path, env: dict[str, str], *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -109,6 +133,13 @@ def test_airflow_migrates_the_metadata_database_through_pgbouncer(airflow_bin, p
     assert checked.returncode == 0, checked.stderr[-2000:]
     # A second migration (every `pulumi up` of the release runs one) takes the advisory lock again.
     assert airflow(airflow_bin, env, "db", "migrate").returncode == 0
+    # Through the file, not a default: the schema is in PostgreSQL (a missed `_CMD` would mean SQLite).
+    assert not any(value in env.values() for value in platform["credentials"].values())
+    import psycopg2
+    metadata = with_host_and_port(platform["metadata_url"], "127.0.0.1", servers["pgbouncer"])
+    with psycopg2.connect(metadata) as connection, connection.cursor() as cursor:
+        cursor.execute("select version_num from alembic_version")
+        assert cursor.fetchone()
 
 
 def test_airflow_encrypts_connections_with_the_generated_fernet_key(airflow_bin, platform, servers):
@@ -180,9 +211,7 @@ print(json.dumps({"url": settings.SQL_ALCHEMY_CONN_ASYNC.split("@")[-1], "users"
 def async_env(platform, servers, port: int, with_connect_args: bool = True) -> dict[str, str]:
     """The environment the chart gives an Airflow container for its async engine: the published
     async-connection, and (from the release's `config` and `airflowLocalSettings`) its connect args."""
-    env = airflow_env(platform, servers)
-    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = with_host_and_port(platform["async_metadata_url"],
-                                                                          "127.0.0.1", port)
+    env = airflow_env(platform, servers, async_port=port)
     if with_connect_args:
         config_dir = servers["home"] / "config"
         config_dir.mkdir(parents=True, exist_ok=True)
@@ -229,5 +258,6 @@ def test_the_async_engine_survives_transaction_pooling_under_concurrency(airflow
 
 def test_the_async_url_airflow_would_derive_from_the_sync_url_fails(airflow_bin, platform, servers):
     """Why the program publishes its own: Airflow's derived URL keeps libpq's `sslmode`, which asyncpg refuses."""
-    [result] = run_async_probe(airflow_bin, airflow_env(platform, servers), clients=1, queries=1)
+    env = airflow_env(platform, servers, without=("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC",))
+    [result] = run_async_probe(airflow_bin, env, clients=1, queries=1)
     assert result["errors"] and all("sslmode" in error for error in result["errors"])

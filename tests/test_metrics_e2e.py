@@ -1,4 +1,4 @@
-"""End-to-end tier (`make e2e`): the metrics Airflow 3.1.7 really sends, through the release's statsd mapping.
+"""End-to-end tier (`make e2e`): the metrics Airflow really sends, through the release's statsd mapping.
 
 A UDP listener on loopback stands in for the chart's statsd exporter. Airflow runs as real processes (api-server
 for the Execution API, scheduler, dag-processor, triggerer and a Celery worker, CeleryExecutor over the Redis
@@ -556,7 +556,7 @@ def test_every_airflow_metric_the_alerts_and_dashboards_use_is_produced(request,
         lines.append(f"  {name} (used by {', '.join(sorted(set(used[name]))[:3])}); closest produced: "
                      f"{', '.join(closest) or 'none'}")
     assert not missing, ("airflow_* names used by the alert rules/dashboards that the release's statsd mapping "
-                         f"does not produce from what Airflow 3.1.7 sends (see {OBSERVED}):\n" + "\n".join(lines))
+                         f"does not produce from what Airflow sends (see {OBSERVED}):\n" + "\n".join(lines))
 
 
 def test_the_labels_the_alerts_and_dashboards_select_on_are_produced(request, release):
