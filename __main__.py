@@ -47,6 +47,7 @@ storage = Storage("storage", StorageArgs(
     aws_provider=aws_provider,
     cluster_name=cluster.cluster_name,
     vpc_id=cluster.vpc_id,
+    zones=cluster.zones,
     private_subnet_ids=cluster.private_subnet_ids,
     node_security_group_id=cluster.cluster_security_group_id,
     partition=cluster.partition,

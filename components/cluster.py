@@ -49,6 +49,8 @@ class ClusterArgs:
 @dataclass
 class Network:
     vpc_id: pulumi.Output[str]
+    zones: list[str]
+    # One per zone, in the order of `zones`.
     private_subnet_ids: list[pulumi.Output[str]]
     private_subnet_cidrs: list[str]
     public_subnet_cidrs: list[str]
@@ -73,10 +75,10 @@ def load_balancer_controller_policy(version: str, partition: str) -> str:
     return policy_file.read_text().replace('"arn:aws:', f'"arn:{partition}:')
 
 
-# Zone letters a..g index the subnet layout: a zone's subnets depend on its own letter only, never on how many
+# Zone letters a..f index the subnet layout: a zone's subnets depend on its own letter only, never on how many
 # zones there are or where the zone sits in the list, so adding, removing or reordering zones never moves the
 # subnets of the others (EC2 rejects a replacement subnet that overlaps the one it replaces).
-ZONE_LETTERS = "abcdefg"
+ZONE_LETTERS = "abcdef"
 
 
 def zone_index(zone: str) -> int:
@@ -91,12 +93,16 @@ def zone_index(zone: str) -> int:
 def subnet_plan(vpc_cidr: ipaddress.IPv4Network, zones: list[str]) -> tuple[list[str], list[str]]:
     """Private and public subnet CIDRs, one of each per zone, in the order of `zones`.
 
-    The VPC is cut into eight blocks: blocks 0-6 are the private subnets of zones a-g (an eighth of the VPC
-    each, a /19 of a /16, because the VPC CNI gives every pod a VPC address); block 7 is cut into sixteen
-    public subnets (load balancers and NAT gateways only), of which zones a-g take the first seven.
+    Zones a-c keep the layout stacks were created with: each takes a quarter of the VPC for its private subnet
+    (a /18 of a /16: the VPC CNI gives every pod a VPC address), and the first three sixteenths of the last
+    quarter hold their public subnets (/22s; load balancers and NAT gateways only). Zones d-f fit in the rest
+    of the last quarter: their private subnets are its last three quarters (/20s of a /16), their public
+    subnets /24s cut from its fourth sixteenth (a load balancer needs a /27: vpcCidr /19 or larger).
     """
-    private_blocks = list(vpc_cidr.subnets(prefixlen_diff=3))
-    public_blocks = list(private_blocks[-1].subnets(prefixlen_diff=4))
+    quarters = list(vpc_cidr.subnets(prefixlen_diff=2))
+    sixteenths = list(quarters[3].subnets(prefixlen_diff=4))
+    private_blocks = [*quarters[:3], *list(quarters[3].subnets(prefixlen_diff=2))[1:]]
+    public_blocks = [*sixteenths[:3], *list(sixteenths[3].subnets(prefixlen_diff=2))[:3]]
     slots = [zone_index(zone) for zone in zones]
     return [str(private_blocks[slot]) for slot in slots], [str(public_blocks[slot]) for slot in slots]
 
@@ -108,6 +114,8 @@ class Cluster(pulumi.ComponentResource):
     cluster_name: pulumi.Output[str]
     kubeconfig: Optional[pulumi.Output[str]]
     vpc_id: Optional[pulumi.Output[str]]
+    # The zones and their private subnets, in the same order (empty locally).
+    zones: list[str]
     private_subnet_ids: list[pulumi.Output[str]]
     # Nodes, pods, internal load balancers and the EKS endpoint's network interfaces live here.
     private_subnet_cidrs: list[str]
@@ -129,7 +137,7 @@ class Cluster(pulumi.ComponentResource):
         self.node_groups = []
         self.load_balancer_controller = None
         self.partition = None
-        self.private_subnet_ids = []
+        self.zones, self.private_subnet_ids = [], []
         self.private_subnet_cidrs = []
         self.public_subnet_cidrs = []
         self.s3_cidrs = []
@@ -186,7 +194,7 @@ class Cluster(pulumi.ComponentResource):
 
         self.cluster_name = eks_cluster.name
         self.vpc_id = network.vpc_id
-        self.private_subnet_ids = network.private_subnet_ids
+        self.zones, self.private_subnet_ids = network.zones, network.private_subnet_ids
         self.private_subnet_cidrs = network.private_subnet_cidrs
         self.public_subnet_cidrs = network.public_subnet_cidrs
         self.s3_cidrs = network.s3_cidrs
@@ -278,8 +286,8 @@ class Cluster(pulumi.ComponentResource):
             private_subnets.append(private)
             private_route_tables.append(routes)
 
-        # S3 traffic (logs, backups, images layers) stays off the NAT gateways. The endpoint service's name is
-        # looked up: it is com.amazonaws.<region>.s3 in most partitions but cn.com.amazonaws.<region>.s3 in China.
+        # S3 traffic (logs, backups, images layers) stays off the NAT gateways. The gateway endpoint service
+        # is looked up (the provider names it for the region and checks that it exists) rather than spelled out.
         s3_service = aws.ec2.get_vpc_endpoint_service(service="s3", service_type="Gateway",
                                                       opts=self._invoke).service_name
         aws.ec2.VpcEndpoint(
@@ -289,6 +297,7 @@ class Cluster(pulumi.ComponentResource):
         s3_prefix_list = aws.ec2.get_prefix_list(name=s3_service, opts=self._invoke)
         return Network(
             vpc_id=vpc.id,
+            zones=list(zones),
             private_subnet_ids=[subnet.id for subnet in private_subnets],
             private_subnet_cidrs=private_cidrs,
             public_subnet_cidrs=public_cidrs,
@@ -349,7 +358,9 @@ class Cluster(pulumi.ComponentResource):
                 depends_on=[policy, log_group],
                 # A creation-time choice that forces a new cluster: a cluster created with the creator's
                 # implicit entry keeps it (README: AWS, clusters created before explicit access entries).
-                ignore_changes=["accessConfig.bootstrapClusterCreatorAdminPermissions"])),
+                # EKS takes new control-plane subnets only in the zones it was created in: a zone added
+                # later gets subnets and nodes, the control plane stays where it is.
+                ignore_changes=["accessConfig.bootstrapClusterCreatorAdminPermissions", "vpcConfig.subnetIds"])),
         )
 
     def _addon_version(self, addon: str, eks_cluster: aws.eks.Cluster) -> pulumi.Input[str]:

@@ -377,8 +377,8 @@ class Settings(BaseModel):
     @classmethod
     def _zone_names(cls, values: list[str]) -> list[str]:
         for value in values:
-            if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d[a-g]", value):
-                raise ValueError(f"{value!r} is not an availability zone name with a letter a to g, such as "
+            if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d[a-f]", value):
+                raise ValueError(f"{value!r} is not an availability zone name with a letter a to f, such as "
                                  "eu-west-1a (the subnet layout has a slot per zone letter; Local Zones are not "
                                  "supported)")
         if len(set(values)) != len(values):
@@ -502,6 +502,11 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
     for zone in settings.availability_zones:
         if settings.region and not zone.startswith(settings.region):
             problems.append(("availabilityZones", f"{zone!r} is not a zone of region {settings.region}"))
+    beyond_c = [zone for zone in settings.availability_zones if zone[-1] > "c"] or \
+        ([f"{settings.zone_count} zones"] if not settings.availability_zones and settings.zone_count > 3 else [])
+    if settings.is_aws and beyond_c and settings.vpc_cidr.prefixlen > 19:
+        problems.append(("vpcCidr", f"must be a /19 or larger for {', '.join(beyond_c)}: zones d-f get the small "
+                                    f"subnets of the layout and a load balancer needs a /27; got {settings.vpc_cidr}"))
     if settings.is_aws and not settings.grafana_host:
         problems.append(("grafanaHost", "is required when target is 'aws' (the host name of Grafana, in "
                                         "route53ZoneId, e.g. grafana.example.com)"))

@@ -16,6 +16,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from components import workloads as w
+from components.cluster import zone_index
 from components.iam import POD_IDENTITY_TRUST_POLICY, managed_policy_arn, service_trust_policy
 from components.settings import Settings
 
@@ -66,6 +67,8 @@ class StorageArgs:
     # From Cluster (target=aws).
     cluster_name: Optional[pulumi.Input[str]] = None
     vpc_id: Optional[pulumi.Input[str]] = None
+    # The zones and their private subnets, in the same order.
+    zones: list[str] = field(default_factory=list)
     private_subnet_ids: list[pulumi.Input[str]] = field(default_factory=list)
     node_security_group_id: Optional[pulumi.Input[str]] = None
     partition: Optional[str] = None
@@ -217,9 +220,14 @@ class Storage(pulumi.ComponentResource):
             ingress=[{"protocol": "tcp", "from_port": 2049, "to_port": 2049,
                       "security_groups": [args.node_security_group_id], "description": "NFS from EKS nodes"}],
             egress=[], opts=self._aws)
-        for index, subnet_id in enumerate(args.private_subnet_ids):
-            aws.efs.MountTarget(f"{name}-efs-{index}", file_system_id=file_system.id, subnet_id=subnet_id,
-                                security_groups=[security_group.id], opts=self._aws)
+        # Named after their zone, so adding or removing a zone touches only its own mount target (EFS allows
+        # one per zone). Stacks created with zones a-c named them by position, which was the zone's letter.
+        for zone, subnet_id in zip(args.zones, args.private_subnet_ids, strict=True):
+            aws.efs.MountTarget(
+                f"{name}-efs-{zone}", file_system_id=file_system.id, subnet_id=subnet_id,
+                security_groups=[security_group.id],
+                opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(
+                    aliases=[pulumi.Alias(name=f"{name}-efs-{zone_index(zone)}")])))
         return file_system
 
     def _efs_backups(self, name: str, name_prefix: str, file_system: aws.efs.FileSystem, key: aws.kms.Key) -> None:
@@ -235,11 +243,12 @@ class Storage(pulumi.ComponentResource):
                     "start_window": 60, "completion_window": 360,
                     "lifecycle": {"delete_after": retention}}],
             opts=companion)
+        # Kept with the plan it runs: a retained plan whose role is gone would fail every night.
         role = aws.iam.Role(f"{name}-backup", assume_role_policy=service_trust_policy("backup.amazonaws.com"),
-                            opts=self._aws)
+                            opts=companion)
         attachments = [
             aws.iam.RolePolicyAttachment(f"{name}-backup-{policy.rsplit('/', 1)[-1]}", role=role.name,
-                                         policy_arn=managed_policy_arn(self._partition, policy), opts=self._aws)
+                                         policy_arn=managed_policy_arn(self._partition, policy), opts=companion)
             for policy in ("service-role/AWSBackupServiceRolePolicyForBackup",
                            "service-role/AWSBackupServiceRolePolicyForRestores")]
         aws.backup.Selection(f"{name}-efs", name="efs", plan_id=plan.id, iam_role_arn=role.arn,

@@ -181,7 +181,7 @@ def test_chart_network_policy_for_the_api_server_admits_what_security_admits(pro
         assert rendered["spec"]["ingress"][0]["from"] == sources
     lb_sources = [p["ipBlock"]["cidr"] for p in chart_values(prod)["apiServer"]["networkPolicy"]["ingress"]["from"]
                   if "ipBlock" in p]
-    assert lb_sources == ["10.20.224.0/23", "10.20.226.0/23", "10.20.228.0/23"], "one per public subnet"
+    assert lb_sources == ["10.20.192.0/22", "10.20.196.0/22", "10.20.200.0/22"], "one per public subnet"
 
 
 def test_https_ingress_through_the_alb_with_the_acm_certificate(prod):

@@ -192,32 +192,31 @@ CLUSTER_SERVICES = ("coredns", "aws-ebs-csi-driver", "aws-efs-csi-driver")
 BOOTSTRAP = ("cluster-gp3", "cluster-lb-controller")
 
 
-def delete_order(run) -> list[str]:
-    """Pulumi's delete order for the recorded graph: a resource goes before everything it depends on (its
-    dependencies, property dependencies, provider and parent), so this is a reverse topological order."""
-    edges: dict[str, set[str]] = {}
+def delete_waves(run) -> dict[str, int]:
+    """Pulumi's destroy, step by step: the engine deletes a resource as soon as everything that depends on it
+    (through dependencies, property dependencies, its provider or its parent) is gone, and deletes all such
+    resources at once. A resource's wave is 0 when nothing depends on it, else one more than its latest
+    dependent's. Only a lower wave is a guarantee of going first; the same wave is a race."""
+    known = {r.urn for r in run.registrations}
+    dependents: dict[str, set[str]] = {urn: set() for urn in known}
     for r in run.registrations:
         targets = set(r.dependencies) | {u for deps in r.property_dependencies.values() for u in deps}
         if r.provider:
             targets.add(r.provider.rsplit("::", 1)[0])
         if r.parent:
             targets.add(r.parent)
-        edges[r.urn] = {t for t in targets if t in {x.urn for x in run.registrations}}
-    order, state = [], {}
+        for target in targets & known:
+            dependents[target].add(r.urn)
+    waves: dict[str, int] = {}
 
-    def visit(urn):  # depth-first: everything that depends on `urn` must come first
-        if state.get(urn) == "done":
-            return
-        state[urn] = "visiting"
-        for dependent in (u for u, targets in edges.items() if urn in targets):
-            if state.get(dependent) != "visiting":
-                visit(dependent)
-        state[urn] = "done"
-        order.append(urn)
+    def wave(urn: str) -> int:
+        if urn not in waves:
+            waves[urn] = 1 + max((wave(d) for d in dependents[urn]), default=-1)
+        return waves[urn]
 
-    for r in run.registrations:
-        visit(r.urn)
-    return order
+    for urn in known:
+        wave(urn)
+    return waves
 
 
 def in_cluster_objects(run) -> list:
@@ -232,8 +231,7 @@ def test_every_in_cluster_object_is_created_after_and_deleted_before_what_it_rel
     services = [addons[name] for name in CLUSTER_SERVICES if name in addons]
     services += [run.one("kubernetes:helm.sh/v3:Release", "cluster-lb-controller")] if addons else []
     assert len(services) == (4 if stack != "local" else 0)
-    order = delete_order(run)
-    position = {urn: index for index, urn in enumerate(order)}
+    position = delete_waves(run)
     objects = in_cluster_objects(run)
     assert len(objects) > 40
     for registration in objects:
@@ -249,14 +247,39 @@ def test_every_in_cluster_object_is_created_after_and_deleted_before_what_it_rel
 
 
 def test_the_delete_order_model_would_catch_a_missing_dependency(prod):
-    """Take the platform provider's dependency on CoreDNS away: objects may then go after CoreDNS."""
+    """Take the platform provider's dependency on CoreDNS away: the model then deletes CoreDNS before objects
+    that need it (the graph walk itself is what changes, not only the reachability check)."""
     import copy
     run = copy.deepcopy(prod)
     coredns = next(a for a in run.of_type("aws:eks/addon:Addon") if a.values["addonName"] == "coredns")
+    before = delete_waves(run)
+    assert all(before[r.urn] < before[coredns.urn] for r in in_cluster_objects(run))
     for provider in run.of_type("pulumi:providers:kubernetes"):
         provider.dependencies = [u for u in provider.dependencies if u != coredns.urn]
-    objects = in_cluster_objects(run)
-    assert not all(run.depends_transitively(r, coredns) for r in objects)
+    after = delete_waves(run)
+    assert any(after[r.urn] >= after[coredns.urn] for r in in_cluster_objects(run))
+
+
+# The operators whose custom resources the platform creates, by API group; the Airflow release holds KEDA's
+# ScaledObject, whose finalizer only a running KEDA removes (otherwise its namespace never finishes deleting).
+OPERATOR_OF_GROUP = {"postgresql.cnpg.io": "cloudnative-pg", "barmancloud.cnpg.io": "plugin-barman-cloud",
+                     "monitoring.coreos.com": "kube-prometheus-stack", "cert-manager.io": "cert-manager"}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_custom_resources_are_deleted_while_their_operator_still_runs(stack_runs, stack):
+    run = stack_runs[stack]
+    position = delete_waves(run)
+    releases = {r.values["chart"]: r for r in run.of_type("kubernetes:helm.sh/v3:Release")}
+    pairs = [(releases["airflow"], releases["keda"])]
+    for registration in run.registrations:
+        group = registration.type.split(":")[1].rsplit("/", 1)[0] if registration.type.startswith("kubernetes:") else ""
+        if group in OPERATOR_OF_GROUP:
+            pairs.append((registration, releases[OPERATOR_OF_GROUP[group]]))
+    assert len(pairs) > 8
+    for resource, operator in pairs:
+        assert position[resource.urn] < position[operator.urn], (resource.name, operator.name)
+        assert run.depends_transitively(resource, operator), (resource.name, operator.name)
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)
@@ -328,18 +351,23 @@ def test_subnets_tagged_for_load_balancers(stack_runs, stack):
     endpoint = run.one("aws:ec2/vpcEndpoint:VpcEndpoint").values
     assert endpoint["serviceName"] == "com.amazonaws.eu-west-1.s3"
     assert len(endpoint["routeTableIds"]) == 3
+    # S3 has a Gateway and an Interface service of the same name: the lookup must ask for the gateway.
+    lookups = [args for token, args in run.invokes if token == "aws:ec2/getVpcEndpointService:getVpcEndpointService"]
+    assert lookups and all(args == {"service": "s3", "serviceType": "Gateway"} for args in lookups), lookups
 
 
-ZONES = [f"eu-west-1{letter}" for letter in "abcdefg"]
+ZONES = [f"eu-west-1{letter}" for letter in "abcdef"]
 
 
-@pytest.mark.parametrize("cidr,count", [("10.0.0.0/16", 3), ("10.20.0.0/20", 2), ("10.0.0.0/16", 7)])
+@pytest.mark.parametrize("cidr,count", [("10.0.0.0/16", 3), ("10.20.0.0/20", 3), ("10.0.0.0/16", 6),
+                                        ("10.0.0.0/19", 6)])
 def test_subnet_plan_never_overlaps_and_stays_inside_the_vpc(cidr, count):
     vpc = ipaddress.IPv4Network(cidr)
     private, public = subnet_plan(vpc, ZONES[:count])
     networks = [ipaddress.IPv4Network(n) for n in private + public]
     assert len(private) == len(public) == count
     assert all(n.subnet_of(vpc) for n in networks)
+    assert all(ipaddress.IPv4Network(n).prefixlen <= 27 for n in public), "a load balancer needs a /27"
     for i, a in enumerate(networks):
         for b in networks[i + 1:]:
             assert not a.overlaps(b), (a, b)
@@ -355,12 +383,21 @@ def test_a_zones_subnets_do_not_move_when_zones_are_added_removed_or_reordered()
         private, public = subnet_plan(vpc, zones)
         for zone, cidrs in zip(zones, zip(private, public, strict=True), strict=True):
             assert seen.setdefault(zone, cidrs) == cidrs, f"{zone} moves with the layout {zones}"
-    assert seen["eu-west-1a"] == ("10.0.0.0/19", "10.0.224.0/23")
+    assert seen["eu-west-1a"] == ("10.0.0.0/18", "10.0.192.0/22")
+
+
+def test_stacks_created_with_three_zones_keep_their_subnets():
+    # The CIDRs 2- and 3-zone stacks were created with (quarters, and /22s of the last quarter): a layout
+    # change that moved them would replace every subnet, which EC2 refuses while the old ones exist.
+    assert subnet_plan(ipaddress.IPv4Network("10.20.0.0/16"), ZONES[:3]) == (
+        ["10.20.0.0/18", "10.20.64.0/18", "10.20.128.0/18"], ["10.20.192.0/22", "10.20.196.0/22", "10.20.200.0/22"])
+    assert subnet_plan(ipaddress.IPv4Network("10.30.0.0/16"), ZONES[:2]) == (
+        ["10.30.0.0/18", "10.30.64.0/18"], ["10.30.192.0/22", "10.30.196.0/22"])
 
 
 def test_zone_letters_beyond_the_layout_are_refused():
-    with pytest.raises(ValueError, match="zone letters a to g"):
-        subnet_plan(ipaddress.IPv4Network("10.0.0.0/16"), ["us-east-1a", "us-east-1h"])
+    with pytest.raises(ValueError, match="zone letters a to f"):
+        subnet_plan(ipaddress.IPv4Network("10.0.0.0/16"), ["us-east-1a", "us-east-1g"])
 
 
 @pytest.mark.parametrize("partition", ["aws-cn", "aws-us-gov"])
@@ -369,6 +406,11 @@ def test_load_balancer_controller_policy_follows_the_partition(partition):
     # the partition of their resource ARNs (and the order of two statements).
     standard = json.loads(load_balancer_controller_policy("3.5.0", "aws"))
     other = json.loads(load_balancer_controller_policy("3.5.0", partition))
+    suffix = {"aws-cn": "cn", "aws-us-gov": "us-gov"}[partition]
+    published = json.loads((REPO / "tests" / "fixtures" / "aws-load-balancer-controller-v3.5.0" /
+                            f"iam_policy_{suffix}.json").read_text())
+    canonical = sorted(json.dumps(statement, sort_keys=True) for statement in other["Statement"])
+    assert canonical == sorted(json.dumps(statement, sort_keys=True) for statement in published["Statement"])
     resources = [resource for statement in other["Statement"]
                  for resource in ([statement["Resource"]] if isinstance(statement["Resource"], str)
                                   else statement["Resource"])]
@@ -501,7 +543,25 @@ def test_a_pinned_zone_the_region_does_not_have_is_refused():
         load_settings({"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com",
                        "grafanaHost": "g.example.com", "route53ZoneId": "Z0123",
                        "availabilityZones": ["eu-west-1a", "us-east-1a"]})
-    with pytest.raises(SettingsError, match=r"'eu-west-1z' is not an availability zone name with a letter a to g"):
+    with pytest.raises(SettingsError, match=r"'eu-west-1z' is not an availability zone name with a letter a to f"):
         load_settings({"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com",
                        "grafanaHost": "g.example.com", "route53ZoneId": "Z0123",
                        "availabilityZones": ["eu-west-1a", "eu-west-1z"]})
+    with pytest.raises(SettingsError, match=r"airflow:vpcCidr: must be a /19 or larger for eu-west-1d"):
+        load_settings({"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com",
+                       "grafanaHost": "g.example.com", "route53ZoneId": "Z0123", "vpcCidr": "10.0.0.0/20",
+                       "availabilityZones": ["eu-west-1a", "eu-west-1d"]})
+
+
+def test_a_zone_added_later_gets_subnets_and_nodes_but_leaves_the_control_plane_alone():
+    # EKS refuses control-plane subnets outside the zones it was created in; node groups take the new list.
+    four = run_program("prod", overrides={"availabilityZones": ["eu-west-1a", "eu-west-1b", "eu-west-1c",
+                                                                 "eu-west-1d"]})
+    eks = four.one("aws:eks/cluster:Cluster")
+    assert "vpcConfig.subnetIds" in eks.ignore_changes
+    subnets = {s.name: s.values["cidrBlock"] for s in four.of_type("aws:ec2/subnet:Subnet")}
+    three = {s.name: s.values["cidrBlock"] for s in run_program("prod").of_type("aws:ec2/subnet:Subnet")}
+    assert {name: cidr for name, cidr in subnets.items() if name in three} == three
+    assert subnets["cluster-private-eu-west-1d"] == "10.20.208.0/20"
+    for group in four.of_type("aws:eks/nodeGroup:NodeGroup"):
+        assert len(group.values["subnetIds"]) == 4

@@ -178,6 +178,11 @@ def test_what_configures_a_kept_resource_is_kept_with_it(prod):
         assert registration.values["forceDestroy"] is False, "a protected stack never deletes objects"
     log_group = prod.one("aws:cloudwatch/logGroup:LogGroup")
     assert log_group.protect and log_group.retain_on_delete, "the control plane's audit trail"
+    # A kept backup plan runs every night under its role: the role and its policies stay with it.
+    role = next(r for r in prod.of_type("aws:iam/role:Role") if r.name == "storage-backup")
+    assert role.retain_on_delete
+    assert all(a.retain_on_delete for a in prod.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+               if a.name.startswith("storage-backup-"))
     throwaway = run_program("staging", overrides={"protectStatefulResources": False})
     for type_ in COMPANIONS:
         assert not any(r.retain_on_delete for r in throwaway.of_type(type_)), type_
@@ -206,3 +211,12 @@ def test_aws_names_belong_to_the_project_and_the_stack():
         ]
         assert all(f"{project}-prod" in name for name in names[project]), names[project]
     assert not set(names["airflow"]) & set(names["airflow-ml"])
+
+
+def test_efs_mount_targets_are_named_after_their_zone(prod):
+    # EFS allows one mount target per zone: named by position, dropping a zone would move the next one into
+    # a zone that already has one. Stacks created with zones a-c named them by index, which the aliases keep.
+    targets = {t.name: t for t in prod.of_type("aws:efs/mountTarget:MountTarget")}
+    assert set(targets) == {"storage-efs-eu-west-1a", "storage-efs-eu-west-1b", "storage-efs-eu-west-1c"}
+    assert {target.name: target.alias_names for target in targets.values()} == {
+        f"storage-efs-eu-west-1{letter}": [f"storage-efs-{index}"] for index, letter in enumerate("abc")}
