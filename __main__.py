@@ -80,6 +80,7 @@ observability = Observability("observability", ObservabilityArgs(
     settings=settings,
     k8s_provider=cluster.provider,
     monitoring_namespace=security.monitoring_namespace,
+    cert_manager=security.cert_manager,
     storage_class_name=cluster.default_storage_class_name,
     aws_provider=aws_provider,
     certificate_arn=security.certificate_arn,

@@ -15,7 +15,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import workloads as w
-from components.helm import chart_release, pinned
+from components.helm import chart_release, pinned, resources
 from components.security import secrets_checksum
 from components.settings import Settings, memory_bytes
 
@@ -78,7 +78,8 @@ REDIS_MAXMEMORY_SHARE = 0.75
 REDIS_IMAGE_TAG = "8.8.0-alpine"
 HAPROXY_IMAGE_TAG = "3.3.10-alpine"
 REDIS_EXPORTER_IMAGE_TAG = "v1.86.0"
-SMALL_CONTAINER = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "64Mi"}}
+HAPROXY_UID = 10099
+SMALL_CONTAINER = resources("10m", "32Mi", memory_limit="64Mi")
 
 
 def redis_maxmemory_bytes(settings: Settings) -> int:
@@ -90,8 +91,8 @@ def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_
     ha = replicas >= 3
     # One server (and one HAProxy) per node, required only where there are enough system nodes for it.
     hard_anti_affinity = ha and replicas <= settings.system_nodes
-    resources = {"requests": {"cpu": "100m", "memory": settings.redis_memory},
-                 "limits": {"memory": settings.redis_memory}}
+    # The memory limit equals the request: maxmemory is a share of it.
+    redis_resources = resources("100m", settings.redis_memory)
     # No checksum annotation for the password: a rolling restart cannot rotate it. A restarted server with
     # the new password cannot authenticate to a primary that still has the old one, its readiness waits
     # for a replication link that never comes, and the rollout stops there (README: Rotate secrets).
@@ -106,10 +107,12 @@ def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_
         "topologySpreadConstraints": {"enabled": ha, "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
                                       "whenUnsatisfiable": "ScheduleAnyway"},
         "podDisruptionBudget": {"maxUnavailable": 1},
+        # Redis, Sentinel and their scripts write only under /data (the volume): the image stays read-only.
+        "containerSecurityContext": {"readOnlyRootFilesystem": True},
         "persistentVolume": {"enabled": True, "size": f"{settings.redis_storage_gib}Gi",
                              **({"storageClass": storage_class} if storage_class else {})},
         "redis": {
-            "resources": resources,
+            "resources": redis_resources,
             "config": {
                 # A lone primary has no replica to wait for; with replicas, refuse writes no replica saw.
                 "min-replicas-to-write": 1 if ha else 0,
@@ -120,8 +123,7 @@ def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_
         },
         "init": {"resources": SMALL_CONTAINER},
         "splitBrainDetection": {"resources": SMALL_CONTAINER},
-        "sentinel": {"quorum": 2 if ha else 1, "resources": {"requests": {"cpu": "50m", "memory": "64Mi"},
-                                                             "limits": {"memory": "128Mi"}}},
+        "sentinel": {"quorum": 2 if ha else 1, "resources": resources("50m", "64Mi", memory_limit="128Mi")},
         "haproxy": {
             "enabled": True,
             "replicas": 3 if ha else 1,
@@ -129,10 +131,15 @@ def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_
             "podDisruptionBudget": {"maxUnavailable": 1},
             "init": {"resources": SMALL_CONTAINER},
             "metrics": {"enabled": True},
-            "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+            "resources": resources("50m", "64Mi", memory_limit="256Mi"),
             "image": {"tag": pinned(HAPROXY_IMAGE_TAG, settings.haproxy_image_digest)},
+            # HAProxy writes only to its two emptyDirs (group 99 through fsGroup) and never calls the Kubernetes
+            # API: it runs read-only, without a token, under a UID outside the range of host users.
+            "securityContext": {"runAsUser": HAPROXY_UID, "runAsGroup": 99, "fsGroup": 99},
+            "containerSecurityContext": {"readOnlyRootFilesystem": True, "runAsUser": HAPROXY_UID},
+            "serviceAccount": {"automountToken": False},
         },
         "exporter": {"enabled": True, "tag": pinned(REDIS_EXPORTER_IMAGE_TAG, settings.redis_exporter_image_digest),
-                     "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}},
+                     "resources": resources("20m", "32Mi", memory_limit="128Mi")},
         "image": {"tag": pinned(REDIS_IMAGE_TAG, settings.redis_image_digest)},
     }

@@ -19,7 +19,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from components import workloads as w
-from components.helm import chart_release
+from components.helm import NONROOT_UID, chart_release, resources
 from components.iam import POD_IDENTITY_TRUST_POLICY, managed_policy_arn, service_trust_policy
 from components.settings import IAM_PRINCIPAL_ARN, Settings
 
@@ -556,10 +556,12 @@ def load_balancer_controller_values(cluster_name: pulumi.Input[str], region: str
         "replicaCount": 2,
         "serviceAccount": {"create": True, "name": service_account},
         "podDisruptionBudget": {"maxUnavailable": 1},
-        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "resources": resources("100m", "128Mi", memory_limit="512Mi"),
         "nodeSelector": dict(w.SYSTEM_NODES),
-        # kube-system enforces no Pod Security level; the controller meets `restricted` all the same.
-        "podSecurityContext": {"fsGroup": 65534, "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        # kube-system enforces no Pod Security level; the controller meets `restricted` all the same. Its
+        # image is a static binary on a distroless base whose user is 65532 (NONROOT_UID).
+        "podSecurityContext": {"fsGroup": 65534, "runAsNonRoot": True, "runAsUser": NONROOT_UID,
+                               "runAsGroup": NONROOT_UID, "seccompProfile": {"type": "RuntimeDefault"}},
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
                             "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
         # The controller's Service webhook (failurePolicy Fail, every Service create) would refuse the Services

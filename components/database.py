@@ -16,7 +16,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import workloads as w
-from components.helm import chart_release
+from components.helm import chart_release, resources
 from components.security import namespace_with_pod_security, secrets_checksum
 from components.settings import Settings
 
@@ -164,7 +164,7 @@ def operator_values(ha: bool, placement: Optional[dict] = None,
         # Leader election lets a second operator take over at once.
         "replicaCount": 2 if ha else 1,
         "crds": {"create": True},
-        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "resources": resources("100m", "128Mi", memory_limit="512Mi"),
         # The operator's PodMonitor is Observability's (it needs its CRDs); the official CloudNativePG
         # dashboard is a plain ConfigMap that Grafana's sidecar picks up.
         "monitoring": {"podMonitorEnabled": False,
@@ -176,7 +176,7 @@ def barman_cloud_plugin_values(placement: Optional[dict] = None) -> dict:
     return {
         **(placement or {}),
         "replicaCount": 1,
-        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "resources": resources("50m", "64Mi", memory_limit="256Mi"),
     }
 
 

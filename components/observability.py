@@ -19,15 +19,16 @@ import pulumi_random as random
 import yaml
 
 from components import workloads as w
-from components.airflow import resources
 from components.alerts import alert_groups, prometheus_rule_spec
-from components.helm import chart_release
+from components.helm import chart_release, resources
 from components.ingress import alb_ingress
 from components.settings import Settings
 
 KPS_CHARTS = "https://prometheus-community.github.io/helm-charts"
 GRAFANA_SERVICE = f"{w.PROMETHEUS_RELEASE}-grafana"
 GRAFANA_ADMIN_SECRET = "grafana-admin"
+GRAFANA_ADMIN_MOUNT = "/etc/secrets/grafana-admin"
+GRAFANA_CONFIG_READER_ROLE = "grafana-config-reader"
 ALERTMANAGER_CONFIG_SECRET = "alertmanager-platform"
 DASHBOARDS_DIR = Path(__file__).parent / "dashboards"
 # kube-prometheus-stack's Prometheus selects monitors and rules labelled for its release.
@@ -49,7 +50,11 @@ def kube_prometheus_stack_values(settings: Settings, storage_class: Optional[str
         "prometheusOperator": {
             "resources": resources("100m", "128Mi", "512Mi"),
             "prometheusConfigReloader": {"resources": resources("10m", "32Mi", "64Mi")},
-            "admissionWebhooks": {"patch": {"resources": resources("10m", "32Mi", "64Mi"), **placement}},
+            # cert-manager (Security's) issues the admission webhook's certificate: no patch Jobs, and no
+            # ClusterRole that may rewrite webhook configurations.
+            "admissionWebhooks": {"certManager": {"enabled": True},
+                                  "patch": {"enabled": False, "resources": resources("10m", "32Mi", "64Mi"),
+                                            **placement}},
             **placement,
         },
         "prometheus": {
@@ -88,16 +93,30 @@ def kube_prometheus_stack_values(settings: Settings, storage_class: Optional[str
         },
         "grafana": {
             "admin": {"existingSecret": GRAFANA_ADMIN_SECRET, "userKey": "admin-user", "passwordKey": "admin-password"},
+            # The admin password as a file (Grafana's `__FILE` variables), not an environment variable. The
+            # config sidecars then cannot call Grafana's reload API: Grafana polls the dashboards itself, and a
+            # new datasource needs a Grafana restart.
+            "env": {"GF_SECURITY_ADMIN_USER": "admin",
+                    "GF_SECURITY_ADMIN_PASSWORD__FILE": f"{GRAFANA_ADMIN_MOUNT}/admin-password"},
+            "extraSecretMounts": [{"name": "grafana-admin", "secretName": GRAFANA_ADMIN_SECRET,
+                                   "mountPath": GRAFANA_ADMIN_MOUNT, "readOnly": True, "defaultMode": 0o440}],
+            # Grafana writes its database and plugins to the volume, temporary files and logs to emptyDirs.
+            "containerSecurityContext": {"readOnlyRootFilesystem": True},
+            "extraEmptyDirMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                                    {"name": "logs", "mountPath": "/var/log/grafana"}],
             "persistence": {"enabled": True, "size": "10Gi", **storage_class_spec},
             # One pod on a ReadWriteOnce volume: a surge pod on another node could never attach it.
             "deploymentStrategy": {"type": "Recreate"},
-            # The sidecars read ConfigMaps (and Secrets, for datasources) in the monitoring namespace only:
-            # cluster-wide they could read every Secret, the Airflow namespace's included.
-            "rbac": {"namespaced": True},
+            # The sidecars read ConfigMaps in the monitoring namespace only, through a Role of the program's
+            # that grants nothing else (the chart's own also reads every Secret of the namespace).
+            "rbac": {"namespaced": True, "useExistingRole": GRAFANA_CONFIG_READER_ROLE},
             "resources": resources("100m", "256Mi", "512Mi"),
             "sidecar": {"resources": resources("10m", "64Mi", "128Mi"),
+                        "securityContext": {"readOnlyRootFilesystem": True},
                         "dashboards": {"enabled": True, "label": "grafana_dashboard", "labelValue": "1",
-                                       "searchNamespace": [w.MONITORING_NAMESPACE]}},
+                                       "searchNamespace": [w.MONITORING_NAMESPACE], "resource": "configmap",
+                                       "skipReload": True},
+                        "datasources": {"resource": "configmap", "skipReload": True}},
             **({"grafana.ini": {"server": {"root_url": f"https://{settings.grafana_host}"}}}
                if settings.is_aws and settings.grafana_host else {}),
             "ingress": {"enabled": False},
@@ -191,8 +210,10 @@ def monitors() -> list[dict]:
 class ObservabilityArgs:
     settings: Settings
     k8s_provider: k8s.Provider
-    # From Security: the monitoring namespace (Pod Security `privileged` for node-exporter).
+    # From Security: the monitoring namespace (Pod Security `privileged` for node-exporter), and cert-manager,
+    # which issues the operator's admission webhook certificate.
     monitoring_namespace: pulumi.Input[str]
+    cert_manager: Optional[pulumi.Resource] = None
     # From Cluster: the encrypted default class on EKS; None uses the cluster's default.
     storage_class_name: Optional[str] = None
     aws_provider: Optional[aws.Provider] = None
@@ -221,6 +242,11 @@ class Observability(pulumi.ComponentResource):
             metadata={"name": GRAFANA_ADMIN_SECRET, "namespace": args.monitoring_namespace},
             string_data={"admin-user": "admin", "admin-password": self.grafana_admin_password},
             opts=k8s_opts)
+        config_reader = k8s.rbac.v1.Role(
+            f"{name}-grafana-config-reader",
+            metadata={"name": GRAFANA_CONFIG_READER_ROLE, "namespace": args.monitoring_namespace},
+            rules=[{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}],
+            opts=k8s_opts)
         alertmanager = k8s.core.v1.Secret(
             f"{name}-alertmanager-config",
             metadata={"name": ALERTMANAGER_CONFIG_SECRET, "namespace": args.monitoring_namespace},
@@ -235,7 +261,8 @@ class Observability(pulumi.ComponentResource):
             # Prometheus and Grafana wait for their volumes on fresh nodes.
             timeout=900,
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
-                depends_on=[grafana_admin, alertmanager])))
+                depends_on=[grafana_admin, config_reader, alertmanager,
+                            *([args.cert_manager] if args.cert_manager else [])])))
         with_crds = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[self.release]))
 
         for monitor in monitors():

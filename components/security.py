@@ -15,7 +15,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from components import workloads as w
-from components.helm import chart_release
+from components.helm import NONROOT_UID, chart_release, resources
 from components.settings import Settings
 
 OPERATORS_GROUP = "airflow-operators"
@@ -484,19 +484,20 @@ class Security(pulumi.ComponentResource):
 def cert_manager_values(ha: bool, placement: Optional[dict] = None) -> dict:
     replicas = 2 if ha else 1
     placement = placement or {}
+    # cert-manager's images run as 65532 (distroless nonroot): named, so the pods never run as a low UID.
+    user = {"securityContext": {"runAsNonRoot": True, "runAsUser": NONROOT_UID, "runAsGroup": NONROOT_UID,
+                                "seccompProfile": {"type": "RuntimeDefault"}}}
     return {
         "crds": {"enabled": True, "keep": True},
         "replicaCount": replicas,
         "podDisruptionBudget": {"enabled": ha},
-        "resources": {"requests": {"cpu": "20m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "resources": resources("20m", "64Mi", memory_limit="256Mi"),
+        **user,
         **placement,
         "webhook": {"replicaCount": replicas, "podDisruptionBudget": {"enabled": ha},
-                    "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
-                    **placement},
+                    "resources": resources("10m", "32Mi", memory_limit="128Mi"), **user, **placement},
         "cainjector": {"replicaCount": replicas, "podDisruptionBudget": {"enabled": ha},
-                       "resources": {"requests": {"cpu": "10m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
-                       **placement},
-        "startupapicheck": {"resources": {"requests": {"cpu": "10m", "memory": "32Mi"},
-                                          "limits": {"memory": "64Mi"}}, **placement},
+                       "resources": resources("10m", "64Mi", memory_limit="256Mi"), **user, **placement},
+        "startupapicheck": {"resources": resources("10m", "32Mi", memory_limit="64Mi"), **user, **placement},
         "prometheus": {"enabled": True},
     }

@@ -21,7 +21,9 @@ OBJECT_STORE = "kubernetes:barmancloud.cnpg.io/v1:ObjectStore"
 # Maps the redis-ha chart documents as free-form (passed to Kubernetes or to redis.conf as they are).
 REDIS_HA_FREE_FORM = ("redis.config", "redis.resources", "sentinel.resources", "haproxy.resources",
                       "exporter.resources", "podDisruptionBudget", "haproxy.podDisruptionBudget",
-                      "init.resources", "haproxy.init.resources", "splitBrainDetection.resources", "nodeSelector")
+                      "init.resources", "haproxy.init.resources", "splitBrainDetection.resources", "nodeSelector",
+                      # Kubernetes securityContext objects: the chart passes them through whole.
+                      "containerSecurityContext", "haproxy.containerSecurityContext", "haproxy.securityContext")
 
 
 def test_prod_runs_operator_plugin_and_a_three_instance_synchronous_cluster(prod):

@@ -4,6 +4,7 @@ the Airflow release."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -230,8 +231,18 @@ def test_grafana_cannot_read_secrets_outside_its_namespace(stack_runs, stack):
             continue
         for rule in document.get("rules") or []:
             assert "secrets" not in rule.get("resources", []), document["metadata"]["name"]
-    roles = [d for d in rendered if d["kind"] == "Role" and "grafana" in d["metadata"]["name"]]
-    assert roles and all(r["metadata"]["namespace"] == w.MONITORING_NAMESPACE for r in roles)
+    # The sidecars' Role is the program's: ConfigMaps of the monitoring namespace, read only, no Secrets.
+    assert not [d for d in rendered if d["kind"] == "Role" and "grafana" in d["metadata"]["name"]]
+    [binding] = [d for d in rendered if d["kind"] == "RoleBinding" and "grafana" in d["metadata"]["name"]]
+    role = stack_runs[stack].one("kubernetes:rbac.authorization.k8s.io/v1:Role", "observability-grafana-config-reader")
+    assert binding["roleRef"]["name"] == role.values["metadata"]["name"]
+    assert role.values["metadata"]["namespace"] == binding["metadata"]["namespace"] == w.MONITORING_NAMESPACE
+    assert role.values["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}]
+    # And the admin password reaches Grafana as a file, not through its environment.
+    [grafana] = [d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("grafana")]
+    for container in [*grafana["spec"]["template"]["spec"].get("initContainers", []),
+                      *grafana["spec"]["template"]["spec"]["containers"]]:
+        assert not [e for e in container.get("env") or [] if "secretKeyRef" in json.dumps(e)], container["name"]
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -140,7 +140,9 @@ def test_pods_in_namespaces_that_enforce_less_still_meet_restricted_but_for_node
         allowed = NODE_EXPORTER_HOST_ACCESS if pod.labels.get("app.kubernetes.io/name") == "prometheus-node-exporter" \
             else set()
         assert set(restricted_violations(pod.spec)) <= allowed, pod.source
-    assert checked >= 8
+    # Locally the monitoring namespace alone: the operator, Grafana, kube-state-metrics, node-exporter,
+    # Prometheus and Alertmanager (no admission Jobs: cert-manager issues the webhook certificate).
+    assert checked >= 6
 
 
 @pytest.mark.parametrize("stack", ("local", "prod"))

@@ -56,7 +56,7 @@ def test_namespaces_enforce_pod_security(stack_runs, stack):
 
 
 def test_operators_role_reads_and_never_touches_secrets(prod):
-    role = prod.one("kubernetes:rbac.authorization.k8s.io/v1:Role").values
+    role = prod.one("kubernetes:rbac.authorization.k8s.io/v1:Role", "security-operators-read-only").values
     for rule in role["rules"]:
         assert set(rule["verbs"]) <= {"get", "list", "watch"}
         assert "secrets" not in rule["resources"] and "*" not in rule["resources"]
