@@ -553,14 +553,14 @@ def test_a_pinned_zone_the_region_does_not_have_is_refused():
                        "availabilityZones": ["eu-west-1a", "eu-west-1d"]})
 
 
-def test_a_zone_added_later_gets_subnets_and_nodes_but_leaves_the_control_plane_alone():
+def test_a_zone_added_later_gets_subnets_and_nodes_but_leaves_the_control_plane_alone(prod):
     # EKS refuses control-plane subnets outside the zones it was created in; node groups take the new list.
     four = run_program("prod", overrides={"availabilityZones": ["eu-west-1a", "eu-west-1b", "eu-west-1c",
                                                                  "eu-west-1d"]})
     eks = four.one("aws:eks/cluster:Cluster")
     assert "vpcConfig.subnetIds" in eks.ignore_changes
     subnets = {s.name: s.values["cidrBlock"] for s in four.of_type("aws:ec2/subnet:Subnet")}
-    three = {s.name: s.values["cidrBlock"] for s in run_program("prod").of_type("aws:ec2/subnet:Subnet")}
+    three = {s.name: s.values["cidrBlock"] for s in prod.of_type("aws:ec2/subnet:Subnet")}
     assert {name: cidr for name, cidr in subnets.items() if name in three} == three
     assert subnets["cluster-private-eu-west-1d"] == "10.20.208.0/20"
     for group in four.of_type("aws:eks/nodeGroup:NodeGroup"):
