@@ -37,7 +37,9 @@ CONTAINER_SECURITY_CONTEXT = {"runAsNonRoot": True, "allowPrivilegeEscalation": 
 READ_ONLY_CONTAINER_SECURITY_CONTEXT = {**CONTAINER_SECURITY_CONTEXT, "readOnlyRootFilesystem": True}
 # The platform's Secrets, as files, in every Airflow container (and nothing else of them in its environment).
 SECRETS_DIR = "/opt/airflow/secrets"
-TMP_VOLUME = {"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}
+# No size limit: past one the kubelet evicts the pod at once, and a worker's running tasks (their temporary
+# files and virtualenvs) would all die with it; node disk pressure is the bound.
+TMP_VOLUME = {"name": "tmp", "emptyDir": {}}
 # Caches of task virtualenvs and package managers go to /tmp: the home directory is on the read-only image.
 WRITABLE_CACHE_ENV = [{"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
                       {"name": "PIP_CACHE_DIR", "value": "/tmp/.cache/pip"},
@@ -84,6 +86,8 @@ def log_groomer(remote_logging: bool) -> dict:
 # The chart's (1.19.0) image tags, repeated so a digest can be pinned next to them (a test keeps them equal).
 STATSD_IMAGE_TAG = "v0.28.0"
 GIT_SYNC_IMAGE_TAG = "v4.4.2"
+# The user git-sync's image has in /etc/passwd (the chart's gitSync.uid).
+GIT_SYNC_UID = 65533
 
 
 # [dag_processor] parsing_processes, and the DAG processor's CPU limit in cores.
@@ -213,12 +217,13 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
             "serviceAccount": no_token,
             "resources": airflow_resources("200m", "512Mi"),
             # The admin's name and password stay in their Secret, as files only this Job mounts: neither in
-            # the Job's args nor in its environment.
+            # the Job's args nor in its environment, nor in any process's arguments. Without --password the
+            # command asks twice and, with no terminal, reads the answers from its standard input (getpass).
             "extraVolumes": [{"name": "admin-user", "secret": {"secretName": admin_user_secret, "defaultMode": 0o440}}],
             "extraVolumeMounts": [{"name": "admin-user", "mountPath": "/opt/airflow/admin-user", "readOnly": True}],
-            "args": ["bash", "-c", 'exec airflow users create --role Admin '
+            "args": ["bash", "-c", 'set -o pipefail; password="$(cat /opt/airflow/admin-user/password)"; '
+                                   'printf "%s\n%s\n" "$password" "$password" | airflow users create --role Admin '
                                    '--username "$(cat /opt/airflow/admin-user/username)" '
-                                   '--password "$(cat /opt/airflow/admin-user/password)" '
                                    '--email admin@example.invalid --firstname Airflow --lastname Admin'],
         },
         "scheduler": {
@@ -249,7 +254,8 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         },
         "workers": {
             "replicas": settings.worker_min_replicas,
-            "resources": airflow_resources(settings.worker_cpu, settings.worker_memory),
+            "resources": airflow_resources(settings.worker_cpu, settings.worker_memory,
+                                           cpu_limit=settings.worker_cpu_limit or None),
             "serviceAccount": {"automountServiceAccountToken": settings.kubernetes_pod_operator},
             # KEDA reads the metadata connection from the worker container's environment (connectionFromEnv):
             # the one credential the chart can only hand over as an environment variable.
@@ -343,8 +349,10 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
             "subPath": settings.git_sync_sub_path,
             "period": "60s",
             "resources": resources("50m", "128Mi"),
-            # git-sync (uid 65533, the chart's) keeps its git config under HOME: /tmp, the pod's emptyDir.
-            "securityContexts": {"container": READ_ONLY_CONTAINER_SECURITY_CONTEXT},
+            # git-sync keeps its git config under HOME: /tmp, the pod's emptyDir. Its UID is named: a context of
+            # our own replaces the chart's (and its 65533), and git-sync would then try to add the pod's UID to
+            # /etc/passwd, which the read-only image refuses.
+            "securityContexts": {"container": {**READ_ONLY_CONTAINER_SECURITY_CONTEXT, "runAsUser": GIT_SYNC_UID}},
             "env": [{"name": "HOME", "value": "/tmp"}],
             "extraVolumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         }

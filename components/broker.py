@@ -92,7 +92,8 @@ def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_
     # One server (and one HAProxy) per node, required only where there are enough system nodes for it.
     hard_anti_affinity = ha and replicas <= settings.system_nodes
     # The memory limit equals the request: maxmemory is a share of it.
-    redis_resources = resources("100m", settings.redis_memory)
+    # Redis is single-threaded but forks for persistence; one core for each, never throttled in between.
+    redis_resources = resources("100m", settings.redis_memory, cpu_limit="2")
     # No checksum annotation for the password: a rolling restart cannot rotate it. A restarted server with
     # the new password cannot authenticate to a primary that still has the old one, its readiness waits
     # for a replication link that never comes, and the rollout stops there (README: Rotate secrets).
@@ -131,7 +132,7 @@ def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_
             "podDisruptionBudget": {"maxUnavailable": 1},
             "init": {"resources": SMALL_CONTAINER},
             "metrics": {"enabled": True},
-            "resources": resources("50m", "64Mi", memory_limit="256Mi"),
+            "resources": resources("50m", "64Mi", memory_limit="256Mi", cpu_limit="1"),
             "image": {"tag": pinned(HAPROXY_IMAGE_TAG, settings.haproxy_image_digest)},
             # HAProxy writes only to its two emptyDirs (group 99 through fsGroup) and never calls the Kubernetes
             # API: it runs read-only, without a token, under a UID outside the range of host users.

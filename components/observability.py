@@ -116,7 +116,9 @@ def kube_prometheus_stack_values(settings: Settings, storage_class: Optional[str
                         "dashboards": {"enabled": True, "label": "grafana_dashboard", "labelValue": "1",
                                        "searchNamespace": [w.MONITORING_NAMESPACE], "resource": "configmap",
                                        "skipReload": True},
-                        "datasources": {"resource": "configmap", "skipReload": True}},
+                        # Grafana reads datasources once, at start: without reload, the sidecar writes them
+                        # before it, as an init container.
+                        "datasources": {"resource": "configmap", "skipReload": True, "initDatasources": True}},
             **({"grafana.ini": {"server": {"root_url": f"https://{settings.grafana_host}"}}}
                if settings.is_aws and settings.grafana_host else {}),
             "ingress": {"enabled": False},

@@ -33,6 +33,7 @@ EKS_ADDONS = ("vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent", "aws
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 IAM_PRINCIPAL_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:(role|user)/[\w+=,.@/-]+$")
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
+_CPU = r"^[0-9]+(\.[0-9]+)?m?$"
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
@@ -259,7 +260,11 @@ class Settings(BaseModel):
     worker_termination_grace_seconds: int = Field(
         default=600, ge=30, le=86400,
         description="How long a stopping worker may finish its running tasks; KEDA's cooldown is kept above it.")
-    worker_cpu: str = Field(default="1", pattern=_QUANTITY, description="CPU request of each Celery worker.")
+    worker_cpu: str = Field(default="1", pattern=_CPU, description="CPU request of each Celery worker (cores, or millicores with m).")
+    worker_cpu_limit: str = Field(
+        default="", pattern=rf"^$|{_CPU}",
+        description="CPU limit of each Celery worker; empty: twice workerCpu, at least 1. Raise it for CPU-heavy "
+                    "tasks: a worker runs workerConcurrency of them at once.")
     worker_memory: str = Field(default="2Gi", pattern=_QUANTITY, description="Memory request and limit of each Celery worker.")
     keda_chart_version: str = Field(
         default="2.20.2", pattern=r"^\d+\.\d+\.\d+$", description="Chart version of KEDA.")

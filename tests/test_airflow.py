@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import secrets
+import subprocess
 
 import pytest
 from jsonschema import ValidationError
@@ -92,7 +93,9 @@ def test_external_database_broker_and_keys_by_secret_name_only(prod):
     # The admin's credentials: a Secret volume of the create-user Job only, read by its command.
     assert values["createUserJob"]["extraVolumes"] == [
         {"name": "admin-user", "secret": {"secretName": w.ADMIN_USER_SECRET, "defaultMode": 0o440}}]
-    assert '"$(cat /opt/airflow/admin-user/password)"' in values["createUserJob"]["args"][-1]
+    command = values["createUserJob"]["args"][-1]
+    assert '"$(cat /opt/airflow/admin-user/password)"' in command
+    assert "--password" not in command, "a process's arguments are readable in /proc: the password goes to stdin"
     for key in ("fernetKey", "apiSecretKey", "jwtSecret", "webserverSecretKey"):
         assert key not in values
 
@@ -318,30 +321,42 @@ def test_rotating_the_redis_password_rolls_the_airflow_pods_that_hold_the_broker
     assert chart_values(first)["workers"]["podAnnotations"] != chart_values(rotated)["workers"]["podAnnotations"]
 
 
-@pytest.mark.parametrize("stack", ["local", "prod"])
-def test_every_airflow_container_is_read_only_limited_and_without_an_api_token(stack_runs, stack):
+@pytest.fixture(scope="module")
+def local_with_git_sync():
+    return run_program("local", overrides={"gitSyncRepository": "https://github.com/example/dags.git"})
+
+
+@pytest.mark.parametrize("stack", ["local", "prod", "local-with-git-sync"])
+def test_every_airflow_container_is_read_only_limited_and_without_an_api_token(stack_runs, local_with_git_sync,
+                                                                               stack):
     """On the rendered chart: a read-only root filesystem, CPU and memory limits, and no Kubernetes API token
     (the pod's ServiceAccount does not mount one and the pod does not ask for it); no RBAC at all."""
-    run = stack_runs[stack]
+    run = local_with_git_sync if stack == "local-with-git-sync" else stack_runs[stack]
     documents = render_all(run)["airflow"]
     accounts = {d["metadata"]["name"]: d for d in documents if d["kind"] == "ServiceAccount"}
     assert not [d["metadata"]["name"] for d in documents if d["kind"] in ("Role", "RoleBinding", "ClusterRole",
                                                                           "ClusterRoleBinding")]
     pods = [p for p in platform_pods(run) if p.source.startswith("chart airflow:")]
     assert {p.labels.get("component") for p in pods} >= {*AIRFLOW_WORKLOADS, "statsd"}
+    git_syncs = 0
     for pod in pods:
         account = accounts[pod.spec["serviceAccountName"]]
         assert account["automountServiceAccountToken"] is False, pod.source
         assert pod.spec.get("automountServiceAccountToken") in (None, False), pod.source
-        assert not [v for v in pod.spec.get("volumes") or [] if "serviceAccountToken" in json.dumps(v)], pod.source
         for container in pod.containers:
             assert container["securityContext"]["readOnlyRootFilesystem"] is True, (pod.source, container["name"])
+            if container["name"] == "git-sync" or container["name"] == "git-sync-init":
+                # git-sync adds a user it does not know to /etc/passwd, which a read-only image refuses:
+                # it must run as the user its image has (65533).
+                assert container["securityContext"]["runAsUser"] == 65533, pod.source
+                git_syncs += 1
             limits = container["resources"]["limits"]
             assert limits["cpu"] and limits["memory"], (pod.source, container["name"])
         writable = {m["mountPath"] for c in pod.containers for m in c.get("volumeMounts") or []
                     if not m.get("readOnly")}
         # Python, Airflow and the package managers write temporary files (statsd_exporter writes none).
         assert "/tmp" in writable or pod.labels["component"] == "statsd", pod.source
+    assert (git_syncs > 0) is (stack == "local-with-git-sync")
 
 
 def test_kubernetes_pod_operator_gives_the_workers_their_token_and_role_back():
@@ -384,3 +399,30 @@ def test_digests_pin_every_image_they_name():
     from components.settings import SettingsError, load_settings
     with pytest.raises(SettingsError, match="airflow:airflowImageDigest"):
         load_settings({"airflowImageDigest": "sha256:abc"})
+
+
+def test_the_create_user_job_hands_the_password_over_its_standard_input(local, tmp_path):
+    """The rendered Job's command, run by bash with a stand-in `airflow` that asks as FAB's `users create`
+    does without --password (getpass twice; no terminal in a pod, so it reads standard input)."""
+    [job] = [d for d in render_all(local)["airflow"] if d["kind"] == "Job" and "create-user" in d["metadata"]["name"]]
+    [container] = job["spec"]["template"]["spec"]["containers"]
+    mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "admin-user")
+    secret_files = tmp_path / "admin-user"
+    secret_files.mkdir()
+    password = "p@ss w\"rd$(x)%&"
+    (secret_files / "username").write_text("admin")
+    (secret_files / "password").write_text(password)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "airflow").write_text(
+        "#!/usr/bin/env python3\nimport getpass, json, sys\n"
+        "first, second = getpass.getpass('Password:'), getpass.getpass('Repeat for confirmation:')\n"
+        "print(json.dumps({'args': sys.argv[1:], 'password': first, 'confirmed': first == second}))\n")
+    (bin_dir / "airflow").chmod(0o755)
+    command = [*container["args"][:-1], container["args"][-1].replace(mount, str(secret_files))]
+    result = subprocess.run(["setsid", *command], env={"PATH": f"{bin_dir}:/usr/bin:/bin"}, capture_output=True,
+                            text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert result.returncode == 0, result.stderr
+    created = json.loads(result.stdout.strip().splitlines()[-1])
+    assert created["password"] == password and created["confirmed"] is True
+    assert password not in " ".join(created["args"]) and "admin" in created["args"]
