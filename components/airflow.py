@@ -15,6 +15,7 @@ from typing import Optional
 import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
+import yaml
 
 from components import workloads as w
 from components.database import ASYNC_CONNECTION_KEY
@@ -88,6 +89,14 @@ STATSD_IMAGE_TAG = "v0.28.0"
 GIT_SYNC_IMAGE_TAG = "v4.4.2"
 # The user git-sync's image has in /etc/passwd (the chart's gitSync.uid).
 GIT_SYNC_UID = 65533
+
+
+# Options the chart's default `config:` still renders where Airflow 3 no longer reads them (`airflow config
+# lint`: moved to [metrics] and [fab], which the chart also sets): removed from the release's airflow.cfg.
+REMOVED_CHART_DEFAULTS = {"config": {
+    "scheduler": {"statsd_on": None, "statsd_host": None, "statsd_port": None, "statsd_prefix": None},
+    "webserver": {"enable_proxy_fix": None},
+}}
 
 
 # [dag_processor] parsing_processes, and the DAG processor's CPU limit in cores.
@@ -439,6 +448,9 @@ class AirflowRelease(pulumi.ComponentResource):
             version=settings.airflow_chart_version,
             repository_opts={"repo": AIRFLOW_CHARTS},
             namespace=args.airflow_namespace,
+            # Deletions of chart defaults: only a values file carries `null` to Helm (the Python SDK drops
+            # None from `values`, pulumi/pulumi#12178).
+            value_yaml_files=[pulumi.StringAsset(yaml.safe_dump(REMOVED_CHART_DEFAULTS))],
             values=airflow_values(
                 settings,
                 fernet_key_secret=args.fernet_key_secret_name,

@@ -45,14 +45,20 @@ def chart_version(chart: str) -> str:
 
 
 @lru_cache(maxsize=None)
-def _render(chart: str, release_name: str, namespace: str, values_json: str) -> tuple[dict, ...]:
-    with tempfile.NamedTemporaryFile("w", suffix=".json") as values_file:
-        values_file.write(values_json)
-        values_file.flush()
+def _render(chart: str, release_name: str, namespace: str, values_json: str,
+            value_yaml_files: tuple[str, ...] = ()) -> tuple[dict, ...]:
+    with tempfile.TemporaryDirectory() as directory:
+        # The Release's valueYamlFiles first, its values last (later files win, as the provider merges them).
+        files = [Path(directory, f"values-{index}.yaml") for index in range(len(value_yaml_files))]
+        for path, text in zip(files, value_yaml_files, strict=True):
+            path.write_text(text)
+        files.append(Path(directory, "values.json"))
+        files[-1].write_text(values_json)
         # Hooks are rendered (a Release installs them); chart tests are not (a Release never runs them).
         result = subprocess.run(
             [str(helm_binary()), "template", release_name, str(CHARTS / chart), "--namespace", namespace,
-             "--values", values_file.name, "--kube-version", KUBERNETES_VERSION, "--skip-tests"],
+             *[argument for path in files for argument in ("--values", str(path))],
+             "--kube-version", KUBERNETES_VERSION, "--skip-tests"],
             capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         raise RuntimeError(f"helm template {chart} failed:\n{result.stderr}")
@@ -72,7 +78,9 @@ def render_release(release: Registration) -> list[dict]:
     if chart_version(chart) != inputs["version"]:
         raise AssertionError(f"release {release.name} pins {chart} {inputs['version']}, the chart source in "
                              f"../shared/charts is {chart_version(chart)}")
-    return list(_render(chart, inputs["name"], inputs["namespace"], json.dumps(inputs["values"], sort_keys=True)))
+    yaml_files = tuple(asset.text for asset in inputs.get("valueYamlFiles") or [])
+    return list(_render(chart, inputs["name"], inputs["namespace"], json.dumps(inputs["values"], sort_keys=True),
+                        yaml_files))
 
 
 def render_all(run: ProgramRun) -> dict[str, list[dict]]:

@@ -426,3 +426,15 @@ def test_the_create_user_job_hands_the_password_over_its_standard_input(local, t
     created = json.loads(result.stdout.strip().splitlines()[-1])
     assert created["password"] == password and created["confirmed"] is True
     assert password not in " ".join(created["args"]) and "admin" in created["args"]
+
+
+def test_the_release_airflow_cfg_holds_no_option_airflow_3_moved(prod):
+    """The chart's default `config:` renders [scheduler] statsd_* and [webserver] enable_proxy_fix, which Airflow 3
+    reads from [metrics] and [fab] (`airflow config lint`, run by the e2e tier): the release deletes them."""
+    import configparser
+    [configmap] = [d for d in render_all(prod)["airflow"] if d["kind"] == "ConfigMap" and "airflow.cfg" in d["data"]]
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read_string(configmap["data"]["airflow.cfg"])
+    assert not [key for key in cfg["scheduler"] if key.startswith("statsd_")]
+    assert "enable_proxy_fix" not in cfg["webserver"] and cfg["fab"]["enable_proxy_fix"] == "True"
+    assert cfg["metrics"]["statsd_on"] == "True"

@@ -1,0 +1,520 @@
+"""End-to-end tier (`make e2e`): Airflow runs DAGs with exactly the configuration the program produces.
+
+The Airflow chart is rendered by real Helm from the `prod` stack's values; the `airflow.cfg` of its ConfigMap,
+`airflow_local_settings.py`, and the scheduler's and worker's container environments (the `_CMD` options and
+the files of the projected Secret volume, KEDA's connection) are what the Airflow processes here get. Only
+what points into the cluster is rewritten: hosts and ports to the loopback servers (PostgreSQL behind PgBouncer
+in transaction mode, Redis), paths to a temporary folder, the execution API and log server to free ports,
+remote logging (S3) and statsd off. Timing options are shortened where a test waits on them (`TIMINGS`); they
+change when Airflow notices a failure, not what it does about it.
+
+Then, as real processes: `airflow db migrate`, the chart's create-user command, the API server, scheduler, DAG
+processor, triggerer and a Celery worker. DAGs pass data through XCom, read a connection and a variable created
+through the REST API, defer to the triggerer, and survive a worker killed mid-task and a Redis restart.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from cryptography.fernet import Fernet
+from test_metrics_e2e import Daemons, _descendants, _free_port, _query, _signal
+
+from harness import run_program
+from rendering import render_all
+from servers import (
+    ProcessServer,
+    start_pgbouncer,
+    start_postgres,
+    start_redis,
+    unavailable_reason,
+    wait_for_port,
+    with_host_and_port,
+)
+from test_airflow_e2e import airflow, airflow_bin  # noqa: F401 (a fixture)
+from test_real_servers import PASSWORD_SEED, URL_RESERVED
+
+pytestmark = pytest.mark.e2e
+
+# Shortened so the failure tests wait seconds, not minutes (production: Airflow's defaults). With them the
+# bound on a worker lost mid-task is: heartbeat timeout + detection interval + retry delay + a new worker's
+# start and the task's own run time.
+TIMINGS = {
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
+    "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "2",
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+    "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+}
+WORKER_LOST_BOUND_SECONDS = 150
+RUN_BOUND_SECONDS = 180
+ADMIN_PASSWORD = "e2e-" + Fernet.generate_key().decode()[:20]
+
+PIPELINE, DEFERRABLE, SLOW = "e2e_pipeline", "e2e_deferrable", "e2e_slow"
+DAG_FILES = {
+    "e2e_pipeline.py": f'''
+from airflow.sdk import Connection, Variable, dag, task
+
+
+@dag(dag_id="{PIPELINE}", schedule=None, catchup=False, tags=["e2e"])
+def pipeline():
+    @task
+    def extract():
+        return {{"rows": [1, 2, 3]}}
+
+    @task
+    def transform(data):
+        warehouse = Connection.get("warehouse")
+        threshold = int(Variable.get("threshold"))
+        print("E2E-MARKER transform saw", warehouse.host, threshold)
+        return {{"total": sum(r for r in data["rows"] if r >= threshold), "host": warehouse.host,
+                 "password_ok": warehouse.password == "s3cr3t-value"}}
+
+    @task
+    def load(result):
+        assert result == {{"total": 5, "host": "warehouse.internal", "password_ok": True}}, result
+        print("E2E-MARKER loaded", result)
+
+    load(transform(extract()))
+
+
+pipeline()
+''',
+    "e2e_deferrable.py": f'''
+from datetime import timedelta
+
+from airflow.providers.standard.sensors.time_delta import TimeDeltaSensor
+from airflow.sdk import dag
+
+
+@dag(dag_id="{DEFERRABLE}", schedule=None, catchup=False, tags=["e2e"])
+def deferrable():
+    TimeDeltaSensor(task_id="wait", delta=timedelta(seconds=5), deferrable=True)
+
+
+deferrable()
+''',
+    "e2e_slow.py": f'''
+import time
+from datetime import timedelta
+
+from airflow.sdk import dag, task
+
+
+@dag(dag_id="{SLOW}", schedule=None, catchup=False, tags=["e2e"],
+     default_args={{"retries": 2, "retry_delay": timedelta(seconds=2)}})
+def slow():
+    @task
+    def long_step():
+        time.sleep(25)
+        return "done"
+
+    @task
+    def after(value):
+        assert value == "done"
+
+    after(long_step())
+
+
+slow()
+''',
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The release as the chart renders it
+
+
+@pytest.fixture(scope="module")
+def release():
+    run = run_program("prod", password_characters=URL_RESERVED, password_seed=PASSWORD_SEED)
+    documents = render_all(run)["airflow"]
+    secrets = {s.values["metadata"]["name"]: s.values["stringData"] for s in run.of_type("kubernetes:core/v1:Secret")}
+    configmap = next(d for d in documents if d["kind"] == "ConfigMap" and "airflow.cfg" in (d.get("data") or {}))
+
+    def container(deployment: str, name: str) -> tuple[dict, dict]:
+        document = next(d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == deployment)
+        spec = document["spec"]["template"]["spec"]
+        return spec, next(c for c in spec["containers"] if c["name"] == name)
+
+    scheduler_pod, scheduler = container("airflow-scheduler", "scheduler")
+    _, worker = container("airflow-worker", "worker")
+    create_user = next(d for d in documents if d["kind"] == "Job" and "create-user" in d["metadata"]["name"])
+    return {"cfg": configmap["data"]["airflow.cfg"], "local_settings": configmap["data"]["airflow_local_settings.py"],
+            "scheduler_pod": scheduler_pod, "scheduler": scheduler, "worker": worker, "secrets": secrets,
+            "create_user": create_user["spec"]["template"]["spec"]["containers"][0]}
+
+
+class Servers:
+    def __init__(self, workdir: Path, release: dict):
+        metadata = release["secrets"]["airflow-metadata-connection"]["connection"]
+        user, password = _userinfo(metadata)
+        redis_password = _userinfo(release["secrets"]["airflow-broker-url"]["connection"])[1]
+        self.workdir, self.redis_password = workdir, redis_password
+        self.postgres = start_postgres(workdir / "postgres")
+        self.postgres.superuser_sql(f'CREATE ROLE "{user}" LOGIN PASSWORD %s', password)
+        self.postgres.superuser_sql(f'CREATE DATABASE "airflow" OWNER "{user}"')
+        self.pgbouncer = start_pgbouncer(workdir / "pgbouncer", self.postgres, user, password, "airflow")
+        self.redis = start_redis(workdir / "redis", redis_password)
+
+    def restart_redis(self) -> None:
+        """The same Redis (port, password) stopped and started again, as a pod restart does."""
+        port = self.redis.port
+        self.redis.stop()
+        process = subprocess.Popen([shutil.which("redis-server"), str(self.workdir / "redis" / "redis.conf")],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(port, process)
+        self.redis = ProcessServer(port=port, process=process)
+
+    def stop(self) -> None:
+        for server in (self.redis, self.pgbouncer, self.postgres):
+            server.stop()
+
+
+def _userinfo(url: str) -> tuple[str, str]:
+    from urllib.parse import unquote
+    userinfo = url.split("://", 1)[1].rsplit("@", 1)[0]
+    user, _, password = userinfo.partition(":")
+    return unquote(user), unquote(password)
+
+
+def produced_env(release: dict, servers: Servers, home: Path, ports: dict[str, int],
+                 fernet_key: str | None = None, broker_password: str | None = None) -> dict[str, str]:
+    """The scheduler's environment as rendered (plus the worker's KEDA connection), pointed at loopback."""
+    secrets_dir, dags, logs = home / "secrets", home / "dags", home / "logs"
+    for directory in (secrets_dir, dags, logs, home / "config"):
+        directory.mkdir(parents=True, exist_ok=True)
+    # The projected volume's files, from the Secrets the program made.
+    volumes = {v["name"]: v for v in release["scheduler_pod"]["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in release["scheduler"]["volumeMounts"]}
+    files: dict[str, str] = {}
+    for source in volumes["platform-secrets"]["projected"]["sources"]:
+        for item in source["secret"]["items"]:
+            files[f"{mounts['platform-secrets']}/{item['path']}"] = release["secrets"][source["secret"]["name"]][item["key"]]
+    loopback = {"metadata": ("127.0.0.1", servers.pgbouncer.port), "broker": ("127.0.0.1", servers.redis.port)}
+    env: dict[str, str] = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    for entry in release["scheduler"]["env"] + [e for e in release["worker"]["env"] if e["name"] == "AIRFLOW_CONN_AIRFLOW_DB"]:
+        if "value" in entry:
+            value = entry["value"]
+            if value.startswith("cat ") and value[4:] in files:
+                path = secrets_dir / Path(value[4:]).name
+                content = files[value[4:]]
+                if "://" in content:
+                    content = with_host_and_port(content, *loopback["broker" if content.startswith("redis") else "metadata"])
+                if fernet_key and "fernet" in path.name:
+                    content = fernet_key
+                if broker_password and content.startswith("redis"):
+                    content = f"redis://:{quote(broker_password, safe='')}@127.0.0.1:{servers.redis.port}/0"
+                path.write_text(content)
+                path.chmod(0o440)
+                value = f"cat {path}"
+            env[entry["name"]] = value
+        elif "secretKeyRef" in entry.get("valueFrom", {}):
+            reference = entry["valueFrom"]["secretKeyRef"]
+            env[entry["name"]] = with_host_and_port(release["secrets"][reference["name"]][reference["key"]],
+                                                    *loopback["metadata"])
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read_string(release["cfg"])
+    cfg["core"]["dags_folder"] = str(dags)
+    cfg["core"]["execution_api_server_url"] = f"http://127.0.0.1:{ports['api']}/execution/"
+    cfg["logging"]["remote_logging"] = "False"  # S3 is not reachable from here
+    cfg["logging"]["base_log_folder"] = str(logs)
+    cfg["logging"]["worker_log_server_port"] = str(ports["worker_logs"])
+    cfg["logging"]["trigger_log_server_port"] = str(ports["trigger_logs"])
+    cfg["metrics"]["statsd_on"] = "False"  # no statsd exporter here
+    with open(home / "airflow.cfg", "w") as handle:
+        cfg.write(handle)
+    (home / "config" / "airflow_local_settings.py").write_text(release["local_settings"])
+    env.update({"AIRFLOW_HOME": str(home), "AIRFLOW_CONFIG": str(home / "airflow.cfg"), **TIMINGS})
+    return env
+
+
+class Api:
+    """The REST API as a user sees it: a JWT from /auth/token, then /api/v2."""
+
+    def __init__(self, port: int):
+        self.base, self.token = f"http://127.0.0.1:{port}", None
+
+    def request(self, method: str, path: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict | str]:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"}
+        if token or self.token:
+            headers["Authorization"] = f"Bearer {token or self.token}"
+        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                text = response.read().decode()
+                status = response.status
+        except urllib.error.HTTPError as error:
+            text, status = error.read().decode(), error.code
+        try:
+            return status, json.loads(text)
+        except json.JSONDecodeError:
+            return status, text
+
+    def login(self, username: str, password: str) -> int:
+        status, body = self.request("POST", "/auth/token", {"username": username, "password": password})
+        if status in (200, 201):
+            self.token = body["access_token"]
+        return status
+
+    def trigger(self, dag_id: str) -> str:
+        status, body = self.request("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+        assert status == 200, body
+        status, body = self.request("POST", f"/api/v2/dags/{dag_id}/dagRuns", {"logical_date": None})
+        assert status == 200, body
+        return body["dag_run_id"]
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        status, body = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+        assert status == 200, body
+        return body["state"]
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        status, body = self.request("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        assert status == 200, body
+        return {ti["task_id"]: ti["state"] for ti in body["task_instances"]}
+
+
+class Platform:
+    def __init__(self, executable: Path, release: dict, servers: Servers, home: Path):
+        self.airflow_bin, self.release, self.servers, self.home = executable, release, servers, home
+        self.ports = {"api": _free_port(), "worker_logs": _free_port(), "trigger_logs": _free_port()}
+        self.env = produced_env(release, servers, home, self.ports)
+        self.logs = home / "component-logs"
+        self.logs.mkdir(exist_ok=True)
+        self.daemons = Daemons(executable, self.env, self.logs)
+        self.api = Api(self.ports["api"])
+        self.workers = 0
+
+    def start_worker(self) -> str:
+        self.workers += 1
+        name = f"celery-worker-{self.workers}"
+        self.daemons.start(name, "celery", "worker", "--concurrency", "4", "--without-mingle", "--without-gossip",
+                           "--celery-hostname", f"e2e-{self.workers}@%h")
+        return name
+
+    def kill(self, name: str) -> None:
+        """SIGKILL to the process and every process under it: a node lost, an OOM kill."""
+        process = self.daemons.processes.pop(name)
+        _signal([process.pid, *_descendants(process.pid)], signal.SIGKILL)
+        process.wait(timeout=10)
+
+    def component_logs(self) -> str:
+        return "\n".join(f"--- {name}\n{self.daemons.log_tail(name, 3000)}" for name in self.daemons.processes)
+
+    def wait(self, condition, within: float, what: str) -> float:
+        started = time.monotonic()
+        while not condition():
+            self.daemons.assert_running()
+            if time.monotonic() - started > within:
+                pytest.fail(f"{what}: not within {within}s\n{self.component_logs()}")
+            time.sleep(2)
+        return time.monotonic() - started
+
+
+@pytest.fixture(scope="module")
+def platform(airflow_bin, release):  # noqa: F811
+    reason = unavailable_reason()
+    if reason:
+        pytest.fail(reason)
+    workdir = Path(tempfile.mkdtemp(prefix="dags-e2e-"))
+    workdir.chmod(0o755)
+    servers = Servers(workdir, release)
+    platform = Platform(airflow_bin, release, servers, workdir / "airflow-home")
+    try:
+        for name, text in DAG_FILES.items():
+            (platform.home / "dags" / name).write_text(text)
+        migrated = airflow(airflow_bin, platform.env, "db", "migrate")
+        assert migrated.returncode == 0, migrated.stderr[-3000:]
+        platform.daemons.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(platform.ports["api"]),
+                               "--workers", "1")
+        platform.daemons.start("scheduler", "scheduler")
+        platform.daemons.start("dag-processor", "dag-processor")
+        platform.daemons.start("triggerer", "triggerer")
+        platform.start_worker()
+        metadata = with_host_and_port(release["secrets"]["airflow-metadata-connection"]["connection"], "127.0.0.1",
+                                      servers.pgbouncer.port)
+        platform.metadata = metadata
+        dag_ids = tuple(name.removesuffix(".py") for name in DAG_FILES)
+        platform.wait(lambda: len(_query(metadata, "select dag_id from serialized_dag where dag_id in %s",
+                                         dag_ids)) == len(dag_ids), 180, "the DAG processor serialises the DAGs")
+        platform.wait(lambda: _api_up(platform.api), 120, "the API server answers")
+        yield platform
+    except BaseException:
+        print(platform.component_logs())
+        raise
+    finally:
+        platform.daemons.stop(list(platform.daemons.processes))
+        servers.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _api_up(api: Api) -> bool:
+    try:
+        return api.request("GET", "/api/v2/monitor/health")[0] == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+
+
+def create_admin(platform: Platform) -> subprocess.CompletedProcess:
+    """The chart's create-user Job command, with the admin's Secret files in a temporary folder."""
+    container = platform.release["create_user"]
+    mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "admin-user")
+    files = platform.home / "admin-user"
+    files.mkdir(exist_ok=True)
+    (files / "username").write_text("admin")
+    (files / "password").write_text(ADMIN_PASSWORD)
+    command = [*container["args"][:-1], container["args"][-1].replace(mount, str(files))]
+    env = {**platform.env, "PATH": f"{platform.airflow_bin.parent}:{platform.env['PATH']}"}
+    return subprocess.run(["setsid", *command], env=env, capture_output=True, text=True, timeout=300,
+                          stdin=subprocess.DEVNULL)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tests
+
+
+def test_the_admin_from_the_create_user_job_logs_in_and_a_wrong_password_does_not(platform):
+    created = create_admin(platform)
+    assert created.returncode == 0, created.stdout[-2000:] + created.stderr[-3000:]
+    assert platform.api.login("admin", "wrong-" + ADMIN_PASSWORD) == 401
+    assert platform.api.login("admin", ADMIN_PASSWORD) in (200, 201)
+
+
+def test_every_component_reports_healthy(platform):
+    def healthy() -> bool:
+        status, body = platform.api.request("GET", "/api/v2/monitor/health")
+        return status == 200 and all(body.get(part, {}).get("status") == "healthy"
+                                      for part in ("metadatabase", "scheduler", "triggerer", "dag_processor"))
+    platform.wait(healthy, 120, "metadatabase, scheduler, triggerer and DAG processor healthy")
+
+
+def test_a_pipeline_runs_with_xcom_a_connection_and_a_variable_made_through_the_api(platform):
+    if not platform.api.token:
+        assert create_admin(platform).returncode in (0, 1)
+        assert platform.api.login("admin", ADMIN_PASSWORD) in (200, 201)
+    status, body = platform.api.request("POST", "/api/v2/connections", {
+        "connection_id": "warehouse", "conn_type": "postgres", "host": "warehouse.internal", "login": "etl",
+        "password": "s3cr3t-value"})
+    assert status in (201, 409), body
+    status, body = platform.api.request("POST", "/api/v2/variables", {"key": "threshold", "value": "2"})
+    assert status in (201, 409), body
+    run_id = platform.api.trigger(PIPELINE)
+    platform.wait(lambda: platform.api.run_state(PIPELINE, run_id) in ("success", "failed"), RUN_BOUND_SECONDS,
+                  f"{PIPELINE} finishes")
+    assert platform.api.run_state(PIPELINE, run_id) == "success", platform.api.task_states(PIPELINE, run_id)
+    # The task log, from the worker's log server through the API server (the path the NetworkPolicies open).
+    status, body = platform.api.request(
+        "GET", f"/api/v2/dags/{PIPELINE}/dagRuns/{run_id}/taskInstances/transform/logs/1?full_content=true")
+    assert status == 200, body
+    assert "E2E-MARKER transform saw warehouse.internal 2" in json.dumps(body)
+    # The password was stored encrypted with the program's Fernet key.
+    [(stored,)] = _query(platform.metadata, "select password from connection where conn_id = 'warehouse'")
+    assert stored != "s3cr3t-value"
+
+
+def test_a_deferrable_task_runs_on_the_triggerer(platform):
+    if not platform.api.token:
+        assert platform.api.login("admin", ADMIN_PASSWORD) in (200, 201)
+    run_id = platform.api.trigger(DEFERRABLE)
+    seen_deferred = []
+
+    def finished() -> bool:
+        states = platform.api.task_states(DEFERRABLE, run_id)
+        seen_deferred.append(states.get("wait") == "deferred")
+        return platform.api.run_state(DEFERRABLE, run_id) in ("success", "failed")
+    platform.wait(finished, RUN_BOUND_SECONDS, f"{DEFERRABLE} finishes")
+    assert platform.api.run_state(DEFERRABLE, run_id) == "success"
+    assert _query(platform.metadata, "select count(*) from trigger")[0][0] == 0, "the trigger fired and was cleared"
+    assert any(seen_deferred) or "defer" in platform.daemons.log_tail("triggerer", 20000).lower()
+
+
+def test_a_task_on_a_killed_worker_is_retried_once_a_worker_is_back_and_not_before(platform):
+    """SIGKILL the worker while a task runs. With no worker the run cannot finish within the bound (the bound
+    is real); a new worker gets the retry and the run succeeds within it."""
+    if not platform.api.token:
+        assert platform.api.login("admin", ADMIN_PASSWORD) in (200, 201)
+    run_id = platform.api.trigger(SLOW)
+    platform.wait(lambda: platform.api.task_states(SLOW, run_id).get("long_step") == "running", 120,
+                  "long_step runs")
+    time.sleep(3)
+    [worker] = [name for name in platform.daemons.processes if name.startswith("celery-worker")]
+    platform.kill(worker)
+    deadline = time.monotonic() + WORKER_LOST_BOUND_SECONDS
+    while time.monotonic() < deadline:
+        assert platform.api.run_state(SLOW, run_id) != "success", "succeeded without any worker"
+        time.sleep(5)
+    states = platform.api.task_states(SLOW, run_id)
+    assert states["long_step"] in ("up_for_retry", "queued", "scheduled"), states
+    platform.start_worker()
+    took = platform.wait(lambda: platform.api.run_state(SLOW, run_id) in ("success", "failed"),
+                         WORKER_LOST_BOUND_SECONDS, f"{SLOW} finishes on the new worker")
+    assert platform.api.run_state(SLOW, run_id) == "success", platform.api.task_states(SLOW, run_id)
+    print(f"\nworker lost mid-task: the run finished {took:.0f}s after a new worker started")
+
+
+def test_a_run_survives_a_redis_restart(platform):
+    if not platform.api.token:
+        assert platform.api.login("admin", ADMIN_PASSWORD) in (200, 201)
+    run_id = platform.api.trigger(SLOW)
+    platform.wait(lambda: platform.api.task_states(SLOW, run_id).get("long_step") == "running", 120,
+                  "long_step runs")
+    platform.servers.restart_redis()
+    platform.wait(lambda: platform.api.run_state(SLOW, run_id) in ("success", "failed"), RUN_BOUND_SECONDS,
+                  f"{SLOW} finishes after Redis restarted")
+    assert platform.api.run_state(SLOW, run_id) == "success", platform.api.task_states(SLOW, run_id)
+
+
+def test_a_wrong_fernet_key_fails_with_a_clear_message(platform, airflow_bin):  # noqa: F811
+    """Encrypted with the program's key, read with another: Fernet's InvalidToken, not data. (`connections
+    get` hides it as "Connection not found"; listing shows the cause, which is what the README tells.)"""
+    added = airflow(airflow_bin, platform.env, "connections", "add", "fernet_probe", "--conn-type", "postgres",
+                    "--conn-host", "db.internal", "--conn-password", "probe-secret")
+    assert added.returncode == 0, added.stderr[-2000:]
+    env = produced_env(platform.release, platform.servers, platform.home / "wrong-fernet", platform.ports,
+                       fernet_key=Fernet.generate_key().decode())
+    result = airflow(airflow_bin, env, "connections", "list", "--output", "json")
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "cryptography.fernet.InvalidToken" in message, message[-3000:]
+    assert "probe-secret" not in message
+    print("\nwrong Fernet key:", next(line for line in message.splitlines() if "InvalidToken" in line))
+
+
+def test_a_wrong_broker_password_fails_with_a_clear_message(platform, airflow_bin):  # noqa: F811
+    env = produced_env(platform.release, platform.servers, platform.home / "wrong-broker", platform.ports,
+                       broker_password="not-the-password")
+    worker = subprocess.Popen([str(airflow_bin), "celery", "worker", "--concurrency", "1", "--without-mingle",
+                               "--without-gossip", "--celery-hostname", "wrong-broker@%h"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = worker.communicate(timeout=45)
+    except subprocess.TimeoutExpired:
+        _signal([worker.pid, *_descendants(worker.pid)], signal.SIGKILL)
+        output, _ = worker.communicate(timeout=10)
+    assert "invalid username-password pair" in output or "WRONGPASS" in output, output[-3000:]
+    print("\nwrong broker password:", next(line for line in output.splitlines()
+                                           if "invalid username-password pair" in line or "WRONGPASS" in line))
+
+
+def test_the_produced_configuration_passes_airflows_lint(platform, airflow_bin):  # noqa: F811
+    """No option Airflow 3 removed, renamed or moved. (Lint also lists defaults that changed since Airflow 2,
+    such as the executor's, whether or not the option is set: notices, not findings.)"""
+    linted = airflow(airflow_bin, platform.env, "config", "lint")
+    assert linted.returncode == 0, linted.stdout[-3000:] + linted.stderr[-3000:]
+    findings = [line for line in linted.stdout.splitlines() if line.strip().startswith("- ")]
+    assert "No issues found" in linted.stdout or findings, linted.stdout[-3000:]
+    assert not [line for line in findings if any(word in line for word in ("moved", "removed", "renamed"))], \
+        linted.stdout[-3000:]
