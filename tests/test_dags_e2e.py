@@ -138,6 +138,11 @@ slow()
 
 @pytest.fixture(scope="module")
 def release():
+    return rendered_release()
+
+
+def rendered_release() -> dict:
+    """What the prod release gives an Airflow container: airflow.cfg, local settings, env, Secrets."""
     run = run_program("prod", password_characters=URL_RESERVED, password_seed=PASSWORD_SEED)
     documents = render_all(run)["airflow"]
     secrets = {s.values["metadata"]["name"]: s.values["stringData"] for s in run.of_type("kubernetes:core/v1:Secret")}

@@ -1,0 +1,137 @@
+"""Scheduling latency and task throughput of Airflow with the configuration the program produces, beside the
+same run with the chart's default configuration (`make bench`; figures, not a test: machines differ).
+
+Both runs use the end-to-end tier's set-up (tests/test_dags_e2e.py): PostgreSQL behind PgBouncer in transaction
+mode and Redis on loopback, the API server, scheduler, DAG processor, triggerer and one Celery worker, with the
+credentials and container environment of the `prod` release. They differ only in `airflow.cfg`: the one the
+release renders, or the one the chart renders from its own defaults. Each run triggers N runs of a DAG of T
+parallel no-op tasks through the REST API and reads, from the metadata database, when each task was queued,
+started and ended.
+
+    python scripts/bench_dags.py [--runs N] [--tasks T] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform as host
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from test_dags_e2e import ADMIN_PASSWORD, Platform, Servers, _api_up, create_admin, rendered_release  # noqa: E402
+from test_metrics_e2e import _query  # noqa: E402
+
+from rendering import _render  # noqa: E402
+
+BENCH_DAG = "bench_parallel"
+
+
+def dag_file(tasks: int) -> str:
+    return f'''
+from airflow.sdk import dag, task
+
+
+@dag(dag_id="{BENCH_DAG}", schedule=None, catchup=False, max_active_runs=64, max_active_tasks=1024)
+def bench():
+    @task
+    def noop(index: int):
+        return index
+
+    noop.expand(index=list(range({tasks})))
+
+
+bench()
+'''
+
+
+def chart_default_cfg() -> str:
+    documents = _render("airflow", "airflow", "airflow", json.dumps({"executor": "CeleryExecutor"}))
+    return next(d for d in documents if d["kind"] == "ConfigMap" and "airflow.cfg" in (d.get("data") or {}))[
+        "data"]["airflow.cfg"]
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
+
+
+def measure(airflow_bin: Path, rendered: dict, label: str, runs: int, tasks: int) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
+    workdir.chmod(0o755)
+    servers = Servers(workdir, rendered)
+    platform = Platform(airflow_bin, rendered, servers, workdir / "airflow-home")
+    try:
+        (platform.home / "dags" / f"{BENCH_DAG}.py").write_text(dag_file(tasks))
+        from test_airflow_e2e import airflow
+        assert airflow(airflow_bin, platform.env, "db", "migrate").returncode == 0
+        platform.daemons.start("api-server", "api-server", "--host", "127.0.0.1", "--port",
+                               str(platform.ports["api"]), "--workers", "1")
+        for component in ("scheduler", "dag-processor", "triggerer"):
+            platform.daemons.start(component, component)
+        platform.start_worker()
+        from servers import with_host_and_port
+        metadata = with_host_and_port(rendered["secrets"]["airflow-metadata-connection"]["connection"],
+                                      "127.0.0.1", servers.pgbouncer.port)
+        platform.wait(lambda: _query(metadata, "select count(*) from serialized_dag where dag_id = %s",
+                                     BENCH_DAG)[0][0] == 1, 300, "the DAG is parsed")
+        platform.wait(lambda: _api_up(platform.api), 120, "the API answers")
+        assert create_admin(platform).returncode == 0
+        assert platform.api.login("admin", ADMIN_PASSWORD) in (200, 201)
+        started = time.monotonic()
+        run_ids = [platform.api.trigger(BENCH_DAG) for _ in range(runs)]
+        platform.wait(lambda: all(platform.api.run_state(BENCH_DAG, run_id) in ("success", "failed")
+                                  for run_id in run_ids), 1800, "the benchmark runs finish")
+        wall = time.monotonic() - started
+        rows = _query(metadata, "select queued_dttm, start_date, end_date, state from task_instance "
+                                "where dag_id = %s", BENCH_DAG)
+        latencies = [(start - queued).total_seconds() for queued, start, _, _ in rows if queued and start]
+        first_queued = min(queued for queued, _, _, _ in rows if queued)
+        last_end = max(end for _, _, end, _ in rows if end)
+        succeeded = sum(1 for *_, state in rows if state == "success")
+        span_minutes = (last_end - first_queued).total_seconds() / 60
+        return {"label": label, "runs": runs, "tasks_per_run": tasks, "task_instances": len(rows),
+                "succeeded": succeeded, "queued_to_running_p50_s": round(percentile(latencies, 0.5), 2),
+                "queued_to_running_p95_s": round(percentile(latencies, 0.95), 2),
+                "tasks_per_minute": round(succeeded / span_minutes, 1) if span_minutes else None,
+                "wall_seconds": round(wall, 1)}
+    finally:
+        platform.daemons.stop(list(platform.daemons.processes))
+        servers.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="DAG runs triggered at once (default 3)")
+    parser.add_argument("--tasks", type=int, default=20, help="parallel tasks per run (default 20)")
+    parser.add_argument("--json", type=Path, default=Path(tempfile.gettempdir()) / "airflow-bench.json")
+    arguments = parser.parse_args()
+    airflow_bin = Path(os.environ.get("AIRFLOW_BIN", ROOT / ".venv-airflow" / "bin" / "airflow"))
+    produced = rendered_release()
+    default = {**produced, "cfg": chart_default_cfg()}
+    results = [measure(airflow_bin, produced, "produced", arguments.runs, arguments.tasks),
+               measure(airflow_bin, default, "chart default", arguments.runs, arguments.tasks)]
+    machine = f"{host.machine()}, {os.cpu_count()} CPUs, Python {host.python_version()}"
+    print(f"\nAirflow DAG benchmark ({machine}): {arguments.runs} runs x {arguments.tasks} parallel tasks, "
+          "one Celery worker")
+    print(f"{'configuration':15s} {'tasks ok':>9s} {'queued->running p50':>20s} {'p95':>8s} {'tasks/min':>10s} "
+          f"{'wall':>8s}")
+    for result in results:
+        print(f"{result['label']:15s} {result['succeeded']:>4d}/{result['task_instances']:<4d} "
+              f"{result['queued_to_running_p50_s']:>19.2f}s {result['queued_to_running_p95_s']:>7.2f}s "
+              f"{result['tasks_per_minute'] or 0:>10.1f} {result['wall_seconds']:>7.1f}s")
+    arguments.json.write_text(json.dumps({"machine": machine, "results": results}, indent=1))
+    print(f"written to {arguments.json}")
+
+
+if __name__ == "__main__":
+    main()
