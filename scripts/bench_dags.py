@@ -65,7 +65,7 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def measure(airflow_bin: Path, rendered: dict, label: str, runs: int, tasks: int) -> dict:
-    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{label}-"))
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{label.replace(' ', '-')}-"))
     workdir.chmod(0o755)
     servers = Servers(workdir, rendered)
     platform = Platform(airflow_bin, rendered, servers, workdir / "airflow-home")

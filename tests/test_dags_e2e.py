@@ -141,9 +141,9 @@ def release():
     return rendered_release()
 
 
-def rendered_release() -> dict:
-    """What the prod release gives an Airflow container: airflow.cfg, local settings, env, Secrets."""
-    run = run_program("prod", password_characters=URL_RESERVED, password_seed=PASSWORD_SEED)
+def rendered_release(stack: str = "prod") -> dict:
+    """What a stack's release gives an Airflow container: airflow.cfg, local settings, env, Secrets."""
+    run = run_program(stack, password_characters=URL_RESERVED, password_seed=PASSWORD_SEED)
     documents = render_all(run)["airflow"]
     secrets = {s.values["metadata"]["name"]: s.values["stringData"] for s in run.of_type("kubernetes:core/v1:Secret")}
     configmap = next(d for d in documents if d["kind"] == "ConfigMap" and "airflow.cfg" in (d.get("data") or {}))
@@ -522,4 +522,18 @@ def test_the_produced_configuration_passes_airflows_lint(platform, airflow_bin):
     findings = [line for line in linted.stdout.splitlines() if line.strip().startswith("- ")]
     assert "No issues found" in linted.stdout or findings, linted.stdout[-3000:]
     assert not [line for line in findings if any(word in line for word in ("moved", "removed", "renamed"))], \
+        linted.stdout[-3000:]
+
+
+def test_the_local_release_configuration_checks_and_lints_against_the_same_servers(platform, airflow_bin):  # noqa: F811
+    """The `local` stack's release (logs on a claim instead of S3, one replica each) produces a configuration
+    that reaches the same database and passes the same lint."""
+    local = rendered_release("local")
+    env = produced_env(local, platform.servers, platform.home / "local-release", platform.ports)
+    checked = airflow(airflow_bin, env, "db", "check")
+    assert checked.returncode == 0, checked.stderr[-2000:]
+    linted = airflow(airflow_bin, env, "config", "lint")
+    findings = [line for line in linted.stdout.splitlines() if line.strip().startswith("- ")]
+    assert linted.returncode == 0 and not [line for line in findings
+                                           if any(word in line for word in ("moved", "removed", "renamed"))], \
         linted.stdout[-3000:]
