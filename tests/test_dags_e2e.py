@@ -306,7 +306,8 @@ class Platform:
     def start_worker(self) -> str:
         self.workers += 1
         name = f"celery-worker-{self.workers}"
-        self.daemons.start(name, "celery", "worker", "--concurrency", "4", "--without-mingle", "--without-gossip",
+        # Concurrency from the release's [celery] worker_concurrency, as the chart's worker command leaves it.
+        self.daemons.start(name, "celery", "worker", "--without-mingle", "--without-gossip",
                            "--celery-hostname", f"e2e-{self.workers}@%h")
         return name
 
