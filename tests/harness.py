@@ -71,9 +71,11 @@ def is_secret(value: Any) -> bool:
 
 
 def unwrap(value: Any) -> Any:
-    """The value with every secret marker removed."""
+    """The value with every secret marker removed (and a string asset as its text, so it can be searched)."""
     if is_secret(value):
         return unwrap(value["value"])
+    if isinstance(value, pulumi.StringAsset):
+        return {"stringAsset": value.text}
     if isinstance(value, dict):
         return {k: unwrap(v) for k, v in value.items()}
     if isinstance(value, list):

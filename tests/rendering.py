@@ -78,7 +78,8 @@ def render_release(release: Registration) -> list[dict]:
     if chart_version(chart) != inputs["version"]:
         raise AssertionError(f"release {release.name} pins {chart} {inputs['version']}, the chart source in "
                              f"../shared/charts is {chart_version(chart)}")
-    yaml_files = tuple(asset.text for asset in inputs.get("valueYamlFiles") or [])
+    # String assets, as harness.unwrap shows them.
+    yaml_files = tuple(asset["stringAsset"] for asset in inputs.get("valueYamlFiles") or [])
     return list(_render(chart, inputs["name"], inputs["namespace"], json.dumps(inputs["values"], sort_keys=True),
                         yaml_files))
 
