@@ -92,10 +92,15 @@ GIT_SYNC_UID = 65533
 
 
 # Options the chart's default `config:` still renders where Airflow 3 no longer reads them (`airflow config
-# lint`: moved to [metrics] and [fab], which the chart also sets): removed from the release's airflow.cfg.
+# lint`: moved to [metrics] and [fab], which the chart also sets), options Airflow 3 does not know, and the
+# sections of executors and log backends this platform does not run: removed from the release's airflow.cfg.
 REMOVED_CHART_DEFAULTS = {"config": {
-    "scheduler": {"statsd_on": None, "statsd_host": None, "statsd_port": None, "statsd_prefix": None},
-    "webserver": {"enable_proxy_fix": None},
+    "scheduler": {"statsd_on": None, "statsd_host": None, "statsd_port": None, "statsd_prefix": None,
+                  "run_duration": None, "standalone_dag_processor": None},
+    "webserver": None,
+    "core": {"colored_console_log": None, "remote_logging": None},
+    "kubernetes": None, "kubernetes_executor": None, "celery_kubernetes_executor": None, "kerberos": None,
+    "elasticsearch": None, "elasticsearch_configs": None,
 }}
 
 

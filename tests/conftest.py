@@ -29,3 +29,12 @@ def staging(stack_runs):
 @pytest.fixture(scope="session")
 def local(stack_runs):
     return stack_runs["local"]
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so a fixture can tell in its teardown whether the test
+    failed (the end-to-end tier prints the Airflow components' logs then)."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report

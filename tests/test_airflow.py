@@ -436,5 +436,6 @@ def test_the_release_airflow_cfg_holds_no_option_airflow_3_moved(prod):
     cfg = configparser.ConfigParser(interpolation=None)
     cfg.read_string(configmap["data"]["airflow.cfg"])
     assert not [key for key in cfg["scheduler"] if key.startswith("statsd_")]
-    assert "enable_proxy_fix" not in cfg["webserver"] and cfg["fab"]["enable_proxy_fix"] == "True"
+    assert not cfg.has_section("webserver") and cfg["fab"]["enable_proxy_fix"] == "True"
+    assert not {"kubernetes", "kubernetes_executor", "kerberos", "elasticsearch"} & set(cfg.sections())
     assert cfg["metrics"]["statsd_on"] == "True"
