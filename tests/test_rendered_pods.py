@@ -159,3 +159,27 @@ def test_pods_behind_the_alb_get_a_readiness_gate_from_a_webhook_that_fails_open
     assert hook["failurePolicy"] == "Ignore", "a controller that is down must not block pod creation"
     for namespace in ("airflow", "monitoring"):
         assert selects(hook["namespaceSelector"], namespaces[namespace]), namespace
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_rendered_mount_names_a_volume_and_nothing_is_declared_twice(stack_runs, stack):
+    """The volumes and mounts the program adds to the charts (tmp, Secret files, emptyDirs for read-only images)
+    meet the charts' own: a mount without its volume, or a volume or mount path given twice, is refused by
+    the API server."""
+    checked = 0
+    for chart, documents in render_all(stack_runs[stack]).items():
+        for document in documents:
+            if document["kind"] not in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+                continue
+            spec = document["spec"]["template"]["spec"]
+            volumes = [v["name"] for v in spec.get("volumes") or []]
+            claims = [t["metadata"]["name"] for t in document["spec"].get("volumeClaimTemplates") or []]
+            where = f"{chart}: {document['kind']}/{document['metadata']['name']}"
+            assert len(volumes + claims) == len(set(volumes + claims)), where
+            for container in [*(spec.get("initContainers") or []), *spec["containers"]]:
+                mounts = container.get("volumeMounts") or []
+                assert {m["name"] for m in mounts} <= set(volumes + claims), (where, container["name"])
+                paths = [m["mountPath"] for m in mounts]
+                assert len(paths) == len(set(paths)), (where, container["name"])
+                checked += 1
+    assert checked > 20
