@@ -361,3 +361,18 @@ def rendered_network_policies(run: ProgramRun) -> list[dict]:
     """The NetworkPolicies the charts themselves render (the Airflow chart's, with networkPolicies.enabled)."""
     return [document for documents in render_all(run).values() for document in documents
             if document["kind"] == "NetworkPolicy"]
+
+
+def secret_files(pod_spec: dict, container: dict) -> dict[str, tuple[str, str]]:
+    """Path of every file a container sees from a Secret (a secret or projected volume) -> (Secret, key)."""
+    volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
+    files = {}
+    for mount in container.get("volumeMounts") or []:
+        volume = volumes[mount["name"]]
+        sources = [source["secret"] for source in volume.get("projected", {}).get("sources", []) if "secret" in source]
+        if "secret" in volume:
+            sources.append({"name": volume["secret"]["secretName"], "items": volume["secret"].get("items")})
+        for source in sources:
+            for item in source.get("items") or []:
+                files[f"{mount['mountPath']}/{item['path']}"] = (source["name"], item["key"])
+    return files

@@ -14,7 +14,7 @@ from jsonschema import ValidationError
 from components import workloads as w
 from components.airflow import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
 from harness import REPO, STACKS, is_secret, run_program, unwrap
-from rendering import platform_pods, render_all
+from rendering import platform_pods, render_all, secret_files
 from schemas import chart_defaults, validate_chart_values_strictly
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
@@ -255,21 +255,6 @@ CREDENTIAL_FILES = {
 }
 
 
-def secret_file_sources(pod, container: dict) -> dict[str, tuple[str, str]]:
-    """Path of every file a container sees from a Secret (secret or projected volume) -> (Secret, key)."""
-    volumes = {v["name"]: v for v in pod.spec.get("volumes") or []}
-    files = {}
-    for mount in container.get("volumeMounts") or []:
-        volume = volumes[mount["name"]]
-        sources = [source["secret"] for source in volume.get("projected", {}).get("sources", []) if "secret" in source]
-        if "secret" in volume:
-            sources.append({"name": volume["secret"]["secretName"], "items": volume["secret"].get("items")})
-        for source in sources:
-            for item in source.get("items") or []:
-                files[f"{mount['mountPath']}/{item['path']}"] = (source["name"], item["key"])
-    return files
-
-
 @pytest.mark.parametrize("stack", ["local", "prod"])
 def test_every_airflow_container_reads_the_credentials_from_files_of_their_secrets(stack_runs, stack):
     """Rendered by the chart: each credential through its `_CMD` option from a file of the right Secret key,
@@ -283,7 +268,7 @@ def test_every_airflow_container_reads_the_credentials_from_files_of_their_secre
             assert not set(CREDENTIAL_FILES) & set(env), (pod.source, container["name"])
             if container["name"].endswith("-log-groomer"):
                 continue  # local only: a shell script that deletes old log files, no Airflow in it
-            files = secret_file_sources(pod, container)
+            files = secret_files(pod.spec, container)
             for option, source in CREDENTIAL_FILES.items():
                 command = env[f"{option}_CMD"]["value"].split()
                 assert command[0] == "cat" and files[command[1]] == source, (pod.source, container["name"], option)

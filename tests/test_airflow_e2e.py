@@ -23,6 +23,7 @@ from cryptography.fernet import Fernet
 from components import workloads as w
 from components.database import ASYNC_CONNECTION_KEY, METADATA_CONNECTION_SECRET
 from harness import run_program
+from rendering import secret_files
 from servers import start_pgbouncer, start_postgres, start_redis, unavailable_reason, with_host_and_port
 from test_real_servers import PASSWORD_SEED, URL_RESERVED, published
 
@@ -50,10 +51,8 @@ def platform():
     values["airflow_local_settings"] = chart_values["airflowLocalSettings"]
     # The credentials as the chart hands them to Airflow: `<option>_CMD` = `cat <file>`, each file an item of
     # the release's projected Secret volume.
-    mounts = {mount["name"]: mount["mountPath"] for mount in chart_values["volumeMounts"]}
-    files = {f"{mounts[volume['name']]}/{item['path']}": secrets[source["secret"]["name"]][item["key"]]
-             for volume in chart_values["volumes"] if "projected" in volume
-             for source in volume["projected"]["sources"] for item in source["secret"]["items"]}
+    files = {path: secrets[name][key] for path, (name, key) in secret_files(
+        {"volumes": chart_values["volumes"]}, {"volumeMounts": chart_values["volumeMounts"]}).items()}
     commands = {e["name"].removesuffix("_CMD"): e["value"].split() for e in chart_values["env"]
                 if e["name"].endswith("_CMD")}
     assert commands and all(command[0] == "cat" for command in commands.values())

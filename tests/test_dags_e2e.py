@@ -34,7 +34,7 @@ from cryptography.fernet import Fernet
 from test_metrics_e2e import Daemons, _descendants, _free_port, _query, _signal
 
 from harness import run_program
-from rendering import render_all
+from rendering import render_all, secret_files
 from servers import (
     ProcessServer,
     start_pgbouncer,
@@ -158,7 +158,7 @@ def rendered_release(stack: str = "prod") -> dict:
     scheduler_pod, scheduler = container("airflow-scheduler", "scheduler")
     _, worker = container("airflow-worker", "worker")
     create_user = next(d for d in documents if d["kind"] == "Job" and "create-user" in d["metadata"]["name"])
-    return {"cfg": configmap["data"]["airflow.cfg"], "local_settings": configmap["data"]["airflow_local_settings.py"],
+    return {"documents": documents, "cfg": configmap["data"]["airflow.cfg"], "local_settings": configmap["data"]["airflow_local_settings.py"],
             "scheduler_pod": scheduler_pod, "scheduler": scheduler, "worker": worker, "secrets": secrets,
             "create_user": create_user["spec"]["template"]["spec"]["containers"][0]}
 
@@ -213,14 +213,13 @@ def produced_env(release: dict, servers: Servers, home: Path, ports: dict[str, i
     secrets_dir, dags, logs = home / "secrets", home / "dags", home / "logs"
     for directory in (secrets_dir, dags, logs, home / "config"):
         directory.mkdir(parents=True, exist_ok=True)
-    # The projected volume's files, from the Secrets the program made.
-    volumes = {v["name"]: v for v in release["scheduler_pod"]["volumes"]}
-    mounts = {m["name"]: m["mountPath"] for m in release["scheduler"]["volumeMounts"]}
-    files: dict[str, str] = {}
-    for source in volumes["platform-secrets"]["projected"]["sources"]:
-        for item in source["secret"]["items"]:
-            files[f"{mounts['platform-secrets']}/{item['path']}"] = release["secrets"][source["secret"]["name"]][item["key"]]
-    loopback = {"metadata": ("127.0.0.1", servers.pgbouncer.port), "broker": ("127.0.0.1", servers.redis.port)}
+    # The files of the Secret volumes, from the Secrets the program made.
+    files = {path: release["secrets"][name][key]
+             for path, (name, key) in secret_files(release["scheduler_pod"], release["scheduler"]).items()}
+    metadata, broker = ("127.0.0.1", servers.pgbouncer.port), ("127.0.0.1", servers.redis.port)
+    # Which server each URL option points at, by option (as tests/test_airflow_e2e.py's airflow_env does).
+    loopback = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": metadata,
+                "AIRFLOW__CELERY__BROKER_URL": broker}
     env: dict[str, str] = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "PYTHONUNBUFFERED": "1"}
     for entry in release["scheduler"]["env"] + [e for e in release["worker"]["env"] if e["name"] == "AIRFLOW_CONN_AIRFLOW_DB"]:
         if "fieldRef" in entry.get("valueFrom", {}):
@@ -228,14 +227,15 @@ def produced_env(release: dict, servers: Servers, home: Path, ports: dict[str, i
         if "value" in entry:
             value = entry["value"]
             if value.startswith("cat ") and value[4:] in files:
+                option = entry["name"].removesuffix("_CMD")
                 path = secrets_dir / Path(value[4:]).name
                 content = files[value[4:]]
-                if "://" in content:
-                    content = with_host_and_port(content, *loopback["broker" if content.startswith("redis") else "metadata"])
-                if fernet_key and "fernet" in path.name:
+                if option in loopback:
+                    content = with_host_and_port(content, *loopback[option])
+                if fernet_key and option == "AIRFLOW__CORE__FERNET_KEY":
                     content = fernet_key
-                if broker_password and content.startswith("redis"):
-                    content = f"redis://:{quote(broker_password, safe='')}@127.0.0.1:{servers.redis.port}/0"
+                if broker_password and option == "AIRFLOW__CELERY__BROKER_URL":
+                    content = f"redis://:{quote(broker_password, safe='')}@{broker[0]}:{broker[1]}/0"
                 path.write_text(content)
                 path.chmod(0o440)
                 value = f"cat {path}"
@@ -243,7 +243,7 @@ def produced_env(release: dict, servers: Servers, home: Path, ports: dict[str, i
         elif "secretKeyRef" in entry.get("valueFrom", {}):
             reference = entry["valueFrom"]["secretKeyRef"]
             env[entry["name"]] = with_host_and_port(release["secrets"][reference["name"]][reference["key"]],
-                                                    *loopback["metadata"])
+                                                    *metadata)
         else:
             raise AssertionError(f"the rendered environment has an entry this tier does not reproduce: {entry}")
     cfg = configparser.ConfigParser(interpolation=None)
@@ -455,9 +455,8 @@ def wait_until_running(platform: Platform, dag_id: str, run_id: str, task_id: st
 def test_every_airflow_component_gets_the_environment_this_tier_reproduces(release):
     """The tier reproduces the scheduler's environment: the API server's, DAG processor's and triggerer's are
     the same (the worker's adds KEDA's connection, which the tier adds too, and the image's init setting)."""
-    documents = render_all(run_program("prod", password_characters=URL_RESERVED, password_seed=PASSWORD_SEED))["airflow"]
     environments = {}
-    for document in documents:
+    for document in release["documents"]:
         if document["kind"] == "Deployment" and document["metadata"]["name"] in (
                 "airflow-scheduler", "airflow-api-server", "airflow-dag-processor", "airflow-triggerer", "airflow-worker"):
             main = document["spec"]["template"]["spec"]["containers"][0]
