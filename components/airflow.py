@@ -182,7 +182,6 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         # No keys: boto3 finds the Pod Identity credentials the service accounts are associated with.
         env.append({"name": "AIRFLOW_CONN_AWS_DEFAULT",
                     "value": json.dumps({"conn_type": "aws", "extra": {"region_name": settings.region}})})
-    no_token = {"automountServiceAccountToken": False}
     values: dict = {
         "executor": "CeleryExecutor",
         "airflowVersion": settings.airflow_version,
@@ -225,10 +224,9 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         # Pulumi waits for the release; Helm hooks would deadlock that wait. Without custom env (DESIGN), the
         # Jobs get the `_CMD` options as their own env.
         "migrateDatabaseJob": {"useHelmHooks": False, "applyCustomEnv": False, "env": secret_commands,
-                               "serviceAccount": no_token, "resources": airflow_resources("200m", "512Mi")},
+                               "resources": airflow_resources("200m", "512Mi")},
         "createUserJob": {
             "useHelmHooks": False, "applyCustomEnv": False, "env": secret_commands,
-            "serviceAccount": no_token,
             "resources": airflow_resources("200m", "512Mi"),
             # The admin's name and password stay in their Secret, as files only this Job mounts: neither in
             # the Job's args nor in its environment, nor in any process's arguments. Without --password the
@@ -243,7 +241,6 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         "scheduler": {
             "replicas": settings.scheduler_replicas,
             "resources": airflow_resources("500m", "1Gi", cpu_limit="2"),
-            "serviceAccount": no_token,
             "podDisruptionBudget": pdb(),
             "topologySpreadConstraints": zone_spread("scheduler"),
             "logGroomerSidecar": log_groomer(remote_logging),
@@ -254,7 +251,6 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         "apiServer": {
             "replicas": settings.api_server_replicas,
             "resources": airflow_resources("500m", "1Gi", cpu_limit="2"),
-            "serviceAccount": no_token,
             # Task logs come from S3 or the logs volume, never from pods.
             "allowPodLogReading": False,
             "podDisruptionBudget": pdb(),
@@ -270,7 +266,6 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
             "replicas": settings.worker_min_replicas,
             "resources": airflow_resources(settings.worker_cpu, settings.worker_memory,
                                            cpu_limit=settings.worker_cpu_limit or None),
-            "serviceAccount": {"automountServiceAccountToken": settings.kubernetes_pod_operator},
             # KEDA reads the metadata connection from the worker container's environment (connectionFromEnv):
             # the one credential the chart can only hand over as an environment variable.
             "env": [{"name": "AIRFLOW_CONN_AIRFLOW_DB",
@@ -294,7 +289,6 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         "triggerer": {
             "replicas": settings.triggerer_replicas,
             "resources": airflow_resources("250m", "512Mi"),
-            "serviceAccount": no_token,
             "podDisruptionBudget": pdb(),
             "topologySpreadConstraints": zone_spread("triggerer"),
             "logGroomerSidecar": log_groomer(remote_logging),
@@ -304,7 +298,6 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         "dagProcessor": {
             "replicas": settings.dag_processor_replicas,
             "resources": airflow_resources("500m", "1Gi", cpu_limit=str(DAG_PARSING_PROCESSES)),
-            "serviceAccount": no_token,
             "podDisruptionBudget": pdb(),
             "topologySpreadConstraints": zone_spread("dag-processor"),
             "logGroomerSidecar": log_groomer(remote_logging),
@@ -313,7 +306,6 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         "statsd": {
             "extraMappings": STATSD_EXTRA_MAPPINGS,
             "resources": resources("50m", "128Mi"),
-            "serviceAccount": no_token,
             "securityContexts": {"pod": {"runAsUser": 65534, "runAsNonRoot": True,
                                          "seccompProfile": {"type": "RuntimeDefault"}},
                                  "container": READ_ONLY_CONTAINER_SECURITY_CONTEXT},
@@ -321,11 +313,15 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         "flower": {
             "enabled": settings.flower_enabled,
             "resources": airflow_resources("100m", "256Mi"),
-            "serviceAccount": no_token,
         },
         "dags": {},
         "logs": {},
     }
+    # Nothing of Airflow calls the Kubernetes API with CeleryExecutor: no component's ServiceAccount mounts a
+    # token, but the workers' when tasks launch pods (kubernetesPodOperator).
+    for component in (*LONG_RUNNING_COMPONENTS, "statsd", "migrateDatabaseJob", "createUserJob"):
+        values[component]["serviceAccount"] = {
+            "automountServiceAccountToken": component == "workers" and settings.kubernetes_pod_operator}
     if secrets_checksum is not None:
         # The chart rolls its pods only for Secrets it renders itself; these are Pulumi's. A rotated key,
         # password or URL changes the digest, and with it the long-running Airflow pods. Not on the
