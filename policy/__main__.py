@@ -1,0 +1,7 @@
+"""The platform's policy pack: `pulumi preview --policy-pack policy` (see README, Delivery)."""
+
+from pulumi_policy import PolicyPack
+
+from pack import policies
+
+PolicyPack(name="airflow-platform", policies=policies())

@@ -1,0 +1,240 @@
+"""plan.py: the stack without credentials (JSON, text, Mermaid checked by Mermaid's parser), and the diff
+between a git ref and the working tree, down to the value paths and the replacements."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import REPO, STACKS, run_program
+
+sys.path.insert(0, str(REPO))
+
+import plan  # noqa: E402
+
+MERMAID_HOME = os.environ.get("MERMAID_HOME", str(Path.home() / ".cache" / "airflow-platform" / "mermaid"))
+COMPONENT_TYPES = {"Cluster", "Security", "Storage", "Database", "Broker", "Observability", "AirflowRelease"}
+
+
+def no_cloud_env() -> dict[str, str]:
+    """The environment of a pull request from a fork: no AWS, Pulumi or Kubernetes credential at all."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AWS_", "PULUMI_", "KUBE", "GITHUB_TOKEN", "ARM_", "GOOGLE_"))}
+    env.update(AWS_CONFIG_FILE="/nonexistent", AWS_SHARED_CREDENTIALS_FILE="/nonexistent",
+               KUBECONFIG="/nonexistent", AWS_EC2_METADATA_DISABLED="true")
+    return env
+
+
+def run_plan(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(cwd / "plan.py"), *args], cwd=cwd, env=no_cloud_env(),
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def documents():
+    return {stack: plan.stack_document(stack) for stack in STACKS}
+
+
+def test_json_lists_every_component_and_release_without_credentials(prod, documents):
+    done = run_plan("--stack", "prod", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert {c["type"].split(":")[-1] for c in doc["components"]} == COMPONENT_TYPES
+    releases = prod.of_type("kubernetes:helm.sh/v3:Release")
+    assert {(r["resource"], r["chart"], r["version"]) for r in doc["helmReleases"]} == {
+        (r.name, r.values["chart"], r.values["version"]) for r in releases}
+    assert len(doc["resources"]) == len(prod.registrations)
+    # Stable: keys sorted, the same bytes from another run (this process's).
+    assert done.stdout.strip() == plan.dumps(documents["prod"])
+    assert list(doc) == sorted(doc)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_document_order_and_waits(documents, stack_runs, stack):
+    doc = documents[stack]
+    by_urn = {r["urn"]: r for r in doc["resources"]}
+    for entry in doc["resources"]:
+        for waited in entry["waitsFor"]:
+            assert by_urn[waited]["step"] < entry["step"], (entry["name"], by_urn[waited]["name"])
+    # The list is in dependency order: nothing comes before what it waits for.
+    position = {r["urn"]: i for i, r in enumerate(doc["resources"])}
+    assert all(position[w] < position[r["urn"]] for r in doc["resources"] for w in r["waitsFor"])
+    # Components, in an order in which each comes after those it waits for.
+    names = [c["name"] for c in doc["components"]]
+    assert all(names.index(w) < names.index(c["name"]) for c in doc["components"] for w in c["waitsFor"])
+    assert doc["components"][0]["type"].endswith(":Cluster")
+    assert doc["components"][-1]["type"].endswith(":AirflowRelease")
+    assert len(doc["resources"]) == len(stack_runs[stack].registrations)
+
+
+def test_secrets_print_as_redacted(documents):
+    """No generated credential appears anywhere in the plan; where one is, `[secret]` stands."""
+    seeded = run_program("prod", password_seed=0)
+    generated = [r.state["result"] for r in seeded.of_type("random:index/randomPassword:RandomPassword")]
+    generated += [r.state[k] for r in seeded.of_type("random:index/randomBytes:RandomBytes") for k in ("hex", "base64")]
+    assert len(generated) == 8
+    text = json.dumps(documents["prod"]) + plan.text_report(documents["prod"])
+    assert not [g for g in generated if g in text]
+    fernet = next(r for r in documents["prod"]["resources"] if r["name"] == "security-airflow-fernet-key")
+    assert fernet["inputs"]["stringData"] == plan.REDACTED
+    assert documents["prod"]["outputs"]["admin_password"] == plan.REDACTED
+
+
+def test_text_shows_releases_with_chart_version_and_values(documents):
+    text = plan.text_report(documents["prod"])
+    assert "airflow (airflow-airflow): chart airflow 1.19.0 from https://airflow.apache.org" in text
+    assert re.search(r"^\s+worker_concurrency: 16$", text, re.MULTILINE)
+    assert "Policy: " in text and "0 mandatory" in text
+
+
+def mermaid_parse(*paths: Path) -> tuple[int, dict[str, dict]]:
+    done = subprocess.run(["node", str(REPO / "tests" / "mermaid_check.mjs"), *map(str, paths)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "MERMAID_HOME": MERMAID_HOME})
+    assert done.returncode in (0, 1), done.stderr
+    return done.returncode, {Path(r["file"]).stem: r for r in map(json.loads, done.stdout.splitlines())}
+
+
+def test_mermaid_graphs_are_accepted_by_mermaid(documents, tmp_path):
+    paths = []
+    for stack in STACKS:
+        graph = plan.mermaid_report(documents[stack])
+        # One arrow per component dependency, one node per component.
+        assert graph.count(" --> ") == sum(len(c["waitsFor"]) for c in documents[stack]["components"])
+        assert len(re.findall(r'^  c\d+\["', graph, re.MULTILINE)) == len(COMPONENT_TYPES)
+        paths.append(tmp_path / f"{stack}.mmd")
+        paths[-1].write_text(graph)
+    # The checker can fail: the prod graph with one broken node is refused.
+    paths.append(tmp_path / "broken.mmd")
+    paths[-1].write_text(plan.mermaid_report(documents["prod"]).replace('"]', '"', 1))
+    code, results = mermaid_parse(*paths)
+    assert code == 1
+    assert {stack: results[stack].get("type") for stack in STACKS} == dict.fromkeys(STACKS, "flowchart-v2")
+    assert "Parse error" in results["broken"]["error"]
+
+
+def test_errors_exit_1_with_a_message():
+    done = run_plan("--stack", "nosuchstack")
+    assert done.returncode == 1 and "no stack file Pulumi.nosuchstack.yaml" in done.stderr
+    done = run_plan("--stack", "prod", "--against", "no-such-ref")
+    assert done.returncode == 1 and "cannot read git ref 'no-such-ref'" in done.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --against, in a temporary clone of the working tree with one commit that changes one setting
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    """The working tree's files (committed or not) as a fresh repository, plus one commit that changes
+    prod's worker concurrency."""
+    target = tmp_path_factory.mktemp("clone")
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    git = ["git", "-C", str(target), "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "base"], check=True)
+    stack_file = target / "Pulumi.prod.yaml"
+    text = stack_file.read_text()
+    assert "airflow:workerConcurrency: 16\n" in text
+    stack_file.write_text(text.replace("airflow:workerConcurrency: 16\n", "airflow:workerConcurrency: 12\n"))
+    subprocess.run([*git, "commit", "-q", "-am", "prod: 12 tasks per worker"], check=True)
+    return target
+
+
+def test_against_the_previous_commit_shows_exactly_what_one_setting_touches(clone):
+    done = run_plan("--stack", "prod", "--against", "HEAD~1", "--format", "json", cwd=clone)
+    assert done.returncode == 2, done.stderr
+    diff = json.loads(done.stdout)
+    assert diff["added"] == [] and diff["removed"] == []
+    # workerConcurrency is Celery's worker_concurrency, and Airflow's parallelism is workers × concurrency.
+    assert [(c["name"], c["action"]) for c in diff["changed"]] == [("airflow-airflow", "update")]
+    assert {(p["path"], p["old"], p["new"]) for p in diff["changed"][0]["paths"]} == {
+        ("values.config.celery.worker_concurrency", 16, 12),
+        ("values.config.core.parallelism", 320, 240),
+    }
+    text = plan.diff_text(diff, "HEAD~1")
+    assert "0 to add, 1 to update, 0 to replace, 0 to remove" in text
+    assert "values.config.celery.worker_concurrency: 16 → 12" in text
+
+
+def test_against_the_same_commit_is_no_change(clone):
+    done = run_plan("--stack", "staging", "--against", "HEAD", cwd=clone)
+    assert done.returncode == 0, done.stderr
+    assert "no change" in done.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Replacements, on the program's own graphs
+
+def changes(documents, stack: str, overrides: dict) -> dict[str, dict]:
+    diff = plan.compare(documents[stack], plan.stack_document(stack, overrides=overrides))
+    return {c["name"]: c for c in diff["changed"]}
+
+
+def test_a_new_vpc_range_replaces_the_network_and_what_sits_in_it(documents):
+    changed = changes(documents, "staging", {"vpcCidr": "10.31.0.0/16"})
+    replaced = {name for name, c in changed.items() if c["action"] == "replace"}
+    assert {"cluster-vpc", "cluster-private-eu-west-1a", "cluster-public-eu-west-1c", "cluster-s3",
+            "cluster-system", "cluster-workers", "storage-efs-eu-west-1a"} <= replaced
+    # In place: the cluster (EKS updates its subnets), route tables, the Airflow release's policy CIDRs.
+    assert changed["cluster-eks"]["action"] == "update"
+    assert changed["airflow-airflow"]["action"] == "update"
+    vpc = changed["cluster-vpc"]["paths"]
+    assert [(p["path"], p["replaces"]) for p in vpc] == [("cidrBlock", "cidrBlock cannot change in place")]
+
+
+def test_a_new_cluster_name_replaces_the_cluster_and_its_node_groups(documents):
+    changed = changes(documents, "staging", {"clusterName": "airflow-staging-2"})
+    assert changed["cluster-eks"]["action"] == "replace"
+    assert changed["cluster-workers"]["action"] == "replace"
+    assert changed["cluster-coredns"]["action"] == "replace"
+
+
+def test_kubernetes_version_upgrade_is_an_update_and_a_downgrade_is_refused(documents):
+    up = changes(documents, "prod", {"kubernetesVersion": "1.35"})["cluster-eks"]
+    assert up["action"] == "update" and not any(p.get("refused") for p in up["paths"])
+    down = changes(documents, "prod", {"kubernetesVersion": "1.33"})["cluster-eks"]
+    assert [p["refused"] for p in down["paths"] if p["path"] == "version"] == [
+        "EKS refuses to downgrade a control plane (a new cluster is the only way back)"]
+
+
+def test_a_region_change_replaces_everything_on_that_provider(documents):
+    """(The mocks answer for one region only, so the new region is set on the recorded provider.)"""
+    new = json.loads(json.dumps(documents["staging"]))
+    next(r for r in new["resources"] if r["type"] == "pulumi:providers:aws")["inputs"]["region"] = "eu-central-1"
+    changed = {c["name"]: c for c in plan.compare(documents["staging"], new)["changed"]}
+    assert changed["aws"]["action"] == "replace"
+    assert {r["name"] for r in new["resources"] if r["provider"] and r["provider"].endswith("::aws")} <= set(changed)
+    assert changed["storage-logs"]["action"] == "replace"
+    assert changed["storage-logs"]["protected"] is True
+    assert "(protected: the replacement will fail)" in plan.diff_text(
+        {"stack": "staging", "added": [], "removed": [], "changed": [changed["storage-logs"]]}, "main")
+
+
+def test_a_moved_resource_with_an_alias_is_not_a_delete_and_create(documents):
+    old = json.loads(json.dumps(documents["local"]))
+    new = json.loads(json.dumps(documents["local"]))
+    entry = next(r for r in new["resources"] if r["name"] == "security-airflow-fernet-key")
+    old_urn = entry["urn"]
+    entry["urn"] = old_urn.replace("::security-airflow-fernet-key", "::airflow-fernet-key")
+    entry["name"], entry["aliases"] = "airflow-fernet-key", ["security-airflow-fernet-key"]
+    diff = plan.compare(old, new)
+    assert diff["added"] == [] and diff["removed"] == []
+    assert [(c["name"], c["movedFrom"], c["action"]) for c in diff["changed"]] == [
+        ("airflow-fernet-key", old_urn, "update")]
+    entry["aliases"] = []
+    diff = plan.compare(old, new)
+    assert [a["name"] for a in diff["added"]] == ["airflow-fernet-key"]
+    assert [r["name"] for r in diff["removed"]] == ["security-airflow-fernet-key"]
