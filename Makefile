@@ -27,7 +27,7 @@ POLICY_STAMP := $(POLICY_VENV)/.requirements-installed
 test: $(STAMP) $(HELM) $(SCAN_STAMP) $(NODE_STAMP) $(POLICY_STAMP)
 	$(VENV)/bin/ruff check .
 	HELM=$(HELM) CHECKOV=$(CHECKOV) NODE_TOOLS=$(NODE_TOOLS) POLICY_PYTHON=$(CURDIR)/$(POLICY_VENV)/bin/python \
-	  $(VENV)/bin/python -m pytest
+	  $(VENV)/bin/python -m pytest --numprocesses auto --maxprocesses 4 --dist loadfile
 
 # The security posture: checkov over every release as rendered for each stack, with what remains and why.
 scan: $(STAMP) $(HELM) $(SCAN_STAMP)
