@@ -242,18 +242,19 @@ def helm_release_pinned(resource: Resource):
         yield f"chart version {version!r} is not an exact version (x.y.z)"
 
 
-def _airflow_values(resource: Resource) -> Optional[Mapping]:
-    if resource.type in HELM_RELEASE_TYPES and resource.props.get("chart") == "airflow":
-        return resource.props.get("values") or {}
-    return None
+def airflow_release_rule(name: str, description: str, mandatory: bool = True):
+    """A resource rule over the values of the Airflow release (every other resource passes it)."""
+    def register(check: Callable[[Mapping], Iterable[str]]):
+        def on_resource(resource: Resource) -> Iterable[str]:
+            if resource.type in HELM_RELEASE_TYPES and resource.props.get("chart") == "airflow":
+                yield from check(resource.props.get("values") or {})
+        return resource_rule(name, description, mandatory)(on_resource)
+    return register
 
 
-@resource_rule("airflow-release-hardened", "The Airflow release runs without Helm hooks, behind NetworkPolicies, "
-                                           "as non-root with the RuntimeDefault seccomp profile.")
-def airflow_release_hardened(resource: Resource):
-    values = _airflow_values(resource)
-    if values is None:
-        return
+@airflow_release_rule("airflow-release-hardened", "The Airflow release runs without Helm hooks, behind "
+                                                  "NetworkPolicies, as non-root with the RuntimeDefault seccomp profile.")
+def airflow_release_hardened(values: Mapping):
     # Pulumi waits for a Release's resources; a hook Job would wait for pods that wait for it (DESIGN.md).
     for job in ("migrateDatabaseJob", "createUserJob"):
         if get(values, f"{job}.enabled", True) is not False and get(values, f"{job}.useHelmHooks") is not False:
@@ -294,12 +295,9 @@ def _strings(value: Any, path: str = "") -> Iterable[tuple[str, str]]:
         yield path, value
 
 
-@resource_rule("airflow-release-no-secret-values", "The Airflow release's values hold Secret names, never a "
-                                                   "credential.")
-def airflow_release_no_secret_values(resource: Resource):
-    values = _airflow_values(resource)
-    if values is None:
-        return
+@airflow_release_rule("airflow-release-no-secret-values", "The Airflow release's values hold Secret names, never "
+                                                          "a credential.")
+def airflow_release_no_secret_values(values: Mapping):
     for key in AIRFLOW_CREDENTIAL_KEYS:
         if get(values, key):
             yield f"{key} holds a credential; give the chart a Secret name instead"
@@ -320,12 +318,9 @@ def airflow_release_no_secret_values(resource: Resource):
                     yield f"{where}[{index}] ({variable['name']}) holds a credential as a literal value"
 
 
-@resource_rule("airflow-images-pinned-by-digest", "The Airflow release pulls its images by digest.",
-               mandatory=False)
-def airflow_images_pinned_by_digest(resource: Resource):
-    values = _airflow_values(resource)
-    if values is None:
-        return
+@airflow_release_rule("airflow-images-pinned-by-digest", "The Airflow release pulls its images by digest.",
+                      mandatory=False)
+def airflow_images_pinned_by_digest(values: Mapping):
     tags = {"defaultAirflowTag": values.get("defaultAirflowTag")}
     # The images of the parts that run: statsd unless turned off, git-sync when it syncs the DAGs.
     running = {"statsd": get(values, "statsd.enabled", True) is not False,
