@@ -13,6 +13,7 @@ registers is recorded with its inputs, options and dependencies; secrets print a
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import subprocess
@@ -31,8 +32,6 @@ sys.path.insert(0, str(ROOT / "policy"))
 import rules as policy_rules  # noqa: E402
 
 REDACTED = "[secret]"
-# Stands in for each encrypted value of a stack file: plan.py never has the stack's secrets.
-ENCRYPTED_STAND_IN = "encrypted-in-stack-file"
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
 COMPONENT_PREFIX = "airflow:platform:"
 PROGRESS_AFTER_SECONDS = 2.0
@@ -65,7 +64,8 @@ REPLACED_ON_CHANGE: dict[str, tuple[str, ...]] = {
     "aws:ec2/routeTableAssociation:RouteTableAssociation": ("subnetId", "gatewayId"),
     "aws:ec2/securityGroup:SecurityGroup": ("name", "namePrefix", "description", "vpcId"),
     "aws:ec2/vpcEndpoint:VpcEndpoint": ("vpcId", "serviceName", "serviceRegion", "vpcEndpointType",
-                                        "resourceConfigurationArn", "serviceNetworkArn", "dnsOptions"),
+                                        "resourceConfigurationArn", "serviceNetworkArn",
+                                        "dnsOptions.privateDnsPreference", "dnsOptions.privateDnsSpecifiedDomains"),
     "aws:ec2/launchTemplate:LaunchTemplate": ("name", "namePrefix"),
     "aws:efs/fileSystem:FileSystem": ("creationToken", "encrypted", "kmsKeyId", "performanceMode",
                                       "availabilityZoneName"),
@@ -109,6 +109,15 @@ REPLACED_ON_CHANGE: dict[str, tuple[str, ...]] = {
     "kubernetes:apps/v1:StatefulSet": ("spec.selector", "spec.serviceName", "spec.volumeClaimTemplates",
                                        "spec.podManagementPolicy", "spec.revisionHistoryLimit"),
     "kubernetes:batch/v1:Job": ("spec.completions", "spec.parallelism", "spec.selector", "spec.template"),
+}
+# Inputs that are sets to the provider: their order means nothing, so they are compared sorted.
+SET_INPUTS: dict[str, tuple[str, ...]] = {
+    "aws:eks/cluster:Cluster": ("vpcConfig.subnetIds", "vpcConfig.securityGroupIds", "vpcConfig.publicAccessCidrs",
+                                "enabledClusterLogTypes"),
+    "aws:eks/nodeGroup:NodeGroup": ("subnetIds",),
+    "aws:ec2/vpcEndpoint:VpcEndpoint": ("routeTableIds", "subnetIds", "securityGroupIds"),
+    "aws:acm/certificate:Certificate": ("subjectAlternativeNames",),
+    "aws:backup/selection:Selection": ("resources", "notResources"),
 }
 # Every Kubernetes object is replaced when its name or namespace changes.
 KUBERNETES_REPLACED_ON_CHANGE = ("metadata.name", "metadata.namespace")
@@ -193,8 +202,8 @@ def stack_document(stack: str, root: Path = ROOT, overrides: Optional[dict[str, 
         raise PlanError(f"no stack file Pulumi.{stack}.yaml in {root}")
     # A fixed seed: generated values (and what is derived from them) are equal between two runs.
     try:
-        run = harness.run_program(stack, overrides, root=root, password_seed=0,
-                                  encrypted_stand_in=ENCRYPTED_STAND_IN)
+        # An encrypted value of the stack file runs as its setting's stand-in: plan.py never has the secrets.
+        run = harness.run_program(stack, overrides, root=root, password_seed=0)
     except harness.ProgramFailed as failed:
         raise PlanError(f"the program failed for stack {stack}: {failed.cause}") from failed
     stack_urn = f"urn:pulumi:{stack}::{harness.PROJECT}::pulumi:pulumi:Stack::{harness.PROJECT}-{stack}"
@@ -213,7 +222,7 @@ def stack_document(stack: str, root: Path = ROOT, overrides: Optional[dict[str, 
             "inputsFrom": {key: sorted(deps) for key, deps in sorted(r.property_dependencies.items()) if deps},
             "protect": r.protect, "retainOnDelete": r.retain_on_delete,
             "ignoreChanges": sorted(r.ignore_changes), "replaceOnChanges": sorted(r.replace_on_changes),
-            "deleteBeforeReplace": r.delete_before_replace, "aliases": sorted(r.alias_names),
+            "deleteBeforeReplace": r.delete_before_replace, "aliases": sorted(set(r.alias_urns)),
             "inputs": redact(r.inputs),
         }
     for urn, step in steps(resources).items():
@@ -317,6 +326,19 @@ def flatten(value: Any, path: str = "") -> dict[str, Any]:
     return {path: value}
 
 
+def comparable_inputs(entry: dict) -> dict:
+    """The inputs with every set-typed list sorted (a new order is no change)."""
+    inputs = json.loads(json.dumps(entry["inputs"]))
+    for path in SET_INPUTS.get(entry["type"], ()):
+        *parents, last = path.split(".")
+        holder = inputs
+        for key in parents:
+            holder = holder.get(key) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and isinstance(holder.get(last), list):
+            holder[last] = sorted(holder[last], key=lambda item: json.dumps(item, sort_keys=True))
+    return inputs
+
+
 def _under(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix + ".") or path.startswith(prefix + "[")
 
@@ -343,6 +365,13 @@ def replacement_reason(entry: dict, path: str, old: Any, new: Any) -> Optional[s
     return None
 
 
+def nested_replacement(entry: dict, key: str) -> Optional[str]:
+    """A whole input taken from a replaced resource replaces when an input path below it cannot change in
+    place (a node group's `launchTemplate` from a new launch template: its `id` is new)."""
+    forced = [p for p in REPLACED_ON_CHANGE.get(entry["type"], ()) if p.startswith(key + ".")]
+    return f"{forced[0]} cannot change in place" if forced else None
+
+
 def refusal(entry: dict, path: str, old: Any, new: Any) -> Optional[str]:
     """Why the provider would accept this change in the plan but the cloud would refuse it."""
     if entry["type"] == "aws:eks/cluster:Cluster" and path == "version" and _version_key(new) < _version_key(old):
@@ -367,8 +396,7 @@ def compare(old_doc: Optional[dict], new_doc: dict) -> dict:
     moved: dict[str, str] = {}
     for urn in added:
         for old_urn in removed:
-            if old[old_urn]["type"] == new[urn]["type"] and old[old_urn]["urn"] not in moved.values() \
-                    and (old[old_urn]["name"] in new[urn]["aliases"] or old_urn in new[urn]["aliases"]):
+            if old_urn in new[urn]["aliases"] and old_urn not in moved.values():
                 moved[urn] = old_urn
                 break
     added = [u for u in added if u not in moved]
@@ -379,7 +407,7 @@ def compare(old_doc: Optional[dict], new_doc: dict) -> dict:
         before = old.get(moved.get(urn, urn))
         if before is None:
             continue
-        before_inputs, after_inputs = flatten(before["inputs"]), flatten(entry["inputs"])
+        before_inputs, after_inputs = flatten(comparable_inputs(before)), flatten(comparable_inputs(entry))
         paths = []
         for path in sorted(set(before_inputs) | set(after_inputs)):
             was, now = before_inputs.get(path, None), after_inputs.get(path, None)
@@ -391,6 +419,9 @@ def compare(old_doc: Optional[dict], new_doc: dict) -> dict:
             paths.append(change)
         options = [key for key in ("protect", "retainOnDelete", "deleteBeforeReplace")
                    if before[key] != entry[key]]
+        if (before["provider"] or "").rsplit("::", 1)[-1] != (entry["provider"] or "").rsplit("::", 1)[-1]:
+            # Pulumi asks the provider (DiffConfig) whether the move replaces the resource.
+            options.append("provider")
         if not paths and not options and urn not in moved:
             continue
         changed.append({"urn": urn, "type": entry["type"], "name": entry["name"], "movedFrom": moved.get(urn),
@@ -429,7 +460,7 @@ def _follow_replacements(resources: dict[str, dict], changed: list[dict]) -> Non
                 if any(p["path"] == key for p in change["paths"]):
                     continue
                 reason = (f"its provider {resources[source]['name']} is replaced" if key == "(provider)"
-                          else replacement_reason(entry, key, None, None))
+                          else replacement_reason(entry, key, None, None) or nested_replacement(entry, key))
                 change["paths"].append({"path": key, "old": f"from {resources[source]['name']}",
                                         "new": f"from the new {resources[source]['name']}", "replaces": reason})
                 if reason and urn not in replaced:
@@ -472,15 +503,20 @@ def document_at(ref: str, stack: str) -> Optional[dict]:
     prefix = git("rev-parse", "--show-prefix").decode().strip()
     archive = git("archive", "--format=tar", f"{commit}:{prefix}" if prefix else commit)
     with tempfile.TemporaryDirectory(prefix="plan-") as tmp:
-        with tarfile.open(fileobj=__import__("io").BytesIO(archive)) as tar:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(tmp, filter="data")
         if not (Path(tmp) / f"Pulumi.{stack}.yaml").exists():
             return None
         child = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--stack", stack, "--format", "json",
                                 "--root", tmp], capture_output=True, text=True,
                                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        requirements = Path(tmp) / "requirements.txt"
+        same_requirements = requirements.exists() and requirements.read_bytes() == (ROOT / "requirements.txt").read_bytes()
     if child.returncode not in (0, 1) or not child.stdout.strip():
         raise PlanError(f"the program at {ref} failed for stack {stack}:\n{child.stderr.strip()}")
+    if not same_requirements:
+        print(f"plan: requirements.txt differs at {ref}: both sides run with this virtualenv's providers, so what a "
+              "provider upgrade itself changes does not show", file=sys.stderr)
     return json.loads(child.stdout)
 
 

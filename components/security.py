@@ -389,7 +389,11 @@ class Security(pulumi.ComponentResource):
         return secret.metadata.name
 
     def _build_secrets(self, name: str, settings: Settings, in_airflow: pulumi.ResourceOptions) -> None:
-        fernet_bytes = random.RandomBytes(f"{name}-fernet-key", length=32, opts=pulumi.ResourceOptions(parent=self))
+        # A new generation is a new key (keepers replace the resource); generation 1 has none, as stacks made
+        # before the setting existed.
+        keepers = {"generation": str(settings.fernet_key_rotation)} if settings.fernet_key_rotation > 1 else None
+        fernet_bytes = random.RandomBytes(f"{name}-fernet-key", length=32, keepers=keepers,
+                                          opts=pulumi.ResourceOptions(parent=self))
         # Fernet keys are URL-safe base64 of 32 random bytes.
         fernet_key = fernet_bytes.base64.apply(lambda b64: b64.replace("+", "-").replace("/", "_"))
         if settings.previous_fernet_key:

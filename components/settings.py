@@ -316,13 +316,19 @@ class Settings(BaseModel):
         default="", pattern=r"^$|^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$",
         description="Host name of Grafana, served by the Airflow ALB (an ingress group) with the same certificate; "
                     "required when target=aws, in the zone route53ZoneId.")
+    fernet_key_rotation: int = Field(
+        default=1, ge=1, le=1000,
+        description="Generation of the Fernet key: raising it generates a new key in the next `pulumi up` (a "
+                    "rotation as a reviewed change; set previousFernetKey in the same change, README, Rotate secrets).")
     previous_fernet_key: str = Field(
-        default="", pattern=r"^$|^[A-Za-z0-9_-]{43}=$", repr=False, json_schema_extra={"secret": True},
+        default="", pattern=r"^$|^[A-Za-z0-9_-]{43}=$", repr=False,
+        json_schema_extra={"secret": True, "stand_in": "A" * 43 + "="},
         description="The Fernet key being rotated out (set with `pulumi config set --secret` while rotating): "
                     "Airflow then decrypts with both keys and encrypts with the new one, until "
                     "`airflow rotate-fernet-key` has re-encrypted everything (README, Rotate secrets).")
     alert_slack_webhook_url: str = Field(
-        default="", pattern=r"^$|^https://\S+$", repr=False, json_schema_extra={"secret": True},
+        default="", pattern=r"^$|^https://\S+$", repr=False,
+        json_schema_extra={"secret": True, "stand_in": "https://hooks.slack.invalid/stand-in"},
         description="Slack incoming-webhook URL alerts are sent to (set with `pulumi config set --secret`).")
     alert_slack_channel: str = Field(
         default="", pattern=r"^$|^[#@]?[a-z0-9._-]{1,80}$",
@@ -336,7 +342,7 @@ class Settings(BaseModel):
         description="SMTP server of alert e-mails, host:port (TLS required).")
     alert_smtp_username: str = Field(default="", max_length=256, description="SMTP user of alert e-mails.")
     alert_smtp_password: str = Field(
-        default="", max_length=256, repr=False, json_schema_extra={"secret": True},
+        default="", max_length=256, repr=False, json_schema_extra={"secret": True, "stand_in": "stand-in"},
         description="SMTP password of alert e-mails (set with `pulumi config set --secret`).")
     alert_runbook_base_url: str = Field(
         default="https://github.com/example/airflow-platform/blob/main/README.md", pattern=r"^https?://\S+$",

@@ -3,8 +3,9 @@ policy pack (`__main__.py`, through `pack.py`) all run the same code.
 
 A resource rule takes one resource (its inputs) and yields messages. A stack rule takes every resource of
 the stack (their outputs, as Pulumi hands them to stack policies) and yields (URN, message) pairs. Under the
-policy pack, reading a value that `pulumi preview` cannot know yet raises inside pulumi-policy, which then
-skips that rule for that resource instead of reporting a false violation.
+policy pack, reading a value that `pulumi preview` cannot know yet raises inside pulumi-policy: a resource
+rule is then skipped for that resource instead of reporting a false violation, and the bucket rules skip
+the one bucket they cannot judge yet (stack rules run again at the end of `pulumi up`, with every value known).
 """
 
 from __future__ import annotations
@@ -84,37 +85,64 @@ def policy_document(value: Any) -> Mapping:
 # pulumi-aws 7 each of these is a resource of its own next to the bucket, so they are stack rules.
 
 BUCKET_TYPES = ("aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2")
+# Errors that mean "this value is not known yet" (pack.py adds pulumi-policy's): a stack rule skips the one
+# bucket it could not judge, not every bucket.
+UNKNOWN_VALUE_ERRORS: tuple[type[Exception], ...] = ()
+
+
+def _v2(type_: str) -> str:
+    """`aws:s3/bucketVersioning:BucketVersioning` → `aws:s3/bucketVersioningV2:BucketVersioningV2`."""
+    module, name = type_.rsplit(":", 1)
+    return f"{module}V2:{name}V2"
 
 
 def _attached(resources: list[Resource], bucket: Resource, type_: str) -> list[Resource]:
-    """The resources of `type_` that configure `bucket` (their `bucket` input came from it)."""
-    names = {bucket.urn}
-    return [r for r in resources if r.type in (type_, f"{type_}V2")
-            and (names & set(r.property_dependencies.get("bucket", ()))
-                 or r.props.get("bucket") in {get(bucket.props, "bucket"), get(bucket.props, "id")} - {None})]
+    """The resources of `type_` (or its V2) that configure `bucket`: their `bucket` input came from it, or
+    (when Pulumi recorded no dependency, e.g. a name typed in) it names the bucket."""
+    found = []
+    for r in resources:
+        if r.type not in (type_, _v2(type_)):
+            continue
+        sources = r.property_dependencies.get("bucket")
+        if sources:
+            if bucket.urn in sources:
+                found.append(r)
+        elif r.props.get("bucket") in {get(bucket.props, "bucket"), get(bucket.props, "id")} - {None}:
+            found.append(r)
+    return found
 
 
-def _buckets(resources: list[Resource]) -> list[Resource]:
-    return [r for r in resources if r.type in BUCKET_TYPES]
+def _each_bucket(resources: list[Resource], check: Callable[[Resource], Optional[str]]):
+    for bucket in (r for r in resources if r.type in BUCKET_TYPES):
+        try:
+            problem = check(bucket)
+        except UNKNOWN_VALUE_ERRORS:
+            continue
+        if problem:
+            yield bucket.urn, f"bucket {bucket.name} {problem}"
 
 
 @stack_rule("s3-bucket-kms-encryption", "S3 buckets are encrypted with a KMS key by default.")
 def s3_bucket_kms_encryption(resources: list[Resource]):
-    for bucket in _buckets(resources):
+    def check(bucket: Resource) -> Optional[str]:
         configs = _attached(resources, bucket, "aws:s3/bucketServerSideEncryptionConfiguration:"
                                                "BucketServerSideEncryptionConfiguration")
         rules = [rule for config in configs for rule in as_list(config.props.get("rules"))]
         if not any(get(rule, "applyServerSideEncryptionByDefault.sseAlgorithm") in ("aws:kms", "aws:kms:dsse")
                    and get(rule, "applyServerSideEncryptionByDefault.kmsMasterKeyId") for rule in rules):
-            yield bucket.urn, f"bucket {bucket.name} has no default encryption with a KMS key (aws:kms)"
+            return "has no default encryption with a KMS key (aws:kms)"
+        return None
+    return _each_bucket(resources, check)
 
 
 @stack_rule("s3-bucket-versioning", "S3 buckets keep object versions.")
 def s3_bucket_versioning(resources: list[Resource]):
-    for bucket in _buckets(resources):
+    def check(bucket: Resource) -> Optional[str]:
         configs = _attached(resources, bucket, "aws:s3/bucketVersioning:BucketVersioning")
         if not any(get(c.props, "versioningConfiguration.status") == "Enabled" for c in configs):
-            yield bucket.urn, f"bucket {bucket.name} has no versioning with status Enabled"
+            return "has no versioning with status Enabled"
+        return None
+    return _each_bucket(resources, check)
 
 
 PUBLIC_ACCESS_FLAGS = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls", "restrictPublicBuckets")
@@ -122,10 +150,12 @@ PUBLIC_ACCESS_FLAGS = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls
 
 @stack_rule("s3-bucket-public-access-block", "S3 buckets block every kind of public access.")
 def s3_bucket_public_access_block(resources: list[Resource]):
-    for bucket in _buckets(resources):
+    def check(bucket: Resource) -> Optional[str]:
         blocks = _attached(resources, bucket, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
         if not any(all(b.props.get(flag) is True for flag in PUBLIC_ACCESS_FLAGS) for b in blocks):
-            yield bucket.urn, f"bucket {bucket.name} lacks a public access block with {', '.join(PUBLIC_ACCESS_FLAGS)}"
+            return f"lacks a public access block with {', '.join(PUBLIC_ACCESS_FLAGS)}"
+        return None
+    return _each_bucket(resources, check)
 
 
 def _denies_plain_http(statement: Mapping) -> bool:
@@ -137,12 +167,13 @@ def _denies_plain_http(statement: Mapping) -> bool:
 
 @stack_rule("s3-bucket-tls-only", "S3 buckets refuse requests that do not use TLS.")
 def s3_bucket_tls_only(resources: list[Resource]):
-    for bucket in _buckets(resources):
+    def check(bucket: Resource) -> Optional[str]:
         policies = _attached(resources, bucket, "aws:s3/bucketPolicy:BucketPolicy")
         statements = [s for p in policies for s in as_list(policy_document(p.props.get("policy")).get("Statement"))]
         if not any(_denies_plain_http(s) for s in statements):
-            yield bucket.urn, (f"bucket {bucket.name} has no policy denying s3:* when aws:SecureTransport is "
-                               "false")
+            return "has no policy denying s3:* when aws:SecureTransport is false"
+        return None
+    return _each_bucket(resources, check)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -416,10 +447,11 @@ def iam_no_wildcard_admin(resource: Resource):
         documents.append(resource.props.get(IAM_POLICY_INPUTS[resource.type]))
     elif resource.type == "aws:iam/role:Role":
         documents.extend(get(p, "policy") for p in as_list(resource.props.get("inlinePolicies")))
-    elif resource.type in ATTACHMENT_TYPES:
-        if str(resource.props.get("policyArn", "")).endswith(":policy/AdministratorAccess"):
-            yield "attaches AdministratorAccess"
-        return
+    arns = [resource.props.get("policyArn")] if resource.type in ATTACHMENT_TYPES else []
+    if resource.type in ("aws:iam/role:Role", "aws:iam/rolePolicyAttachmentsExclusive:RolePolicyAttachmentsExclusive"):
+        arns += as_list(resource.props.get("managedPolicyArns") or resource.props.get("policyArns"))
+    if any(str(arn).endswith(":policy/AdministratorAccess") for arn in arns):
+        yield "attaches AdministratorAccess"
     for document in documents:
         for index in _wildcard_statements(policy_document(document)):
             yield f"Statement[{index}] allows Action '*' on Resource '*'"

@@ -72,6 +72,18 @@ def load_stack_config(stack: str, root: Path = REPO, encrypted: Optional[list[st
     return config
 
 
+def encrypted_stand_in(key: str) -> str:
+    """A value of the right form for an encrypted setting (its `stand_in` in the settings model of the
+    program on sys.path), so a stack file with `pulumi config set --secret` values runs without them."""
+    from components.settings import Settings
+
+    alias = key.split(":", 1)[-1]
+    for name, spec in Settings.model_fields.items():
+        if alias in (name, spec.alias):
+            return str((spec.json_schema_extra or {}).get("stand_in", "stand-in"))
+    return "stand-in"
+
+
 def is_secret(value: Any) -> bool:
     return isinstance(value, dict) and value.get(SIG_KEY) == SECRET_SIG
 
@@ -121,6 +133,8 @@ class Registration:
     state: dict[str, Any] = field(default_factory=dict)
     # The names (and URNs) of former identities this resource takes over.
     alias_names: list[str] = field(default_factory=list)
+    # The URNs those former identities had (a new name, type or parent each changes the URN).
+    alias_urns: list[str] = field(default_factory=list)
     replace_on_changes: list[str] = field(default_factory=list)
     delete_before_replace: bool = False
 
@@ -236,6 +250,22 @@ class PlatformMocks(pulumi_mocks.Mocks):
         raise NotImplementedError(f"the mocks do not answer invoke {args.token}; add it to tests/harness.py")
 
 
+def alias_urn(request, spec, urn: str) -> str:
+    """The URN an alias spec stands for: what it sets, the registration's own name, type and parent otherwise
+    (built from the registration's own URN `urn`, so both follow the same scheme)."""
+    stack, project = spec.stack or pulumi.get_stack(), spec.project or pulumi.get_project()
+    own_chain = urn.split("::")[2]
+    if spec.noParent:
+        chain = ""
+    elif spec.parentUrn:
+        parent_chain = spec.parentUrn.split("::")[2]
+        chain = "" if parent_chain == "pulumi:pulumi:Stack" else parent_chain
+    else:
+        chain = own_chain.rsplit("$", 1)[0] if "$" in own_chain else ""
+    type_ = spec.type or request.type
+    return f"urn:pulumi:{stack}::{project}::{chain + '$' if chain else ''}{type_}::{spec.name or request.name}"
+
+
 class RecordingMonitor(pulumi_mocks.MockMonitor):
     """The SDK's mock monitor, also keeping parent, dependencies, provider and options of each registration."""
 
@@ -263,6 +293,8 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 state=self.resources[response.urn].state,
                 alias_names=[a.spec.name for a in request.aliases if a.HasField("spec")]
                 + [urn.rsplit("::", 1)[-1] for urn in request.aliasURNs],
+                alias_urns=[alias_urn(request, a.spec, response.urn) for a in request.aliases if a.HasField("spec")]
+                + list(request.aliasURNs),
                 replace_on_changes=list(request.replaceOnChanges),
                 delete_before_replace=request.deleteBeforeReplace,
             ))
@@ -345,13 +377,13 @@ class ProgramFailed(Exception):
 def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
                 secret_config: Optional[dict[str, str]] = None, password_characters: str = "",
                 password_seed: Optional[int] = None, deployer_arn: str = DEPLOYER_ROLE,
-                project: str = PROJECT, root: Path = REPO, encrypted_stand_in: Optional[str] = None) -> ProgramRun:
+                project: str = PROJECT, root: Path = REPO) -> ProgramRun:
     """Run `root`'s `__main__.py` for a stack file; `overrides` replace config keys (None deletes one);
     `project` is the project name Pulumi hands the program (the config keys stay in the `airflow` namespace).
-    With `encrypted_stand_in`, each encrypted value of the stack file becomes that secret string."""
-    encrypted: Optional[list[str]] = [] if encrypted_stand_in is not None else None
+    An encrypted value of the stack file runs as its setting's stand-in, as a secret (`secret_config` wins)."""
+    encrypted: list[str] = []
     config = load_stack_config(stack, root, encrypted)
-    secret_config = {**{key: encrypted_stand_in for key in encrypted or []}, **(secret_config or {})}
+    secret_config = {**{key: encrypted_stand_in(key) for key in encrypted}, **(secret_config or {})}
     for key, value in (overrides or {}).items():
         full_key = key if ":" in key else f"{PROJECT}:{key}"
         if value is None:

@@ -229,7 +229,7 @@ def test_a_moved_resource_with_an_alias_is_not_a_delete_and_create(documents):
     entry = next(r for r in new["resources"] if r["name"] == "security-airflow-fernet-key")
     old_urn = entry["urn"]
     entry["urn"] = old_urn.replace("::security-airflow-fernet-key", "::airflow-fernet-key")
-    entry["name"], entry["aliases"] = "airflow-fernet-key", ["security-airflow-fernet-key"]
+    entry["name"], entry["aliases"] = "airflow-fernet-key", [old_urn]
     diff = plan.compare(old, new)
     assert diff["added"] == [] and diff["removed"] == []
     assert [(c["name"], c["movedFrom"], c["action"]) for c in diff["changed"]] == [
@@ -238,3 +238,55 @@ def test_a_moved_resource_with_an_alias_is_not_a_delete_and_create(documents):
     diff = plan.compare(old, new)
     assert [a["name"] for a in diff["added"]] == ["airflow-fernet-key"]
     assert [r["name"] for r in diff["removed"]] == ["security-airflow-fernet-key"]
+
+
+def test_aliases_are_recorded_as_the_urns_they_stand_for(documents):
+    """pulumi-aws gives every Bucket a type alias to BucketV2 (same name, same parent): the plan knows the URN."""
+    bucket = next(r for r in documents["prod"]["resources"] if r["name"] == "storage-logs"
+                  and r["type"] == "aws:s3/bucket:Bucket")
+    assert bucket["urn"].replace("aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2") in bucket["aliases"]
+
+
+def test_a_replaced_input_below_a_whole_input_replaces(documents):
+    """Node groups take `launchTemplate` ({id, version}) from the launch template: a new launch template is a
+    new id, which node groups cannot change in place."""
+    new = json.loads(json.dumps(documents["prod"]))
+    template = next(r for r in new["resources"] if r["type"] == "aws:ec2/launchTemplate:LaunchTemplate")
+    template["inputs"]["name"] = "renamed"
+    changed = {c["name"]: c for c in plan.compare(documents["prod"], new)["changed"]}
+    assert changed["cluster-node"]["action"] == "replace"
+    assert changed["cluster-workers"]["action"] == changed["cluster-system"]["action"] == "replace"
+    assert [p["replaces"] for p in changed["cluster-workers"]["paths"]] == ["launchTemplate.name cannot change in place"]
+
+
+def test_a_new_order_of_a_set_is_no_change(documents):
+    new = json.loads(json.dumps(documents["prod"]))
+    workers = next(r for r in new["resources"] if r["name"] == "cluster-workers")
+    workers["inputs"]["subnetIds"].reverse()
+    assert plan.compare(documents["prod"], new)["changed"] == []
+    workers["inputs"]["subnetIds"].pop()
+    assert [c["action"] for c in plan.compare(documents["prod"], new)["changed"]] == ["replace"]
+
+
+def test_a_fernet_key_generation_is_a_reviewed_replacement(documents):
+    changed = changes(documents, "prod", {"fernetKeyRotation": 2})
+    assert changed["security-fernet-key"]["action"] == "replace"
+    assert [p["path"] for p in changed["security-fernet-key"]["paths"]] == ["keepers.generation"]
+    assert changed["security-airflow-fernet-key"]["action"] == "replace"   # the Secret's data (immutable)
+    assert changed["airflow-airflow"]["action"] == "update"                  # the pods' checksum
+    assert {c["action"] for c in changed.values()} == {"replace", "update"}
+    assert all(name.startswith(("security-", "airflow-")) for name in changed)
+
+
+def test_an_encrypted_value_in_a_stack_file_runs_as_its_stand_in(clone):
+    """`pulumi config set --secret` writes `secure:` values only the stack's secrets provider can read:
+    plan.py (and the tests) run them as a value of the right form, and print it as a secret."""
+    text = (clone / "Pulumi.prod.yaml").read_text()
+    (clone / "Pulumi.rotating.yaml").write_text(
+        text + "  airflow:previousFernetKey:\n    secure: v1:ZW5jcnlwdGVk\n"
+        "  airflow:alertSlackWebhookUrl:\n    secure: v1:ZW5jcnlwdGVk\n")
+    done = run_plan("--stack", "rotating", "--format", "json", cwd=clone)
+    assert done.returncode == 0, done.stderr
+    secret = next(r for r in json.loads(done.stdout)["resources"] if r["name"] == "security-airflow-fernet-key")
+    assert secret["inputs"]["stringData"] == plan.REDACTED
+    assert "A" * 43 not in done.stdout and "hooks.slack.invalid" not in done.stdout

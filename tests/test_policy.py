@@ -226,6 +226,25 @@ def test_a_value_preview_cannot_know_skips_the_rule_instead_of_failing_it(prod, 
     assert found == [{"policy": "launch-template-imdsv2", "urn": urn, "unknown": "metadataOptions.httpTokens"}]
 
 
+def test_one_bucket_a_preview_cannot_judge_does_not_hide_the_others(prod, tmp_path):
+    """A pull request that recreates the logs bucket (its policy is unknown in preview) and suspends the
+    backups bucket's versioning: the versioning violation is still reported, the logs bucket is skipped."""
+    unknown_string = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+    resources = graph(prod)
+    resources, logs_policy = spoil(resources, "aws:s3/bucketPolicy:BucketPolicy", "storage-logs",
+                                   set_path("policy", unknown_string))
+    resources, _ = spoil(resources, "aws:s3/bucketVersioning:BucketVersioning", "storage-backups",
+                         set_path("versioningConfiguration.status", "Suspended"))
+    for entry in resources:
+        if entry.name == "storage-logs" and entry.type == "aws:s3/bucketVersioning:BucketVersioning":
+            entry.props["bucket"] = unknown_string   # a new bucket's name is not known either
+    result = drive_pack(tmp_path, as_json(resources))
+    found = {(v["policy"], v["urn"].rsplit("::", 1)[-1]) for v in result["violations"] if "message" in v}
+    assert ("s3-bucket-versioning", "storage-backups") in found
+    assert not [v for v in result["violations"] if "unknown" in v and v["policy"].startswith("s3-")]
+    assert not [f for f in found if f[0] == "s3-bucket-tls-only"]
+
+
 def test_policy_pack_files_are_consistent():
     """What `pulumi preview --policy-pack policy` reads: the pack's runtime and virtualenv, its requirements."""
     import yaml

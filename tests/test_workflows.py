@@ -93,6 +93,7 @@ def test_pull_requests_run_the_tests_previews_and_plans_for_forks(workflows):
     preview = next(s for s in steps(jobs["preview"]) if s.get("uses") == "./.github/actions/pulumi")
     assert preview["with"]["command"] == "preview" and preview["with"]["comment-on-pr"] is True
     assert preview["with"]["role-to-assume"] == "${{ vars.AWS_PREVIEW_ROLE_ARN }}"
+    assert jobs["preview"]["environment"] == "preview"   # where its Pulumi token lives, with its own rules
     plan_step = next(s for s in steps(jobs["plan-for-forks"]) if "plan.py" in s.get("run", ""))
     for stack in ("staging", "prod"):
         assert stack in plan_step["run"]
@@ -114,6 +115,9 @@ def test_the_fork_comment_never_runs_the_forks_code(workflows):
     assert not any("run" in s for s in steps(job))
     script = next(s for s in steps(job) if s.get("uses", "").startswith("actions/github-script@"))["with"]["script"]
     assert "updateComment" in script and "<!-- airflow-platform-plan -->" in script   # one comment, updated
+    # The fork wrote the artifact: its pull request number counts only if that pull request is the one built.
+    assert "pulls.get" in script and "run.head_sha" in script and "head_repository.full_name" in script
+    assert "conclusion != 'cancelled'" in job["if"]
 
 
 def test_main_deploys_staging_then_prod_behind_its_environment(workflows):
@@ -135,9 +139,12 @@ def test_the_test_tiers_run_the_readme_command(workflows):
     (job,) = workflows["tests"]["jobs"].values()
     assert job["strategy"]["matrix"]["target"] == ["test", "e2e"]
     assert "run" in steps(job)[-1] and ".ci/run ${{ matrix.target }}" in steps(job)[-1]["run"]
-    # ../shared (schemas, charts) beside the repository, as .ci/run expects it.
-    paths = [s["with"]["path"] for s in steps(job) if s.get("uses", "").startswith("actions/checkout@")]
-    assert paths == ["main", "shared"]
+    # ../shared (schemas, charts) beside the repository, as .ci/run expects it; named literally, because
+    # repository variables are empty in pull requests from forks.
+    checkouts = [s["with"] for s in steps(job) if s.get("uses", "").startswith("actions/checkout@")]
+    assert [c["path"] for c in checkouts] == ["main", "shared"]
+    assert checkouts[1]["repository"] == "${{ env.SHARED_REPOSITORY }}"
+    assert "vars." not in json.dumps(workflows["tests"])
     assert 'targets=(test e2e)' in (REPO / ".ci" / "run").read_text()
 
 
@@ -170,6 +177,19 @@ def test_actions_are_pinned_to_full_commit_shas(workflows):
                 assert re.search(r"@[0-9a-f]{40} # v\d+\.\d+\.\d+$", line), f"{path.name}: {line.strip()} (tag?)"
 
 
+def test_a_failed_preview_does_not_leave_an_older_passing_comment():
+    """pulumi/actions comments only after a success (src/main.ts); the action marks its last comment."""
+    action = load(ACTION)
+    pulumi_step = next(s for s in action["runs"]["steps"] if s.get("uses", "").startswith("pulumi/actions@"))
+    after = action["runs"]["steps"][action["runs"]["steps"].index(pulumi_step) + 1]
+    assert after["if"] == "failure() && steps.pulumi.conclusion == 'failure' && inputs.comment-on-pr == 'true'"
+    assert pulumi_step["id"] == "pulumi"
+    script = after["with"]["script"]
+    # The heading pulumi/actions v7 writes and finds its comment by, so its next success replaces the mark.
+    assert "#### :tropical_drink: \\`${process.env.COMMAND}\\` on " in script
+    assert "updateComment" in script and "createComment" in script
+
+
 def test_dependencies_are_installed_where_pulumi_expects_them():
     action = load(ACTION)
     project = yaml.safe_load((REPO / "Pulumi.yaml").read_text())
@@ -188,6 +208,9 @@ def test_dependencies_are_installed_where_pulumi_expects_them():
     assert set(aws["with"]) == {"role-to-assume", "role-session-name", "aws-region"}   # OIDC, no keys
 
 
+ALLOWED_REFERENCE = r"(secrets\.[A-Z_]+|github\.token|inputs\.[\w-]+)"
+# Only a secret, the job's own token or an input that a workflow fills from one (or a fallback among them).
+CREDENTIAL_REFERENCE = re.compile(rf"\$\{{\{{ {ALLOWED_REFERENCE}( \|\| {ALLOWED_REFERENCE})* \}}\}}")
 CREDENTIAL_NAME = re.compile(r"(token|secret|password|passphrase|access[_-]?key|private[_-]?key)", re.IGNORECASE)
 LITERAL_CREDENTIALS = [
     re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"),                 # AWS access key IDs
@@ -217,14 +240,14 @@ def test_no_literal_credential(path):
         key = where.rsplit(".", 1)[-1]
         if CREDENTIAL_NAME.search(key) and isinstance(value, str) and ".permissions." not in where \
                 and not key.endswith("description"):
-            # Only a secret, the job's own token or an input that a workflow fills from one.
-            assert re.fullmatch(r"\$\{\{ (secrets\.[A-Z_]+|github\.token|inputs\.[\w-]+) \}\}", value), \
-                f"{path.name}{where}: {value!r}"
+            assert CREDENTIAL_REFERENCE.fullmatch(value), f"{path.name}{where}: {value!r}"
 
 
 def test_the_literal_credential_check_can_fail():
     fake = {"env": {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"}}
     leaks = [w for w, v in walk(fake) if CREDENTIAL_NAME.search(w.rsplit(".", 1)[-1])
-             and not re.fullmatch(r"\$\{\{ (secrets\.[A-Z_]+|github\.token|inputs\.[\w-]+) \}\}", v)]
+             and not CREDENTIAL_REFERENCE.fullmatch(v)]
     assert leaks == [".env.AWS_SECRET_ACCESS_KEY"]
     assert LITERAL_CREDENTIALS[0].search("key: AKIAIOSFODNN7EXAMPLE")
+    assert CREDENTIAL_REFERENCE.fullmatch("${{ secrets.A_TOKEN || github.token }}")
+    assert not CREDENTIAL_REFERENCE.fullmatch("${{ secrets.A_TOKEN || 'hunter2' }}")
