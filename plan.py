@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "policy"))
@@ -118,6 +120,8 @@ SET_INPUTS: dict[str, tuple[str, ...]] = {
     "aws:ec2/vpcEndpoint:VpcEndpoint": ("routeTableIds", "subnetIds", "securityGroupIds"),
     "aws:acm/certificate:Certificate": ("subjectAlternativeNames",),
     "aws:backup/selection:Selection": ("resources", "notResources"),
+    "aws:ec2/securityGroup:SecurityGroup": ("ingress", "egress"),
+    "aws:iam/role:Role": ("managedPolicyArns",),
 }
 # Every Kubernetes object is replaced when its name or namespace changes.
 KUBERNETES_REPLACED_ON_CHANGE = ("metadata.name", "metadata.namespace")
@@ -220,6 +224,10 @@ def stack_document(stack: str, root: Path = ROOT, overrides: Optional[dict[str, 
             "custom": r.custom, "provider": r.provider.rsplit("::", 1)[0] if r.provider else None,
             "waitsFor": sorted(u for u in waits if u in by_urn),
             "inputsFrom": {key: sorted(deps) for key, deps in sorted(r.property_dependencies.items()) if deps},
+            # What other resources hold of this one (a replacement changes it): its ID, ARN and name.
+            "identity": sorted({f"{r.name}-id", *(str(v) for v in (
+                r.state.get("arn"), r.state.get("name"), r.state.get("bucket"),
+                (r.state.get("metadata") or {}).get("name")) if isinstance(v, str))}),
             "protect": r.protect, "retainOnDelete": r.retain_on_delete,
             "ignoreChanges": sorted(r.ignore_changes), "replaceOnChanges": sorted(r.replace_on_changes),
             "deleteBeforeReplace": r.delete_before_replace, "aliases": sorted(set(r.alias_urns)),
@@ -271,9 +279,11 @@ def stack_document(stack: str, root: Path = ROOT, overrides: Optional[dict[str, 
         ready = [u for u in pending if component_waits[u] <= set(component_order)] or pending[:1]
         component_order.append(ready[0])
         pending.remove(ready[0])
+    stack_file = yaml.safe_load((root / f"Pulumi.{stack}.yaml").read_text()) or {}
     return {
         "stack": stack,
         "project": harness.PROJECT,
+        "settings": sorted((stack_file.get("config") or {})),    # the keys the stack file sets (no values)
         "resources": [resources[u] for u in sorted(resources, key=lambda u: (resources[u]["step"], u))],
         "components": [{"urn": u, "type": c["type"], "name": c["name"], "resources": members[u],
                         "waitsFor": sorted(resources[o]["name"] for o in component_waits[u]),
@@ -365,11 +375,18 @@ def replacement_reason(entry: dict, path: str, old: Any, new: Any) -> Optional[s
     return None
 
 
-def nested_replacement(entry: dict, key: str) -> Optional[str]:
-    """A whole input taken from a replaced resource replaces when an input path below it cannot change in
-    place (a node group's `launchTemplate` from a new launch template: its `id` is new)."""
-    forced = [p for p in REPLACED_ON_CHANGE.get(entry["type"], ()) if p.startswith(key + ".")]
-    return f"{forced[0]} cannot change in place" if forced else None
+def inherited_replacement(entry: dict, key: str, source: dict) -> tuple[str, Optional[str]]:
+    """The path, and the reason to replace if any, of an input `key` taken from a replaced resource `source`:
+    the paths below `key` that hold the source's identity (its ID, ARN or name, which its replacement
+    changes) decide (a node group's `launchTemplate.id`, not all of `launchTemplate`)."""
+    identity = set(source.get("identity", ()))
+    held = [path for path, value in flatten({key: entry["inputs"].get(key)}).items()
+            if isinstance(value, str) and value in identity]
+    for path in held:
+        reason = replacement_reason(entry, path, None, None)
+        if reason:
+            return path, reason
+    return (held[0] if len(held) == 1 else key), replacement_reason(entry, key, None, None)
 
 
 def refusal(entry: dict, path: str, old: Any, new: Any) -> Optional[str]:
@@ -419,7 +436,8 @@ def compare(old_doc: Optional[dict], new_doc: dict) -> dict:
             paths.append(change)
         options = [key for key in ("protect", "retainOnDelete", "deleteBeforeReplace")
                    if before[key] != entry[key]]
-        if (before["provider"] or "").rsplit("::", 1)[-1] != (entry["provider"] or "").rsplit("::", 1)[-1]:
+        provider = new.get(entry["provider"] or "", {})
+        if before["provider"] != entry["provider"] and before["provider"] not in provider.get("aliases", ()):
             # Pulumi asks the provider (DiffConfig) whether the move replaces the resource.
             options.append("provider")
         if not paths and not options and urn not in moved:
@@ -457,11 +475,13 @@ def _follow_replacements(resources: dict[str, dict], changed: list[dict]) -> Non
                                             "movedFrom": None, "protected": entry["protect"], "options": [],
                                             "paths": []}
                     changed.append(change)
-                if any(p["path"] == key for p in change["paths"]):
+                if key == "(provider)":
+                    path, reason = key, f"its provider {resources[source]['name']} is replaced"
+                else:
+                    path, reason = inherited_replacement(entry, key, resources[source])
+                if any(p["path"] == path for p in change["paths"]):
                     continue
-                reason = (f"its provider {resources[source]['name']} is replaced" if key == "(provider)"
-                          else replacement_reason(entry, key, None, None) or nested_replacement(entry, key))
-                change["paths"].append({"path": key, "old": f"from {resources[source]['name']}",
+                change["paths"].append({"path": path, "old": f"from {resources[source]['name']}",
                                         "new": f"from the new {resources[source]['name']}", "replaces": reason})
                 if reason and urn not in replaced:
                     replaced.add(urn)
@@ -472,6 +492,18 @@ def _follow_replacements(resources: dict[str, dict], changed: list[dict]) -> Non
         change["paths"].sort(key=lambda p: p["path"])
         change["action"] = "replace" if any(p["replaces"] for p in change["paths"]) else "update"
     changed.sort(key=lambda c: c["urn"])
+
+
+def data_loss_warnings(diff: dict, new_doc: dict) -> list[str]:
+    """Changes the plan allows but that lose data, named for the reviewer."""
+    warnings = []
+    for change in diff["changed"]:
+        if change["action"] == "replace" and change["type"] == "random:index/randomBytes:RandomBytes" \
+                and change["name"].endswith("fernet-key") and "airflow:previousFernetKey" not in new_doc["settings"]:
+            warnings.append(f"{change['name']}: a new Fernet key without airflow:previousFernetKey leaves every "
+                            "connection, variable and trigger encrypted with the old key unreadable (README, Rotate "
+                            "secrets); never lower or remove airflow:fernetKeyRotation")
+    return warnings
 
 
 def has_changes(diff: dict) -> bool:
@@ -530,8 +562,6 @@ def show(value: Any, width: int = 80) -> str:
 
 
 def yaml_block(value: Any, indent: str) -> str:
-    import yaml
-
     text = yaml.safe_dump(value, sort_keys=True, default_flow_style=False, width=100).rstrip()
     return "\n".join(indent + line for line in text.splitlines())
 
@@ -618,6 +648,7 @@ def diff_text(diff: dict, ref: str) -> str:
             lines.append(f"      {p['path']}: {show(p['old'], 60)} → {show(p['new'], 60)}{why}")
     if not has_changes(diff):
         lines.append("  no change")
+    lines.extend(f"WARNING: {warning}" for warning in diff.get("warnings", ()))
     return "\n".join(lines)
 
 
@@ -669,6 +700,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
                 raise result["error"]
             diff = compare(result["old"], new_doc)
             diff["against"] = args.against
+            diff["warnings"] = data_loss_warnings(diff, new_doc)
             diff["policy"] = new_doc["policy"]
             print(dumps(diff) if args.format == "json" else diff_text(diff, args.against) + "\n\n"
                   + policy_text(new_doc))

@@ -96,9 +96,29 @@ def _v2(type_: str) -> str:
     return f"{module}V2:{name}V2"
 
 
-def _attached(resources: list[Resource], bucket: Resource, type_: str) -> list[Resource]:
-    """The resources of `type_` (or its V2) that configure `bucket`: their `bucket` input came from it, or
-    (when Pulumi recorded no dependency, e.g. a name typed in) it names the bucket."""
+class _Undecided(Exception):
+    """A bucket cannot be judged yet: something that may configure it has a value preview cannot know."""
+
+    def __init__(self, unknown: Exception):
+        super().__init__(str(unknown))
+        self.unknown = unknown
+
+
+def _known(read: Callable[[], Any]) -> Any:
+    """`read()`, or the unknown-value error itself when preview cannot know the value."""
+    try:
+        return read()
+    except UNKNOWN_VALUE_ERRORS as unknown:
+        return unknown
+
+
+def _attached(resources: list[Resource], bucket: Resource, type_: str) -> tuple[list[Resource], Optional[Exception]]:
+    """The resources of `type_` (or its V2) that configure `bucket` — their `bucket` input came from it, or
+    (when Pulumi recorded no dependency, e.g. a name typed in) it names the bucket — and the first unknown
+    value met on the way (a resource that may or may not configure it)."""
+    names = {_known(lambda key=key: get(bucket.props, key)) for key in ("bucket", "id")}
+    undecided = next((n for n in names if isinstance(n, Exception)), None)
+    names = {n for n in names if isinstance(n, str)}
     found = []
     for r in resources:
         if r.type not in (type_, _v2(type_)):
@@ -107,30 +127,50 @@ def _attached(resources: list[Resource], bucket: Resource, type_: str) -> list[R
         if sources:
             if bucket.urn in sources:
                 found.append(r)
-        elif r.props.get("bucket") in {get(bucket.props, "bucket"), get(bucket.props, "id")} - {None}:
+            continue
+        name = _known(lambda r=r: r.props.get("bucket"))
+        if isinstance(name, Exception):
+            undecided = undecided or name
+        elif name in names:
             found.append(r)
-    return found
+    return found, undecided
+
+
+def _judge(problem: Optional[str], undecided: Optional[Exception]) -> Optional[str]:
+    """A problem stands unless a resource that might have solved it could not be read yet."""
+    if problem and undecided is not None:
+        raise _Undecided(undecided)
+    return problem
 
 
 def _each_bucket(resources: list[Resource], check: Callable[[Resource], Optional[str]]):
+    """Every bucket's problem; a bucket a preview cannot judge yet is skipped, and once every other bucket is
+    reported its unknown value is raised again, so pulumi-policy says the rule could not run in full."""
+    skipped: Optional[Exception] = None
     for bucket in (r for r in resources if r.type in BUCKET_TYPES):
         try:
             problem = check(bucket)
-        except UNKNOWN_VALUE_ERRORS:
+        except _Undecided as undecided:
+            skipped = skipped or undecided.unknown
+            continue
+        except UNKNOWN_VALUE_ERRORS as unknown:
+            skipped = skipped or unknown
             continue
         if problem:
             yield bucket.urn, f"bucket {bucket.name} {problem}"
+    if skipped is not None:
+        raise skipped
 
 
 @stack_rule("s3-bucket-kms-encryption", "S3 buckets are encrypted with a KMS key by default.")
 def s3_bucket_kms_encryption(resources: list[Resource]):
     def check(bucket: Resource) -> Optional[str]:
-        configs = _attached(resources, bucket, "aws:s3/bucketServerSideEncryptionConfiguration:"
-                                               "BucketServerSideEncryptionConfiguration")
+        configs, undecided = _attached(resources, bucket, "aws:s3/bucketServerSideEncryptionConfiguration:"
+                                                          "BucketServerSideEncryptionConfiguration")
         rules = [rule for config in configs for rule in as_list(config.props.get("rules"))]
         if not any(get(rule, "applyServerSideEncryptionByDefault.sseAlgorithm") in ("aws:kms", "aws:kms:dsse")
                    and get(rule, "applyServerSideEncryptionByDefault.kmsMasterKeyId") for rule in rules):
-            return "has no default encryption with a KMS key (aws:kms)"
+            return _judge("has no default encryption with a KMS key (aws:kms)", undecided)
         return None
     return _each_bucket(resources, check)
 
@@ -138,9 +178,9 @@ def s3_bucket_kms_encryption(resources: list[Resource]):
 @stack_rule("s3-bucket-versioning", "S3 buckets keep object versions.")
 def s3_bucket_versioning(resources: list[Resource]):
     def check(bucket: Resource) -> Optional[str]:
-        configs = _attached(resources, bucket, "aws:s3/bucketVersioning:BucketVersioning")
+        configs, undecided = _attached(resources, bucket, "aws:s3/bucketVersioning:BucketVersioning")
         if not any(get(c.props, "versioningConfiguration.status") == "Enabled" for c in configs):
-            return "has no versioning with status Enabled"
+            return _judge("has no versioning with status Enabled", undecided)
         return None
     return _each_bucket(resources, check)
 
@@ -151,9 +191,9 @@ PUBLIC_ACCESS_FLAGS = ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls
 @stack_rule("s3-bucket-public-access-block", "S3 buckets block every kind of public access.")
 def s3_bucket_public_access_block(resources: list[Resource]):
     def check(bucket: Resource) -> Optional[str]:
-        blocks = _attached(resources, bucket, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+        blocks, undecided = _attached(resources, bucket, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
         if not any(all(b.props.get(flag) is True for flag in PUBLIC_ACCESS_FLAGS) for b in blocks):
-            return f"lacks a public access block with {', '.join(PUBLIC_ACCESS_FLAGS)}"
+            return _judge(f"lacks a public access block with {', '.join(PUBLIC_ACCESS_FLAGS)}", undecided)
         return None
     return _each_bucket(resources, check)
 
@@ -168,10 +208,10 @@ def _denies_plain_http(statement: Mapping) -> bool:
 @stack_rule("s3-bucket-tls-only", "S3 buckets refuse requests that do not use TLS.")
 def s3_bucket_tls_only(resources: list[Resource]):
     def check(bucket: Resource) -> Optional[str]:
-        policies = _attached(resources, bucket, "aws:s3/bucketPolicy:BucketPolicy")
+        policies, undecided = _attached(resources, bucket, "aws:s3/bucketPolicy:BucketPolicy")
         statements = [s for p in policies for s in as_list(policy_document(p.props.get("policy")).get("Statement"))]
         if not any(_denies_plain_http(s) for s in statements):
-            return "has no policy denying s3:* when aws:SecureTransport is false"
+            return _judge("has no policy denying s3:* when aws:SecureTransport is false", undecided)
         return None
     return _each_bucket(resources, check)
 

@@ -250,28 +250,13 @@ class PlatformMocks(pulumi_mocks.Mocks):
         raise NotImplementedError(f"the mocks do not answer invoke {args.token}; add it to tests/harness.py")
 
 
-def alias_urn(request, spec, urn: str) -> str:
-    """The URN an alias spec stands for: what it sets, the registration's own name, type and parent otherwise
-    (built from the registration's own URN `urn`, so both follow the same scheme)."""
-    stack, project = spec.stack or pulumi.get_stack(), spec.project or pulumi.get_project()
-    own_chain = urn.split("::")[2]
-    if spec.noParent:
-        chain = ""
-    elif spec.parentUrn:
-        parent_chain = spec.parentUrn.split("::")[2]
-        chain = "" if parent_chain == "pulumi:pulumi:Stack" else parent_chain
-    else:
-        chain = own_chain.rsplit("$", 1)[0] if "$" in own_chain else ""
-    type_ = spec.type or request.type
-    return f"urn:pulumi:{stack}::{project}::{chain + '$' if chain else ''}{type_}::{spec.name or request.name}"
-
-
 class RecordingMonitor(pulumi_mocks.MockMonitor):
     """The SDK's mock monitor, also keeping parent, dependencies, provider and options of each registration."""
 
     def __init__(self, mocks: pulumi_mocks.Mocks):
         super().__init__(mocks)
         self.registrations: list[Registration] = []
+        self.by_urn: dict[str, Registration] = {}
         self.stack_outputs: dict[str, Any] = {}
 
     def RegisterResource(self, request):
@@ -293,12 +278,38 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 state=self.resources[response.urn].state,
                 alias_names=[a.spec.name for a in request.aliases if a.HasField("spec")]
                 + [urn.rsplit("::", 1)[-1] for urn in request.aliasURNs],
-                alias_urns=[alias_urn(request, a.spec, response.urn) for a in request.aliases if a.HasField("spec")]
-                + list(request.aliasURNs),
+                alias_urns=self.alias_urns(request),
                 replace_on_changes=list(request.replaceOnChanges),
                 delete_before_replace=request.deleteBeforeReplace,
             ))
+            self.by_urn[response.urn] = self.registrations[-1]
         return response
+
+    def alias_urns(self, request) -> list[str]:
+        """The URNs a registration's aliases stand for, built the way this monitor builds URNs: each alias
+        spec (what it sets; the registration's own name, type and parent otherwise), each alias given as a
+        URN, and — as the engine does — the registration's name under each of its parent's former URNs."""
+        stack_urn = self.make_urn("", "pulumi:pulumi:Stack", f"{pulumi.get_project()}-{pulumi.get_stack()}")
+        urns = []
+        for alias in request.aliases:
+            if alias.HasField("urn"):
+                urns.append(alias.urn)
+                continue
+            spec = alias.spec
+            parent = stack_urn if spec.noParent else (spec.parentUrn or request.parent)
+            _, qualified, name = self.make_urn(parent, spec.type or request.type,
+                                               spec.name or request.name).rsplit("::", 2)
+            urns.append(f"urn:pulumi:{spec.stack or pulumi.get_stack()}::{spec.project or pulumi.get_project()}"
+                        f"::{qualified}::{name}")
+        urns.extend(request.aliasURNs)
+        parent = self.by_urn.get(request.parent)
+        if parent is not None:
+            for parent_alias in parent.alias_urns:
+                alias_name = parent_alias.rsplit("::", 1)[-1]
+                if request.name.startswith(parent.name):
+                    urns.append(self.make_urn(parent_alias, request.type,
+                                              alias_name + request.name.removeprefix(parent.name)))
+        return sorted(set(urns))
 
     def RegisterResourceOutputs(self, request):
         if request.urn.endswith(f"::pulumi:pulumi:Stack::{pulumi.get_project()}-{pulumi.get_stack()}"):

@@ -256,7 +256,38 @@ def test_a_replaced_input_below_a_whole_input_replaces(documents):
     changed = {c["name"]: c for c in plan.compare(documents["prod"], new)["changed"]}
     assert changed["cluster-node"]["action"] == "replace"
     assert changed["cluster-workers"]["action"] == changed["cluster-system"]["action"] == "replace"
-    assert [p["replaces"] for p in changed["cluster-workers"]["paths"]] == ["launchTemplate.name cannot change in place"]
+    assert [(p["path"], p["replaces"]) for p in changed["cluster-workers"]["paths"]] == [
+        ("launchTemplate.id", "launchTemplate.id cannot change in place")]
+
+
+def test_an_input_that_only_names_a_replaced_resource_elsewhere_updates(documents):
+    """A Deployment whose `spec` refers to a replaced Secret by name is updated, not replaced: only a path that
+    holds the Secret's identity counts, and `spec.template...secretKeyRef.name` is no selector."""
+    old = json.loads(json.dumps(documents["local"]))
+    secret = next(r for r in old["resources"] if r["name"] == "security-airflow-fernet-key")
+    deployment = {**secret, "urn": secret["urn"].replace("core/v1:Secret::security-airflow-fernet-key",
+                                                         "apps/v1:Deployment::reader"),
+                  "type": "kubernetes:apps/v1:Deployment", "name": "reader", "aliases": [], "identity": [],
+                  "inputsFrom": {"spec": [secret["urn"]]},
+                  "inputs": {"spec": {"selector": {"matchLabels": {"app": "reader"}}, "template": {"spec": {
+                      "containers": [{"env": [{"valueFrom": {"secretKeyRef": {"name": "airflow-fernet-key"}}}]}]}}}}}
+    old["resources"].append(deployment)
+    new = json.loads(json.dumps(old))
+    next(r for r in new["resources"] if r["name"] == "security-airflow-fernet-key")["inputs"]["type"] = "Other"
+    changed = {c["name"]: c for c in plan.compare(old, new)["changed"]}
+    assert changed["security-airflow-fernet-key"]["action"] == "replace"
+    assert changed["reader"]["action"] == "update"
+    assert [p["path"] for p in changed["reader"]["paths"]] == [
+        "spec.template.spec.containers[0].env[0].valueFrom.secretKeyRef.name"]
+
+
+def test_a_new_fernet_key_without_the_previous_one_is_called_out(documents):
+    diff = plan.compare(documents["prod"], plan.stack_document("prod", overrides={"fernetKeyRotation": 2}))
+    (warning,) = plan.data_loss_warnings(diff, documents["prod"])
+    assert "security-fernet-key" in warning and "previousFernetKey" in warning
+    assert "WARNING: security-fernet-key" in plan.diff_text({**diff, "warnings": [warning]}, "main")
+    with_previous = {**documents["prod"], "settings": [*documents["prod"]["settings"], "airflow:previousFernetKey"]}
+    assert plan.data_loss_warnings(diff, with_previous) == []
 
 
 def test_a_new_order_of_a_set_is_no_change(documents):
@@ -290,3 +321,42 @@ def test_an_encrypted_value_in_a_stack_file_runs_as_its_stand_in(clone):
     secret = next(r for r in json.loads(done.stdout)["resources"] if r["name"] == "security-airflow-fernet-key")
     assert secret["inputs"]["stringData"] == plan.REDACTED
     assert "A" * 43 not in done.stdout and "hooks.slack.invalid" not in done.stdout
+
+
+def test_alias_urns_follow_the_monitor_for_every_kind_of_alias():
+    """Each alias becomes the URN the resource had before (as the mock monitor builds URNs): a move into or
+    out of a component, a name alias, an alias given as a URN, and a renamed parent's children."""
+    import pulumi
+    from pulumi.runtime.settings import set_root_resource
+    from pulumi.runtime.stack import run_in_stack
+    from pulumi.runtime.sync_await import _sync_await
+
+    import harness
+
+    class Box(pulumi.ComponentResource):
+        def __init__(self, name, opts=None):
+            super().__init__("test:index:Box", name, None, opts)
+
+    def program():
+        box = Box("box")
+        Box("box-moved-in", pulumi.ResourceOptions(parent=box, aliases=[pulumi.Alias(parent=None)]))
+        Box("moved-out", pulumi.ResourceOptions(aliases=[pulumi.Alias(parent=box)]))
+        renamed = Box("new", pulumi.ResourceOptions(aliases=[pulumi.Alias(name="old")]))
+        Box("new-child", pulumi.ResourceOptions(parent=renamed))
+        Box("x", pulumi.ResourceOptions(aliases=["urn:pulumi:s::p::test:index:Box::y"]))
+
+    mocks = harness.PlatformMocks()
+    monitor = harness.RecordingMonitor(mocks)
+    set_root_resource(None)
+    pulumi.runtime.set_mocks(mocks, project="p", stack="s", preview=False, monitor=monitor)
+    set_root_resource(None)
+    _sync_await(run_in_stack(program))
+    stack = "urn:pulumi:s::p::pulumi:pulumi:Stack::p-s"
+    box = next(r.urn for r in monitor.registrations if r.name == "box")
+    aliases = {r.name: r.alias_urns for r in monitor.registrations}
+    assert aliases["box-moved-in"] == [monitor.make_urn(stack, "test:index:Box", "box-moved-in")]
+    assert aliases["moved-out"] == [monitor.make_urn(box, "test:index:Box", "moved-out")]
+    assert aliases["new"] == [monitor.make_urn(stack, "test:index:Box", "old")]
+    new = next(r.urn for r in monitor.registrations if r.name == "new")
+    assert aliases["new-child"] == [monitor.make_urn(new.replace("::new", "::old"), "test:index:Box", "old-child")]
+    assert aliases["x"] == ["urn:pulumi:s::p::test:index:Box::y"]

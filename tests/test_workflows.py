@@ -117,7 +117,10 @@ def test_the_fork_comment_never_runs_the_forks_code(workflows):
     assert "updateComment" in script and "<!-- airflow-platform-plan -->" in script   # one comment, updated
     # The fork wrote the artifact: its pull request number counts only if that pull request is the one built.
     assert "pulls.get" in script and "run.head_sha" in script and "head_repository.full_name" in script
-    assert "conclusion != 'cancelled'" in job["if"]
+    # Only runs that finished (no artifact from a cancelled or unapproved run).
+    assert "(github.event.workflow_run.conclusion == 'success' || github.event.workflow_run.conclusion == 'failure')" \
+        in job["if"]
+    assert "c.user.login === 'github-actions[bot]'" in script
 
 
 def test_main_deploys_staging_then_prod_behind_its_environment(workflows):
@@ -188,6 +191,15 @@ def test_a_failed_preview_does_not_leave_an_older_passing_comment():
     # The heading pulumi/actions v7 writes and finds its comment by, so its next success replaces the mark.
     assert "#### :tropical_drink: \\`${process.env.COMMAND}\\` on " in script
     assert "updateComment" in script and "createComment" in script
+    assert "pull_request.head.sha" in script and "findLast" in script
+
+
+def test_shared_repository_token_reaches_the_tests(workflows):
+    """A reusable workflow gets only the secrets it declares and its callers pass."""
+    assert "SHARED_REPOSITORY_TOKEN" in workflows["tests"]["on"]["workflow_call"]["secrets"]
+    for caller in ("pull-request", "deploy"):
+        assert workflows[caller]["jobs"]["tests"]["secrets"] == {
+            "SHARED_REPOSITORY_TOKEN": "${{ secrets.SHARED_REPOSITORY_TOKEN }}"}
 
 
 def test_dependencies_are_installed_where_pulumi_expects_them():
