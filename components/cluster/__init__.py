@@ -1,0 +1,170 @@
+"""Cluster: the Kubernetes cluster everything else runs on.
+
+target=aws, one module a part: `network` (a VPC over N zones), `control_plane` (EKS with KMS envelope encryption
+of Secrets, API-mode access entries, control-plane logs), `capacity` (managed node groups), `addons` (the EKS
+add-ons, the default StorageClass, the AWS Load Balancer Controller). This module composes them.
+target=local: no AWS resource at all; the Kubernetes provider comes from a kubeconfig context.
+Either way the component exposes one `kubernetes.Provider` that every later component uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+from components.cluster.addons import (
+    ADDONS_AFTER_NODES,
+    ADDONS_BEFORE_NODES,
+    ADDONS_WITH_POD_IDENTITY,
+    DEFAULT_STORAGE_CLASS,
+    build_default_storage_class,
+    build_load_balancer_controller,
+    eks_addon,
+    load_balancer_controller_policy,
+    load_balancer_controller_values,
+)
+from components.cluster.capacity import build_node_groups
+from components.cluster.context import AwsContext
+from components.cluster.control_plane import (
+    CONTROL_PLANE_LOG_TYPES,
+    build_admin_access,
+    build_control_plane,
+    deployer_arn,
+    kubeconfig,
+)
+from components.cluster.network import Network, build_network, subnet_plan, zone_index
+from components.settings import Settings
+
+__all__ = ["ADDONS_AFTER_NODES", "ADDONS_BEFORE_NODES", "CONTROL_PLANE_LOG_TYPES", "Cluster", "ClusterArgs", "Network",
+           "load_balancer_controller_policy", "load_balancer_controller_values", "subnet_plan", "zone_index"]
+
+
+@dataclass
+class ClusterArgs:
+    settings: Settings
+    # `<project>-<stack>`, the start of AWS names (settings.aws_name_prefix).
+    name_prefix: str
+    # None in local mode: the component then creates no AWS resource.
+    aws_provider: Optional[aws.Provider] = None
+
+
+class Cluster(pulumi.ComponentResource):
+    """The cluster and its Kubernetes provider."""
+
+    provider: k8s.Provider
+    cluster_name: pulumi.Output[str]
+    kubeconfig: Optional[pulumi.Output[str]]
+    vpc_id: Optional[pulumi.Output[str]]
+    # The zones and their private subnets, in the same order (empty locally).
+    zones: list[str]
+    private_subnet_ids: list[pulumi.Output[str]]
+    # Nodes, pods, internal load balancers and the EKS endpoint's network interfaces live here.
+    private_subnet_cidrs: list[str]
+    # Where internet-facing load balancers get their addresses (the NetworkPolicies admit them).
+    public_subnet_cidrs: list[str]
+    # S3's addresses in the region, for NetworkPolicies that must not rely on `except` (empty locally).
+    s3_cidrs: list[str]
+    cluster_security_group_id: Optional[pulumi.Output[str]]
+    default_storage_class_name: Optional[str]
+    node_groups: list[aws.eks.NodeGroup]
+    # The AWS partition (aws, aws-cn, aws-us-gov) managed policy ARNs are built in; None locally.
+    partition: Optional[str]
+    # The AWS Load Balancer Controller (target=aws): it turns Ingresses into ALBs.
+    load_balancer_controller: Optional[k8s.helm.v3.Release]
+
+    def __init__(self, name: str, args: ClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("airflow:platform:Cluster", name, None, opts)
+        self._settings = args.settings
+        self.node_groups = []
+        self.load_balancer_controller = None
+        self.partition = None
+        self.zones, self.private_subnet_ids = [], []
+        self.private_subnet_cidrs = []
+        self.public_subnet_cidrs = []
+        self.s3_cidrs = []
+        if args.settings.is_aws:
+            if args.aws_provider is None:
+                raise ValueError("Cluster: target=aws needs an aws_provider")
+            self._build_eks(name, args.settings.eks_cluster_name(args.name_prefix), args.aws_provider)
+        else:
+            self._build_local(name)
+        self.register_outputs({
+            "cluster_name": self.cluster_name,
+            "kubeconfig": self.kubeconfig,
+            "vpc_id": self.vpc_id,
+        })
+
+    # --- local -------------------------------------------------------------------------------------
+    def _build_local(self, name: str) -> None:
+        settings = self._settings
+        self.provider = k8s.Provider(
+            f"{name}-k8s",
+            context=settings.kube_context,
+            kubeconfig=settings.kubeconfig_path or None,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.cluster_name = pulumi.Output.from_input(settings.kube_context)
+        self.kubeconfig = None
+        self.vpc_id = None
+        self.cluster_security_group_id = None
+        # The laptop cluster's own default class (kind's `standard`, k3d's `local-path`).
+        self.default_storage_class_name = None
+
+    # --- AWS ---------------------------------------------------------------------------------------
+    def _build_eks(self, name: str, cluster_name: str, aws_provider: aws.Provider) -> None:
+        settings = self._settings
+        invoke = pulumi.InvokeOptions(provider=aws_provider)
+        self.partition = aws.get_partition(opts=invoke).partition
+        ctx = AwsContext(name=name, cluster_name=cluster_name, settings=settings,
+                         aws=pulumi.ResourceOptions(parent=self, provider=aws_provider), invoke=invoke,
+                         partition=self.partition, component=self)
+        # Before any resource: a principal that cannot get an access entry stops the program here.
+        deployer = deployer_arn(ctx)
+
+        network = build_network(ctx)
+        eks_cluster = build_control_plane(ctx, network)
+        early_addons = [eks_addon(ctx, eks_cluster, addon_name) for addon_name in ADDONS_BEFORE_NODES]
+        self.node_groups = build_node_groups(ctx, eks_cluster, network, early_addons)
+        pod_identity_agent = early_addons[ADDONS_BEFORE_NODES.index("eks-pod-identity-agent")]
+        late_addons = []
+        for addon_name in ADDONS_AFTER_NODES:
+            # The CSI controllers get their AWS credentials from the Pod Identity agent.
+            uses_pod_identity = addon_name in ADDONS_WITH_POD_IDENTITY
+            late_addons.append(eks_addon(
+                ctx, eks_cluster, addon_name,
+                after=[*self.node_groups, *([pod_identity_agent] if uses_pod_identity else [])]))
+        admin_access = build_admin_access(ctx, eks_cluster, deployer)
+
+        self.cluster_name = eks_cluster.name
+        self.vpc_id = network.vpc_id
+        self.zones, self.private_subnet_ids = network.zones, network.private_subnet_ids
+        self.private_subnet_cidrs = network.private_subnet_cidrs
+        self.public_subnet_cidrs = network.public_subnet_cidrs
+        self.s3_cidrs = network.s3_cidrs
+        self.cluster_security_group_id = eks_cluster.vpc_config.cluster_security_group_id
+        self.kubeconfig = pulumi.Output.secret(kubeconfig(eks_cluster, settings.region))
+        # Two providers, so that Pulumi orders the Kubernetes objects against the cluster's own services both ways:
+        # a resource is created after, and deleted before, whatever its provider depends on. The first serves
+        # what the cluster itself needs (the default StorageClass, the load balancer controller); the second,
+        # every other object, and waits for those too. On `destroy` every release, Ingress and claim is then gone
+        # while CoreDNS, the CSI drivers and the controller still run to clear finalizers and reclaim volumes.
+        cluster_services = [*self.node_groups, *admin_access, *late_addons]
+        bootstrap = k8s.Provider(
+            f"{name}-k8s-bootstrap", kubeconfig=self.kubeconfig, cluster_identifier=eks_cluster.arn,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=cluster_services))
+        default_storage_class = build_default_storage_class(ctx, bootstrap)
+        self.default_storage_class_name = DEFAULT_STORAGE_CLASS
+        self.load_balancer_controller = build_load_balancer_controller(
+            ctx, eks_cluster, network, pod_identity_agent, bootstrap)
+        self.provider = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=self.kubeconfig,
+            # Without it, a change of endpoint or CA would make Pulumi replace every Kubernetes object.
+            cluster_identifier=eks_cluster.arn,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[
+                *cluster_services, default_storage_class, self.load_balancer_controller]),
+        )

@@ -1,0 +1,26 @@
+"""What every part of the Cluster component builds with: its settings, the options that parent a resource to
+the component on the AWS provider, and the AWS partition."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+
+from components.settings import Settings
+
+
+@dataclass
+class AwsContext:
+    # The resource-name prefix (the component's name) and the EKS cluster's name.
+    name: str
+    cluster_name: str
+    settings: Settings
+    # parent=the Cluster component, provider=the AWS provider: every AWS resource of the cluster has them.
+    aws: pulumi.ResourceOptions
+    invoke: pulumi.InvokeOptions
+    # aws, aws-cn or aws-us-gov: managed policy ARNs are built in it.
+    partition: str
+    # The Cluster component, parent of the Kubernetes objects it creates.
+    component: pulumi.ComponentResource
+

@@ -1,0 +1,130 @@
+"""The control plane: EKS itself, its KMS key and logs, who may administer it, and how to reach it."""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_aws as aws
+
+from components.cluster.context import AwsContext
+from components.cluster.network import Network
+from components.iam import managed_policy_arn, service_trust_policy
+from components.settings import IAM_PRINCIPAL_ARN
+
+CONTROL_PLANE_LOG_TYPES = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
+
+
+def build_control_plane(ctx: AwsContext, network: Network) -> aws.eks.Cluster:
+    """EKS with KMS envelope encryption of Secrets, access entries only, control-plane logs with a retention."""
+    settings, name, cluster_name = ctx.settings, ctx.name, ctx.cluster_name
+    protect = settings.protect_stateful_resources
+    secrets_key = aws.kms.Key(
+        f"{name}-secrets",
+        description=f"Envelope encryption of Kubernetes Secrets in EKS cluster {cluster_name}",
+        enable_key_rotation=True, deletion_window_in_days=30,
+        opts=pulumi.ResourceOptions.merge(ctx.aws, pulumi.ResourceOptions(
+            protect=protect, retain_on_delete=protect)))
+    aws.kms.Alias(f"{name}-secrets", name=f"alias/{cluster_name}-eks-secrets", target_key_id=secrets_key.key_id,
+                  opts=pulumi.ResourceOptions.merge(ctx.aws, pulumi.ResourceOptions(retain_on_delete=protect)))
+    role = aws.iam.Role(f"{name}-control-plane", assume_role_policy=service_trust_policy("eks.amazonaws.com"),
+                        opts=ctx.aws)
+    policy = aws.iam.RolePolicyAttachment(
+        f"{name}-control-plane", role=role.name,
+        policy_arn=managed_policy_arn(ctx.partition, "AmazonEKSClusterPolicy"), opts=ctx.aws)
+    # Created ahead of the cluster so the logs get a retention instead of EKS's never-expire default.
+    log_group = aws.cloudwatch.LogGroup(
+        f"{name}-control-plane", name=f"/aws/eks/{cluster_name}/cluster",
+        retention_in_days=settings.control_plane_log_retention_days,
+        # The control plane's audit trail is kept like the other data.
+        opts=pulumi.ResourceOptions.merge(ctx.aws, pulumi.ResourceOptions(
+            protect=protect, retain_on_delete=protect)))
+    public_cidrs = [str(cidr) for cidr in settings.endpoint_public_access_cidrs]
+    return aws.eks.Cluster(
+        f"{name}-eks",
+        name=cluster_name,
+        version=settings.kubernetes_version,
+        role_arn=role.arn,
+        access_config={
+            # Creation-time choices: access entries only (no aws-auth ConfigMap), and no entry EKS makes
+            # on its own for the creator: every admin, the principal running `pulumi up` included, gets an
+            # entry this program owns (an implicit one would collide with an explicit one: 409).
+            "authentication_mode": "API",
+            "bootstrap_cluster_creator_admin_permissions": False,
+        },
+        # Explicit, so the NetworkPolicies can name the `kubernetes` Service address.
+        kubernetes_network_config={"ip_family": "ipv4",
+                                   "service_ipv4_cidr": str(settings.service_cidr)},
+        # The add-ons are managed below as EKS add-ons, with our configuration, from the start.
+        bootstrap_self_managed_addons=False,
+        encryption_config={"provider": {"key_arn": secrets_key.arn}, "resources": ["secrets"]},
+        enabled_cluster_log_types=CONTROL_PLANE_LOG_TYPES,
+        vpc_config={
+            "subnet_ids": network.private_subnet_ids,
+            "endpoint_private_access": True,
+            "endpoint_public_access": bool(public_cidrs),
+            "public_access_cidrs": public_cidrs or None,
+        },
+        upgrade_policy={"support_type": "STANDARD"},
+        opts=pulumi.ResourceOptions.merge(ctx.aws, pulumi.ResourceOptions(
+            depends_on=[policy, log_group],
+            # A creation-time choice that forces a new cluster: a cluster created with the creator's
+            # implicit entry keeps it (README: AWS, clusters created before explicit access entries).
+            # EKS takes new control-plane subnets only in the zones it was created in: a zone added
+            # later gets subnets and nodes, the control plane stays where it is.
+            ignore_changes=["accessConfig.bootstrapClusterCreatorAdminPermissions", "vpcConfig.subnetIds"])),
+    )
+
+
+def deployer_arn(ctx: AwsContext) -> str:
+    """The IAM role or user running `pulumi up`: an assumed-role session stands for its role, as EKS
+    keys access entries on the role ARN."""
+    caller_arn = aws.get_caller_identity(opts=ctx.invoke).arn
+    deployer_arn = aws.iam.get_session_context(arn=caller_arn, opts=ctx.invoke).issuer_arn
+    if not IAM_PRINCIPAL_ARN.match(deployer_arn):
+        raise ValueError(
+            f"the principal running `pulumi up` ({deployer_arn}) cannot be given an EKS access entry (the "
+            "root user and federated users cannot); run it as an IAM role or user")
+    return deployer_arn
+
+
+def build_admin_access(ctx: AwsContext, eks_cluster: aws.eks.Cluster,
+                       deployer_arn: str) -> list[aws.eks.AccessPolicyAssociation]:
+    """Cluster-admin access entries for adminPrincipalArns and for the principal running `pulumi up`
+    (it installs the Helm releases right after), one entry per principal. Named after the principal, so
+    the same principal moving between the list and "the one running up" keeps the same entry."""
+    name = ctx.name
+    admins = ctx.settings.admin_principal_arns
+    principals = list(dict.fromkeys([*admins, deployer_arn]))
+    associations = []
+    for principal_arn in principals:
+        resource_name = f"{name}-admin-{principal_arn.split(':', 5)[5].replace('/', '-')}"
+        # Entries of adminPrincipalArns were once named by their position in the list.
+        aliases = [pulumi.Alias(name=f"{name}-admin-{admins.index(principal_arn)}")] \
+            if principal_arn in admins else []
+        opts = pulumi.ResourceOptions.merge(ctx.aws, pulumi.ResourceOptions(aliases=aliases))
+        entry = aws.eks.AccessEntry(resource_name, cluster_name=eks_cluster.name,
+                                    principal_arn=principal_arn, type="STANDARD", opts=opts)
+        associations.append(aws.eks.AccessPolicyAssociation(
+            resource_name, cluster_name=eks_cluster.name, principal_arn=entry.principal_arn,
+            policy_arn=f"arn:{ctx.partition}:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
+            access_scope={"type": "cluster"}, opts=opts))
+    return associations
+
+
+def kubeconfig(eks_cluster: aws.eks.Cluster, region: str) -> pulumi.Output[str]:
+    """A kubeconfig that authenticates through `aws eks get-token` (no long-lived credential)."""
+    return pulumi.Output.json_dumps({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": eks_cluster.name, "cluster": {
+            "server": eks_cluster.endpoint,
+            "certificate-authority-data": eks_cluster.certificate_authority.data}}],
+        "contexts": [{"name": eks_cluster.name, "context": {"cluster": eks_cluster.name, "user": eks_cluster.name}}],
+        "current-context": eks_cluster.name,
+        "users": [{"name": eks_cluster.name, "user": {"exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1",
+            "command": "aws",
+            "args": ["eks", "get-token", "--cluster-name", eks_cluster.name, "--region", region,
+                     "--output", "json"],
+            "interactiveMode": "Never",
+        }}}],
+    })

@@ -1,0 +1,140 @@
+"""The cluster's network: a VPC over N zones, subnets whose CIDRs depend on their zone's letter only."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+from components.cluster.context import AwsContext
+
+
+@dataclass
+class Network:
+    vpc_id: pulumi.Output[str]
+    zones: list[str]
+    # One per zone, in the order of `zones`.
+    private_subnet_ids: list[pulumi.Output[str]]
+    private_subnet_cidrs: list[str]
+    public_subnet_cidrs: list[str]
+    # The addresses S3 answers on in the region (its managed prefix list): the gateway endpoint routes them.
+    s3_cidrs: list[str]
+
+
+# Zone letters a..f index the subnet layout: a zone's subnets depend on its own letter only, never on how many
+# zones there are or where the zone sits in the list, so adding, removing or reordering zones never moves the
+# subnets of the others (EC2 rejects a replacement subnet that overlaps the one it replaces).
+ZONE_LETTERS = "abcdef"
+
+
+def zone_index(zone: str) -> int:
+    """The layout slot of a zone: the position of its letter (eu-west-1a -> 0, eu-west-1c -> 2)."""
+    letter = zone[-1]
+    if letter not in ZONE_LETTERS:
+        raise ValueError(f"zone {zone!r}: the subnet layout has slots for zone letters "
+                         f"{ZONE_LETTERS[0]} to {ZONE_LETTERS[-1]}")
+    return ZONE_LETTERS.index(letter)
+
+
+def subnet_plan(vpc_cidr: ipaddress.IPv4Network, zones: list[str]) -> tuple[list[str], list[str]]:
+    """Private and public subnet CIDRs, one of each per zone, in the order of `zones`.
+
+    Zones a-c keep the layout stacks were created with: each takes a quarter of the VPC for its private subnet
+    (a /18 of a /16: the VPC CNI gives every pod a VPC address), and the first three sixteenths of the last
+    quarter hold their public subnets (/22s; load balancers and NAT gateways only). Zones d-f fit in the rest
+    of the last quarter: their private subnets are its last three quarters (/20s of a /16), their public
+    subnets /24s cut from its fourth sixteenth (a load balancer needs a /27: vpcCidr /19 or larger).
+    """
+    quarters = list(vpc_cidr.subnets(prefixlen_diff=2))
+    sixteenths = list(quarters[3].subnets(prefixlen_diff=4))
+    private_blocks = [*quarters[:3], *list(quarters[3].subnets(prefixlen_diff=2))[1:]]
+    public_blocks = [*sixteenths[:3], *list(sixteenths[3].subnets(prefixlen_diff=2))[:3]]
+    slots = [zone_index(zone) for zone in zones]
+    return [str(private_blocks[slot]) for slot in slots], [str(public_blocks[slot]) for slot in slots]
+
+
+def build_network(ctx: AwsContext) -> Network:
+    """The VPC over the zones: public and private subnets per zone, NAT, routes, the S3 gateway endpoint."""
+    settings, name, cluster_name = ctx.settings, ctx.name, ctx.cluster_name
+    if settings.availability_zones:
+        # Pinned: whatever their state today (a zone event must not move subnets or node groups), but they
+        # must be zones of the region.
+        known = aws.get_availability_zones(all_availability_zones=True, opts=ctx.invoke).names
+        unknown = sorted(set(settings.availability_zones) - set(known))
+        if unknown:
+            raise ValueError(f"airflow:availabilityZones: {unknown} are not zones of {settings.region} "
+                             f"({', '.join(sorted(known))})")
+        zones = list(settings.availability_zones)
+    else:
+        zones = aws.get_availability_zones(
+            state="available",
+            filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
+            opts=ctx.invoke,
+        ).names
+        if len(zones) < settings.availability_zone_count:
+            raise ValueError(
+                f"airflow:availabilityZoneCount: {settings.region} offers {len(zones)} zones, "
+                f"{settings.availability_zone_count} were asked for")
+        zones = sorted(zones)[: settings.availability_zone_count]
+    private_cidrs, public_cidrs = subnet_plan(settings.vpc_cidr, zones)
+    cluster_tag = {f"kubernetes.io/cluster/{cluster_name}": "shared"}
+
+    vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=str(settings.vpc_cidr), enable_dns_hostnames=True,
+                      enable_dns_support=True, tags={"Name": cluster_name}, opts=ctx.aws)
+    gateway = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags={"Name": cluster_name},
+                                      opts=ctx.aws)
+    public_routes = aws.ec2.RouteTable(
+        f"{name}-public", vpc_id=vpc.id,
+        routes=[{"cidr_block": "0.0.0.0/0", "gateway_id": gateway.id}],
+        tags={"Name": f"{cluster_name}-public"}, opts=ctx.aws)
+
+    public_subnets, private_subnets, private_route_tables, nat_gateways = [], [], [], []
+    for index, zone in enumerate(zones):
+        public = aws.ec2.Subnet(
+            f"{name}-public-{zone}", vpc_id=vpc.id, availability_zone=zone, cidr_block=public_cidrs[index],
+            tags={"Name": f"{cluster_name}-public-{zone}", "kubernetes.io/role/elb": "1", **cluster_tag},
+            opts=ctx.aws)
+        aws.ec2.RouteTableAssociation(f"{name}-public-{zone}", subnet_id=public.id,
+                                      route_table_id=public_routes.id, opts=ctx.aws)
+        public_subnets.append(public)
+        if settings.nat_gateways == "perAz" or index == 0:
+            eip = aws.ec2.Eip(f"{name}-nat-{zone}", domain="vpc", tags={"Name": f"{cluster_name}-nat-{zone}"},
+                              opts=ctx.aws)
+            nat_gateways.append(aws.ec2.NatGateway(
+                f"{name}-nat-{zone}", subnet_id=public.id, allocation_id=eip.id,
+                tags={"Name": f"{cluster_name}-{zone}"},
+                opts=pulumi.ResourceOptions.merge(ctx.aws, pulumi.ResourceOptions(depends_on=[gateway]))))
+        private = aws.ec2.Subnet(
+            f"{name}-private-{zone}", vpc_id=vpc.id, availability_zone=zone, cidr_block=private_cidrs[index],
+            tags={"Name": f"{cluster_name}-private-{zone}", "kubernetes.io/role/internal-elb": "1",
+                  **cluster_tag},
+            opts=ctx.aws)
+        routes = aws.ec2.RouteTable(
+            f"{name}-private-{zone}", vpc_id=vpc.id,
+            # With one NAT gateway every zone egresses through it; with one per zone, through its own.
+            routes=[{"cidr_block": "0.0.0.0/0", "nat_gateway_id": nat_gateways[-1].id}],
+            tags={"Name": f"{cluster_name}-private-{zone}"}, opts=ctx.aws)
+        aws.ec2.RouteTableAssociation(f"{name}-private-{zone}", subnet_id=private.id,
+                                      route_table_id=routes.id, opts=ctx.aws)
+        private_subnets.append(private)
+        private_route_tables.append(routes)
+
+    # S3 traffic (logs, backups, images layers) stays off the NAT gateways. The gateway endpoint service
+    # is looked up (the provider names it for the region and checks that it exists) rather than spelled out.
+    s3_service = aws.ec2.get_vpc_endpoint_service(service="s3", service_type="Gateway",
+                                                  opts=ctx.invoke).service_name
+    aws.ec2.VpcEndpoint(
+        f"{name}-s3", vpc_id=vpc.id, service_name=s3_service,
+        vpc_endpoint_type="Gateway", route_table_ids=[table.id for table in private_route_tables],
+        tags={"Name": f"{cluster_name}-s3"}, opts=ctx.aws)
+    s3_prefix_list = aws.ec2.get_prefix_list(name=s3_service, opts=ctx.invoke)
+    return Network(
+        vpc_id=vpc.id,
+        zones=list(zones),
+        private_subnet_ids=[subnet.id for subnet in private_subnets],
+        private_subnet_cidrs=private_cidrs,
+        public_subnet_cidrs=public_cidrs,
+        s3_cidrs=sorted(s3_prefix_list.cidr_blocks),
+    )
