@@ -12,7 +12,7 @@ from components.cluster import Cluster, ClusterArgs
 from components.database import Database, DatabaseArgs
 from components.observability import Observability, ObservabilityArgs
 from components.security import Security, SecurityArgs
-from components.settings import aws_name_prefix, load_settings
+from components.settings import aws_default_tags, aws_name_prefix, load_settings
 from components.storage import Storage, StorageArgs
 
 settings = load_settings()
@@ -24,7 +24,7 @@ if settings.is_aws:
     aws_provider = aws.Provider(
         "aws",
         region=settings.region,
-        default_tags={"tags": {"project": pulumi.get_project(), "stack": stack, "managed-by": "pulumi"}},
+        default_tags={"tags": aws_default_tags(pulumi.get_project(), stack)},
     )
 
 cluster = Cluster("cluster", ClusterArgs(settings=settings, name_prefix=name_prefix, aws_provider=aws_provider))
@@ -109,6 +109,7 @@ airflow = AirflowRelease("airflow", AirflowReleaseArgs(
     api_server_sources=security.api_server_sources,
     log_access=storage.airflow_access,
     load_balancer_controller=cluster.load_balancer_controller,
+    worker_capacity=cluster.worker_capacity,
 ))
 
 pulumi.export("ingress_url", airflow.ingress_url)

@@ -266,8 +266,10 @@ def stack_document(stack: str, root: Path = ROOT, overrides: Optional[dict[str, 
         inputs = entry["inputs"]
         releases.append({
             "urn": urn, "resource": entry["name"], "component": resources[component_of(urn)]["name"],
-            "release": inputs.get("name"), "chart": inputs.get("chart"), "version": inputs.get("version"),
-            "repository": (inputs.get("repositoryOpts") or {}).get("repo"), "namespace": inputs.get("namespace"),
+            "release": inputs.get("name"), "version": inputs.get("version"), "namespace": inputs.get("namespace"),
+            # An OCI chart names its registry in the chart reference (`oci://…/<chart>`).
+            **dict(zip(("repository", "chart"), inputs["chart"].rsplit("/", 1) if inputs.get("chart", "").startswith(
+                "oci://") else ((inputs.get("repositoryOpts") or {}).get("repo"), inputs.get("chart")), strict=True)),
             "values": inputs.get("values") or {},
             "valueYamlFiles": [f.get("stringAsset", f) if isinstance(f, dict) else f
                                for f in inputs.get("valueYamlFiles") or []],

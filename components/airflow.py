@@ -333,10 +333,16 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         # Everything on the system nodes but the Celery workers, which get the worker nodes (and their taints).
         values["nodeSelector"] = settings.system_node_selector
         values["workers"]["nodeSelector"] = dict(w.WORKER_NODES)
-        if settings.worker_node_taints:
-            values["workers"]["tolerations"] = [
-                {"key": taint.key, "operator": "Equal", "value": taint.value, "effect": TAINT_EFFECTS[taint.effect]}
-                for taint in settings.worker_node_taints]
+        tolerations = [
+            {"key": taint.key, "operator": "Equal", "value": taint.value, "effect": TAINT_EFFECTS[taint.effect]}
+            for taint in settings.worker_node_taints]
+        if settings.uses_karpenter:
+            tolerations.append({**w.WORKER_TAINT, "operator": "Equal"})
+            # A worker's running tasks are never cut short to consolidate its node: Karpenter waits until the
+            # worker is gone (KEDA's scale-in, which gives it workerTerminationGraceSeconds to finish).
+            values["workers"]["podAnnotations"] = {**values["workers"].get("podAnnotations", {}), **w.DO_NOT_DISRUPT}
+        if tolerations:
+            values["workers"]["tolerations"] = tolerations
     if ha:
         for component in ("scheduler", "apiServer", "triggerer", "dagProcessor"):
             values[component]["replicas"] = max(values[component]["replicas"], 2)
@@ -420,6 +426,8 @@ class AirflowReleaseArgs:
     log_access: Optional[list[pulumi.Resource]] = None
     # The controller that gives the Ingress its ALB (and the address Pulumi waits for).
     load_balancer_controller: Optional[pulumi.Resource] = None
+    # What Celery workers need to be scheduled (Karpenter's NodePool): the release waits for their pods.
+    worker_capacity: Optional[list[pulumi.Resource]] = None
 
 
 class AirflowRelease(pulumi.ComponentResource):
@@ -474,7 +482,8 @@ class AirflowRelease(pulumi.ComponentResource):
             cleanup_on_fail=True,
             max_history=10,
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[
-                args.security, args.storage, args.database, args.broker, keda, *(args.log_access or [])])))
+                args.security, args.storage, args.database, args.broker, keda, *(args.log_access or []),
+                *(args.worker_capacity or [])])))
 
         self.admin_username = w.ADMIN_USER
         if settings.is_aws:

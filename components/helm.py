@@ -12,13 +12,15 @@ def chart_release(resource_name: str, *, chart: str, version: str, repo: str, na
                   values: dict, opts: pulumi.ResourceOptions, release_name: Optional[str] = None,
                   timeout: int = 600) -> k8s.helm.v3.Release:
     """A Helm release with a fixed name that rolls itself back on a failed install or upgrade
-    (`atomic`), cleans up what a failed upgrade created, and keeps a short history."""
+    (`atomic`), cleans up what a failed upgrade created, and keeps a short history. A repository
+    `oci://…` names an OCI registry: Helm takes the chart as `oci://…/<chart>` then, without a repository."""
+    oci = repo.startswith("oci://")
     return k8s.helm.v3.Release(
         resource_name,
         name=release_name or chart,
-        chart=chart,
+        chart=f"{repo}/{chart}" if oci else chart,
         version=version,
-        repository_opts={"repo": repo},
+        repository_opts=None if oci else {"repo": repo},
         namespace=namespace,
         values=values,
         atomic=True,

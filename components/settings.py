@@ -18,6 +18,7 @@ import pulumi
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from components.helm import millicores
 from components.workloads import SYSTEM_NODES
 
 PROJECT_NAMESPACE = "airflow"
@@ -157,6 +158,46 @@ class Settings(BaseModel):
         description="Taints on worker nodes, as objects with key, value and effect.")
     node_disk_size_gib: int = Field(
         default=50, ge=20, le=2000, description="Encrypted gp3 root volume of every node, in GiB.")
+    karpenter: bool = Field(
+        default=True,
+        description="Karpenter (target=aws) adds worker nodes when Celery workers are pending and removes them "
+                    "when they are empty or underused; the system nodes stay a managed node group.")
+    worker_node_group: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="The worker managed node group: `auto` has one only when Karpenter is off; `on` keeps it next "
+                    "to Karpenter (for a steady base of workers), `off` drops it.")
+    karpenter_capacity_types: list[Literal["on-demand", "spot"]] = Field(
+        default_factory=lambda: ["on-demand"], min_length=1, max_length=2,
+        description="Capacity types Karpenter may launch worker nodes as (with both it prefers spot).")
+    karpenter_instance_families: list[str] = Field(
+        default_factory=lambda: ["m7i", "m6i", "m7a", "m6a"], min_length=1, max_length=20,
+        description="EC2 instance families for worker nodes (several keep spot capacity available).")
+    karpenter_instance_sizes: list[str] = Field(
+        default_factory=lambda: ["xlarge", "2xlarge", "4xlarge"], min_length=1, max_length=20,
+        description="EC2 instance sizes for worker nodes.")
+    karpenter_architectures: list[Literal["amd64", "arm64"]] = Field(
+        default_factory=lambda: ["amd64"], min_length=1, max_length=2,
+        description="CPU architectures of worker nodes (arm64 only if every image the tasks use has it).")
+    karpenter_cpu_limit: int = Field(
+        default=64, ge=1, le=100000,
+        description="Most vCPUs all Karpenter worker nodes together may have: the cost ceiling.")
+    karpenter_memory_limit_gib: int = Field(
+        default=256, ge=1, le=1000000,
+        description="Most memory all Karpenter worker nodes together may have, in GiB.")
+    karpenter_expire_after_hours: int = Field(
+        default=720, ge=1, le=8760,
+        description="Hours after which a worker node is replaced (fresh AMI and patches); its running tasks get "
+                    "workerTerminationGraceSeconds to finish.")
+    karpenter_consolidate_after_minutes: int = Field(
+        default=5, ge=0, le=1440,
+        description="Minutes a worker node must be empty or underused before Karpenter removes or replaces it.")
+    karpenter_disruption_budget: str = Field(
+        default="10%", pattern=r"^(100|[1-9]?[0-9])%$|^[0-9]+$",
+        description="How many worker nodes Karpenter may disrupt at once (a count or a percentage).")
+    karpenter_ami_alias: str = Field(
+        default="al2023@latest", pattern=r"^(al2023|bottlerocket)@(latest|v[0-9][0-9.]*)$", max_length=30,
+        description="AMI of worker nodes, as an EC2NodeClass alias: `al2023@<version>` or `bottlerocket@<version>`; "
+                    "pin a version (e.g. al2023@v20251106) so a new AMI is a reviewed change, not a drift.")
 
     # --- Security -----------------------------------------------------------------------------------
     ingress_host: str = Field(
@@ -448,6 +489,17 @@ class Settings(BaseModel):
         return self.target == "aws"
 
     @property
+    def uses_karpenter(self) -> bool:
+        return self.is_aws and self.karpenter
+
+    @property
+    def has_worker_node_group(self) -> bool:
+        """The worker managed node group: kept when asked, by default only without Karpenter."""
+        if self.worker_node_group == "auto":
+            return self.is_aws and not self.karpenter
+        return self.is_aws and self.worker_node_group == "on"
+
+    @property
     def system_node_selector(self) -> dict[str, str]:
         """Where everything but the Celery workers runs: the on-demand system nodes (none locally)."""
         return dict(SYSTEM_NODES) if self.is_aws else {}
@@ -487,6 +539,11 @@ class Settings(BaseModel):
 
     def eks_cluster_name(self, name_prefix: str) -> str:
         return self.cluster_name or name_prefix
+
+
+def aws_default_tags(project: str, stack: str) -> dict[str, str]:
+    """Tags on every AWS resource of the stack (the provider's default tags, and Karpenter's nodes)."""
+    return {"project": project, "stack": stack, "managed-by": "pulumi"}
 
 
 def config_key(field_name: str) -> str:
@@ -536,6 +593,20 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
     if settings.worker_min_replicas > settings.worker_max_replicas:
         problems.append(("workerMinReplicas", f"must not exceed workerMaxReplicas ({settings.worker_max_replicas}), "
                                               f"got {settings.worker_min_replicas}"))
+    if settings.uses_karpenter:
+        nodes_cpu, nodes_memory = settings.karpenter_cpu_limit * 1000, settings.karpenter_memory_limit_gib * 2**30
+        workers_cpu = settings.worker_max_replicas * millicores(settings.worker_cpu)
+        workers_memory = settings.worker_max_replicas * memory_bytes(settings.worker_memory)
+        if workers_cpu > nodes_cpu:
+            problems.append(("workerMaxReplicas", f"{settings.worker_max_replicas} workers of workerCpu "
+                             f"{settings.worker_cpu} need {workers_cpu / 1000:g} vCPUs; karpenterCpuLimit "
+                             f"({settings.karpenter_cpu_limit}) lets the worker nodes have fewer: raise "
+                             "karpenterCpuLimit or lower workerMaxReplicas"))
+        if workers_memory > nodes_memory:
+            problems.append(("workerMaxReplicas", f"{settings.worker_max_replicas} workers of workerMemory "
+                             f"{settings.worker_memory} need {workers_memory / 2**30:g} GiB; "
+                             f"karpenterMemoryLimitGib ({settings.karpenter_memory_limit_gib}) lets the worker "
+                             "nodes have less: raise karpenterMemoryLimitGib or lower workerMaxReplicas"))
     if not settings.worker_node_min <= settings.worker_node_desired <= settings.worker_node_max:
         problems.append((
             "workerNodeDesired",

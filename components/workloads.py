@@ -56,6 +56,10 @@ KUBE_DNS_PODS = {"k8s-app": "kube-dns"}
 NODE_ROLE_LABEL = "airflow.apache.org/node-role"
 SYSTEM_NODES = {NODE_ROLE_LABEL: "system"}
 WORKER_NODES = {NODE_ROLE_LABEL: "worker"}
+# On the worker nodes Karpenter makes: only Celery workers tolerate it.
+WORKER_TAINT = {"key": NODE_ROLE_LABEL, "value": "worker", "effect": "NoSchedule"}
+# Karpenter never drains a node, to consolidate it or follow a drift, while a pod with this runs on it.
+DO_NOT_DISRUPT = {"karpenter.sh/do-not-disrupt": "true"}
 
 # Ports.
 API_SERVER_PORT = 8080

@@ -294,6 +294,7 @@ ALLOWED_CHARTS = {
     "keda": "https://kedacore.github.io/charts",
     "kube-prometheus-stack": "https://prometheus-community.github.io/helm-charts",
     "redis-ha": "https://dandydeveloper.github.io/charts",
+    "karpenter": "oci://public.ecr.aws/karpenter",
 }
 EXACT_VERSION = re.compile(r"^v?\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
 
@@ -305,6 +306,8 @@ def helm_release_pinned(resource: Resource):
         return
     chart, version = resource.props.get("chart"), resource.props.get("version")
     repo = get(resource.props, "repositoryOpts.repo")
+    if isinstance(chart, str) and chart.startswith("oci://"):
+        repo, chart = chart.rsplit("/", 1)
     if chart not in ALLOWED_CHARTS:
         yield f"chart {chart!r} is not in the allowed list ({', '.join(sorted(ALLOWED_CHARTS))})"
     elif repo != ALLOWED_CHARTS[chart]:

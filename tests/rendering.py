@@ -71,10 +71,15 @@ def _render(chart: str, release_name: str, namespace: str, values_json: str,
     return tuple(documents)
 
 
+def chart_name(release: Registration) -> str:
+    """The chart's name: `karpenter` of `oci://public.ecr.aws/karpenter/karpenter`, or the name as given."""
+    return release.values["chart"].rsplit("/", 1)[-1]
+
+
 def render_release(release: Registration) -> list[dict]:
     """What `helm install` of this Release would create, rendered from the chart source of its version."""
     inputs = release.values
-    chart = inputs["chart"]
+    chart = chart_name(release)
     if chart_version(chart) != inputs["version"]:
         raise AssertionError(f"release {release.name} pins {chart} {inputs['version']}, the chart source in "
                              f"../shared/charts is {chart_version(chart)}")
@@ -89,7 +94,7 @@ def render_all(run: ProgramRun) -> dict[str, list[dict]]:
     releases = run.of_type(RELEASE)
     with ThreadPoolExecutor(max_workers=4) as pool:
         rendered = list(pool.map(render_release, releases))
-    return {release.values["chart"]: documents for release, documents in zip(releases, rendered, strict=True)}
+    return {chart_name(release): documents for release, documents in zip(releases, rendered, strict=True)}
 
 
 @dataclass(frozen=True)

@@ -69,10 +69,13 @@ def test_release_options_and_dependencies(prod):
         inside = [r for r in prod.registrations if r.custom and any(
             a.type == f"airflow:platform:{component}" for a in prod.ancestors(r))]
         assert inside and all(release.depends_on(r) for r in inside), component
+    # Of the Cluster, only what the workers need to be scheduled: Karpenter's EC2NodeClass and NodePool.
+    worker_capacity = {"kubernetes:karpenter.k8s.aws/v1:EC2NodeClass", "kubernetes:karpenter.sh/v1:NodePool"}
     for component in ("Cluster", "AirflowRelease"):
         assert not any(release.depends_on(r) for r in prod.registrations
                        if r.custom and any(a.type == f"airflow:platform:{component}" for a in prod.ancestors(r))
-                       and r.type != "kubernetes:helm.sh/v3:Release")
+                       and r.type != "kubernetes:helm.sh/v3:Release" and r.type not in worker_capacity)
+    assert all(release.depends_on(prod.one(kind)) for kind in worker_capacity)
     assert release.depends_on(prod.one(RELEASE, "airflow-keda")), "the ScaledObject CRD comes with KEDA"
     for association in prod.where(lambda r: r.type == "aws:eks/podIdentityAssociation:PodIdentityAssociation"
                                   and r.values["serviceAccount"] in w.AIRFLOW_LOG_WRITERS):

@@ -95,7 +95,9 @@ def test_node_groups_span_private_subnets_in_three_zones(stack_runs, stack):
     subnets = {s.state["arn"]: s for s in run.of_type("aws:ec2/subnet:Subnet")}
     subnet_by_id = {f"{s.name}-id": s for s in subnets.values()}
     node_groups = run.of_type("aws:eks/nodeGroup:NodeGroup")
-    assert {n.name for n in node_groups} == {"cluster-system", "cluster-workers"}
+    # With Karpenter (the default) the worker managed node group is gone; both are checked without it.
+    assert {n.name for n in node_groups} == {"cluster-system"}
+    node_groups += run_program(stack, overrides={"karpenter": False}).of_type("aws:eks/nodeGroup:NodeGroup")
     for node_group in node_groups:
         used = [subnet_by_id[subnet_id] for subnet_id in node_group.values["subnetIds"]]
         assert {s.values["availabilityZone"] for s in used} == {"eu-west-1a", "eu-west-1b", "eu-west-1c"}
@@ -104,13 +106,15 @@ def test_node_groups_span_private_subnets_in_three_zones(stack_runs, stack):
         assert node_group.values["amiType"].startswith("AL2023")
     system = run.one("aws:eks/nodeGroup:NodeGroup", "cluster-system")
     assert system.values["capacityType"] == "ON_DEMAND"
-    workers = run.one("aws:eks/nodeGroup:NodeGroup", "cluster-workers")
+    workers = next(n for n in node_groups if n.name == "cluster-workers")
     assert workers.values["labels"]["airflow.apache.org/node-role"] == "worker"
     assert "scalingConfig.desiredSize" in workers.ignore_changes
 
 
 def test_staging_runs_spot_workers_behind_one_nat_and_prod_one_nat_per_zone(staging, prod):
-    assert staging.one("aws:eks/nodeGroup:NodeGroup", "cluster-workers").values["capacityType"] == "SPOT"
+    pool = staging.one("kubernetes:karpenter.sh/v1:NodePool").values["spec"]
+    capacity = next(r for r in pool["template"]["spec"]["requirements"] if r["key"] == "karpenter.sh/capacity-type")
+    assert capacity["values"] == ["spot", "on-demand"]
     assert len(staging.of_type("aws:ec2/natGateway:NatGateway")) == 1
     nat_zones = {n.name for n in prod.of_type("aws:ec2/natGateway:NatGateway")}
     assert nat_zones == {"cluster-nat-eu-west-1a", "cluster-nat-eu-west-1b", "cluster-nat-eu-west-1c"}
@@ -123,7 +127,8 @@ def test_staging_runs_spot_workers_behind_one_nat_and_prod_one_nat_per_zone(stag
 
 def test_worker_taints_and_labels_reach_the_node_group():
     taint = {"key": "airflow.apache.org/spot", "value": "true", "effect": "NO_SCHEDULE"}
-    run = run_program("staging", overrides={"workerNodeTaints": [taint], "workerNodeLabels": {"team": "data"}})
+    run = run_program("staging", overrides={"workerNodeTaints": [taint], "workerNodeLabels": {"team": "data"},
+                                            "karpenter": False})
     workers = run.one("aws:eks/nodeGroup:NodeGroup", "cluster-workers").values
     assert workers["taints"] == [taint]
     assert workers["labels"] == {"team": "data", "airflow.apache.org/node-role": "worker"}

@@ -1,7 +1,8 @@
 """The Cluster component split into modules (components/cluster/) changes nothing Pulumi sees: every stack
 registers the same resources, under the same URNs and parents, with the same inputs, dependencies, provider
 and options as before the split (tests/fixtures/graph-before-cluster-split.json, recorded from the commit
-before it with `python tests/test_cluster_split.py --record`)."""
+before it). Karpenter, added after the split, changes exactly what it means to: with it off (and the worker
+node group the stack files had then), the graphs are the same as before."""
 
 from __future__ import annotations
 
@@ -36,14 +37,52 @@ def before() -> dict:
     return json.loads(FIXTURE.read_text())
 
 
+# The worker node group the stack files had before Karpenter took the workers over.
+WORKER_NODE_GROUP_THEN = {
+    "local": {},
+    "staging": {"karpenter": False, "workerNodeInstanceTypes": ["m6i.xlarge", "m6a.xlarge", "m5.xlarge"],
+                "workerCapacityType": "SPOT", "workerNodeMin": 1, "workerNodeDesired": 1, "workerNodeMax": 10},
+    "prod": {"karpenter": False, "workerNodeInstanceTypes": ["m6i.2xlarge"], "workerCapacityType": "ON_DEMAND",
+             "workerNodeMin": 3, "workerNodeDesired": 3, "workerNodeMax": 30},
+}
+KARPENTER_TYPES = {
+    "aws:cloudwatch/eventRule:EventRule", "aws:cloudwatch/eventTarget:EventTarget", "aws:ec2/tag:Tag",
+    "aws:eks/accessEntry:AccessEntry", "aws:eks/podIdentityAssociation:PodIdentityAssociation", "aws:iam/policy:Policy",
+    "aws:iam/role:Role", "aws:iam/rolePolicyAttachment:RolePolicyAttachment", "aws:sqs/queue:Queue",
+    "aws:sqs/queuePolicy:QueuePolicy", "kubernetes:helm.sh/v3:Release", "kubernetes:karpenter.k8s.aws/v1:EC2NodeClass",
+    "kubernetes:karpenter.sh/v1:NodePool"}
+
+
 @pytest.mark.parametrize("stack", STACKS)
 def test_the_split_changes_no_resource(before, stack):
-    now = fingerprint(plan.stack_document(stack))
+    now = fingerprint(plan.stack_document(stack, overrides=WORKER_NODE_GROUP_THEN[stack]))
     was = before[stack]
     assert sorted(set(was) - set(now)) == [], "resources gone (a new URN without an alias replaces them)"
     assert sorted(set(now) - set(was)) == [], "resources added by a refactoring"
     changed = {urn: [part for part in was[urn] if was[urn][part] != now[urn][part]] for urn in was}
     assert {urn: parts for urn, parts in changed.items() if parts} == {}
+
+
+@pytest.mark.parametrize("stack", ["staging", "prod"])
+def test_karpenter_changes_what_it_means_to_and_nothing_else(before, stack):
+    now, was = fingerprint(plan.stack_document(stack)), before[stack]
+    name = lambda urn: urn.rsplit("::", 1)[1]  # noqa: E731
+    assert {name(urn) for urn in set(was) - set(now)} == {"cluster-workers"}
+    added = set(now) - set(was)
+    assert {urn.split("::")[2].rsplit("$", 1)[-1] for urn in added} == KARPENTER_TYPES
+    assert all(name(urn).startswith("cluster-karpenter") for urn in added)
+    changed = {name(urn): sorted(p for p in was[urn] if was[urn][p] != now[urn][p])
+               for urn in was if urn in now and was[urn] != now[urn]}
+    assert changed == {
+        # Workers tolerate Karpenter's nodes and keep them from consolidation; the release waits for the NodePool.
+        "airflow-airflow": ["inputs", "waits"],
+        # Karpenter finds its nodes' subnets by their discovery tag.
+        **{f"cluster-private-eu-west-1{zone}": ["inputs"] for zone in "abc"},
+        # What waited for both node groups now waits for the system group alone.
+        **{resource: ["waits"] for resource in ("cluster-aws-ebs-csi-driver", "cluster-aws-efs-csi-driver",
+                                                "cluster-coredns", "cluster-metrics-server", "cluster-k8s",
+                                                "cluster-k8s-bootstrap")},
+    }
 
 
 def test_the_comparison_sees_a_change(before):
@@ -53,6 +92,3 @@ def test_the_comparison_sees_a_change(before):
     assert now[doc["resources"][0]["urn"]]["inputs"] != before["local"][doc["resources"][0]["urn"]]["inputs"]
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--record"]:
-    FIXTURE.write_text(json.dumps({stack: fingerprint(plan.stack_document(stack)) for stack in STACKS},
-                                  indent=1, sort_keys=True) + "\n")

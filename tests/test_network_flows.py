@@ -45,6 +45,7 @@ ROLES: list[tuple[str, str, dict]] = [
     ("keda-metrics-apiserver", w.KEDA_NAMESPACE, {"matchLabels": {"app": "keda-operator-metrics-apiserver"}}),
     ("keda-admission-webhooks", w.KEDA_NAMESPACE, {"matchLabels": {"app": "keda-admission-webhooks"}}),
     ("lb-controller", "kube-system", {"matchLabels": {"app.kubernetes.io/name": "aws-load-balancer-controller"}}),
+    ("karpenter", "kube-system", {"matchLabels": {"app.kubernetes.io/name": "karpenter"}}),
     ("prometheus", w.MONITORING_NAMESPACE, {"matchLabels": w.PROMETHEUS_PODS}),
     ("alertmanager", w.MONITORING_NAMESPACE, {"matchLabels": {"app.kubernetes.io/name": "alertmanager"}}),
     ("grafana", w.MONITORING_NAMESPACE, {"matchLabels": {"app.kubernetes.io/name": "grafana"}}),

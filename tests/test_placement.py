@@ -32,6 +32,7 @@ INSTANCE_TYPES = {
     "m5.large": (2, 8, 29), "m5.xlarge": (4, 16, 58),
     "m6i.large": (2, 8, 29), "m6i.xlarge": (4, 16, 58), "m6i.2xlarge": (8, 32, 58),
     "m6a.large": (2, 8, 29), "m6a.xlarge": (4, 16, 58), "m6a.2xlarge": (8, 32, 58),
+    "m6i.4xlarge": (16, 64, 234), "m7i.xlarge": (4, 16, 58), "m7i.2xlarge": (8, 32, 58), "m7i.4xlarge": (16, 64, 234),
     "r6i.large": (2, 16, 29), "r6i.xlarge": (4, 32, 58),
 }
 # The DaemonSets the EKS add-ons run on every node (aws-node, kube-proxy, eks-pod-identity-agent, the EBS
@@ -82,8 +83,11 @@ def requests_of(pod: Pod) -> dict:
 
 
 def tolerates(pod: Pod, taints: list[dict]) -> bool:
+    """Kubernetes' rule: a toleration matches a taint's key (any key when it is `Exists` without one) and its
+    effect (any effect when it names none)."""
     tolerations = pod.spec.get("tolerations") or []
-    return all(any(t.get("key") == taint["key"] and t.get("effect") in (None, "", taint["effect"])
+    return all(any((t.get("key") == taint["key"] or (t.get("operator") == "Exists" and not t.get("key")))
+                   and t.get("effect") in (None, "", taint["effect"])
                    for t in tolerations) for taint in taints if taint["effect"] != "PreferNoSchedule")
 
 
@@ -112,13 +116,23 @@ def cluster_nodes(settings) -> list[Node]:
         return [Node("kind-control-plane", "local", dict(NODE_LABELS), [], dict(LOCAL_NODE))]
     zones = [f"zone-{chr(97 + i)}" for i in range(settings.zone_count)]
     taints = [{"key": t.key, "effect": TAINT_EFFECTS[t.effect]} for t in settings.worker_node_taints]
-    # Spot pools may get any of their types: plan with the smallest.
-    worker_type = min(settings.worker_node_instance_types, key=lambda t: allocatable(t)["memory"])
+    pools = [("system", settings.system_node_count, settings.system_node_instance_types[0], w.SYSTEM_NODES, [])]
+    if settings.has_worker_node_group:
+        # Spot pools may get any of their types: plan with the smallest.
+        worker_type = min(settings.worker_node_instance_types, key=lambda t: allocatable(t)["memory"])
+        pools.append(("worker", settings.worker_node_min, worker_type,
+                      {**settings.worker_node_labels, **w.WORKER_NODES}, taints))
+    if settings.uses_karpenter:
+        # Karpenter launches a node for pending workers from the NodePool's types: a worker must fit the largest
+        # of them (one node per worker at the minimum, the most it may need).
+        allowed = [f"{family}.{size}" for family in settings.karpenter_instance_families
+                   for size in settings.karpenter_instance_sizes if f"{family}.{size}" in INSTANCE_TYPES]
+        largest = max(allowed, key=lambda t: allocatable(t)["memory"])
+        pools.append(("karpenter", settings.worker_min_replicas, largest,
+                      {**settings.worker_node_labels, **w.WORKER_NODES},
+                      [{"key": w.WORKER_TAINT["key"], "effect": w.WORKER_TAINT["effect"]}]))
     nodes = []
-    for pool, count, instance_type, labels, pool_taints in (
-            ("system", settings.system_node_count, settings.system_node_instance_types[0], w.SYSTEM_NODES, []),
-            ("worker", settings.worker_node_min, worker_type, {**settings.worker_node_labels, **w.WORKER_NODES},
-             taints)):
+    for pool, count, instance_type, labels, pool_taints in pools:
         for index in range(count):
             free = allocatable(instance_type)
             free = {"cpu": free["cpu"] - EKS_DAEMONSETS["cpu"], "memory": free["memory"] - EKS_DAEMONSETS["memory"],

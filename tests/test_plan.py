@@ -49,7 +49,7 @@ def test_json_lists_every_component_and_release_without_credentials(prod, docume
     assert {c["type"].split(":")[-1] for c in doc["components"]} == COMPONENT_TYPES
     releases = prod.of_type("kubernetes:helm.sh/v3:Release")
     assert {(r["resource"], r["chart"], r["version"]) for r in doc["helmReleases"]} == {
-        (r.name, r.values["chart"], r.values["version"]) for r in releases}
+        (r.name, r.values["chart"].rsplit("/", 1)[-1], r.values["version"]) for r in releases}
     assert len(doc["resources"]) == len(prod.registrations)
     # Stable: keys sorted, the same bytes from another run (this process's).
     assert done.stdout.strip() == plan.dumps(documents["prod"])
@@ -189,7 +189,7 @@ def test_a_new_vpc_range_replaces_the_network_and_what_sits_in_it(documents):
     changed = changes(documents, "staging", {"vpcCidr": "10.31.0.0/16"})
     replaced = {name for name, c in changed.items() if c["action"] == "replace"}
     assert {"cluster-vpc", "cluster-private-eu-west-1a", "cluster-public-eu-west-1c", "cluster-s3",
-            "cluster-system", "cluster-workers", "storage-efs-eu-west-1a"} <= replaced
+            "cluster-system", "storage-efs-eu-west-1a"} <= replaced
     # In place: the cluster (EKS updates its subnets), route tables, the Airflow release's policy CIDRs.
     assert changed["cluster-eks"]["action"] == "update"
     assert changed["airflow-airflow"]["action"] == "update"
@@ -200,7 +200,7 @@ def test_a_new_vpc_range_replaces_the_network_and_what_sits_in_it(documents):
 def test_a_new_cluster_name_replaces_the_cluster_and_its_node_groups(documents):
     changed = changes(documents, "staging", {"clusterName": "airflow-staging-2"})
     assert changed["cluster-eks"]["action"] == "replace"
-    assert changed["cluster-workers"]["action"] == "replace"
+    assert changed["cluster-system"]["action"] == "replace"
     assert changed["cluster-coredns"]["action"] == "replace"
 
 
@@ -257,8 +257,8 @@ def test_a_replaced_input_below_a_whole_input_replaces(documents):
     template["inputs"]["name"] = "renamed"
     changed = {c["name"]: c for c in plan.compare(documents["prod"], new)["changed"]}
     assert changed["cluster-node"]["action"] == "replace"
-    assert changed["cluster-workers"]["action"] == changed["cluster-system"]["action"] == "replace"
-    assert [(p["path"], p["replaces"]) for p in changed["cluster-workers"]["paths"]] == [
+    assert changed["cluster-system"]["action"] == "replace"
+    assert [(p["path"], p["replaces"]) for p in changed["cluster-system"]["paths"]] == [
         ("launchTemplate.id", "launchTemplate.id cannot change in place")]
 
 
@@ -294,7 +294,7 @@ def test_a_new_fernet_key_without_the_previous_one_is_called_out(documents):
 
 def test_a_new_order_of_a_set_is_no_change(documents):
     new = json.loads(json.dumps(documents["prod"]))
-    workers = next(r for r in new["resources"] if r["name"] == "cluster-workers")
+    workers = next(r for r in new["resources"] if r["name"] == "cluster-system")
     workers["inputs"]["subnetIds"].reverse()
     assert plan.compare(documents["prod"], new)["changed"] == []
     workers["inputs"]["subnetIds"].pop()

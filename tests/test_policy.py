@@ -95,7 +95,7 @@ BAD: list[tuple[str, str, str, str, Callable]] = [
      set_path("vpcConfig.publicAccessCidrs", DELETE)),
     ("launch-template-imdsv2", "IMDSv1 allowed", "aws:ec2/launchTemplate:LaunchTemplate", "cluster-node",
      set_path("metadataOptions.httpTokens", "optional")),
-    ("launch-template-imdsv2", "node group without launch template", "aws:eks/nodeGroup:NodeGroup", "cluster-workers",
+    ("launch-template-imdsv2", "node group without launch template", "aws:eks/nodeGroup:NodeGroup", "cluster-system",
      set_path("launchTemplate", DELETE)),
     ("helm-release-pinned", "version range", RELEASE, "broker-redis-ha", set_path("version", "^4.39")),
     ("helm-release-pinned", "chart from another repository", RELEASE, "airflow-keda",

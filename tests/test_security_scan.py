@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from harness import ProgramRun, run_program
-from rendering import RELEASE, render_all
+from rendering import RELEASE, chart_name, render_all
 
 SKIPPED_CHECKS = ("CKV_K8S_21",)
 DIGEST = "sha256:" + "ab" * 32
@@ -79,7 +79,7 @@ def scan_run(run: ProgramRun, charts: tuple[str, ...] = ()) -> dict[str, list[tu
     the namespaces (checkov/kubernetes/graph_builder), and reads `podSelector: {}` as selecting every pod
     anywhere: so each release is scanned together with the policies of its own namespace only."""
     rendered = render_all(run)
-    namespace_of = {r.values["chart"]: r.values["namespace"] for r in run.of_type(RELEASE)}
+    namespace_of = {chart_name(r): r.values["namespace"] for r in run.of_type(RELEASE)}
     policies = program_network_policies(run)
     guarded = {policy["metadata"]["namespace"] for policy in policies}
     groups: dict[str, dict[str, list[dict]]] = collections.defaultdict(dict)
@@ -166,6 +166,7 @@ RELEASES_ACCEPTED: dict[str, dict[str, str]] = {
     "plugin-barman-cloud": {"CKV_K8S_15": PULL_POLICY, "CKV_K8S_43": TAG_ONLY,
                             "CKV_K8S_38": OPERATORS_TALK_TO_THE_API, "CKV2_K8S_6": NO_POLICIES_YET},
     "keda": {"CKV_K8S_43": TAG_ONLY, "CKV_K8S_38": OPERATORS_TALK_TO_THE_API, "CKV2_K8S_6": NO_POLICIES_YET},
+    "karpenter": {"CKV_K8S_38": OPERATORS_TALK_TO_THE_API, "CKV2_K8S_6": NO_POLICIES_YET},
     "kube-prometheus-stack": {
         "CKV_K8S_15": PULL_POLICY, "CKV_K8S_43": TAG_ONLY, "CKV_K8S_38": OPERATORS_TALK_TO_THE_API,
         "CKV2_K8S_6": NO_POLICIES_YET,

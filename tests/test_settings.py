@@ -55,7 +55,19 @@ def test_a_missing_required_value_is_named():
 
 def test_inconsistent_sizes_are_refused():
     message = str(failure("prod", workerNodeDesired=50))
-    assert "airflow:workerNodeDesired: must lie between workerNodeMin (3) and workerNodeMax (30), got 50" in message
+    assert "airflow:workerNodeDesired: must lie between workerNodeMin (1) and workerNodeMax (6), got 50" in message
+
+
+def test_more_workers_than_the_node_pool_limits_hold_are_refused_naming_both_keys():
+    """prod: 20 workers of 2 CPUs and 8Gi fit 64 vCPUs and 256 GiB; 40 do not."""
+    message = str(failure("prod", workerMaxReplicas=40))
+    assert "airflow:workerMaxReplicas: 40 workers of workerCpu 2 need 80 vCPUs; karpenterCpuLimit (64)" in message
+    assert "airflow:workerMaxReplicas: 40 workers of workerMemory 8Gi need 320 GiB; karpenterMemoryLimitGib (256)" \
+        in message
+    assert "workerMaxReplicas" not in str(failure("prod", workerMaxReplicas=40, karpenterCpuLimit=80,
+                                                  karpenterMemoryLimitGib=320, workerNodeDesired=50))
+    # Without Karpenter there is no such ceiling to check.
+    assert "workerMaxReplicas" not in str(failure("prod", workerMaxReplicas=40, karpenter=False, workerNodeDesired=50))
 
 
 def test_every_problem_is_reported_at_once():

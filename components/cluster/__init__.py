@@ -27,7 +27,7 @@ from components.cluster.addons import (
     load_balancer_controller_policy,
     load_balancer_controller_values,
 )
-from components.cluster.capacity import build_node_groups
+from components.cluster.capacity import build_karpenter, build_karpenter_aws, build_node_groups
 from components.cluster.context import AwsContext
 from components.cluster.control_plane import (
     CONTROL_PLANE_LOG_TYPES,
@@ -37,7 +37,7 @@ from components.cluster.control_plane import (
     kubeconfig,
 )
 from components.cluster.network import Network, build_network, subnet_plan, zone_index
-from components.settings import Settings
+from components.settings import Settings, aws_default_tags
 
 __all__ = ["ADDONS_AFTER_NODES", "ADDONS_BEFORE_NODES", "CONTROL_PLANE_LOG_TYPES", "Cluster", "ClusterArgs", "Network",
            "load_balancer_controller_policy", "load_balancer_controller_values", "subnet_plan", "zone_index"]
@@ -75,11 +75,14 @@ class Cluster(pulumi.ComponentResource):
     partition: Optional[str]
     # The AWS Load Balancer Controller (target=aws): it turns Ingresses into ALBs.
     load_balancer_controller: Optional[k8s.helm.v3.Release]
+    # What Celery workers need before they can be scheduled: Karpenter and its worker NodePool (else nothing).
+    worker_capacity: list[pulumi.Resource]
 
     def __init__(self, name: str, args: ClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("airflow:platform:Cluster", name, None, opts)
         self._settings = args.settings
         self.node_groups = []
+        self.worker_capacity = []
         self.load_balancer_controller = None
         self.partition = None
         self.zones, self.private_subnet_ids = [], []
@@ -168,3 +171,8 @@ class Cluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[
                 *cluster_services, default_storage_class, self.load_balancer_controller]),
         )
+        if settings.uses_karpenter:
+            karpenter_aws = build_karpenter_aws(ctx, eks_cluster, pod_identity_agent)
+            self.worker_capacity = build_karpenter(
+                ctx, eks_cluster, karpenter_aws, self.provider,
+                tags=aws_default_tags(pulumi.get_project(), pulumi.get_stack()))

@@ -10,6 +10,9 @@ import pulumi_aws as aws
 
 from components.cluster.context import AwsContext
 
+# Karpenter finds the subnets (and the security group) of its nodes by this tag.
+DISCOVERY_TAG = "karpenter.sh/discovery"
+
 
 @dataclass
 class Network:
@@ -109,7 +112,7 @@ def build_network(ctx: AwsContext) -> Network:
         private = aws.ec2.Subnet(
             f"{name}-private-{zone}", vpc_id=vpc.id, availability_zone=zone, cidr_block=private_cidrs[index],
             tags={"Name": f"{cluster_name}-private-{zone}", "kubernetes.io/role/internal-elb": "1",
-                  **cluster_tag},
+                  **cluster_tag, **({DISCOVERY_TAG: cluster_name} if settings.uses_karpenter else {})},
             opts=ctx.aws)
         routes = aws.ec2.RouteTable(
             f"{name}-private-{zone}", vpc_id=vpc.id,
