@@ -268,15 +268,20 @@ def test_the_delete_order_model_would_catch_a_missing_dependency(prod):
 # The operators whose custom resources the platform creates, by API group; the Airflow release holds KEDA's
 # ScaledObject, whose finalizer only a running KEDA removes (otherwise its namespace never finishes deleting).
 OPERATOR_OF_GROUP = {"postgresql.cnpg.io": "cloudnative-pg", "barmancloud.cnpg.io": "plugin-barman-cloud",
-                     "monitoring.coreos.com": "kube-prometheus-stack", "cert-manager.io": "cert-manager"}
+                     "monitoring.coreos.com": "kube-prometheus-stack", "cert-manager.io": "cert-manager",
+                     # Karpenter's finalizers terminate the nodes of a NodePool it is deleting.
+                     "karpenter.sh": "karpenter", "karpenter.k8s.aws": "karpenter"}
 
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_custom_resources_are_deleted_while_their_operator_still_runs(stack_runs, stack):
     run = stack_runs[stack]
     position = delete_waves(run)
-    releases = {r.values["chart"]: r for r in run.of_type("kubernetes:helm.sh/v3:Release")}
+    releases = {r.values["chart"].rsplit("/", 1)[-1]: r for r in run.of_type("kubernetes:helm.sh/v3:Release")}
     pairs = [(releases["airflow"], releases["keda"])]
+    if "karpenter" in releases:
+        # Celery workers go before the nodes they run on; the nodes before their controller.
+        pairs.append((releases["airflow"], run.one("kubernetes:karpenter.sh/v1:NodePool")))
     for registration in run.registrations:
         group = registration.type.split(":")[1].rsplit("/", 1)[0] if registration.type.startswith("kubernetes:") else ""
         if group in OPERATOR_OF_GROUP:
