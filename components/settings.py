@@ -195,9 +195,9 @@ class Settings(BaseModel):
         default="10%", pattern=r"^(100|[1-9]?[0-9])%$|^[0-9]+$",
         description="How many worker nodes Karpenter may disrupt at once (a count or a percentage).")
     karpenter_ami_alias: str = Field(
-        default="al2023@latest", pattern=r"^(al2023|bottlerocket)@(latest|v[0-9][0-9.]*)$", max_length=30,
-        description="AMI of worker nodes, as an EC2NodeClass alias: `al2023@<version>` or `bottlerocket@<version>`; "
-                    "pin a version (e.g. al2023@v20251106) so a new AMI is a reviewed change, not a drift.")
+        default="al2023@latest", pattern=r"^al2023@(latest|v[0-9]{8})$", max_length=30,
+        description="AMI of worker nodes, as an EC2NodeClass alias `al2023@<version>`: pin a release (e.g. "
+                    "al2023@v20260520) so a new AMI is a reviewed change; `latest` follows every release.")
 
     # --- Security -----------------------------------------------------------------------------------
     ingress_host: str = Field(
@@ -551,6 +551,72 @@ def config_key(field_name: str) -> str:
     return f"{PROJECT_NAMESPACE}:{Settings.model_fields[field_name].alias}"
 
 
+# Instance sizes Karpenter may pick for workers: vCPUs, and max pods (the VPC CNI's, without prefix delegation);
+# memory follows the family's class (m: 4 GiB a vCPU, c: 2, r: 8). Other families are not modelled.
+_SIZE_VCPUS_PODS = {"large": (2, 29), "xlarge": (4, 58), "2xlarge": (8, 58), "4xlarge": (16, 234),
+                    "8xlarge": (32, 234), "12xlarge": (48, 234), "16xlarge": (64, 737), "24xlarge": (96, 737)}
+_GIB_PER_VCPU = {"m": 4, "c": 2, "r": 8}
+# What a node keeps from its workers, as Karpenter plans it: the VM's memory overhead (its
+# vmMemoryOverheadPercent), EKS's kube-reserved (CPU by its tiers; memory 255Mi + 11Mi a pod), the kubelet's
+# eviction threshold, and the DaemonSets every node runs (EKS add-ons, node-exporter), rounded up.
+_VM_MEMORY_OVERHEAD = 0.075
+_DAEMONSETS_CPU_M, _DAEMONSETS_MEMORY_MI, _EVICTION_MI = 350, 450, 100
+
+
+def _kube_reserved_cpu_m(vcpus: int) -> int:
+    """EKS's kube-reserved CPU: 6 % of the first core, 1 % of the second, 0.5 % of the next two, 0.25 % above."""
+    return int(60 + 10 * (vcpus > 1) + 5 * min(max(vcpus - 2, 0), 2) + 2.5 * max(vcpus - 4, 0))
+
+
+def workers_per_node(settings: Settings, family: str, size: str) -> Optional[int]:
+    """How many Celery workers (by their requests) one node of this type holds, or None when not modelled."""
+    if size not in _SIZE_VCPUS_PODS or family[:1] not in _GIB_PER_VCPU:
+        return None
+    vcpus, pods = _SIZE_VCPUS_PODS[size]
+    cpu_m = vcpus * 1000 - _kube_reserved_cpu_m(vcpus) - _DAEMONSETS_CPU_M
+    memory_mi = (vcpus * _GIB_PER_VCPU[family[:1]] * 1024 * (1 - _VM_MEMORY_OVERHEAD) - (255 + 11 * pods)
+                 - _EVICTION_MI - _DAEMONSETS_MEMORY_MI)
+    return max(0, min(cpu_m // millicores(settings.worker_cpu), int(memory_mi * 2**20 // memory_bytes(
+        settings.worker_memory))))
+
+
+def _worker_capacity_problems(settings: Settings) -> list[tuple[str, str]]:
+    """KEDA's maximum against the NodePool: as many workers as the best allowed type packs within the limits."""
+    limit_keys = "karpenterCpuLimit / karpenterMemoryLimitGib"
+    best = 0
+    for family in settings.karpenter_instance_families:
+        for size in settings.karpenter_instance_sizes:
+            per_node = workers_per_node(settings, family, size)
+            if per_node is None:
+                return _worker_totals_problems(settings)
+            vcpus = _SIZE_VCPUS_PODS[size][0]
+            nodes = min(settings.karpenter_cpu_limit // vcpus,
+                        settings.karpenter_memory_limit_gib // (vcpus * _GIB_PER_VCPU[family[:1]]))
+            best = max(best, nodes * per_node)
+    if best >= settings.worker_max_replicas:
+        return []
+    if best == 0 and not any(workers_per_node(settings, f, z) for f in settings.karpenter_instance_families
+                             for z in settings.karpenter_instance_sizes):
+        return [("workerCpu", f"a worker of workerCpu {settings.worker_cpu} and workerMemory "
+                              f"{settings.worker_memory} fits on none of the karpenterInstanceFamilies x "
+                              "karpenterInstanceSizes: allow larger sizes or ask less")]
+    return [("workerMaxReplicas", f"{settings.worker_max_replicas} workers of {settings.worker_cpu} vCPU and "
+             f"{settings.worker_memory} do not fit the worker NodePool: {limit_keys} ({settings.karpenter_cpu_limit} "
+             f"vCPUs, {settings.karpenter_memory_limit_gib} GiB) hold at most {best} on the allowed types; raise "
+             "karpenterCpuLimit and karpenterMemoryLimitGib or lower workerMaxReplicas")]
+
+
+def _worker_totals_problems(settings: Settings) -> list[tuple[str, str]]:
+    """Without a model of the instance types: at least the workers' requests must be within the limits."""
+    cpu = settings.worker_max_replicas * millicores(settings.worker_cpu)
+    memory = settings.worker_max_replicas * memory_bytes(settings.worker_memory)
+    if cpu > settings.karpenter_cpu_limit * 1000 or memory > settings.karpenter_memory_limit_gib * 2**30:
+        return [("workerMaxReplicas", f"{settings.worker_max_replicas} workers need {cpu / 1000:g} vCPUs and "
+                 f"{memory / 2**30:g} GiB; karpenterCpuLimit ({settings.karpenter_cpu_limit}) / "
+                 f"karpenterMemoryLimitGib ({settings.karpenter_memory_limit_gib}) allow less")]
+    return []
+
+
 def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     if settings.is_aws and not settings.region:
@@ -593,20 +659,14 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
     if settings.worker_min_replicas > settings.worker_max_replicas:
         problems.append(("workerMinReplicas", f"must not exceed workerMaxReplicas ({settings.worker_max_replicas}), "
                                               f"got {settings.worker_min_replicas}"))
+    if settings.is_aws and not settings.karpenter and not settings.has_worker_node_group:
+        problems.append(("workerNodeGroup", "is off and so is karpenter: Celery workers would have no node to run "
+                                            "on; turn one of them on"))
     if settings.uses_karpenter:
-        nodes_cpu, nodes_memory = settings.karpenter_cpu_limit * 1000, settings.karpenter_memory_limit_gib * 2**30
-        workers_cpu = settings.worker_max_replicas * millicores(settings.worker_cpu)
-        workers_memory = settings.worker_max_replicas * memory_bytes(settings.worker_memory)
-        if workers_cpu > nodes_cpu:
-            problems.append(("workerMaxReplicas", f"{settings.worker_max_replicas} workers of workerCpu "
-                             f"{settings.worker_cpu} need {workers_cpu / 1000:g} vCPUs; karpenterCpuLimit "
-                             f"({settings.karpenter_cpu_limit}) lets the worker nodes have fewer: raise "
-                             "karpenterCpuLimit or lower workerMaxReplicas"))
-        if workers_memory > nodes_memory:
-            problems.append(("workerMaxReplicas", f"{settings.worker_max_replicas} workers of workerMemory "
-                             f"{settings.worker_memory} need {workers_memory / 2**30:g} GiB; "
-                             f"karpenterMemoryLimitGib ({settings.karpenter_memory_limit_gib}) lets the worker "
-                             "nodes have less: raise karpenterMemoryLimitGib or lower workerMaxReplicas"))
+        problems.extend(_worker_capacity_problems(settings))
+        if settings.cluster_name and len(settings.cluster_name) > 70:
+            problems.append(("clusterName", "must be at most 70 characters with Karpenter (its interruption queue "
+                                            "is named <clusterName>-karpenter, and SQS allows 80)"))
     if not settings.worker_node_min <= settings.worker_node_desired <= settings.worker_node_max:
         problems.append((
             "workerNodeDesired",

@@ -81,8 +81,8 @@ def test_the_node_class_is_imdsv2_encrypted_and_tagged_like_the_rest(prod):
                                        "httpPutResponseHopLimit": 1, "httpTokens": "required"}
     (device,) = spec["blockDeviceMappings"]
     assert device["ebs"]["encrypted"] is True and device["ebs"]["volumeType"] == "gp3"
-    assert spec["tags"] == {"project": "airflow", "stack": "prod", "managed-by": "pulumi"}
-    assert spec["amiSelectorTerms"] == [{"alias": "al2023@latest"}]
+    assert spec["tags"] == {"project": "airflow", "stack": "prod", "managed-by": "karpenter"}
+    assert spec["amiSelectorTerms"] == [{"alias": "al2023@v20260520"}]
     # It finds the private subnets and the cluster security group by the discovery tag the program sets.
     discovery = {"karpenter.sh/discovery": "airflow-prod"}
     assert spec["subnetSelectorTerms"] == spec["securityGroupSelectorTerms"] == [{"tags": discovery}]
@@ -107,8 +107,9 @@ def test_the_node_pool_runs_only_workers_within_the_cost_ceiling(prod, staging):
     assert template["taints"] == [w.WORKER_TAINT]
     assert spec["template"]["metadata"]["labels"][w.NODE_ROLE_LABEL] == "worker"
     assert template["expireAfter"] == "720h"
-    # A node Karpenter must replace (expiry, interruption) waits for its workers' own grace period.
-    assert template["terminationGracePeriod"] == f"{900 + NODE_DRAIN_MARGIN_SECONDS}s"
+    # A node Karpenter must drain (expiry, drift, interruption) gives its workers their own grace period, from
+    # the start: Karpenter deletes do-not-disrupt pods at (node grace - pod grace) into the drain.
+    assert NODE_DRAIN_MARGIN_SECONDS == 0 and template["terminationGracePeriod"] == "900s"
     assert {r["key"]: r["values"] for r in staging.one(NODE_POOL).values["spec"]["template"]["spec"][
         "requirements"]}["karpenter.sh/capacity-type"] == ["spot", "on-demand"]
 
@@ -123,7 +124,7 @@ def test_workers_tolerate_their_nodes_and_keep_them_from_consolidation(stack_run
     assert {**w.WORKER_TAINT, "operator": "Equal"} in pod["spec"]["tolerations"]
     assert pod["spec"]["nodeSelector"] == w.WORKER_NODES
     pool = run.one(NODE_POOL).values["spec"]["template"]["spec"]
-    assert int(pool["terminationGracePeriod"].rstrip("s")) > pod["spec"]["terminationGracePeriodSeconds"]
+    assert int(pool["terminationGracePeriod"].rstrip("s")) == pod["spec"]["terminationGracePeriodSeconds"]
     # Nothing else tolerates the worker nodes' taint but DaemonSets that tolerate every taint.
     for chart, documents in render_all(run).items():
         for document in documents:

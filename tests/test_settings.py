@@ -55,19 +55,32 @@ def test_a_missing_required_value_is_named():
 
 def test_inconsistent_sizes_are_refused():
     message = str(failure("prod", workerNodeDesired=50))
-    assert "airflow:workerNodeDesired: must lie between workerNodeMin (1) and workerNodeMax (6), got 50" in message
+    assert "airflow:workerNodeDesired: must lie between workerNodeMin (3) and workerNodeMax (30), got 50" in message
 
 
 def test_more_workers_than_the_node_pool_limits_hold_are_refused_naming_both_keys():
-    """prod: 20 workers of 2 CPUs and 8Gi fit 64 vCPUs and 256 GiB; 40 do not."""
-    message = str(failure("prod", workerMaxReplicas=40))
-    assert "airflow:workerMaxReplicas: 40 workers of workerCpu 2 need 80 vCPUs; karpenterCpuLimit (64)" in message
-    assert "airflow:workerMaxReplicas: 40 workers of workerMemory 8Gi need 320 GiB; karpenterMemoryLimitGib (256)" \
-        in message
-    assert "workerMaxReplicas" not in str(failure("prod", workerMaxReplicas=40, karpenterCpuLimit=80,
-                                                  karpenterMemoryLimitGib=320, workerNodeDesired=50))
+    """prod: workers of 2 vCPUs and 8Gi; after Karpenter's VM overhead, kube-reserved and the DaemonSets a
+    2xlarge holds 3 and a 4xlarge 6, so 64 vCPUs / 256 GiB hold 24 — not 25, though 25 workers' requests (50
+    vCPUs, 200 GiB) are well within the limits."""
+    from components.settings import Settings, workers_per_node
+
+    two_cpus = Settings(target="aws", worker_cpu="2", worker_memory="8Gi")
+    assert [workers_per_node(two_cpus, "m6i", size) for size in ("xlarge", "2xlarge", "4xlarge")] == [1, 3, 6]
+    message = str(failure("prod", workerMaxReplicas=25))
+    assert ("airflow:workerMaxReplicas: 25 workers of 2 vCPU and 8Gi do not fit the worker NodePool: karpenterCpuLimit "
+            "/ karpenterMemoryLimitGib (64 vCPUs, 256 GiB) hold at most 24") in message
+    assert "workerMaxReplicas" not in str(failure("prod", workerMaxReplicas=24, workerNodeDesired=50))
+    assert "workerMaxReplicas" not in str(failure("prod", workerMaxReplicas=32, karpenterCpuLimit=96,
+                                                  karpenterMemoryLimitGib=384, workerNodeDesired=50))
+    # A worker that fits no allowed type at all.
+    assert "airflow:workerCpu: a worker of workerCpu 20" in str(failure("prod", workerCpu="20"))
     # Without Karpenter there is no such ceiling to check.
     assert "workerMaxReplicas" not in str(failure("prod", workerMaxReplicas=40, karpenter=False, workerNodeDesired=50))
+
+
+def test_aws_workers_need_some_node_to_run_on():
+    message = str(failure("prod", karpenter=False, workerNodeGroup="off"))
+    assert "airflow:workerNodeGroup: is off and so is karpenter" in message
 
 
 def test_every_problem_is_reported_at_once():

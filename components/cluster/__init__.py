@@ -175,4 +175,5 @@ class Cluster(pulumi.ComponentResource):
             karpenter_aws = build_karpenter_aws(ctx, eks_cluster, pod_identity_agent)
             self.worker_capacity = build_karpenter(
                 ctx, eks_cluster, karpenter_aws, self.provider,
-                tags=aws_default_tags(pulumi.get_project(), pulumi.get_stack()))
+                # The stack's tags; Karpenter, not Pulumi, manages those instances and volumes.
+                tags={**aws_default_tags(pulumi.get_project(), pulumi.get_stack()), "managed-by": "karpenter"})

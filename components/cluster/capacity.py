@@ -34,8 +34,10 @@ INTERRUPTION_EVENTS = {
 NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryPullOnly",
                  "AmazonSSMManagedInstanceCore")
 WORKER_NODE_POOL = "airflow-workers"
-# Karpenter may drain a worker node for at most this much longer than a worker takes to stop.
-NODE_DRAIN_MARGIN_SECONDS = 300
+# A worker node's drain (expiry, drift, interruption) lasts as long as a worker may take to stop: Karpenter
+# deletes do-not-disrupt pods at (node grace - pod grace) into the drain, so with the two equal a worker gets
+# SIGTERM, and its whole grace period, the moment the drain starts.
+NODE_DRAIN_MARGIN_SECONDS = 0
 
 
 @dataclass
@@ -234,7 +236,7 @@ def node_pool_spec(settings) -> dict:
                 "requirements": requirements,
                 "taints": [w.WORKER_TAINT],
                 "expireAfter": f"{settings.karpenter_expire_after_hours}h",
-                # A node being replaced (expiry, interruption) waits for its workers' own grace period.
+                # A node being replaced (expiry, drift, interruption) gives its workers their own grace period.
                 "terminationGracePeriod": f"{settings.worker_termination_grace_seconds + NODE_DRAIN_MARGIN_SECONDS}s",
             },
         },
