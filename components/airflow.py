@@ -364,7 +364,7 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
             "depth": 1,
             "subPath": settings.git_sync_sub_path,
             "period": "60s",
-            "resources": resources("50m", "128Mi"),
+            "resources": resources(*w.GIT_SYNC_REQUESTS),
             # git-sync keeps its git config under HOME: /tmp, the pod's emptyDir. Its UID is named: a context of
             # our own replaces the chart's (and its 65533), and git-sync would then try to add the pod's UID to
             # /etc/passwd, which the read-only image refuses.

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from components.helm import millicores
-from components.workloads import SYSTEM_NODES
+from components.workloads import GIT_SYNC_REQUESTS, SYSTEM_NODES
 
 PROJECT_NAMESPACE = "airflow"
 
@@ -186,8 +186,9 @@ class Settings(BaseModel):
         description="Most memory all Karpenter worker nodes together may have, in GiB.")
     karpenter_expire_after_hours: int = Field(
         default=720, ge=1, le=8760,
-        description="Hours after which a worker node is replaced (fresh AMI and patches); its running tasks get "
-                    "workerTerminationGraceSeconds to finish.")
+        description="Hours after which a worker node is replaced (a new node, from the pinned AMI: move "
+                    "karpenterAmiAlias to a current release to get patches); its workers get "
+                    "workerTerminationGraceSeconds to finish their tasks.")
     karpenter_consolidate_after_minutes: int = Field(
         default=5, ge=0, le=1440,
         description="Minutes a worker node must be empty or underused before Karpenter removes or replaces it.")
@@ -576,40 +577,58 @@ def workers_per_node(settings: Settings, family: str, size: str) -> Optional[int
     cpu_m = vcpus * 1000 - _kube_reserved_cpu_m(vcpus) - _DAEMONSETS_CPU_M
     memory_mi = (vcpus * _GIB_PER_VCPU[family[:1]] * 1024 * (1 - _VM_MEMORY_OVERHEAD) - (255 + 11 * pods)
                  - _EVICTION_MI - _DAEMONSETS_MEMORY_MI)
-    return max(0, min(cpu_m // millicores(settings.worker_cpu), int(memory_mi * 2**20 // memory_bytes(
-        settings.worker_memory))))
+    worker_cpu_m, worker_memory = worker_pod_requests(settings)
+    return max(0, min(cpu_m // worker_cpu_m, int(memory_mi * 2**20 // worker_memory)))
+
+
+def worker_pod_requests(settings: Settings) -> tuple[int, int]:
+    """A Celery worker pod's requests, millicores and bytes: the worker and, when DAGs come from git, git-sync."""
+    cpu, memory = millicores(settings.worker_cpu), memory_bytes(settings.worker_memory)
+    if settings.git_sync_repository:
+        cpu, memory = cpu + millicores(GIT_SYNC_REQUESTS[0]), memory + memory_bytes(GIT_SYNC_REQUESTS[1])
+    return cpu, memory
 
 
 def _worker_capacity_problems(settings: Settings) -> list[tuple[str, str]]:
-    """KEDA's maximum against the NodePool: as many workers as the best allowed type packs within the limits."""
-    limit_keys = "karpenterCpuLimit / karpenterMemoryLimitGib"
-    best = 0
+    """KEDA's maximum against the NodePool. Karpenter picks whichever allowed type is cheapest for the workers
+    pending at that moment, and never repacks workers (do-not-disrupt), so the limits must hold the maximum
+    even if every node is of the allowed type that packs the fewest within them. Types the model does not
+    know get the totals check only."""
+    worst: Optional[tuple[int, str]] = None
+    fitting, unknown = False, False
     for family in settings.karpenter_instance_families:
         for size in settings.karpenter_instance_sizes:
             per_node = workers_per_node(settings, family, size)
             if per_node is None:
-                return _worker_totals_problems(settings)
+                unknown = True
+                continue
+            if per_node == 0:
+                continue   # Karpenter never picks a type a worker does not fit
+            fitting = True
             vcpus = _SIZE_VCPUS_PODS[size][0]
             nodes = min(settings.karpenter_cpu_limit // vcpus,
                         settings.karpenter_memory_limit_gib // (vcpus * _GIB_PER_VCPU[family[:1]]))
-            best = max(best, nodes * per_node)
-    if best >= settings.worker_max_replicas:
-        return []
-    if best == 0 and not any(workers_per_node(settings, f, z) for f in settings.karpenter_instance_families
-                             for z in settings.karpenter_instance_sizes):
+            if worst is None or nodes * per_node < worst[0]:
+                worst = (nodes * per_node, f"{family}.{size}")
+    problems = _worker_totals_problems(settings) if unknown else []
+    if not fitting and not unknown:
         return [("workerCpu", f"a worker of workerCpu {settings.worker_cpu} and workerMemory "
                               f"{settings.worker_memory} fits on none of the karpenterInstanceFamilies x "
                               "karpenterInstanceSizes: allow larger sizes or ask less")]
-    return [("workerMaxReplicas", f"{settings.worker_max_replicas} workers of {settings.worker_cpu} vCPU and "
-             f"{settings.worker_memory} do not fit the worker NodePool: {limit_keys} ({settings.karpenter_cpu_limit} "
-             f"vCPUs, {settings.karpenter_memory_limit_gib} GiB) hold at most {best} on the allowed types; raise "
-             "karpenterCpuLimit and karpenterMemoryLimitGib or lower workerMaxReplicas")]
+    if worst is not None and worst[0] < settings.worker_max_replicas:
+        problems.append(("workerMaxReplicas", f"{settings.worker_max_replicas} workers of {settings.worker_cpu} vCPU "
+                         f"and {settings.worker_memory} may not fit the worker NodePool: karpenterCpuLimit / "
+                         f"karpenterMemoryLimitGib ({settings.karpenter_cpu_limit} vCPUs, "
+                         f"{settings.karpenter_memory_limit_gib} GiB) hold {worst[0]} on {worst[1]} nodes, the "
+                         "allowed type that packs the fewest; raise karpenterCpuLimit and karpenterMemoryLimitGib, "
+                         "narrow the types or lower workerMaxReplicas"))
+    return problems
 
 
 def _worker_totals_problems(settings: Settings) -> list[tuple[str, str]]:
     """Without a model of the instance types: at least the workers' requests must be within the limits."""
-    cpu = settings.worker_max_replicas * millicores(settings.worker_cpu)
-    memory = settings.worker_max_replicas * memory_bytes(settings.worker_memory)
+    cpu_m, memory_each = worker_pod_requests(settings)
+    cpu, memory = settings.worker_max_replicas * cpu_m, settings.worker_max_replicas * memory_each
     if cpu > settings.karpenter_cpu_limit * 1000 or memory > settings.karpenter_memory_limit_gib * 2**30:
         return [("workerMaxReplicas", f"{settings.worker_max_replicas} workers need {cpu / 1000:g} vCPUs and "
                  f"{memory / 2**30:g} GiB; karpenterCpuLimit ({settings.karpenter_cpu_limit}) / "

@@ -56,6 +56,8 @@ KUBE_DNS_PODS = {"k8s-app": "kube-dns"}
 NODE_ROLE_LABEL = "airflow.apache.org/node-role"
 SYSTEM_NODES = {NODE_ROLE_LABEL: "system"}
 WORKER_NODES = {NODE_ROLE_LABEL: "worker"}
+# git-sync's requests, in every Airflow pod that reads DAGs (the Celery workers included) when it syncs them.
+GIT_SYNC_REQUESTS = ("50m", "128Mi")
 # On the worker nodes Karpenter makes: only Celery workers tolerate it.
 WORKER_TAINT = {"key": NODE_ROLE_LABEL, "value": "worker", "effect": "NoSchedule"}
 # Karpenter never drains a node, to consolidate it or follow a drift, while a pod with this runs on it.

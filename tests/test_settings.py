@@ -67,8 +67,15 @@ def test_more_workers_than_the_node_pool_limits_hold_are_refused_naming_both_key
     two_cpus = Settings(target="aws", worker_cpu="2", worker_memory="8Gi")
     assert [workers_per_node(two_cpus, "m6i", size) for size in ("xlarge", "2xlarge", "4xlarge")] == [1, 3, 6]
     message = str(failure("prod", workerMaxReplicas=25))
-    assert ("airflow:workerMaxReplicas: 25 workers of 2 vCPU and 8Gi do not fit the worker NodePool: karpenterCpuLimit "
-            "/ karpenterMemoryLimitGib (64 vCPUs, 256 GiB) hold at most 24") in message
+    assert ("airflow:workerMaxReplicas: 25 workers of 2 vCPU and 8Gi may not fit the worker NodePool: "
+            "karpenterCpuLimit / karpenterMemoryLimitGib (64 vCPUs, 256 GiB) hold 24 on m7i.2xlarge nodes") in message
+    # Karpenter may fill the limits with the allowed type that packs the fewest (an xlarge holds one such worker).
+    assert "hold 16 on m7i.xlarge nodes" in str(failure("prod", workerMaxReplicas=24,
+                                                        karpenterInstanceSizes=["xlarge", "2xlarge", "4xlarge"]))
+    # A git-sync sidecar in every worker counts: 500m workers, 7 to an xlarge alone, 6 with it.
+    half = Settings(target="aws", worker_cpu="500m", worker_memory="1Gi")
+    synced = Settings(target="aws", worker_cpu="500m", worker_memory="1Gi", git_sync_repository="https://example.com/d")
+    assert (workers_per_node(half, "m6i", "xlarge"), workers_per_node(synced, "m6i", "xlarge")) == (7, 6)
     assert "workerMaxReplicas" not in str(failure("prod", workerMaxReplicas=24, workerNodeDesired=50))
     assert "workerMaxReplicas" not in str(failure("prod", workerMaxReplicas=32, karpenterCpuLimit=96,
                                                   karpenterMemoryLimitGib=384, workerNodeDesired=50))
