@@ -433,8 +433,9 @@ def compare(old_doc: Optional[dict], new_doc: dict) -> dict:
             if was == now or _ignored(entry, path):
                 continue
             change = {"path": path, "old": was, "new": now, "replaces": replacement_reason(entry, path, was, now)}
-            if refusal(entry, path, was, now):
-                change["refused"] = refusal(entry, path, was, now)
+            refused = refusal(entry, path, was, now)
+            if refused:
+                change["refused"] = refused
             paths.append(change)
         options = [key for key in ("protect", "retainOnDelete", "deleteBeforeReplace")
                    if before[key] != entry[key]]
@@ -529,10 +530,10 @@ def resolve(ref: str) -> str:
         raise PlanError(f"cannot read git ref {ref!r}: not a commit in {ROOT}") from exc
 
 
-def document_at(ref: str, stack: str) -> Optional[dict]:
-    """The stack as `ref` defines it: that commit's program and stack file, run by this plan.py in a child
-    process (so its modules never mix with the working tree's). None when the ref has no such stack file."""
-    commit = resolve(ref)
+def document_at(ref: str, commit: str, stack: str) -> Optional[dict]:
+    """The stack as `ref` (resolved to `commit`) defines it: that commit's program and stack file, run by this
+    plan.py in a child process (so its modules never mix with the working tree's). None when the commit has no
+    such stack file."""
     # The project may sit in a subdirectory of its repository.
     prefix = git("rev-parse", "--show-prefix").decode().strip()
     archive = git("archive", "--format=tar", f"{commit}:{prefix}" if prefix else commit)
@@ -683,13 +684,13 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
         if args.against:
             if args.format == "mermaid":
                 raise PlanError("--against prints a diff: use --format text or json")
-            resolve(args.against)
+            commit = resolve(args.against)
             with Progress(f"evaluating stack {args.stack} at {args.against} and in the working tree"):
                 result: dict = {}
 
                 def plan_ref():
                     try:
-                        result["old"] = document_at(args.against, args.stack)
+                        result["old"] = document_at(args.against, commit, args.stack)
                     except PlanError as exc:
                         result["error"] = exc
 

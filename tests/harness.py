@@ -131,12 +131,15 @@ class Registration:
     retain_on_delete: bool
     ignore_changes: list[str]
     state: dict[str, Any] = field(default_factory=dict)
-    # The names (and URNs) of former identities this resource takes over.
-    alias_names: list[str] = field(default_factory=list)
-    # The URNs those former identities had (a new name, type or parent each changes the URN).
+    # The URNs of former identities this resource takes over (a new name, type or parent each changes the URN).
     alias_urns: list[str] = field(default_factory=list)
     replace_on_changes: list[str] = field(default_factory=list)
     delete_before_replace: bool = False
+
+    @property
+    def alias_names(self) -> list[str]:
+        """The names of those former identities."""
+        return [urn.rsplit("::", 1)[-1] for urn in self.alias_urns]
 
     @property
     def values(self) -> dict[str, Any]:
@@ -276,8 +279,6 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 retain_on_delete=request.retainOnDelete,
                 ignore_changes=list(request.ignoreChanges),
                 state=self.resources[response.urn].state,
-                alias_names=[a.spec.name for a in request.aliases if a.HasField("spec")]
-                + [urn.rsplit("::", 1)[-1] for urn in request.aliasURNs],
                 alias_urns=self.alias_urns(request),
                 replace_on_changes=list(request.replaceOnChanges),
                 delete_before_replace=request.deleteBeforeReplace,

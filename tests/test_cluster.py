@@ -8,6 +8,7 @@ import yaml
 
 from components.cluster import ADDONS_AFTER_NODES, ADDONS_BEFORE_NODES, load_balancer_controller_policy, subnet_plan
 from harness import DEPLOYER_ROLE, REPO, SCHEMAS, STACKS, ProgramFailed, is_secret, run_program, unwrap
+from rendering import chart_name
 from schemas import chart_defaults, missing_value_paths, validate_kubernetes_object
 
 AWS_STACKS = ("prod", "staging")
@@ -277,7 +278,7 @@ OPERATOR_OF_GROUP = {"postgresql.cnpg.io": "cloudnative-pg", "barmancloud.cnpg.i
 def test_custom_resources_are_deleted_while_their_operator_still_runs(stack_runs, stack):
     run = stack_runs[stack]
     position = delete_waves(run)
-    releases = {r.values["chart"].rsplit("/", 1)[-1]: r for r in run.of_type("kubernetes:helm.sh/v3:Release")}
+    releases = {chart_name(r): r for r in run.of_type("kubernetes:helm.sh/v3:Release")}
     pairs = [(releases["airflow"], releases["keda"])]
     if "karpenter" in releases:
         # Celery workers go before the nodes they run on; the nodes before their controller.

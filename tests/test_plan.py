@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness import REPO, STACKS, run_program
+from rendering import chart_name
 
 sys.path.insert(0, str(REPO))
 
@@ -49,7 +50,7 @@ def test_json_lists_every_component_and_release_without_credentials(prod, docume
     assert {c["type"].split(":")[-1] for c in doc["components"]} == COMPONENT_TYPES
     releases = prod.of_type("kubernetes:helm.sh/v3:Release")
     assert {(r["resource"], r["chart"], r["version"]) for r in doc["helmReleases"]} == {
-        (r.name, r.values["chart"].rsplit("/", 1)[-1], r.values["version"]) for r in releases}
+        (r.name, chart_name(r), r.values["version"]) for r in releases}
     assert len(doc["resources"]) == len(prod.registrations)
     # Stable: keys sorted, the same bytes from another run (this process's).
     assert done.stdout.strip() == plan.dumps(documents["prod"])
