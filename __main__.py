@@ -37,6 +37,7 @@ security = Security("security", SecurityArgs(
     private_subnet_cidrs=cluster.private_subnet_cidrs,
     public_subnet_cidrs=cluster.public_subnet_cidrs,
     s3_cidrs=cluster.s3_cidrs,
+    secrets_manager_cidrs=cluster.secrets_manager_cidrs,
 ))
 
 storage = Storage("storage", StorageArgs(
@@ -53,6 +54,18 @@ storage = Storage("storage", StorageArgs(
     partition=cluster.partition,
 ))
 
+# Where a managed database or broker lives and who may reach it (used only by databaseEngine aurora | rds and
+# brokerEngine elasticache).
+managed_placement = dict(
+    aws_provider=aws_provider,
+    name_prefix=name_prefix,
+    vpc_id=cluster.vpc_id,
+    zones=cluster.zones,
+    private_subnet_ids=cluster.private_subnet_ids,
+    node_security_group_id=cluster.cluster_security_group_id,
+    kms_key_arn=storage.kms_key_arn,
+)
+
 database = Database("database", DatabaseArgs(
     settings=settings,
     k8s_provider=cluster.provider,
@@ -64,6 +77,9 @@ database = Database("database", DatabaseArgs(
     backups_bucket_name=storage.backups_bucket_name,
     backup_access=storage.database_access,
     storage_class_name=cluster.default_storage_class_name,
+    partition=cluster.partition,
+    cluster_ca_issuer_name=security.cluster_ca_issuer_name,
+    **managed_placement,
 ))
 
 broker = Broker("broker", BrokerArgs(
@@ -73,6 +89,7 @@ broker = Broker("broker", BrokerArgs(
     redis_auth_secret_name=security.redis_auth_secret_name,
     redis_password=security.redis_password,
     storage_class_name=cluster.default_storage_class_name,
+    **managed_placement,
 ))
 
 # Next to Database and Broker, and nothing waits for it.
@@ -107,9 +124,11 @@ airflow = AirflowRelease("airflow", AirflowReleaseArgs(
     logs_bucket_name=storage.logs_bucket_name,
     certificate_arn=security.certificate_arn,
     api_server_sources=security.api_server_sources,
-    log_access=storage.airflow_access,
+    # The pods' AWS access: their role and its policies, and the endpoint they read secrets through.
+    log_access=[*storage.airflow_access, *filter(None, [cluster.secrets_manager_endpoint])],
     load_balancer_controller=cluster.load_balancer_controller,
     worker_capacity=cluster.worker_capacity,
+    secrets_prefix=settings.secrets_prefix(name_prefix) if settings.secrets_backend == "aws-secrets-manager" else None,
 ))
 
 pulumi.export("ingress_url", airflow.ingress_url)
@@ -124,5 +143,6 @@ if cluster.kubeconfig is not None:
     pulumi.export("kubeconfig", cluster.kubeconfig)
 if settings.is_aws:
     pulumi.export("logs_bucket_name", storage.logs_bucket_name)
-    pulumi.export("backups_bucket_name", storage.backups_bucket_name)
+    if storage.backups_bucket_name is not None:
+        pulumi.export("backups_bucket_name", storage.backups_bucket_name)
     pulumi.export("certificate_arn", security.certificate_arn)

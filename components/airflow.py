@@ -21,6 +21,7 @@ from components import workloads as w
 from components.database import ASYNC_CONNECTION_KEY
 from components.helm import NONROOT_UID, chart_release, millicores, pinned, resources
 from components.ingress import alb_ingress
+from components.secrets_backend import airflow_secrets_config
 from components.security import namespace_with_pod_security, secrets_checksum
 from components.settings import Settings
 
@@ -157,8 +158,11 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
                    jwt_secret: pulumi.Input[str], metadata_secret: pulumi.Input[str], broker_secret: pulumi.Input[str],
                    admin_user_secret: pulumi.Input[str], dags_claim: pulumi.Input[str], logs_claim: Optional[pulumi.Input[str]],
                    logs_bucket: Optional[pulumi.Input[str]], api_server_sources: list[dict],
-                   secrets_checksum: Optional[pulumi.Input[str]] = None) -> dict:
-    """The chart's values. Only Secret names (and a digest of the secrets) go in here, never a secret value."""
+                   secrets_checksum: Optional[pulumi.Input[str]] = None, secrets_prefix: Optional[str] = None,
+                   database_values: Optional[dict] = None) -> dict:
+    """The chart's values. Only Secret names (and a digest of the secrets) go in here, never a secret value.
+    `secrets_prefix` turns on the Secrets Manager backend; `database_values` are what Database hands the chart
+    (its PgBouncer, with a managed engine)."""
     ha = settings.is_aws
     remote_logging = logs_bucket is not None
     # Each credential as a file of one projected volume, read by Airflow through the option's `_CMD` twin.
@@ -377,7 +381,18 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         values["dags"]["gitSync"] = git_sync
     else:
         values["dags"]["persistence"] = {"enabled": True, "existingClaim": dags_claim}
-    return values
+    if secrets_prefix is not None:
+        values["config"]["secrets"] = airflow_secrets_config(secrets_prefix, settings.region)
+    return deep_merge(values, database_values or {})
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    """`base` with `extra` laid over it, key by key (nested dicts merged, anything else replaced)."""
+    merged = dict(base)
+    for key, value in extra.items():
+        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
 
 
 def keda_values(placement: Optional[dict] = None) -> dict:
@@ -428,6 +443,8 @@ class AirflowReleaseArgs:
     load_balancer_controller: Optional[pulumi.Resource] = None
     # What Celery workers need to be scheduled (Karpenter's NodePool): the release waits for their pods.
     worker_capacity: Optional[list[pulumi.Resource]] = None
+    # secretsBackend aws-secrets-manager: where the stack's connections and variables live.
+    secrets_prefix: Optional[str] = None
 
 
 class AirflowRelease(pulumi.ComponentResource):
@@ -475,6 +492,8 @@ class AirflowRelease(pulumi.ComponentResource):
                 secrets_checksum=secrets_checksum(args.security.airflow_keys_checksum,
                                                   args.database.connection_checksum,
                                                   args.broker.connection_checksum),
+                secrets_prefix=args.secrets_prefix,
+                database_values=args.database.airflow_chart_values,
             ),
             # The migration job waits for the database; a first install pulls images on fresh nodes.
             timeout=1800,

@@ -227,9 +227,15 @@ def platform_alerts(settings: Settings) -> list[Alert]:
 
 
 def alert_groups(settings: Settings) -> dict[str, list[Alert]]:
-    """Alerts by area; each area becomes one PrometheusRule."""
-    return {"airflow": airflow_alerts(settings), "postgresql": postgres_alerts(settings),
-            "redis": redis_alerts(settings), "platform": platform_alerts(settings)}
+    """Alerts by area; each area becomes one PrometheusRule. The in-cluster engines' rules exist only when those
+    engines run: Aurora, RDS and ElastiCache are watched from CloudWatch, outside this platform."""
+    groups = {"airflow": airflow_alerts(settings)}
+    if not settings.managed_database:
+        groups["postgresql"] = postgres_alerts(settings)
+    if not settings.managed_broker:
+        groups["redis"] = redis_alerts(settings)
+    groups["platform"] = platform_alerts(settings)
+    return groups
 
 
 def prometheus_rule_spec(area: str, alerts: list[Alert], runbook_base_url: str) -> dict:

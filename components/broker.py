@@ -1,19 +1,21 @@
-"""Broker: HA Redis for Celery, from the redis-ha chart.
+"""Broker: HA Redis for Celery, from the redis-ha chart, or ElastiCache (`brokerEngine: elasticache`).
 
-Redis servers with a Sentinel each, HAProxy in front so Celery always talks to the current primary at
+redis-ha: Redis servers with a Sentinel each, HAProxy in front so Celery always talks to the current primary at
 one stable address, auth from the generated password, persistence, PDBs, hard anti-affinity, the
-metrics exporter, and the Secret with the broker URL the Airflow chart reads.
+metrics exporter. Either way, the Secret with the broker URL the Airflow chart reads.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 from urllib.parse import quote
 
 import pulumi
+import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from components import elasticache
 from components import workloads as w
 from components.helm import chart_release, pinned, resources
 from components.security import secrets_checksum
@@ -39,28 +41,50 @@ class BrokerArgs:
     redis_password: pulumi.Output[str]
     # From Cluster: the encrypted default class on EKS; None uses the cluster's default.
     storage_class_name: Optional[str] = None
+    # ElastiCache (brokerEngine elasticache): where it lives, and who may reach it.
+    aws_provider: Optional[aws.Provider] = None
+    name_prefix: str = ""
+    vpc_id: Optional[pulumi.Input[str]] = None
+    zones: list[str] = field(default_factory=list)
+    private_subnet_ids: list[pulumi.Input[str]] = field(default_factory=list)
+    node_security_group_id: Optional[pulumi.Input[str]] = None
+    # From Storage: the stack's KMS key (encryption at rest).
+    kms_key_arn: Optional[pulumi.Input[str]] = None
 
 
 class Broker(pulumi.ComponentResource):
-    """redis-ha and the broker URL Secret."""
+    """redis-ha or ElastiCache, and the broker URL Secret."""
 
     connection_secret_name: pulumi.Output[str]
     # Digest of the broker URL: the Airflow pods that read it roll when the password is rotated.
     connection_checksum: pulumi.Output[str]
-    release: k8s.helm.v3.Release
+    # redis-ha's release (None with ElastiCache).
+    release: Optional[k8s.helm.v3.Release]
 
     def __init__(self, name: str, args: BrokerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("airflow:platform:Broker", name, None, opts)
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
-        self.release = chart_release(
-            f"{name}-redis-ha", release_name=w.REDIS_RELEASE, chart="redis-ha",
-            version=args.settings.redis_ha_chart_version, repo="https://dandydeveloper.github.io/charts",
-            namespace=args.airflow_namespace,
-            values=redis_ha_values(args.settings, args.redis_auth_secret_name, args.storage_class_name),
-            # Three servers start one after another (OrderedReady), each waiting for its volume.
-            timeout=900, opts=k8s_opts)
-        url = args.redis_password.apply(lambda password: broker_url(
-            password, f"{HAPROXY_SERVICE}.{w.AIRFLOW_NAMESPACE}.svc.cluster.local", w.REDIS_PORT))
+        self.release = None
+        if args.settings.managed_broker:
+            if args.kms_key_arn is None:
+                raise ValueError("Broker: ElastiCache needs the stack's KMS key")
+            redis = elasticache.managed_redis(
+                name, args.settings, name_prefix=args.name_prefix, auth_token=args.redis_password,
+                vpc_id=args.vpc_id, private_subnet_ids=args.private_subnet_ids, zones=args.zones,
+                node_security_group_id=args.node_security_group_id, kms_key_arn=args.kms_key_arn,
+                opts=pulumi.ResourceOptions(parent=self, provider=args.aws_provider))
+            url = pulumi.Output.all(args.redis_password, redis.primary_endpoint).apply(
+                lambda values: elasticache.tls_broker_url(values[0], values[1], redis.port))
+        else:
+            self.release = chart_release(
+                f"{name}-redis-ha", release_name=w.REDIS_RELEASE, chart="redis-ha",
+                version=args.settings.redis_ha_chart_version, repo="https://dandydeveloper.github.io/charts",
+                namespace=args.airflow_namespace,
+                values=redis_ha_values(args.settings, args.redis_auth_secret_name, args.storage_class_name),
+                # Three servers start one after another (OrderedReady), each waiting for its volume.
+                timeout=900, opts=k8s_opts)
+            url = args.redis_password.apply(lambda password: broker_url(
+                password, f"{HAPROXY_SERVICE}.{w.AIRFLOW_NAMESPACE}.svc.cluster.local", w.REDIS_PORT))
         connection = k8s.core.v1.Secret(
             f"{name}-broker-url",
             metadata={"name": BROKER_URL_SECRET, "namespace": args.airflow_namespace},

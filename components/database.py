@@ -8,13 +8,15 @@ metadata connection URL that the Airflow chart and KEDA read.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 from urllib.parse import quote
 
 import pulumi
+import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from components import rds
 from components import workloads as w
 from components.helm import chart_release, resources
 from components.security import namespace_with_pod_security, secrets_checksum
@@ -28,7 +30,7 @@ METADATA_CONNECTION_SECRET = "airflow-metadata-connection"
 # Keys of that Secret: the chart reads `connection`; AirflowRelease hands `async-connection` to
 # [database] sql_alchemy_conn_async.
 ASYNC_CONNECTION_KEY = "async-connection"
-DATABASE_NAME = "airflow"
+DATABASE_NAME = w.POSTGRES_DATABASE
 
 
 def metadata_url(user: str, password: str, host: str, port: int, database: str, sslmode: str = "require") -> str:
@@ -63,20 +65,102 @@ class DatabaseArgs:
     backup_access: Optional[list[pulumi.Resource]] = None
     # From Cluster: the encrypted default class on EKS; None uses the cluster's default.
     storage_class_name: Optional[str] = None
+    # The managed engines (databaseEngine aurora | rds): where they live, and who may reach them.
+    aws_provider: Optional[aws.Provider] = None
+    name_prefix: str = ""
+    partition: Optional[str] = None
+    vpc_id: Optional[pulumi.Input[str]] = None
+    zones: list[str] = field(default_factory=list)
+    private_subnet_ids: list[pulumi.Input[str]] = field(default_factory=list)
+    node_security_group_id: Optional[pulumi.Input[str]] = None
+    # From Storage: the stack's KMS key (storage, Performance Insights).
+    kms_key_arn: Optional[pulumi.Input[str]] = None
+    # From Security: the issuer of PgBouncer's certificate.
+    cluster_ca_issuer_name: Optional[pulumi.Input[str]] = None
 
 
 class Database(pulumi.ComponentResource):
-    """CloudNativePG operator, the PostgreSQL cluster, its backups and its pooler."""
+    """The metadata database behind a pooler, and the Secret with its URLs: CloudNativePG in the cluster, or
+    Aurora / RDS with the Airflow chart's PgBouncer in front."""
 
     connection_secret_name: pulumi.Output[str]
     # Digest of the published URLs: the pods that read them roll when the password is rotated.
     connection_checksum: pulumi.Output[str]
-    operator: k8s.helm.v3.Release
+    # The CloudNativePG operator's release (None with a managed engine).
+    operator: Optional[k8s.helm.v3.Release]
+    # Values the Airflow chart gets from the database side: its PgBouncer, with a managed engine ({} otherwise).
+    airflow_chart_values: dict
 
     def __init__(self, name: str, args: DatabaseArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("airflow:platform:Database", name, None, opts)
         settings = args.settings
         self._k8s = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
+        self.operator, self.airflow_chart_values = None, {}
+        if settings.managed_database:
+            pooler_host, pooler_port = self._build_managed(name, args)
+        else:
+            pooler_host, pooler_port = self._build_cloudnative_pg(name, args)
+
+        url = args.app_user_password.apply(lambda password: metadata_url(
+            w.POSTGRES_USER, password, pooler_host, pooler_port, DATABASE_NAME))
+        async_url = args.app_user_password.apply(lambda password: async_metadata_url(
+            w.POSTGRES_USER, password, pooler_host, pooler_port, DATABASE_NAME))
+        connection = k8s.core.v1.Secret(
+            f"{name}-metadata-connection",
+            metadata={"name": METADATA_CONNECTION_SECRET, "namespace": args.airflow_namespace},
+            string_data={"connection": pulumi.Output.secret(url), ASYNC_CONNECTION_KEY: pulumi.Output.secret(async_url)},
+            opts=self._k8s)
+        self.connection_secret_name = connection.metadata.name
+        self.connection_checksum = secrets_checksum(url, async_url)
+        self.register_outputs({"connection_secret_name": self.connection_secret_name})
+
+    def _build_managed(self, name: str, args: DatabaseArgs) -> tuple[str, int]:
+        """Aurora or RDS, PgBouncer's configuration, certificate and metrics login, and the chart values that
+        run PgBouncer. Returns where Airflow connects: PgBouncer's Service."""
+        settings = args.settings
+        if args.partition is None or args.kms_key_arn is None or args.cluster_ca_issuer_name is None:
+            raise ValueError("Database: a managed engine needs the AWS partition, the KMS key and the platform CA issuer")
+        database = rds.managed_postgres(
+            name, settings, name_prefix=args.name_prefix, password=args.app_user_password, vpc_id=args.vpc_id,
+            private_subnet_ids=args.private_subnet_ids, zones=args.zones,
+            node_security_group_id=args.node_security_group_id, kms_key_arn=args.kms_key_arn,
+            partition=args.partition, opts=pulumi.ResourceOptions(parent=self, provider=args.aws_provider))
+        ini = database.endpoint.apply(lambda host: rds.pgbouncer_ini(
+            server_host=host, server_port=database.port, database=DATABASE_NAME, user=w.POSTGRES_USER,
+            pool_size=settings.pgbouncer_pool_size, max_client_connections=settings.pgbouncer_max_client_connections))
+        users = args.app_user_password.apply(lambda password: rds.pgbouncer_users(w.POSTGRES_USER, password))
+        pgbouncer_host = f"{rds.PGBOUNCER_SERVICE}.{w.AIRFLOW_NAMESPACE}.svc.cluster.local"
+        # PgBouncer's certificate for Airflow's TLS connections, from the platform CA (cert-manager renews it).
+        k8s.apiextensions.CustomResource(
+            f"{name}-pgbouncer-tls",
+            api_version="cert-manager.io/v1", kind="Certificate",
+            metadata={"name": rds.PGBOUNCER_TLS_SECRET, "namespace": args.airflow_namespace},
+            spec={"secretName": rds.PGBOUNCER_TLS_SECRET, "commonName": pgbouncer_host,
+                  "dnsNames": [rds.PGBOUNCER_SERVICE, f"{rds.PGBOUNCER_SERVICE}.{w.AIRFLOW_NAMESPACE}",
+                               f"{rds.PGBOUNCER_SERVICE}.{w.AIRFLOW_NAMESPACE}.svc", pgbouncer_host],
+                  "duration": "2160h", "renewBefore": "720h",
+                  "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+                  "issuerRef": {"name": args.cluster_ca_issuer_name, "kind": "ClusterIssuer", "group": "cert-manager.io"}},
+            opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(
+                depends_on=[args.cert_manager] if args.cert_manager else [])))
+        k8s.core.v1.Secret(
+            f"{name}-pgbouncer-config",
+            metadata={"name": rds.PGBOUNCER_CONFIG_SECRET, "namespace": args.airflow_namespace},
+            string_data={"pgbouncer.ini": ini, "users.txt": pulumi.Output.secret(users)},
+            # PgBouncer starts only once the database answers: the release waits for both.
+            opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=database.resources)))
+        stats = args.app_user_password.apply(lambda password: rds.stats_url(w.POSTGRES_USER, password))
+        k8s.core.v1.Secret(
+            f"{name}-pgbouncer-stats",
+            metadata={"name": rds.PGBOUNCER_STATS_SECRET, "namespace": args.airflow_namespace},
+            string_data={"connection": pulumi.Output.secret(stats)}, opts=self._k8s)
+        self.airflow_chart_values = rds.pgbouncer_chart_values(
+            settings, rds.rds_ca_certificates(settings.region), secrets_checksum(ini, users))
+        return pgbouncer_host, rds.PGBOUNCER_PORT
+
+    def _build_cloudnative_pg(self, name: str, args: DatabaseArgs) -> tuple[str, int]:
+        """The operator, the cluster, its backups and its Pooler. Returns where Airflow connects: the Pooler."""
+        settings = args.settings
         backups = settings.is_aws
 
         operator_namespace = namespace_with_pod_security(
@@ -142,19 +226,7 @@ class Database(pulumi.ComponentResource):
             spec=pooler_spec(settings),
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[cluster])))
 
-        pooler_host = f"{w.POSTGRES_POOLER}.{w.AIRFLOW_NAMESPACE}.svc.cluster.local"
-        url = args.app_user_password.apply(lambda password: metadata_url(
-            w.POSTGRES_USER, password, pooler_host, w.POSTGRES_PORT, DATABASE_NAME))
-        async_url = args.app_user_password.apply(lambda password: async_metadata_url(
-            w.POSTGRES_USER, password, pooler_host, w.POSTGRES_PORT, DATABASE_NAME))
-        connection = k8s.core.v1.Secret(
-            f"{name}-metadata-connection",
-            metadata={"name": METADATA_CONNECTION_SECRET, "namespace": args.airflow_namespace},
-            string_data={"connection": pulumi.Output.secret(url), ASYNC_CONNECTION_KEY: pulumi.Output.secret(async_url)},
-            opts=self._k8s)
-        self.connection_secret_name = connection.metadata.name
-        self.connection_checksum = secrets_checksum(url, async_url)
-        self.register_outputs({"connection_secret_name": self.connection_secret_name})
+        return f"{w.POSTGRES_POOLER}.{w.AIRFLOW_NAMESPACE}.svc.cluster.local", w.POSTGRES_PORT
 
 
 def operator_values(ha: bool, placement: Optional[dict] = None,

@@ -190,22 +190,34 @@ def pod_monitor(name: str, selector: dict, port: str, namespace: str, relabeling
         "selector": {"matchLabels": selector}, "podMetricsEndpoints": [endpoint]}}
 
 
-def monitors() -> list[dict]:
+def monitors(settings: Settings) -> list[dict]:
     """What Prometheus scrapes, by port name as the charts and operators name the ports. All of them live
-    in the monitoring namespace and name the namespace they watch."""
+    in the monitoring namespace and name the namespace they watch. The in-cluster engines' monitors exist only
+    when those engines run; Aurora, RDS and ElastiCache report to CloudWatch."""
     cluster_label = [{"sourceLabels": ["__meta_kubernetes_pod_label_cnpg_io_cluster"], "targetLabel": "cluster"}]
-    return [
+    found = [
         {"name": "airflow-statsd", "kind": "ServiceMonitor",
          "spec": {"namespaceSelector": {"matchNames": [w.AIRFLOW_NAMESPACE]},
                   "selector": {"matchLabels": w.AIRFLOW_STATSD},
                   "endpoints": [{"port": "statsd-scrape", "path": "/metrics"}]}},
-        pod_monitor("airflow-db", w.POSTGRES_INSTANCES, "metrics", w.AIRFLOW_NAMESPACE, cluster_label),
-        pod_monitor("airflow-db-pooler", w.POSTGRES_POOLER_PODS, "metrics", w.AIRFLOW_NAMESPACE, cluster_label),
-        pod_monitor("airflow-redis", w.REDIS_SERVERS, "exporter-port", w.AIRFLOW_NAMESPACE),
-        pod_monitor("airflow-redis-haproxy", w.REDIS_HAPROXY, "metrics-port", w.AIRFLOW_NAMESPACE),
-        pod_monitor("cloudnative-pg", w.CNPG_OPERATOR_PODS, "metrics", w.CNPG_NAMESPACE),
-        pod_monitor("keda-operator", w.KEDA_OPERATOR_PODS, "metrics", w.KEDA_NAMESPACE),
     ]
+    if settings.managed_database:
+        # The Airflow chart's PgBouncer and its metrics exporter (port `metrics`).
+        found.append(pod_monitor("airflow-pgbouncer", w.airflow_component("pgbouncer"), "metrics", w.AIRFLOW_NAMESPACE))
+    else:
+        found += [
+            pod_monitor("airflow-db", w.POSTGRES_INSTANCES, "metrics", w.AIRFLOW_NAMESPACE, cluster_label),
+            pod_monitor("airflow-db-pooler", w.POSTGRES_POOLER_PODS, "metrics", w.AIRFLOW_NAMESPACE, cluster_label),
+        ]
+    if not settings.managed_broker:
+        found += [
+            pod_monitor("airflow-redis", w.REDIS_SERVERS, "exporter-port", w.AIRFLOW_NAMESPACE),
+            pod_monitor("airflow-redis-haproxy", w.REDIS_HAPROXY, "metrics-port", w.AIRFLOW_NAMESPACE),
+        ]
+    if not settings.managed_database:
+        found.append(pod_monitor("cloudnative-pg", w.CNPG_OPERATOR_PODS, "metrics", w.CNPG_NAMESPACE))
+    found.append(pod_monitor("keda-operator", w.KEDA_OPERATOR_PODS, "metrics", w.KEDA_NAMESPACE))
+    return found
 
 
 @dataclass
@@ -267,7 +279,7 @@ class Observability(pulumi.ComponentResource):
                             *([args.cert_manager] if args.cert_manager else [])])))
         with_crds = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[self.release]))
 
-        for monitor in monitors():
+        for monitor in monitors(settings):
             k8s.apiextensions.CustomResource(
                 f"{name}-{monitor['name']}",
                 api_version="monitoring.coreos.com/v1", kind=monitor["kind"],

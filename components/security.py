@@ -101,6 +101,9 @@ class ClusterNetwork:
     api_endpoint_cidrs: tuple[str, ...] = ()
     load_balancer_cidrs: tuple[str, ...] = ()
     s3_cidrs: tuple[str, ...] = ()
+    # target=aws: where Aurora, RDS and ElastiCache take their addresses, and the Secrets Manager endpoint's.
+    private_subnet_cidrs: tuple[str, ...] = ()
+    secrets_manager_cidrs: tuple[str, ...] = ()
 
     @property
     def is_aws(self) -> bool:
@@ -108,11 +111,15 @@ class ClusterNetwork:
 
 
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+# Special characters of generated passwords: URL-reserved ones on purpose, so the connection URLs must
+# percent-encode them.
+URL_RESERVED_SPECIAL = "!#%&*()-_=+[]{}<>:?@/"
 
 
 def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], local_ingress_namespace: str, *,
                    git_sync: bool = False, replicated_database: bool = False,
-                   restoring_database: bool = False) -> list[Flow]:
+                   restoring_database: bool = False, managed_database: bool = False,
+                   managed_broker: bool = False, secrets_manager: bool = False) -> list[Flow]:
     """Every flow the platform needs in the Airflow namespace; anything else is denied."""
     clients = Peer(w.AIRFLOW_PODS, expressions=(("component", "In", w.AIRFLOW_CLIENT_COMPONENTS),))
     log_writers = Peer(w.AIRFLOW_PODS, expressions=(("component", "In", w.AIRFLOW_LOG_WRITER_COMPONENTS),))
@@ -124,35 +131,55 @@ def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], loca
     redis = Peer(w.REDIS_SERVERS)
     statsd = Peer(w.AIRFLOW_STATSD)
     prometheus = Peer(w.PROMETHEUS_PODS, namespace=w.MONITORING_NAMESPACE)
+    keda = Peer(w.KEDA_OPERATOR_PODS, namespace=w.KEDA_NAMESPACE)
+    # Aurora, RDS and ElastiCache take their addresses in the private subnets (their subnet groups).
+    private_subnets = Peer(cidrs=network.private_subnet_cidrs)
     flows = [
         Flow("dns", Peer({}), Peer(w.KUBE_DNS_PODS, namespace="kube-system"), ((53, "UDP"), (53, "TCP"))),
         # Airflow 3: workers, triggerer and DAG processor call the API server's execution API.
         Flow("airflow-to-api-server", clients, api_server, _tcp(w.API_SERVER_PORT), ingress_by_chart=True),
-        Flow("airflow-to-pgbouncer", clients, pooler, _tcp(w.POSTGRES_PORT)),
-        Flow("keda-to-pgbouncer", Peer(w.KEDA_OPERATOR_PODS, namespace=w.KEDA_NAMESPACE), pooler,
-             _tcp(w.POSTGRES_PORT)),
-        Flow("airflow-to-redis", clients, haproxy, _tcp(w.REDIS_PORT)),
         Flow("airflow-to-statsd", clients, statsd, ((w.STATSD_INGEST_PORT, "UDP"),), ingress_by_chart=True),
         # Chart 1.19.0 only lets `component: webserver` fetch task logs; Airflow 3 serves them from the API server.
         Flow("api-server-to-worker-logs", api_server, Peer(w.AIRFLOW_WORKER), _tcp(w.WORKER_LOG_PORT)),
         Flow("api-server-to-triggerer-logs", api_server, Peer(w.AIRFLOW_TRIGGERER), _tcp(w.TRIGGERER_LOG_PORT)),
-        Flow("pgbouncer-to-postgres", pooler, instances, _tcp(w.POSTGRES_PORT),
-             via_service=w.POSTGRES_PRIMARY_SERVICE_SELECTOR),
-        # Streaming replication (from the -rw Service), and the primary's liveness isolation check on the
-        # others' status port (pod addresses).
-        Flow("postgres-replication", instances, instances, _tcp(w.POSTGRES_PORT, w.CNPG_STATUS_PORT),
-             via_service=w.POSTGRES_PRIMARY_SERVICE_SELECTOR),
-        Flow("cnpg-operator-to-postgres", Peer(w.CNPG_OPERATOR_PODS, namespace=w.CNPG_NAMESPACE), instances,
-             _tcp(w.CNPG_STATUS_PORT)),
-        Flow("haproxy-to-redis", haproxy, redis, _tcp(w.REDIS_PORT, w.SENTINEL_PORT)),
-        Flow("redis-replication", redis, redis, _tcp(w.REDIS_PORT, w.SENTINEL_PORT)),
         Flow("prometheus-to-statsd", prometheus, statsd, _tcp(w.STATSD_METRICS_PORT)),
-        Flow("prometheus-to-postgres", prometheus, instances, _tcp(w.CNPG_METRICS_PORT)),
-        Flow("prometheus-to-pgbouncer", prometheus, pooler, _tcp(w.PGBOUNCER_METRICS_PORT)),
-        Flow("prometheus-to-redis", prometheus, redis, _tcp(w.REDIS_EXPORTER_PORT)),
-        Flow("prometheus-to-haproxy", prometheus, haproxy, _tcp(w.HAPROXY_METRICS_PORT)),
     ]
-    if replicated_database:
+    if managed_database:
+        # The Airflow chart's PgBouncer in front of Aurora / RDS. The chart's own policy admits the release's
+        # pods; KEDA (another namespace) and Prometheus are admitted here.
+        chart_pgbouncer = Peer(w.airflow_component("pgbouncer"))
+        flows += [
+            Flow("airflow-to-pgbouncer", clients, chart_pgbouncer, _tcp(w.CHART_PGBOUNCER_PORT), ingress_by_chart=True),
+            Flow("keda-to-pgbouncer", keda, chart_pgbouncer, _tcp(w.CHART_PGBOUNCER_PORT)),
+            Flow("prometheus-to-pgbouncer", prometheus, chart_pgbouncer, _tcp(w.PGBOUNCER_METRICS_PORT)),
+            Flow("pgbouncer-to-database", chart_pgbouncer, private_subnets, _tcp(w.POSTGRES_PORT)),
+        ]
+    else:
+        flows += [
+            Flow("airflow-to-pgbouncer", clients, pooler, _tcp(w.POSTGRES_PORT)),
+            Flow("keda-to-pgbouncer", keda, pooler, _tcp(w.POSTGRES_PORT)),
+            Flow("pgbouncer-to-postgres", pooler, instances, _tcp(w.POSTGRES_PORT),
+                 via_service=w.POSTGRES_PRIMARY_SERVICE_SELECTOR),
+            # Streaming replication (from the -rw Service), and the primary's liveness isolation check on the
+            # others' status port (pod addresses).
+            Flow("postgres-replication", instances, instances, _tcp(w.POSTGRES_PORT, w.CNPG_STATUS_PORT),
+                 via_service=w.POSTGRES_PRIMARY_SERVICE_SELECTOR),
+            Flow("cnpg-operator-to-postgres", Peer(w.CNPG_OPERATOR_PODS, namespace=w.CNPG_NAMESPACE), instances,
+                 _tcp(w.CNPG_STATUS_PORT)),
+            Flow("prometheus-to-postgres", prometheus, instances, _tcp(w.CNPG_METRICS_PORT)),
+            Flow("prometheus-to-pgbouncer", prometheus, pooler, _tcp(w.PGBOUNCER_METRICS_PORT)),
+        ]
+    if managed_broker:
+        flows.append(Flow("airflow-to-broker", clients, private_subnets, _tcp(w.REDIS_PORT)))
+    else:
+        flows += [
+            Flow("airflow-to-redis", clients, haproxy, _tcp(w.REDIS_PORT)),
+            Flow("haproxy-to-redis", haproxy, redis, _tcp(w.REDIS_PORT, w.SENTINEL_PORT)),
+            Flow("redis-replication", redis, redis, _tcp(w.REDIS_PORT, w.SENTINEL_PORT)),
+            Flow("prometheus-to-redis", prometheus, redis, _tcp(w.REDIS_EXPORTER_PORT)),
+            Flow("prometheus-to-haproxy", prometheus, haproxy, _tcp(w.HAPROXY_METRICS_PORT)),
+        ]
+    if replicated_database and not managed_database:
         # The join Job clones each further instance from the primary (the -rw Service) with pg_basebackup.
         flows.append(Flow("postgres-jobs-to-postgres", postgres_jobs, instances, _tcp(w.POSTGRES_PORT),
                           via_service=w.POSTGRES_PRIMARY_SERVICE_SELECTOR))
@@ -166,7 +193,9 @@ def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], loca
     else:
         # A laptop cluster's API server listens on a node address, which no setting knows.
         api_servers, api_ports = Peer(cidrs=("0.0.0.0/0",)), _tcp(*w.LOCAL_API_SERVER_PORTS)
-    for source_name, source in (("postgres", instances), ("pgbouncer", pooler), ("postgres-jobs", postgres_jobs)):
+    operator_pods = () if managed_database else (("postgres", instances), ("pgbouncer", pooler),
+                                                 ("postgres-jobs", postgres_jobs))
+    for source_name, source in operator_pods:
         flows += [Flow(f"{source_name}-to-kubernetes-service", source, service, _tcp(w.KUBERNETES_API_PORT)),
                   Flow(f"{source_name}-to-kubernetes-api", source, api_servers, api_ports)]
     if git_sync:
@@ -183,14 +212,20 @@ def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], loca
             # Task logs (Airflow), WAL and base backups (the Barman Cloud sidecar) and restores (the recovery
             # Job) go to S3, through the gateway endpoint, with credentials from the Pod Identity agent.
             Flow("airflow-to-s3", log_writers, s3, _tcp(443)),
-            Flow("postgres-to-s3", instances, s3, _tcp(443)),
             Flow("airflow-to-pod-identity", log_writers, pod_identity, _tcp(w.POD_IDENTITY_AGENT_PORT)),
-            Flow("postgres-to-pod-identity", instances, pod_identity, _tcp(w.POD_IDENTITY_AGENT_PORT)),
         ]
-        if restoring_database:
+        if not managed_database:
+            flows += [Flow("postgres-to-s3", instances, s3, _tcp(443)),
+                      Flow("postgres-to-pod-identity", instances, pod_identity, _tcp(w.POD_IDENTITY_AGENT_PORT))]
+        if restoring_database and not managed_database:
             flows += [Flow("postgres-jobs-to-s3", postgres_jobs, s3, _tcp(443)),
                       Flow("postgres-jobs-to-pod-identity", postgres_jobs, pod_identity,
                            _tcp(w.POD_IDENTITY_AGENT_PORT))]
+        if secrets_manager:
+            # Connections and variables, from the Secrets Manager endpoint's fixed addresses, with the
+            # credentials of the same Pod Identity role.
+            flows.append(Flow("airflow-to-secrets-manager", log_writers, Peer(cidrs=network.secrets_manager_cidrs),
+                              _tcp(443)))
     else:
         # The laptop cluster's ingress controller (a port-forward needs no rule).
         flows.append(Flow("ingress-to-api-server", Peer({}, namespace=local_ingress_namespace), api_server,
@@ -265,6 +300,7 @@ class SecurityArgs:
     private_subnet_cidrs: list[str] = field(default_factory=list)
     public_subnet_cidrs: list[str] = field(default_factory=list)
     s3_cidrs: list[str] = field(default_factory=list)
+    secrets_manager_cidrs: list[str] = field(default_factory=list)
 
 
 class Security(pulumi.ComponentResource):
@@ -307,11 +343,15 @@ class Security(pulumi.ComponentResource):
             else args.public_subnet_cidrs
         network = ClusterNetwork(kubernetes_service_ip=settings.kubernetes_service_ip,
                                  api_endpoint_cidrs=tuple(args.private_subnet_cidrs),
-                                 load_balancer_cidrs=tuple(load_balancer_cidrs), s3_cidrs=tuple(args.s3_cidrs))
+                                 load_balancer_cidrs=tuple(load_balancer_cidrs), s3_cidrs=tuple(args.s3_cidrs),
+                                 private_subnet_cidrs=tuple(args.private_subnet_cidrs),
+                                 secrets_manager_cidrs=tuple(args.secrets_manager_cidrs))
         flows = required_flows(network, [str(cidr) for cidr in settings.worker_egress_cidrs],
                                settings.local_ingress_namespace, git_sync=bool(settings.git_sync_repository),
                                replicated_database=settings.postgres_instances > 1,
-                               restoring_database=bool(settings.postgres_restore_target_time))
+                               restoring_database=bool(settings.postgres_restore_target_time),
+                               managed_database=settings.managed_database, managed_broker=settings.managed_broker,
+                               secrets_manager=settings.secrets_backend == "aws-secrets-manager")
         self.api_server_sources = [peer for flow in flows if flow.destination.pods == w.AIRFLOW_API_SERVER
                                    for peer in flow.source.as_policy_peers()]
         for policy_name, spec in network_policy_specs(flows).items():
@@ -368,11 +408,11 @@ class Security(pulumi.ComponentResource):
                     type="STANDARD", kubernetes_groups=[OPERATORS_GROUP],
                     opts=pulumi.ResourceOptions(parent=self, provider=args.aws_provider))
 
-    def _password(self, name: str, purpose: str, special: bool) -> pulumi.Output[str]:
+    def _password(self, name: str, purpose: str, special: bool,
+                  override_special: str = URL_RESERVED_SPECIAL) -> pulumi.Output[str]:
         password = random.RandomPassword(
             f"{name}-{purpose}", length=32, special=special,
-            # URL-reserved characters on purpose: the connection URLs must percent-encode them.
-            override_special="!#%&*()-_=+[]{}<>:?@/" if special else None,
+            override_special=override_special if special else None,
             min_lower=2, min_upper=2, min_numeric=2, min_special=2 if special else 0,
             opts=pulumi.ResourceOptions(parent=self))
         return password.result
@@ -399,7 +439,10 @@ class Security(pulumi.ComponentResource):
         if settings.previous_fernet_key:
             # During a rotation: Airflow's MultiFernet encrypts with the first key and decrypts with any.
             fernet_key = pulumi.Output.secret(pulumi.Output.concat(fernet_key, ",", settings.previous_fernet_key))
-        self.postgres_password = pulumi.Output.secret(self._password(name, "postgres-password", special=True))
+        # RDS and Aurora refuse `@`, `/`, quotes and spaces in a master password.
+        postgres_special = "!#%&*()-_=+[]{}<>:?" if settings.managed_database else URL_RESERVED_SPECIAL
+        self.postgres_password = pulumi.Output.secret(
+            self._password(name, "postgres-password", special=True, override_special=postgres_special))
         # redis-ha writes the password into redis.conf, sentinel.conf and haproxy.cfg: alphanumeric only,
         # its strength comes from its length.
         self.redis_password = pulumi.Output.secret(self._password(name, "redis-password", special=False))

@@ -232,6 +232,63 @@ class Settings(BaseModel):
         default=20, ge=1, le=10000,
         description="Requested size of the shared logs volume (local clusters; on AWS task logs go to S3).")
 
+    # --- Database engine -----------------------------------------------------------------------------
+    database_engine: Literal["cloudnative-pg", "aurora", "rds"] = Field(
+        default="cloudnative-pg",
+        description="Where Airflow's metadata lives: `cloudnative-pg` (PostgreSQL in the cluster), `aurora` (Aurora "
+                    "PostgreSQL, a writer and a reader in two zones) or `rds` (RDS PostgreSQL Multi-AZ). The "
+                    "managed engines need target=aws.")
+    database_engine_version: str = Field(
+        default="17.5", pattern=r"^1[4-9]\.[0-9]{1,2}$",
+        description="PostgreSQL version of aurora/rds, major.minor (minor upgrades are reviewed changes: "
+                    "automatic minor upgrades are off).")
+    database_instance_class: str = Field(
+        default="db.r7g.large", pattern=r"^db\.[a-z0-9]+\.[a-z0-9]+$",
+        description="Instance class of the aurora/rds instances (Performance Insights needs a large or bigger class).")
+    database_storage_gib: int = Field(
+        default=100, ge=20, le=65536, description="Allocated storage of rds, in GiB (Aurora grows by itself).")
+    database_max_storage_gib: int = Field(
+        default=500, ge=20, le=65536,
+        description="Ceiling of rds storage autoscaling, in GiB (at least databaseStorageGib).")
+    database_backup_retention_days: int = Field(
+        default=14, ge=1, le=35,
+        description="Days of aurora/rds automated backups; any second in them can be restored (point in time).")
+    database_performance_insights_retention_days: int = Field(
+        default=7, ge=7, le=731,
+        description="Days Performance Insights keeps (aurora/rds): 7 (free), or a multiple of 31 up to 731.")
+    database_monitoring_interval_seconds: int = Field(
+        default=60, description="Enhanced monitoring interval of aurora/rds, in seconds: 1, 5, 10, 15, 30 or 60.")
+
+    # --- Broker engine -------------------------------------------------------------------------------
+    broker_engine: Literal["redis-ha", "elasticache"] = Field(
+        default="redis-ha",
+        description="Celery's broker: `redis-ha` (Redis with Sentinel in the cluster) or `elasticache` (a "
+                    "replication group with Multi-AZ failover; target=aws).")
+    elasticache_engine: Literal["valkey", "redis"] = Field(
+        default="valkey", description="ElastiCache engine: `valkey` or `redis` (Redis OSS).")
+    elasticache_engine_version: str = Field(
+        default="8.1", pattern=r"^[0-9]{1,2}\.[0-9]{1,2}$",
+        description="ElastiCache engine version, major.minor (valkey 7.2 or newer, redis 7.0 or newer).")
+    elasticache_node_type: str = Field(
+        default="cache.r7g.large", pattern=r"^cache\.[a-z0-9]+\.[a-z0-9]+$",
+        description="ElastiCache node type.")
+    elasticache_nodes: int = Field(
+        default=3, ge=2, le=6,
+        description="ElastiCache nodes: one primary and replicas, one per zone as far as the zones go (2 or more "
+                    "for Multi-AZ failover).")
+    elasticache_snapshot_retention_days: int = Field(
+        default=7, ge=1, le=35, description="Days ElastiCache keeps its daily snapshots.")
+
+    # --- Secrets backend ------------------------------------------------------------------------------
+    secrets_backend: Literal["none", "aws-secrets-manager"] = Field(
+        default="none",
+        description="Where Airflow looks up connections and variables before its metadata database: "
+                    "`aws-secrets-manager` (SecretsManagerBackend, read through EKS Pod Identity; target=aws).")
+    secrets_manager_prefix: str = Field(
+        default="", pattern=r"^$|^[A-Za-z0-9_+=.@-]+(/[A-Za-z0-9_+=.@-]+)*$", max_length=200,
+        description="Prefix of the stack's secrets: connections under <prefix>/connections/<conn_id>, variables "
+                    "under <prefix>/variables/<key>. Empty means `airflow/<project>-<stack>`.")
+
     # --- Database (CloudNativePG) --------------------------------------------------------------------
     postgres_instances: int = Field(
         default=1, ge=1, le=9,
@@ -453,6 +510,13 @@ class Settings(BaseModel):
                 raise ValueError(f"{arn!r} is not an IAM role or user ARN (arn:aws:iam::<account>:role/<name>)")
         return values
 
+    @field_validator("database_monitoring_interval_seconds")
+    @classmethod
+    def _monitoring_interval(cls, value: int) -> int:
+        if value not in (1, 5, 10, 15, 30, 60):
+            raise ValueError("must be one of 1, 5, 10, 15, 30, 60")
+        return value
+
     @field_validator("control_plane_log_retention_days")
     @classmethod
     def _log_retention(cls, value: int) -> int:
@@ -488,6 +552,18 @@ class Settings(BaseModel):
     @property
     def is_aws(self) -> bool:
         return self.target == "aws"
+
+    @property
+    def managed_database(self) -> bool:
+        return self.database_engine in ("aurora", "rds")
+
+    @property
+    def managed_broker(self) -> bool:
+        return self.broker_engine == "elasticache"
+
+    def secrets_prefix(self, name_prefix: str) -> str:
+        """Where the stack's connections and variables live in Secrets Manager."""
+        return self.secrets_manager_prefix or f"airflow/{name_prefix}"
 
     @property
     def uses_karpenter(self) -> bool:
@@ -675,6 +751,26 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
     if any(email) and not all(email):
         problems.append(("alertEmailTo", "alertEmailTo, alertEmailFrom and alertSmtpSmarthost go together: set "
                                          "all three for e-mail alerts, or none"))
+    for key, engine, managed in (("databaseEngine", settings.database_engine, settings.managed_database),
+                                 ("brokerEngine", settings.broker_engine, settings.managed_broker),
+                                 ("secretsBackend", settings.secrets_backend,
+                                  settings.secrets_backend == "aws-secrets-manager")):
+        if managed and not settings.is_aws:
+            problems.append((key, f"'{engine}' needs target 'aws'; a local stack runs the in-cluster engines "
+                                  "(cloudnative-pg, redis-ha) and keeps connections in the metadata database"))
+    if settings.database_engine == "rds" and settings.database_max_storage_gib < settings.database_storage_gib:
+        problems.append(("databaseMaxStorageGib", f"must be at least databaseStorageGib "
+                                                  f"({settings.database_storage_gib}), got {settings.database_max_storage_gib}"))
+    retention = settings.database_performance_insights_retention_days
+    if retention != 7 and retention % 31:
+        problems.append(("databasePerformanceInsightsRetentionDays",
+                         f"must be 7 or a multiple of 31 (31, 62, ... 731), got {retention}"))
+    if settings.managed_broker:
+        oldest = {"valkey": (7, 2), "redis": (7, 0)}[settings.elasticache_engine]
+        if tuple(int(part) for part in settings.elasticache_engine_version.split(".")) < oldest:
+            problems.append(("elasticacheEngineVersion",
+                             f"{settings.elasticache_engine} {settings.elasticache_engine_version} is too old: valkey "
+                             "7.2 or newer, redis 7.0 or newer (AUTH with in-transit encryption, Multi-AZ failover)"))
     if settings.worker_min_replicas > settings.worker_max_replicas:
         problems.append(("workerMinReplicas", f"must not exceed workerMaxReplicas ({settings.worker_max_replicas}), "
                                               f"got {settings.worker_min_replicas}"))

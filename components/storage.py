@@ -18,6 +18,7 @@ import pulumi_kubernetes as k8s
 from components import workloads as w
 from components.cluster import zone_index
 from components.iam import POD_IDENTITY_TRUST_POLICY, managed_policy_arn, service_trust_policy
+from components.secrets_backend import secrets_read_policy
 from components.settings import Settings
 
 EFS_STORAGE_CLASS = "efs-rwx"
@@ -78,7 +79,10 @@ class Storage(pulumi.ComponentResource):
     """Buckets, file system, volumes and the roles that may use them."""
 
     logs_bucket_name: Optional[pulumi.Output[str]]
+    # CloudNativePG's backups (None with a managed database engine, which keeps its own).
     backups_bucket_name: Optional[pulumi.Output[str]]
+    # The stack's KMS key: buckets, EFS, and the managed database and broker (None locally).
+    kms_key_arn: Optional[pulumi.Output[str]]
     file_system_id: Optional[pulumi.Output[str]]
     dags_claim_name: pulumi.Output[str]
     # Locally only: on AWS task logs go to the logs bucket and no pod would mount an EFS logs volume.
@@ -96,7 +100,7 @@ class Storage(pulumi.ComponentResource):
         # What configures a kept resource is kept with it: deleting BucketVersioning would suspend versioning,
         # deleting the public-access block or the TLS-only policy would open a retained bucket.
         self._keep_with = pulumi.ResourceOptions(retain_on_delete=protect)
-        self.logs_bucket_name = self.backups_bucket_name = self.file_system_id = None
+        self.logs_bucket_name = self.backups_bucket_name = self.file_system_id = self.kms_key_arn = None
         self.airflow_access, self.database_access = [], []
 
         storage_class: Optional[str] = None
@@ -112,17 +116,23 @@ class Storage(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions.merge(self._aws, self._keep))
             aws.kms.Alias(f"{name}-data", name=f"alias/{args.name_prefix}-data", target_key_id=key.key_id,
                           opts=pulumi.ResourceOptions.merge(self._aws, self._keep_with))
+            self.kms_key_arn = key.arn
             logs = self._bucket(name, "logs", args.name_prefix, key, expire_current_after_days=args.settings.log_retention_days,
                                 noncurrent_days=7)
-            backups = self._bucket(name, "backups", args.name_prefix, key, expire_current_after_days=None,
-                                   noncurrent_days=args.settings.backup_retention_days)
-            self.logs_bucket_name, self.backups_bucket_name = logs.bucket, backups.bucket
-            self.airflow_access = self._pod_identity_role(
+            self.logs_bucket_name = logs.bucket
+            airflow_role, self.airflow_access = self._pod_identity_role(
                 name, "airflow-logs", logs, key, LOG_WRITER_OBJECT_ACTIONS, args.cluster_name,
                 w.AIRFLOW_LOG_WRITERS)
-            self.database_access = self._pod_identity_role(
-                name, "database-backups", backups, key, BACKUP_WRITER_OBJECT_ACTIONS, args.cluster_name,
-                (w.POSTGRES_SERVICE_ACCOUNT,))
+            if args.settings.secrets_backend == "aws-secrets-manager":
+                self.airflow_access.append(self._secrets_access(name, args, airflow_role))
+            # Aurora and RDS keep their own backups (automated, point in time); CloudNativePG's go to S3.
+            if not args.settings.managed_database:
+                backups = self._bucket(name, "backups", args.name_prefix, key, expire_current_after_days=None,
+                                       noncurrent_days=args.settings.backup_retention_days)
+                self.backups_bucket_name = backups.bucket
+                _, self.database_access = self._pod_identity_role(
+                    name, "database-backups", backups, key, BACKUP_WRITER_OBJECT_ACTIONS, args.cluster_name,
+                    (w.POSTGRES_SERVICE_ACCOUNT,))
             file_system = self._file_system(name, args, key)
             self.file_system_id = file_system.id
             self._efs_backups(name, args.name_prefix, file_system, key)
@@ -192,7 +202,7 @@ class Storage(pulumi.ComponentResource):
 
     def _pod_identity_role(self, name: str, purpose: str, bucket: aws.s3.Bucket, key: aws.kms.Key,
                            object_actions: list[str], cluster_name: pulumi.Input[str],
-                           service_accounts: tuple[str, ...]) -> list[pulumi.Resource]:
+                           service_accounts: tuple[str, ...]) -> tuple[aws.iam.Role, list[pulumi.Resource]]:
         """A role that may use one bucket, and what must exist before its service accounts can use it."""
         role = aws.iam.Role(f"{name}-{purpose}", assume_role_policy=POD_IDENTITY_TRUST_POLICY, opts=self._aws)
         policy = aws.iam.RolePolicy(
@@ -205,7 +215,15 @@ class Storage(pulumi.ComponentResource):
             access.append(aws.eks.PodIdentityAssociation(
                 f"{name}-{service_account}", cluster_name=cluster_name, namespace=w.AIRFLOW_NAMESPACE,
                 service_account=service_account, role_arn=role.arn, opts=self._aws))
-        return access
+        return role, access
+
+    def _secrets_access(self, name: str, args: StorageArgs, role: aws.iam.Role) -> aws.iam.RolePolicy:
+        """The Airflow pods' role may also read the stack's connections and variables (one role per service
+        account: Pod Identity associates exactly one)."""
+        account_id = aws.get_caller_identity(opts=pulumi.InvokeOptions(provider=args.aws_provider)).account_id
+        policy = secrets_read_policy(self._partition, args.settings.region, account_id,
+                                     args.settings.secrets_prefix(args.name_prefix))
+        return aws.iam.RolePolicy(f"{name}-airflow-secrets", role=role.id, policy=policy, opts=self._aws)
 
     def _file_system(self, name: str, args: StorageArgs, key: aws.kms.Key) -> aws.efs.FileSystem:
         file_system = aws.efs.FileSystem(

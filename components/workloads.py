@@ -73,6 +73,8 @@ POSTGRES_PORT = 5432
 CNPG_STATUS_PORT = 8000
 CNPG_METRICS_PORT = 9187
 PGBOUNCER_METRICS_PORT = 9127
+# The Airflow chart's PgBouncer (ports.pgbouncer), in front of Aurora / RDS.
+CHART_PGBOUNCER_PORT = 6543
 REDIS_PORT = 6379
 SENTINEL_PORT = 26379
 REDIS_EXPORTER_PORT = 9121
@@ -97,6 +99,7 @@ ADMIN_USER_SECRET = "airflow-admin-user"            # keys: username, password
 POSTGRES_APP_USER_SECRET = "airflow-db-app-user"    # kubernetes.io/basic-auth: username, password
 REDIS_AUTH_SECRET = "airflow-redis-auth"            # key: auth
 POSTGRES_USER = "airflow"
+POSTGRES_DATABASE = "airflow"
 ADMIN_USER = "admin"
 
 DAGS_PVC = "airflow-dags-pvc"

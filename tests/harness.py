@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 SCHEMAS = SHARED / "schemas"
 PROJECT = yaml.safe_load((REPO / "Pulumi.yaml").read_text())["name"]
-STACKS = ("local", "staging", "prod")
+STACKS = ("local", "staging", "prod", "prod-managed")
 
 SECRET_SIG = rpc._special_secret_sig
 SIG_KEY = rpc._special_sig_key
@@ -200,6 +200,14 @@ class PlatformMocks(pulumi_mocks.Mocks):
             )
         elif args.typ == "aws:ec2/launchTemplate:LaunchTemplate":
             state["latestVersion"] = 1
+        elif args.typ == "aws:rds/cluster:Cluster":
+            identifier = inputs["clusterIdentifier"]
+            state.update(endpoint=f"{identifier}.cluster-cmock0example.eu-west-1.rds.amazonaws.com",
+                         readerEndpoint=f"{identifier}.cluster-ro-cmock0example.eu-west-1.rds.amazonaws.com")
+        elif args.typ == "aws:rds/instance:Instance":
+            state["address"] = f"{inputs['identifier']}.cmock0example.eu-west-1.rds.amazonaws.com"
+        elif args.typ == "aws:elasticache/replicationGroup:ReplicationGroup":
+            state["primaryEndpointAddress"] = f"master.{inputs['replicationGroupId']}.mock0x.euw1.cache.amazonaws.com"
         elif args.typ == "aws:kms/key:Key":
             state["keyId"] = f"key-{args.name}"
         elif args.typ == "aws:iam/role:Role":

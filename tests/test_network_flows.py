@@ -17,6 +17,7 @@ import pytest
 
 from components import workloads as w
 from components.cluster import subnet_plan
+from components.cluster.network import secrets_manager_addresses
 from harness import FAKE_S3_CIDRS, FAKE_ZONES, run_program
 from netpol import Endpoint, Policy, Service, allowed, allowed_through_service, selects
 from rendering import Pod, chart_services, operator_services, platform_pods, rendered_network_policies
@@ -26,6 +27,8 @@ AIRFLOW = w.AIRFLOW_NAMESPACE
 
 # Role of every pod the platform runs: (role, namespace, label selector); the first match wins.
 ROLES: list[tuple[str, str, dict]] = [
+    # The Airflow chart's PgBouncer, in front of Aurora / RDS.
+    ("chart-pgbouncer", AIRFLOW, {"matchLabels": w.airflow_component("pgbouncer")}),
     *[(role, AIRFLOW, {"matchLabels": {**w.AIRFLOW_PODS, "component": component}}) for role, component in (
         ("scheduler", "scheduler"), ("worker", "worker"), ("triggerer", "triggerer"),
         ("dag-processor", "dag-processor"), ("api-server", "api-server"), ("flower", "flower"),
@@ -147,9 +150,54 @@ AWS_FORBIDDEN = [
 ]
 
 
+# Aurora / RDS behind the chart's PgBouncer, ElastiCache, Secrets Manager (Pulumi.prod-managed.yaml). The managed
+# services are addresses in the private subnets; the Secrets Manager endpoint has fixed ones.
+MANAGED_CLIENTS = (*AIRFLOW_CLIENTS,)
+MANAGED_REQUIRED = [
+    *[(role, "coredns", 53, proto) for role in (*AIRFLOW_CLIENTS, "statsd", "chart-pgbouncer")
+      for proto in ("UDP", "TCP")],
+    *[(role, "chart-pgbouncer", 6543, "TCP") for role in (*MANAGED_CLIENTS, "keda-operator")],
+    ("prometheus", "chart-pgbouncer", 9127, "TCP"),
+    ("chart-pgbouncer", "database", 5432, "TCP"),
+    *[(role, "broker", 6379, "TCP") for role in ("worker", "scheduler", "flower", "api-server", "triggerer")],
+    *[(role, "secrets-manager", 443, "TCP") for role in LOG_WRITERS],
+    *[(role, "api-server", 8080, "TCP") for role in ("worker", "triggerer", "dag-processor", "scheduler")],
+    *[(role, "statsd", 9125, "UDP") for role in LOG_WRITERS],
+    ("api-server", "worker", 8793, "TCP"),
+    ("api-server", "triggerer", 8794, "TCP"),
+    ("prometheus", "statsd", 9102, "TCP"),
+    *[(f"load-balancer-{zone}", "api-server", 8080, "TCP") for zone in range(3)],
+    *[(role, "s3", 443, "TCP") for role in LOG_WRITERS],
+    *[(role, "pod-identity-agent", 80, "TCP") for role in LOG_WRITERS],
+]
+MANAGED_FORBIDDEN = [
+    *[("stranger", target, port, "TCP") for target, port in (
+        ("chart-pgbouncer", 6543), ("api-server", 8080), ("worker", 8793), ("triggerer", 8794), ("scheduler", 8974),
+        ("dag-processor", 8793))],
+    ("stranger-posing-as-worker", "chart-pgbouncer", 6543, "TCP"),
+    # The database only through PgBouncer; PgBouncer reaches nothing but the database.
+    *[(role, "database", 5432, "TCP") for role in ("worker", "api-server", "scheduler", "migrate-job", "statsd")],
+    *[("chart-pgbouncer", target, port, "TCP") for target, port in (
+        ("broker", 6379), ("secrets-manager", 443), ("kubernetes-service", 443), ("kubernetes-api", 443),
+        ("internet-host", 5432), ("s3", 443), ("pod-identity-agent", 80))],
+    # Only the Airflow pods that run tasks and parse DAGs read secrets; the Secrets Manager endpoint is not the
+    # EKS API's interfaces nor any other HTTPS server in the subnets.
+    *[(role, "secrets-manager", 443, "TCP") for role in ("statsd", "flower", "migrate-job", "create-user-job")],
+    *[(role, "kubernetes-api", 443, "TCP") for role in ("worker", "scheduler", "api-server")],
+    ("worker", "vpc-neighbour", 443, "TCP"),
+    # (Pods of namespaces without policies reach the private subnets: the security groups decide there.)
+    *[(role, "broker", 6379, "TCP") for role in ("statsd", "chart-pgbouncer")],
+    ("worker", "internet-host", 443, "TCP"),
+    ("worker", "vpc-neighbour", 22, "TCP"),
+    ("load-balancer-0", "chart-pgbouncer", 6543, "TCP"),
+]
+
+
 def matrix(stack: str) -> tuple[list[tuple], list[tuple]]:
     if stack == "local":
         return COMMON_REQUIRED + LOCAL_REQUIRED, COMMON_FORBIDDEN
+    if stack == "prod-managed":
+        return MANAGED_REQUIRED, MANAGED_FORBIDDEN
     return COMMON_REQUIRED + AWS_REQUIRED, COMMON_FORBIDDEN + AWS_FORBIDDEN
 
 
@@ -161,6 +209,7 @@ STACK_VARIANTS = {
     # A point-in-time restore: the recovery Job instead of initdb.
     "prod-restore": ("prod", {"postgresRestoreTargetTime": "2026-11-27T23:00:00Z",
                               "postgresBackupServerName": "airflow-db-r1"}),
+    "prod-managed": ("prod-managed", {}),
 }
 
 
@@ -216,6 +265,13 @@ def endpoints(variant: str) -> dict[str, list[Endpoint]]:
     if stack == "local":
         # k3d's Traefik; the default of airflow:localIngressNamespace.
         pod("ingress-controller", "kube-system", {"app.kubernetes.io/name": "traefik"})
+    if stack != "local":
+        # Aurora's writer and ElastiCache's primary take addresses in the private subnets; the Secrets Manager
+        # endpoint has its own fixed ones.
+        add("database", Endpoint("database", None, str(list(ipaddress.ip_network(private[2]).hosts())[40])))
+        add("broker", Endpoint("broker", None, str(list(ipaddress.ip_network(private[0]).hosts())[41])))
+        for index, address in enumerate(secrets_manager_addresses(private)):
+            add("secrets-manager", Endpoint(f"secrets-manager-{index}", None, address))
     return found
 
 
@@ -261,6 +317,32 @@ def test_every_pod_the_platform_runs_has_a_role_in_the_flow_matrix(variant):
     assert unknown == [], "pods the flow matrix does not know"
 
 
+MANAGED_SERVICE_FLOWS = [
+    *[(role, "airflow-pgbouncer", 6543, "TCP") for role in (*AIRFLOW_CLIENTS, "keda-operator")],
+    *[(role, "airflow-api-server", 8080, "TCP") for role in ("worker", "triggerer", "dag-processor", "scheduler")],
+    *[(role, "airflow-statsd", 9125, "UDP") for role in LOG_WRITERS],
+]
+
+
+def test_with_managed_engines_the_pgbouncer_service_is_reached_as_the_vpc_cni_evaluates_it():
+    admitted_flows, refused_flows = through_services("prod-managed", MANAGED_SERVICE_FLOWS, before_translation=True)
+    assert refused_flows == []
+    assert {service for _, service, _, _ in admitted_flows} == {"airflow-pgbouncer", "airflow-api-server",
+                                                                "airflow-statsd"}
+    admitted_forbidden, _ = through_services(
+        "prod-managed", [("statsd", "airflow-pgbouncer", 6543, "TCP"), ("stranger", "airflow-pgbouncer", 6543, "TCP")],
+        before_translation=True)
+    assert admitted_forbidden == []
+
+
+def test_with_managed_engines_no_in_cluster_engine_runs_and_pgbouncer_is_the_charts():
+    roles = set(endpoints("prod-managed"))
+    assert "chart-pgbouncer" in roles and len(endpoints("prod-managed")["chart-pgbouncer"]) == 1
+    assert not roles & {"postgres", "pgbouncer", "redis", "haproxy", "initdb-job", "join-job", "cnpg-operator",
+                        "barman-cloud-plugin"}
+    assert "chart-pgbouncer" not in set(endpoints("prod"))
+
+
 def test_the_matrix_knows_the_operator_made_pods():
     roles = {variant: set(endpoints(variant)) for variant in STACK_VARIANTS}
     assert {"postgres", "pgbouncer", "initdb-job", "join-job"} <= roles["prod"]
@@ -279,7 +361,7 @@ def test_every_required_flow_is_allowed_and_every_forbidden_flow_is_denied(varia
     assert admitted(policies, forbidden_pairs) == []
 
 
-@pytest.mark.parametrize("variant", ["local", "prod", "prod-restore"])
+@pytest.mark.parametrize("variant", ["local", "prod", "prod-restore", "prod-managed"])
 def test_every_allow_rule_of_the_program_is_needed_by_some_required_flow(variant):
     run = variant_run(variant)
     own, charts = policies_of(run), chart_policies_of(run)
@@ -413,7 +495,7 @@ def replicas_of_redis(variant: str) -> int:
     return len(endpoints(variant)["redis"])
 
 
-@pytest.mark.parametrize("variant", STACK_VARIANTS)
+@pytest.mark.parametrize("variant", [variant for variant in STACK_VARIANTS if variant != "prod-managed"])
 def test_every_flow_through_a_service_is_allowed_as_the_network_plugin_evaluates_it(variant):
     """The VPC CNI (AWS stacks) checks egress at the ClusterIP; kind's kube-network-policies after translation."""
     before_translation = STACK_VARIANTS[variant][0] != "local"

@@ -69,6 +69,9 @@ class Cluster(pulumi.ComponentResource):
     # S3's addresses in the region, for NetworkPolicies that must not rely on `except` (empty locally).
     s3_cidrs: list[str]
     cluster_security_group_id: Optional[pulumi.Output[str]]
+    # The Secrets Manager interface endpoint (secretsBackend aws-secrets-manager), else None.
+    secrets_manager_endpoint: Optional[aws.ec2.VpcEndpoint]
+    secrets_manager_cidrs: list[str]
     default_storage_class_name: Optional[str]
     node_groups: list[aws.eks.NodeGroup]
     # The AWS partition (aws, aws-cn, aws-us-gov) managed policy ARNs are built in; None locally.
@@ -89,6 +92,8 @@ class Cluster(pulumi.ComponentResource):
         self.private_subnet_cidrs = []
         self.public_subnet_cidrs = []
         self.s3_cidrs = []
+        self.secrets_manager_endpoint = None
+        self.secrets_manager_cidrs = []
         if args.settings.is_aws:
             if args.aws_provider is None:
                 raise ValueError("Cluster: target=aws needs an aws_provider")
@@ -148,6 +153,8 @@ class Cluster(pulumi.ComponentResource):
         self.private_subnet_cidrs = network.private_subnet_cidrs
         self.public_subnet_cidrs = network.public_subnet_cidrs
         self.s3_cidrs = network.s3_cidrs
+        self.secrets_manager_endpoint = network.secrets_manager_endpoint
+        self.secrets_manager_cidrs = list(network.secrets_manager_cidrs)
         self.cluster_security_group_id = eks_cluster.vpc_config.cluster_security_group_id
         self.kubeconfig = pulumi.Output.secret(kubeconfig(eks_cluster, settings.region))
         # Two providers, so that Pulumi orders the Kubernetes objects against the cluster's own services both ways:

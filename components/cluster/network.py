@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Optional
 
 import pulumi
 import pulumi_aws as aws
@@ -24,6 +25,10 @@ class Network:
     public_subnet_cidrs: list[str]
     # The addresses S3 answers on in the region (its managed prefix list): the gateway endpoint routes them.
     s3_cidrs: list[str]
+    # secretsBackend aws-secrets-manager: the interface endpoint Airflow reads its connections through, and
+    # its fixed addresses (one per private subnet), which the NetworkPolicies admit.
+    secrets_manager_endpoint: Optional[aws.ec2.VpcEndpoint] = None
+    secrets_manager_cidrs: tuple[str, ...] = ()
 
 
 # Zone letters a..f index the subnet layout: a zone's subnets depend on its own letter only, never on how many
@@ -133,6 +138,26 @@ def build_network(ctx: AwsContext) -> Network:
         vpc_endpoint_type="Gateway", route_table_ids=[table.id for table in private_route_tables],
         tags={"Name": f"{cluster_name}-s3"}, opts=ctx.aws)
     s3_prefix_list = aws.ec2.get_prefix_list(name=s3_service, opts=ctx.invoke)
+    secrets_manager_endpoint, secrets_manager_cidrs = None, ()
+    if settings.secrets_backend == "aws-secrets-manager":
+        addresses = secrets_manager_addresses(private_cidrs)
+        secrets_manager_cidrs = tuple(f"{address}/32" for address in addresses)
+        # Airflow's connections and variables stay inside the VPC: an interface endpoint in every private
+        # subnet, with private DNS, so the SDK's usual host name resolves to it.
+        endpoint_group = aws.ec2.SecurityGroup(
+            f"{name}-secretsmanager", vpc_id=vpc.id, description="HTTPS to the Secrets Manager endpoint, from the VPC",
+            ingress=[{"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_blocks": [str(settings.vpc_cidr)],
+                      "description": "HTTPS from the VPC"}],
+            egress=[], opts=ctx.aws)
+        secrets_manager_endpoint = aws.ec2.VpcEndpoint(
+            f"{name}-secretsmanager", vpc_id=vpc.id, service_name=f"com.amazonaws.{settings.region}.secretsmanager",
+            vpc_endpoint_type="Interface", private_dns_enabled=True,
+            subnet_ids=[subnet.id for subnet in private_subnets], security_group_ids=[endpoint_group.id],
+            # Fixed addresses, so the pods' egress admits the endpoint only (not the EKS API's interfaces or
+            # any other HTTPS server in the private subnets).
+            subnet_configurations=[{"subnet_id": subnet.id, "ipv4": address}
+                                   for subnet, address in zip(private_subnets, addresses, strict=True)],
+            tags={"Name": f"{cluster_name}-secretsmanager"}, opts=ctx.aws)
     return Network(
         vpc_id=vpc.id,
         zones=list(zones),
@@ -140,4 +165,12 @@ def build_network(ctx: AwsContext) -> Network:
         private_subnet_cidrs=private_cidrs,
         public_subnet_cidrs=public_cidrs,
         s3_cidrs=sorted(s3_prefix_list.cidr_blocks),
+        secrets_manager_endpoint=secrets_manager_endpoint,
+        secrets_manager_cidrs=secrets_manager_cidrs,
     )
+
+
+def secrets_manager_addresses(private_cidrs: list[str]) -> list[str]:
+    """The Secrets Manager endpoint's address in each private subnet: the sixth from the top (AWS keeps the last
+    one). The endpoint is made with the subnets, before any node takes an address from them."""
+    return [str(ipaddress.ip_network(cidr).broadcast_address - 5) for cidr in private_cidrs]

@@ -1,0 +1,69 @@
+"""The managed broker (Broker with `brokerEngine: elasticache`): a Valkey or Redis OSS replication group with
+Multi-AZ automatic failover, encrypted at rest with the stack's KMS key and in transit (TLS required), an AUTH
+token, `noeviction` (Celery must not lose queued tasks), daily snapshots, reachable from the cluster only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import pulumi
+import pulumi_aws as aws
+
+from components import workloads as w
+from components.settings import Settings
+
+
+def tls_broker_url(password: str, host: str, port: int, database: int = 0) -> str:
+    """The Celery broker URL of a TLS-only Redis: `rediss://`, and the server's certificate verified against the
+    trusted authorities (ElastiCache's come from Amazon Trust Services, in every image's CA store)."""
+    return f"rediss://:{quote(password, safe='')}@{host}:{port}/{database}?ssl_cert_reqs=required"
+
+
+def parameter_group_family(settings: Settings) -> str:
+    major = settings.elasticache_engine_version.split(".")[0]
+    # ElastiCache names families valkey7, valkey8, redis7 (7.0 and later share one).
+    return f"{settings.elasticache_engine}{major}"
+
+
+@dataclass
+class ManagedRedis:
+    primary_endpoint: pulumi.Output[str]
+    port: int
+
+
+def managed_redis(name: str, settings: Settings, *, name_prefix: str, auth_token: pulumi.Input[str],
+                  vpc_id: pulumi.Input[str], private_subnet_ids: list[pulumi.Input[str]], zones: list[str],
+                  node_security_group_id: pulumi.Input[str], kms_key_arn: pulumi.Input[str],
+                  opts: pulumi.ResourceOptions) -> ManagedRedis:
+    protect = settings.protect_stateful_resources
+    identifier = f"{name_prefix}-broker"
+    subnet_group = aws.elasticache.SubnetGroup(f"{name}-broker", name=identifier, subnet_ids=private_subnet_ids,
+                                               description=f"Airflow {name_prefix}: Celery broker", opts=opts)
+    security_group = aws.ec2.SecurityGroup(
+        f"{name}-broker", vpc_id=vpc_id, description="Redis to the Airflow Celery broker, from EKS only",
+        ingress=[{"protocol": "tcp", "from_port": w.REDIS_PORT, "to_port": w.REDIS_PORT,
+                  "security_groups": [node_security_group_id], "description": "Redis from EKS nodes and pods"}],
+        egress=[], opts=opts)
+    parameters = aws.elasticache.ParameterGroup(
+        f"{name}-broker", name=identifier, family=parameter_group_family(settings),
+        description="Celery broker: never evict a queued task",
+        parameters=[{"name": "maxmemory-policy", "value": "noeviction"}], opts=opts)
+    group = aws.elasticache.ReplicationGroup(
+        f"{name}-elasticache", replication_group_id=identifier, description=f"Airflow {name_prefix}: Celery broker",
+        engine=settings.elasticache_engine, engine_version=settings.elasticache_engine_version,
+        node_type=settings.elasticache_node_type, num_cache_clusters=settings.elasticache_nodes, port=w.REDIS_PORT,
+        automatic_failover_enabled=True, multi_az_enabled=True,
+        preferred_cache_cluster_azs=[zones[index % len(zones)] for index in range(settings.elasticache_nodes)],
+        subnet_group_name=subnet_group.name, security_group_ids=[security_group.id],
+        parameter_group_name=parameters.name,
+        at_rest_encryption_enabled=True, kms_key_id=kms_key_arn,
+        transit_encryption_enabled=True, transit_encryption_mode="required",
+        auth_token=auth_token, auth_token_update_strategy="ROTATE",
+        snapshot_retention_limit=settings.elasticache_snapshot_retention_days, snapshot_window="03:00-04:00",
+        maintenance_window="sun:05:00-sun:06:00",
+        final_snapshot_identifier=f"{identifier}-final" if protect else None,
+        auto_minor_version_upgrade=False, apply_immediately=False,
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=protect, retain_on_delete=protect)))
+    return ManagedRedis(primary_endpoint=group.primary_endpoint_address, port=w.REDIS_PORT)

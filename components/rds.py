@@ -1,0 +1,225 @@
+"""The managed metadata database (Database with `databaseEngine: aurora | rds`), and the PgBouncer in front of it.
+
+Aurora PostgreSQL (a writer and a reader in two zones) or RDS PostgreSQL Multi-AZ, encrypted with the stack's
+KMS key, TLS enforced by the parameter group, automated backups with point-in-time restore, a final snapshot,
+Performance Insights and enhanced monitoring, reachable on 5432 from the cluster's nodes and pods only.
+
+CloudNativePG's Pooler fronts only its own clusters, so PgBouncer comes from the Airflow chart's `pgbouncer`
+section, with a configuration of the platform's own: transaction pooling, TLS towards Airflow (a certificate
+from the platform CA), and `verify-full` towards the database against the RDS certificate authorities.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pulumi
+import pulumi_aws as aws
+
+from components import workloads as w
+from components.helm import resources
+from components.iam import managed_policy_arn, service_trust_policy
+from components.settings import Settings
+
+# The Airflow chart (1.19.0) names PgBouncer's Service <release>-pgbouncer and serves it on ports.pgbouncer.
+PGBOUNCER_SERVICE = f"{w.AIRFLOW_RELEASE}-pgbouncer"
+PGBOUNCER_PORT = w.CHART_PGBOUNCER_PORT
+PGBOUNCER_PODS = w.airflow_component("pgbouncer")
+PGBOUNCER_CONFIG_SECRET = "airflow-pgbouncer-config"     # keys: pgbouncer.ini, users.txt (the chart mounts both)
+PGBOUNCER_STATS_SECRET = "airflow-pgbouncer-stats"       # key: connection (the chart's metrics exporter reads it)
+PGBOUNCER_TLS_SECRET = "airflow-pgbouncer-tls"           # cert-manager's: tls.crt, tls.key, ca.crt
+# Where the chart mounts `pgbouncer.ssl.ca` (its certificates Secret), and where ours mounts the TLS Secret.
+SERVER_CA_FILE = "/etc/pgbouncer/root.crt"
+CLIENT_TLS_DIR = "/etc/pgbouncer/tls"
+# The RDS certificate authority the instances present; the bundle below holds its root for every region.
+RDS_CA = "rds-ca-rsa2048-g1"
+RDS_CA_BUNDLE = Path(__file__).resolve().parent / "certs" / "rds-ca-bundle.pem"
+
+
+def rds_ca_certificates(region: str, bundle: Path = RDS_CA_BUNDLE) -> str:
+    """The RDS certificate authorities of one region, as PEM (`Amazon RDS <region> ...` in their subject)."""
+    blocks = re.findall(r"# ([^\n]+)\n(-----BEGIN CERTIFICATE-----\n.+?-----END CERTIFICATE-----\n)",
+                        bundle.read_text(), re.S)
+    pems = "".join(pem for subject, pem in blocks if re.search(rf"CN=Amazon RDS {re.escape(region)} ", subject))
+    if not pems:
+        raise ValueError(f"{bundle} holds no RDS certificate authority of region {region}: regenerate it "
+                         "(make rds-ca-bundle)")
+    return pems
+
+
+def _quote(value: str) -> str:
+    """A PgBouncer auth_file field: double-quoted, a double quote doubled."""
+    return '"' + value.replace('"', '""') + '"'
+
+
+def pgbouncer_users(user: str, password: str) -> str:
+    return f"{_quote(user)} {_quote(password)}\n"
+
+
+def pgbouncer_ini(*, server_host: str, server_port: int, database: str, user: str, pool_size: int,
+                  max_client_connections: int, listen_port: int = PGBOUNCER_PORT,
+                  auth_file: str = "/etc/pgbouncer/users.txt", server_ca_file: str = SERVER_CA_FILE,
+                  client_tls_dir: str = CLIENT_TLS_DIR) -> str:
+    """PgBouncer's configuration: transaction pooling, TLS required from clients, and the database's
+    certificate verified against its CA and host name."""
+    return "\n".join([
+        "[databases]",
+        f"{database} = host={server_host} port={server_port} dbname={database}",
+        "",
+        "[pgbouncer]",
+        "listen_addr = *",
+        f"listen_port = {listen_port}",
+        "unix_socket_dir =",
+        "auth_type = scram-sha-256",
+        f"auth_file = {auth_file}",
+        # The metrics exporter reads SHOW STATS/POOLS as this user over the admin console.
+        f"stats_users = {user}",
+        "pool_mode = transaction",
+        f"default_pool_size = {pool_size}",
+        f"max_client_conn = {max_client_connections}",
+        # asyncpg (Airflow's async engine) uses prepared statements; PgBouncer 1.21+ tracks them per client.
+        "max_prepared_statements = 200",
+        "ignore_startup_parameters = extra_float_digits",
+        "server_tls_sslmode = verify-full",
+        f"server_tls_ca_file = {server_ca_file}",
+        "client_tls_sslmode = require",
+        f"client_tls_cert_file = {client_tls_dir}/tls.crt",
+        f"client_tls_key_file = {client_tls_dir}/tls.key",
+        "",
+    ])
+
+
+NOBODY = 65534
+PGBOUNCER_POD_SECURITY_CONTEXT = {"runAsUser": NOBODY, "runAsGroup": NOBODY, "fsGroup": NOBODY, "runAsNonRoot": True,
+                                  "seccompProfile": {"type": "RuntimeDefault"}}
+READ_ONLY_CONTAINER = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                       "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def pgbouncer_chart_values(settings: Settings, ca_certificates: str, config_checksum: pulumi.Input[str]) -> dict:
+    """The Airflow chart's `pgbouncer` section (and KEDA's way to the database) that the managed engines hand to
+    AirflowRelease: the chart renders PgBouncer; its configuration and credentials are Database's Secrets."""
+    return {
+        "pgbouncer": {
+            "enabled": True,
+            "replicas": max(settings.pgbouncer_instances, 2),
+            "configSecretName": PGBOUNCER_CONFIG_SECRET,
+            # Public certificates: the chart puts them in a Secret of its own, mounted at SERVER_CA_FILE.
+            "ssl": {"ca": ca_certificates},
+            "extraVolumes": [{"name": "pgbouncer-tls", "secret": {"secretName": PGBOUNCER_TLS_SECRET,
+                                                                   "defaultMode": 0o440}}],
+            "extraVolumeMounts": [{"name": "pgbouncer-tls", "mountPath": CLIENT_TLS_DIR, "readOnly": True}],
+            "resources": resources("100m", "64Mi", memory_limit="256Mi"),
+            "podDisruptionBudget": {"enabled": True, "config": {"maxUnavailable": 1}},
+            "topologySpreadConstraints": [{
+                "maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": PGBOUNCER_PODS}}],
+            # The chart rolls PgBouncer for configurations it renders; this one is Database's.
+            "podAnnotations": {"checksum/platform-pgbouncer-config": config_checksum},
+            "serviceAccount": {"automountServiceAccountToken": False},
+            # Pod Security `restricted`, as the rest of the namespace; neither container writes a file (no Unix
+            # socket: unix_socket_dir is empty). The image's user is nobody (the chart's pgbouncer.uid).
+            "securityContexts": {"pod": PGBOUNCER_POD_SECURITY_CONTEXT, "container": READ_ONLY_CONTAINER},
+            "metricsExporterSidecar": {
+                "securityContexts": {"container": READ_ONLY_CONTAINER},
+                "statsSecretName": PGBOUNCER_STATS_SECRET, "statsSecretKey": "connection",
+                "resources": resources("20m", "32Mi", memory_limit="64Mi"),
+            },
+        },
+        # KEDA counts queued tasks through PgBouncer too (the chart would otherwise want a `kedaConnection` key).
+        "workers": {"keda": {"usePgbouncer": True}},
+    }
+
+
+def postgres_family(settings: Settings) -> str:
+    major = settings.database_engine_version.split(".")[0]
+    return f"aurora-postgresql{major}" if settings.database_engine == "aurora" else f"postgres{major}"
+
+
+# Every connection TLS; slow statements logged.
+PARAMETERS = [{"name": "rds.force_ssl", "value": "1"}, {"name": "log_min_duration_statement", "value": "1000"}]
+
+
+@dataclass
+class ManagedPostgres:
+    endpoint: pulumi.Output[str]
+    port: int
+    # What the PgBouncer pods' traffic is admitted by, and what the database is: for dependencies.
+    resources: list[pulumi.Resource]
+
+
+def managed_postgres(name: str, settings: Settings, *, name_prefix: str, password: pulumi.Input[str],
+                     vpc_id: pulumi.Input[str], private_subnet_ids: list[pulumi.Input[str]], zones: list[str],
+                     node_security_group_id: pulumi.Input[str], kms_key_arn: pulumi.Input[str], partition: str,
+                     opts: pulumi.ResourceOptions) -> ManagedPostgres:
+    """Aurora or RDS PostgreSQL for Airflow's metadata."""
+    protect = settings.protect_stateful_resources
+    keep = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=protect, retain_on_delete=protect))
+    identifier = f"{name_prefix}-metadata"
+    subnet_group = aws.rds.SubnetGroup(f"{name}-metadata", name=identifier, subnet_ids=private_subnet_ids,
+                                       description=f"Airflow {name_prefix}: metadata database", opts=opts)
+    security_group = aws.ec2.SecurityGroup(
+        f"{name}-metadata", vpc_id=vpc_id, description="PostgreSQL to the Airflow metadata database, from EKS only",
+        # Nodes and pods (the VPC CNI gives pods the nodes' security groups) carry the cluster security group.
+        ingress=[{"protocol": "tcp", "from_port": w.POSTGRES_PORT, "to_port": w.POSTGRES_PORT,
+                  "security_groups": [node_security_group_id], "description": "PostgreSQL from EKS nodes and pods"}],
+        egress=[], opts=opts)
+    monitoring_role = aws.iam.Role(f"{name}-monitoring",
+                                   assume_role_policy=service_trust_policy("monitoring.rds.amazonaws.com"), opts=opts)
+    monitoring_policy = aws.iam.RolePolicyAttachment(
+        f"{name}-monitoring", role=monitoring_role.name,
+        policy_arn=managed_policy_arn(partition, "service-role/AmazonRDSEnhancedMonitoringRole"), opts=opts)
+    monitoring = {"monitoring_interval": settings.database_monitoring_interval_seconds,
+                  "monitoring_role_arn": monitoring_role.arn,
+                  "performance_insights_enabled": True, "performance_insights_kms_key_id": kms_key_arn,
+                  "performance_insights_retention_period": settings.database_performance_insights_retention_days,
+                  "ca_cert_identifier": RDS_CA, "auto_minor_version_upgrade": False, "publicly_accessible": False}
+    snapshot = {"deletion_protection": protect, "skip_final_snapshot": not protect,
+                "final_snapshot_identifier": f"{identifier}-final" if protect else None, "copy_tags_to_snapshot": True}
+    after_monitoring = pulumi.ResourceOptions.merge(keep, pulumi.ResourceOptions(depends_on=[monitoring_policy]))
+
+    if settings.database_engine == "aurora":
+        parameters = aws.rds.ClusterParameterGroup(
+            f"{name}-metadata", name=identifier, family=postgres_family(settings),
+            description="Airflow metadata: TLS only", parameters=PARAMETERS, opts=opts)
+        cluster = aws.rds.Cluster(
+            f"{name}-aurora", cluster_identifier=identifier, engine="aurora-postgresql",
+            engine_version=settings.database_engine_version, database_name=w.POSTGRES_DATABASE,
+            master_username=w.POSTGRES_USER, master_password=password, port=w.POSTGRES_PORT,
+            db_subnet_group_name=subnet_group.name, vpc_security_group_ids=[security_group.id],
+            db_cluster_parameter_group_name=parameters.name, storage_encrypted=True, kms_key_id=kms_key_arn,
+            backup_retention_period=settings.database_backup_retention_days, preferred_backup_window="02:00-03:00",
+            preferred_maintenance_window="sun:04:00-sun:05:00", enabled_cloudwatch_logs_exports=["postgresql"],
+            **snapshot, opts=keep)
+        instances = [aws.rds.ClusterInstance(
+            f"{name}-aurora-{index}", identifier=f"{identifier}-{index}", cluster_identifier=cluster.id,
+            engine=cluster.engine, engine_version=cluster.engine_version,
+            instance_class=settings.database_instance_class, availability_zone=zones[index % len(zones)],
+            db_subnet_group_name=subnet_group.name, promotion_tier=index, **monitoring, opts=after_monitoring)
+            for index in range(2)]
+        return ManagedPostgres(endpoint=cluster.endpoint, port=w.POSTGRES_PORT,
+                               resources=[security_group, cluster, *instances])
+
+    parameters = aws.rds.ParameterGroup(
+        f"{name}-metadata", name=identifier, family=postgres_family(settings),
+        description="Airflow metadata: TLS only", parameters=PARAMETERS, opts=opts)
+    instance = aws.rds.Instance(
+        f"{name}-rds", identifier=identifier, engine="postgres", engine_version=settings.database_engine_version,
+        instance_class=settings.database_instance_class, multi_az=True,
+        allocated_storage=settings.database_storage_gib, max_allocated_storage=settings.database_max_storage_gib,
+        storage_type="gp3", storage_encrypted=True, kms_key_id=kms_key_arn,
+        db_name=w.POSTGRES_DATABASE, username=w.POSTGRES_USER, password=password, port=w.POSTGRES_PORT,
+        db_subnet_group_name=subnet_group.name, vpc_security_group_ids=[security_group.id],
+        parameter_group_name=parameters.name, backup_retention_period=settings.database_backup_retention_days,
+        backup_window="02:00-03:00", maintenance_window="sun:04:00-sun:05:00",
+        enabled_cloudwatch_logs_exports=["postgresql", "upgrade"], **monitoring, **snapshot, opts=after_monitoring)
+    return ManagedPostgres(endpoint=instance.address, port=w.POSTGRES_PORT, resources=[security_group, instance])
+
+
+def stats_url(user: str, password: str) -> str:
+    """What the chart's metrics exporter connects to: PgBouncer's admin console on loopback, over TLS."""
+    return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{PGBOUNCER_PORT}/pgbouncer?sslmode=require"
+
