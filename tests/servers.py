@@ -80,6 +80,67 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
+def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    path.chmod(0o600)
+
+
+@dataclass
+class CertificateAuthority:
+    """A test certificate authority: what RDS's or ElastiCache's CA is to their clients, in miniature."""
+    name: str
+    key: ec.EllipticCurvePrivateKey
+    certificate: x509.Certificate
+
+    @classmethod
+    def create(cls, name: str) -> "CertificateAuthority":
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        certificate = (
+            x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256()))
+        return cls(name=name, key=key, certificate=certificate)
+
+    def write(self, path: Path) -> Path:
+        """The CA's certificate as PEM (a trust store of one), readable by the `postgres` user."""
+        path.write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
+        _hand_to_postgres_user(path)
+        return path
+
+    def issue(self, directory: Path, host_name: str, stem: str = "server") -> tuple[Path, Path]:
+        """A server certificate for `host_name` (in the subject alternative name, where verifiers look),
+        as <stem>.crt and <stem>.key in `directory`, the key 0600 and both owned by the `postgres` user."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        certificate = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host_name)]))
+            .issuer_name(self.certificate.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host_name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                           critical=False)
+            .sign(self.key, hashes.SHA256()))
+        directory.mkdir(parents=True, exist_ok=True)
+        cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
+        cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        _write_key(key, key_path)
+        _hand_to_postgres_user(directory, cert_path, key_path)
+        return cert_path, key_path
+
+
 @dataclass
 class PostgresServer:
     port: int
@@ -102,7 +163,9 @@ class PostgresServer:
             connection.close()
 
 
-def start_postgres(workdir: Path) -> PostgresServer:
+def start_postgres(workdir: Path, certificate: Optional[tuple[Path, Path]] = None) -> PostgresServer:
+    """`certificate`: (cert, key) the server presents, readable by the `postgres` user; by default a
+    self-signed one for `localhost`."""
     bin_dir = postgres_bin()
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir, socket_dir = workdir / "data", workdir / "socket"
@@ -111,7 +174,7 @@ def start_postgres(workdir: Path) -> PostgresServer:
     subprocess.run(_as_postgres_user([str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres",
                                       "--auth-local=trust", "--auth-host=reject"]),
                    check=True, capture_output=True)
-    cert, key = self_signed_certificate(data_dir)
+    cert, key = certificate or self_signed_certificate(data_dir)
     # Password logins over TLS only, as CloudNativePG serves them.
     (data_dir / "pg_hba.conf").write_text(
         "local all postgres trust\n"
@@ -145,9 +208,7 @@ def start_pgbouncer(workdir: Path, postgres: PostgresServer, user: str, password
                     database: str, server_connections: int = 20) -> ProcessServer:
     """PgBouncer in transaction mode; `server_connections` (default_pool_size) small makes clients share
     server connections, as they do under load."""
-    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    if not Path(binary).exists():
-        raise ServerUnavailable("pgbouncer not found (apt-get install pgbouncer)")
+    binary = pgbouncer_binary()
     workdir.mkdir(parents=True, exist_ok=True)
     cert, key = self_signed_certificate(workdir)
     userlist = workdir / "userlist.txt"
@@ -174,9 +235,51 @@ def start_pgbouncer(workdir: Path, postgres: PostgresServer, user: str, password
     return ProcessServer(port=port, process=process)
 
 
+def pgbouncer_binary() -> str:
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    if not Path(binary).exists():
+        raise ServerUnavailable("pgbouncer not found (apt-get install pgbouncer)")
+    return binary
 
-def start_redis(workdir: Path, password: str, config: Optional[dict[str, str]] = None) -> ProcessServer:
-    """Redis with auth; `config` adds redis.conf directives (as the chart's `redis.config` renders them)."""
+
+def pgbouncer_version() -> tuple[int, ...]:
+    """(major, minor, patch) of the PgBouncer on this machine, from `pgbouncer --version`."""
+    first_line = subprocess.run([pgbouncer_binary(), "--version"], capture_output=True, text=True,
+                                check=True).stdout.splitlines()[0]
+    return tuple(int(part) for part in first_line.split()[-1].split("."))
+
+
+def run_pgbouncer(workdir: Path, ini: str, port: int) -> ProcessServer:
+    """PgBouncer with a configuration given whole, which must listen on 127.0.0.1:`port`. The files it
+    names should lie in `workdir`: everything there is handed to the `postgres` user. A PgBouncer that
+    exits at start raises ServerUnavailable with what it printed."""
+    binary = pgbouncer_binary()
+    workdir.mkdir(parents=True, exist_ok=True)
+    ini_file = workdir / "pgbouncer.ini"
+    ini_file.write_text(ini)
+    _hand_to_postgres_user(workdir, *workdir.rglob("*"))
+    output = workdir / "pgbouncer.stderr"
+    # The `postgres` user by setuid in the child rather than runuser, so that stop() signals PgBouncer itself
+    # (runuser passes SIGTERM on, then sleeps 2 s before it exits).
+    as_postgres = {"user": "postgres", "group": "postgres", "extra_groups": []} if os.geteuid() == 0 else {}
+    with output.open("wb") as stderr:
+        process = subprocess.Popen([binary, str(ini_file)], stdout=subprocess.DEVNULL, stderr=stderr,
+                                   **as_postgres)
+    try:
+        wait_for_port(port, process)
+    except ServerUnavailable as exc:
+        process.kill()
+        process.wait(timeout=10)
+        raise ServerUnavailable(f"pgbouncer: {exc}: {output.read_text(errors='replace').strip()}") from exc
+    return ProcessServer(port=port, process=process)
+
+
+
+def start_redis(workdir: Path, password: str, config: Optional[dict[str, str]] = None,
+                tls: Optional[tuple[Path, Path, Path]] = None) -> ProcessServer:
+    """Redis with auth; `config` adds redis.conf directives (as the chart's `redis.config` renders them).
+    `tls` = (cert, key, CA): TLS only, as ElastiCache with in-transit encryption `required` serves it (no
+    plaintext port; clients are not asked for certificates)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServerUnavailable("redis-server not found (apt-get install redis-server)")
@@ -184,7 +287,9 @@ def start_redis(workdir: Path, password: str, config: Optional[dict[str, str]] =
     port = free_port()
     escaped = password.replace("\\", "\\\\").replace('"', '\\"')
     config_file = workdir / "redis.conf"
-    config_file.write_text(f'bind 127.0.0.1\nport {port}\nrequirepass "{escaped}"\nsave ""\nappendonly no\n'
+    listen = (f"port 0\ntls-port {port}\ntls-cert-file {tls[0]}\ntls-key-file {tls[1]}\n"
+              f"tls-ca-cert-file {tls[2]}\ntls-auth-clients no\n") if tls else f"port {port}\n"
+    config_file.write_text(f'bind 127.0.0.1\n{listen}requirepass "{escaped}"\nsave ""\nappendonly no\n'
                       f"dir {workdir}\nprotected-mode yes\n"
                       + "".join(f"{key} {value}\n" for key, value in (config or {}).items()))
     config_file.chmod(0o600)

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from harness import REPO, STACKS
+from harness import REPO
 
 sys.path.insert(0, str(REPO))
 

