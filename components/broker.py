@@ -65,6 +65,7 @@ class Broker(pulumi.ComponentResource):
         super().__init__("airflow:platform:Broker", name, None, opts)
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
         self.release = None
+        secret_opts = k8s_opts
         if args.settings.managed_broker:
             if args.kms_key_arn is None:
                 raise ValueError("Broker: ElastiCache needs the stack's KMS key")
@@ -75,6 +76,8 @@ class Broker(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, provider=args.aws_provider))
             url = pulumi.Output.all(args.redis_password, redis.primary_endpoint).apply(
                 lambda values: elasticache.tls_broker_url(values[0], values[1], redis.port))
+            # Airflow starts once its pods may reach the broker.
+            secret_opts = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[redis.access]))
         else:
             self.release = chart_release(
                 f"{name}-redis-ha", release_name=w.REDIS_RELEASE, chart="redis-ha",
@@ -89,7 +92,7 @@ class Broker(pulumi.ComponentResource):
             f"{name}-broker-url",
             metadata={"name": BROKER_URL_SECRET, "namespace": args.airflow_namespace},
             string_data={"connection": pulumi.Output.secret(url)},
-            opts=k8s_opts)
+            opts=secret_opts)
         self.connection_secret_name = connection.metadata.name
         self.connection_checksum = secrets_checksum(url)
         self.register_outputs({"connection_secret_name": self.connection_secret_name})

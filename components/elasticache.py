@@ -34,6 +34,8 @@ def parameter_group_family(settings: Settings) -> str:
 class ManagedRedis:
     primary_endpoint: pulumi.Output[str]
     port: int
+    # What a client needs before it can connect: the rule admitting the pods.
+    access: pulumi.Resource
 
 
 def managed_redis(name: str, settings: Settings, *, name_prefix: str, auth_token: pulumi.Input[str],
@@ -44,11 +46,14 @@ def managed_redis(name: str, settings: Settings, *, name_prefix: str, auth_token
     identifier = f"{name_prefix}-broker"
     subnet_group = aws.elasticache.SubnetGroup(f"{name}-broker", name=identifier, subnet_ids=private_subnet_ids,
                                                description=f"Airflow {name_prefix}: Celery broker", opts=opts)
+    # The group without its rule: the replication group is created while EKS is.
     security_group = aws.ec2.SecurityGroup(
         f"{name}-broker", vpc_id=vpc_id, description="Redis to the Airflow Celery broker, from EKS only",
-        ingress=[{"protocol": "tcp", "from_port": w.REDIS_PORT, "to_port": w.REDIS_PORT,
-                  "security_groups": [node_security_group_id], "description": "Redis from EKS nodes and pods"}],
         egress=[], opts=opts)
+    from_cluster = aws.vpc.SecurityGroupIngressRule(
+        f"{name}-broker-from-eks", security_group_id=security_group.id,
+        referenced_security_group_id=node_security_group_id, ip_protocol="tcp", from_port=w.REDIS_PORT,
+        to_port=w.REDIS_PORT, description="Redis from EKS nodes and pods", opts=opts)
     parameters = aws.elasticache.ParameterGroup(
         f"{name}-broker", name=identifier, family=parameter_group_family(settings),
         description="Celery broker: never evict a queued task",
@@ -69,4 +74,4 @@ def managed_redis(name: str, settings: Settings, *, name_prefix: str, auth_token
         final_snapshot_identifier=f"{identifier}-final" if protect else None,
         auto_minor_version_upgrade=False, apply_immediately=False,
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=protect, retain_on_delete=protect)))
-    return ManagedRedis(primary_endpoint=group.primary_endpoint_address, port=w.REDIS_PORT)
+    return ManagedRedis(primary_endpoint=group.primary_endpoint_address, port=w.REDIS_PORT, access=from_cluster)

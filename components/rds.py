@@ -147,7 +147,7 @@ PARAMETERS = [{"name": "rds.force_ssl", "value": "1"}, {"name": "log_min_duratio
 class ManagedPostgres:
     endpoint: pulumi.Output[str]
     port: int
-    # What the PgBouncer pods' traffic is admitted by, and what the database is: for dependencies.
+    # What PgBouncer needs before it can log in: the database (its instances) and the rule admitting the pods.
     resources: list[pulumi.Resource]
 
 
@@ -161,12 +161,15 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, passwor
     identifier = f"{name_prefix}-metadata"
     subnet_group = aws.rds.SubnetGroup(f"{name}-metadata", name=identifier, subnet_ids=private_subnet_ids,
                                        description=f"Airflow {name_prefix}: metadata database", opts=opts)
+    # The group without its rule: the database is created while EKS is (its rule waits for the cluster's group).
     security_group = aws.ec2.SecurityGroup(
         f"{name}-metadata", vpc_id=vpc_id, description="PostgreSQL to the Airflow metadata database, from EKS only",
-        # Nodes and pods (the VPC CNI gives pods the nodes' security groups) carry the cluster security group.
-        ingress=[{"protocol": "tcp", "from_port": w.POSTGRES_PORT, "to_port": w.POSTGRES_PORT,
-                  "security_groups": [node_security_group_id], "description": "PostgreSQL from EKS nodes and pods"}],
         egress=[], opts=opts)
+    # Nodes and pods (the VPC CNI gives pods the nodes' security groups) carry the cluster security group.
+    from_cluster = aws.vpc.SecurityGroupIngressRule(
+        f"{name}-metadata-from-eks", security_group_id=security_group.id,
+        referenced_security_group_id=node_security_group_id, ip_protocol="tcp", from_port=w.POSTGRES_PORT,
+        to_port=w.POSTGRES_PORT, description="PostgreSQL from EKS nodes and pods", opts=opts)
     monitoring_role = aws.iam.Role(f"{name}-monitoring",
                                    assume_role_policy=service_trust_policy("monitoring.rds.amazonaws.com"), opts=opts)
     monitoring_policy = aws.iam.RolePolicyAttachment(
@@ -201,7 +204,7 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, passwor
             db_subnet_group_name=subnet_group.name, promotion_tier=index, **monitoring, opts=after_monitoring)
             for index in range(2)]
         return ManagedPostgres(endpoint=cluster.endpoint, port=w.POSTGRES_PORT,
-                               resources=[security_group, cluster, *instances])
+                               resources=[from_cluster, cluster, *instances])
 
     parameters = aws.rds.ParameterGroup(
         f"{name}-metadata", name=identifier, family=postgres_family(settings),
@@ -216,7 +219,7 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, passwor
         parameter_group_name=parameters.name, backup_retention_period=settings.database_backup_retention_days,
         backup_window="02:00-03:00", maintenance_window="sun:04:00-sun:05:00",
         enabled_cloudwatch_logs_exports=["postgresql", "upgrade"], **monitoring, **snapshot, opts=after_monitoring)
-    return ManagedPostgres(endpoint=instance.address, port=w.POSTGRES_PORT, resources=[security_group, instance])
+    return ManagedPostgres(endpoint=instance.address, port=w.POSTGRES_PORT, resources=[from_cluster, instance])
 
 
 def stats_url(user: str, password: str) -> str:

@@ -34,6 +34,7 @@ AURORA_INSTANCE = "aws:rds/clusterInstance:ClusterInstance"
 RDS = "aws:rds/instance:Instance"
 REPLICATION_GROUP = "aws:elasticache/replicationGroup:ReplicationGroup"
 SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
+INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 ENGINES_IN_CLUSTER = {"databaseEngine": "cloudnative-pg", "brokerEngine": "redis-ha", "secretsBackend": "none"}
 
 
@@ -106,13 +107,30 @@ def test_aurora_has_a_writer_and_a_reader_in_two_zones_with_insights_and_enhance
 
 def test_the_database_is_reachable_on_5432_from_the_cluster_only_in_the_private_subnets(managed):
     cluster_sg = cluster_security_group(managed)
-    group = next(r for r in managed.of_type(SECURITY_GROUP) if r.name == "database-metadata").values
-    assert group["ingress"] == [{"protocol": "tcp", "fromPort": 5432, "toPort": 5432, "securityGroups": [cluster_sg],
-                                 "description": "PostgreSQL from EKS nodes and pods"}]
-    assert group["egress"] == []
+    group = next(r for r in managed.of_type(SECURITY_GROUP) if r.name == "database-metadata")
+    assert "ingress" not in group.values and group.values["egress"] == []
+    [rule] = [r.values for r in managed.of_type(INGRESS_RULE) if r.values["securityGroupId"] == f"{group.name}-id"]
+    assert (rule["referencedSecurityGroupId"], rule["ipProtocol"], rule["fromPort"], rule["toPort"]) == \
+        (cluster_sg, "tcp", 5432, 5432)
+    assert "cidrIpv4" not in rule
     subnets = managed.one("aws:rds/subnetGroup:SubnetGroup").values["subnetIds"]
     private = [r for r in managed.of_type("aws:ec2/subnet:Subnet") if "-private-" in r.name]
     assert sorted(subnets) == sorted(f"{r.name}-id" for r in private)
+
+
+def test_the_database_and_the_broker_are_created_while_eks_is(managed):
+    """A cold `pulumi up` is paced by its longest chain: Aurora and ElastiCache (10-15 minutes each) must not wait
+    for EKS (as long again). Only their ingress rules, PgBouncer and Airflow do."""
+    eks = managed.one("aws:eks/cluster:Cluster")
+    for resource in (managed.one(AURORA), *managed.of_type(AURORA_INSTANCE), managed.one(REPLICATION_GROUP)):
+        assert not managed.depends_transitively(resource, eks), resource.name
+    rules = managed.of_type(INGRESS_RULE)
+    assert rules and all(managed.depends_transitively(rule, eks) for rule in rules)
+    config = next(r for r in managed.of_type(SECRET) if r.values["metadata"]["name"] == rds.PGBOUNCER_CONFIG_SECRET)
+    broker_url = next(r for r in managed.of_type(SECRET) if r.values["metadata"]["name"] == BROKER_URL_SECRET)
+    assert all(managed.depends_transitively(config, rule) or managed.depends_transitively(broker_url, rule)
+               for rule in rules)
+    assert all(managed.depends_transitively(config, instance) for instance in managed.of_type(AURORA_INSTANCE))
 
 
 def test_rds_is_multi_az_encrypted_protected_and_tls_only(rds_run):
@@ -152,9 +170,10 @@ def test_elasticache_fails_over_across_zones_encrypts_and_never_evicts(managed):
     assert parameters["family"] == "valkey8"
     assert parameters["parameters"] == [{"name": "maxmemory-policy", "value": "noeviction"}]
     cluster_sg = cluster_security_group(managed)
-    broker_group = next(r for r in managed.of_type(SECURITY_GROUP) if r.name == "broker-broker").values
-    assert [rule["securityGroups"] for rule in broker_group["ingress"]] == [[cluster_sg]]
-    assert [rule["fromPort"] for rule in broker_group["ingress"]] == [6379] and broker_group["egress"] == []
+    broker_group = next(r for r in managed.of_type(SECURITY_GROUP) if r.name == "broker-broker")
+    assert "ingress" not in broker_group.values and broker_group.values["egress"] == []
+    [rule] = [r.values for r in managed.of_type(INGRESS_RULE) if r.values["securityGroupId"] == f"{broker_group.name}-id"]
+    assert (rule["referencedSecurityGroupId"], rule["fromPort"], rule["toPort"]) == (cluster_sg, 6379, 6379)
 
 
 def test_the_same_secrets_are_published_with_the_managed_urls(managed, in_cluster):
