@@ -54,8 +54,9 @@ def managed_redis(name: str, settings: Settings, *, name_prefix: str, auth_token
         f"{name}-broker-from-eks", security_group_id=security_group.id,
         referenced_security_group_id=node_security_group_id, ip_protocol="tcp", from_port=w.REDIS_PORT,
         to_port=w.REDIS_PORT, description="Redis from EKS nodes and pods", opts=opts)
+    # Named after its family: a new major version makes the next family's group before it drops this one.
     parameters = aws.elasticache.ParameterGroup(
-        f"{name}-broker", name=identifier, family=parameter_group_family(settings),
+        f"{name}-broker", name=f"{identifier}-{parameter_group_family(settings)}", family=parameter_group_family(settings),
         description="Celery broker: never evict a queued task",
         parameters=[{"name": "maxmemory-policy", "value": "noeviction"}], opts=opts)
     group = aws.elasticache.ReplicationGroup(

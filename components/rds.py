@@ -185,8 +185,9 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, passwor
     after_monitoring = pulumi.ResourceOptions.merge(keep, pulumi.ResourceOptions(depends_on=[monitoring_policy]))
 
     if settings.database_engine == "aurora":
+        # Named after its family: a major upgrade makes the next family's group before it drops this one.
         parameters = aws.rds.ClusterParameterGroup(
-            f"{name}-metadata", name=identifier, family=postgres_family(settings),
+            f"{name}-metadata", name=f"{identifier}-{postgres_family(settings)}", family=postgres_family(settings),
             description="Airflow metadata: TLS only", parameters=PARAMETERS, opts=opts)
         cluster = aws.rds.Cluster(
             f"{name}-aurora", cluster_identifier=identifier, engine="aurora-postgresql",
@@ -196,6 +197,8 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, passwor
             db_cluster_parameter_group_name=parameters.name, storage_encrypted=True, kms_key_id=kms_key_arn,
             backup_retention_period=settings.database_backup_retention_days, preferred_backup_window="02:00-03:00",
             preferred_maintenance_window="sun:04:00-sun:05:00", enabled_cloudwatch_logs_exports=["postgresql"],
+            # A new major databaseEngineVersion is a reviewed change; AWS needs to be told it may make it.
+            allow_major_version_upgrade=True,
             **snapshot, opts=keep)
         instances = [aws.rds.ClusterInstance(
             f"{name}-aurora-{index}", identifier=f"{identifier}-{index}", cluster_identifier=cluster.id,
@@ -207,7 +210,7 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, passwor
                                resources=[from_cluster, cluster, *instances])
 
     parameters = aws.rds.ParameterGroup(
-        f"{name}-metadata", name=identifier, family=postgres_family(settings),
+        f"{name}-metadata", name=f"{identifier}-{postgres_family(settings)}", family=postgres_family(settings),
         description="Airflow metadata: TLS only", parameters=PARAMETERS, opts=opts)
     instance = aws.rds.Instance(
         f"{name}-rds", identifier=identifier, engine="postgres", engine_version=settings.database_engine_version,
@@ -218,7 +221,8 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, passwor
         db_subnet_group_name=subnet_group.name, vpc_security_group_ids=[security_group.id],
         parameter_group_name=parameters.name, backup_retention_period=settings.database_backup_retention_days,
         backup_window="02:00-03:00", maintenance_window="sun:04:00-sun:05:00",
-        enabled_cloudwatch_logs_exports=["postgresql", "upgrade"], **monitoring, **snapshot, opts=after_monitoring)
+        enabled_cloudwatch_logs_exports=["postgresql", "upgrade"], allow_major_version_upgrade=True,
+        **monitoring, **snapshot, opts=after_monitoring)
     return ManagedPostgres(endpoint=instance.address, port=w.POSTGRES_PORT, resources=[from_cluster, instance])
 
 

@@ -13,10 +13,16 @@ SECRETS_MANAGER_BACKEND = "airflow.providers.amazon.aws.secrets.secrets_manager.
 SECRET_READ_ACTIONS = ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"]
 
 
+# The connection the platform itself sets (remote logging's, from the pods' environment) is never looked up
+# there: a secret of that name could not take over where task logs go, and each log upload costs no call.
+PLATFORM_CONNECTIONS_LOOKUP_PATTERN = "^(?!aws_default$)"
+
+
 def backend_kwargs(prefix: str, region: str) -> dict:
     """SecretsManagerBackend's arguments: connections and variables under the stack's prefix; Airflow's own
     configuration is never looked up there (config_prefix off: one call fewer per option read)."""
     return {"connections_prefix": f"{prefix}/connections", "variables_prefix": f"{prefix}/variables",
+            "connections_lookup_pattern": PLATFORM_CONNECTIONS_LOOKUP_PATTERN,
             "config_prefix": None, "region_name": region}
 
 

@@ -215,7 +215,7 @@ def test_airflow_values_differ_only_in_secret_contents_the_secrets_backend_and_d
     assert json.loads(secrets_config["backend_kwargs"]) == {
         "connections_prefix": "airflow/airflow-prod-managed/connections",
         "variables_prefix": "airflow/airflow-prod-managed/variables", "config_prefix": None,
-        "region_name": "eu-west-1"}
+        "connections_lookup_pattern": "^(?!aws_default$)", "region_name": "eu-west-1"}
 
 
 def test_pgbouncer_renders_with_the_rds_authorities_and_its_certificate(managed):
