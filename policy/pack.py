@@ -8,7 +8,8 @@ from pulumi_policy.proxy import UnknownValueError
 
 import rules
 
-# A bucket whose configuration a preview cannot know yet is skipped alone; the rest are still judged.
+# A bucket or database whose configuration a preview cannot know yet is skipped alone; the rest are still
+# judged.
 rules.UNKNOWN_VALUE_ERRORS = (UnknownValueError,)
 
 

@@ -4,8 +4,9 @@ policy pack (`__main__.py`, through `pack.py`) all run the same code.
 A resource rule takes one resource (its inputs) and yields messages. A stack rule takes every resource of
 the stack (their outputs, as Pulumi hands them to stack policies) and yields (URN, message) pairs. Under the
 policy pack, reading a value that `pulumi preview` cannot know yet raises inside pulumi-policy: a resource
-rule is then skipped for that resource instead of reporting a false violation, and the bucket rules skip
-the one bucket they cannot judge yet (stack rules run again at the end of `pulumi up`, with every value known).
+rule is then skipped for that resource instead of reporting a false violation, and the bucket and database
+stack rules skip the one bucket or database they cannot judge yet (stack rules run again at the end of
+`pulumi up`, with every value known).
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def policy_document(value: Any) -> Mapping:
 
 BUCKET_TYPES = ("aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2")
 # Errors that mean "this value is not known yet" (pack.py adds pulumi-policy's): a stack rule skips the one
-# bucket it could not judge, not every bucket.
+# bucket (or database) it could not judge, not every one.
 UNKNOWN_VALUE_ERRORS: tuple[type[Exception], ...] = ()
 
 
@@ -143,13 +144,14 @@ def _judge(problem: Optional[str], undecided: Optional[Exception]) -> Optional[s
     return problem
 
 
-def _each_bucket(resources: list[Resource], check: Callable[[Resource], Optional[str]]):
-    """Every bucket's problem; a bucket a preview cannot judge yet is skipped, and once every other bucket is
-    reported its unknown value is raised again, so pulumi-policy says the rule could not run in full."""
+def _each(resources: list[Resource], types: Sequence[str], what: str, check: Callable[[Resource], Optional[str]]):
+    """Every problem of the resources of `types` (buckets, databases); one a preview cannot judge yet is skipped,
+    and once every other one is reported its unknown value is raised again, so pulumi-policy says the rule could
+    not run in full."""
     skipped: Optional[Exception] = None
-    for bucket in (r for r in resources if r.type in BUCKET_TYPES):
+    for resource in (r for r in resources if r.type in types):
         try:
-            problem = check(bucket)
+            problem = check(resource)
         except _Undecided as undecided:
             skipped = skipped or undecided.unknown
             continue
@@ -157,9 +159,13 @@ def _each_bucket(resources: list[Resource], check: Callable[[Resource], Optional
             skipped = skipped or unknown
             continue
         if problem:
-            yield bucket.urn, f"bucket {bucket.name} {problem}"
+            yield resource.urn, f"{what} {resource.name} {problem}"
     if skipped is not None:
         raise skipped
+
+
+def _each_bucket(resources: list[Resource], check: Callable[[Resource], Optional[str]]):
+    return _each(resources, BUCKET_TYPES, "bucket", check)
 
 
 @stack_rule("s3-bucket-kms-encryption", "S3 buckets are encrypted with a KMS key by default.")
@@ -427,6 +433,107 @@ STATEFUL_TYPES = (
 def stateful_resources_protected(resource: Resource):
     if resource.type in STATEFUL_TYPES and not resource.protect:
         yield "holds data and is not protected (protect=True)"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Managed data stores (components/rds.py, components/elasticache.py): Aurora or RDS PostgreSQL, ElastiCache.
+
+RDS_INSTANCE = "aws:rds/instance:Instance"
+AURORA_CLUSTER = "aws:rds/cluster:Cluster"
+AURORA_INSTANCE = "aws:rds/clusterInstance:ClusterInstance"
+ELASTICACHE_GROUP = "aws:elasticache/replicationGroup:ReplicationGroup"
+MIN_BACKUP_RETENTION_DAYS = 7
+# The input by which a database names its parameter group, and that group's type.
+PARAMETER_GROUPS = {
+    RDS_INSTANCE: ("parameterGroupName", "aws:rds/parameterGroup:ParameterGroup"),
+    AURORA_CLUSTER: ("dbClusterParameterGroupName", "aws:rds/clusterParameterGroup:ClusterParameterGroup"),
+}
+
+
+def _number(value: Any) -> Optional[float]:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@resource_rule("managed-database-encrypted-and-private", "RDS and Aurora databases are encrypted with a customer "
+                                                         "KMS key, have no public address and keep 7 days of "
+                                                         "backups.")
+def managed_database_encrypted_and_private(resource: Resource):
+    if resource.type in (RDS_INSTANCE, AURORA_CLUSTER):
+        if resource.props.get("storageEncrypted") is not True:
+            yield f"storageEncrypted is {resource.props.get('storageEncrypted')!r}; must be true"
+        key = resource.props.get("kmsKeyId")
+        if not key:
+            yield "kmsKeyId is not set, so storage would use the AWS-managed key (aws/rds); give it a customer KMS key"
+        elif "alias/aws/" in str(key):
+            yield f"kmsKeyId {key!r} is an AWS-managed key; give it a customer KMS key"
+        retention = resource.props.get("backupRetentionPeriod")
+        days = _number(retention)
+        if days is None or days < MIN_BACKUP_RETENTION_DAYS:
+            yield (f"backupRetentionPeriod is {retention!r}; automated backups must be kept for at least "
+                   f"{MIN_BACKUP_RETENTION_DAYS} days")
+    if resource.type in (RDS_INSTANCE, AURORA_INSTANCE):
+        public = resource.props.get("publiclyAccessible")
+        if public not in (None, False):
+            yield f"publiclyAccessible is {public!r}; the database must have no public address"
+
+
+def _parameter_groups(resources: list[Resource], type_: str, name: str) -> tuple[list[Resource], Optional[Exception]]:
+    """The parameter groups of `type_` called `name` (RDS keeps names in lower case), and the first unknown name
+    met on the way (a group that may be the one)."""
+    found, undecided = [], None
+    for group in (r for r in resources if r.type == type_):
+        group_name = _known(lambda group=group: group.props.get("name"))
+        if isinstance(group_name, Exception):
+            undecided = undecided or group_name
+        elif isinstance(group_name, str) and group_name.lower() == name.lower():
+            found.append(group)
+    return found, undecided
+
+
+def _forces_ssl(group: Resource) -> bool:
+    return any(str(get(p, "name", "")).lower() == "rds.force_ssl" and str(get(p, "value", "")).strip() in ("1", "1.0")
+               for p in as_list(group.props.get("parameters")))
+
+
+@stack_rule("managed-database-tls-only", "RDS and Aurora databases use a parameter group of the stack that sets "
+                                         "rds.force_ssl to 1.")
+def managed_database_tls_only(resources: list[Resource]):
+    def check(database: Resource) -> Optional[str]:
+        key, group_type = PARAMETER_GROUPS[database.type]
+        # The group is found by the name the database gives; a name a preview cannot know skips this database.
+        name = database.props.get(key)
+        if not name:
+            return f"names no parameter group ({key}): the engine's default applies, not the stack's rds.force_ssl=1"
+        groups, undecided = _parameter_groups(resources, group_type, str(name))
+        if not groups:
+            return _judge(f"uses parameter group {name!r}, which is not in the stack, so nothing shows it sets "
+                          "rds.force_ssl to 1", undecided)
+        if not any(_forces_ssl(g) for g in groups):
+            return f"uses parameter group {name!r}, which does not set rds.force_ssl to 1"
+        return None
+    return _each(resources, tuple(PARAMETER_GROUPS), "database", check)
+
+
+CACHE_FLAGS = ("atRestEncryptionEnabled", "transitEncryptionEnabled", "automaticFailoverEnabled", "multiAzEnabled")
+
+
+@resource_rule("managed-cache-encrypted", "ElastiCache replication groups are encrypted at rest, take TLS and "
+                                          "authenticated clients only, and fail over across zones by themselves.")
+def managed_cache_encrypted(resource: Resource):
+    if resource.type != ELASTICACHE_GROUP:
+        return
+    for flag in CACHE_FLAGS:
+        if resource.props.get(flag) is not True:
+            yield f"{flag} is {resource.props.get(flag)!r}; must be true"
+    if resource.props.get("transitEncryptionMode") != "required":
+        yield (f"transitEncryptionMode is {resource.props.get('transitEncryptionMode')!r}; must be 'required' "
+               "(otherwise clients may still connect without TLS)")
+    # Last: a token still to be generated is unknown in a preview, which skips the rule for this group.
+    if not as_list(resource.props.get("userGroupIds")) and not resource.props.get("authToken"):
+        yield "has neither an authToken nor userGroupIds: any client that reaches it may use it"
 
 
 # ---------------------------------------------------------------------------------------------------------

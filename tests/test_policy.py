@@ -14,7 +14,7 @@ from typing import Callable
 
 import pytest
 
-from harness import REPO, STACKS
+from harness import REPO, STACKS, run_program
 
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "policy"))
@@ -33,9 +33,20 @@ def mandatory(violations: list[dict]) -> list[dict]:
     return [v for v in violations if v["enforcement"] == "mandatory"]
 
 
-@pytest.mark.parametrize("stack", STACKS)
-def test_every_stack_file_passes_the_pack(stack_runs, stack):
-    violations = rules.evaluate(graph(stack_runs[stack]), plan.policy_enforcement(stack, REPO))
+# prod-managed runs Aurora; the same stack file with RDS PostgreSQL instead is a run of its own.
+MANAGED = "prod-managed"
+MANAGED_RDS = "prod-managed (databaseEngine: rds)"
+STACK_FILE = {MANAGED_RDS: MANAGED}
+
+
+@pytest.fixture(scope="module")
+def runs(stack_runs):
+    return {**stack_runs, MANAGED_RDS: run_program(MANAGED, overrides={"databaseEngine": "rds"})}
+
+
+@pytest.mark.parametrize("stack", [*STACKS, MANAGED_RDS])
+def test_every_stack_file_passes_the_pack(runs, stack):
+    violations = rules.evaluate(graph(runs[stack]), plan.policy_enforcement(STACK_FILE.get(stack, stack), REPO))
     assert mandatory(violations) == []
 
 
@@ -72,9 +83,25 @@ def set_path(path: str, value):
 
 
 DELETE = object()
+
+
+def set_parameter(name: str, value):
+    """A parameter group's parameter `name` set to `value`."""
+    def change(props: dict) -> None:
+        [parameter] = [p for p in props["parameters"] if p["name"] == name]
+        parameter["value"] = value
+    return change
+
+
 SSE = "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration"
 RELEASE = "kubernetes:helm.sh/v3:Release"
 CLUSTER = "aws:eks/cluster:Cluster"
+AURORA = "aws:rds/cluster:Cluster"
+AURORA_INSTANCE = "aws:rds/clusterInstance:ClusterInstance"
+AURORA_PARAMETERS = "aws:rds/clusterParameterGroup:ClusterParameterGroup"
+RDS = "aws:rds/instance:Instance"
+RDS_PARAMETERS = "aws:rds/parameterGroup:ParameterGroup"
+ELASTICACHE = "aws:elasticache/replicationGroup:ReplicationGroup"
 
 BAD: list[tuple[str, str, str, str, Callable]] = [
     ("s3-bucket-kms-encryption", "AES256 instead of KMS", SSE, "storage-logs",
@@ -127,6 +154,48 @@ BAD: list[tuple[str, str, str, str, Callable]] = [
      "cluster-ebs-csi", set_path("policyArn", "arn:aws:iam::aws:policy/AdministratorAccess")),
 ]
 
+# The managed data stores are not in prod: (stack, rule, what is wrong, type, name, change) on prod-managed (Aurora,
+# ElastiCache) or on prod-managed run with RDS.
+BAD_MANAGED: list[tuple[str, str, str, str, str, Callable]] = [
+    (MANAGED, "managed-database-encrypted-and-private", "Aurora unencrypted", AURORA, "database-aurora",
+     set_path("storageEncrypted", False)),
+    (MANAGED, "managed-database-encrypted-and-private", "Aurora on the AWS-managed key", AURORA, "database-aurora",
+     set_path("kmsKeyId", DELETE)),
+    (MANAGED, "managed-database-encrypted-and-private", "Aurora keeps one day of backups", AURORA, "database-aurora",
+     set_path("backupRetentionPeriod", 1)),
+    (MANAGED, "managed-database-encrypted-and-private", "Aurora instance with a public address", AURORA_INSTANCE,
+     "database-aurora-0", set_path("publiclyAccessible", True)),
+    (MANAGED_RDS, "managed-database-encrypted-and-private", "RDS unencrypted", RDS, "database-rds",
+     set_path("storageEncrypted", DELETE)),
+    (MANAGED_RDS, "managed-database-encrypted-and-private", "RDS without backups", RDS, "database-rds",
+     set_path("backupRetentionPeriod", DELETE)),
+    (MANAGED_RDS, "managed-database-encrypted-and-private", "RDS with a public address", RDS, "database-rds",
+     set_path("publiclyAccessible", True)),
+    (MANAGED, "managed-database-tls-only", "Aurora's parameter group allows plain connections", AURORA_PARAMETERS,
+     "database-metadata", set_parameter("rds.force_ssl", "0")),
+    (MANAGED, "managed-database-tls-only", "Aurora on the engine's default parameter group", AURORA, "database-aurora",
+     set_path("dbClusterParameterGroupName", DELETE)),
+    (MANAGED_RDS, "managed-database-tls-only", "RDS parameter group without rds.force_ssl", RDS_PARAMETERS,
+     "database-metadata", set_path("parameters", [{"name": "log_min_duration_statement", "value": "1000"}])),
+    (MANAGED_RDS, "managed-database-tls-only", "RDS on a parameter group not in the stack", RDS, "database-rds",
+     set_path("parameterGroupName", "default.postgres17")),
+    (MANAGED, "managed-cache-encrypted", "unencrypted at rest", ELASTICACHE, "broker-elasticache",
+     set_path("atRestEncryptionEnabled", False)),
+    (MANAGED, "managed-cache-encrypted", "no TLS", ELASTICACHE, "broker-elasticache",
+     set_path("transitEncryptionEnabled", False)),
+    (MANAGED, "managed-cache-encrypted", "TLS preferred, not required", ELASTICACHE, "broker-elasticache",
+     set_path("transitEncryptionMode", "preferred")),
+    (MANAGED, "managed-cache-encrypted", "TLS mode left out", ELASTICACHE, "broker-elasticache",
+     set_path("transitEncryptionMode", DELETE)),
+    (MANAGED, "managed-cache-encrypted", "no AUTH token", ELASTICACHE, "broker-elasticache",
+     set_path("authToken", DELETE)),
+    (MANAGED, "managed-cache-encrypted", "no automatic failover", ELASTICACHE, "broker-elasticache",
+     set_path("automaticFailoverEnabled", False)),
+    (MANAGED, "managed-cache-encrypted", "one zone", ELASTICACHE, "broker-elasticache",
+     set_path("multiAzEnabled", DELETE)),
+]
+CASES = [("prod", *case) for case in BAD] + BAD_MANAGED
+
 
 def spoil(resources: list[rules.Resource], type_: str, name: str, change) -> tuple[list[rules.Resource], str]:
     target = next(r for r in resources if r.type == type_ and r.name == name)
@@ -139,17 +208,22 @@ def spoil(resources: list[rules.Resource], type_: str, name: str, change) -> tup
     return [bad if r is target else r for r in resources], target.urn
 
 
-def bucket_of(resources: list[rules.Resource], urn: str) -> str:
-    """Stack rules on S3 report the bucket that lost its protection."""
+def reported(resources: list[rules.Resource], urn: str) -> str:
+    """Stack rules report what lost its protection: the bucket of an S3 configuration, the database of a
+    parameter group (the input it names the group by came from it)."""
     resource = next(r for r in resources if r.urn == urn)
+    if resource.type in {group for _, group in rules.PARAMETER_GROUPS.values()}:
+        return next(r.urn for r in resources if r.type in rules.PARAMETER_GROUPS
+                    and urn in r.property_dependencies.get(rules.PARAMETER_GROUPS[r.type][0], []))
     return (resource.property_dependencies.get("bucket") or [urn])[0]
 
 
-@pytest.mark.parametrize("rule, wrong, type_, name, change", BAD, ids=[f"{b[0]}: {b[1]}" for b in BAD])
-def test_rule_fails_on_a_bad_resource_and_passes_on_the_stacks(prod, rule, wrong, type_, name, change):
-    resources = graph(prod)
+@pytest.mark.parametrize("stack, rule, wrong, type_, name, change", CASES,
+                         ids=[f"{c[1]}: {c[2]}" + ("" if c[0] == "prod" else f" ({c[0]})") for c in CASES])
+def test_rule_fails_on_a_bad_resource_and_passes_on_the_stacks(runs, stack, rule, wrong, type_, name, change):
+    resources = graph(runs[stack])
     bad, urn = spoil(resources, type_, name, change)
-    expected_urn = bucket_of(resources, urn) if rule.startswith("s3-") else urn
+    expected_urn = reported(resources, urn)
     before = [v for v in rules.evaluate(resources) if v["policy"] == rule and v["urn"] == expected_urn]
     after = [v for v in rules.evaluate(bad) if v["policy"] == rule and v["urn"] == expected_urn]
     assert before == []
@@ -159,7 +233,7 @@ def test_rule_fails_on_a_bad_resource_and_passes_on_the_stacks(prod, rule, wrong
 
 def test_every_rule_has_a_failing_case():
     mandatory_rules = {r.name for r in rules.RULES if r.mandatory}
-    assert {case[0] for case in BAD} == mandatory_rules
+    assert {case[1] for case in CASES} == mandatory_rules
 
 
 def test_open_ingress_is_allowed_on_the_load_balancer_ports_only():
@@ -201,18 +275,20 @@ def drive_pack(tmp_path: Path, resources: list) -> dict:
     return json.loads(done.stdout)
 
 
-def test_the_pack_reports_through_pulumi_policy_what_the_rules_find(prod, tmp_path):
-    """Every bad case at once, through pulumi-policy's argument classes and unknown-checking proxy: the pack
-    reports exactly the violations the plain functions find, with the levels `plan.py` shows."""
-    resources = graph(prod)
-    for _, _, type_, name, change in BAD:
+@pytest.mark.parametrize("stack", ["prod", MANAGED, MANAGED_RDS])
+def test_the_pack_reports_through_pulumi_policy_what_the_rules_find(runs, stack, tmp_path):
+    """Every bad case of a stack at once, through pulumi-policy's argument classes and unknown-checking proxy:
+    the pack reports exactly the violations the plain functions find, with the levels `plan.py` shows."""
+    resources = graph(runs[stack])
+    cases = [case for case in CASES if case[0] == stack]
+    for _, _, _, type_, name, change in cases:
         resources, _ = spoil(resources, type_, name, change)
     result = drive_pack(tmp_path, as_json(resources))
     assert result["policies"] == [r.name for r in rules.RULES]
     expected = {(v["policy"], v["urn"], v["message"]) for v in rules.evaluate(resources)}
-    reported = {(v["policy"], v["urn"], v["message"]) for v in result["violations"]}
-    assert reported == expected
-    assert {v[0] for v in reported} >= {case[0] for case in BAD}
+    found = {(v["policy"], v["urn"], v["message"]) for v in result["violations"]}
+    assert found == expected
+    assert {v[0] for v in found} >= {case[1] for case in cases}
 
 
 def test_a_value_preview_cannot_know_skips_the_rule_instead_of_failing_it(prod, tmp_path):
@@ -255,6 +331,64 @@ def test_one_bucket_a_preview_cannot_judge_does_not_hide_the_others(prod, tmp_pa
                      set_path("versioningConfiguration.status", "Suspended"))
     assert ("s3-bucket-versioning", "storage-backups") in {
         (v["policy"], v["urn"].rsplit("::", 1)[-1]) for v in drive_pack(tmp_path, as_json(known))["violations"]}
+
+
+def test_a_database_a_preview_cannot_judge_is_skipped_and_the_others_are_judged(runs, tmp_path):
+    """A preview where Aurora's name for its parameter group is unknown (a renamed group), a restored cluster
+    names a group not in the stack while a new group's name is unknown (it may be that one), and a legacy
+    cluster names a known group without rds.force_ssl: only the legacy cluster is a violation yet, and the rule
+    says it could not run in full. With every value known, the restored cluster is one too."""
+    unknown_string = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+    resources = graph(runs[MANAGED])
+    cluster = next(r for r in resources if r.type == AURORA)
+    group = next(r for r in resources if r.type == AURORA_PARAMETERS)
+
+    def another(resource: rules.Resource, pulumi_name: str, **props) -> rules.Resource:
+        return dataclasses.replace(resource, name=pulumi_name, props={**resource.props, **props},
+                                   urn=f"{resource.urn.rsplit('::', 1)[0]}::{pulumi_name}", property_dependencies={})
+
+    restored = another(cluster, "database-restored", dbClusterParameterGroupName="airflow-restored")
+    legacy = another(cluster, "database-legacy", dbClusterParameterGroupName="airflow-legacy")
+    legacy_group = another(group, "database-legacy", name="airflow-legacy",
+                           parameters=[{"name": "log_min_duration_statement", "value": "1000"}])
+    renamed, _ = spoil(resources, AURORA, "database-aurora",
+                       set_path("dbClusterParameterGroupName", unknown_string))
+    preview = [*renamed, restored, legacy, legacy_group, another(group, "database-new", name=unknown_string)]
+    tls = [v for v in drive_pack(tmp_path, as_json(preview))["violations"]
+           if v["policy"] == "managed-database-tls-only"]
+    assert [v["urn"] for v in tls if "message" in v] == [legacy.urn]
+    assert [v["unknown"] for v in tls if "unknown" in v] == ["dbClusterParameterGroupName"]
+    known = [*resources, restored, legacy, legacy_group]
+    assert {v["urn"] for v in drive_pack(tmp_path, as_json(known))["violations"]
+            if v["policy"] == "managed-database-tls-only"} == {restored.urn, legacy.urn}
+
+
+def test_an_auth_token_still_to_be_generated_skips_only_what_follows_it(runs, tmp_path):
+    """On a first preview the broker's AUTH token (a RandomPassword) is unknown: what the rule found before it
+    stands, and pulumi-policy notes that it skipped the rest for that replication group."""
+    unknown_string = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+    resources, urn = spoil(graph(runs[MANAGED]), ELASTICACHE, "broker-elasticache",
+                           set_path("authToken", unknown_string))
+    resources, _ = spoil(resources, ELASTICACHE, "broker-elasticache", set_path("multiAzEnabled", False))
+    found = [v for v in drive_pack(tmp_path, as_json(resources))["violations"] if v["urn"] == urn]
+    assert found == [
+        {"policy": "managed-cache-encrypted", "urn": urn, "message": "multiAzEnabled is False; must be true"},
+        {"policy": "managed-cache-encrypted", "urn": urn, "unknown": "authToken"}]
+
+
+def test_what_the_managed_data_store_rules_accept_and_refuse(runs):
+    """A user group stands for the AUTH token; rds.force_ssl given as a number (Pulumi sends 1 as 1.0) counts;
+    the AWS-managed key is no customer key."""
+    cache = next(r for r in graph(runs[MANAGED]) if r.type == ELASTICACHE)
+    users = {**{k: v for k, v in cache.props.items() if k != "authToken"}, "userGroupIds": ["airflow-broker-users"]}
+    assert list(rules.managed_cache_encrypted(dataclasses.replace(cache, props=users))) == []
+    resources, _ = spoil(graph(runs[MANAGED_RDS]), RDS_PARAMETERS, "database-metadata",
+                         set_parameter("rds.force_ssl", 1.0))
+    assert [v for v in rules.evaluate(resources) if v["policy"] == "managed-database-tls-only"] == []
+    resources, urn = spoil(resources, RDS, "database-rds",
+                           set_path("kmsKeyId", "arn:aws:kms:eu-west-1:111122223333:alias/aws/rds"))
+    assert [v["message"] for v in rules.evaluate(resources) if v["urn"] == urn] == [
+        "kmsKeyId 'arn:aws:kms:eu-west-1:111122223333:alias/aws/rds' is an AWS-managed key; give it a customer KMS key"]
 
 
 def test_policy_pack_files_are_consistent():
