@@ -65,6 +65,9 @@ REPLACED_ON_CHANGE: dict[str, tuple[str, ...]] = {
     "aws:ec2/routeTable:RouteTable": ("vpcId",),
     "aws:ec2/routeTableAssociation:RouteTableAssociation": ("subnetId", "gatewayId"),
     "aws:ec2/securityGroup:SecurityGroup": ("name", "namePrefix", "description", "vpcId"),
+    # internal/service/ec2/vpc_security_group_ingress_rule.go (framework: RequiresReplace); a switch of the
+    # source's kind is in REPLACED_WHEN.
+    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": ("securityGroupId",),
     "aws:ec2/vpcEndpoint:VpcEndpoint": ("vpcId", "serviceName", "serviceRegion", "vpcEndpointType",
                                         "resourceConfigurationArn", "serviceNetworkArn",
                                         "dnsOptions.privateDnsPreference", "dnsOptions.privateDnsSpecifiedDomains"),
@@ -91,6 +94,35 @@ REPLACED_ON_CHANGE: dict[str, tuple[str, ...]] = {
     "aws:backup/plan:Plan": ("name",),
     "aws:backup/selection:Selection": ("name", "planId", "iamRoleArn", "resources", "notResources",
                                        "selectionTags", "conditions"),
+    # The managed backends: ForceNew in terraform-provider-aws's internal/service/rds/cluster.go @0168cf68,
+    # cluster_instance.go @01606926, subnet_group.go @01c08000, cluster_parameter_group.go @01e5fd8f,
+    # parameter_group.go @01606926, instance.go (SchemaVersion 2 of the 5.x line, checked against
+    # website/docs/r/db_instance.html.markdown @ad45c91c of 6.x), internal/service/elasticache/
+    # replication_group.go @001b6364, subnet_group.go @01c08000, parameter_group.go @0593466d; cases in
+    # REPLACED_WHEN. None of these is the exact upstream commit of pulumi-aws 7.51.1: inputs it has and they
+    # lack (a cluster's publiclyAccessible and warningEventCategories, a replication group's authTokenWo and
+    # durability) are not covered; the program sets none of them.
+    "aws:rds/cluster:Cluster": ("clusterIdentifier", "clusterIdentifierPrefix", "availabilityZones",
+                                "clusterScalabilityType", "databaseName", "dbSubnetGroupName", "dbSystemId",
+                                "engine", "engineMode", "kmsKeyId", "masterUsername", "restoreToPointInTime",
+                                "s3Import", "sourceRegion", "storageEncrypted"),
+    "aws:rds/clusterInstance:ClusterInstance": ("identifier", "identifierPrefix", "clusterIdentifier",
+                                                "availabilityZone", "customIamInstanceProfile",
+                                                "dbSubnetGroupName", "engine"),
+    # (identifier renames in place since the 5.x line: RDS's ModifyDBInstance NewDBInstanceIdentifier.)
+    "aws:rds/instance:Instance": ("availabilityZone", "backupTarget", "characterSetName",
+                                  "customIamInstanceProfile", "dbName", "engine", "kmsKeyId",
+                                  "ncharCharacterSetName", "restoreToPointInTime", "s3Import",
+                                  "snapshotIdentifier", "storageEncrypted", "timezone", "username"),
+    "aws:rds/subnetGroup:SubnetGroup": ("name", "namePrefix"),
+    "aws:rds/clusterParameterGroup:ClusterParameterGroup": ("name", "namePrefix", "family", "description"),
+    "aws:rds/parameterGroup:ParameterGroup": ("name", "namePrefix", "family", "description"),
+    "aws:elasticache/replicationGroup:ReplicationGroup": ("replicationGroupId", "atRestEncryptionEnabled",
+                                                          "dataTieringEnabled", "globalReplicationGroupId",
+                                                          "kmsKeyId", "networkType", "securityGroupNames",
+                                                          "snapshotArns", "snapshotName", "subnetGroupName"),
+    "aws:elasticache/subnetGroup:SubnetGroup": ("name",),
+    "aws:elasticache/parameterGroup:ParameterGroup": ("name", "family", "description"),
     "aws:acm/certificate:Certificate": ("domainName", "subjectAlternativeNames", "validationMethod",
                                         "keyAlgorithm", "certificateAuthorityArn", "validationOptions"),
     "aws:route53/record:Record": ("zoneId", "name"),
@@ -117,7 +149,18 @@ SET_INPUTS: dict[str, tuple[str, ...]] = {
     "aws:eks/cluster:Cluster": ("vpcConfig.subnetIds", "vpcConfig.securityGroupIds", "vpcConfig.publicAccessCidrs",
                                 "enabledClusterLogTypes"),
     "aws:eks/nodeGroup:NodeGroup": ("subnetIds",),
-    "aws:ec2/vpcEndpoint:VpcEndpoint": ("routeTableIds", "subnetIds", "securityGroupIds"),
+    "aws:ec2/vpcEndpoint:VpcEndpoint": ("routeTableIds", "subnetIds", "securityGroupIds", "subnetConfigurations"),
+    "aws:rds/cluster:Cluster": ("availabilityZones", "vpcSecurityGroupIds", "enabledCloudwatchLogsExports",
+                                "iamRoles"),
+    "aws:rds/instance:Instance": ("vpcSecurityGroupIds", "enabledCloudwatchLogsExports"),
+    "aws:rds/subnetGroup:SubnetGroup": ("subnetIds",),
+    "aws:rds/clusterParameterGroup:ClusterParameterGroup": ("parameters",),
+    "aws:rds/parameterGroup:ParameterGroup": ("parameters",),
+    "aws:elasticache/replicationGroup:ReplicationGroup": ("securityGroupIds", "securityGroupNames", "snapshotArns",
+                                                          "userGroupIds", "logDeliveryConfigurations",
+                                                          "nodeGroupConfigurations"),
+    "aws:elasticache/subnetGroup:SubnetGroup": ("subnetIds",),
+    "aws:elasticache/parameterGroup:ParameterGroup": ("parameters",),
     "aws:acm/certificate:Certificate": ("subjectAlternativeNames",),
     "aws:backup/selection:Selection": ("resources", "notResources"),
     "aws:ec2/securityGroup:SecurityGroup": ("ingress", "egress"),
@@ -125,6 +168,78 @@ SET_INPUTS: dict[str, tuple[str, ...]] = {
 }
 # Every Kubernetes object is replaced when its name or namespace changes.
 KUBERNETES_REPLACED_ON_CHANGE = ("metadata.name", "metadata.namespace")
+
+
+def _engine_version(version: Any) -> tuple:
+    """An ElastiCache engine version as numbers (`7.0.5` -> (7, 0, 5); `6.x` sorts above every 6.n); () when
+    there is none."""
+    try:
+        return tuple(10**6 if part == "x" else int(part) for part in str(version).split(".")) if version else ()
+    except ValueError:
+        return ()
+
+
+def _node_group_change(entry: dict, path: str, old: Any, new: Any) -> bool:
+    """hasSignificantNodeGroupConfigChanges: a group added or removed, its id, replica count or slots, or a zone
+    that was set; Outposts ARNs change in place, and so does a zone set where none was."""
+    leaf = path.rsplit(".", 1)[-1].split("[")[0]
+    if leaf in ("primaryOutpostArn", "replicaOutpostArns"):
+        return False
+    if leaf in ("primaryAvailabilityZone", "replicaAvailabilityZones"):
+        return old is not None
+    return True
+
+
+SECURITY_GROUP_RULE_SOURCES = ("cidrIpv4", "cidrIpv6", "prefixListId", "referencedSecurityGroupId")
+
+# Inputs a provider replaces only in some cases (a CustomizeDiff or ModifyPlan, or a DiffSuppressFunc that
+# spares one change): per type, (input, when(resource, path, old, new), why). The case is decided on the
+# changed value (old -> new) and the resource's new inputs; a value only passed on from a replaced resource
+# comes as (None, None). Sources: the files named at REPLACED_ON_CHANGE; for EKS, encryption_config's
+# ForceNewIfChange (internal/service/eks/cluster.go); for the VPC endpoint, its CustomizeDiff in
+# internal/service/ec2/vpc_endpoint.go @008db85a; for the ingress rule, its ModifyPlan.
+REPLACED_WHEN: dict[str, tuple[tuple[str, Any, str], ...]] = {
+    "aws:eks/cluster:Cluster": (
+        ("encryptionConfig", lambda entry, path, old, new: new is None,
+         "EKS cannot remove Secrets encryption in place"),
+    ),
+    "aws:rds/cluster:Cluster": (
+        # ForceNewIf: only Aurora changes its storage type in place.
+        ("storageType", lambda entry, path, old, new: not str(entry["inputs"].get("engine", "")).startswith("aurora"),
+         "only Aurora changes a cluster's storage type in place"),
+        # ForceNew, but removing snapshot_identifier is no change (its DiffSuppressFunc).
+        ("snapshotIdentifier", lambda entry, path, old, new: new not in (None, ""),
+         "snapshotIdentifier cannot change in place"),
+    ),
+    "aws:elasticache/replicationGroup:ReplicationGroup": (
+        # customizeDiffEngineForceNewOnDowngrade: every engine change but redis -> valkey (the state says redis
+        # when no engine was set), unless the group belongs to a global datastore.
+        ("engine", lambda entry, path, old, new: new is not None
+         and not entry["inputs"].get("globalReplicationGroupId") and (old or "redis") != new
+         and ((old or "redis"), new) != ("redis", "valkey"),
+         "ElastiCache changes the engine in place only from redis to valkey"),
+        # customizeDiffEngineVersionForceNewOnDowngrade.
+        ("engineVersion", lambda entry, path, old, new: () < _engine_version(new) < _engine_version(old),
+         "ElastiCache cannot downgrade an engine in place"),
+        # ForceNewIf engine_version_actual < 7.0.5 (the inputs hold no patch level: `7.0` counts as before it).
+        ("transitEncryptionEnabled",
+         lambda entry, path, old, new: _engine_version(entry["inputs"].get("engineVersion")) < (7, 0, 5),
+         "ElastiCache changes in-transit encryption in place only from Redis 7.0.5"),
+        # ForceNewIf hasSignificantNodeGroupConfigChanges.
+        ("nodeGroupConfigurations", _node_group_change, "ElastiCache cannot reshape a node group in place"),
+        # ForceNew, but an unset port where the state says 6379 is no change (its DiffSuppressFunc).
+        ("port", lambda entry, path, old, new: not (new is None and old == 6379), "port cannot change in place"),
+    ),
+    "aws:ec2/vpcEndpoint:VpcEndpoint": (
+        ("privateDnsEnabled",
+         lambda entry, path, old, new: entry["inputs"].get("vpcEndpointType", "Gateway") != "Interface",
+         "only an interface endpoint changes private DNS in place"),
+    ),
+    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": tuple(
+        (source, lambda entry, path, old, new: (old is None) != (new is None),
+         "a rule's kind of source (CIDR, prefix list, security group) cannot change in place")
+        for source in SECURITY_GROUP_RULE_SOURCES),
+}
 
 
 class PlanError(Exception):
@@ -367,8 +482,9 @@ def replacement_reason(entry: dict, path: str, old: Any, new: Any) -> Optional[s
     type_ = entry["type"]
     if any(_under(path, p) for p in entry["replaceOnChanges"]):
         return "replaceOnChanges"
-    if type_ == "aws:eks/cluster:Cluster" and _under(path, "encryptionConfig") and new is None:
-        return "EKS cannot remove Secrets encryption in place"
+    for prefix, when, why in REPLACED_WHEN.get(type_, ()):
+        if _under(path, prefix) and when(entry, path, old, new):
+            return why
     if type_.startswith("kubernetes:") and type_ != HELM_RELEASE and type_.count(":") == 2 \
             and any(_under(path, p) for p in KUBERNETES_REPLACED_ON_CHANGE):
         return "Kubernetes objects are replaced when renamed or moved"

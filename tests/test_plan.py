@@ -363,3 +363,159 @@ def test_alias_urns_follow_the_monitor_for_every_kind_of_alias():
     new = next(r.urn for r in monitor.registrations if r.name == "new")
     assert aliases["new-child"] == [monitor.make_urn(new.replace("::new", "::old"), "test:index:Box", "old-child")]
     assert aliases["x"] == ["urn:pulumi:s::p::test:index:Box::y"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The managed backends (prod-managed): what their providers replace, and what they change in place
+
+MANAGED = "prod-managed"
+
+
+def managed_diff(documents, overrides: dict) -> dict:
+    return plan.compare(documents[MANAGED], plan.stack_document(MANAGED, overrides=overrides))
+
+
+def test_an_aurora_major_upgrade_replaces_only_the_cluster_parameter_group(documents):
+    """databaseEngineVersion 17.5 -> 18.1: Aurora upgrades the cluster and its instances in place (the engine
+    version is no ForceNew, and the program allows major upgrades); the parameter group's family is, so the
+    next family's group (named after its family) is made and the cluster moves to it. The protected cluster is
+    updated, not replaced."""
+    diff = managed_diff(documents, {"databaseEngineVersion": "18.1"})
+    assert diff["added"] == [] and diff["removed"] == []
+    changed = {c["name"]: c for c in diff["changed"]}
+    assert {name: (c["type"], c["action"], c["protected"]) for name, c in changed.items()} == {
+        "database-metadata": ("aws:rds/clusterParameterGroup:ClusterParameterGroup", "replace", False),
+        "database-aurora": ("aws:rds/cluster:Cluster", "update", True),
+        "database-aurora-0": ("aws:rds/clusterInstance:ClusterInstance", "update", True),
+        "database-aurora-1": ("aws:rds/clusterInstance:ClusterInstance", "update", True),
+    }
+    group = "airflow-prod-managed-metadata-aurora-postgresql"
+    assert [(p["path"], p["old"], p["new"], p["replaces"]) for p in changed["database-metadata"]["paths"]] == [
+        ("family", "aurora-postgresql17", "aurora-postgresql18", "family cannot change in place"),
+        ("name", f"{group}17", f"{group}18", "name cannot change in place")]
+    assert [(p["path"], p["old"], p["new"], p["replaces"]) for p in changed["database-aurora"]["paths"]] == [
+        ("dbClusterParameterGroupName", f"{group}17", f"{group}18", None), ("engineVersion", "17.5", "18.1", None)]
+    assert all(not p["replaces"] for name in ("database-aurora-0", "database-aurora-1")
+               for p in changed[name]["paths"])
+    text = plan.diff_text(diff, "main")
+    assert "0 to add, 3 to update, 1 to replace, 0 to remove" in text
+    assert "+-aws:rds/clusterParameterGroup:ClusterParameterGroup database-metadata\n" in text
+    assert "protected" not in text
+
+
+def test_valkey_to_redis_replaces_the_protected_broker_and_redis_to_valkey_updates_it(documents):
+    """ElastiCache changes an engine in place only from redis to valkey, and never downgrades a version in place
+    (the replication group's CustomizeDiff): valkey 8.1 -> redis 7.1 replaces the protected group, which
+    Pulumi will refuse; the way back is an update. Either way the parameter group's family changes."""
+    redis = plan.stack_document(MANAGED, overrides={"elasticacheEngine": "redis", "elasticacheEngineVersion": "7.1"})
+    there = {c["name"]: c for c in plan.compare(documents[MANAGED], redis)["changed"]}
+    group = there["broker-elasticache"]
+    assert (group["action"], group["protected"]) == ("replace", True)
+    assert [(p["path"], p["old"], p["new"], p["replaces"]) for p in group["paths"]] == [
+        ("engine", "valkey", "redis", "ElastiCache changes the engine in place only from redis to valkey"),
+        ("engineVersion", "8.1", "7.1", "ElastiCache cannot downgrade an engine in place"),
+        ("parameterGroupName", "airflow-prod-managed-broker-valkey8", "airflow-prod-managed-broker-redis7", None)]
+    assert there["broker-broker"]["action"] == "replace"
+    assert "+-aws:elasticache/replicationGroup:ReplicationGroup broker-elasticache (protected: the replacement " \
+           "will fail)" in plan.diff_text({"stack": MANAGED, "added": [], "removed": [], "changed": [group]}, "main")
+
+    back = {c["name"]: c for c in plan.compare(redis, documents[MANAGED])["changed"]}
+    assert back["broker-elasticache"]["action"] == "update"
+    assert [(p["path"], p["old"], p["new"]) for p in back["broker-elasticache"]["paths"]][:2] == [
+        ("engine", "redis", "valkey"), ("engineVersion", "7.1", "8.1")]
+    assert back["broker-broker"]["action"] == "replace"
+    assert {name for name, c in back.items() if c["action"] == "replace"} == {"broker-broker"}
+
+
+def test_aurora_to_rds_removes_the_protected_cluster(documents):
+    """databaseEngine aurora -> rds is no setting change but another database: the Aurora cluster and its
+    instances are deleted (protected: Pulumi refuses) and an RDS instance is made empty."""
+    diff = managed_diff(documents, {"databaseEngine": "rds"})
+    assert {(r["name"], r["type"], r["protected"]) for r in diff["removed"]} == {
+        ("database-aurora", "aws:rds/cluster:Cluster", True),
+        ("database-aurora-0", "aws:rds/clusterInstance:ClusterInstance", True),
+        ("database-aurora-1", "aws:rds/clusterInstance:ClusterInstance", True),
+        ("database-metadata", "aws:rds/clusterParameterGroup:ClusterParameterGroup", False),
+    }
+    assert {(a["name"], a["type"]) for a in diff["added"]} == {
+        ("database-rds", "aws:rds/instance:Instance"), ("database-metadata", "aws:rds/parameterGroup:ParameterGroup")}
+    assert "  - aws:rds/cluster:Cluster database-aurora (protected: the delete will fail)" in plan.diff_text(
+        diff, "main")
+
+
+def test_conditional_replacements_follow_the_providers_cases(documents):
+    """Inputs a provider replaces only in some cases, on the recorded graph: private DNS changes in place on the
+    interface endpoint and replaces the gateway one; an ingress rule keeps its kind of source when it points at
+    another group and is replaced when it takes a CIDR instead; Valkey 8.1 changes in-transit encryption in
+    place, Redis 7.0 does not; an unset port where the state says 6379 is no replacement."""
+    new = json.loads(json.dumps(documents[MANAGED]))
+    by_name = {(r["name"], r["type"].rsplit(":", 1)[-1]): r for r in new["resources"]}
+    by_name["cluster-secretsmanager", "VpcEndpoint"]["inputs"]["privateDnsEnabled"] = False
+    by_name["cluster-s3", "VpcEndpoint"]["inputs"]["privateDnsEnabled"] = True
+    rules = [r for r in new["resources"] if r["type"] == "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"]
+    assert len(rules) == 2 and all("referencedSecurityGroupId" in r["inputs"] for r in rules)
+    rules[0]["inputs"]["referencedSecurityGroupId"] = "sg-other"
+    del rules[1]["inputs"]["referencedSecurityGroupId"]
+    rules[1]["inputs"]["cidrIpv4"] = "10.30.0.0/16"
+    broker = by_name["broker-elasticache", "ReplicationGroup"]["inputs"]
+    broker["transitEncryptionEnabled"] = False
+    del broker["port"]
+    changed = {c["name"]: c for c in plan.compare(documents[MANAGED], new)["changed"]}
+    assert changed["cluster-secretsmanager"]["action"] == "update"
+    assert changed["cluster-s3"]["action"] == "replace"
+    assert (changed[rules[0]["name"]]["action"], changed[rules[1]["name"]]["action"]) == ("update", "replace")
+    assert changed["broker-elasticache"]["action"] == "update"
+    broker["engine"], broker["engineVersion"] = "redis", "7.0"
+    reasons = {p["path"]: p["replaces"] for p in next(c for c in plan.compare(documents[MANAGED], new)["changed"]
+                                                      if c["name"] == "broker-elasticache")["paths"]}
+    assert reasons["transitEncryptionEnabled"] == "ElastiCache changes in-transit encryption in place only from " \
+                                                  "Redis 7.0.5"
+    assert reasons["port"] is None
+
+
+def _pulumi_args(type_: str):
+    """The Args class pulumi-aws (or pulumi-random) generates for a resource type."""
+    import importlib
+
+    package, module_type, name = type_.split(":")
+    if package == "pulumi":
+        return importlib.import_module(f"pulumi_{name}").ProviderArgs
+    module = module_type.split("/")[0]
+    sdk = importlib.import_module(f"pulumi_{package}" + ("" if module == "index" else f".{module}"))
+    resource_module = importlib.import_module(getattr(sdk, name).__module__)
+    # `<Name>InitArgs` where a nested type already is `<Name>Args` (an S3 bucket's `versioning`).
+    return getattr(resource_module, f"{name}InitArgs", None) or getattr(resource_module, f"{name}Args")
+
+
+def _input_names(args_class) -> dict[str, str]:
+    """Input name -> the repr of its type, of a generated Args class."""
+    from pulumi._types import _PULUMI_NAME
+
+    return {getattr(v.fget, _PULUMI_NAME): repr(v.fget.__annotations__.get("return"))
+            for v in vars(args_class).values() if isinstance(v, property)}
+
+
+@pytest.mark.parametrize("table", ["REPLACED_ON_CHANGE", "REPLACED_WHEN", "SET_INPUTS"])
+def test_every_listed_path_is_an_input_of_the_pinned_providers(table):
+    """The tables name inputs as the Pulumi SDKs do (`nodeGroupConfigurations`, not the provider's
+    `node_group_configuration`): a misspelt path would never match, and a replacement would go unseen. Each
+    path of an AWS or random type, down to its nested types, is an input of pulumi-aws 7.51.1 or pulumi-random."""
+    import importlib
+
+    entries = getattr(plan, table)
+    missing = []
+    for type_, paths in entries.items():
+        if not type_.startswith(("aws:", "random:", "pulumi:providers:")):
+            continue
+        for path in (p if isinstance(p, str) else p[0] for p in paths):
+            args, inputs = _pulumi_args(type_), None
+            for segment in path.split("."):
+                inputs = _input_names(args)
+                if segment not in inputs:
+                    missing.append(f"{type_} {path}")
+                    break
+                nested = re.search(r"ForwardRef\('(\w+Args)'\)", inputs[segment])
+                if nested:
+                    args = getattr(importlib.import_module(args.__module__.rsplit(".", 1)[0] + "._inputs"),
+                                   nested.group(1))
+    assert missing == []
