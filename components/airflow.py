@@ -120,6 +120,8 @@ AIRFLOW_LOCAL_SETTINGS = ('# Written by the platform (AirflowRelease): connect a
 
 # The chart's components that run as Deployments (or StatefulSets) and read the platform's Secrets.
 LONG_RUNNING_COMPONENTS = ("scheduler", "workers", "apiServer", "triggerer", "dagProcessor", "flower")
+# Every component that reads them (the Jobs too).
+SECRET_READERS = (*LONG_RUNNING_COMPONENTS, "migrateDatabaseJob", "createUserJob")
 
 
 # statsd_exporter (v0.28.0, the chart's) mappings appended to the chart's own, for what Airflow 3.1 really
@@ -200,9 +202,9 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         "data": {"metadataSecretName": metadata_secret, "brokerUrlSecretName": broker_secret},
         "enableBuiltInSecretEnvVars": {name: False for name in BUILT_IN_SECRET_ENV},
         "env": env,
-        "volumes": [TMP_VOLUME, secrets_volume],
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
-                         {"name": "platform-secrets", "mountPath": SECRETS_DIR, "readOnly": True}],
+        # Every pod of the chart gets /tmp (PgBouncer too, when a managed database has the chart run it).
+        "volumes": [TMP_VOLUME],
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
         "postgresql": {"enabled": False},
         "redis": {"enabled": False},
         "pgbouncer": {"enabled": False},
@@ -321,6 +323,13 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         "dags": {},
         "logs": {},
     }
+    # The platform's Secrets go to the Airflow components that read them, one by one: the chart's global
+    # `volumes` reach every pod it renders, PgBouncer's included, which has no use for a Fernet key.
+    for component in SECRET_READERS:
+        values[component]["extraVolumes"] = [secrets_volume, *values[component].get("extraVolumes", [])]
+        values[component]["extraVolumeMounts"] = [
+            {"name": "platform-secrets", "mountPath": SECRETS_DIR, "readOnly": True},
+            *values[component].get("extraVolumeMounts", [])]
     # Nothing of Airflow calls the Kubernetes API with CeleryExecutor: no component's ServiceAccount mounts a
     # token, but the workers' when tasks launch pods (kubernetesPodOperator).
     for component in (*LONG_RUNNING_COMPONENTS, "statsd", "migrateDatabaseJob", "createUserJob"):

@@ -94,8 +94,17 @@ def test_external_database_broker_and_keys_by_secret_name_only(prod):
     for job in ("migrateDatabaseJob", "createUserJob"):
         assert values[job]["useHelmHooks"] is False and values[job]["applyCustomEnv"] is False
     # The admin's credentials: a Secret volume of the create-user Job only, read by its command.
-    assert values["createUserJob"]["extraVolumes"] == [
+    assert values["createUserJob"]["extraVolumes"][1:] == [
         {"name": "admin-user", "secret": {"secretName": w.ADMIN_USER_SECRET, "defaultMode": 0o440}}]
+    assert all("admin-user" not in json.dumps(values[c].get("extraVolumes", [])) for c in values
+               if c != "createUserJob" and isinstance(values[c], dict))
+    # The platform's Secrets reach the components that read them, and no other pod the chart renders.
+    assert [v["name"] for v in values["volumes"]] == ["tmp"]
+    for component in ("scheduler", "workers", "apiServer", "triggerer", "dagProcessor", "flower",
+                      "migrateDatabaseJob", "createUserJob"):
+        assert values[component]["extraVolumes"][0]["name"] == "platform-secrets", component
+        assert values[component]["extraVolumeMounts"][0] == {
+            "name": "platform-secrets", "mountPath": "/opt/airflow/secrets", "readOnly": True}
     command = values["createUserJob"]["args"][-1]
     assert '"$(cat /opt/airflow/admin-user/password)"' in command
     assert "--password" not in command, "a process's arguments are readable in /proc: the password goes to stdin"

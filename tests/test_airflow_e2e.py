@@ -50,9 +50,10 @@ def platform():
     values["async_connect_args"] = chart_values["config"]["database"]["sql_alchemy_connect_args_async"]
     values["airflow_local_settings"] = chart_values["airflowLocalSettings"]
     # The credentials as the chart hands them to Airflow: `<option>_CMD` = `cat <file>`, each file an item of
-    # the release's projected Secret volume.
+    # the projected Secret volume every Airflow component mounts (the scheduler's, here).
     files = {path: secrets[name][key] for path, (name, key) in secret_files(
-        {"volumes": chart_values["volumes"]}, {"volumeMounts": chart_values["volumeMounts"]}).items()}
+        {"volumes": chart_values["scheduler"]["extraVolumes"]},
+        {"volumeMounts": chart_values["scheduler"]["extraVolumeMounts"]}).items()}
     commands = {e["name"].removesuffix("_CMD"): e["value"].split() for e in chart_values["env"]
                 if e["name"].endswith("_CMD")}
     assert commands and all(command[0] == "cat" for command in commands.values())

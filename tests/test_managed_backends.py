@@ -227,6 +227,8 @@ def test_pgbouncer_renders_with_the_rds_authorities_and_its_certificate(managed)
     assert volumes["pgbouncer-tls"]["secret"]["secretName"] == rds.PGBOUNCER_TLS_SECRET
     mounts = {m["mountPath"]: m for c in spec["containers"] if c["name"] == "pgbouncer" for m in c["volumeMounts"]}
     assert rds.SERVER_CA_FILE in mounts and rds.CLIENT_TLS_DIR in mounts
+    # Nothing of Airflow's own Secrets: PgBouncer has no use for a Fernet key or the broker URL.
+    assert "platform-secrets" not in volumes and "/opt/airflow/secrets" not in mounts
     certificates = next(d for d in documents if d["kind"] == "Secret"
                         and d["metadata"]["name"] == volumes[mounts[rds.SERVER_CA_FILE]["name"]]["secret"]["secretName"])
     bundle = x509.load_pem_x509_certificates(base64.b64decode(certificates["data"]["root.crt"]))
