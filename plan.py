@@ -68,6 +68,8 @@ REPLACED_ON_CHANGE: dict[str, tuple[str, ...]] = {
     # internal/service/ec2/vpc_security_group_ingress_rule.go (framework: RequiresReplace); a switch of the
     # source's kind is in REPLACED_WHEN.
     "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": ("securityGroupId",),
+    # terraform-provider-aws internal/service/ec2/vpc_subnet_cidr_reservation.go: every argument is ForceNew.
+    "aws:ec2/subnetCidrReservation:SubnetCidrReservation": ("subnetId", "cidrBlock", "reservationType", "description"),
     "aws:ec2/vpcEndpoint:VpcEndpoint": ("vpcId", "serviceName", "serviceRegion", "vpcEndpointType",
                                         "resourceConfigurationArn", "serviceNetworkArn",
                                         "dnsOptions.privateDnsPreference", "dnsOptions.privateDnsSpecifiedDomains"),

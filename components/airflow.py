@@ -38,7 +38,7 @@ CONTAINER_SECURITY_CONTEXT = {"runAsNonRoot": True, "allowPrivilegeEscalation": 
 # (git-sync) the DAGs volume: all three are emptyDirs or claims, so the image itself is mounted read-only.
 READ_ONLY_CONTAINER_SECURITY_CONTEXT = {**CONTAINER_SECURITY_CONTEXT, "readOnlyRootFilesystem": True}
 # The platform's Secrets, as files, in every Airflow container (and nothing else of them in its environment).
-SECRETS_DIR = "/opt/airflow/secrets"
+SECRETS_DIR = w.SECRETS_DIR
 # No size limit: past one the kubelet evicts the pod at once, and a worker's running tasks (their temporary
 # files and virtualenvs) would all die with it; node disk pressure is the bound.
 TMP_VOLUME = {"name": "tmp", "emptyDir": {}}
@@ -112,10 +112,18 @@ DAG_PARSING_PROCESSES = 2
 # asyncpg names its prepared statements unless its statement cache is off; named statements break behind
 # PgBouncer in transaction mode unless PgBouncer tracks them (1.21+, max_prepared_statements). Unnamed ones
 # work with any PgBouncer. Airflow takes async connect args only from an importable object, so the chart's
-# airflow_local_settings.py ($AIRFLOW_HOME/config, on sys.path) holds them.
+# airflow_local_settings.py ($AIRFLOW_HOME/config, on sys.path) holds them. Where the pooler's CA is in the pod
+# (a managed database's PgBouncer), they also make asyncpg verify its certificate and name: asyncpg takes no
+# CA file in the URL, and PGSSLROOTCERT would break every other stack (asyncpg fails on a missing file).
 ASYNC_CONNECT_ARGS_OBJECT = "airflow_local_settings.ASYNC_CONNECT_ARGS"
-AIRFLOW_LOCAL_SETTINGS = ('# Written by the platform (AirflowRelease): connect args of the async engine.\n'
-                          'ASYNC_CONNECT_ARGS = {"statement_cache_size": 0}\n')
+AIRFLOW_LOCAL_SETTINGS = (
+    '# Written by the platform (AirflowRelease): connect args of the async engine.\n'
+    'import os\n'
+    'import ssl\n'
+    '\n'
+    'ASYNC_CONNECT_ARGS = {"statement_cache_size": 0}\n'
+    f'if os.path.exists("{w.METADATA_CA_FILE}"):\n'
+    f'    ASYNC_CONNECT_ARGS["ssl"] = ssl.create_default_context(cafile="{w.METADATA_CA_FILE}")\n')
 
 
 # The chart's components that run as Deployments (or StatefulSets) and read the platform's Secrets.
@@ -179,8 +187,12 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
     ]
     secrets_volume = {"name": "platform-secrets", "projected": {
         "defaultMode": 0o440,  # owner and group (Airflow's gid 0 through fsGroup), nobody else
-        "sources": [{"secret": {"name": secret, "items": [{"key": key, "path": option.lower()}]}}
-                    for option, secret, key in secret_files]}}
+        "sources": [*({"secret": {"name": secret, "items": [{"key": key, "path": option.lower()}]}}
+                      for option, secret, key in secret_files),
+                    # The CA of a managed database's PgBouncer, where Database has one issued (optional: none with
+                    # CloudNativePG, whose URLs do not ask for it).
+                    {"secret": {"name": w.METADATA_TLS_SECRET, "optional": True,
+                                "items": [{"key": "ca.crt", "path": w.METADATA_CA_FILE.rsplit("/", 1)[1]}]}}]}}
     secret_commands = [{"name": f"{option}_CMD", "value": f"cat {SECRETS_DIR}/{option.lower()}"}
                        for option, _, _ in secret_files]
     env = [*secret_commands, *WRITABLE_CACHE_ENV]

@@ -25,6 +25,8 @@ COMPONENTS = "airflow-(scheduler|dag-processor|triggerer|api-server)"
 # Prometheus names a PodMonitor's scrape job <namespace>/<monitor> (Observability's monitors).
 INSTANCES_JOB = f"{w.MONITORING_NAMESPACE}/{w.POSTGRES_CLUSTER}"
 POOLER_JOB = f"{w.MONITORING_NAMESPACE}/{w.POSTGRES_POOLER}"
+# The Airflow chart's PgBouncer (Observability's airflow-pgbouncer monitor), in front of Aurora / RDS.
+CHART_PGBOUNCER_JOB = f"{w.MONITORING_NAMESPACE}/airflow-pgbouncer"
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,18 @@ def postgres_alerts(settings: Settings) -> list[Alert]:
     return alerts
 
 
+def chart_pgbouncer_alerts(settings: Settings) -> list[Alert]:
+    """The chart's PgBouncer in front of Aurora / RDS (its exporter, pgbouncer_exporter 0.18, reports
+    `pgbouncer_up`); the database itself is watched from CloudWatch."""
+    return [
+        Alert("ChartPgBouncerDown",
+              f'up{{job="{CHART_PGBOUNCER_JOB}"}} == 0 or absent(up{{job="{CHART_PGBOUNCER_JOB}"}}) '
+              f"or pgbouncer_up{{{AIRFLOW_NS}}} == 0",
+              "5m", "critical", "PgBouncer in front of the managed database is down",
+              "A PgBouncer pod does not answer, or none reports: Airflow's database connections fail."),
+    ]
+
+
 def redis_alerts(settings: Settings) -> list[Alert]:
     # Only redis-ha's exporter sidecars publish redis_* in the Airflow namespace (a PodMonitor's targets
     # carry no `service` label).
@@ -230,7 +244,9 @@ def alert_groups(settings: Settings) -> dict[str, list[Alert]]:
     """Alerts by area; each area becomes one PrometheusRule. The in-cluster engines' rules exist only when those
     engines run: Aurora, RDS and ElastiCache are watched from CloudWatch, outside this platform."""
     groups = {"airflow": airflow_alerts(settings)}
-    if not settings.managed_database:
+    if settings.managed_database:
+        groups["pgbouncer"] = chart_pgbouncer_alerts(settings)
+    else:
         groups["postgresql"] = postgres_alerts(settings)
     if not settings.managed_broker:
         groups["redis"] = redis_alerts(settings)

@@ -8,6 +8,7 @@ metadata connection URL that the Airflow chart and KEDA read.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Optional
 from urllib.parse import quote
@@ -30,13 +31,30 @@ METADATA_CONNECTION_SECRET = "airflow-metadata-connection"
 # Keys of that Secret: the chart reads `connection`; AirflowRelease hands `async-connection` to
 # [database] sql_alchemy_conn_async.
 ASYNC_CONNECTION_KEY = "async-connection"
+# With a managed engine, KEDA's own URL (the chart reads it when its PgBouncer runs and KEDA is not told to use
+# the Airflow connection): KEDA has no file of PgBouncer's CA, so it requires TLS without verifying it.
+KEDA_CONNECTION_KEY = "kedaConnection"
 DATABASE_NAME = w.POSTGRES_DATABASE
 
 
-def metadata_url(user: str, password: str, host: str, port: int, database: str, sslmode: str = "require") -> str:
+def metadata_url(user: str, password: str, host: str, port: int, database: str, sslmode: str = "require",
+                 sslrootcert: str = "") -> str:
     """The metadata URL as Airflow (SQLAlchemy) and KEDA read it. The password may hold any character,
     so it is percent-encoded; `safe=""` encodes `/` too."""
-    return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{database}?sslmode={sslmode}"
+    root = f"&sslrootcert={quote(sslrootcert)}" if sslrootcert else ""
+    return (f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{database}"
+            f"?sslmode={sslmode}{root}")
+
+
+def managed_metadata_urls(password: str, host: str, port: int, ca_file: str = w.METADATA_CA_FILE) -> dict[str, str]:
+    """The Secret's keys with a managed engine (Airflow -> the chart's PgBouncer): Airflow verifies PgBouncer's
+    certificate and name against the platform CA (`verify-full`; its async engine does the same through the
+    connect args AirflowRelease gives it when that file exists), KEDA only requires TLS."""
+    return {
+        "connection": metadata_url(w.POSTGRES_USER, password, host, port, DATABASE_NAME, "verify-full", ca_file),
+        ASYNC_CONNECTION_KEY: async_metadata_url(w.POSTGRES_USER, password, host, port, DATABASE_NAME),
+        KEDA_CONNECTION_KEY: metadata_url(w.POSTGRES_USER, password, host, port, DATABASE_NAME, "require"),
+    }
 
 
 def async_metadata_url(user: str, password: str, host: str, port: int, database: str) -> str:
@@ -101,17 +119,21 @@ class Database(pulumi.ComponentResource):
         else:
             pooler_host, pooler_port = self._build_cloudnative_pg(name, args)
 
-        url = args.app_user_password.apply(lambda password: metadata_url(
-            w.POSTGRES_USER, password, pooler_host, pooler_port, DATABASE_NAME))
-        async_url = args.app_user_password.apply(lambda password: async_metadata_url(
-            w.POSTGRES_USER, password, pooler_host, pooler_port, DATABASE_NAME))
+        if settings.managed_database:
+            urls = args.app_user_password.apply(
+                lambda password: managed_metadata_urls(password, pooler_host, pooler_port))
+        else:
+            urls = args.app_user_password.apply(lambda password: {
+                "connection": metadata_url(w.POSTGRES_USER, password, pooler_host, pooler_port, DATABASE_NAME),
+                ASYNC_CONNECTION_KEY: async_metadata_url(w.POSTGRES_USER, password, pooler_host, pooler_port,
+                                                         DATABASE_NAME)})
         connection = k8s.core.v1.Secret(
             f"{name}-metadata-connection",
             metadata={"name": METADATA_CONNECTION_SECRET, "namespace": args.airflow_namespace},
-            string_data={"connection": pulumi.Output.secret(url), ASYNC_CONNECTION_KEY: pulumi.Output.secret(async_url)},
+            string_data=pulumi.Output.secret(urls),
             opts=self._k8s)
         self.connection_secret_name = connection.metadata.name
-        self.connection_checksum = secrets_checksum(url, async_url)
+        self.connection_checksum = secrets_checksum(urls.apply(lambda found: json.dumps(found, sort_keys=True)))
         self.register_outputs({"connection_secret_name": self.connection_secret_name})
 
     def _build_managed(self, name: str, args: DatabaseArgs) -> tuple[str, int]:
@@ -134,8 +156,8 @@ class Database(pulumi.ComponentResource):
         k8s.apiextensions.CustomResource(
             f"{name}-pgbouncer-tls",
             api_version="cert-manager.io/v1", kind="Certificate",
-            metadata={"name": rds.PGBOUNCER_TLS_SECRET, "namespace": args.airflow_namespace},
-            spec={"secretName": rds.PGBOUNCER_TLS_SECRET, "commonName": pgbouncer_host,
+            metadata={"name": w.METADATA_TLS_SECRET, "namespace": args.airflow_namespace},
+            spec={"secretName": w.METADATA_TLS_SECRET, "commonName": pgbouncer_host,
                   "dnsNames": [rds.PGBOUNCER_SERVICE, f"{rds.PGBOUNCER_SERVICE}.{w.AIRFLOW_NAMESPACE}",
                                f"{rds.PGBOUNCER_SERVICE}.{w.AIRFLOW_NAMESPACE}.svc", pgbouncer_host],
                   "duration": "2160h", "renewBefore": "720h",

@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_random as random
 
 from components import workloads as w
 from components.settings import Settings
@@ -59,6 +60,8 @@ def managed_redis(name: str, settings: Settings, *, name_prefix: str, auth_token
         f"{name}-broker", name=f"{identifier}-{parameter_group_family(settings)}", family=parameter_group_family(settings),
         description="Celery broker: never evict a queued task",
         parameters=[{"name": "maxmemory-policy", "value": "noeviction"}], opts=opts)
+    # Whatever deletes the group leaves a final snapshot, under a name no earlier deletion used.
+    suffix = random.RandomId(f"{name}-final-snapshot", byte_length=4, opts=pulumi.ResourceOptions(parent=opts.parent))
     group = aws.elasticache.ReplicationGroup(
         f"{name}-elasticache", replication_group_id=identifier, description=f"Airflow {name_prefix}: Celery broker",
         engine=settings.elasticache_engine, engine_version=settings.elasticache_engine_version,
@@ -72,7 +75,7 @@ def managed_redis(name: str, settings: Settings, *, name_prefix: str, auth_token
         auth_token=auth_token, auth_token_update_strategy="ROTATE",
         snapshot_retention_limit=settings.elasticache_snapshot_retention_days, snapshot_window="03:00-04:00",
         maintenance_window="sun:05:00-sun:06:00",
-        final_snapshot_identifier=f"{identifier}-final" if protect else None,
+        final_snapshot_identifier=pulumi.Output.concat(identifier, "-final-", suffix.hex),
         auto_minor_version_upgrade=False, apply_immediately=False,
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=protect, retain_on_delete=protect)))
     return ManagedRedis(primary_endpoint=group.primary_endpoint_address, port=w.REDIS_PORT, access=from_cluster)

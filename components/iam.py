@@ -16,12 +16,13 @@ POD_IDENTITY_TRUST_POLICY = json.dumps({
 })
 
 
-def service_trust_policy(service: str) -> str:
-    """A trust policy that lets one AWS service (e.g. eks.amazonaws.com) assume the role."""
-    return json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}],
-    })
+def service_trust_policy(service: str, source_account: str = "") -> str:
+    """A trust policy that lets one AWS service (e.g. eks.amazonaws.com) assume the role; with `source_account`,
+    only on behalf of that account's resources (the confused-deputy guard)."""
+    statement: dict = {"Effect": "Allow", "Principal": {"Service": service}, "Action": "sts:AssumeRole"}
+    if source_account:
+        statement["Condition"] = {"StringEquals": {"aws:SourceAccount": source_account}}
+    return json.dumps({"Version": "2012-10-17", "Statement": [statement]})
 
 
 def managed_policy_arn(partition: str, name: str) -> str:

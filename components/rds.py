@@ -18,6 +18,7 @@ from urllib.parse import quote
 
 import pulumi
 import pulumi_aws as aws
+import pulumi_random as random
 
 from components import workloads as w
 from components.helm import resources
@@ -30,7 +31,7 @@ PGBOUNCER_PORT = w.CHART_PGBOUNCER_PORT
 PGBOUNCER_PODS = w.airflow_component("pgbouncer")
 PGBOUNCER_CONFIG_SECRET = "airflow-pgbouncer-config"     # keys: pgbouncer.ini, users.txt (the chart mounts both)
 PGBOUNCER_STATS_SECRET = "airflow-pgbouncer-stats"       # key: connection (the chart's metrics exporter reads it)
-PGBOUNCER_TLS_SECRET = "airflow-pgbouncer-tls"           # cert-manager's: tls.crt, tls.key, ca.crt
+PGBOUNCER_TLS_SECRET = w.METADATA_TLS_SECRET             # cert-manager's: tls.crt, tls.key, ca.crt
 # Where the chart mounts `pgbouncer.ssl.ca` (its certificates Secret), and where ours mounts the TLS Secret.
 SERVER_CA_FILE = "/etc/pgbouncer/root.crt"
 CLIENT_TLS_DIR = "/etc/pgbouncer/tls"
@@ -129,8 +130,8 @@ def pgbouncer_chart_values(settings: Settings, ca_certificates: str, config_chec
                 "resources": resources("20m", "32Mi", memory_limit="64Mi"),
             },
         },
-        # KEDA counts queued tasks through PgBouncer too (the chart would otherwise want a `kedaConnection` key).
-        "workers": {"keda": {"usePgbouncer": True}},
+        # KEDA counts queued tasks through PgBouncer with its own URL (KEDA_DB_CONN, the Secret's `kedaConnection`).
+        "workers": {"keda": {"usePgbouncer": False}},
     }
 
 
@@ -170,8 +171,10 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, passwor
         f"{name}-metadata-from-eks", security_group_id=security_group.id,
         referenced_security_group_id=node_security_group_id, ip_protocol="tcp", from_port=w.POSTGRES_PORT,
         to_port=w.POSTGRES_PORT, description="PostgreSQL from EKS nodes and pods", opts=opts)
-    monitoring_role = aws.iam.Role(f"{name}-monitoring",
-                                   assume_role_policy=service_trust_policy("monitoring.rds.amazonaws.com"), opts=opts)
+    account_id = aws.get_caller_identity(opts=pulumi.InvokeOptions(provider=opts.provider)).account_id
+    monitoring_role = aws.iam.Role(
+        f"{name}-monitoring", assume_role_policy=service_trust_policy("monitoring.rds.amazonaws.com", account_id),
+        opts=opts)
     monitoring_policy = aws.iam.RolePolicyAttachment(
         f"{name}-monitoring", role=monitoring_role.name,
         policy_arn=managed_policy_arn(partition, "service-role/AmazonRDSEnhancedMonitoringRole"), opts=opts)
@@ -180,8 +183,12 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, passwor
                   "performance_insights_enabled": True, "performance_insights_kms_key_id": kms_key_arn,
                   "performance_insights_retention_period": settings.database_performance_insights_retention_days,
                   "ca_cert_identifier": RDS_CA, "auto_minor_version_upgrade": False, "publicly_accessible": False}
-    snapshot = {"deletion_protection": protect, "skip_final_snapshot": not protect,
-                "final_snapshot_identifier": f"{identifier}-final" if protect else None, "copy_tags_to_snapshot": True}
+    # Whatever deletes the database (a throwaway stack's destroy, or a protected one's after `state unprotect`)
+    # leaves a final snapshot, under a name no earlier deletion of this stack's database used.
+    suffix = random.RandomId(f"{name}-final-snapshot", byte_length=4, opts=pulumi.ResourceOptions(parent=opts.parent))
+    snapshot = {"deletion_protection": protect, "skip_final_snapshot": False,
+                "final_snapshot_identifier": pulumi.Output.concat(identifier, "-final-", suffix.hex),
+                "copy_tags_to_snapshot": True}
     after_monitoring = pulumi.ResourceOptions.merge(keep, pulumi.ResourceOptions(depends_on=[monitoring_policy]))
 
     if settings.database_engine == "aurora":
@@ -222,6 +229,8 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, passwor
         parameter_group_name=parameters.name, backup_retention_period=settings.database_backup_retention_days,
         backup_window="02:00-03:00", maintenance_window="sun:04:00-sun:05:00",
         enabled_cloudwatch_logs_exports=["postgresql", "upgrade"], allow_major_version_upgrade=True,
+        # The automated backups (point-in-time restore) outlive the instance, for their retention.
+        delete_automated_backups=False,
         **monitoring, **snapshot, opts=after_monitoring)
     return ManagedPostgres(endpoint=instance.address, port=w.POSTGRES_PORT, resources=[from_cluster, instance])
 

@@ -98,6 +98,11 @@ JWT_SECRET = "airflow-jwt-secret"                   # key: jwt-secret
 ADMIN_USER_SECRET = "airflow-admin-user"            # keys: username, password
 POSTGRES_APP_USER_SECRET = "airflow-db-app-user"    # kubernetes.io/basic-auth: username, password
 REDIS_AUTH_SECRET = "airflow-redis-auth"            # key: auth
+# With a managed database: the certificate of the chart's PgBouncer (cert-manager's Secret: tls.crt, tls.key,
+# ca.crt), and where the Airflow pods find its CA (an optional item of their projected Secrets volume).
+METADATA_TLS_SECRET = "airflow-metadata-tls"
+SECRETS_DIR = "/opt/airflow/secrets"
+METADATA_CA_FILE = f"{SECRETS_DIR}/metadata-ca.crt"
 POSTGRES_USER = "airflow"
 POSTGRES_DATABASE = "airflow"
 ADMIN_USER = "admin"

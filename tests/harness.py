@@ -229,6 +229,9 @@ class PlatformMocks(pulumi_mocks.Mocks):
         elif args.typ == "random:index/randomPassword:RandomPassword":
             rng = random.Random(f"{self.password_seed}-{args.name}") if self.password_seed is not None else None
             state["result"] = fake_password(inputs, self.password_characters, rng)
+        elif args.typ == "random:index/randomId:RandomId":
+            raw = random.Random(f"{self.password_seed}-{args.name}").randbytes(int(inputs["byteLength"]))
+            state.update(hex=raw.hex(), b64Url=base64.urlsafe_b64encode(raw).decode().rstrip("="))
         elif args.typ == "random:index/randomBytes:RandomBytes":
             raw = (random.Random(f"{self.password_seed}-{args.name}").randbytes(int(inputs["length"]))
                    if self.password_seed is not None else secrets.token_bytes(int(inputs["length"])))

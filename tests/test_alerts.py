@@ -101,6 +101,11 @@ CASES: dict[str, tuple[dict[str, str], dict[str, str], dict[str, str]]] = {
         {'up{namespace="airflow", job="monitoring/airflow-db-pooler", pod="airflow-db-pooler-x"}': "1x40",
          f'cnpg_pgbouncer_last_collection_error{{{AIRFLOW}, pod="airflow-db-pooler-x"}}': "0x40"},
         {"namespace": "airflow", "job": "monitoring/airflow-db-pooler", "pod": "airflow-db-pooler-x"}),
+    "ChartPgBouncerDown": (
+        {'up{namespace="airflow", job="monitoring/airflow-pgbouncer", pod="airflow-pgbouncer-x"}': "1x5 0x35"},
+        {'up{namespace="airflow", job="monitoring/airflow-pgbouncer", pod="airflow-pgbouncer-x"}': "1x40",
+         'pgbouncer_up{namespace="airflow", pod="airflow-pgbouncer-x"}': "1x40"},
+        {"namespace": "airflow", "job": "monitoring/airflow-pgbouncer", "pod": "airflow-pgbouncer-x"}),
     "PgBouncerClientConnectionsNearLimit": (
         {f'cnpg_pgbouncer_lists_used_clients{{{AIRFLOW}, pod="airflow-db-pooler-x"}}': "990x40"},
         {f'cnpg_pgbouncer_lists_used_clients{{{AIRFLOW}, pod="airflow-db-pooler-x"}}': "100x40"},
@@ -197,21 +202,23 @@ def run_promtool(*args: str, files: dict[str, object]) -> subprocess.CompletedPr
         return subprocess.run([promtool(), *args], cwd=directory, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("stack", ["local", "prod"])
+@pytest.mark.parametrize("stack", ["local", "prod", "prod-managed"])
 def test_promtool_accepts_every_rule_group(stack_runs, stack):
     groups = registered_groups(stack_runs[stack])
-    assert len(groups) == 4
+    # airflow, platform, and the in-cluster engines' (postgresql, redis) or the managed database's PgBouncer.
+    assert len(groups) == (3 if stack == "prod-managed" else 4)
     checked = run_promtool("check", "rules", "rules.yaml", files={"rules.yaml": {"groups": groups}})
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert re.search(r"SUCCESS: \d+ rules found", checked.stdout)
 
 
-def test_every_alert_has_a_case_that_fires_and_one_that_stays_silent(prod):
-    alerts = [rule["alert"] for group in registered_groups(prod) for rule in group["rules"]]
+def test_every_alert_has_a_case_that_fires_and_one_that_stays_silent(stack_runs):
+    alerts = {rule["alert"] for stack in ("prod", "prod-managed")
+              for group in registered_groups(stack_runs[stack]) for rule in group["rules"]}
     assert sorted(alerts) == sorted(CASES), "every alert needs a firing and a healthy case here"
 
 
-@pytest.mark.parametrize("stack", ["local", "staging", "prod"])
+@pytest.mark.parametrize("stack", ["local", "staging", "prod", "prod-managed"])
 def test_every_alert_fires_on_a_matching_series_and_stays_silent_on_a_healthy_one(stack_runs, stack):
     groups = registered_groups(stack_runs[stack])
     rules = {rule["alert"]: rule for group in groups for rule in group["rules"]}
@@ -262,12 +269,12 @@ def test_the_unit_tests_would_catch_a_broken_rule(prod):
     assert result.returncode != 0, "a misspelt metric makes the heartbeat alert fire on a healthy scheduler"
 
 
-def test_every_alert_carries_severity_summary_description_and_a_runbook_in_the_readme(prod):
+def test_every_alert_carries_severity_summary_description_and_a_runbook_in_the_readme(stack_runs):
     readme = (REPO / "README.md").read_text()
     anchors = {re.sub(r"[^a-z0-9 -]", "", heading.strip().lower()).replace(" ", "-")
                for heading in re.findall(r"^#+ (.+)$", readme, re.M)}
     base = load_settings({}).alert_runbook_base_url
-    for group in registered_groups(prod):
+    for group in [*registered_groups(stack_runs["prod"]), *registered_groups(stack_runs["prod-managed"])]:
         for rule in group["rules"]:
             assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]
             annotations = rule["annotations"]

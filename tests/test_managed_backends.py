@@ -10,6 +10,7 @@ import base64
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from cryptography import x509
 from components import rds
 from components import workloads as w
 from components.broker import BROKER_URL_SECRET
-from components.database import ASYNC_CONNECTION_KEY, METADATA_CONNECTION_SECRET
+from components.database import ASYNC_CONNECTION_KEY, KEDA_CONNECTION_KEY, METADATA_CONNECTION_SECRET
 from components.secrets_backend import SECRETS_MANAGER_BACKEND
 from components.settings import SettingsError, load_settings
 from harness import REPO, ProgramFailed, is_secret, run_program, unwrap
@@ -79,7 +80,7 @@ def test_aurora_is_encrypted_protected_backed_up_and_tls_only(managed):
     assert spec["engine"] == "aurora-postgresql" and spec["engineVersion"] == "17.5"
     assert spec["storageEncrypted"] is True and spec["kmsKeyId"] == key.state["arn"]
     assert spec["deletionProtection"] is True and spec["skipFinalSnapshot"] is False
-    assert spec["finalSnapshotIdentifier"] == "airflow-prod-managed-metadata-final"
+    assert re.fullmatch(r"airflow-prod-managed-metadata-final-[0-9a-f]{8}", spec["finalSnapshotIdentifier"])
     assert spec["backupRetentionPeriod"] == 14
     assert spec["databaseName"] == w.POSTGRES_DATABASE and spec["masterUsername"] == w.POSTGRES_USER
     assert is_secret(cluster.inputs["masterPassword"]), "the password reaches the state encrypted only"
@@ -97,6 +98,8 @@ def test_aurora_has_a_writer_and_a_reader_in_two_zones_with_insights_and_enhance
     key_arn = managed.one("aws:kms/key:Key", "storage-data").state["arn"]
     monitoring_role = next(r for r in managed.of_type("aws:iam/role:Role")
                            if "monitoring.rds.amazonaws.com" in r.values["assumeRolePolicy"])
+    [trust] = json.loads(monitoring_role.values["assumeRolePolicy"])["Statement"]
+    assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": "111122223333"}}
     for instance in instances:
         spec = instance.values
         assert spec["performanceInsightsEnabled"] is True and spec["performanceInsightsKmsKeyId"] == key_arn
@@ -149,11 +152,15 @@ def test_rds_is_multi_az_encrypted_protected_and_tls_only(rds_run):
     assert f"airflow = host={instance.state['address']} port=5432 dbname=airflow" in ini
 
 
-def test_a_throwaway_stack_may_delete_the_database_without_a_snapshot():
-    run = run_program("prod-managed", overrides={"protectStatefulResources": False})
-    spec = run.one(AURORA).values
-    assert spec["deletionProtection"] is False and spec["skipFinalSnapshot"] is True
-    assert "finalSnapshotIdentifier" not in spec and not run.one(AURORA).protect
+def test_a_throwaway_stack_may_delete_the_database_and_still_leaves_a_final_snapshot():
+    run = run_program("prod-managed", overrides={"protectStatefulResources": False, "databaseEngine": "rds"})
+    spec = run.one(RDS).values
+    assert spec["deletionProtection"] is False and not run.one(RDS).protect and not run.one(RDS).retain_on_delete
+    assert spec["skipFinalSnapshot"] is False and spec["finalSnapshotIdentifier"].startswith(
+        "airflow-prod-managed-metadata-final-")
+    assert spec["deleteAutomatedBackups"] is False
+    group = run.one(REPLICATION_GROUP)
+    assert not group.protect and group.values["finalSnapshotIdentifier"].startswith("airflow-prod-managed-broker-final-")
 
 
 def test_elasticache_fails_over_across_zones_encrypts_and_never_evicts(managed):
@@ -177,12 +184,18 @@ def test_elasticache_fails_over_across_zones_encrypts_and_never_evicts(managed):
 
 
 def test_the_same_secrets_are_published_with_the_managed_urls(managed, in_cluster):
+    assert set(secret_data(in_cluster, METADATA_CONNECTION_SECRET)) == {"connection", ASYNC_CONNECTION_KEY}
+    assert set(secret_data(managed, METADATA_CONNECTION_SECRET)) == {"connection", ASYNC_CONNECTION_KEY,
+                                                                     KEDA_CONNECTION_KEY}
     for run in (managed, in_cluster):
-        assert set(secret_data(run, METADATA_CONNECTION_SECRET)) == {"connection", ASYNC_CONNECTION_KEY}
         assert set(secret_data(run, BROKER_URL_SECRET)) == {"connection"}
-    metadata = urlsplit(secret_data(managed, METADATA_CONNECTION_SECRET)["connection"])
+    urls = secret_data(managed, METADATA_CONNECTION_SECRET)
+    metadata = urlsplit(urls["connection"])
     assert (metadata.hostname, metadata.port) == (f"{rds.PGBOUNCER_SERVICE}.airflow.svc.cluster.local", 6543)
-    assert metadata.query == "sslmode=require" and metadata.path == "/airflow"
+    # Airflow verifies PgBouncer against the platform CA, which its pods mount; KEDA, without the file, requires TLS.
+    assert metadata.query == f"sslmode=verify-full&sslrootcert={w.METADATA_CA_FILE}" and metadata.path == "/airflow"
+    assert urlsplit(urls[KEDA_CONNECTION_KEY]).query == "sslmode=require"
+    assert urlsplit(urls[KEDA_CONNECTION_KEY]).hostname == metadata.hostname
     broker = urlsplit(secret_data(managed, BROKER_URL_SECRET)["connection"])
     assert broker.scheme == "rediss" and broker.query == "ssl_cert_reqs=required&ssl_check_hostname=true"
     assert broker.hostname == managed.one(REPLICATION_GROUP).state["primaryEndpointAddress"]
@@ -206,7 +219,7 @@ def test_airflow_values_differ_only_in_secret_contents_the_secrets_backend_and_d
     checksums = [path for path in changed if path.endswith("podAnnotations.checksum/platform-secrets")]
     pgbouncer = [path for path in changed if path.startswith("pgbouncer.")]
     assert checksums and pgbouncer
-    assert sorted(set(changed) - set(checksums) - set(pgbouncer)) == ["config.secrets", "workers.keda.usePgbouncer"]
+    assert sorted(set(changed) - set(checksums) - set(pgbouncer)) == ["config.secrets"]
     # The Secret names the chart reads are the same.
     for key in ("metadataSecretName", "brokerUrlSecretName"):
         assert managed_values["data"][key] == in_cluster_values["data"][key]
@@ -239,6 +252,39 @@ def test_pgbouncer_renders_with_the_rds_authorities_and_its_certificate(managed)
                        if r.values["metadata"]["name"] == rds.PGBOUNCER_TLS_SECRET).values["spec"]
     assert f"{rds.PGBOUNCER_SERVICE}.airflow.svc.cluster.local" in certificate["dnsNames"]
     assert certificate["issuerRef"]["kind"] == "ClusterIssuer"
+
+
+def scaled_object_and_worker_env(run) -> tuple[str, dict]:
+    documents = render_all(run)["airflow"]
+    scaled = next(d for d in documents if d["kind"] == "ScaledObject")
+    worker = next(d for d in documents if d["kind"] in ("Deployment", "StatefulSet")
+                  and d["metadata"]["name"] == "airflow-worker")
+    container = next(c for c in worker["spec"]["template"]["spec"]["containers"] if c["name"] == "worker")
+    env = {e["name"]: e.get("valueFrom", {}).get("secretKeyRef") for e in container["env"]}
+    return scaled["spec"]["triggers"][0]["metadata"]["connectionFromEnv"], env
+
+
+def test_keda_reads_its_own_url_with_a_managed_engine_and_the_airflow_one_otherwise(managed, in_cluster):
+    variable, env = scaled_object_and_worker_env(managed)
+    assert variable == "KEDA_DB_CONN"
+    assert env["KEDA_DB_CONN"] == {"name": METADATA_CONNECTION_SECRET, "key": KEDA_CONNECTION_KEY}
+    variable, env = scaled_object_and_worker_env(in_cluster)
+    assert variable == "AIRFLOW_CONN_AIRFLOW_DB" and "KEDA_DB_CONN" not in env
+
+
+def test_the_airflow_pods_mount_pgbouncers_ca_where_the_url_and_the_async_engine_look(managed, in_cluster):
+    for run in (managed, in_cluster):
+        values = unwrap(run.one(RELEASE, "airflow-airflow").inputs["values"])
+        [volume] = [v for v in values["scheduler"]["extraVolumes"] if v["name"] == "platform-secrets"]
+        [ca] = [source["secret"] for source in volume["projected"]["sources"]
+                if source["secret"]["name"] == w.METADATA_TLS_SECRET]
+        assert ca["optional"] is True and ca["items"] == [{"key": "ca.crt", "path": "metadata-ca.crt"}]
+        mount = values["scheduler"]["extraVolumeMounts"][0]["mountPath"]
+        assert f"{mount}/metadata-ca.crt" == w.METADATA_CA_FILE
+        assert f'os.path.exists("{w.METADATA_CA_FILE}")' in values["airflowLocalSettings"]
+    certificate = next(r for r in managed.of_type("kubernetes:cert-manager.io/v1:Certificate")
+                       if r.values["metadata"]["name"] == w.METADATA_TLS_SECRET)
+    assert certificate.values["spec"]["secretName"] == w.METADATA_TLS_SECRET
 
 
 def test_the_secrets_backend_reads_the_stacks_prefix_only_through_pod_identity(managed):

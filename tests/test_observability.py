@@ -44,8 +44,9 @@ def test_every_stack_runs_observability_with_the_pinned_chart(stack_runs, stack)
     managed = stack == "prod-managed"
     # statsd and KEDA everywhere; CloudNativePG's three or the chart's PgBouncer; redis-ha's two or none.
     assert len(monitors(run)) == (3 if managed else 7)
-    # airflow and platform everywhere; postgresql and redis only with the in-cluster engines.
-    assert len(run.of_type("kubernetes:monitoring.coreos.com/v1:PrometheusRule")) == (2 if managed else 4)
+    # airflow and platform everywhere; postgresql and redis only with the in-cluster engines, pgbouncer (the
+    # chart's) only with a managed database.
+    assert len(run.of_type("kubernetes:monitoring.coreos.com/v1:PrometheusRule")) == (3 if managed else 4)
     prometheus = rendered_prometheus(run)["spec"]
     assert prometheus["replicas"] == (1 if stack == "local" else 2)
     assert prometheus["retention"] == "15d"

@@ -37,7 +37,7 @@ import sqlalchemy
 from components import rds
 from components import workloads as w
 from components.airflow import AIRFLOW_LOCAL_SETTINGS
-from components.database import DATABASE_NAME, async_metadata_url, metadata_url
+from components.database import ASYNC_CONNECTION_KEY, DATABASE_NAME, managed_metadata_urls, metadata_url
 from components.elasticache import tls_broker_url
 from servers import (
     CertificateAuthority,
@@ -163,9 +163,15 @@ def verify_full_url(port: int, root_certificate: Path, host: str = "localhost") 
             + f"&sslrootcert={quote(str(root_certificate), safe='')}")
 
 
-def published_metadata_url(pgbouncer_port: int) -> str:
-    return with_host_and_port(metadata_url(w.POSTGRES_USER, PASSWORD, PGBOUNCER_HOST, rds.PGBOUNCER_PORT,
-                                           DATABASE_NAME), "127.0.0.1", pgbouncer_port)
+def published_urls(pgbouncer_port: int, ca_file: Path, host: str = "localhost") -> dict[str, str]:
+    """The Secret's URLs as the program publishes them with a managed engine, pointed at the local PgBouncer
+    (whose certificate names `localhost`) and at the test CA instead of the pods' platform CA file."""
+    urls = managed_metadata_urls(PASSWORD, PGBOUNCER_HOST, rds.PGBOUNCER_PORT, ca_file=str(ca_file))
+    return {key: with_host_and_port(url, host, pgbouncer_port) for key, url in urls.items()}
+
+
+def published_metadata_url(pgbouncer_port: int, ca_file: Path) -> str:
+    return published_urls(pgbouncer_port, ca_file)["connection"]
 
 
 # ---------------------------------------------------------------- PostgreSQL, TLS required (RDS, rds.force_ssl=1)
@@ -195,7 +201,7 @@ def test_the_database_refuses_connections_without_tls(managed):
 # ---------------------------------------------------------------- PgBouncer as the program configures it
 
 def test_published_metadata_url_runs_a_query_through_pgbouncer_over_tls_on_both_legs(managed):
-    url = published_metadata_url(managed.pgbouncer.port)
+    url = published_metadata_url(managed.pgbouncer.port, managed.ca_file)
     # In the published URL every reserved character of the password but the unreserved `-` and `_` is
     # percent-encoded, and decoding gives the password back.
     encoded_password = url.split("://", 1)[1].rsplit("@", 1)[0].split(":", 1)[1]
@@ -210,8 +216,25 @@ def test_published_metadata_url_runs_a_query_through_pgbouncer_over_tls_on_both_
             client_leg_tls = connection.connection.dbapi_connection.info.ssl_in_use
     finally:
         engine.dispose()
-    # Airflow -> PgBouncer (sslmode=require) and PgBouncer -> the database (verify-full) are both TLS.
+    # Airflow -> PgBouncer and PgBouncer -> the database are both TLS, both verify-full.
     assert (user, database, client_leg_tls, server_leg_tls) == (w.POSTGRES_USER, DATABASE_NAME, True, True)
+    assert "sslmode=verify-full" in url
+
+
+@pytest.mark.parametrize(("host", "ca", "refusal"), [
+    pytest.param("localhost", "wrong", "certificate verify failed", id="a-wrong-ca"),
+    pytest.param("127.0.0.1", "right", 'does not match host name "127.0.0.1"', id="another-host-name"),
+])
+def test_airflow_refuses_a_pgbouncer_it_cannot_verify(managed, host, ca, refusal):
+    urls = published_urls(managed.pgbouncer.port, managed.ca_file if ca == "right" else managed.wrong_ca_file, host)
+    with pytest.raises(psycopg2.OperationalError, match=refusal):
+        libpq_query(urls["connection"])
+
+
+def test_kedas_url_requires_tls_without_a_ca_file(managed):
+    url = published_urls(managed.pgbouncer.port, managed.wrong_ca_file, host="127.0.0.1")["kedaConnection"]
+    assert "sslrootcert" not in url and "sslmode=require" in url
+    assert libpq_query(url) == (w.POSTGRES_USER, True)
 
 
 def test_pgbouncer_requires_tls_from_airflow(managed):
@@ -222,7 +245,7 @@ def test_pgbouncer_requires_tls_from_airflow(managed):
 
 
 def test_pgbouncer_with_a_wrong_password_is_refused(managed):
-    url = published_metadata_url(managed.pgbouncer.port).replace(quote(PASSWORD, safe=""),
+    url = published_metadata_url(managed.pgbouncer.port, managed.ca_file).replace(quote(PASSWORD, safe=""),
                                                                  quote(PASSWORD[::-1], safe=""))
     with pytest.raises(psycopg2.OperationalError, match="password authentication failed|SASL"):
         libpq_query(url)
@@ -268,7 +291,7 @@ def test_pgbouncer_refuses_a_database_certificate_it_cannot_verify(managed, serv
 
     def client() -> None:
         try:
-            outcome["row"] = libpq_query(published_metadata_url(port))
+            outcome["row"] = libpq_query(published_metadata_url(port, managed.ca_file))
         except psycopg2.Error as exc:
             outcome["error"] = exc
 
@@ -287,8 +310,10 @@ def test_pgbouncer_refuses_a_database_certificate_it_cannot_verify(managed, serv
     assert not thread.is_alive()
     assert "row" not in outcome and isinstance(outcome["error"], psycopg2.OperationalError)
     assert any("TLS handshake error" in line and refusal in line for line in log.splitlines())
-    # With the right CA and the certificate's host name (the module's PgBouncer), no handshake ever failed.
-    assert "TLS handshake error" not in (managed.workdir / "pgbouncer" / "pgbouncer.log").read_text()
+    # With the right CA and the certificate's host name (the module's PgBouncer), no handshake with the database
+    # ever failed (clients refusing PgBouncer, in other tests, show as alerts PgBouncer received).
+    assert not [line for line in (managed.workdir / "pgbouncer" / "pgbouncer.log").read_text().splitlines()
+                if "TLS handshake error" in line and refusal in line]
 
 
 def test_published_pgbouncer_ini_is_refused_by_pgbouncer_1_18_for_max_prepared_statements_only(managed):
@@ -323,7 +348,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 async def main():
-    engine = create_async_engine(os.environ["METADATA_URL"], connect_args=json.loads(os.environ["CONNECT_ARGS"]))
+    settings = {}
+    exec(os.environ["LOCAL_SETTINGS"], settings)  # the chart's airflow_local_settings.py, as the program writes it
+    engine = create_async_engine(os.environ["METADATA_URL"], connect_args=settings["ASYNC_CONNECT_ARGS"])
     rows = []
     try:
         for _ in range(3):
@@ -340,19 +367,40 @@ asyncio.run(main())
 """
 
 
-def test_async_metadata_url_runs_queries_through_pgbouncer(managed):
+def run_async_client(managed, ca_file: Path, host: str) -> subprocess.CompletedProcess:
     python = python_with_asyncpg()
     if python is None:
         pytest.skip("asyncpg is in neither .venv nor .venv-airflow (make e2e builds the latter)")
-    settings: dict = {}
-    exec(AIRFLOW_LOCAL_SETTINGS, settings)  # the connect args the chart's airflow_local_settings.py gives Airflow
-    url = with_host_and_port(async_metadata_url(w.POSTGRES_USER, PASSWORD, PGBOUNCER_HOST, rds.PGBOUNCER_PORT,
-                                                DATABASE_NAME), "127.0.0.1", managed.pgbouncer.port)
-    env = {**os.environ, "METADATA_URL": url, "CONNECT_ARGS": json.dumps(settings["ASYNC_CONNECT_ARGS"])}
-    run = subprocess.run([python, "-c", ASYNC_CLIENT], env=env, capture_output=True, text=True, timeout=120)
+    # The connect args the chart's airflow_local_settings.py gives Airflow, with the test CA where the pods
+    # have the platform CA.
+    assert w.METADATA_CA_FILE in AIRFLOW_LOCAL_SETTINGS
+    local_settings = AIRFLOW_LOCAL_SETTINGS.replace(w.METADATA_CA_FILE, str(ca_file))
+    url = published_urls(managed.pgbouncer.port, ca_file, host)[ASYNC_CONNECTION_KEY]
+    env = {**os.environ, "METADATA_URL": url, "LOCAL_SETTINGS": local_settings}
+    return subprocess.run([python, "-c", ASYNC_CLIENT], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_async_metadata_url_runs_queries_through_pgbouncer_verifying_it(managed):
+    run = run_async_client(managed, managed.ca_file, "localhost")
     assert run.returncode == 0, run.stderr[-3000:]
     # A parameterised statement (asyncpg prepares it) three times; PgBouncer only admits TLS clients.
     assert json.loads(run.stdout.splitlines()[-1]) == [[w.POSTGRES_USER, DATABASE_NAME, True]] * 3
+
+
+@pytest.mark.parametrize(("host", "ca", "refusal"), [
+    pytest.param("localhost", "wrong", "CERTIFICATE_VERIFY_FAILED", id="a-wrong-ca"),
+    pytest.param("127.0.0.1", "right", "IP address mismatch", id="another-host-name"),
+])
+def test_the_async_engine_refuses_a_pgbouncer_it_cannot_verify(managed, host, ca, refusal):
+    run = run_async_client(managed, managed.ca_file if ca == "right" else managed.wrong_ca_file, host)
+    assert run.returncode != 0 and refusal in run.stderr
+
+
+def test_without_the_ca_file_the_async_engine_requires_tls_only(managed):
+    """CloudNativePG's stacks: no such file in the pods, the connect args add nothing, `ssl=require` holds."""
+    missing = managed.workdir / "no-such-ca.crt"
+    run = run_async_client(managed, missing, "127.0.0.1")
+    assert run.returncode == 0, run.stderr[-3000:]
 
 
 # ---------------------------------------------------------------- Redis with TLS only (ElastiCache)

@@ -149,15 +149,26 @@ def build_network(ctx: AwsContext) -> Network:
             ingress=[{"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_blocks": [str(settings.vpc_cidr)],
                       "description": "HTTPS from the VPC"}],
             egress=[], opts=ctx.aws)
+        # Reserved first, so that no node or pod is given them later. On a running stack an address of the range
+        # may already be in use: then the endpoint fails naming it (README, Managed backends).
+        reservations = [aws.ec2.SubnetCidrReservation(
+            f"{name}-secretsmanager-{zone}", subnet_id=subnet.id, cidr_block=block, reservation_type="explicit",
+            description="Secrets Manager endpoint", opts=ctx.aws)
+            for zone, subnet, block in zip(zones, private_subnets, secrets_manager_reservations(private_cidrs),
+                                           strict=True)]
+        # Looked up as the S3 one: the partition decides how its name is spelled.
+        secrets_manager_service = aws.ec2.get_vpc_endpoint_service(
+            service="secretsmanager", service_type="Interface", opts=ctx.invoke).service_name
         secrets_manager_endpoint = aws.ec2.VpcEndpoint(
-            f"{name}-secretsmanager", vpc_id=vpc.id, service_name=f"com.amazonaws.{settings.region}.secretsmanager",
+            f"{name}-secretsmanager", vpc_id=vpc.id, service_name=secrets_manager_service,
             vpc_endpoint_type="Interface", private_dns_enabled=True,
             subnet_ids=[subnet.id for subnet in private_subnets], security_group_ids=[endpoint_group.id],
             # Fixed addresses, so the pods' egress admits the endpoint only (not the EKS API's interfaces or
             # any other HTTPS server in the private subnets).
             subnet_configurations=[{"subnet_id": subnet.id, "ipv4": address}
                                    for subnet, address in zip(private_subnets, addresses, strict=True)],
-            tags={"Name": f"{cluster_name}-secretsmanager"}, opts=ctx.aws)
+            opts=pulumi.ResourceOptions.merge(ctx.aws, pulumi.ResourceOptions(depends_on=reservations)),
+            tags={"Name": f"{cluster_name}-secretsmanager"})
     return Network(
         vpc_id=vpc.id,
         zones=list(zones),
@@ -170,7 +181,12 @@ def build_network(ctx: AwsContext) -> Network:
     )
 
 
+def secrets_manager_reservations(private_cidrs: list[str]) -> list[str]:
+    """In each private subnet, the /28 below its top one, reserved for addresses given explicitly: EC2 never
+    hands them to a node or a pod."""
+    return [str(list(ipaddress.ip_network(cidr).subnets(new_prefix=28))[-2]) for cidr in private_cidrs]
+
+
 def secrets_manager_addresses(private_cidrs: list[str]) -> list[str]:
-    """The Secrets Manager endpoint's address in each private subnet: the sixth from the top (AWS keeps the last
-    one). The endpoint is made with the subnets, before any node takes an address from them."""
-    return [str(ipaddress.ip_network(cidr).broadcast_address - 5) for cidr in private_cidrs]
+    """The Secrets Manager endpoint's address in each private subnet, inside that subnet's reservation."""
+    return [str(ipaddress.ip_network(block).network_address + 4) for block in secrets_manager_reservations(private_cidrs)]
