@@ -13,6 +13,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from components import workloads as w
+from components.data_store_access import cluster_only_security_group
 from components.settings import Settings
 
 
@@ -47,14 +48,9 @@ def managed_redis(name: str, settings: Settings, *, name_prefix: str, auth_token
     identifier = f"{name_prefix}-broker"
     subnet_group = aws.elasticache.SubnetGroup(f"{name}-broker", name=identifier, subnet_ids=private_subnet_ids,
                                                description=f"Airflow {name_prefix}: Celery broker", opts=opts)
-    # The group without its rule: the replication group is created while EKS is.
-    security_group = aws.ec2.SecurityGroup(
-        f"{name}-broker", vpc_id=vpc_id, description="Redis to the Airflow Celery broker, from EKS only",
-        egress=[], opts=opts)
-    from_cluster = aws.vpc.SecurityGroupIngressRule(
-        f"{name}-broker-from-eks", security_group_id=security_group.id,
-        referenced_security_group_id=node_security_group_id, ip_protocol="tcp", from_port=w.REDIS_PORT,
-        to_port=w.REDIS_PORT, description="Redis from EKS nodes and pods", opts=opts)
+    security_group, from_cluster = cluster_only_security_group(
+        f"{name}-broker", vpc_id=vpc_id, port=w.REDIS_PORT, what="Redis to the Airflow Celery broker",
+        node_security_group_id=node_security_group_id, opts=opts)
     # Named after its family: a new major version makes the next family's group before it drops this one.
     parameters = aws.elasticache.ParameterGroup(
         f"{name}-broker", name=f"{identifier}-{parameter_group_family(settings)}", family=parameter_group_family(settings),

@@ -21,6 +21,7 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from components import workloads as w
+from components.data_store_access import cluster_only_security_group
 from components.helm import resources
 from components.iam import managed_policy_arn, service_trust_policy
 from components.settings import Settings
@@ -162,15 +163,9 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, passwor
     identifier = f"{name_prefix}-metadata"
     subnet_group = aws.rds.SubnetGroup(f"{name}-metadata", name=identifier, subnet_ids=private_subnet_ids,
                                        description=f"Airflow {name_prefix}: metadata database", opts=opts)
-    # The group without its rule: the database is created while EKS is (its rule waits for the cluster's group).
-    security_group = aws.ec2.SecurityGroup(
-        f"{name}-metadata", vpc_id=vpc_id, description="PostgreSQL to the Airflow metadata database, from EKS only",
-        egress=[], opts=opts)
-    # Nodes and pods (the VPC CNI gives pods the nodes' security groups) carry the cluster security group.
-    from_cluster = aws.vpc.SecurityGroupIngressRule(
-        f"{name}-metadata-from-eks", security_group_id=security_group.id,
-        referenced_security_group_id=node_security_group_id, ip_protocol="tcp", from_port=w.POSTGRES_PORT,
-        to_port=w.POSTGRES_PORT, description="PostgreSQL from EKS nodes and pods", opts=opts)
+    security_group, from_cluster = cluster_only_security_group(
+        f"{name}-metadata", vpc_id=vpc_id, port=w.POSTGRES_PORT, what="PostgreSQL to the Airflow metadata database",
+        node_security_group_id=node_security_group_id, opts=opts)
     account_id = aws.get_caller_identity(opts=pulumi.InvokeOptions(provider=opts.provider)).account_id
     monitoring_role = aws.iam.Role(
         f"{name}-monitoring", assume_role_policy=service_trust_policy("monitoring.rds.amazonaws.com", account_id),

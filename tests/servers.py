@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,3 +317,19 @@ def unavailable_reason() -> Optional[str]:
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             return f"{tool} not found"
     return None
+
+
+def servers_workdir(prefix: str) -> Path:
+    """A fresh directory for a module's servers. Without the servers the module is skipped, and fails in CI,
+    where they must run. Not pytest's tmp_path: under root that lies in a 0700 directory the `postgres` user
+    cannot enter."""
+    import pytest
+
+    reason = unavailable_reason()
+    if reason:
+        if os.environ.get("CI"):
+            pytest.fail(f"real-server tests must run in CI: {reason}")
+        pytest.skip(reason)
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    workdir.chmod(0o755)
+    return workdir

@@ -31,6 +31,7 @@ from components.database import DATABASE_NAME, METADATA_CONNECTION_SECRET
 from harness import run_program
 from servers import (
     ServerUnavailable,
+    servers_workdir,
     start_pgbouncer,
     start_postgres,
     start_redis,
@@ -60,15 +61,8 @@ def program():
 
 @pytest.fixture(scope="module")
 def servers(program):
-    reason = unavailable_reason()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"real-server tests must run in CI: {reason}")
-        pytest.skip(reason)
+    workdir = servers_workdir("airflow-platform-servers-")
     started = []
-    # Not pytest's tmp_path: under root that lies in a 0700 directory the `postgres` user cannot enter.
-    workdir = Path(tempfile.mkdtemp(prefix="airflow-platform-servers-"))
-    workdir.chmod(0o755)
     try:
         postgres = start_postgres(workdir / "postgres")
         started.append(postgres)

@@ -22,7 +22,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -47,9 +46,9 @@ from servers import (
     free_port,
     pgbouncer_version,
     run_pgbouncer,
+    servers_workdir,
     start_postgres,
     start_redis,
-    unavailable_reason,
     with_host_and_port,
 )
 
@@ -103,15 +102,8 @@ def program_pgbouncer(directory: Path, ca: CertificateAuthority, postgres_port: 
 
 @pytest.fixture(scope="module")
 def managed():
-    reason = unavailable_reason()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"real-server tests must run in CI: {reason}")
-        pytest.skip(reason)
+    workdir = servers_workdir("airflow-platform-managed-")
     started = []
-    # Not pytest's tmp_path: under root that lies in a 0700 directory the `postgres` user cannot enter.
-    workdir = Path(tempfile.mkdtemp(prefix="airflow-platform-managed-"))
-    workdir.chmod(0o755)
     try:
         ca, wrong_ca = CertificateAuthority.create("Test RDS and ElastiCache CA"), CertificateAuthority.create("Unrelated CA")
         ca_file, wrong_ca_file = ca.write(workdir / "ca.pem"), wrong_ca.write(workdir / "wrong-ca.pem")
