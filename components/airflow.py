@@ -18,7 +18,7 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from components import workloads as w
-from components.database import ASYNC_CONNECTION_KEY
+from components.database import ASYNC_CONNECTION_KEY, KEDA_CONNECTION_KEY
 from components.helm import NONROOT_UID, chart_release, millicores, pinned, resources
 from components.ingress import alb_ingress
 from components.secrets_backend import airflow_secrets_config
@@ -122,7 +122,9 @@ AIRFLOW_LOCAL_SETTINGS = (
     'import ssl\n'
     '\n'
     'ASYNC_CONNECT_ARGS = {"statement_cache_size": 0}\n'
-    f'if os.path.exists("{w.METADATA_CA_FILE}"):\n'
+    '# Verify as the metadata URL asks: with the CA file it names (a managed database\'s PgBouncer).\n'
+    f'_URL_FILE = "{SECRETS_DIR}/airflow__database__sql_alchemy_conn"\n'
+    f'if os.path.exists(_URL_FILE) and "sslrootcert={w.METADATA_CA_FILE}" in open(_URL_FILE).read():\n'
     f'    ASYNC_CONNECT_ARGS["ssl"] = ssl.create_default_context(cafile="{w.METADATA_CA_FILE}")\n')
 
 
@@ -285,9 +287,10 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
             "resources": airflow_resources(settings.worker_cpu, settings.worker_memory,
                                            cpu_limit=settings.worker_cpu_limit or None),
             # KEDA reads the metadata connection from the worker container's environment (connectionFromEnv):
-            # the one credential the chart can only hand over as an environment variable.
+            # the one credential the chart can only hand over as an environment variable. KEDA's own key of the
+            # Secret: with a managed database Airflow's URL names a CA file KEDA does not have.
             "env": [{"name": "AIRFLOW_CONN_AIRFLOW_DB",
-                     "valueFrom": {"secretKeyRef": {"name": metadata_secret, "key": "connection"}}}],
+                     "valueFrom": {"secretKeyRef": {"name": metadata_secret, "key": KEDA_CONNECTION_KEY}}}],
             "terminationGracePeriodSeconds": settings.worker_termination_grace_seconds,
             "podDisruptionBudget": pdb(),
             "topologySpreadConstraints": zone_spread("worker"),
@@ -300,7 +303,9 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
                 "maxReplicaCount": settings.worker_max_replicas,
                 "cooldownPeriod": keda_cooldown_seconds(settings),
                 "pollingInterval": 10,
-                "usePgbouncer": False,
+                # Through AIRFLOW_CONN_AIRFLOW_DB above, whichever pooler is in front; otherwise the chart would add
+                # KEDA_DB_CONN to every Airflow container's environment when it runs PgBouncer itself.
+                "usePgbouncer": True,
             },
             "livenessProbe": {"initialDelaySeconds": 10, "timeoutSeconds": 20, "failureThreshold": 5, "periodSeconds": 60},
         },

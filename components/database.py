@@ -31,8 +31,8 @@ METADATA_CONNECTION_SECRET = "airflow-metadata-connection"
 # Keys of that Secret: the chart reads `connection`; AirflowRelease hands `async-connection` to
 # [database] sql_alchemy_conn_async.
 ASYNC_CONNECTION_KEY = "async-connection"
-# With a managed engine, KEDA's own URL (the chart reads it when its PgBouncer runs and KEDA is not told to use
-# the Airflow connection): KEDA has no file of PgBouncer's CA, so it requires TLS without verifying it.
+# KEDA's URL (the worker hands it over as AIRFLOW_CONN_AIRFLOW_DB): with a managed engine KEDA has no file of
+# PgBouncer's CA, so it requires TLS without verifying it; with CloudNativePG it is Airflow's URL.
 KEDA_CONNECTION_KEY = "kedaConnection"
 DATABASE_NAME = w.POSTGRES_DATABASE
 
@@ -126,7 +126,8 @@ class Database(pulumi.ComponentResource):
             urls = args.app_user_password.apply(lambda password: {
                 "connection": metadata_url(w.POSTGRES_USER, password, pooler_host, pooler_port, DATABASE_NAME),
                 ASYNC_CONNECTION_KEY: async_metadata_url(w.POSTGRES_USER, password, pooler_host, pooler_port,
-                                                         DATABASE_NAME)})
+                                                         DATABASE_NAME),
+                KEDA_CONNECTION_KEY: metadata_url(w.POSTGRES_USER, password, pooler_host, pooler_port, DATABASE_NAME)})
         connection = k8s.core.v1.Secret(
             f"{name}-metadata-connection",
             metadata={"name": METADATA_CONNECTION_SECRET, "namespace": args.airflow_namespace},
@@ -156,11 +157,15 @@ class Database(pulumi.ComponentResource):
         k8s.apiextensions.CustomResource(
             f"{name}-pgbouncer-tls",
             api_version="cert-manager.io/v1", kind="Certificate",
-            metadata={"name": w.METADATA_TLS_SECRET, "namespace": args.airflow_namespace},
+            # Pulumi waits until cert-manager has issued it: the Airflow pods' URL names its CA file.
+            metadata={"name": w.METADATA_TLS_SECRET, "namespace": args.airflow_namespace,
+                      "annotations": {"pulumi.com/waitFor": "condition=Ready"}},
             spec={"secretName": w.METADATA_TLS_SECRET, "commonName": pgbouncer_host,
                   "dnsNames": [rds.PGBOUNCER_SERVICE, f"{rds.PGBOUNCER_SERVICE}.{w.AIRFLOW_NAMESPACE}",
                                f"{rds.PGBOUNCER_SERVICE}.{w.AIRFLOW_NAMESPACE}.svc", pgbouncer_host],
-                  "duration": "2160h", "renewBefore": "720h",
+                  # As long as the platform CA's: PgBouncer reads its certificate only when it starts, and nothing
+                  # restarts it when cert-manager renews one (README: Managed backends).
+                  "duration": "87600h", "renewBefore": "720h",
                   "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
                   "issuerRef": {"name": args.cluster_ca_issuer_name, "kind": "ClusterIssuer", "group": "cert-manager.io"}},
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(

@@ -57,7 +57,10 @@ def managed_redis(name: str, settings: Settings, *, name_prefix: str, auth_token
         description="Celery broker: never evict a queued task",
         parameters=[{"name": "maxmemory-policy", "value": "noeviction"}], opts=opts)
     # Whatever deletes the group leaves a final snapshot, under a name no earlier deletion used.
-    suffix = random.RandomId(f"{name}-final-snapshot", byte_length=4, opts=pulumi.ResourceOptions(parent=opts.parent))
+    # A new one with every new replication group (another engine or key), whose name is then free again.
+    suffix = random.RandomId(f"{name}-final-snapshot", byte_length=4,
+                             keepers={"engine": settings.elasticache_engine, "kms_key": kms_key_arn},
+                             opts=pulumi.ResourceOptions(parent=opts.parent))
     group = aws.elasticache.ReplicationGroup(
         f"{name}-elasticache", replication_group_id=identifier, description=f"Airflow {name_prefix}: Celery broker",
         engine=settings.elasticache_engine, engine_version=settings.elasticache_engine_version,

@@ -368,16 +368,21 @@ def rendered_network_policies(run: ProgramRun) -> list[dict]:
             if document["kind"] == "NetworkPolicy"]
 
 
-def secret_files(pod_spec: dict, container: dict) -> dict[str, tuple[str, str]]:
-    """Path of every file a container sees from a Secret (a secret or projected volume) -> (Secret, key)."""
+def secret_files(pod_spec: dict, container: dict, present: Optional[set[str]] = None) -> dict[str, tuple[str, str]]:
+    """Path of every file a container sees from a Secret (a secret or projected volume) -> (Secret, key). With
+    `present` (the Secrets that exist), an optional source whose Secret is not among them gives no file, as the
+    kubelet skips it."""
     volumes = {v["name"]: v for v in pod_spec.get("volumes") or []}
     files = {}
     for mount in container.get("volumeMounts") or []:
         volume = volumes[mount["name"]]
         sources = [source["secret"] for source in volume.get("projected", {}).get("sources", []) if "secret" in source]
         if "secret" in volume:
-            sources.append({"name": volume["secret"]["secretName"], "items": volume["secret"].get("items")})
+            sources.append({"name": volume["secret"]["secretName"], "items": volume["secret"].get("items"),
+                            "optional": volume["secret"].get("optional", False)})
         for source in sources:
+            if present is not None and source.get("optional") and source["name"] not in present:
+                continue
             for item in source.get("items") or []:
                 files[f"{mount['mountPath']}/{item['path']}"] = (source["name"], item["key"])
     return files

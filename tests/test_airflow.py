@@ -267,7 +267,7 @@ CREDENTIAL_FILES = {
 }
 
 
-@pytest.mark.parametrize("stack", ["local", "prod"])
+@pytest.mark.parametrize("stack", ["local", "prod", "prod-managed"])
 def test_every_airflow_container_reads_the_credentials_from_files_of_their_secrets(stack_runs, stack):
     """Rendered by the chart: each credential through its `_CMD` option from a file of the right Secret key,
     in every Airflow container (init containers and Jobs too), and none of them as an environment variable."""

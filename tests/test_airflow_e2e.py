@@ -53,7 +53,7 @@ def platform():
     # the projected Secret volume every Airflow component mounts (the scheduler's, here).
     files = {path: secrets[name][key] for path, (name, key) in secret_files(
         {"volumes": chart_values["scheduler"]["extraVolumes"]},
-        {"volumeMounts": chart_values["scheduler"]["extraVolumeMounts"]}).items()}
+        {"volumeMounts": chart_values["scheduler"]["extraVolumeMounts"]}, present=set(secrets)).items()}
     commands = {e["name"].removesuffix("_CMD"): e["value"].split() for e in chart_values["env"]
                 if e["name"].endswith("_CMD")}
     assert commands and all(command[0] == "cat" for command in commands.values())

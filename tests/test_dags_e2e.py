@@ -215,7 +215,8 @@ def produced_env(release: dict, servers: Servers, home: Path, ports: dict[str, i
         directory.mkdir(parents=True, exist_ok=True)
     # The files of the Secret volumes, from the Secrets the program made.
     files = {path: release["secrets"][name][key]
-             for path, (name, key) in secret_files(release["scheduler_pod"], release["scheduler"]).items()}
+             for path, (name, key) in secret_files(release["scheduler_pod"], release["scheduler"],
+                                                   present=set(release["secrets"])).items()}
     metadata, broker = ("127.0.0.1", servers.pgbouncer.port), ("127.0.0.1", servers.redis.port)
     # Which server each URL option points at, by option (as tests/test_airflow_e2e.py's airflow_env does).
     loopback = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": metadata,

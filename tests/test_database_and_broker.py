@@ -146,7 +146,9 @@ def test_connection_secrets_are_published_with_key_connection(stack_runs, stack)
     secrets = {s.values["metadata"]["name"]: s for s in stack_runs[stack].of_type("kubernetes:core/v1:Secret")}
     metadata = secrets[METADATA_CONNECTION_SECRET]
     broker = secrets[BROKER_URL_SECRET]
-    assert set(metadata.values["stringData"]) == {"connection", "async-connection"}
+    # `kedaConnection`: KEDA's (the worker hands it over); with CloudNativePG it is Airflow's own URL.
+    assert set(metadata.values["stringData"]) == {"connection", "async-connection", "kedaConnection"}
+    assert metadata.values["stringData"]["kedaConnection"] == metadata.values["stringData"]["connection"]
     assert set(broker.values["stringData"]) == {"connection"}
     for secret in (metadata, broker):
         data = secret.inputs["stringData"]

@@ -184,11 +184,12 @@ def test_elasticache_fails_over_across_zones_encrypts_and_never_evicts(managed):
 
 
 def test_the_same_secrets_are_published_with_the_managed_urls(managed, in_cluster):
-    assert set(secret_data(in_cluster, METADATA_CONNECTION_SECRET)) == {"connection", ASYNC_CONNECTION_KEY}
-    assert set(secret_data(managed, METADATA_CONNECTION_SECRET)) == {"connection", ASYNC_CONNECTION_KEY,
-                                                                     KEDA_CONNECTION_KEY}
     for run in (managed, in_cluster):
+        assert set(secret_data(run, METADATA_CONNECTION_SECRET)) == {"connection", ASYNC_CONNECTION_KEY,
+                                                                     KEDA_CONNECTION_KEY}
         assert set(secret_data(run, BROKER_URL_SECRET)) == {"connection"}
+    in_cluster_urls = secret_data(in_cluster, METADATA_CONNECTION_SECRET)
+    assert in_cluster_urls[KEDA_CONNECTION_KEY] == in_cluster_urls["connection"]
     urls = secret_data(managed, METADATA_CONNECTION_SECRET)
     metadata = urlsplit(urls["connection"])
     assert (metadata.hostname, metadata.port) == (f"{rds.PGBOUNCER_SERVICE}.airflow.svc.cluster.local", 6543)
@@ -264,12 +265,17 @@ def scaled_object_and_worker_env(run) -> tuple[str, dict]:
     return scaled["spec"]["triggers"][0]["metadata"]["connectionFromEnv"], env
 
 
-def test_keda_reads_its_own_url_with_a_managed_engine_and_the_airflow_one_otherwise(managed, in_cluster):
-    variable, env = scaled_object_and_worker_env(managed)
-    assert variable == "KEDA_DB_CONN"
-    assert env["KEDA_DB_CONN"] == {"name": METADATA_CONNECTION_SECRET, "key": KEDA_CONNECTION_KEY}
-    variable, env = scaled_object_and_worker_env(in_cluster)
-    assert variable == "AIRFLOW_CONN_AIRFLOW_DB" and "KEDA_DB_CONN" not in env
+def test_keda_reads_its_own_key_and_no_other_container_gets_it(managed, in_cluster):
+    for run in (managed, in_cluster):
+        variable, env = scaled_object_and_worker_env(run)
+        assert variable == "AIRFLOW_CONN_AIRFLOW_DB"
+        assert env["AIRFLOW_CONN_AIRFLOW_DB"] == {"name": METADATA_CONNECTION_SECRET, "key": KEDA_CONNECTION_KEY}
+        # The chart's KEDA_DB_CONN (every Airflow container's environment) never appears.
+        documents = render_all(run)["airflow"]
+        names = {e["name"] for d in documents if d["kind"] in ("Deployment", "StatefulSet", "Job")
+                 for c in [*d["spec"]["template"]["spec"].get("initContainers", []),
+                           *d["spec"]["template"]["spec"]["containers"]] for e in c.get("env") or []}
+        assert "KEDA_DB_CONN" not in names
 
 
 def test_the_airflow_pods_mount_pgbouncers_ca_where_the_url_and_the_async_engine_look(managed, in_cluster):
@@ -281,10 +287,12 @@ def test_the_airflow_pods_mount_pgbouncers_ca_where_the_url_and_the_async_engine
         assert ca["optional"] is True and ca["items"] == [{"key": "ca.crt", "path": "metadata-ca.crt"}]
         mount = values["scheduler"]["extraVolumeMounts"][0]["mountPath"]
         assert f"{mount}/metadata-ca.crt" == w.METADATA_CA_FILE
-        assert f'os.path.exists("{w.METADATA_CA_FILE}")' in values["airflowLocalSettings"]
+        assert f'"sslrootcert={w.METADATA_CA_FILE}" in open(_URL_FILE).read()' in values["airflowLocalSettings"]
     certificate = next(r for r in managed.of_type("kubernetes:cert-manager.io/v1:Certificate")
                        if r.values["metadata"]["name"] == w.METADATA_TLS_SECRET)
     assert certificate.values["spec"]["secretName"] == w.METADATA_TLS_SECRET
+    # Pulumi waits for it to be issued, and Airflow for Database: no pod starts before its CA file exists.
+    assert certificate.values["metadata"]["annotations"] == {"pulumi.com/waitFor": "condition=Ready"}
 
 
 def test_the_secrets_backend_reads_the_stacks_prefix_only_through_pod_identity(managed):

@@ -359,16 +359,21 @@ asyncio.run(main())
 """
 
 
-def run_async_client(managed, ca_file: Path, host: str) -> subprocess.CompletedProcess:
+def run_async_client(managed, ca_file: Path, host: str, sync_url: Optional[str] = None) -> subprocess.CompletedProcess:
+    """Airflow's async engine in a fresh interpreter, with the connect args the chart's airflow_local_settings.py
+    gives it. The pods' files are the test's: the CA file, and the sync URL (the published one by default) the
+    settings read to decide whether to verify."""
     python = python_with_asyncpg()
     if python is None:
         pytest.skip("asyncpg is in neither .venv nor .venv-airflow (make e2e builds the latter)")
-    # The connect args the chart's airflow_local_settings.py gives Airflow, with the test CA where the pods
-    # have the platform CA.
-    assert w.METADATA_CA_FILE in AIRFLOW_LOCAL_SETTINGS
-    local_settings = AIRFLOW_LOCAL_SETTINGS.replace(w.METADATA_CA_FILE, str(ca_file))
-    url = published_urls(managed.pgbouncer.port, ca_file, host)[ASYNC_CONNECTION_KEY]
-    env = {**os.environ, "METADATA_URL": url, "LOCAL_SETTINGS": local_settings}
+    urls = published_urls(managed.pgbouncer.port, ca_file, host)
+    url_file = managed.workdir / f"sync-url-{secrets.token_hex(4)}"
+    url_file.write_text(urls["connection"] if sync_url is None else sync_url)
+    pod_url_file = f"{w.SECRETS_DIR}/airflow__database__sql_alchemy_conn"
+    assert w.METADATA_CA_FILE in AIRFLOW_LOCAL_SETTINGS and pod_url_file in AIRFLOW_LOCAL_SETTINGS
+    local_settings = AIRFLOW_LOCAL_SETTINGS.replace(w.METADATA_CA_FILE, str(ca_file)).replace(pod_url_file,
+                                                                                            str(url_file))
+    env = {**os.environ, "METADATA_URL": urls[ASYNC_CONNECTION_KEY], "LOCAL_SETTINGS": local_settings}
     return subprocess.run([python, "-c", ASYNC_CLIENT], env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -388,10 +393,11 @@ def test_the_async_engine_refuses_a_pgbouncer_it_cannot_verify(managed, host, ca
     assert run.returncode != 0 and refusal in run.stderr
 
 
-def test_without_the_ca_file_the_async_engine_requires_tls_only(managed):
-    """CloudNativePG's stacks: no such file in the pods, the connect args add nothing, `ssl=require` holds."""
-    missing = managed.workdir / "no-such-ca.crt"
-    run = run_async_client(managed, missing, "127.0.0.1")
+def test_where_the_url_asks_for_no_ca_the_async_engine_requires_tls_only(managed):
+    """CloudNativePG's stacks: their sync URL names no CA file (even if one were left in the pod), the connect
+    args add nothing, `ssl=require` holds: a certificate from another CA is taken."""
+    cloudnative_pg_url = metadata_url(w.POSTGRES_USER, PASSWORD, "localhost", managed.pgbouncer.port, DATABASE_NAME)
+    run = run_async_client(managed, managed.wrong_ca_file, "127.0.0.1", sync_url=cloudnative_pg_url)
     assert run.returncode == 0, run.stderr[-3000:]
 
 

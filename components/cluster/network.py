@@ -156,7 +156,7 @@ def build_network(ctx: AwsContext) -> Network:
             description="Secrets Manager endpoint", opts=ctx.aws)
             for zone, subnet, block in zip(zones, private_subnets, secrets_manager_reservations(private_cidrs),
                                            strict=True)]
-        # Looked up as the S3 one: the partition decides how its name is spelled.
+        # Looked up as the S3 one: the provider names the service for the region and checks that it exists.
         secrets_manager_service = aws.ec2.get_vpc_endpoint_service(
             service="secretsmanager", service_type="Interface", opts=ctx.invoke).service_name
         secrets_manager_endpoint = aws.ec2.VpcEndpoint(
