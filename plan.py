@@ -132,6 +132,8 @@ REPLACED_ON_CHANGE: dict[str, tuple[str, ...]] = {
                                                    "minUpper", "number", "numeric", "overrideSpecial", "special",
                                                    "upper", "keepers"),
     "random:index/randomBytes:RandomBytes": ("length", "keepers"),
+    # terraform-provider-random internal/provider/resource_id.go: every argument requires replacement.
+    "random:index/randomId:RandomId": ("byteLength", "keepers", "prefix"),
     HELM_RELEASE: ("name", "namespace"),
     "kubernetes:core/v1:PersistentVolumeClaim": ("spec.accessModes", "spec.selector", "spec.storageClassName",
                                                  "spec.volumeName"),

@@ -178,10 +178,10 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, passwor
                   "ca_cert_identifier": RDS_CA, "auto_minor_version_upgrade": False, "publicly_accessible": False}
     # Whatever deletes the database (a throwaway stack's destroy, or a protected one's after `state unprotect`)
     # leaves a final snapshot, under a name no earlier deletion of this stack's database used.
-    # A new one with every new database (another engine, family or key), whose name is then free again.
+    # A new one with every new database (another engine or key; a major upgrade keeps the database), whose name
+    # is then free again.
     suffix = random.RandomId(f"{name}-final-snapshot", byte_length=4,
-                             keepers={"engine": settings.database_engine, "family": postgres_family(settings),
-                                      "kms_key": kms_key_arn},
+                             keepers={"engine": settings.database_engine, "kms_key": kms_key_arn},
                              opts=pulumi.ResourceOptions(parent=opts.parent))
     snapshot = {"deletion_protection": protect, "skip_final_snapshot": False,
                 "final_snapshot_identifier": pulumi.Output.concat(identifier, "-final-", suffix.hex),

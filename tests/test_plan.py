@@ -414,8 +414,11 @@ def test_valkey_to_redis_replaces_the_protected_broker_and_redis_to_valkey_updat
     assert [(p["path"], p["old"], p["new"], p["replaces"]) for p in group["paths"]] == [
         ("engine", "valkey", "redis", "ElastiCache changes the engine in place only from redis to valkey"),
         ("engineVersion", "8.1", "7.1", "ElastiCache cannot downgrade an engine in place"),
+        # Another engine, another final-snapshot suffix (its keepers): the new group's name is free.
+        ("finalSnapshotIdentifier", "from broker-final-snapshot", "from the new broker-final-snapshot", None),
         ("parameterGroupName", "airflow-prod-managed-broker-valkey8", "airflow-prod-managed-broker-redis7", None)]
     assert there["broker-broker"]["action"] == "replace"
+    assert there["broker-final-snapshot"]["action"] == "replace"
     assert "+-aws:elasticache/replicationGroup:ReplicationGroup broker-elasticache (protected: the replacement " \
            "will fail)" in plan.diff_text({"stack": MANAGED, "added": [], "removed": [], "changed": [group]}, "main")
 
@@ -424,7 +427,7 @@ def test_valkey_to_redis_replaces_the_protected_broker_and_redis_to_valkey_updat
     assert [(p["path"], p["old"], p["new"]) for p in back["broker-elasticache"]["paths"]][:2] == [
         ("engine", "redis", "valkey"), ("engineVersion", "7.1", "8.1")]
     assert back["broker-broker"]["action"] == "replace"
-    assert {name for name, c in back.items() if c["action"] == "replace"} == {"broker-broker"}
+    assert {name for name, c in back.items() if c["action"] == "replace"} == {"broker-broker", "broker-final-snapshot"}
 
 
 def test_aurora_to_rds_removes_the_protected_cluster(documents):
