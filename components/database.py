@@ -16,6 +16,7 @@ from urllib.parse import quote
 import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 
 from components import rds
 from components import workloads as w
@@ -143,8 +144,12 @@ class Database(pulumi.ComponentResource):
         settings = args.settings
         if args.partition is None or args.kms_key_arn is None or args.cluster_ca_issuer_name is None:
             raise ValueError("Database: a managed engine needs the AWS partition, the KMS key and the platform CA issuer")
+        # The master user's: only the bootstrap Job uses it. RDS refuses `@`, `/`, quotes and spaces in it.
+        admin_password = pulumi.Output.secret(random.RandomPassword(
+            f"{name}-admin-password", length=32, special=True, override_special="!#%&*()-_=+[]{}<>:?",
+            min_lower=2, min_upper=2, min_numeric=2, min_special=2, opts=pulumi.ResourceOptions(parent=self)).result)
         database = rds.managed_postgres(
-            name, settings, name_prefix=args.name_prefix, password=args.app_user_password, vpc_id=args.vpc_id,
+            name, settings, name_prefix=args.name_prefix, admin_password=admin_password, vpc_id=args.vpc_id,
             private_subnet_ids=args.private_subnet_ids, zones=args.zones,
             node_security_group_id=args.node_security_group_id, kms_key_arn=args.kms_key_arn,
             partition=args.partition, opts=pulumi.ResourceOptions(parent=self, provider=args.aws_provider))
@@ -170,19 +175,41 @@ class Database(pulumi.ComponentResource):
                   "issuerRef": {"name": args.cluster_ca_issuer_name, "kind": "ClusterIssuer", "group": "cert-manager.io"}},
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(
                 depends_on=[args.cert_manager] if args.cert_manager else [])))
+        # Airflow's own role, made by the master user once the database answers (again for a new password).
+        ca_certificates = rds.rds_ca_certificates(settings.region)
+        bootstrap_config = k8s.core.v1.ConfigMap(
+            f"{name}-bootstrap",
+            metadata={"name": rds.BOOTSTRAP_CONFIG, "namespace": args.airflow_namespace},
+            data={"bootstrap.sql": rds.bootstrap_sql(), "rds-ca.crt": ca_certificates}, opts=self._k8s)
+        bootstrap_secret = k8s.core.v1.Secret(
+            f"{name}-bootstrap",
+            metadata={"name": rds.BOOTSTRAP_SECRET, "namespace": args.airflow_namespace},
+            string_data=pulumi.Output.secret(pulumi.Output.all(admin_password, database.endpoint,
+                                                              args.app_user_password).apply(
+                lambda values: {"admin-url": rds.admin_url(values[0], values[1], database.port),
+                                "app-password": values[2]})),
+            opts=self._k8s)
+        # Named after what it sets: a new password (or script) is a new Job, which runs; an unchanged one is left.
+        run_digest = secrets_checksum(args.app_user_password, rds.bootstrap_sql()).apply(lambda digest: digest[:10])
+        bootstrap = k8s.batch.v1.Job(
+            f"{name}-bootstrap",
+            metadata={"name": run_digest.apply(lambda digest: f"{rds.BOOTSTRAP_CONFIG}-{digest}"),
+                      "namespace": args.airflow_namespace},
+            spec=rds.bootstrap_job_spec(settings),
+            opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(
+                depends_on=[*database.resources, bootstrap_config, bootstrap_secret])))
         k8s.core.v1.Secret(
             f"{name}-pgbouncer-config",
             metadata={"name": rds.PGBOUNCER_CONFIG_SECRET, "namespace": args.airflow_namespace},
             string_data={"pgbouncer.ini": ini, "users.txt": pulumi.Output.secret(users)},
-            # PgBouncer starts only once the database answers: the release waits for both.
-            opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=database.resources)))
+            # PgBouncer starts only once Airflow's role exists: the release waits for both.
+            opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[bootstrap])))
         stats = args.app_user_password.apply(lambda password: rds.stats_url(w.POSTGRES_USER, password))
         k8s.core.v1.Secret(
             f"{name}-pgbouncer-stats",
             metadata={"name": rds.PGBOUNCER_STATS_SECRET, "namespace": args.airflow_namespace},
             string_data={"connection": pulumi.Output.secret(stats)}, opts=self._k8s)
-        self.airflow_chart_values = rds.pgbouncer_chart_values(
-            settings, rds.rds_ca_certificates(settings.region), secrets_checksum(ini, users))
+        self.airflow_chart_values = rds.pgbouncer_chart_values(settings, ca_certificates, secrets_checksum(ini, users))
         return pgbouncer_host, rds.PGBOUNCER_PORT
 
     def _build_cloudnative_pg(self, name: str, args: DatabaseArgs) -> tuple[str, int]:

@@ -134,6 +134,72 @@ def pgbouncer_chart_values(settings: Settings, ca_certificates: str, config_chec
     }
 
 
+# The master user: only the bootstrap Job logs in as it. Airflow logs in as its own role (w.POSTGRES_USER), which
+# the Job creates and gives the database to: no `rds_superuser` rights in Airflow's pods.
+ADMIN_USER = "airflow_admin"
+BOOTSTRAP_SECRET = "airflow-db-bootstrap"        # keys: admin-url, app-password (the Job's alone)
+BOOTSTRAP_CONFIG = "airflow-db-bootstrap"        # keys: bootstrap.sql, rds-ca.crt
+BOOTSTRAP_SECRETS_DIR = "/run/secrets/db"
+BOOTSTRAP_CONFIG_DIR = "/etc/bootstrap"
+# postgres:17-alpine's psql (a client only); its user `postgres` is uid 70.
+BOOTSTRAP_IMAGE = "postgres:17.6-alpine"
+POSTGRES_ALPINE_UID = 70
+
+
+def bootstrap_sql(app_password_file: str = f"{BOOTSTRAP_SECRETS_DIR}/app-password") -> str:
+    """Creates Airflow's role (or sets its password) and gives it the database, as the master user, idempotently.
+    The password is read from a file by psql, quoted by format(%L), and never echoed."""
+    return "\n".join([
+        "\\set ON_ERROR_STOP on",
+        f"\\set app_password `cat {app_password_file}`",
+        f"SELECT format('CREATE ROLE %I LOGIN', '{w.POSTGRES_USER}') "
+        f"WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{w.POSTGRES_USER}') \\gexec",
+        f"SELECT format('ALTER ROLE %I WITH LOGIN PASSWORD %L', '{w.POSTGRES_USER}', :'app_password') \\gexec",
+        # The master user may hand the database over only to a role it is a member of. From PostgreSQL 15 the
+        # database's owner owns its `public` schema too (pg_database_owner).
+        f"GRANT {w.POSTGRES_USER} TO CURRENT_USER;",
+        f"ALTER DATABASE {w.POSTGRES_DATABASE} OWNER TO {w.POSTGRES_USER};",
+        "",
+    ])
+
+
+def admin_url(password: str, host: str, port: int, ca_file: str = f"{BOOTSTRAP_CONFIG_DIR}/rds-ca.crt") -> str:
+    return (f"postgresql://{ADMIN_USER}:{quote(password, safe='')}@{host}:{port}/{w.POSTGRES_DATABASE}"
+            f"?sslmode=verify-full&sslrootcert={quote(ca_file)}")
+
+
+def bootstrap_job_spec(settings: Settings) -> dict:
+    """The Job that runs bootstrap_sql() with psql: Pod Security `restricted`, no token, on the system nodes."""
+    read_only = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                 "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+    return {
+        "backoffLimit": 6,
+        "template": {
+            "metadata": {"labels": dict(w.DB_BOOTSTRAP_PODS)},
+            "spec": {
+                "restartPolicy": "Never",
+                "automountServiceAccountToken": False,
+                **settings.system_placement,
+                "securityContext": {"runAsUser": POSTGRES_ALPINE_UID, "runAsGroup": POSTGRES_ALPINE_UID,
+                                    "fsGroup": POSTGRES_ALPINE_UID, "runAsNonRoot": True,
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "containers": [{
+                    "name": "psql",
+                    "image": BOOTSTRAP_IMAGE,
+                    "command": ["sh", "-c", f'exec psql -X -d "$(cat {BOOTSTRAP_SECRETS_DIR}/admin-url)" '
+                                            f"-f {BOOTSTRAP_CONFIG_DIR}/bootstrap.sql"],
+                    "securityContext": read_only,
+                    "resources": resources("50m", "64Mi", memory_limit="128Mi"),
+                    "volumeMounts": [{"name": "db", "mountPath": BOOTSTRAP_SECRETS_DIR, "readOnly": True},
+                                     {"name": "bootstrap", "mountPath": BOOTSTRAP_CONFIG_DIR, "readOnly": True}],
+                }],
+                "volumes": [{"name": "db", "secret": {"secretName": BOOTSTRAP_SECRET, "defaultMode": 0o440}},
+                            {"name": "bootstrap", "configMap": {"name": BOOTSTRAP_CONFIG}}],
+            },
+        },
+    }
+
+
 def postgres_family(settings: Settings) -> str:
     major = settings.database_engine_version.split(".")[0]
     return f"aurora-postgresql{major}" if settings.database_engine == "aurora" else f"postgres{major}"
@@ -151,7 +217,7 @@ class ManagedPostgres:
     resources: list[pulumi.Resource]
 
 
-def managed_postgres(name: str, settings: Settings, *, name_prefix: str, password: pulumi.Input[str],
+def managed_postgres(name: str, settings: Settings, *, name_prefix: str, admin_password: pulumi.Input[str],
                      vpc_id: pulumi.Input[str], private_subnet_ids: list[pulumi.Input[str]], zones: list[str],
                      node_security_group_id: pulumi.Input[str], kms_key_arn: pulumi.Input[str], partition: str,
                      opts: pulumi.ResourceOptions) -> ManagedPostgres:
@@ -196,7 +262,7 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, passwor
         cluster = aws.rds.Cluster(
             f"{name}-aurora", cluster_identifier=identifier, engine="aurora-postgresql",
             engine_version=settings.database_engine_version, database_name=w.POSTGRES_DATABASE,
-            master_username=w.POSTGRES_USER, master_password=password, port=w.POSTGRES_PORT,
+            master_username=ADMIN_USER, master_password=admin_password, port=w.POSTGRES_PORT,
             db_subnet_group_name=subnet_group.name, vpc_security_group_ids=[security_group.id],
             db_cluster_parameter_group_name=parameters.name, storage_encrypted=True, kms_key_id=kms_key_arn,
             backup_retention_period=settings.database_backup_retention_days, preferred_backup_window="02:00-03:00",
@@ -221,7 +287,7 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, passwor
         instance_class=settings.database_instance_class, multi_az=True,
         allocated_storage=settings.database_storage_gib, max_allocated_storage=settings.database_max_storage_gib,
         storage_type="gp3", storage_encrypted=True, kms_key_id=kms_key_arn,
-        db_name=w.POSTGRES_DATABASE, username=w.POSTGRES_USER, password=password, port=w.POSTGRES_PORT,
+        db_name=w.POSTGRES_DATABASE, username=ADMIN_USER, password=admin_password, port=w.POSTGRES_PORT,
         db_subnet_group_name=subnet_group.name, vpc_security_group_ids=[security_group.id],
         parameter_group_name=parameters.name, backup_retention_period=settings.database_backup_retention_days,
         backup_window="02:00-03:00", maintenance_window="sun:04:00-sun:05:00",

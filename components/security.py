@@ -153,6 +153,8 @@ def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], loca
             Flow("keda-to-pgbouncer", keda, chart_pgbouncer, _tcp(w.CHART_PGBOUNCER_PORT)),
             Flow("prometheus-to-pgbouncer", prometheus, chart_pgbouncer, _tcp(w.PGBOUNCER_METRICS_PORT)),
             Flow("pgbouncer-to-database", chart_pgbouncer, private_subnets, _tcp(w.POSTGRES_PORT)),
+            # The Job that creates Airflow's role, as the master user.
+            Flow("db-bootstrap-to-database", Peer(w.DB_BOOTSTRAP_PODS), private_subnets, _tcp(w.POSTGRES_PORT)),
         ]
     else:
         flows += [

@@ -46,6 +46,8 @@ POSTGRES_PRIMARY_SERVICE_SELECTOR = {"cnpg.io/cluster": POSTGRES_CLUSTER, "cnpg.
 POSTGRES_JOBS_CLUSTER_LABEL = {"cnpg.io/cluster": POSTGRES_CLUSTER}
 POSTGRES_JOB_ROLE_LABEL = "cnpg.io/jobRole"
 REDIS_SERVERS = {"app": "redis-ha", "release": REDIS_RELEASE}
+# The Job that creates Airflow's role in a managed database (Aurora, RDS).
+DB_BOOTSTRAP_PODS = {"app.kubernetes.io/name": "airflow-db-bootstrap", "app.kubernetes.io/part-of": "airflow-platform"}
 REDIS_HAPROXY = {"app": "redis-ha-haproxy", "release": REDIS_RELEASE}
 PROMETHEUS_PODS = {"app.kubernetes.io/name": "prometheus"}
 CNPG_OPERATOR_PODS = {"app.kubernetes.io/name": "cloudnative-pg"}

@@ -358,8 +358,17 @@ def platform_pods(run: ProgramRun) -> list[Pod]:
         rendered = render_all(run)
         pods = [pod for chart, documents in rendered.items() for pod in chart_pods(chart, documents)]
         pods += prometheus_operator_pods(rendered.get("kube-prometheus-stack", []))
-        _PODS_CACHE[key] = pods + operator_pods(run)
+        _PODS_CACHE[key] = pods + operator_pods(run) + program_pods(run)
     return _PODS_CACHE[key]
+
+
+def program_pods(run: ProgramRun) -> list[Pod]:
+    """Pods of the workloads the program creates itself, not through a chart (the managed database's bootstrap
+    Job)."""
+    return [Pod(source=f"program: Job/{job.name}", namespace=job.values["metadata"]["namespace"],
+                labels=dict(job.values["spec"]["template"]["metadata"]["labels"]),
+                spec=job.values["spec"]["template"]["spec"])
+            for job in run.of_type("kubernetes:batch/v1:Job")]
 
 
 def rendered_network_policies(run: ProgramRun) -> list[dict]:

@@ -82,7 +82,8 @@ def test_aurora_is_encrypted_protected_backed_up_and_tls_only(managed):
     assert spec["deletionProtection"] is True and spec["skipFinalSnapshot"] is False
     assert re.fullmatch(r"airflow-prod-managed-metadata-final-[0-9a-f]{8}", spec["finalSnapshotIdentifier"])
     assert spec["backupRetentionPeriod"] == 14
-    assert spec["databaseName"] == w.POSTGRES_DATABASE and spec["masterUsername"] == w.POSTGRES_USER
+    # The master user is the bootstrap Job's alone; Airflow has a role of its own.
+    assert spec["databaseName"] == w.POSTGRES_DATABASE and spec["masterUsername"] == rds.ADMIN_USER != w.POSTGRES_USER
     assert is_secret(cluster.inputs["masterPassword"]), "the password reaches the state encrypted only"
     assert cluster.protect and cluster.retain_on_delete
     parameters = managed.one("aws:rds/clusterParameterGroup:ClusterParameterGroup").values
@@ -140,7 +141,7 @@ def test_rds_is_multi_az_encrypted_protected_and_tls_only(rds_run):
     assert not rds_run.of_type(AURORA)
     instance = rds_run.one(RDS)
     spec = instance.values
-    assert spec["multiAz"] is True and spec["engine"] == "postgres"
+    assert spec["multiAz"] is True and spec["engine"] == "postgres" and spec["username"] == rds.ADMIN_USER
     assert spec["storageEncrypted"] is True and spec["kmsKeyId"] == rds_run.one("aws:kms/key:Key", "storage-data").state["arn"]
     assert spec["deletionProtection"] is True and spec["skipFinalSnapshot"] is False
     assert spec["backupRetentionPeriod"] == 14 and spec["maxAllocatedStorage"] >= spec["allocatedStorage"]
@@ -317,6 +318,39 @@ def test_a_custom_prefix_reaches_both_the_policy_and_airflow():
     assert ":secret:teams/data/prod/connections/*" in policy.values["policy"]
     kwargs = json.loads(unwrap(run.one(RELEASE, "airflow-airflow").inputs["values"])["config"]["secrets"]["backend_kwargs"])
     assert kwargs["connections_prefix"] == "teams/data/prod/connections"
+
+
+def test_airflows_role_is_made_by_a_job_before_pgbouncer_starts_and_again_for_a_new_password(managed):
+    [job] = managed.of_type("kubernetes:batch/v1:Job")
+    instances = managed.of_type(AURORA_INSTANCE)
+    assert all(managed.depends_transitively(job, instance) for instance in instances)
+    config = next(r for r in managed.of_type(SECRET) if r.values["metadata"]["name"] == rds.PGBOUNCER_CONFIG_SECRET)
+    assert config.depends_on(job)
+    spec = job.values["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False and spec["restartPolicy"] == "Never"
+    [container] = spec["containers"]
+    assert container["image"] == rds.BOOTSTRAP_IMAGE and "psql -X" in container["command"][-1]
+    bootstrap = secret_data(managed, rds.BOOTSTRAP_SECRET)
+    admin = urlsplit(bootstrap["admin-url"])
+    assert (admin.username, admin.hostname) == (rds.ADMIN_USER, managed.one(AURORA).state["endpoint"])
+    assert "sslmode=verify-full" in admin.query
+    config_map = next(r for r in managed.of_type("kubernetes:core/v1:ConfigMap")
+                      if r.values["metadata"]["name"] == rds.BOOTSTRAP_CONFIG).values["data"]
+    assert config_map["bootstrap.sql"] == rds.bootstrap_sql() and "BEGIN CERTIFICATE" in config_map["rds-ca.crt"]
+    # The app password is the one PgBouncer and Airflow use; the master's is another.
+    users = secret_data(managed, rds.PGBOUNCER_CONFIG_SECRET)["users.txt"]
+    assert users == rds.pgbouncer_users(w.POSTGRES_USER, bootstrap["app-password"])
+    assert unquote_password(bootstrap["admin-url"]) != bootstrap["app-password"]
+    # A new password is a new Job (it runs again); the same stack twice is the same Job.
+    seed = 12345
+    names = [run_program("prod-managed", password_seed=s).one("kubernetes:batch/v1:Job").values["metadata"]["name"]
+             for s in (seed, seed, seed + 1)]
+    assert names[0] == names[1] != names[2] and names[0].startswith(f"{rds.BOOTSTRAP_CONFIG}-")
+
+
+def unquote_password(url: str) -> str:
+    from urllib.parse import unquote
+    return unquote(urlsplit(url).password)
 
 
 def test_managed_engines_keep_no_backups_bucket_of_their_own(managed, in_cluster):

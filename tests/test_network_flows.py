@@ -29,6 +29,8 @@ AIRFLOW = w.AIRFLOW_NAMESPACE
 ROLES: list[tuple[str, str, dict]] = [
     # The Airflow chart's PgBouncer, in front of Aurora / RDS.
     ("chart-pgbouncer", AIRFLOW, {"matchLabels": w.airflow_component("pgbouncer")}),
+    # The Job that creates Airflow's role in Aurora / RDS.
+    ("db-bootstrap", AIRFLOW, {"matchLabels": w.DB_BOOTSTRAP_PODS}),
     *[(role, AIRFLOW, {"matchLabels": {**w.AIRFLOW_PODS, "component": component}}) for role, component in (
         ("scheduler", "scheduler"), ("worker", "worker"), ("triggerer", "triggerer"),
         ("dag-processor", "dag-processor"), ("api-server", "api-server"), ("flower", "flower"),
@@ -159,6 +161,8 @@ MANAGED_REQUIRED = [
     *[(role, "chart-pgbouncer", 6543, "TCP") for role in (*MANAGED_CLIENTS, "keda-operator")],
     ("prometheus", "chart-pgbouncer", 9127, "TCP"),
     ("chart-pgbouncer", "database", 5432, "TCP"),
+    ("db-bootstrap", "database", 5432, "TCP"),
+    *[("db-bootstrap", "coredns", 53, proto) for proto in ("UDP", "TCP")],
     *[(role, "broker", 6379, "TCP") for role in ("worker", "scheduler", "flower", "api-server", "triggerer")],
     *[(role, "secrets-manager", 443, "TCP") for role in LOG_WRITERS],
     *[(role, "api-server", 8080, "TCP") for role in ("worker", "triggerer", "dag-processor", "scheduler")],
@@ -180,6 +184,11 @@ MANAGED_FORBIDDEN = [
     *[("chart-pgbouncer", target, port, "TCP") for target, port in (
         ("broker", 6379), ("secrets-manager", 443), ("kubernetes-service", 443), ("kubernetes-api", 443),
         ("internet-host", 5432), ("s3", 443), ("pod-identity-agent", 80))],
+    # The bootstrap Job reaches the database and nothing else.
+    *[("db-bootstrap", target, port, "TCP") for target, port in (
+        ("broker", 6379), ("secrets-manager", 443), ("chart-pgbouncer", 6543), ("kubernetes-service", 443),
+        ("internet-host", 443), ("s3", 443))],
+    ("stranger", "db-bootstrap", 5432, "TCP"),
     # Only the Airflow pods that run tasks and parse DAGs read secrets; the Secrets Manager endpoint is not the
     # EKS API's interfaces nor any other HTTPS server in the subnets.
     *[(role, "secrets-manager", 443, "TCP") for role in ("statsd", "flower", "migrate-job", "create-user-job")],

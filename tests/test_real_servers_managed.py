@@ -45,6 +45,7 @@ from servers import (
     ServerUnavailable,
     free_port,
     pgbouncer_version,
+    postgres_bin,
     run_pgbouncer,
     servers_workdir,
     start_postgres,
@@ -188,6 +189,57 @@ def test_the_database_refuses_connections_without_tls(managed):
                        sslmode="disable")
     with pytest.raises(psycopg2.OperationalError, match="pg_hba.conf rejects connection .* no encryption"):
         libpq_query(url)
+
+
+# ---------------------------------------------------------------- Airflow's own role (the bootstrap Job's SQL)
+
+ADMIN_PASSWORD = "Admin1!#%&*()-_=+[]{}<>:?" + secrets.token_hex(4)   # what RDS accepts in a master password
+
+
+def run_bootstrap(managed, postgres, app_password: str) -> subprocess.CompletedProcess:
+    """psql as the Job runs it: the program's SQL, its admin URL form (verify-full against the CA file), the app
+    password from a file. Only the file paths and host/port are the test's."""
+    directory = managed.workdir / f"bootstrap-{secrets.token_hex(4)}"
+    directory.mkdir()
+    (directory / "app-password").write_text(app_password)
+    (directory / "bootstrap.sql").write_text(rds.bootstrap_sql(str(directory / "app-password")))
+    url = rds.admin_url(ADMIN_PASSWORD, "localhost", postgres.port, str(managed.ca_file))
+    return subprocess.run([str(postgres_bin() / "psql"), "-X", "-d", url, "-f", str(directory / "bootstrap.sql")],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_bootstrap_gives_airflow_its_own_role_and_the_database_as_rds_would(managed):
+    """A fresh server shaped as RDS makes it: a master user that may create roles and databases (RDS's master has
+    CREATEROLE and CREATEDB through rds_superuser; PostgreSQL needs the second to hand a database over) but is no
+    superuser, owning the database. After the program's SQL, Airflow's role owns the database (and its public schema), with no
+    rights beyond; a second run sets a new password and refuses the old one."""
+    postgres = start_postgres(managed.workdir / "rds-bootstrap",
+                              certificate=managed.ca.issue(managed.workdir / "rds-bootstrap-tls", "localhost"))
+    try:
+        postgres.superuser_sql(f'CREATE ROLE "{rds.ADMIN_USER}" LOGIN CREATEROLE CREATEDB PASSWORD %s', ADMIN_PASSWORD)
+        postgres.superuser_sql(f'CREATE DATABASE "{DATABASE_NAME}" OWNER "{rds.ADMIN_USER}"')
+        first, second = "First1" + URL_RESERVED + secrets.token_hex(4), "Second2" + URL_RESERVED + secrets.token_hex(4)
+        for password in (first, second):
+            run = run_bootstrap(managed, postgres, password)
+            assert run.returncode == 0, run.stderr
+            assert password not in run.stdout + run.stderr, "psql must not echo the password"
+        url = lambda password: verify_full_url(postgres.port, managed.ca_file).replace(  # noqa: E731
+            quote(PASSWORD, safe=""), quote(password, safe=""))
+        connection = psycopg2.connect(url(second), connect_timeout=10)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("create table airflow_can_create (x int)")
+                cursor.execute("select pg_get_userbyid(datdba) from pg_database where datname = current_database()")
+                assert cursor.fetchone() == (w.POSTGRES_USER,)
+                cursor.execute("select rolsuper, rolcreaterole, rolcreatedb from pg_roles where rolname = current_user")
+                assert cursor.fetchone() == (False, False, False)
+            connection.commit()
+        finally:
+            connection.close()
+        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+            psycopg2.connect(url(first), connect_timeout=10).close()
+    finally:
+        postgres.stop()
 
 
 # ---------------------------------------------------------------- PgBouncer as the program configures it
