@@ -8,6 +8,7 @@ metadata connection URL that the Airflow chart and KEDA read.
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass, field
 from typing import Optional
@@ -181,20 +182,26 @@ class Database(pulumi.ComponentResource):
             f"{name}-bootstrap",
             metadata={"name": rds.BOOTSTRAP_CONFIG, "namespace": args.airflow_namespace},
             data={"bootstrap.sql": rds.bootstrap_sql(), "rds-ca.crt": ca_certificates}, opts=self._k8s)
+        # The role's password goes as its SCRAM verifier, with a salt of its own kept in the state.
+        salt = random.RandomBytes(f"{name}-scram-salt", length=16, opts=pulumi.ResourceOptions(parent=self))
         bootstrap_secret = k8s.core.v1.Secret(
             f"{name}-bootstrap",
             metadata={"name": rds.BOOTSTRAP_SECRET, "namespace": args.airflow_namespace},
             string_data=pulumi.Output.secret(pulumi.Output.all(admin_password, database.endpoint,
-                                                              args.app_user_password).apply(
-                lambda values: {"admin-url": rds.admin_url(values[0], values[1], database.port),
-                                "app-password": values[2]})),
+                                                              args.app_user_password, salt.base64).apply(
+                lambda values: {"pg_service.conf": rds.service_file(values[0], values[1], database.port),
+                                "app-verifier": rds.scram_sha256_verifier(values[2], base64.b64decode(values[3]))})),
             opts=self._k8s)
-        # Named after what it sets: a new password (or script) is a new Job, which runs; an unchanged one is left.
-        run_digest = secrets_checksum(args.app_user_password, rds.bootstrap_sql()).apply(lambda digest: digest[:10])
+        # Named after what it sets and where: a new password, script or database (a new or restored one has a new
+        # AWS id) is a new Job, which runs; an unchanged one is left as it is.
+        run_digest = secrets_checksum(args.app_user_password, rds.bootstrap_sql(), database.resource_id).apply(
+            lambda digest: digest[:10])
         bootstrap = k8s.batch.v1.Job(
             f"{name}-bootstrap",
             metadata={"name": run_digest.apply(lambda digest: f"{rds.BOOTSTRAP_CONFIG}-{digest}"),
-                      "namespace": args.airflow_namespace},
+                      "namespace": args.airflow_namespace,
+                      # A Job that failed is replaced by the next `pulumi up` rather than waited for again.
+                      "annotations": {"pulumi.com/replaceUnready": "true"}},
             spec=rds.bootstrap_job_spec(settings),
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(
                 depends_on=[*database.resources, bootstrap_config, bootstrap_secret])))

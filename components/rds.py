@@ -11,6 +11,9 @@ from the platform CA), and `verify-full` towards the database against the RDS ce
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +140,7 @@ def pgbouncer_chart_values(settings: Settings, ca_certificates: str, config_chec
 # The master user: only the bootstrap Job logs in as it. Airflow logs in as its own role (w.POSTGRES_USER), which
 # the Job creates and gives the database to: no `rds_superuser` rights in Airflow's pods.
 ADMIN_USER = "airflow_admin"
-BOOTSTRAP_SECRET = "airflow-db-bootstrap"        # keys: admin-url, app-password (the Job's alone)
+BOOTSTRAP_SECRET = "airflow-db-bootstrap"        # keys: pg_service.conf, app-verifier (the Job's alone)
 BOOTSTRAP_CONFIG = "airflow-db-bootstrap"        # keys: bootstrap.sql, rds-ca.crt
 BOOTSTRAP_SECRETS_DIR = "/run/secrets/db"
 BOOTSTRAP_CONFIG_DIR = "/etc/bootstrap"
@@ -146,15 +149,35 @@ BOOTSTRAP_IMAGE = "postgres:17.6-alpine"
 POSTGRES_ALPINE_UID = 70
 
 
-def bootstrap_sql(app_password_file: str = f"{BOOTSTRAP_SECRETS_DIR}/app-password") -> str:
+def scram_sha256_verifier(password: str, salt: bytes, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for a password (RFC 5802/7677, as its scram_build_secret
+    writes it). Given as the role's password, PostgreSQL stores it as it is: the plain password never reaches the
+    server, nor its logs (a failing statement is logged with its text)."""
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    encode = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{encode(salt)}${encode(stored_key)}:{encode(server_key)}"
+
+
+def service_file(password: str, host: str, port: int, ca_file: str = f"{BOOTSTRAP_CONFIG_DIR}/rds-ca.crt") -> str:
+    """The master user's connection as a libpq service (`service=admin`): read from a file, never on a command
+    line."""
+    return "\n".join(["[admin]", f"host={host}", f"port={port}", f"dbname={w.POSTGRES_DATABASE}",
+                      f"user={ADMIN_USER}", f"password={password}", "sslmode=verify-full", f"sslrootcert={ca_file}",
+                      ""])
+
+
+def bootstrap_sql(app_verifier_file: str = f"{BOOTSTRAP_SECRETS_DIR}/app-verifier") -> str:
     """Creates Airflow's role (or sets its password) and gives it the database, as the master user, idempotently.
-    The password is read from a file by psql, quoted by format(%L), and never echoed."""
+    The password arrives as its SCRAM verifier, read from a file by psql and quoted by format(%L)."""
     return "\n".join([
         "\\set ON_ERROR_STOP on",
-        f"\\set app_password `cat {app_password_file}`",
+        f"\\set app_verifier `cat {app_verifier_file}`",
         f"SELECT format('CREATE ROLE %I LOGIN', '{w.POSTGRES_USER}') "
         f"WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{w.POSTGRES_USER}') \\gexec",
-        f"SELECT format('ALTER ROLE %I WITH LOGIN PASSWORD %L', '{w.POSTGRES_USER}', :'app_password') \\gexec",
+        f"SELECT format('ALTER ROLE %I WITH LOGIN PASSWORD %L', '{w.POSTGRES_USER}', :'app_verifier') \\gexec",
         # The master user may hand the database over only to a role it is a member of. From PostgreSQL 15 the
         # database's owner owns its `public` schema too (pg_database_owner).
         f"GRANT {w.POSTGRES_USER} TO CURRENT_USER;",
@@ -163,17 +186,13 @@ def bootstrap_sql(app_password_file: str = f"{BOOTSTRAP_SECRETS_DIR}/app-passwor
     ])
 
 
-def admin_url(password: str, host: str, port: int, ca_file: str = f"{BOOTSTRAP_CONFIG_DIR}/rds-ca.crt") -> str:
-    return (f"postgresql://{ADMIN_USER}:{quote(password, safe='')}@{host}:{port}/{w.POSTGRES_DATABASE}"
-            f"?sslmode=verify-full&sslrootcert={quote(ca_file)}")
-
-
 def bootstrap_job_spec(settings: Settings) -> dict:
     """The Job that runs bootstrap_sql() with psql: Pod Security `restricted`, no token, on the system nodes."""
     read_only = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                  "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
     return {
-        "backoffLimit": 6,
+        # Retries within Pulumi's 10 minutes of waiting, so a failure shows as the Job's own.
+        "backoffLimit": 3,
         "template": {
             "metadata": {"labels": dict(w.DB_BOOTSTRAP_PODS)},
             "spec": {
@@ -186,8 +205,8 @@ def bootstrap_job_spec(settings: Settings) -> dict:
                 "containers": [{
                     "name": "psql",
                     "image": BOOTSTRAP_IMAGE,
-                    "command": ["sh", "-c", f'exec psql -X -d "$(cat {BOOTSTRAP_SECRETS_DIR}/admin-url)" '
-                                            f"-f {BOOTSTRAP_CONFIG_DIR}/bootstrap.sql"],
+                    "command": ["psql", "-X", "-d", "service=admin", "-f", f"{BOOTSTRAP_CONFIG_DIR}/bootstrap.sql"],
+                    "env": [{"name": "PGSERVICEFILE", "value": f"{BOOTSTRAP_SECRETS_DIR}/pg_service.conf"}],
                     "securityContext": read_only,
                     "resources": resources("50m", "64Mi", memory_limit="128Mi"),
                     "volumeMounts": [{"name": "db", "mountPath": BOOTSTRAP_SECRETS_DIR, "readOnly": True},
@@ -213,6 +232,8 @@ PARAMETERS = [{"name": "rds.force_ssl", "value": "1"}, {"name": "log_min_duratio
 class ManagedPostgres:
     endpoint: pulumi.Output[str]
     port: int
+    # AWS's id of the database (Aurora cluster or RDS instance): a new or restored database has a new one.
+    resource_id: pulumi.Output[str]
     # What PgBouncer needs before it can log in: the database (its instances) and the rule admitting the pods.
     resources: list[pulumi.Resource]
 
@@ -277,6 +298,7 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, admin_p
             db_subnet_group_name=subnet_group.name, promotion_tier=index, **monitoring, opts=after_monitoring)
             for index in range(2)]
         return ManagedPostgres(endpoint=cluster.endpoint, port=w.POSTGRES_PORT,
+                               resource_id=cluster.cluster_resource_id,
                                resources=[from_cluster, cluster, *instances])
 
     parameters = aws.rds.ParameterGroup(
@@ -295,7 +317,8 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, admin_p
         # The automated backups (point-in-time restore) outlive the instance, for their retention.
         delete_automated_backups=False,
         **monitoring, **snapshot, opts=after_monitoring)
-    return ManagedPostgres(endpoint=instance.address, port=w.POSTGRES_PORT, resources=[from_cluster, instance])
+    return ManagedPostgres(endpoint=instance.address, port=w.POSTGRES_PORT, resource_id=instance.resource_id,
+                           resources=[from_cluster, instance])
 
 
 def stats_url(user: str, password: str) -> str:

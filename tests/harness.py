@@ -202,10 +202,12 @@ class PlatformMocks(pulumi_mocks.Mocks):
             state["latestVersion"] = 1
         elif args.typ == "aws:rds/cluster:Cluster":
             identifier = inputs["clusterIdentifier"]
-            state.update(endpoint=f"{identifier}.cluster-cmock0example.eu-west-1.rds.amazonaws.com",
+            state.update(clusterResourceId=f"cluster-{identifier.upper()}",
+                         endpoint=f"{identifier}.cluster-cmock0example.eu-west-1.rds.amazonaws.com",
                          readerEndpoint=f"{identifier}.cluster-ro-cmock0example.eu-west-1.rds.amazonaws.com")
         elif args.typ == "aws:rds/instance:Instance":
             state["address"] = f"{inputs['identifier']}.cmock0example.eu-west-1.rds.amazonaws.com"
+            state["resourceId"] = f"db-{inputs['identifier'].upper()}"
         elif args.typ == "aws:elasticache/replicationGroup:ReplicationGroup":
             state["primaryEndpointAddress"] = f"master.{inputs['replicationGroupId']}.mock0x.euw1.cache.amazonaws.com"
         elif args.typ == "aws:kms/key:Key":

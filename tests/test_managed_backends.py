@@ -14,7 +14,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from cryptography import x509
@@ -329,28 +329,35 @@ def test_airflows_role_is_made_by_a_job_before_pgbouncer_starts_and_again_for_a_
     spec = job.values["spec"]["template"]["spec"]
     assert spec["automountServiceAccountToken"] is False and spec["restartPolicy"] == "Never"
     [container] = spec["containers"]
-    assert container["image"] == rds.BOOTSTRAP_IMAGE and "psql -X" in container["command"][-1]
+    # The master's password only in a file (a libpq service), never on psql's command line.
+    assert container["image"] == rds.BOOTSTRAP_IMAGE and container["command"][:4] == ["psql", "-X", "-d", "service=admin"]
     bootstrap = secret_data(managed, rds.BOOTSTRAP_SECRET)
-    admin = urlsplit(bootstrap["admin-url"])
-    assert (admin.username, admin.hostname) == (rds.ADMIN_USER, managed.one(AURORA).state["endpoint"])
-    assert "sslmode=verify-full" in admin.query
+    service = dict(line.split("=", 1) for line in bootstrap["pg_service.conf"].splitlines()[1:] if line)
+    assert (service["user"], service["host"]) == (rds.ADMIN_USER, managed.one(AURORA).state["endpoint"])
+    assert service["sslmode"] == "verify-full" and service["sslrootcert"].endswith("/rds-ca.crt")
+    assert job.values["metadata"]["annotations"] == {"pulumi.com/replaceUnready": "true"}
     config_map = next(r for r in managed.of_type("kubernetes:core/v1:ConfigMap")
                       if r.values["metadata"]["name"] == rds.BOOTSTRAP_CONFIG).values["data"]
     assert config_map["bootstrap.sql"] == rds.bootstrap_sql() and "BEGIN CERTIFICATE" in config_map["rds-ca.crt"]
-    # The app password is the one PgBouncer and Airflow use; the master's is another.
-    users = secret_data(managed, rds.PGBOUNCER_CONFIG_SECRET)["users.txt"]
-    assert users == rds.pgbouncer_users(w.POSTGRES_USER, bootstrap["app-password"])
-    assert unquote_password(bootstrap["admin-url"]) != bootstrap["app-password"]
-    # A new password is a new Job (it runs again); the same stack twice is the same Job.
+    # The role's password reaches the server only as its SCRAM verifier, never in plain text (server logs).
+    app_password = urlsplit(secret_data(managed, METADATA_CONNECTION_SECRET)["connection"]).password
+    assert bootstrap["app-verifier"].startswith("SCRAM-SHA-256$4096:")
+    assert unquote(app_password) not in json.dumps(bootstrap) and service["password"] != unquote(app_password)
+    # A new password, or a new database (another AWS id), is a new Job that runs again; the same stack twice is
+    # the same Job.
     seed = 12345
-    names = [run_program("prod-managed", password_seed=s).one("kubernetes:batch/v1:Job").values["metadata"]["name"]
-             for s in (seed, seed, seed + 1)]
-    assert names[0] == names[1] != names[2] and names[0].startswith(f"{rds.BOOTSTRAP_CONFIG}-")
+    names = [run_program("prod-managed", password_seed=s, overrides=o).one("kubernetes:batch/v1:Job")
+             .values["metadata"]["name"] for s, o in ((seed, {}), (seed, {}), (seed + 1, {}),
+                                                     (seed, {"databaseEngine": "rds"}))]
+    assert names[0] == names[1] and len({names[0], names[2], names[3]}) == 3
+    assert names[0].startswith(f"{rds.BOOTSTRAP_CONFIG}-")
 
 
-def unquote_password(url: str) -> str:
-    from urllib.parse import unquote
-    return unquote(urlsplit(url).password)
+def test_the_scram_verifier_is_the_one_postgresql_computes():
+    """RFC 7677's example: user "user", password "pencil", salt W22ZaJ0SNY7soEsUEjb6gQ==, 4096 iterations."""
+    verifier = rds.scram_sha256_verifier("pencil", base64.b64decode("W22ZaJ0SNY7soEsUEjb6gQ=="))
+    assert verifier == ("SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:"
+                        "wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU=")
 
 
 def test_managed_engines_keep_no_backups_bucket_of_their_own(managed, in_cluster):

@@ -197,15 +197,17 @@ ADMIN_PASSWORD = "Admin1!#%&*()-_=+[]{}<>:?" + secrets.token_hex(4)   # what RDS
 
 
 def run_bootstrap(managed, postgres, app_password: str) -> subprocess.CompletedProcess:
-    """psql as the Job runs it: the program's SQL, its admin URL form (verify-full against the CA file), the app
-    password from a file. Only the file paths and host/port are the test's."""
+    """psql as the Job runs it: the program's SQL, its libpq service (verify-full against the CA file), the app
+    password's SCRAM verifier from a file. Only the file paths and host/port are the test's."""
     directory = managed.workdir / f"bootstrap-{secrets.token_hex(4)}"
     directory.mkdir()
-    (directory / "app-password").write_text(app_password)
-    (directory / "bootstrap.sql").write_text(rds.bootstrap_sql(str(directory / "app-password")))
-    url = rds.admin_url(ADMIN_PASSWORD, "localhost", postgres.port, str(managed.ca_file))
-    return subprocess.run([str(postgres_bin() / "psql"), "-X", "-d", url, "-f", str(directory / "bootstrap.sql")],
-                          capture_output=True, text=True, timeout=60)
+    (directory / "app-verifier").write_text(rds.scram_sha256_verifier(app_password, secrets.token_bytes(16)))
+    (directory / "bootstrap.sql").write_text(rds.bootstrap_sql(str(directory / "app-verifier")))
+    (directory / "pg_service.conf").write_text(rds.service_file(ADMIN_PASSWORD, "localhost", postgres.port,
+                                                                 str(managed.ca_file)))
+    command = [str(postgres_bin() / "psql"), "-X", "-d", "service=admin", "-f", str(directory / "bootstrap.sql")]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PGSERVICEFILE": str(directory / "pg_service.conf")})
 
 
 def test_the_bootstrap_gives_airflow_its_own_role_and_the_database_as_rds_would(managed):
@@ -218,11 +220,18 @@ def test_the_bootstrap_gives_airflow_its_own_role_and_the_database_as_rds_would(
     try:
         postgres.superuser_sql(f'CREATE ROLE "{rds.ADMIN_USER}" LOGIN CREATEROLE CREATEDB PASSWORD %s', ADMIN_PASSWORD)
         postgres.superuser_sql(f'CREATE DATABASE "{DATABASE_NAME}" OWNER "{rds.ADMIN_USER}"')
+        # Every statement in the server's log (as a failing one would be): what reaches it must hold no password.
+        postgres.superuser_sql("ALTER SYSTEM SET log_statement = 'all'")
+        postgres.superuser_sql("SELECT pg_reload_conf()")
         first, second = "First1" + URL_RESERVED + secrets.token_hex(4), "Second2" + URL_RESERVED + secrets.token_hex(4)
         for password in (first, second):
             run = run_bootstrap(managed, postgres, password)
             assert run.returncode == 0, run.stderr
             assert password not in run.stdout + run.stderr, "psql must not echo the password"
+        # The server saw verifiers only: its log holds neither password, even where it logs statements.
+        log = (managed.workdir / "rds-bootstrap" / "postgres.log").read_text()
+        assert "PASSWORD 'SCRAM-SHA-256$4096:" in log, "the statements are in the log"
+        assert first not in log and second not in log
         url = lambda password: verify_full_url(postgres.port, managed.ca_file).replace(  # noqa: E731
             quote(PASSWORD, safe=""), quote(password, safe=""))
         connection = psycopg2.connect(url(second), connect_timeout=10)
