@@ -22,7 +22,7 @@ import pulumi_random as random
 from components import rds
 from components import workloads as w
 from components.helm import chart_release, resources
-from components.security import namespace_with_pod_security, secrets_checksum
+from components.security import RDS_SPECIAL, generated_password, namespace_with_pod_security, secrets_checksum
 from components.settings import Settings
 
 CNPG_CHARTS = "https://cloudnative-pg.github.io/charts"
@@ -46,6 +46,11 @@ def metadata_url(user: str, password: str, host: str, port: int, database: str, 
     root = f"&sslrootcert={quote(sslrootcert)}" if sslrootcert else ""
     return (f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{database}"
             f"?sslmode={sslmode}{root}")
+
+
+def pgbouncer_stats_url(password: str) -> str:
+    """What the chart's PgBouncer metrics exporter connects to: PgBouncer's admin console on loopback, over TLS."""
+    return metadata_url(w.POSTGRES_USER, password, "127.0.0.1", rds.PGBOUNCER_PORT, "pgbouncer")
 
 
 def managed_metadata_urls(password: str, host: str, port: int, ca_file: str = w.METADATA_CA_FILE) -> dict[str, str]:
@@ -146,9 +151,8 @@ class Database(pulumi.ComponentResource):
         if args.partition is None or args.kms_key_arn is None or args.cluster_ca_issuer_name is None:
             raise ValueError("Database: a managed engine needs the AWS partition, the KMS key and the platform CA issuer")
         # The master user's: only the bootstrap Job uses it. RDS refuses `@`, `/`, quotes and spaces in it.
-        admin_password = pulumi.Output.secret(random.RandomPassword(
-            f"{name}-admin-password", length=32, special=True, override_special="!#%&*()-_=+[]{}<>:?",
-            min_lower=2, min_upper=2, min_numeric=2, min_special=2, opts=pulumi.ResourceOptions(parent=self)).result)
+        admin_password = pulumi.Output.secret(
+            generated_password(f"{name}-admin-password", self, special=True, override_special=RDS_SPECIAL))
         database = rds.managed_postgres(
             name, settings, name_prefix=args.name_prefix, admin_password=admin_password, vpc_id=args.vpc_id,
             private_subnet_ids=args.private_subnet_ids, zones=args.zones,
@@ -211,7 +215,7 @@ class Database(pulumi.ComponentResource):
             string_data={"pgbouncer.ini": ini, "users.txt": pulumi.Output.secret(users)},
             # PgBouncer starts only once Airflow's role exists: the release waits for both.
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[bootstrap])))
-        stats = args.app_user_password.apply(lambda password: rds.stats_url(w.POSTGRES_USER, password))
+        stats = args.app_user_password.apply(pgbouncer_stats_url)
         k8s.core.v1.Secret(
             f"{name}-pgbouncer-stats",
             metadata={"name": rds.PGBOUNCER_STATS_SECRET, "namespace": args.airflow_namespace},

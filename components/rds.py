@@ -17,7 +17,6 @@ import hmac
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import pulumi
 import pulumi_aws as aws
@@ -98,8 +97,14 @@ def pgbouncer_ini(*, server_host: str, server_port: int, database: str, user: st
 
 
 NOBODY = 65534
-PGBOUNCER_POD_SECURITY_CONTEXT = {"runAsUser": NOBODY, "runAsGroup": NOBODY, "fsGroup": NOBODY, "runAsNonRoot": True,
-                                  "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def restricted_pod_context(uid: int) -> dict:
+    """A pod's security context under Pod Security `restricted`, running as `uid` (its group, and the volumes')."""
+    return {"runAsUser": uid, "runAsGroup": uid, "fsGroup": uid, "runAsNonRoot": True,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
 READ_ONLY_CONTAINER = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
 
@@ -127,7 +132,7 @@ def pgbouncer_chart_values(settings: Settings, ca_certificates: str, config_chec
             "serviceAccount": {"automountServiceAccountToken": False},
             # Pod Security `restricted`, as the rest of the namespace; neither container writes a file (no Unix
             # socket: unix_socket_dir is empty). The image's user is nobody (the chart's pgbouncer.uid).
-            "securityContexts": {"pod": PGBOUNCER_POD_SECURITY_CONTEXT, "container": READ_ONLY_CONTAINER},
+            "securityContexts": {"pod": restricted_pod_context(NOBODY), "container": READ_ONLY_CONTAINER},
             "metricsExporterSidecar": {
                 "securityContexts": {"container": READ_ONLY_CONTAINER},
                 "statsSecretName": PGBOUNCER_STATS_SECRET, "statsSecretKey": "connection",
@@ -188,8 +193,6 @@ def bootstrap_sql(app_verifier_file: str = f"{BOOTSTRAP_SECRETS_DIR}/app-verifie
 
 def bootstrap_job_spec(settings: Settings) -> dict:
     """The Job that runs bootstrap_sql() with psql: Pod Security `restricted`, no token, on the system nodes."""
-    read_only = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                 "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
     return {
         # Retries within Pulumi's 10 minutes of waiting, so a failure shows as the Job's own.
         "backoffLimit": 3,
@@ -199,15 +202,13 @@ def bootstrap_job_spec(settings: Settings) -> dict:
                 "restartPolicy": "Never",
                 "automountServiceAccountToken": False,
                 **settings.system_placement,
-                "securityContext": {"runAsUser": POSTGRES_ALPINE_UID, "runAsGroup": POSTGRES_ALPINE_UID,
-                                    "fsGroup": POSTGRES_ALPINE_UID, "runAsNonRoot": True,
-                                    "seccompProfile": {"type": "RuntimeDefault"}},
+                "securityContext": restricted_pod_context(POSTGRES_ALPINE_UID),
                 "containers": [{
                     "name": "psql",
                     "image": BOOTSTRAP_IMAGE,
                     "command": ["psql", "-X", "-d", "service=admin", "-f", f"{BOOTSTRAP_CONFIG_DIR}/bootstrap.sql"],
                     "env": [{"name": "PGSERVICEFILE", "value": f"{BOOTSTRAP_SECRETS_DIR}/pg_service.conf"}],
-                    "securityContext": read_only,
+                    "securityContext": READ_ONLY_CONTAINER,
                     "resources": resources("50m", "64Mi", memory_limit="128Mi"),
                     "volumeMounts": [{"name": "db", "mountPath": BOOTSTRAP_SECRETS_DIR, "readOnly": True},
                                      {"name": "bootstrap", "mountPath": BOOTSTRAP_CONFIG_DIR, "readOnly": True}],
@@ -320,8 +321,4 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, admin_p
     return ManagedPostgres(endpoint=instance.address, port=w.POSTGRES_PORT, resource_id=instance.resource_id,
                            resources=[from_cluster, instance])
 
-
-def stats_url(user: str, password: str) -> str:
-    """What the chart's metrics exporter connects to: PgBouncer's admin console on loopback, over TLS."""
-    return f"postgresql://{quote(user, safe='')}:{quote(password, safe='')}@127.0.0.1:{PGBOUNCER_PORT}/pgbouncer?sslmode=require"
 

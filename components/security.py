@@ -114,6 +114,18 @@ PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 # Special characters of generated passwords: URL-reserved ones on purpose, so the connection URLs must
 # percent-encode them.
 URL_RESERVED_SPECIAL = "!#%&*()-_=+[]{}<>:?@/"
+# What RDS and Aurora accept in a password: all of those but `@` and `/` (quotes and spaces are not among them).
+RDS_SPECIAL = URL_RESERVED_SPECIAL.replace("@", "").replace("/", "")
+
+
+def generated_password(resource_name: str, parent: pulumi.Resource, special: bool,
+                       override_special: str = URL_RESERVED_SPECIAL) -> pulumi.Output[str]:
+    """A generated password (pulumi_random: in the state, encrypted), 32 characters of every class."""
+    password = random.RandomPassword(
+        resource_name, length=32, special=special, override_special=override_special if special else None,
+        min_lower=2, min_upper=2, min_numeric=2, min_special=2 if special else 0,
+        opts=pulumi.ResourceOptions(parent=parent))
+    return password.result
 
 
 def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], local_ingress_namespace: str, *,
@@ -412,12 +424,7 @@ class Security(pulumi.ComponentResource):
 
     def _password(self, name: str, purpose: str, special: bool,
                   override_special: str = URL_RESERVED_SPECIAL) -> pulumi.Output[str]:
-        password = random.RandomPassword(
-            f"{name}-{purpose}", length=32, special=special,
-            override_special=override_special if special else None,
-            min_lower=2, min_upper=2, min_numeric=2, min_special=2 if special else 0,
-            opts=pulumi.ResourceOptions(parent=self))
-        return password.result
+        return generated_password(f"{name}-{purpose}", self, special, override_special)
 
     def _secret(self, name: str, secret_name: str, data: dict[str, pulumi.Input[str]],
                 opts: pulumi.ResourceOptions, secret_type: str = "Opaque",
@@ -441,8 +448,8 @@ class Security(pulumi.ComponentResource):
         if settings.previous_fernet_key:
             # During a rotation: Airflow's MultiFernet encrypts with the first key and decrypts with any.
             fernet_key = pulumi.Output.secret(pulumi.Output.concat(fernet_key, ",", settings.previous_fernet_key))
-        # RDS and Aurora refuse `@`, `/`, quotes and spaces in a master password.
-        postgres_special = "!#%&*()-_=+[]{}<>:?" if settings.managed_database else URL_RESERVED_SPECIAL
+        # RDS and Aurora refuse `@`, `/`, quotes and spaces in a password.
+        postgres_special = RDS_SPECIAL if settings.managed_database else URL_RESERVED_SPECIAL
         self.postgres_password = pulumi.Output.secret(
             self._password(name, "postgres-password", special=True, override_special=postgres_special))
         # redis-ha writes the password into redis.conf, sentinel.conf and haproxy.cfg: alphanumeric only,

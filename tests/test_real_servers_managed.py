@@ -36,7 +36,13 @@ import sqlalchemy
 from components import rds
 from components import workloads as w
 from components.airflow import AIRFLOW_LOCAL_SETTINGS
-from components.database import ASYNC_CONNECTION_KEY, DATABASE_NAME, managed_metadata_urls, metadata_url
+from components.database import (
+    ASYNC_CONNECTION_KEY,
+    DATABASE_NAME,
+    managed_metadata_urls,
+    metadata_url,
+    pgbouncer_stats_url,
+)
 from components.elasticache import tls_broker_url
 from servers import (
     CertificateAuthority,
@@ -305,7 +311,7 @@ def test_pgbouncer_with_a_wrong_password_is_refused(managed):
 
 
 def test_stats_url_reads_pgbouncers_admin_console(managed):
-    url = with_host_and_port(rds.stats_url(w.POSTGRES_USER, PASSWORD), "127.0.0.1", managed.pgbouncer.port)
+    url = with_host_and_port(pgbouncer_stats_url(PASSWORD), "127.0.0.1", managed.pgbouncer.port)
     pools = {(pool["database"], pool["user"]): pool for pool in admin_console(url, "SHOW POOLS")}
     assert pools[(DATABASE_NAME, w.POSTGRES_USER)]["pool_mode"] == "transaction"
 
@@ -352,7 +358,7 @@ def test_pgbouncer_refuses_a_database_certificate_it_cannot_verify(managed, serv
     thread.start()
     try:
         log = wait_for_log(directory / "pgbouncer.log", refusal, thread, outcome)
-        stats_url = with_host_and_port(rds.stats_url(w.POSTGRES_USER, PASSWORD), "127.0.0.1", port)
+        stats_url = with_host_and_port(pgbouncer_stats_url(PASSWORD), "127.0.0.1", port)
         pool = next(pool for pool in admin_console(stats_url, "SHOW POOLS") if pool["database"] == DATABASE_NAME)
         servers = sum(pool[column] for column in ("sv_active", "sv_idle", "sv_used", "sv_tested"))
         assert (servers, pool["cl_waiting"], pool["cl_active"]) == (0, 1, 0)
