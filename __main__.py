@@ -52,6 +52,7 @@ storage = Storage("storage", StorageArgs(
     private_subnet_ids=cluster.private_subnet_ids,
     node_security_group_id=cluster.cluster_security_group_id,
     partition=cluster.partition,
+    account_id=cluster.account_id,
 ))
 
 # Where a managed database or broker lives and who may reach it (used only by databaseEngine aurora | rds and
@@ -78,6 +79,7 @@ database = Database("database", DatabaseArgs(
     backup_access=storage.database_access,
     storage_class_name=cluster.default_storage_class_name,
     partition=cluster.partition,
+    account_id=cluster.account_id,
     cluster_ca_issuer_name=security.cluster_ca_issuer_name,
     **managed_placement,
 ))

@@ -94,6 +94,7 @@ class DatabaseArgs:
     aws_provider: Optional[aws.Provider] = None
     name_prefix: str = ""
     partition: Optional[str] = None
+    account_id: Optional[str] = None
     vpc_id: Optional[pulumi.Input[str]] = None
     zones: list[str] = field(default_factory=list)
     private_subnet_ids: list[pulumi.Input[str]] = field(default_factory=list)
@@ -148,8 +149,10 @@ class Database(pulumi.ComponentResource):
         """Aurora or RDS, PgBouncer's configuration, certificate and metrics login, and the chart values that
         run PgBouncer. Returns where Airflow connects: PgBouncer's Service."""
         settings = args.settings
-        if args.partition is None or args.kms_key_arn is None or args.cluster_ca_issuer_name is None:
-            raise ValueError("Database: a managed engine needs the AWS partition, the KMS key and the platform CA issuer")
+        if args.partition is None or args.account_id is None or args.kms_key_arn is None \
+                or args.cluster_ca_issuer_name is None:
+            raise ValueError("Database: a managed engine needs the AWS partition and account, the KMS key and the "
+                             "platform CA issuer")
         # The master user's: only the bootstrap Job uses it. RDS refuses `@`, `/`, quotes and spaces in it.
         admin_password = pulumi.Output.secret(
             generated_password(f"{name}-admin-password", self, special=True, override_special=RDS_SPECIAL))
@@ -157,7 +160,8 @@ class Database(pulumi.ComponentResource):
             name, settings, name_prefix=args.name_prefix, admin_password=admin_password, vpc_id=args.vpc_id,
             private_subnet_ids=args.private_subnet_ids, zones=args.zones,
             node_security_group_id=args.node_security_group_id, kms_key_arn=args.kms_key_arn,
-            partition=args.partition, opts=pulumi.ResourceOptions(parent=self, provider=args.aws_provider))
+            partition=args.partition, account_id=args.account_id,
+            opts=pulumi.ResourceOptions(parent=self, provider=args.aws_provider))
         ini = database.endpoint.apply(lambda host: rds.pgbouncer_ini(
             server_host=host, server_port=database.port, database=DATABASE_NAME, user=w.POSTGRES_USER,
             pool_size=settings.pgbouncer_pool_size, max_client_connections=settings.pgbouncer_max_client_connections))

@@ -242,7 +242,7 @@ class ManagedPostgres:
 def managed_postgres(name: str, settings: Settings, *, name_prefix: str, admin_password: pulumi.Input[str],
                      vpc_id: pulumi.Input[str], private_subnet_ids: list[pulumi.Input[str]], zones: list[str],
                      node_security_group_id: pulumi.Input[str], kms_key_arn: pulumi.Input[str], partition: str,
-                     opts: pulumi.ResourceOptions) -> ManagedPostgres:
+                     account_id: str, opts: pulumi.ResourceOptions) -> ManagedPostgres:
     """Aurora or RDS PostgreSQL for Airflow's metadata."""
     protect = settings.protect_stateful_resources
     keep = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=protect, retain_on_delete=protect))
@@ -252,7 +252,6 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, admin_p
     security_group, from_cluster = cluster_only_security_group(
         f"{name}-metadata", vpc_id=vpc_id, port=w.POSTGRES_PORT, what="PostgreSQL to the Airflow metadata database",
         node_security_group_id=node_security_group_id, opts=opts)
-    account_id = aws.get_caller_identity(opts=pulumi.InvokeOptions(provider=opts.provider)).account_id
     monitoring_role = aws.iam.Role(
         f"{name}-monitoring", assume_role_policy=service_trust_policy("monitoring.rds.amazonaws.com", account_id),
         opts=opts)

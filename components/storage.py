@@ -73,6 +73,7 @@ class StorageArgs:
     private_subnet_ids: list[pulumi.Input[str]] = field(default_factory=list)
     node_security_group_id: Optional[pulumi.Input[str]] = None
     partition: Optional[str] = None
+    account_id: Optional[str] = None
 
 
 class Storage(pulumi.ComponentResource):
@@ -220,8 +221,9 @@ class Storage(pulumi.ComponentResource):
     def _secrets_access(self, name: str, args: StorageArgs, role: aws.iam.Role) -> aws.iam.RolePolicy:
         """The Airflow pods' role may also read the stack's connections and variables (one role per service
         account: Pod Identity associates exactly one)."""
-        account_id = aws.get_caller_identity(opts=pulumi.InvokeOptions(provider=args.aws_provider)).account_id
-        policy = secrets_read_policy(self._partition, args.settings.region, account_id,
+        if args.account_id is None:
+            raise ValueError("Storage: the secrets backend needs the AWS account")
+        policy = secrets_read_policy(self._partition, args.settings.region, args.account_id,
                                      args.settings.secrets_prefix(args.name_prefix))
         return aws.iam.RolePolicy(f"{name}-airflow-secrets", role=role.id, policy=policy, opts=self._aws)
 

@@ -76,6 +76,8 @@ class Cluster(pulumi.ComponentResource):
     node_groups: list[aws.eks.NodeGroup]
     # The AWS partition (aws, aws-cn, aws-us-gov) managed policy ARNs are built in; None locally.
     partition: Optional[str]
+    # The account the stack deploys into (IAM conditions and ARNs); None locally.
+    account_id: Optional[str]
     # The AWS Load Balancer Controller (target=aws): it turns Ingresses into ALBs.
     load_balancer_controller: Optional[k8s.helm.v3.Release]
     # What Celery workers need before they can be scheduled: Karpenter and its worker NodePool (else nothing).
@@ -88,6 +90,7 @@ class Cluster(pulumi.ComponentResource):
         self.worker_capacity = []
         self.load_balancer_controller = None
         self.partition = None
+        self.account_id = None
         self.zones, self.private_subnet_ids = [], []
         self.private_subnet_cidrs = []
         self.public_subnet_cidrs = []
@@ -127,9 +130,12 @@ class Cluster(pulumi.ComponentResource):
         settings = self._settings
         invoke = pulumi.InvokeOptions(provider=aws_provider)
         self.partition = aws.get_partition(opts=invoke).partition
+        caller = aws.get_caller_identity(opts=invoke)
+        self.account_id = caller.account_id
         ctx = AwsContext(name=name, cluster_name=cluster_name, settings=settings,
                          aws=pulumi.ResourceOptions(parent=self, provider=aws_provider), invoke=invoke,
-                         partition=self.partition, component=self)
+                         partition=self.partition, caller_arn=caller.arn, account_id=caller.account_id,
+                         component=self)
         # Before any resource: a principal that cannot get an access entry stops the program here.
         deployer = deployer_arn(ctx)
 

@@ -162,9 +162,8 @@ def build_karpenter_aws(ctx: AwsContext, eks_cluster: aws.eks.Cluster,
         opts=ctx.aws)
 
     role = aws.iam.Role(f"{name}-karpenter", assume_role_policy=POD_IDENTITY_TRUST_POLICY, opts=ctx.aws)
-    account_id = aws.get_caller_identity(opts=ctx.invoke).account_id
     documents = pulumi.Output.all(node_role.arn, queue.arn).apply(
-        lambda arns: karpenter_controller_policies(ctx.partition, ctx.settings.region, account_id, cluster_name,
+        lambda arns: karpenter_controller_policies(ctx.partition, ctx.settings.region, ctx.account_id, cluster_name,
                                                    node_role_arn=arns[0], queue_arn=arns[1]))
     attachments = []
     for policy_name in json.loads(KARPENTER_POLICY_FILE.read_text()):

@@ -21,6 +21,9 @@ class AwsContext:
     invoke: pulumi.InvokeOptions
     # aws, aws-cn or aws-us-gov: managed policy ARNs are built in it.
     partition: str
+    # Who runs `pulumi up` (its ARN, an assumed-role session's) and in which account: looked up once.
+    caller_arn: str
+    account_id: str
     # The Cluster component, parent of the Kubernetes objects it creates.
     component: pulumi.ComponentResource
 

@@ -77,8 +77,7 @@ def build_control_plane(ctx: AwsContext, network: Network) -> aws.eks.Cluster:
 def deployer_arn(ctx: AwsContext) -> str:
     """The IAM role or user running `pulumi up`: an assumed-role session stands for its role, as EKS
     keys access entries on the role ARN."""
-    caller_arn = aws.get_caller_identity(opts=ctx.invoke).arn
-    deployer_arn = aws.iam.get_session_context(arn=caller_arn, opts=ctx.invoke).issuer_arn
+    deployer_arn = aws.iam.get_session_context(arn=ctx.caller_arn, opts=ctx.invoke).issuer_arn
     if not IAM_PRINCIPAL_ARN.match(deployer_arn):
         raise ValueError(
             f"the principal running `pulumi up` ({deployer_arn}) cannot be given an EKS access entry (the "
