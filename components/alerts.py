@@ -26,7 +26,7 @@ COMPONENTS = "airflow-(scheduler|dag-processor|triggerer|api-server)"
 INSTANCES_JOB = f"{w.MONITORING_NAMESPACE}/{w.POSTGRES_CLUSTER}"
 POOLER_JOB = f"{w.MONITORING_NAMESPACE}/{w.POSTGRES_POOLER}"
 # The Airflow chart's PgBouncer (Observability's airflow-pgbouncer monitor), in front of Aurora / RDS.
-CHART_PGBOUNCER_JOB = f"{w.MONITORING_NAMESPACE}/airflow-pgbouncer"
+CHART_PGBOUNCER_JOB = f"{w.MONITORING_NAMESPACE}/{w.CHART_PGBOUNCER}"
 
 
 @dataclass(frozen=True)

@@ -203,7 +203,7 @@ def monitors(settings: Settings) -> list[dict]:
     ]
     if settings.managed_database:
         # The Airflow chart's PgBouncer and its metrics exporter (port `metrics`).
-        found.append(pod_monitor("airflow-pgbouncer", w.airflow_component("pgbouncer"), "metrics", w.AIRFLOW_NAMESPACE))
+        found.append(pod_monitor(w.CHART_PGBOUNCER, w.CHART_PGBOUNCER_PODS, "metrics", w.AIRFLOW_NAMESPACE))
     else:
         found += [
             pod_monitor("airflow-db", w.POSTGRES_INSTANCES, "metrics", w.AIRFLOW_NAMESPACE, cluster_label),

@@ -29,9 +29,9 @@ from components.iam import managed_policy_arn, service_trust_policy
 from components.settings import Settings
 
 # The Airflow chart (1.19.0) names PgBouncer's Service <release>-pgbouncer and serves it on ports.pgbouncer.
-PGBOUNCER_SERVICE = f"{w.AIRFLOW_RELEASE}-pgbouncer"
+PGBOUNCER_SERVICE = w.CHART_PGBOUNCER
 PGBOUNCER_PORT = w.CHART_PGBOUNCER_PORT
-PGBOUNCER_PODS = w.airflow_component("pgbouncer")
+PGBOUNCER_PODS = w.CHART_PGBOUNCER_PODS
 PGBOUNCER_CONFIG_SECRET = "airflow-pgbouncer-config"     # keys: pgbouncer.ini, users.txt (the chart mounts both)
 PGBOUNCER_STATS_SECRET = "airflow-pgbouncer-stats"       # key: connection (the chart's metrics exporter reads it)
 PGBOUNCER_TLS_SECRET = w.METADATA_TLS_SECRET             # cert-manager's: tls.crt, tls.key, ca.crt

@@ -159,7 +159,7 @@ def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], loca
     if managed_database:
         # The Airflow chart's PgBouncer in front of Aurora / RDS. The chart's own policy admits the release's
         # pods; KEDA (another namespace) and Prometheus are admitted here.
-        chart_pgbouncer = Peer(w.airflow_component("pgbouncer"))
+        chart_pgbouncer = Peer(w.CHART_PGBOUNCER_PODS)
         flows += [
             Flow("airflow-to-pgbouncer", clients, chart_pgbouncer, _tcp(w.CHART_PGBOUNCER_PORT), ingress_by_chart=True),
             Flow("keda-to-pgbouncer", keda, chart_pgbouncer, _tcp(w.CHART_PGBOUNCER_PORT)),

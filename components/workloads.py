@@ -75,8 +75,11 @@ POSTGRES_PORT = 5432
 CNPG_STATUS_PORT = 8000
 CNPG_METRICS_PORT = 9187
 PGBOUNCER_METRICS_PORT = 9127
-# The Airflow chart's PgBouncer (ports.pgbouncer), in front of Aurora / RDS.
+# The Airflow chart's PgBouncer (ports.pgbouncer), in front of Aurora / RDS; the chart names its Deployment and
+# Service <release>-pgbouncer, and Observability its monitor the same.
 CHART_PGBOUNCER_PORT = 6543
+CHART_PGBOUNCER = f"{AIRFLOW_RELEASE}-pgbouncer"
+CHART_PGBOUNCER_PODS = airflow_component("pgbouncer")
 REDIS_PORT = 6379
 SENTINEL_PORT = 26379
 REDIS_EXPORTER_PORT = 9121

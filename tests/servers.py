@@ -7,6 +7,7 @@ user the Debian package creates.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import glob
 import os
@@ -17,12 +18,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from components.rds import pgbouncer_users
 
 
 class ServerUnavailable(RuntimeError):
@@ -190,10 +193,6 @@ def start_postgres(workdir: Path, certificate: Optional[tuple[Path, Path]] = Non
     return PostgresServer(port=port, socket_dir=socket_dir, data_dir=data_dir, bin_dir=bin_dir)
 
 
-def _pgbouncer_quote(value: str) -> str:
-    return '"' + value.replace('"', '""') + '"'
-
-
 @dataclass
 class ProcessServer:
     """A server run in the foreground by this test session (PgBouncer, Redis)."""
@@ -213,7 +212,8 @@ def start_pgbouncer(workdir: Path, postgres: PostgresServer, user: str, password
     workdir.mkdir(parents=True, exist_ok=True)
     cert, key = self_signed_certificate(workdir)
     userlist = workdir / "userlist.txt"
-    userlist.write_text(f"{_pgbouncer_quote(user)} {_pgbouncer_quote(password)}\n")
+    # The auth file as the program writes PgBouncer's (components/rds.py).
+    userlist.write_text(pgbouncer_users(user, password))
     userlist.chmod(0o600)
     port = free_port()
     ini = workdir / "pgbouncer.ini"
@@ -319,10 +319,12 @@ def unavailable_reason() -> Optional[str]:
     return None
 
 
-def servers_workdir(prefix: str) -> Path:
-    """A fresh directory for a module's servers. Without the servers the module is skipped, and fails in CI,
-    where they must run. Not pytest's tmp_path: under root that lies in a 0700 directory the `postgres` user
-    cannot enter."""
+@contextlib.contextmanager
+def servers_session(prefix: str) -> Iterator[tuple[Path, list]]:
+    """A module's servers: a fresh directory for them and a list to put each in as it starts. Without the servers
+    the module is skipped, and fails in CI, where they must run; a server that will not start fails it; at the end
+    every server is stopped (the last first) and the directory removed. Not pytest's tmp_path: under root that
+    lies in a 0700 directory the `postgres` user cannot enter."""
     import pytest
 
     reason = unavailable_reason()
@@ -332,4 +334,12 @@ def servers_workdir(prefix: str) -> Path:
         pytest.skip(reason)
     workdir = Path(tempfile.mkdtemp(prefix=prefix))
     workdir.chmod(0o755)
-    return workdir
+    started: list = []
+    try:
+        yield workdir, started
+    except ServerUnavailable as exc:
+        pytest.fail(str(exc))
+    finally:
+        for server in reversed(started):
+            server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)

@@ -30,8 +30,7 @@ from components.broker import BROKER_URL_SECRET
 from components.database import DATABASE_NAME, METADATA_CONNECTION_SECRET
 from harness import run_program
 from servers import (
-    ServerUnavailable,
-    servers_workdir,
+    servers_session,
     start_pgbouncer,
     start_postgres,
     start_redis,
@@ -61,9 +60,7 @@ def program():
 
 @pytest.fixture(scope="module")
 def servers(program):
-    workdir = servers_workdir("airflow-platform-servers-")
-    started = []
-    try:
+    with servers_session("airflow-platform-servers-") as (workdir, started):
         postgres = start_postgres(workdir / "postgres")
         started.append(postgres)
         postgres.superuser_sql(f'CREATE ROLE "{program["postgres_user"]}" LOGIN PASSWORD %s',
@@ -75,12 +72,6 @@ def servers(program):
         redis = start_redis(workdir / "redis", program["redis_password"])
         started.append(redis)
         yield {"postgres": postgres.port, "pgbouncer": pgbouncer.port, "redis": redis.port}
-    except ServerUnavailable as exc:
-        pytest.fail(str(exc))
-    finally:
-        for server in reversed(started):
-            server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def query(url: str) -> tuple:

@@ -53,7 +53,7 @@ from servers import (
     pgbouncer_version,
     postgres_bin,
     run_pgbouncer,
-    servers_workdir,
+    servers_session,
     start_postgres,
     start_redis,
     with_host_and_port,
@@ -109,9 +109,7 @@ def program_pgbouncer(directory: Path, ca: CertificateAuthority, postgres_port: 
 
 @pytest.fixture(scope="module")
 def managed():
-    workdir = servers_workdir("airflow-platform-managed-")
-    started = []
-    try:
+    with servers_session("airflow-platform-managed-") as (workdir, started):
         ca, wrong_ca = CertificateAuthority.create("Test RDS and ElastiCache CA"), CertificateAuthority.create("Unrelated CA")
         ca_file, wrong_ca_file = ca.write(workdir / "ca.pem"), wrong_ca.write(workdir / "wrong-ca.pem")
         postgres = start_postgres(workdir / "rds", certificate=ca.issue(workdir / "rds-tls", "localhost"))
@@ -126,12 +124,6 @@ def managed():
         started.append(redis)
         yield Managed(workdir=workdir, ca=ca, ca_file=ca_file, wrong_ca_file=wrong_ca_file, postgres=postgres,
                       pgbouncer=pgbouncer, redis=redis)
-    except ServerUnavailable as exc:
-        pytest.fail(str(exc))
-    finally:
-        for server in reversed(started):
-            server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def libpq_query(url: str) -> tuple[str, bool]:
