@@ -53,6 +53,13 @@ def pgbouncer_stats_url(password: str) -> str:
     return metadata_url(w.POSTGRES_USER, password, "127.0.0.1", rds.PGBOUNCER_PORT, "pgbouncer")
 
 
+def cloudnative_pg_metadata_urls(password: str, host: str, port: int) -> dict[str, str]:
+    """The Secret's keys with CloudNativePG (Airflow and KEDA -> its Pooler): TLS required, one URL for both."""
+    url = metadata_url(w.POSTGRES_USER, password, host, port, DATABASE_NAME)
+    return {"connection": url, ASYNC_CONNECTION_KEY: async_metadata_url(w.POSTGRES_USER, password, host, port,
+                                                                         DATABASE_NAME), KEDA_CONNECTION_KEY: url}
+
+
 def managed_metadata_urls(password: str, host: str, port: int, ca_file: str = w.METADATA_CA_FILE) -> dict[str, str]:
     """The Secret's keys with a managed engine (Airflow -> the chart's PgBouncer): Airflow verifies PgBouncer's
     certificate and name against the platform CA (`verify-full`; its async engine does the same through the
@@ -122,20 +129,10 @@ class Database(pulumi.ComponentResource):
         settings = args.settings
         self._k8s = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
         self.operator, self.airflow_chart_values = None, {}
-        if settings.managed_database:
-            pooler_host, pooler_port = self._build_managed(name, args)
-        else:
-            pooler_host, pooler_port = self._build_cloudnative_pg(name, args)
-
-        if settings.managed_database:
-            urls = args.app_user_password.apply(
-                lambda password: managed_metadata_urls(password, pooler_host, pooler_port))
-        else:
-            urls = args.app_user_password.apply(lambda password: {
-                "connection": metadata_url(w.POSTGRES_USER, password, pooler_host, pooler_port, DATABASE_NAME),
-                ASYNC_CONNECTION_KEY: async_metadata_url(w.POSTGRES_USER, password, pooler_host, pooler_port,
-                                                         DATABASE_NAME),
-                KEDA_CONNECTION_KEY: metadata_url(w.POSTGRES_USER, password, pooler_host, pooler_port, DATABASE_NAME)})
+        build, published_urls = ((self._build_managed, managed_metadata_urls) if settings.managed_database
+                                 else (self._build_cloudnative_pg, cloudnative_pg_metadata_urls))
+        pooler_host, pooler_port = build(name, args)
+        urls = args.app_user_password.apply(lambda password: published_urls(password, pooler_host, pooler_port))
         connection = k8s.core.v1.Secret(
             f"{name}-metadata-connection",
             metadata={"name": METADATA_CONNECTION_SECRET, "namespace": args.airflow_namespace},

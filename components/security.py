@@ -128,6 +128,12 @@ def generated_password(resource_name: str, parent: pulumi.Resource, special: boo
     return password.result
 
 
+# Peers several flows share.
+PROMETHEUS = Peer(w.PROMETHEUS_PODS, namespace=w.MONITORING_NAMESPACE)
+KEDA = Peer(w.KEDA_OPERATOR_PODS, namespace=w.KEDA_NAMESPACE)
+POD_IDENTITY_AGENT = Peer(cidrs=(w.POD_IDENTITY_AGENT_CIDR,))
+
+
 def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], local_ingress_namespace: str, *,
                    git_sync: bool = False, replicated_database: bool = False,
                    restoring_database: bool = False, managed_database: bool = False,
@@ -136,16 +142,7 @@ def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], loca
     clients = Peer(w.AIRFLOW_PODS, expressions=(("component", "In", w.AIRFLOW_CLIENT_COMPONENTS),))
     log_writers = Peer(w.AIRFLOW_PODS, expressions=(("component", "In", w.AIRFLOW_LOG_WRITER_COMPONENTS),))
     api_server = Peer(w.AIRFLOW_API_SERVER)
-    instances = Peer(w.POSTGRES_INSTANCES)
-    pooler = Peer(w.POSTGRES_POOLER_PODS)
-    postgres_jobs = Peer(w.POSTGRES_JOBS_CLUSTER_LABEL, expressions=((w.POSTGRES_JOB_ROLE_LABEL, "Exists", ()),))
-    haproxy = Peer(w.REDIS_HAPROXY)
-    redis = Peer(w.REDIS_SERVERS)
     statsd = Peer(w.AIRFLOW_STATSD)
-    prometheus = Peer(w.PROMETHEUS_PODS, namespace=w.MONITORING_NAMESPACE)
-    keda = Peer(w.KEDA_OPERATOR_PODS, namespace=w.KEDA_NAMESPACE)
-    # Aurora, RDS and ElastiCache take their addresses in the private subnets (their subnet groups).
-    private_subnets = Peer(cidrs=network.private_subnet_cidrs)
     flows = [
         Flow("dns", Peer({}), Peer(w.KUBE_DNS_PODS, namespace="kube-system"), ((53, "UDP"), (53, "TCP"))),
         # Airflow 3: workers, triggerer and DAG processor call the API server's execution API.
@@ -154,46 +151,59 @@ def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], loca
         # Chart 1.19.0 only lets `component: webserver` fetch task logs; Airflow 3 serves them from the API server.
         Flow("api-server-to-worker-logs", api_server, Peer(w.AIRFLOW_WORKER), _tcp(w.WORKER_LOG_PORT)),
         Flow("api-server-to-triggerer-logs", api_server, Peer(w.AIRFLOW_TRIGGERER), _tcp(w.TRIGGERER_LOG_PORT)),
-        Flow("prometheus-to-statsd", prometheus, statsd, _tcp(w.STATSD_METRICS_PORT)),
+        Flow("prometheus-to-statsd", PROMETHEUS, statsd, _tcp(w.STATSD_METRICS_PORT)),
     ]
-    if managed_database:
-        # The Airflow chart's PgBouncer in front of Aurora / RDS. The chart's own policy admits the release's
-        # pods; KEDA (another namespace) and Prometheus are admitted here.
-        chart_pgbouncer = Peer(w.CHART_PGBOUNCER_PODS)
+    flows += (_managed_database_flows(network, clients) if managed_database
+              else _cloudnative_pg_flows(network, clients, replicated=replicated_database,
+                                         restoring=restoring_database))
+    flows += _elasticache_flows(network, clients) if managed_broker else _redis_ha_flows(clients)
+    if git_sync:
+        # The git host is on the internet. The VPC CNI's policy agent has open reports of ignoring `except`
+        # (aws/amazon-vpc-cni-k8s#2592): there this rule may admit HTTPS inside the VPC too (README).
+        flows.append(Flow("git-sync-to-repository", clients,
+                          Peer(cidrs=("0.0.0.0/0",), except_cidrs=PRIVATE_RANGES), _tcp(443)))
+    if network.is_aws:
         flows += [
-            Flow("airflow-to-pgbouncer", clients, chart_pgbouncer, _tcp(w.CHART_PGBOUNCER_PORT), ingress_by_chart=True),
-            Flow("keda-to-pgbouncer", keda, chart_pgbouncer, _tcp(w.CHART_PGBOUNCER_PORT)),
-            Flow("prometheus-to-pgbouncer", prometheus, chart_pgbouncer, _tcp(w.PGBOUNCER_METRICS_PORT)),
-            Flow("pgbouncer-to-database", chart_pgbouncer, private_subnets, _tcp(w.POSTGRES_PORT)),
-            # The Job that creates Airflow's role, as the master user.
-            Flow("db-bootstrap-to-database", Peer(w.DB_BOOTSTRAP_PODS), private_subnets, _tcp(w.POSTGRES_PORT)),
+            Flow("load-balancer-to-api-server", Peer(cidrs=network.load_balancer_cidrs), api_server,
+                 _tcp(w.API_SERVER_PORT), ingress_by_chart=True),
+            # Task logs go to S3, through the gateway endpoint, with credentials from the Pod Identity agent.
+            Flow("airflow-to-s3", log_writers, Peer(cidrs=network.s3_cidrs), _tcp(443)),
+            Flow("airflow-to-pod-identity", log_writers, POD_IDENTITY_AGENT, _tcp(w.POD_IDENTITY_AGENT_PORT)),
         ]
+        if secrets_manager:
+            # Connections and variables, from the Secrets Manager endpoint's fixed addresses, with the
+            # credentials of the same Pod Identity role.
+            flows.append(Flow("airflow-to-secrets-manager", log_writers, Peer(cidrs=network.secrets_manager_cidrs),
+                              _tcp(443)))
     else:
-        flows += [
-            Flow("airflow-to-pgbouncer", clients, pooler, _tcp(w.POSTGRES_PORT)),
-            Flow("keda-to-pgbouncer", keda, pooler, _tcp(w.POSTGRES_PORT)),
-            Flow("pgbouncer-to-postgres", pooler, instances, _tcp(w.POSTGRES_PORT),
-                 via_service=w.POSTGRES_PRIMARY_SERVICE_SELECTOR),
-            # Streaming replication (from the -rw Service), and the primary's liveness isolation check on the
-            # others' status port (pod addresses).
-            Flow("postgres-replication", instances, instances, _tcp(w.POSTGRES_PORT, w.CNPG_STATUS_PORT),
-                 via_service=w.POSTGRES_PRIMARY_SERVICE_SELECTOR),
-            Flow("cnpg-operator-to-postgres", Peer(w.CNPG_OPERATOR_PODS, namespace=w.CNPG_NAMESPACE), instances,
-                 _tcp(w.CNPG_STATUS_PORT)),
-            Flow("prometheus-to-postgres", prometheus, instances, _tcp(w.CNPG_METRICS_PORT)),
-            Flow("prometheus-to-pgbouncer", prometheus, pooler, _tcp(w.PGBOUNCER_METRICS_PORT)),
-        ]
-    if managed_broker:
-        flows.append(Flow("airflow-to-broker", clients, private_subnets, _tcp(w.REDIS_PORT)))
-    else:
-        flows += [
-            Flow("airflow-to-redis", clients, haproxy, _tcp(w.REDIS_PORT)),
-            Flow("haproxy-to-redis", haproxy, redis, _tcp(w.REDIS_PORT, w.SENTINEL_PORT)),
-            Flow("redis-replication", redis, redis, _tcp(w.REDIS_PORT, w.SENTINEL_PORT)),
-            Flow("prometheus-to-redis", prometheus, redis, _tcp(w.REDIS_EXPORTER_PORT)),
-            Flow("prometheus-to-haproxy", prometheus, haproxy, _tcp(w.HAPROXY_METRICS_PORT)),
-        ]
-    if replicated_database and not managed_database:
+        # The laptop cluster's ingress controller (a port-forward needs no rule).
+        flows.append(Flow("ingress-to-api-server", Peer({}, namespace=local_ingress_namespace), api_server,
+                          _tcp(w.API_SERVER_PORT), ingress_by_chart=True))
+    flows += [Flow(f"worker-egress-{index}", Peer(w.AIRFLOW_WORKER), Peer(cidrs=(cidr,)), ())
+              for index, cidr in enumerate(worker_egress_cidrs)]
+    return flows
+
+
+def _cloudnative_pg_flows(network: ClusterNetwork, clients: Peer, *, replicated: bool, restoring: bool) -> list[Flow]:
+    """CloudNativePG's instances, its Pooler and its Jobs."""
+    instances = Peer(w.POSTGRES_INSTANCES)
+    pooler = Peer(w.POSTGRES_POOLER_PODS)
+    postgres_jobs = Peer(w.POSTGRES_JOBS_CLUSTER_LABEL, expressions=((w.POSTGRES_JOB_ROLE_LABEL, "Exists", ()),))
+    flows = [
+        Flow("airflow-to-pgbouncer", clients, pooler, _tcp(w.POSTGRES_PORT)),
+        Flow("keda-to-pgbouncer", KEDA, pooler, _tcp(w.POSTGRES_PORT)),
+        Flow("pgbouncer-to-postgres", pooler, instances, _tcp(w.POSTGRES_PORT),
+             via_service=w.POSTGRES_PRIMARY_SERVICE_SELECTOR),
+        # Streaming replication (from the -rw Service), and the primary's liveness isolation check on the
+        # others' status port (pod addresses).
+        Flow("postgres-replication", instances, instances, _tcp(w.POSTGRES_PORT, w.CNPG_STATUS_PORT),
+             via_service=w.POSTGRES_PRIMARY_SERVICE_SELECTOR),
+        Flow("cnpg-operator-to-postgres", Peer(w.CNPG_OPERATOR_PODS, namespace=w.CNPG_NAMESPACE), instances,
+             _tcp(w.CNPG_STATUS_PORT)),
+        Flow("prometheus-to-postgres", PROMETHEUS, instances, _tcp(w.CNPG_METRICS_PORT)),
+        Flow("prometheus-to-pgbouncer", PROMETHEUS, pooler, _tcp(w.PGBOUNCER_METRICS_PORT)),
+    ]
+    if replicated:
         # The join Job clones each further instance from the primary (the -rw Service) with pg_basebackup.
         flows.append(Flow("postgres-jobs-to-postgres", postgres_jobs, instances, _tcp(w.POSTGRES_PORT),
                           via_service=w.POSTGRES_PRIMARY_SERVICE_SELECTOR))
@@ -207,46 +217,52 @@ def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], loca
     else:
         # A laptop cluster's API server listens on a node address, which no setting knows.
         api_servers, api_ports = Peer(cidrs=("0.0.0.0/0",)), _tcp(*w.LOCAL_API_SERVER_PORTS)
-    operator_pods = () if managed_database else (("postgres", instances), ("pgbouncer", pooler),
-                                                 ("postgres-jobs", postgres_jobs))
-    for source_name, source in operator_pods:
+    for source_name, source in (("postgres", instances), ("pgbouncer", pooler), ("postgres-jobs", postgres_jobs)):
         flows += [Flow(f"{source_name}-to-kubernetes-service", source, service, _tcp(w.KUBERNETES_API_PORT)),
                   Flow(f"{source_name}-to-kubernetes-api", source, api_servers, api_ports)]
-    if git_sync:
-        # The git host is on the internet. The VPC CNI's policy agent has open reports of ignoring `except`
-        # (aws/amazon-vpc-cni-k8s#2592): there this rule may admit HTTPS inside the VPC too (README).
-        flows.append(Flow("git-sync-to-repository", clients,
-                          Peer(cidrs=("0.0.0.0/0",), except_cidrs=PRIVATE_RANGES), _tcp(443)))
     if network.is_aws:
+        # WAL and base backups (the Barman Cloud sidecar) and restores (the recovery Job) go to S3, through the
+        # gateway endpoint, with credentials from the Pod Identity agent.
         s3 = Peer(cidrs=network.s3_cidrs)
-        pod_identity = Peer(cidrs=(w.POD_IDENTITY_AGENT_CIDR,))
-        flows += [
-            Flow("load-balancer-to-api-server", Peer(cidrs=network.load_balancer_cidrs), api_server,
-                 _tcp(w.API_SERVER_PORT), ingress_by_chart=True),
-            # Task logs (Airflow), WAL and base backups (the Barman Cloud sidecar) and restores (the recovery
-            # Job) go to S3, through the gateway endpoint, with credentials from the Pod Identity agent.
-            Flow("airflow-to-s3", log_writers, s3, _tcp(443)),
-            Flow("airflow-to-pod-identity", log_writers, pod_identity, _tcp(w.POD_IDENTITY_AGENT_PORT)),
-        ]
-        if not managed_database:
-            flows += [Flow("postgres-to-s3", instances, s3, _tcp(443)),
-                      Flow("postgres-to-pod-identity", instances, pod_identity, _tcp(w.POD_IDENTITY_AGENT_PORT))]
-        if restoring_database and not managed_database:
+        flows += [Flow("postgres-to-s3", instances, s3, _tcp(443)),
+                  Flow("postgres-to-pod-identity", instances, POD_IDENTITY_AGENT, _tcp(w.POD_IDENTITY_AGENT_PORT))]
+        if restoring:
             flows += [Flow("postgres-jobs-to-s3", postgres_jobs, s3, _tcp(443)),
-                      Flow("postgres-jobs-to-pod-identity", postgres_jobs, pod_identity,
+                      Flow("postgres-jobs-to-pod-identity", postgres_jobs, POD_IDENTITY_AGENT,
                            _tcp(w.POD_IDENTITY_AGENT_PORT))]
-        if secrets_manager:
-            # Connections and variables, from the Secrets Manager endpoint's fixed addresses, with the
-            # credentials of the same Pod Identity role.
-            flows.append(Flow("airflow-to-secrets-manager", log_writers, Peer(cidrs=network.secrets_manager_cidrs),
-                              _tcp(443)))
-    else:
-        # The laptop cluster's ingress controller (a port-forward needs no rule).
-        flows.append(Flow("ingress-to-api-server", Peer({}, namespace=local_ingress_namespace), api_server,
-                          _tcp(w.API_SERVER_PORT), ingress_by_chart=True))
-    flows += [Flow(f"worker-egress-{index}", Peer(w.AIRFLOW_WORKER), Peer(cidrs=(cidr,)), ())
-              for index, cidr in enumerate(worker_egress_cidrs)]
     return flows
+
+
+def _managed_database_flows(network: ClusterNetwork, clients: Peer) -> list[Flow]:
+    """The Airflow chart's PgBouncer in front of Aurora / RDS, which take their addresses in the private subnets
+    (their subnet group). The chart's own policy admits the release's pods to PgBouncer; KEDA (another
+    namespace) and Prometheus are admitted here."""
+    pgbouncer, database = Peer(w.CHART_PGBOUNCER_PODS), Peer(cidrs=network.private_subnet_cidrs)
+    return [
+        Flow("airflow-to-pgbouncer", clients, pgbouncer, _tcp(w.CHART_PGBOUNCER_PORT), ingress_by_chart=True),
+        Flow("keda-to-pgbouncer", KEDA, pgbouncer, _tcp(w.CHART_PGBOUNCER_PORT)),
+        Flow("prometheus-to-pgbouncer", PROMETHEUS, pgbouncer, _tcp(w.PGBOUNCER_METRICS_PORT)),
+        Flow("pgbouncer-to-database", pgbouncer, database, _tcp(w.POSTGRES_PORT)),
+        # The Job that creates Airflow's role, as the master user.
+        Flow("db-bootstrap-to-database", Peer(w.DB_BOOTSTRAP_PODS), database, _tcp(w.POSTGRES_PORT)),
+    ]
+
+
+def _redis_ha_flows(clients: Peer) -> list[Flow]:
+    """redis-ha: HAProxy in front of the Redis servers and their Sentinels."""
+    haproxy, redis = Peer(w.REDIS_HAPROXY), Peer(w.REDIS_SERVERS)
+    return [
+        Flow("airflow-to-redis", clients, haproxy, _tcp(w.REDIS_PORT)),
+        Flow("haproxy-to-redis", haproxy, redis, _tcp(w.REDIS_PORT, w.SENTINEL_PORT)),
+        Flow("redis-replication", redis, redis, _tcp(w.REDIS_PORT, w.SENTINEL_PORT)),
+        Flow("prometheus-to-redis", PROMETHEUS, redis, _tcp(w.REDIS_EXPORTER_PORT)),
+        Flow("prometheus-to-haproxy", PROMETHEUS, haproxy, _tcp(w.HAPROXY_METRICS_PORT)),
+    ]
+
+
+def _elasticache_flows(network: ClusterNetwork, clients: Peer) -> list[Flow]:
+    """ElastiCache, in the private subnets (its subnet group)."""
+    return [Flow("airflow-to-broker", clients, Peer(cidrs=network.private_subnet_cidrs), _tcp(w.REDIS_PORT))]
 
 
 def network_policy_specs(flows: list[Flow]) -> dict[str, dict]:
