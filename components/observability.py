@@ -208,14 +208,13 @@ def monitors(settings: Settings) -> list[dict]:
         found += [
             pod_monitor("airflow-db", w.POSTGRES_INSTANCES, "metrics", w.AIRFLOW_NAMESPACE, cluster_label),
             pod_monitor("airflow-db-pooler", w.POSTGRES_POOLER_PODS, "metrics", w.AIRFLOW_NAMESPACE, cluster_label),
+            pod_monitor("cloudnative-pg", w.CNPG_OPERATOR_PODS, "metrics", w.CNPG_NAMESPACE),
         ]
     if not settings.managed_broker:
         found += [
             pod_monitor("airflow-redis", w.REDIS_SERVERS, "exporter-port", w.AIRFLOW_NAMESPACE),
             pod_monitor("airflow-redis-haproxy", w.REDIS_HAPROXY, "metrics-port", w.AIRFLOW_NAMESPACE),
         ]
-    if not settings.managed_database:
-        found.append(pod_monitor("cloudnative-pg", w.CNPG_OPERATOR_PODS, "metrics", w.CNPG_NAMESPACE))
     found.append(pod_monitor("keda-operator", w.KEDA_OPERATOR_PODS, "metrics", w.KEDA_NAMESPACE))
     return found
 
