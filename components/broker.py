@@ -102,8 +102,11 @@ class Broker(pulumi.ComponentResource):
 # AOF-rewrite buffers. Past it, with `noeviction`, writes are refused instead of the pod being OOM-killed.
 REDIS_MAXMEMORY_SHARE = 0.75
 # redis-ha 4.39.0's image tags, repeated so a digest can be pinned next to them (a test keeps them equal).
+# renovate: datasource=docker depName=public.ecr.aws/docker/library/redis
 REDIS_IMAGE_TAG = "8.8.0-alpine"
+# renovate: datasource=docker depName=public.ecr.aws/docker/library/haproxy
 HAPROXY_IMAGE_TAG = "3.3.10-alpine"
+# renovate: datasource=docker depName=quay.io/oliver006/redis_exporter
 REDIS_EXPORTER_IMAGE_TAG = "v1.86.0"
 HAPROXY_UID = 10099
 SMALL_CONTAINER = resources("10m", "32Mi", memory_limit="64Mi")

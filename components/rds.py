@@ -150,6 +150,7 @@ BOOTSTRAP_CONFIG = "airflow-db-bootstrap"        # keys: bootstrap.sql, rds-ca.c
 BOOTSTRAP_SECRETS_DIR = "/run/secrets/db"
 BOOTSTRAP_CONFIG_DIR = "/etc/bootstrap"
 # postgres:17-alpine's psql (a client only); its user `postgres` is uid 70.
+# renovate: datasource=docker depName=postgres
 BOOTSTRAP_IMAGE = "postgres:17.6-alpine"
 POSTGRES_ALPINE_UID = 70
 

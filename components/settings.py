@@ -217,6 +217,7 @@ class Settings(BaseModel):
         default_factory=list, max_length=50,
         description="Networks Airflow workers may reach beyond the platform (your data sources); egress is "
                     "otherwise denied. `0.0.0.0/0` opens everything.")
+    # renovate: datasource=helm depName=cert-manager registryUrl=https://charts.jetstack.io
     cert_manager_chart_version: str = Field(
         default="v1.21.1", pattern=r"^v\d+\.\d+\.\d+$", description="Chart version of cert-manager.")
 
@@ -321,8 +322,10 @@ class Settings(BaseModel):
         default=20, ge=1, le=1000, description="PgBouncer default_pool_size: server connections per user and database.")
     pgbouncer_max_client_connections: int = Field(
         default=1000, ge=10, le=100000, description="PgBouncer max_client_conn.")
+    # renovate: datasource=helm depName=cloudnative-pg registryUrl=https://cloudnative-pg.github.io/charts
     cloudnative_pg_chart_version: str = Field(
         default="0.29.0", pattern=r"^\d+\.\d+\.\d+$", description="Chart version of the CloudNativePG operator.")
+    # renovate: datasource=helm depName=plugin-barman-cloud registryUrl=https://cloudnative-pg.github.io/charts
     barman_cloud_plugin_chart_version: str = Field(
         default="0.7.0", pattern=r"^\d+\.\d+\.\d+$", description="Chart version of the Barman Cloud plugin.")
 
@@ -332,12 +335,15 @@ class Settings(BaseModel):
         description="Redis servers (each with a Sentinel); 3 or more survive the loss of one node or zone.")
     redis_storage_gib: int = Field(default=8, ge=1, le=1000, description="Volume size of each Redis server, in GiB.")
     redis_memory: str = Field(default="512Mi", pattern=_QUANTITY, description="Memory request and limit of each Redis server.")
+    # renovate: datasource=helm depName=redis-ha registryUrl=https://dandydeveloper.github.io/charts
     redis_ha_chart_version: str = Field(
         default="4.39.0", pattern=r"^\d+\.\d+\.\d+$", description="Chart version of redis-ha.")
 
     # --- Airflow -----------------------------------------------------------------------------------
+    # renovate: datasource=helm depName=airflow registryUrl=https://airflow.apache.org
     airflow_chart_version: str = Field(
         default="1.19.0", pattern=r"^\d+\.\d+\.\d+$", description="Version of the official Apache Airflow chart.")
+    # renovate: datasource=docker depName=apache/airflow
     airflow_version: str = Field(
         default="3.1.8", pattern=r"^3\.\d+\.\d+$",
         description="Airflow version (the chart's airflowVersion and the image tag); Airflow 3 only. The "
@@ -365,6 +371,7 @@ class Settings(BaseModel):
         description="CPU limit of each Celery worker; empty: twice workerCpu, at least 1. Raise it for CPU-heavy "
                     "tasks: a worker runs workerConcurrency of them at once.")
     worker_memory: str = Field(default="2Gi", pattern=_QUANTITY, description="Memory request and limit of each Celery worker.")
+    # renovate: datasource=helm depName=keda registryUrl=https://kedacore.github.io/charts
     keda_chart_version: str = Field(
         default="2.20.2", pattern=r"^\d+\.\d+\.\d+$", description="Chart version of KEDA.")
     git_sync_repository: str = Field(
@@ -404,6 +411,7 @@ class Settings(BaseModel):
         default="", pattern=DIGEST_PATTERN, description="Digest of redis-ha's Redis exporter image.")
 
     # --- Observability -----------------------------------------------------------------------------
+    # renovate: datasource=helm depName=kube-prometheus-stack registryUrl=https://prometheus-community.github.io/helm-charts
     kube_prometheus_stack_chart_version: str = Field(
         default="88.5.3", pattern=r"^\d+\.\d+\.\d+$", description="Chart version of kube-prometheus-stack.")
     prometheus_retention_days: int = Field(
@@ -453,6 +461,7 @@ class Settings(BaseModel):
         description="Minutes tasks may sit queued while none run before an alert is raised.")
 
     # --- AWS: pinned versions ----------------------------------------------------------------------
+    # renovate: datasource=helm depName=aws-load-balancer-controller registryUrl=https://aws.github.io/eks-charts
     aws_load_balancer_controller_chart_version: str = Field(
         default="3.5.0", pattern=r"^\d+\.\d+\.\d+$",
         description="Chart version of the AWS Load Balancer Controller (its IAM policy is pinned alongside).")

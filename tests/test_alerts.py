@@ -7,9 +7,7 @@ The series below use the names and labels the exporters publish (see components/
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from availability import tool
 from components.alerts import alert_groups
 from components.settings import load_settings
 from harness import REPO
@@ -176,12 +175,7 @@ EVAL_TIME = {"PostgresBackupTooOld": "27h"}
 
 
 def promtool() -> str:
-    binary = shutil.which("promtool")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("promtool must run in CI (apt-get install prometheus)")
-        pytest.skip("promtool not found (apt-get install prometheus)")
-    return binary
+    return tool("promtool", "prometheus")
 
 
 def registered_groups(run) -> list[dict]:

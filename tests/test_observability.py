@@ -5,8 +5,6 @@ the Airflow release."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from availability import tool
 from components import workloads as w
 from components.observability import ALERTMANAGER_CONFIG_SECRET, GRAFANA_ADMIN_SECRET
 from harness import STACKS, ProgramFailed, is_secret, run_program, unwrap
@@ -129,11 +128,7 @@ def alertmanager_yaml(run) -> str:
 
 
 def amtool_check(config: str) -> subprocess.CompletedProcess:
-    binary = shutil.which("amtool")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("amtool must run in CI (apt-get install prometheus-alertmanager)")
-        pytest.skip("amtool not found (apt-get install prometheus-alertmanager)")
+    binary = tool("amtool", "prometheus-alertmanager")
     with tempfile.TemporaryDirectory() as directory:
         path = Path(directory, "alertmanager.yaml")
         path.write_text(config)

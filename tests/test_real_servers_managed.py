@@ -33,6 +33,7 @@ import psycopg2
 import pytest
 import sqlalchemy
 
+from availability import unavailable
 from components import rds
 from components import workloads as w
 from components.airflow import AIRFLOW_LOCAL_SETTINGS
@@ -424,7 +425,7 @@ def run_async_client(managed, ca_file: Path, host: str, sync_url: Optional[str] 
     settings read to decide whether to verify."""
     python = python_with_asyncpg()
     if python is None:
-        pytest.skip("asyncpg is in neither .venv nor .venv-airflow (make e2e builds the latter)")
+        unavailable("asyncpg is in neither .venv nor .venv-airflow (make e2e builds the latter)")
     urls = published_urls(managed.pgbouncer.port, ca_file, host)
     url_file = managed.workdir / f"sync-url-{secrets.token_hex(4)}"
     url_file.write_text(urls["connection"] if sync_url is None else sync_url)

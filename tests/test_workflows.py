@@ -209,11 +209,12 @@ def test_dependencies_are_installed_where_pulumi_expects_them():
     install = next(s for s in action["runs"]["steps"] if "pip install" in s.get("run", ""))["run"]
     program_venv, policy_venv = project["runtime"]["options"]["virtualenv"], pack["runtime"]["options"]["virtualenv"]
     assert f"python -m venv {program_venv}\n" in install
-    assert f"{program_venv}/bin/python -m pip install --quiet -r requirements.txt" in install
+    locked = "-m pip install --quiet --require-hashes --no-deps -r"
+    assert f"{program_venv}/bin/python {locked} requirements.txt" in install
     assert f"python -m venv policy/{policy_venv}\n" in install
-    assert f"policy/{policy_venv}/bin/python -m pip install --quiet -r policy/requirements.txt" in install
+    assert f"policy/{policy_venv}/bin/python {locked} policy/requirements.txt" in install
     pulumi_step = next(s for s in action["runs"]["steps"] if s.get("uses", "").startswith("pulumi/actions@"))
-    sdk = re.search(r"^pulumi==(\S+)$", (REPO / "requirements.txt").read_text(), re.MULTILINE).group(1)
+    sdk = re.search(r"^pulumi==([\w.]+)", (REPO / "requirements.txt").read_text(), re.MULTILINE).group(1)
     assert pulumi_step["with"]["pulumi-version"] == sdk   # the CLI of the SDK the program pins
     assert pulumi_step["with"]["policyPacks"] == "policy"
     aws = next(s for s in action["runs"]["steps"] if s.get("uses", "").startswith("aws-actions/"))

@@ -17,6 +17,7 @@ from components.cluster.network import DISCOVERY_TAG, Network
 from components.helm import chart_release, resources
 from components.iam import POD_IDENTITY_TRUST_POLICY, managed_policy_arn, service_trust_policy
 
+# renovate: datasource=docker depName=public.ecr.aws/karpenter/karpenter
 KARPENTER_VERSION = "1.14.1"
 KARPENTER_NAMESPACE = "kube-system"   # where its API priority FlowSchemas apply (Karpenter's docs)
 KARPENTER_SERVICE_ACCOUNT = "karpenter"

@@ -1,0 +1,112 @@
+"""CI means CI everywhere: `.ci/run` sets CI, the GitHub workflow keeps it through sudo, and with CI set a test
+whose real server or tool is missing fails the run instead of being skipped (tests/availability.py)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import REPO
+
+TESTS = REPO / "tests"
+
+
+def environment(ci: bool, path: str = os.environ["PATH"]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "CI" and not k.startswith("PYTEST_")}
+    env["PATH"] = path
+    if ci:
+        env["CI"] = "true"
+    return env
+
+
+def run_ci(tmp_path: Path, *targets: str) -> list[str]:
+    """.ci/run with make, dpkg and apt-get replaced by stubs: what make would have been asked, and with which CI."""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    record = tmp_path / "make-calls"
+    (stubs / "make").write_text(f'#!/bin/sh\necho "$1 CI=${{CI:-unset}}" >> {record}\n')
+    (stubs / "dpkg").write_text("#!/bin/sh\nexit 0\n")
+    (stubs / "apt-get").write_text("#!/bin/sh\necho apt-get must not run here >&2; exit 1\n")
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    done = subprocess.run([str(REPO / ".ci" / "run"), *targets], capture_output=True, text=True, timeout=60,
+                          env=environment(ci=False, path=f"{stubs}:{os.environ['PATH']}"))
+    assert done.returncode == 0, done.stderr
+    return record.read_text().splitlines()
+
+
+def test_ci_run_sets_ci_for_both_tiers(tmp_path):
+    assert run_ci(tmp_path) == ["test CI=true", "e2e CI=true"]
+
+
+def test_ci_run_runs_one_tier_when_asked(tmp_path):
+    assert run_ci(tmp_path, "e2e") == ["e2e CI=true"]
+
+
+def test_the_github_workflow_keeps_ci_through_sudo():
+    (job,) = yaml.safe_load((REPO / ".github" / "workflows" / "tests.yml").read_text())["jobs"].values()
+    runs = [step["run"] for step in job["steps"] if ".ci/run" in step.get("run", "")]
+    assert len(runs) == 1
+    words = runs[0].split()
+    if words[0] == "sudo":
+        kept = next(w for w in words if w.startswith("--preserve-env="))
+        assert "CI" in kept.removeprefix("--preserve-env=").split(","), runs[0]
+
+
+PROBE = '''
+import availability
+
+def test_a_missing_tool():
+    availability.tool("no-such-tool-anywhere", "no-such-package")
+
+def test_a_missing_server():
+    availability.unavailable("PostgreSQL server binaries not found")
+'''
+
+
+def run_pytest(arguments: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:xdist", "-rsf",
+                           *arguments], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+@pytest.mark.parametrize("ci", [True, False])
+def test_a_missing_server_or_tool_fails_in_ci_and_is_skipped_elsewhere(tmp_path, ci):
+    (tmp_path / "test_probe.py").write_text(PROBE)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    env = {**environment(ci), "PYTHONPATH": str(TESTS)}
+    done = run_pytest(["test_probe.py"], tmp_path, env)
+    if ci:
+        assert done.returncode == 1 and "2 failed" in done.stdout, done.stdout
+        assert "no-such-tool-anywhere not found (apt-get install no-such-package)" in done.stdout
+    else:
+        assert done.returncode == 0 and "2 skipped" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("ci", [True, False])
+def test_the_alert_rules_cannot_pass_in_ci_without_promtool(ci):
+    """The real module, with promtool off the PATH (only this interpreter's directory on it)."""
+    env = environment(ci, path=str(Path(sys.executable).parent))
+    done = run_pytest(["tests/test_alerts.py::test_promtool_accepts_every_rule_group[local]"], REPO, env)
+    if ci:
+        assert done.returncode == 1 and "promtool not found (apt-get install prometheus)" in done.stdout, done.stdout
+    else:
+        assert done.returncode == 0 and "1 skipped" in done.stdout, done.stdout
+
+
+def test_no_test_skips_except_through_availability():
+    """A bare pytest.skip (or skipif, importorskip) would pass CI without running what it guards."""
+    offenders = []
+    for path in sorted(TESTS.glob("*.py")):
+        if path.name == "availability.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in {"skip", "skipif", "importorskip"} and \
+                    isinstance(node.value, (ast.Name, ast.Attribute)):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
