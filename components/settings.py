@@ -347,7 +347,7 @@ class Settings(BaseModel):
     airflow_version: str = Field(
         default="3.1.8", pattern=r"^3\.\d+\.\d+$",
         description="Airflow version (the chart's airflowVersion and the image tag); Airflow 3 only. The "
-                    "end-to-end tests run the same version (requirements-e2e.txt).")
+                    "end-to-end tests run the same version (requirements/e2e.in).")
     airflow_image_repository: str = Field(
         default="apache/airflow", min_length=1, max_length=300,
         description="Image repository, e.g. your own image with your DAGs' Python dependencies.")

@@ -1,4 +1,4 @@
-"""End-to-end tier (`make e2e`): Airflow itself (the version of requirements-e2e.txt, the platform's default), from PyPI, against the real servers.
+"""End-to-end tier (`make e2e`): Airflow itself (the version of requirements/e2e.in, the platform's default), from PyPI, against the real servers.
 
 `airflow db migrate` runs through PgBouncer in transaction mode with the metadata URL the program
 published (the same path the chart's migration Job takes), then Airflow stores a connection encrypted

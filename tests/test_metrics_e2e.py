@@ -400,7 +400,7 @@ def observed(airflow_bin, platform, servers, release):  # noqa: F811
                                     capture_output=True, text=True)
         if has_statsd.returncode != 0:
             pytest.fail("Airflow's virtualenv has no `statsd` package, so Airflow would send no metrics at all "
-                        "(the apache/airflow image installs the `statsd` extra): requirements-e2e.txt needs "
+                        "(the apache/airflow image installs the `statsd` extra): requirements/e2e.in needs "
                         "apache-airflow[postgres,statsd], or set AIRFLOW_EXTRA_PYTHONPATH")
         migrated = airflow(airflow_bin, env, "db", "migrate")
         assert migrated.returncode == 0, migrated.stderr[-3000:]

@@ -2,7 +2,7 @@
 amazon provider's SecretsManagerBackend, configured with the `config.secrets` section the program puts into the
 Airflow release of the `prod-managed` stack (`secretsBackend: aws-secrets-manager`), under the prefix it sets.
 
-The Secrets Manager is moto (requirements-e2e.txt) in server mode, on a free loopback port. Why it can stand in
+The Secrets Manager is moto (requirements/e2e.in) in server mode, on a free loopback port. Why it can stand in
 for the service here: SecretsManagerBackend makes one call, `GetSecretValue(SecretId=<prefix>/<kind>/<id>)`,
 through a boto3 client, and reads `SecretString` or catches the client's modelled errors, a missing secret being
 `ResourceNotFoundException`. moto's Secrets Manager implements that operation on the same JSON protocol

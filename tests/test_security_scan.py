@@ -1,4 +1,4 @@
-"""The security scan a review runs: checkov (requirements-scan.txt) over the releases as real Helm renders them
+"""The security scan a review runs: checkov (requirements/scan.in) over the releases as real Helm renders them
 from the program's values, together with the NetworkPolicies the program creates (checkov's CKV2_K8S_6 asks
 for a policy selecting every pod). CKV_K8S_21 (default namespace) is skipped: charts leave
 `metadata.namespace` to Helm. Every finding that remains is listed here with the reason it stays; the README's
