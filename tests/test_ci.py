@@ -88,11 +88,24 @@ def test_a_missing_server_or_tool_fails_in_ci_and_is_skipped_elsewhere(tmp_path,
         assert done.returncode == 0 and "2 skipped" in done.stdout, done.stdout
 
 
-def test_the_alert_rules_cannot_pass_in_ci_without_promtool():
-    """The real module, with promtool off the PATH (only this interpreter's directory on it)."""
-    env = environment(ci=True, path=str(Path(sys.executable).parent))
-    done = run_pytest(["tests/test_alerts.py::test_promtool_accepts_every_rule_group[local]"], REPO, env)
-    assert done.returncode == 1 and "promtool not found (apt-get install prometheus)" in done.stdout, done.stdout
+def test_the_real_modules_fail_in_ci_without_their_tools(monkeypatch):
+    """promtool (the alert rules), amtool (Alertmanager's configuration) and the real servers, each missing with
+    CI set: the module's own lookup fails the test."""
+    import test_alerts
+    import test_observability
+
+    import servers
+
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))   # neither promtool nor amtool on it
+    with pytest.raises(pytest.fail.Exception, match="promtool not found"):
+        test_alerts.promtool()
+    with pytest.raises(pytest.fail.Exception, match="amtool not found"):
+        test_observability.amtool_check("route: {receiver: x}\nreceivers: [{name: x}]\n")
+    monkeypatch.setattr(servers, "unavailable_reason", lambda: "PostgreSQL server binaries not found")
+    with pytest.raises(pytest.fail.Exception, match="PostgreSQL server binaries not found"):
+        with servers.servers_session("airflow-platform-ci-"):
+            pass
 
 
 def test_no_test_skips_except_through_availability():
