@@ -9,6 +9,7 @@ alias record needs, while Helm would return before the ALB exists.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -107,6 +108,15 @@ REMOVED_CHART_DEFAULTS = {"config": {
 }}
 
 
+# How often a scheduler looks for tasks queued longer than task_queued_timeout (Airflow's default, set explicitly
+# because the token life depends on it).
+TASK_QUEUED_TIMEOUT_CHECK_SECONDS = 120
+# How Airflow names the host a task runs on (ti.hostname, and the triggerer's job): the pod's IP, socket.gethostbyname
+# of its name, which kubelet writes into the pod's /etc/hosts (airflow/utils/net.py; the Task SDK reads
+# [core] hostname_callable too, sdk/api/client.py get_hostname).
+HOSTNAME_CALLABLE = "airflow.utils.net.get_host_ip_address"
+
+
 # [dag_processor] parsing_processes, and the DAG processor's CPU limit in cores.
 DAG_PARSING_PROCESSES = 2
 
@@ -160,6 +170,20 @@ STATSD_EXTRA_MAPPINGS = [
     {"match": "^airflow\\.pool\\.(open_slots|queued_slots|running_slots|deferred_slots|scheduled_slots|starving_tasks)$", "match_type": "regex", "action": "drop", "name": "dropped"},
     {"match": "^airflow\\.(triggerer\\.capacity_left|triggers\\.running|ti\\.running|task\\.duration|task\\.scheduled_duration|dagrun\\.schedule_delay|dagrun\\.dependency-check|dagrun\\.first_task_scheduling_delay|task_instance_created|operator_failures|operator_successes)$", "match_type": "regex", "action": "drop", "name": "dropped"},
 ]
+
+
+def parallelism_per_scheduler(settings: Settings) -> int:
+    """[core] parallelism is each scheduler's own ceiling (scheduler_job_runner.py: it caps what this
+    scheduler's executor holds): the schedulers together may queue what the most workers KEDA runs can take."""
+    return math.ceil(settings.worker_concurrency * settings.worker_max_replicas / settings.scheduler_replicas)
+
+
+def execution_token_seconds(settings: Settings) -> int:
+    """[execution_api] jwt_expiration_time. The scheduler mints a task's token when it queues it and nothing
+    renews it before the task starts (Airflow 3.1; a running task's token is reissued as it nears its end). A
+    task still queued after task_queued_timeout is queued again, with a new token, at the scheduler's next
+    check: its token must outlive that wait and a worker's start."""
+    return settings.task_queued_timeout_seconds + TASK_QUEUED_TIMEOUT_CHECK_SECONDS + 60
 
 
 def keda_cooldown_seconds(settings: Settings) -> int:
@@ -240,8 +264,15 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
             "celery": {"worker_concurrency": settings.worker_concurrency},
             # One parsing process per CPU of the DAG processor's limit.
             "dag_processor": {"parsing_processes": DAG_PARSING_PROCESSES},
-            "core": {"parallelism": settings.worker_concurrency * settings.worker_max_replicas},
+            "core": {"parallelism": parallelism_per_scheduler(settings),
+                     # A running task's log is fetched from the host its worker (or the triggerer) records. The
+                     # default, the fully qualified name, is a Deployment pod's bare name, which no DNS resolves;
+                     # the address it has in the pod's /etc/hosts (its IP) is what the API server can reach.
+                     "hostname_callable": HOSTNAME_CALLABLE},
             "logging": {"remote_logging": str(remote_logging)},
+            "scheduler": {"task_queued_timeout": settings.task_queued_timeout_seconds,
+                          "task_queued_timeout_check_interval": TASK_QUEUED_TIMEOUT_CHECK_SECONDS},
+            "execution_api": {"jwt_expiration_time": execution_token_seconds(settings)},
         },
         # Pulumi waits for the release; Helm hooks would deadlock that wait. Without custom env (DESIGN), the
         # Jobs get the `_CMD` options as their own env.

@@ -135,7 +135,8 @@ POD_IDENTITY_AGENT = Peer(cidrs=(w.POD_IDENTITY_AGENT_CIDR,))
 
 
 def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], local_ingress_namespace: str, *,
-                   git_sync: bool = False, replicated_database: bool = False,
+                   triggerer_egress_cidrs: tuple[str, ...] = (), dag_processor_egress_cidrs: tuple[str, ...] = (),
+                   kubernetes_pod_operator: bool = False, git_sync: bool = False, replicated_database: bool = False,
                    restoring_database: bool = False, managed_database: bool = False,
                    managed_broker: bool = False, secrets_manager: bool = False) -> list[Flow]:
     """Every flow the platform needs in the Airflow namespace; anything else is denied."""
@@ -179,9 +180,32 @@ def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], loca
         # The laptop cluster's ingress controller (a port-forward needs no rule).
         flows.append(Flow("ingress-to-api-server", Peer({}, namespace=local_ingress_namespace), api_server,
                           _tcp(w.API_SERVER_PORT), ingress_by_chart=True))
-    flows += [Flow(f"worker-egress-{index}", Peer(w.AIRFLOW_WORKER), Peer(cidrs=(cidr,)), ())
-              for index, cidr in enumerate(worker_egress_cidrs)]
+    task_runners = [("worker", Peer(w.AIRFLOW_WORKER), worker_egress_cidrs)]
+    if kubernetes_pod_operator:
+        # Tasks launch pods (KubernetesPodOperator): the workers talk to the Kubernetes API, and the pods reach
+        # what the tasks would.
+        task_runners.append(("kubernetes-pod-operator", Peer(w.KUBERNETES_POD_OPERATOR_PODS), worker_egress_cidrs))
+        flows += _kubernetes_api_flows(network, "worker", Peer(w.AIRFLOW_WORKER))
+    # Deferred tasks' triggers run in the triggerer, DAG callbacks in the DAG processor (Airflow 3).
+    task_runners += [("triggerer", Peer(w.AIRFLOW_TRIGGERER), triggerer_egress_cidrs),
+                     ("dag-processor", Peer(w.AIRFLOW_DAG_PROCESSOR), dag_processor_egress_cidrs)]
+    flows += [Flow(f"{runner}-egress-{index}", source, Peer(cidrs=(cidr,)), ())
+              for runner, source, cidrs in task_runners for index, cidr in enumerate(cidrs)]
     return flows
+
+
+def _kubernetes_api_flows(network: ClusterNetwork, source_name: str, source: Peer) -> list[Flow]:
+    """A pod's way to the Kubernetes API: the `kubernetes` Service's ClusterIP and the API server's own addresses
+    (whether a network plugin matches ipBlocks before or after that address is translated is left to it; the VPC
+    CNI: before), on their ports only."""
+    service = Peer(cidrs=(f"{network.kubernetes_service_ip}/32",))
+    if network.is_aws:
+        api_servers, api_ports = Peer(cidrs=network.api_endpoint_cidrs), _tcp(w.KUBERNETES_API_PORT)
+    else:
+        # A laptop cluster's API server listens on a node address, which no setting knows.
+        api_servers, api_ports = Peer(cidrs=("0.0.0.0/0",)), _tcp(*w.LOCAL_API_SERVER_PORTS)
+    return [Flow(f"{source_name}-to-kubernetes-service", source, service, _tcp(w.KUBERNETES_API_PORT)),
+            Flow(f"{source_name}-to-kubernetes-api", source, api_servers, api_ports)]
 
 
 def _cloudnative_pg_flows(network: ClusterNetwork, clients: Peer, *, replicated: bool, restoring: bool) -> list[Flow]:
@@ -208,18 +232,9 @@ def _cloudnative_pg_flows(network: ClusterNetwork, clients: Peer, *, replicated:
         flows.append(Flow("postgres-jobs-to-postgres", postgres_jobs, instances, _tcp(w.POSTGRES_PORT),
                           via_service=w.POSTGRES_PRIMARY_SERVICE_SELECTOR))
     # CloudNativePG's instance manager, PgBouncer's and the operator's Jobs all start by reading their Cluster
-    # from the Kubernetes API. Pods reach it at the `kubernetes` Service's ClusterIP; whether a network plugin
-    # matches ipBlocks before or after that address is translated is left to it (the VPC CNI: before), so
-    # both the Service address and the API server's own addresses are admitted, on their ports only.
-    service = Peer(cidrs=(f"{network.kubernetes_service_ip}/32",))
-    if network.is_aws:
-        api_servers, api_ports = Peer(cidrs=network.api_endpoint_cidrs), _tcp(w.KUBERNETES_API_PORT)
-    else:
-        # A laptop cluster's API server listens on a node address, which no setting knows.
-        api_servers, api_ports = Peer(cidrs=("0.0.0.0/0",)), _tcp(*w.LOCAL_API_SERVER_PORTS)
+    # from the Kubernetes API.
     for source_name, source in (("postgres", instances), ("pgbouncer", pooler), ("postgres-jobs", postgres_jobs)):
-        flows += [Flow(f"{source_name}-to-kubernetes-service", source, service, _tcp(w.KUBERNETES_API_PORT)),
-                  Flow(f"{source_name}-to-kubernetes-api", source, api_servers, api_ports)]
+        flows += _kubernetes_api_flows(network, source_name, source)
     if network.is_aws:
         # WAL and base backups (the Barman Cloud sidecar) and restores (the recovery Job) go to S3, through the
         # gateway endpoint, with credentials from the Pod Identity agent.
@@ -377,7 +392,11 @@ class Security(pulumi.ComponentResource):
                                  private_subnet_cidrs=tuple(args.private_subnet_cidrs),
                                  secrets_manager_cidrs=tuple(args.secrets_manager_cidrs))
         flows = required_flows(network, [str(cidr) for cidr in settings.worker_egress_cidrs],
-                               settings.local_ingress_namespace, git_sync=bool(settings.git_sync_repository),
+                               settings.local_ingress_namespace,
+                               triggerer_egress_cidrs=tuple(str(cidr) for cidr in settings.triggerer_egress_cidrs),
+                               dag_processor_egress_cidrs=tuple(str(c) for c in settings.dag_processor_egress_cidrs),
+                               kubernetes_pod_operator=settings.kubernetes_pod_operator,
+                               git_sync=bool(settings.git_sync_repository),
                                replicated_database=settings.postgres_instances > 1,
                                restoring_database=bool(settings.postgres_restore_target_time),
                                managed_database=settings.managed_database, managed_broker=settings.managed_broker,

@@ -216,7 +216,15 @@ class Settings(BaseModel):
     worker_egress_cidrs: list[ipaddress.IPv4Network] = Field(
         default_factory=list, max_length=50,
         description="Networks Airflow workers may reach beyond the platform (your data sources); egress is "
-                    "otherwise denied. `0.0.0.0/0` opens everything.")
+                    "otherwise denied. `0.0.0.0/0` opens everything. Tasks' KubernetesPodOperator pods get the same.")
+    triggerer_egress_cidrs: list[ipaddress.IPv4Network] = Field(
+        default_factory=list, max_length=50,
+        description="Networks the triggerer may reach beyond the platform: what deferred tasks' triggers poll (HTTP "
+                    "APIs, AWS services other than S3); usually the same as workerEgressCidrs.")
+    dag_processor_egress_cidrs: list[ipaddress.IPv4Network] = Field(
+        default_factory=list, max_length=50,
+        description="Networks the DAG processor may reach beyond the platform: Airflow 3 runs DAG callbacks "
+                    "(on_failure_callback, on_success_callback) and their e-mail there.")
     # renovate: datasource=helm depName=cert-manager registryUrl=https://charts.jetstack.io
     cert_manager_chart_version: str = Field(
         default="v1.21.1", pattern=r"^v\d+\.\d+\.\d+$", description="Chart version of cert-manager.")
@@ -362,6 +370,10 @@ class Settings(BaseModel):
     worker_concurrency: int = Field(
         default=8, ge=1, le=256,
         description="Tasks one Celery worker runs at once (celery.worker_concurrency; KEDA divides the queue by it).")
+    task_queued_timeout_seconds: int = Field(
+        default=600, ge=120, le=7200,
+        description="How long a queued task may wait for a worker (while KEDA and Karpenter add one) before the "
+                    "scheduler queues it again (twice, then fails it); the execution API token outlives it.")
     worker_termination_grace_seconds: int = Field(
         default=600, ge=30, le=86400,
         description="How long a stopping worker may finish its running tasks; KEDA's cooldown is kept above it.")
@@ -627,6 +639,13 @@ class Settings(BaseModel):
         return self.cluster_name or name_prefix
 
 
+def postgres_reserved_connections(settings: Settings) -> int:
+    """Connections of max_connections the poolers cannot have: PostgreSQL's superuser_reserved_connections (3, which
+    CloudNativePG's instance manager and metrics exporter use as postgres), each PgBouncer's auth_query login, and a
+    few for a person's psql and the operator's checks."""
+    return 3 + settings.pgbouncer_instances + 5
+
+
 def aws_default_tags(project: str, stack: str) -> dict[str, str]:
     """Tags on every AWS resource of the stack (the provider's default tags, and Karpenter's nodes)."""
     return {"project": project, "stack": stack, "managed-by": "pulumi"}
@@ -780,6 +799,16 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
             problems.append(("elasticacheEngineVersion",
                              f"{settings.elasticache_engine} {settings.elasticache_engine_version} is too old: valkey "
                              "7.2 or newer, redis 7.0 or newer (AUTH with in-transit encryption, Multi-AZ failover)"))
+    if settings.database_engine == "cloudnative-pg":
+        pooled = settings.pgbouncer_instances * settings.pgbouncer_pool_size
+        left = settings.postgres_max_connections - postgres_reserved_connections(settings)
+        if pooled > left:
+            problems.append(("pgbouncerPoolSize", f"pgbouncerInstances ({settings.pgbouncer_instances}) × pgbouncerPoolSize "
+                                                  f"({settings.pgbouncer_pool_size}) = {pooled} server connections (each "
+                                                  f"PgBouncer pod pools its own) exceed the {left} that "
+                                                  f"postgresMaxConnections ({settings.postgres_max_connections}) leaves "
+                                                  "beside superusers, the operator and the poolers' auth_query: lower "
+                                                  "one, or raise postgresMaxConnections"))
     if settings.worker_min_replicas > settings.worker_max_replicas:
         problems.append(("workerMinReplicas", f"must not exceed workerMaxReplicas ({settings.worker_max_replicas}), "
                                               f"got {settings.worker_min_replicas}"))

@@ -35,6 +35,10 @@ AIRFLOW_LOG_WRITER_COMPONENTS = ("scheduler", "worker", "triggerer", "dag-proces
 AIRFLOW_API_SERVER = airflow_component("api-server")
 AIRFLOW_WORKER = airflow_component("worker")
 AIRFLOW_TRIGGERER = airflow_component("triggerer")
+AIRFLOW_DAG_PROCESSOR = airflow_component("dag-processor")
+# The label the cncf.kubernetes provider's KubernetesPodOperator puts on every pod it launches
+# (operators/pod.py, _get_ti_pod_labels).
+KUBERNETES_POD_OPERATOR_PODS = {"kubernetes_pod_operator": "True"}
 AIRFLOW_STATSD = airflow_component("statsd")
 POSTGRES_INSTANCES = {"cnpg.io/cluster": POSTGRES_CLUSTER, "cnpg.io/podRole": "instance"}
 POSTGRES_POOLER_PODS = {"cnpg.io/poolerName": POSTGRES_POOLER}

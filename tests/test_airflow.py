@@ -436,3 +436,46 @@ def test_the_release_airflow_cfg_holds_no_option_airflow_3_moved(prod):
     assert not cfg.has_section("webserver") and cfg["fab"]["enable_proxy_fix"] == "True"
     assert not {"kubernetes", "kubernetes_executor", "kerberos", "elasticsearch"} & set(cfg.sections())
     assert cfg["metrics"]["statsd_on"] == "True"
+
+
+def rendered_cfg(run):
+    import configparser
+    [configmap] = [d for d in render_all(run)["airflow"] if d["kind"] == "ConfigMap" and "airflow.cfg" in d["data"]]
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read_string(configmap["data"]["airflow.cfg"])
+    return cfg
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_schedulers_together_queue_what_the_most_workers_can_run(stack_runs, stack):
+    """[core] parallelism is per scheduler (Airflow 3.1 scheduler_job_runner.py caps each scheduler's executor
+    with it): prod's 2 schedulers at 16 x 20 each would queue 640 tasks for 320 worker slots, and a task waiting
+    past its token's life fails when a worker takes it."""
+    from test_placement import stack_settings
+    settings = stack_settings(stack)
+    cfg = rendered_cfg(stack_runs[stack])
+    slots = settings.worker_concurrency * settings.worker_max_replicas
+    queued_at_most = int(cfg["core"]["parallelism"]) * settings.scheduler_replicas
+    assert slots <= queued_at_most < slots + settings.scheduler_replicas, (slots, queued_at_most)
+
+
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_a_queued_tasks_token_outlives_the_longest_wait_for_a_worker(stack_runs, stack):
+    """The scheduler mints a task's execution API token when it queues it; a task still queued after
+    task_queued_timeout is queued again (with a new token) at the next check, task_queued_timeout_check_interval
+    later. Until then the token must stay valid, and the worker still has to start."""
+    cfg = rendered_cfg(stack_runs[stack])
+    waited_at_most = int(cfg["scheduler"]["task_queued_timeout"]) + \
+        int(cfg["scheduler"]["task_queued_timeout_check_interval"])
+    assert int(cfg["execution_api"]["jwt_expiration_time"]) >= waited_at_most + 60
+    assert int(cfg["execution_api"]["jwt_expiration_time"]) > 600   # Airflow's default, which races the timeout
+
+
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_tasks_record_the_address_the_api_server_fetches_live_logs_from(stack_runs, stack):
+    """Workers and the triggerer are Deployments here (no persistence): their pod names resolve nowhere, so the
+    host a task records must be the pod's IP (e2e: test_a_running_tasks_log_is_read_live_from_its_worker...)."""
+    cfg = rendered_cfg(stack_runs[stack])
+    assert cfg["core"]["hostname_callable"] == "airflow.utils.net.get_host_ip_address"
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in render_all(stack_runs[stack])["airflow"]}
+    assert {("Deployment", "airflow-worker"), ("Deployment", "airflow-triggerer")} <= kinds

@@ -16,6 +16,7 @@ through the REST API, defer to the triggerer, and survive a worker killed mid-ta
 from __future__ import annotations
 
 import configparser
+import glob
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ import pytest
 from cryptography.fernet import Fernet
 from test_metrics_e2e import Daemons, _descendants, _free_port, _query, _signal
 
+from availability import unavailable
 from harness import run_program
 from rendering import render_all, secret_files
 from servers import (
@@ -62,7 +64,7 @@ TIMINGS = {
 WORKER_LOST_BOUND_SECONDS = 120
 RUN_BOUND_SECONDS = 180
 
-PIPELINE, DEFERRABLE, SLOW = "e2e_pipeline", "e2e_deferrable", "e2e_slow"
+PIPELINE, DEFERRABLE, SLOW, QUICK = "e2e_pipeline", "e2e_deferrable", "e2e_slow", "e2e_quick"
 DAG_FILES = {
     "e2e_pipeline.py": f'''
 from airflow.sdk import Connection, Variable, dag, task
@@ -119,6 +121,7 @@ from airflow.sdk import dag, task
 def slow():
     @task
     def long_step():
+        print("E2E-MARKER long_step started")
         time.sleep(25)
         return "done"
 
@@ -130,6 +133,21 @@ def slow():
 
 
 slow()
+''',
+    "e2e_quick.py": f'''
+from airflow.sdk import dag, task
+
+
+@dag(dag_id="{QUICK}", schedule=None, catchup=False, tags=["e2e"])
+def quick():
+    @task
+    def only():
+        print("E2E-MARKER quick ran")
+
+    only()
+
+
+quick()
 ''',
 }
 
@@ -317,22 +335,40 @@ class Platform:
         self.env = produced_env(release, servers, home, self.ports)
         # The API server has no task logs of its own (on AWS it mounts no logs volume): it must fetch a task's
         # log from the worker's log server, as in the cluster.
-        self.api_server_env = {**self.env, "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "api-server-logs")}
+        self.api_server_env = {**self.env, "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "api-server-logs"),
+                               # Airflow 3.1.8's triggerer listens on [logging] trigger_log_server_port, but the API
+                               # server fetches a trigger's log from triggerer_log_server_port (file_task_handler.py;
+                               # an option config.yml lacks, so 8794 unless set). The cluster keeps both at 8794; a
+                               # tier on free ports gives the API server the triggerer's.
+                               "AIRFLOW__LOGGING__TRIGGERER_LOG_SERVER_PORT": str(self.ports["trigger_logs"])}
         (home / "api-server-logs").mkdir(parents=True, exist_ok=True)
         self.logs = home / "component-logs"
         self.logs.mkdir(exist_ok=True)
         self.daemons = Daemons(executable, self.env, self.logs)
         self.api = Api(self.ports["api"])
         self.workers = 0
+        self.pods: dict[str, tuple[str, str]] = {}   # component name -> (pod name, pod address)
         # The admin the program generates (its password holds every URL-reserved character).
         admin = release["secrets"]["airflow-admin-user"]
         self.admin = (admin["username"], admin["password"])
 
-    def start_worker(self) -> str:
+    def as_pod(self, component: str, pod_name: str, address: str) -> list[str]:
+        """A command prefix that runs a component as a Deployment's pod: its host name is the pod's name, which
+        no DNS resolves (nor this machine's /etc/hosts), and its own /etc/hosts maps that name to the pod's
+        address, as kubelet writes it. The address is a loopback one, so the other components reach it."""
+        hosts = self.home / f"hosts-{pod_name}"
+        hosts.write_text(f"127.0.0.1\tlocalhost\n{address}\t{pod_name}\n")
+        self.pods[component] = (pod_name, address)
+        return ["unshare", "--user", "--map-root-user", "--uts", "--mount", "sh", "-c",
+                'hostname "$1" && mount --bind "$2" /etc/hosts && shift 2 && exec "$@"', "pod", pod_name, str(hosts)]
+
+    def start_worker(self, env: dict[str, str] | None = None) -> str:
         self.workers += 1
         name = f"celery-worker-{self.workers}"
+        pod = self.as_pod(name, f"airflow-worker-5d8f7c9b6-w{self.workers:04d}", f"127.0.0.{10 + self.workers}")
         # Concurrency from the release's [celery] worker_concurrency, as the chart's worker command leaves it.
-        self.daemons.start(name, "celery", "worker", "--celery-hostname", f"e2e-{self.workers}@%h")
+        self.daemons.start(name, "celery", "worker", "--celery-hostname", f"e2e-{self.workers}@%h", prefix=pod,
+                           env={**self.env, **(env or {})})
         return name
 
     def running_workers(self) -> list[str]:
@@ -344,6 +380,13 @@ class Platform:
         process = self.daemons.processes.pop(name)
         _signal([process.pid, *_descendants(process.pid)], signal.SIGKILL)
         process.wait(timeout=10)
+
+    def stop(self, names: list[str]) -> dict[str, int]:
+        """SIGTERM, as Kubernetes stops a pod (SIGKILL after the grace time); the components leave the platform."""
+        codes = self.daemons.stop(names)
+        for name in names:
+            self.daemons.processes.pop(name)
+        return codes
 
     def component_logs(self) -> str:
         """The tail of every component's log, killed workers' included."""
@@ -379,7 +422,8 @@ def platform(airflow_bin, release):  # noqa: F811
                                "--workers", "1", env=platform.api_server_env)
         platform.daemons.start("scheduler", "scheduler")
         platform.daemons.start("dag-processor", "dag-processor")
-        platform.daemons.start("triggerer", "triggerer")
+        platform.daemons.start("triggerer", "triggerer",
+                               prefix=platform.as_pod("triggerer", "airflow-triggerer-7c9d84f5b-q2w8e", "127.0.0.3"))
         platform.start_worker()
         metadata = with_host_and_port(release["secrets"]["airflow-metadata-connection"]["connection"], "127.0.0.1",
                                       servers.pgbouncer.port)
@@ -491,7 +535,7 @@ def test_every_component_reports_healthy_and_the_worker_answers_the_charts_probe
     probe = next(c for c in [platform.release["worker"]] if c.get("livenessProbe"))["livenessProbe"]["exec"]["command"][-1]
     assert "inspect ping -d celery@$(hostname)" in probe
     [worker] = platform.running_workers()
-    name = f"e2e-{worker.rsplit('-', 1)[-1]}@{socket.gethostname()}"
+    name = f"e2e-{worker.rsplit('-', 1)[-1]}@{platform.pods[worker][0]}"
     pinged = subprocess.run([str(platform.airflow_bin.parent / "python"), "-m", "celery", "--app",
                              "airflow.providers.celery.executors.celery_executor.app", "inspect", "ping", "-d", name],
                             env=platform.env, capture_output=True, text=True, timeout=120)
@@ -534,6 +578,92 @@ def test_a_deferrable_task_runs_on_the_triggerer(platform):
     assert platform.api.run_state(DEFERRABLE, run_id) == "success"
     assert deferred_with_a_trigger and all(deferred_with_a_trigger), "the task deferred to a trigger"
     assert _query(platform.metadata, "select count(*) from trigger")[0][0] == 0, "the trigger fired and was cleared"
+
+
+def task_log(platform: Platform, dag_id: str, run_id: str, task_id: str) -> str:
+    status, body = platform.api.request(
+        "GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/1?full_content=true")
+    assert status == 200, body
+    return json.dumps(body)
+
+
+def test_a_running_tasks_log_is_read_live_from_its_worker_at_the_address_it_records(platform):
+    """The worker runs as a pod does: its name resolves nowhere but in its own /etc/hosts. The task records the
+    address that name has there (hostname_callable), and the API server reads the running task's log from the
+    worker's log server at that address."""
+    [worker] = platform.running_workers()
+    pod_name, address = platform.pods[worker]
+    with pytest.raises(socket.gaierror):
+        socket.gethostbyname(pod_name)   # what the default, the bare pod name, would leave the API server with
+    run_id = platform.api.trigger(SLOW)
+    wait_until_running(platform, SLOW, run_id, "long_step")
+    status, instance = platform.api.request("GET", f"/api/v2/dags/{SLOW}/dagRuns/{run_id}/taskInstances/long_step")
+    assert status == 200 and instance["hostname"] == address, instance
+    platform.wait(lambda: "E2E-MARKER long_step started" in task_log(platform, SLOW, run_id, "long_step"), 30,
+                  "the running task's log shows what it printed")
+    assert platform.api.task_states(SLOW, run_id)["long_step"] == "running", "read while the task runs"
+    assert f"http://{address}:{platform.ports['worker_logs']}/log/" in task_log(platform, SLOW, run_id, "long_step")
+    platform.wait(lambda: finished(platform, SLOW, run_id), RUN_BOUND_SECONDS, f"{SLOW} finishes")
+
+
+def test_a_deferred_tasks_log_is_read_live_from_the_triggerer(platform):
+    """While the task is deferred, its trigger's log comes from the triggerer's log server, at the address the
+    triggerer (also run as a pod) records."""
+    _, address = platform.pods["triggerer"]
+    run_id = platform.api.trigger(DEFERRABLE)
+    platform.wait(lambda: platform.api.task_states(DEFERRABLE, run_id).get("wait") == "deferred", 120,
+                  "the sensor defers")
+    [(hostname,)] = _query(platform.metadata, "select hostname from job where job_type = 'TriggererJob' "
+                                              "and state = 'running'")
+    assert hostname == address
+    platform.wait(lambda: "trigger starting" in task_log(platform, DEFERRABLE, run_id, "wait"), 30,
+                  "the deferred task's log shows its trigger")
+    assert f"http://{address}:{platform.ports['trigger_logs']}/log/" in task_log(platform, DEFERRABLE, run_id, "wait")
+    platform.wait(lambda: finished(platform, DEFERRABLE, run_id), RUN_BOUND_SECONDS, f"{DEFERRABLE} finishes")
+
+
+def libfaketime() -> str:
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))
+    if not found:
+        unavailable("libfaketime not found (apt-get install faketime)")
+    return found[0]
+
+
+def test_a_task_queued_longer_than_airflows_default_token_life_still_runs(platform):
+    """The scheduler mints a task's execution API token when it queues it, and nothing renews it before the task
+    starts (Airflow 3.1). Rather than leave a task queued for 11 minutes, a second API server runs 11 minutes
+    ahead (libfaketime) and a worker that calls the execution API through it starts the queued task: to that
+    server the token is 11 minutes old, past Airflow's default life (600 s) and within the produced one. At 14
+    minutes, past the produced life too, the same path refuses the token: the clock is what is tested."""
+    library = libfaketime()
+    life = int(configparser_from(platform.release["cfg"])["execution_api"]["jwt_expiration_time"])
+    assert 11 * 60 < life < 14 * 60, life
+    platform.stop(platform.running_workers())   # no worker: the task stays queued
+    try:
+        for minutes, outcome in ((14, "failed"), (11, "success")):
+            port, server = _free_port(), f"api-server-{minutes}m-ahead"
+            platform.daemons.start(server, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                                   env={**platform.api_server_env, "LD_PRELOAD": library, "FAKETIME": f"+{minutes}m",
+                                        "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
+            platform.wait(lambda port=port: _api_up(Api(port)), 120, f"the API server {minutes} minutes ahead answers")
+            run_id = platform.api.trigger(QUICK)
+            platform.wait(lambda run_id=run_id: platform.api.task_states(QUICK, run_id).get("only") == "queued", 60,
+                          "the task is queued")
+            worker = platform.start_worker(
+                env={"AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/"})
+            platform.wait(lambda run_id=run_id: finished(platform, QUICK, run_id), RUN_BOUND_SECONDS,
+                          f"{QUICK} ends, its token {minutes} minutes old")
+            assert platform.api.run_state(QUICK, run_id) == outcome, (minutes, platform.api.task_states(QUICK, run_id))
+            platform.stop([worker, server])
+    finally:
+        if not platform.running_workers():
+            platform.start_worker()
+
+
+def configparser_from(text: str) -> configparser.ConfigParser:
+    cfg = configparser.ConfigParser(interpolation=None)
+    cfg.read_string(text)
+    return cfg
 
 
 def test_a_task_on_a_killed_worker_is_retried_within_the_bound_and_not_without_a_worker(platform):

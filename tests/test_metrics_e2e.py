@@ -312,10 +312,11 @@ class Daemons:
         self.airflow_bin, self.env, self.logs = executable, env, logs
         self.processes: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> None:
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None, prefix: Iterable[str] = ()) -> None:
+        """`prefix` runs before the command and execs it (the process stays the one signals reach)."""
         with open(self.logs / f"{name}.log", "wb") as log:
-            self.processes[name] = subprocess.Popen([str(self.airflow_bin), *args], env=env or self.env, stdout=log,
-                                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.processes[name] = subprocess.Popen([*prefix, str(self.airflow_bin), *args], env=env or self.env,
+                                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def log_tail(self, name: str, characters: int = 2500) -> str:
         path = self.logs / f"{name}.log"

@@ -433,6 +433,58 @@ def test_worker_egress_to_data_sources_is_opt_in():
     assert not allowed(all_policies("prod"), found["worker"][0], warehouse, 5439)
 
 
+def test_triggerer_and_dag_processor_egress_are_opt_in_each_on_its_own():
+    """Deferred tasks' triggers poll from the triggerer, Airflow 3's DAG callbacks (and their e-mail) run in the
+    DAG processor: each gets its own destinations, and neither the workers' nor the other's."""
+    run = run_program("prod", overrides={"triggererEgressCidrs": ["192.0.2.0/24"],
+                                         "dagProcessorEgressCidrs": ["198.51.100.0/24"]})
+    found, policies = endpoints("prod"), policies_of(run) + chart_policies_of(run)
+    api, smtp = Endpoint("polled-api", None, "192.0.2.10"), Endpoint("smtp-relay", None, "198.51.100.5")
+    assert allowed(policies, found["triggerer"][0], api, 443)
+    assert allowed(policies, found["dag-processor"][0], smtp, 587)
+    assert not allowed(policies, found["triggerer"][0], smtp, 587)
+    assert not allowed(policies, found["dag-processor"][0], api, 443)
+    assert not [role for role in ("worker", "scheduler", "api-server") for target in (api, smtp)
+                if allowed(policies, found[role][0], target, 443)]
+    for role, target in (("triggerer", api), ("dag-processor", smtp)):
+        assert not allowed(all_policies("prod"), found[role][0], target, 443), f"{role}: closed by default"
+
+
+KPO_POD = {"dag_id": "etl", "task_id": "load", "run_id": "manual__1", "kubernetes_pod_operator": "True",
+           "try_number": "1", "airflow_version": "3.1.8", "airflow_kpo_in_cluster": "True"}
+
+
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_with_the_pod_operator_workers_reach_the_kubernetes_api_and_its_pods_reach_the_data(stack):
+    """kubernetesPodOperator gives the workers a token and the chart's pod-launching Role: they must reach the
+    API at its Service address and at the API server's own addresses, and nothing else more; the pods they
+    launch (labels of cncf.kubernetes's KubernetesPodOperator) reach DNS and the workers' data sources."""
+    run = run_program(stack, overrides={"kubernetesPodOperator": True, "workerEgressCidrs": ["192.0.2.0/24"]})
+    found, policies = endpoints(stack), policies_of(run) + chart_policies_of(run)
+    worker, scheduler = found["worker"][0], found["scheduler"][0]
+    api_port = 443 if stack == "prod" else 6443
+    assert allowed(policies, worker, found["kubernetes-service"][0], 443)
+    assert all(allowed(policies, worker, server, api_port) for server in found["kubernetes-api"])
+    assert not allowed(policies, scheduler, found["kubernetes-service"][0], 443)
+    assert not allowed(policies, worker, found["internet-host"][0], 443)
+    if stack == "prod":
+        # The EKS endpoint's interfaces take addresses anywhere in the private subnets: 443 there is admitted (as
+        # for CloudNativePG's pods), nothing else in the VPC.
+        assert not allowed(policies, worker, found["vpc-neighbour"][0], 5432)
+        assert not allowed(policies, worker, found["kubernetes-api"][0], 22)
+        assert not allowed(policies, worker, found["load-balancer-0"][0], 443)
+    task_pod = Endpoint("task-pod", AIRFLOW, "10.244.99.9" if stack == "local" else "10.20.99.9", KPO_POD)
+    warehouse = Endpoint("warehouse", None, "192.0.2.10")
+    assert allowed(policies, task_pod, found["coredns"][0], 53, "UDP")
+    assert allowed(policies, task_pod, warehouse, 5439)
+    assert not [target for target in ("pgbouncer", "haproxy", "api-server", "kubernetes-service")
+                if allowed(policies, task_pod, found[target][0], {"pgbouncer": 5432, "haproxy": 6379,
+                                                                  "api-server": 8080}.get(target, 443))]
+    # Off (the default), neither: the workers have no token and no way to the API.
+    assert not allowed(all_policies(stack), worker, found["kubernetes-service"][0], 443)
+    assert not allowed(all_policies(stack), task_pod, warehouse, 5439)
+
+
 def test_git_sync_reaches_the_git_host_over_https_only():
     run = run_program("prod", overrides={"gitSyncRepository": "https://github.com/example/dags.git"})
     found = endpoints("prod")

@@ -159,11 +159,12 @@ def test_against_the_previous_commit_shows_exactly_what_one_setting_touches(clon
     assert done.returncode == 2, done.stderr
     diff = json.loads(done.stdout)
     assert diff["added"] == [] and diff["removed"] == []
-    # workerConcurrency is Celery's worker_concurrency, and Airflow's parallelism is workers × concurrency.
+    # workerConcurrency is Celery's worker_concurrency, and each of prod's 2 schedulers' parallelism is half of
+    # workers × concurrency.
     assert [(c["name"], c["action"]) for c in diff["changed"]] == [("airflow-airflow", "update")]
     assert {(p["path"], p["old"], p["new"]) for p in diff["changed"][0]["paths"]} == {
         ("values.config.celery.worker_concurrency", 16, 12),
-        ("values.config.core.parallelism", 320, 240),
+        ("values.config.core.parallelism", 160, 120),
     }
     text = plan.diff_text(diff, "HEAD~1")
     assert "0 to add, 1 to update, 0 to replace, 0 to remove" in text

@@ -85,6 +85,16 @@ def test_more_workers_than_the_node_pool_limits_hold_are_refused_naming_both_key
     assert "workerMaxReplicas" not in str(failure("prod", workerMaxReplicas=40, karpenter=False, workerNodeDesired=50))
 
 
+def test_poolers_that_would_exhaust_the_database_are_refused_naming_the_keys():
+    """Each Pooler pod runs its own PgBouncer with its own pool: 4 × 60 server connections do not fit 200."""
+    message = str(failure("prod", pgbouncerInstances=4, pgbouncerPoolSize=60, postgresMaxConnections=200))
+    assert "airflow:pgbouncerPoolSize: pgbouncerInstances (4) × pgbouncerPoolSize (60) = 240 server connections" in message
+    assert "postgresMaxConnections (200)" in message
+    run_program("prod", overrides={"pgbouncerInstances": 4, "pgbouncerPoolSize": 45, "postgresMaxConnections": 200})
+    # The managed engines' PgBouncer fronts a database whose limit AWS sets by instance class: not checked here.
+    run_program("prod-managed", overrides={"pgbouncerInstances": 4, "pgbouncerPoolSize": 60})
+
+
 def test_aws_workers_need_some_node_to_run_on():
     message = str(failure("prod", karpenter=False, workerNodeGroup="off"))
     assert "airflow:workerNodeGroup: is off and so is karpenter" in message
