@@ -187,9 +187,18 @@ def execution_token_seconds(settings: Settings) -> int:
 
 
 def keda_cooldown_seconds(settings: Settings) -> int:
-    """KEDA's scale-to-minimum cooldown: longer than a worker's grace period, so a worker that is still
-    finishing tasks is never counted as idle and removed."""
-    return settings.worker_termination_grace_seconds + 60
+    """KEDA's cooldown, which applies only to the last step, to zero workers (workerMinReplicas 0): longer than a
+    worker's grace period. Every other step down is the HPA's (worker_scale_down)."""
+    return settings.worker_grace_seconds + 60
+
+
+def worker_scale_down(settings: Settings) -> dict:
+    """The workers' HPA scale-down (KEDA `advanced.horizontalPodAutoscalerConfig.behavior`). Its default (a 300 s
+    window, then up to 100 % of the pods every 15 s) would stop many busy workers at once. Here the queue must
+    have been low for the whole window, and one worker goes at a time: one per grace period (the HPA caps a
+    period at 1800 s), so a worker finishing its tasks is not joined by the next."""
+    return {"stabilizationWindowSeconds": settings.worker_scale_in_window_seconds, "selectPolicy": "Min",
+            "policies": [{"type": "Pods", "value": 1, "periodSeconds": min(settings.worker_grace_seconds, 1800)}]}
 
 
 def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], api_secret_key_secret: pulumi.Input[str],
@@ -324,7 +333,7 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
             # Secret: with a managed database Airflow's URL names a CA file KEDA does not have.
             "env": [{"name": "AIRFLOW_CONN_AIRFLOW_DB",
                      "valueFrom": {"secretKeyRef": {"name": metadata_secret, "key": KEDA_CONNECTION_KEY}}}],
-            "terminationGracePeriodSeconds": settings.worker_termination_grace_seconds,
+            "terminationGracePeriodSeconds": settings.worker_grace_seconds,
             "podDisruptionBudget": pdb(),
             "topologySpreadConstraints": zone_spread("worker"),
             "logGroomerSidecar": log_groomer(remote_logging),
@@ -336,6 +345,7 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
                 "maxReplicaCount": settings.worker_max_replicas,
                 "cooldownPeriod": keda_cooldown_seconds(settings),
                 "pollingInterval": 10,
+                "advanced": {"horizontalPodAutoscalerConfig": {"behavior": {"scaleDown": worker_scale_down(settings)}}},
                 # Through AIRFLOW_CONN_AIRFLOW_DB above, whichever pooler is in front; otherwise the chart would add
                 # KEDA_DB_CONN to every Airflow container's environment when it runs PgBouncer itself.
                 "usePgbouncer": True,
@@ -402,7 +412,7 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         if settings.uses_karpenter:
             tolerations.append({**w.WORKER_TAINT, "operator": "Equal"})
             # A worker's running tasks are never cut short to consolidate its node: Karpenter waits until the
-            # worker is gone (KEDA's scale-in, which gives it workerTerminationGraceSeconds to finish).
+            # worker is gone (KEDA's scale-in, which gives it longestTaskSeconds and a minute to finish).
             values["workers"]["podAnnotations"] = {**values["workers"].get("podAnnotations", {}), **w.DO_NOT_DISRUPT}
         if tolerations:
             values["workers"]["tolerations"] = tolerations

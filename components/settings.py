@@ -188,7 +188,7 @@ class Settings(BaseModel):
         default=720, ge=1, le=8760,
         description="Hours after which a worker node is replaced (a new node, from the pinned AMI: move "
                     "karpenterAmiAlias to a current release to get patches); its workers get "
-                    "workerTerminationGraceSeconds to finish their tasks.")
+                    "longestTaskSeconds and a minute to finish their tasks.")
     karpenter_consolidate_after_minutes: int = Field(
         default=5, ge=0, le=1440,
         description="Minutes a worker node must be empty or underused before Karpenter removes or replaces it.")
@@ -374,9 +374,14 @@ class Settings(BaseModel):
         default=600, ge=120, le=7200,
         description="How long a queued task may wait for a worker (while KEDA and Karpenter add one) before the "
                     "scheduler queues it again (twice, then fails it); the execution API token outlives it.")
-    worker_termination_grace_seconds: int = Field(
-        default=600, ge=30, le=86400,
-        description="How long a stopping worker may finish its running tasks; KEDA's cooldown is kept above it.")
+    longest_task_seconds: int = Field(
+        default=540, ge=30, le=86340,
+        description="The longest a task runs. A worker told to stop (scale-in, a node replaced, an upgrade) takes no "
+                    "new task and gets this plus a minute to finish the ones it runs.")
+    worker_scale_in_window_seconds: int = Field(
+        default=600, ge=60, le=3600,
+        description="How long the queue must stay low before KEDA removes a worker (one at a time): longer than the "
+                    "usual gap between your tasks, so workers are not removed between two bursts.")
     worker_cpu: str = Field(default="1", pattern=_CPU, description="CPU request of each Celery worker (cores, or millicores with m).")
     worker_cpu_limit: str = Field(
         default="", pattern=rf"^$|{_CPU}",
@@ -570,6 +575,12 @@ class Settings(BaseModel):
         return values
 
     # --- derived -----------------------------------------------------------------------------------
+    @property
+    def worker_grace_seconds(self) -> int:
+        """A stopping worker's terminationGracePeriodSeconds: its longest task and a minute for Celery's warm
+        shutdown (the task's log upload, the acknowledgement)."""
+        return self.longest_task_seconds + 60
+
     @property
     def is_aws(self) -> bool:
         return self.target == "aws"

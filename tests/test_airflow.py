@@ -479,3 +479,28 @@ def test_tasks_record_the_address_the_api_server_fetches_live_logs_from(stack_ru
     assert cfg["core"]["hostname_callable"] == "airflow.utils.net.get_host_ip_address"
     kinds = {(d["kind"], d["metadata"]["name"]) for d in render_all(stack_runs[stack])["airflow"]}
     assert {("Deployment", "airflow-worker"), ("Deployment", "airflow-triggerer")} <= kinds
+
+
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_workers_scale_in_one_at_a_time_after_a_quiet_window(stack_runs, stack):
+    """KEDA's cooldownPeriod covers only the step to zero; every other step down is the HPA's, whose default
+    (Kubernetes: a 300 s window, then up to 100 % of the pods every 15 s) would stop many busy workers at once."""
+    import json as json_module
+
+    import jsonschema
+
+    from schemas import SCHEMAS, _closed
+    from test_placement import stack_settings
+    documents = render_all(stack_runs[stack])["airflow"]
+    scaled = next(d for d in documents if d["kind"] == "ScaledObject")
+    schema = json_module.loads((SCHEMAS / "crds" / "keda.sh" / "ScaledObject_v1alpha1.json").read_text())
+    jsonschema.validators.validator_for(schema)(_closed(schema)).validate(scaled)   # KEDA 2.20's CRD
+    worker = next(d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == "airflow-worker")
+    grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    settings = stack_settings(stack)
+    assert grace == settings.longest_task_seconds + 60
+    down = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    assert down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": min(grace, 1800)}]
+    assert down["stabilizationWindowSeconds"] == settings.worker_scale_in_window_seconds > 300
+    assert scaled["spec"]["cooldownPeriod"] > grace
+    assert "scaleUp" not in scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]

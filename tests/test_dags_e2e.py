@@ -622,6 +622,35 @@ def test_a_deferred_tasks_log_is_read_live_from_the_triggerer(platform):
     platform.wait(lambda: finished(platform, DEFERRABLE, run_id), RUN_BOUND_SECONDS, f"{DEFERRABLE} finishes")
 
 
+def test_a_worker_told_to_stop_finishes_its_task_and_takes_no_new_one(platform):
+    """Scale-in as Kubernetes signals it: SIGTERM to the worker the ReplicaSet picks, here the busy one (the worst
+    case: nothing steers the choice). Celery's warm shutdown stops taking tasks at once and finishes the running
+    one within the grace period: it succeeds on its first try, and what is queued meanwhile runs on the other
+    worker. The produced grace period (longestTaskSeconds + 60) is far above this task's 25 s."""
+    first = platform.running_workers()[0]
+    second = platform.start_worker()
+    platform.wait(lambda: " ready." in platform.daemons.log_tail(second, 10**6), 120, "the second worker is ready")
+    addresses = {platform.pods[name][1]: name for name in (first, second)}
+    run_id = platform.api.trigger(SLOW)
+    wait_until_running(platform, SLOW, run_id, "long_step")
+    status, instance = platform.api.request("GET", f"/api/v2/dags/{SLOW}/dagRuns/{run_id}/taskInstances/long_step")
+    busy = addresses[instance["hostname"]]
+    [idle] = [name for name in (first, second) if name != busy]
+    leaving = platform.daemons.processes.pop(busy)
+    leaving.send_signal(signal.SIGTERM)
+    others = [platform.api.trigger(QUICK) for _ in range(3)]
+    for other in others:
+        platform.wait(lambda other=other: finished(platform, QUICK, other), RUN_BOUND_SECONDS, f"{QUICK} runs")
+        status, ran = platform.api.request("GET", f"/api/v2/dags/{QUICK}/dagRuns/{other}/taskInstances/only")
+        assert (ran["state"], ran["try_number"], ran["hostname"]) == ("success", 1, platform.pods[idle][1]), ran
+    platform.wait(lambda: finished(platform, SLOW, run_id), RUN_BOUND_SECONDS, f"{SLOW} finishes")
+    assert platform.api.run_state(SLOW, run_id) == "success", platform.api.task_states(SLOW, run_id)
+    status, instance = platform.api.request("GET", f"/api/v2/dags/{SLOW}/dagRuns/{run_id}/taskInstances/long_step")
+    assert (instance["try_number"], instance["hostname"]) == (1, platform.pods[busy][1]), "finished where it began"
+    assert leaving.wait(timeout=120) == 0, "the worker left once its task was done"
+    assert "Task execute_workload" in platform.daemons.log_tail(busy, 10**6)
+
+
 def libfaketime() -> str:
     found = sorted(glob.glob("/usr/lib/*/faketime/libfaketimeMT.so.1"))
     if not found:

@@ -237,7 +237,7 @@ def node_pool_spec(settings) -> dict:
                 "taints": [w.WORKER_TAINT],
                 "expireAfter": f"{settings.karpenter_expire_after_hours}h",
                 # A node being replaced (expiry, drift, interruption) gives its workers their own grace period.
-                "terminationGracePeriod": f"{settings.worker_termination_grace_seconds + NODE_DRAIN_MARGIN_SECONDS}s",
+                "terminationGracePeriod": f"{settings.worker_grace_seconds + NODE_DRAIN_MARGIN_SECONDS}s",
             },
         },
         "limits": {"cpu": str(settings.karpenter_cpu_limit), "memory": f"{settings.karpenter_memory_limit_gib}Gi"},
