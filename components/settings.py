@@ -12,10 +12,10 @@ import difflib
 import ipaddress
 import json
 import re
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import pulumi
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from components.helm import millicores
@@ -217,6 +217,10 @@ class Settings(BaseModel):
         default_factory=list, max_length=50,
         description="Networks Airflow workers may reach beyond the platform (your data sources); egress is "
                     "otherwise denied. `0.0.0.0/0` opens everything. Tasks' KubernetesPodOperator pods get the same.")
+    s3_endpoint_buckets: list[Annotated[str, StringConstraints(pattern=r"^[a-z0-9*][a-z0-9.*-]{1,62}$")]] = Field(
+        default_factory=list, max_length=50,
+        description="S3 buckets (names, `*` wildcards allowed) tasks may use besides the platform's own: every S3 "
+                    "request from the VPC to the region goes through its endpoint, whose policy admits only those.")
     triggerer_egress_cidrs: list[ipaddress.IPv4Network] = Field(
         default_factory=list, max_length=50,
         description="Networks the triggerer may reach beyond the platform: what deferred tasks' triggers poll (HTTP "

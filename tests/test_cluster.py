@@ -576,3 +576,53 @@ def test_a_zone_added_later_gets_subnets_and_nodes_but_leaves_the_control_plane_
     assert subnets["cluster-private-eu-west-1d"] == "10.20.208.0/20"
     for group in four.of_type("aws:eks/nodeGroup:NodeGroup"):
         assert len(group.values["subnetIds"]) == 4
+
+
+def iam_resource_matches(pattern: str, arn: str) -> bool:
+    """IAM's wildcard: `*` matches any run of characters, `?` one (Resource elements)."""
+    import fnmatch
+    return fnmatch.fnmatchcase(arn, pattern)
+
+
+def endpoint_admits(policy: dict, arn: str, action: str, account: str) -> bool:
+    for statement in policy["Statement"]:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if not any(a == "s3:*" or a == action for a in actions):
+            continue
+        if not any(iam_resource_matches(pattern, arn) for pattern in statement["Resource"]):
+            continue
+        condition = statement.get("Condition", {}).get("StringEquals", {})
+        if condition.get("aws:ResourceAccount", account) != account:
+            continue
+        return True
+    return False
+
+
+def test_the_s3_endpoint_admits_the_stacks_buckets_the_nodes_repositories_and_nothing_else(prod):
+    """Every S3 request from the VPC to the region goes through the gateway endpoint (its route tables): its policy
+    is the list of reachable buckets. The stack's (from the buckets Storage creates), ECR's image layers and
+    AL2023's repositories for the nodes; a foreign bucket, or one named like the stack's in another account, not."""
+    [endpoint] = [e for e in prod.of_type("aws:ec2/vpcEndpoint:VpcEndpoint") if e.values["vpcEndpointType"] == "Gateway"]
+    policy = json.loads(endpoint.values["policy"])
+    account = "111122223333"
+    buckets = [b.values["bucketPrefix"] + "x7k2" for b in prod.of_type("aws:s3/bucket:Bucket")]
+    assert len(buckets) == 2
+    for bucket in buckets:
+        assert endpoint_admits(policy, f"arn:aws:s3:::{bucket}/dag_id=etl/attempt=1.log", "s3:PutObject", account)
+        assert endpoint_admits(policy, f"arn:aws:s3:::{bucket}", "s3:ListBucket", account)
+        assert not endpoint_admits(policy, f"arn:aws:s3:::{bucket}/x", "s3:GetObject", "444455556666")
+    assert endpoint_admits(policy, "arn:aws:s3:::prod-eu-west-1-starport-layer-bucket/sha256/ab", "s3:GetObject", account)
+    assert endpoint_admits(policy, "arn:aws:s3:::al2023-repos-eu-west-1-de612dc2/core/mirrors/x", "s3:GetObject",
+                           account)
+    assert not endpoint_admits(policy, "arn:aws:s3:::prod-eu-west-1-starport-layer-bucket/x", "s3:PutObject", account)
+    assert not endpoint_admits(policy, "arn:aws:s3:::data-lake/raw/x.parquet", "s3:GetObject", account)
+    assert not endpoint_admits(policy, "arn:aws:s3:::exfiltration/x", "s3:PutObject", "444455556666")
+
+
+def test_tasks_buckets_are_added_to_the_s3_endpoint_by_setting():
+    run = run_program("prod", overrides={"s3EndpointBuckets": ["data-lake", "raw-*"]})
+    [endpoint] = [e for e in run.of_type("aws:ec2/vpcEndpoint:VpcEndpoint") if e.values["vpcEndpointType"] == "Gateway"]
+    policy = json.loads(endpoint.values["policy"])
+    assert endpoint_admits(policy, "arn:aws:s3:::data-lake/raw/x.parquet", "s3:GetObject", "111122223333")
+    assert endpoint_admits(policy, "arn:aws:s3:::raw-events/2026/12/07", "s3:GetObject", "111122223333")
+    assert not endpoint_admits(policy, "arn:aws:s3:::data-lake-2/x", "s3:GetObject", "111122223333")

@@ -100,7 +100,7 @@ class Cluster(pulumi.ComponentResource):
         if args.settings.is_aws:
             if args.aws_provider is None:
                 raise ValueError("Cluster: target=aws needs an aws_provider")
-            self._build_eks(name, args.settings.eks_cluster_name(args.name_prefix), args.aws_provider)
+            self._build_eks(name, args.settings.eks_cluster_name(args.name_prefix), args.name_prefix, args.aws_provider)
         else:
             self._build_local(name)
         self.register_outputs({
@@ -126,13 +126,13 @@ class Cluster(pulumi.ComponentResource):
         self.default_storage_class_name = None
 
     # --- AWS ---------------------------------------------------------------------------------------
-    def _build_eks(self, name: str, cluster_name: str, aws_provider: aws.Provider) -> None:
+    def _build_eks(self, name: str, cluster_name: str, name_prefix: str, aws_provider: aws.Provider) -> None:
         settings = self._settings
         invoke = pulumi.InvokeOptions(provider=aws_provider)
         self.partition = aws.get_partition(opts=invoke).partition
         caller = aws.get_caller_identity(opts=invoke)
         self.account_id = caller.account_id
-        ctx = AwsContext(name=name, cluster_name=cluster_name, settings=settings,
+        ctx = AwsContext(name=name, cluster_name=cluster_name, name_prefix=name_prefix, settings=settings,
                          aws=pulumi.ResourceOptions(parent=self, provider=aws_provider), invoke=invoke,
                          partition=self.partition, caller_arn=caller.arn, account_id=caller.account_id,
                          component=self)

@@ -15,6 +15,8 @@ class AwsContext:
     # The resource-name prefix (the component's name) and the EKS cluster's name.
     name: str
     cluster_name: str
+    # `<project>-<stack>`, the start of the stack's AWS names (its buckets' among them).
+    name_prefix: str
     settings: Settings
     # parent=the Cluster component, provider=the AWS provider: every AWS resource of the cluster has them.
     aws: pulumi.ResourceOptions

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from dataclasses import dataclass
 from typing import Optional
 
@@ -61,6 +62,33 @@ def subnet_plan(vpc_cidr: ipaddress.IPv4Network, zones: list[str]) -> tuple[list
     public_blocks = [*sixteenths[:3], *list(sixteenths[3].subnets(prefixlen_diff=2))[:3]]
     slots = [zone_index(zone) for zone in zones]
     return [str(private_blocks[slot]) for slot in slots], [str(public_blocks[slot]) for slot in slots]
+
+
+# What the nodes fetch from S3 through the gateway endpoint: image layers from ECR (Amazon ECR's "minimum Amazon S3
+# bucket permissions" for its endpoints) and Amazon Linux 2023's package repositories (dnf on the nodes).
+ECR_LAYER_BUCKET = "prod-{region}-starport-layer-bucket"
+AL2023_REPOSITORY_BUCKET = "al2023-repos-{region}-de612dc2"
+
+
+def s3_endpoint_policy(partition: str, region: str, account_id: str, name_prefix: str,
+                       extra_buckets: list[str]) -> dict:
+    """The S3 gateway endpoint's policy. Every S3 request from the VPC to the region goes through the endpoint,
+    so this is the list of buckets anything in it may reach: the stack's own (their names start with the stack's
+    prefix, and only this account's such buckets count), the nodes' (AWS-owned, read-only) and the ones the
+    settings add for tasks."""
+    def arns(bucket: str) -> list[str]:
+        return [f"arn:{partition}:s3:::{bucket}", f"arn:{partition}:s3:::{bucket}/*"]
+    statements = [
+        {"Sid": "StackBuckets", "Effect": "Allow", "Principal": "*", "Action": "s3:*",
+         "Resource": arns(f"{name_prefix}-*"), "Condition": {"StringEquals": {"aws:ResourceAccount": account_id}}},
+        {"Sid": "NodeImagesAndPackages", "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject"],
+         "Resource": [f"arn:{partition}:s3:::{bucket.format(region=region)}/*"
+                      for bucket in (ECR_LAYER_BUCKET, AL2023_REPOSITORY_BUCKET)]},
+    ]
+    if extra_buckets:
+        statements.append({"Sid": "TaskBuckets", "Effect": "Allow", "Principal": "*", "Action": "s3:*",
+                           "Resource": [arn for bucket in extra_buckets for arn in arns(bucket)]})
+    return {"Version": "2012-10-17", "Statement": statements}
 
 
 def build_network(ctx: AwsContext) -> Network:
@@ -136,6 +164,8 @@ def build_network(ctx: AwsContext) -> Network:
     aws.ec2.VpcEndpoint(
         f"{name}-s3", vpc_id=vpc.id, service_name=s3_service,
         vpc_endpoint_type="Gateway", route_table_ids=[table.id for table in private_route_tables],
+        policy=json.dumps(s3_endpoint_policy(ctx.partition, settings.region, ctx.account_id, ctx.name_prefix,
+                                             settings.s3_endpoint_buckets)),
         tags={"Name": f"{cluster_name}-s3"}, opts=ctx.aws)
     s3_prefix_list = aws.ec2.get_prefix_list(name=s3_service, opts=ctx.invoke)
     secrets_manager_endpoint, secrets_manager_cidrs = None, ()
