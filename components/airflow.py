@@ -111,6 +111,10 @@ REMOVED_CHART_DEFAULTS = {"config": {
 # How often a scheduler looks for tasks queued longer than task_queued_timeout (Airflow's default, set explicitly
 # because the token life depends on it).
 TASK_QUEUED_TIMEOUT_CHECK_SECONDS = 120
+# When a scheduler counts as dead, and how often another adopts its queued tasks (Airflow's defaults, set
+# explicitly for the same reason).
+SCHEDULER_HEALTH_CHECK_THRESHOLD_SECONDS = 30
+ORPHANED_TASKS_CHECK_SECONDS = 300
 # How Airflow names the host a task runs on (ti.hostname, and the triggerer's job): the pod's IP, socket.gethostbyname
 # of its name, which kubelet writes into the pod's /etc/hosts (airflow/utils/net.py; the Task SDK reads
 # [core] hostname_callable too, sdk/api/client.py get_hostname).
@@ -172,18 +176,29 @@ STATSD_EXTRA_MAPPINGS = [
 ]
 
 
+WORKER_SCALE_IN_PERIOD_SECONDS = 60
+
+
+def worker_slots(settings: Settings) -> int:
+    """Tasks the most workers KEDA runs can run at once."""
+    return settings.worker_concurrency * settings.worker_max_replicas
+
+
 def parallelism_per_scheduler(settings: Settings) -> int:
     """[core] parallelism is each scheduler's own ceiling (scheduler_job_runner.py: it caps what this
     scheduler's executor holds): the schedulers together may queue what the most workers KEDA runs can take."""
-    return math.ceil(settings.worker_concurrency * settings.worker_max_replicas / settings.scheduler_replicas)
+    return math.ceil(worker_slots(settings) / settings.scheduler_replicas)
 
 
 def execution_token_seconds(settings: Settings) -> int:
     """[execution_api] jwt_expiration_time. The scheduler mints a task's token when it queues it and nothing
     renews it before the task starts (Airflow 3.1; a running task's token is reissued as it nears its end). A
-    task still queued after task_queued_timeout is queued again, with a new token, at the scheduler's next
-    check: its token must outlive that wait and a worker's start."""
-    return settings.task_queued_timeout_seconds + TASK_QUEUED_TIMEOUT_CHECK_SECONDS + 60
+    task still queued after task_queued_timeout is queued again, with a new token, at its scheduler's next check.
+    Only the scheduler that queued it checks: if that one stops (a rolling upgrade, a crash), another adopts the
+    task once it is seen dead and at its next orphan check, keeping the task's queued time. The token must outlive
+    the longest of these paths and a worker's start."""
+    return (settings.task_queued_timeout_seconds + SCHEDULER_HEALTH_CHECK_THRESHOLD_SECONDS
+            + ORPHANED_TASKS_CHECK_SECONDS + TASK_QUEUED_TIMEOUT_CHECK_SECONDS + 60)
 
 
 def keda_cooldown_seconds(settings: Settings) -> int:
@@ -194,11 +209,11 @@ def keda_cooldown_seconds(settings: Settings) -> int:
 
 def worker_scale_down(settings: Settings) -> dict:
     """The workers' HPA scale-down (KEDA `advanced.horizontalPodAutoscalerConfig.behavior`). Its default (a 300 s
-    window, then up to 100 % of the pods every 15 s) would stop many busy workers at once. Here the queue must
-    have been low for the whole window, and one worker goes at a time: one per grace period (the HPA caps a
-    period at 1800 s), so a worker finishing its tasks is not joined by the next."""
+    window, then up to 100 % of the pods every 15 s) stops most workers at once after a short lull. Here the
+    queue must have been low for the whole window, and the workers go one a minute, each with its own grace
+    period to finish what it runs (draining them one after another would take hours and gain nothing)."""
     return {"stabilizationWindowSeconds": settings.worker_scale_in_window_seconds, "selectPolicy": "Min",
-            "policies": [{"type": "Pods", "value": 1, "periodSeconds": min(settings.worker_grace_seconds, 1800)}]}
+            "policies": [{"type": "Pods", "value": 1, "periodSeconds": WORKER_SCALE_IN_PERIOD_SECONDS}]}
 
 
 def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], api_secret_key_secret: pulumi.Input[str],
@@ -274,19 +289,27 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
             # One parsing process per CPU of the DAG processor's limit.
             "dag_processor": {"parsing_processes": DAG_PARSING_PROCESSES},
             "core": {"parallelism": parallelism_per_scheduler(settings),
+                     "default_pool_task_slot_count": worker_slots(settings),
                      # A running task's log is fetched from the host its worker (or the triggerer) records. The
                      # default, the fully qualified name, is a Deployment pod's bare name, which no DNS resolves;
                      # the address it has in the pod's /etc/hosts (its IP) is what the API server can reach.
                      "hostname_callable": HOSTNAME_CALLABLE},
             "logging": {"remote_logging": str(remote_logging)},
             "scheduler": {"task_queued_timeout": settings.task_queued_timeout_seconds,
-                          "task_queued_timeout_check_interval": TASK_QUEUED_TIMEOUT_CHECK_SECONDS},
+                          "task_queued_timeout_check_interval": TASK_QUEUED_TIMEOUT_CHECK_SECONDS,
+                          "scheduler_health_check_threshold": SCHEDULER_HEALTH_CHECK_THRESHOLD_SECONDS,
+                          "orphaned_tasks_check_interval": ORPHANED_TASKS_CHECK_SECONDS},
             "execution_api": {"jwt_expiration_time": execution_token_seconds(settings)},
         },
         # Pulumi waits for the release; Helm hooks would deadlock that wait. Without custom env (DESIGN), the
         # Jobs get the `_CMD` options as their own env.
         "migrateDatabaseJob": {"useHelmHooks": False, "applyCustomEnv": False, "env": secret_commands,
-                               "resources": airflow_resources("200m", "512Mi")},
+                               "resources": airflow_resources("200m", "512Mi"),
+                               # Running and queued tasks count against default_pool, 128 slots unless set:
+                               # [core] default_pool_task_slot_count acts only when the database is created,
+                               # so the migration sets the pool to the workers' slots on every release.
+                               "args": ["bash", "-c", "airflow db migrate && exec airflow pools set default_pool "
+                                        f"{worker_slots(settings)} 'Default pool'"]},
         "createUserJob": {
             "useHelmHooks": False, "applyCustomEnv": False, "env": secret_commands,
             "resources": airflow_resources("200m", "512Mi"),
@@ -393,8 +416,10 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
     # Nothing of Airflow calls the Kubernetes API with CeleryExecutor: no component's ServiceAccount mounts a
     # token, but the workers' when tasks launch pods (kubernetesPodOperator).
     for component in (*LONG_RUNNING_COMPONENTS, "statsd", "migrateDatabaseJob", "createUserJob"):
+        # With kubernetesPodOperator the workers launch pods and a deferred operator's trigger watches them from
+        # the triggerer: both call the Kubernetes API (the chart binds both to its pod-launching Role).
         values[component]["serviceAccount"] = {
-            "automountServiceAccountToken": component == "workers" and settings.kubernetes_pod_operator}
+            "automountServiceAccountToken": component in ("workers", "triggerer") and settings.kubernetes_pod_operator}
     if secrets_checksum is not None:
         # The chart rolls its pods only for Secrets it renders itself; these are Pulumi's. A rotated key,
         # password or URL changes the digest, and with it the long-running Airflow pods. Not on the

@@ -186,6 +186,7 @@ def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], loca
         # what the tasks would.
         task_runners.append(("kubernetes-pod-operator", Peer(w.KUBERNETES_POD_OPERATOR_PODS), worker_egress_cidrs))
         flows += _kubernetes_api_flows(network, "worker", Peer(w.AIRFLOW_WORKER))
+        flows += _kubernetes_api_flows(network, "triggerer", Peer(w.AIRFLOW_TRIGGERER))
     # Deferred tasks' triggers run in the triggerer, DAG callbacks in the DAG processor (Airflow 3).
     task_runners += [("triggerer", Peer(w.AIRFLOW_TRIGGERER), triggerer_egress_cidrs),
                      ("dag-processor", Peer(w.AIRFLOW_DAG_PROCESSOR), dag_processor_egress_cidrs)]

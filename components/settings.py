@@ -491,6 +491,15 @@ class Settings(BaseModel):
         description="Pinned EKS add-on versions by add-on name; an add-on not listed gets the default "
                     "version AWS publishes for `kubernetesVersion`.")
 
+    @field_validator("s3_endpoint_buckets")
+    @classmethod
+    def _buckets_named(cls, buckets: list[str]) -> list[str]:
+        for bucket in buckets:
+            if len(bucket.replace("*", "")) < 3:
+                raise ValueError(f"'{bucket}' names too little of a bucket: at least 3 characters besides `*` "
+                                 "(a pattern that matches every bucket would undo the endpoint's policy)")
+        return buckets
+
     @field_validator("kubernetes_version")
     @classmethod
     def _supported_kubernetes(cls, value: str) -> str:

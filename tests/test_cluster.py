@@ -615,8 +615,21 @@ def test_the_s3_endpoint_admits_the_stacks_buckets_the_nodes_repositories_and_no
     assert endpoint_admits(policy, "arn:aws:s3:::al2023-repos-eu-west-1-de612dc2/core/mirrors/x", "s3:GetObject",
                            account)
     assert not endpoint_admits(policy, "arn:aws:s3:::prod-eu-west-1-starport-layer-bucket/x", "s3:PutObject", account)
+    # registry.k8s.io redirects a pull from eu-west-1 to its bucket there (kube-state-metrics, git-sync).
+    assert endpoint_admits(policy, "arn:aws:s3:::prod-registry-k8s-io-eu-west-1/containers/images/sha256:ab",
+                           "s3:GetObject", account)
+    assert endpoint_admits(policy, "arn:aws:s3:::amazon-ssm-eu-west-1/latest/linux_amd64/amazon-ssm-agent.rpm",
+                           "s3:GetObject", account)
+    # Another stack's buckets in the same account (prod-managed's start with prod's prefix), not.
+    assert not endpoint_admits(policy, "arn:aws:s3:::airflow-prod-managed-logs-x7k2/x", "s3:GetObject", account)
     assert not endpoint_admits(policy, "arn:aws:s3:::data-lake/raw/x.parquet", "s3:GetObject", account)
     assert not endpoint_admits(policy, "arn:aws:s3:::exfiltration/x", "s3:PutObject", "444455556666")
+
+
+def test_registry_k8s_ios_bucket_in_london_has_its_own_name():
+    from components.cluster.network import node_buckets
+    assert "767373bbdcb8270361b96548387bf2a9ad0d48758c35-eu-west-2" in node_buckets("eu-west-2")
+    assert "prod-registry-k8s-io-us-east-1" in node_buckets("us-east-1")
 
 
 def test_tasks_buckets_are_added_to_the_s3_endpoint_by_setting():

@@ -466,6 +466,8 @@ def test_with_the_pod_operator_workers_reach_the_kubernetes_api_and_its_pods_rea
     assert allowed(policies, worker, found["kubernetes-service"][0], 443)
     assert all(allowed(policies, worker, server, api_port) for server in found["kubernetes-api"])
     assert not allowed(policies, scheduler, found["kubernetes-service"][0], 443)
+    # A deferred KubernetesPodOperator's trigger watches its pod from the triggerer.
+    assert allowed(policies, found["triggerer"][0], found["kubernetes-service"][0], 443)
     assert not allowed(policies, worker, found["internet-host"][0], 443)
     if stack == "prod":
         # The EKS endpoint's interfaces take addresses anywhere in the private subnets: 443 there is admitted (as

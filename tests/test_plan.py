@@ -162,9 +162,14 @@ def test_against_the_previous_commit_shows_exactly_what_one_setting_touches(clon
     # workerConcurrency is Celery's worker_concurrency, and each of prod's 2 schedulers' parallelism is half of
     # workers × concurrency.
     assert [(c["name"], c["action"]) for c in diff["changed"]] == [("airflow-airflow", "update")]
+    # default_pool follows the workers' slots too, in airflow.cfg and in the migration Job that sets it.
     assert {(p["path"], p["old"], p["new"]) for p in diff["changed"][0]["paths"]} == {
         ("values.config.celery.worker_concurrency", 16, 12),
         ("values.config.core.parallelism", 160, 120),
+        ("values.config.core.default_pool_task_slot_count", 320, 240),
+        ("values.migrateDatabaseJob.args[2]",
+         "airflow db migrate && exec airflow pools set default_pool 320 'Default pool'",
+         "airflow db migrate && exec airflow pools set default_pool 240 'Default pool'"),
     }
     text = plan.diff_text(diff, "HEAD~1")
     assert "0 to add, 1 to update, 0 to replace, 0 to remove" in text

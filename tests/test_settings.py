@@ -90,9 +90,17 @@ def test_poolers_that_would_exhaust_the_database_are_refused_naming_the_keys():
     message = str(failure("prod", pgbouncerInstances=4, pgbouncerPoolSize=60, postgresMaxConnections=200))
     assert "airflow:pgbouncerPoolSize: pgbouncerInstances (4) × pgbouncerPoolSize (60) = 240 server connections" in message
     assert "postgresMaxConnections (200)" in message
-    run_program("prod", overrides={"pgbouncerInstances": 4, "pgbouncerPoolSize": 45, "postgresMaxConnections": 200})
+    # The boundary: 200 - (3 superuser + 4 auth_query + 5) = 188 for the pools; 4 x 47 = 188 fits, 4 x 48 does not.
+    run_program("prod", overrides={"pgbouncerInstances": 4, "pgbouncerPoolSize": 47, "postgresMaxConnections": 200})
+    assert "= 192 server connections" in str(failure("prod", pgbouncerInstances=4, pgbouncerPoolSize=48,
+                                                         postgresMaxConnections=200))
     # The managed engines' PgBouncer fronts a database whose limit AWS sets by instance class: not checked here.
     run_program("prod-managed", overrides={"pgbouncerInstances": 4, "pgbouncerPoolSize": 60})
+
+
+def test_an_s3_bucket_pattern_that_matches_everything_is_refused():
+    message = str(failure("prod", s3EndpointBuckets=["data-lake", "**"]))
+    assert "airflow:s3EndpointBuckets" in message and "names too little of a bucket" in message
 
 
 def test_aws_workers_need_some_node_to_run_on():

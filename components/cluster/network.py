@@ -10,6 +10,7 @@ from typing import Optional
 import pulumi
 import pulumi_aws as aws
 
+from components import workloads as w
 from components.cluster.context import AwsContext
 
 # Karpenter finds the subnets (and the security group) of its nodes by this tag.
@@ -64,26 +65,37 @@ def subnet_plan(vpc_cidr: ipaddress.IPv4Network, zones: list[str]) -> tuple[list
     return [str(private_blocks[slot]) for slot in slots], [str(public_blocks[slot]) for slot in slots]
 
 
-# What the nodes fetch from S3 through the gateway endpoint: image layers from ECR (Amazon ECR's "minimum Amazon S3
-# bucket permissions" for its endpoints) and Amazon Linux 2023's package repositories (dnf on the nodes).
-ECR_LAYER_BUCKET = "prod-{region}-starport-layer-bucket"
-AL2023_REPOSITORY_BUCKET = "al2023-repos-{region}-de612dc2"
+# What the nodes fetch from AWS-owned buckets of the region, through the gateway endpoint (read-only): image layers
+# from ECR (Amazon ECR's "minimum Amazon S3 bucket permissions" for its endpoints), Amazon Linux 2023's package
+# repositories (dnf), SSM Agent's own buckets (the nodes carry AmazonSSMManagedInstanceCore; Systems Manager's "SSM
+# Agent communications with AWS managed S3 buckets"), and the layers registry.k8s.io redirects a pull from the
+# region to (kube-state-metrics, git-sync): its bucket per region is registry.k8s.io's
+# cmd/archeio/internal/app/buckets.go, where eu-west-2 alone has another name.
+NODE_BUCKETS = ("prod-{region}-starport-layer-bucket", "al2023-repos-{region}-de612dc2", "amazon-ssm-{region}",
+                "amazon-ssm-packages-{region}", "{region}-birdwatcher-prod", "aws-ssm-distributor-file-{region}",
+                "aws-ssm-document-attachments-{region}", "patch-baseline-snapshot-{region}")
+REGISTRY_K8S_IO_BUCKETS = {"eu-west-2": "767373bbdcb8270361b96548387bf2a9ad0d48758c35-eu-west-2"}
+
+
+def node_buckets(region: str) -> list[str]:
+    registry = REGISTRY_K8S_IO_BUCKETS.get(region, f"prod-registry-k8s-io-{region}")
+    return [*(bucket.format(region=region) for bucket in NODE_BUCKETS), registry]
 
 
 def s3_endpoint_policy(partition: str, region: str, account_id: str, name_prefix: str,
                        extra_buckets: list[str]) -> dict:
     """The S3 gateway endpoint's policy. Every S3 request from the VPC to the region goes through the endpoint,
-    so this is the list of buckets anything in it may reach: the stack's own (their names start with the stack's
-    prefix, and only this account's such buckets count), the nodes' (AWS-owned, read-only) and the ones the
-    settings add for tasks."""
+    so this is the list of buckets anything in it may reach: the stack's own (Storage names them
+    `<project>-<stack>-<purpose>-<random>`, and only this account's such buckets count), the nodes' (AWS-owned,
+    read-only) and the ones the settings add for tasks."""
     def arns(bucket: str) -> list[str]:
         return [f"arn:{partition}:s3:::{bucket}", f"arn:{partition}:s3:::{bucket}/*"]
     statements = [
         {"Sid": "StackBuckets", "Effect": "Allow", "Principal": "*", "Action": "s3:*",
-         "Resource": arns(f"{name_prefix}-*"), "Condition": {"StringEquals": {"aws:ResourceAccount": account_id}}},
+         "Resource": [arn for purpose in w.BUCKET_PURPOSES for arn in arns(f"{name_prefix}-{purpose}-*")],
+         "Condition": {"StringEquals": {"aws:ResourceAccount": account_id}}},
         {"Sid": "NodeImagesAndPackages", "Effect": "Allow", "Principal": "*", "Action": ["s3:GetObject"],
-         "Resource": [f"arn:{partition}:s3:::{bucket.format(region=region)}/*"
-                      for bucket in (ECR_LAYER_BUCKET, AL2023_REPOSITORY_BUCKET)]},
+         "Resource": [f"arn:{partition}:s3:::{bucket}/*" for bucket in node_buckets(region)]},
     ]
     if extra_buckets:
         statements.append({"Sid": "TaskBuckets", "Effect": "Allow", "Principal": "*", "Action": "s3:*",
