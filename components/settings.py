@@ -384,7 +384,7 @@ class Settings(BaseModel):
                     "new task and gets this plus a minute to finish the ones it runs.")
     worker_scale_in_window_seconds: int = Field(
         default=600, ge=60, le=3600,
-        description="How long the queue must stay low before KEDA removes a worker (one at a time): longer than the "
+        description="How long the queue must stay low before KEDA removes workers (one a minute): longer than the "
                     "usual gap between your tasks, so workers are not removed between two bursts.")
     worker_cpu: str = Field(default="1", pattern=_CPU, description="CPU request of each Celery worker (cores, or millicores with m).")
     worker_cpu_limit: str = Field(
