@@ -80,8 +80,16 @@ def crd_schema_path(registration: Registration):
 
 def validate_custom_resource(registration: Registration) -> None:
     """Validates the whole object against its CRD's openAPIV3Schema (structural, unknown fields refused)."""
-    obj = kubernetes_object(registration)
-    schema = json.loads(crd_schema_path(registration).read_text())
+    _validate_closed(kubernetes_object(registration), crd_schema_path(registration))
+
+
+def validate_against_crd(obj: dict, group: str, version: str) -> None:
+    """The same for an object a chart renders (by its kind, in the CRD schemas of ../shared)."""
+    _validate_closed(obj, SCHEMAS / "crds" / group / f"{obj['kind']}_{version}.json")
+
+
+def _validate_closed(obj: dict, schema_path) -> None:
+    schema = json.loads(schema_path.read_text())
     jsonschema.validators.validator_for(schema)(_closed(schema)).validate(obj)
 
 

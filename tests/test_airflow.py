@@ -428,10 +428,7 @@ def test_the_create_user_job_hands_the_password_over_its_standard_input(local, t
 def test_the_release_airflow_cfg_holds_no_option_airflow_3_moved(prod):
     """The chart's default `config:` renders [scheduler] statsd_* and [webserver] enable_proxy_fix, which Airflow 3
     reads from [metrics] and [fab] (`airflow config lint`, run by the e2e tier): the release deletes them."""
-    import configparser
-    [configmap] = [d for d in render_all(prod)["airflow"] if d["kind"] == "ConfigMap" and "airflow.cfg" in d["data"]]
-    cfg = configparser.ConfigParser(interpolation=None)
-    cfg.read_string(configmap["data"]["airflow.cfg"])
+    cfg = rendered_cfg(prod)
     assert not [key for key in cfg["scheduler"] if key.startswith("statsd_")]
     assert not cfg.has_section("webserver") and cfg["fab"]["enable_proxy_fix"] == "True"
     assert not {"kubernetes", "kubernetes_executor", "kerberos", "elasticsearch"} & set(cfg.sections())
@@ -504,16 +501,11 @@ def test_tasks_record_the_address_the_api_server_fetches_live_logs_from(stack_ru
 def test_workers_scale_in_one_at_a_time_after_a_quiet_window(stack_runs, stack):
     """KEDA's cooldownPeriod covers only the step to zero; every other step down is the HPA's, whose default
     (Kubernetes: a 300 s window, then up to 100 % of the pods every 15 s) would stop many busy workers at once."""
-    import json as json_module
-
-    import jsonschema
-
-    from schemas import SCHEMAS, _closed
+    from schemas import validate_against_crd
     from test_placement import stack_settings
     documents = render_all(stack_runs[stack])["airflow"]
     scaled = next(d for d in documents if d["kind"] == "ScaledObject")
-    schema = json_module.loads((SCHEMAS / "crds" / "keda.sh" / "ScaledObject_v1alpha1.json").read_text())
-    jsonschema.validators.validator_for(schema)(_closed(schema)).validate(scaled)   # KEDA 2.20's CRD
+    validate_against_crd(scaled, "keda.sh", "v1alpha1")   # KEDA 2.20's CRD
     worker = next(d for d in documents if d["kind"] == "Deployment" and d["metadata"]["name"] == "airflow-worker")
     grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     settings = stack_settings(stack)

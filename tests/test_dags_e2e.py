@@ -267,8 +267,7 @@ def produced_env(release: dict, servers: Servers, home: Path, ports: dict[str, i
                                                     *metadata)
         else:
             raise AssertionError(f"the rendered environment has an entry this tier does not reproduce: {entry}")
-    cfg = configparser.ConfigParser(interpolation=None)
-    cfg.read_string(release["cfg"])
+    cfg = configparser_from(release["cfg"])
     cfg["core"]["dags_folder"] = str(dags)
     cfg["core"]["execution_api_server_url"] = f"http://127.0.0.1:{ports['api']}/execution/"
     cfg["logging"]["remote_logging"] = "False"  # S3 is not reachable from here
