@@ -135,7 +135,7 @@ POD_IDENTITY_AGENT = Peer(cidrs=(w.POD_IDENTITY_AGENT_CIDR,))
 
 
 def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], local_ingress_namespace: str, *,
-                   triggerer_egress_cidrs: tuple[str, ...] = (), dag_processor_egress_cidrs: tuple[str, ...] = (),
+                   triggerer_egress_cidrs: list[str] = (), dag_processor_egress_cidrs: list[str] = (),
                    kubernetes_pod_operator: bool = False, git_sync: bool = False, replicated_database: bool = False,
                    restoring_database: bool = False, managed_database: bool = False,
                    managed_broker: bool = False, secrets_manager: bool = False) -> list[Flow]:
@@ -392,10 +392,10 @@ class Security(pulumi.ComponentResource):
                                  load_balancer_cidrs=tuple(load_balancer_cidrs), s3_cidrs=tuple(args.s3_cidrs),
                                  private_subnet_cidrs=tuple(args.private_subnet_cidrs),
                                  secrets_manager_cidrs=tuple(args.secrets_manager_cidrs))
-        flows = required_flows(network, [str(cidr) for cidr in settings.worker_egress_cidrs],
+        flows = required_flows(network, list(map(str, settings.worker_egress_cidrs)),
                                settings.local_ingress_namespace,
-                               triggerer_egress_cidrs=tuple(str(cidr) for cidr in settings.triggerer_egress_cidrs),
-                               dag_processor_egress_cidrs=tuple(str(c) for c in settings.dag_processor_egress_cidrs),
+                               triggerer_egress_cidrs=list(map(str, settings.triggerer_egress_cidrs)),
+                               dag_processor_egress_cidrs=list(map(str, settings.dag_processor_egress_cidrs)),
                                kubernetes_pod_operator=settings.kubernetes_pod_operator,
                                git_sync=bool(settings.git_sync_repository),
                                replicated_database=settings.postgres_instances > 1,

@@ -118,7 +118,7 @@ class Storage(pulumi.ComponentResource):
             aws.kms.Alias(f"{name}-data", name=f"alias/{args.name_prefix}-data", target_key_id=key.key_id,
                           opts=pulumi.ResourceOptions.merge(self._aws, self._keep_with))
             self.kms_key_arn = key.arn
-            logs = self._bucket(name, "logs", args.name_prefix, key, expire_current_after_days=args.settings.log_retention_days,
+            logs = self._bucket(name, w.LOGS_BUCKET, args.name_prefix, key, expire_current_after_days=args.settings.log_retention_days,
                                 noncurrent_days=7)
             self.logs_bucket_name = logs.bucket
             airflow_role, self.airflow_access = self._pod_identity_role(
@@ -128,7 +128,7 @@ class Storage(pulumi.ComponentResource):
                 self.airflow_access.append(self._secrets_access(name, args, airflow_role))
             # Aurora and RDS keep their own backups (automated, point in time); CloudNativePG's go to S3.
             if not args.settings.managed_database:
-                backups = self._bucket(name, "backups", args.name_prefix, key, expire_current_after_days=None,
+                backups = self._bucket(name, w.BACKUPS_BUCKET, args.name_prefix, key, expire_current_after_days=None,
                                        noncurrent_days=args.settings.backup_retention_days)
                 self.backups_bucket_name = backups.bucket
                 _, self.database_access = self._pod_identity_role(

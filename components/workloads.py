@@ -38,7 +38,8 @@ AIRFLOW_TRIGGERER = airflow_component("triggerer")
 AIRFLOW_DAG_PROCESSOR = airflow_component("dag-processor")
 # The stack's buckets, `<project>-<stack>-<purpose>-<random>`: task logs and database backups (Storage makes them,
 # the S3 endpoint's policy admits them).
-BUCKET_PURPOSES = ("logs", "backups")
+LOGS_BUCKET, BACKUPS_BUCKET = "logs", "backups"
+BUCKET_PURPOSES = (LOGS_BUCKET, BACKUPS_BUCKET)
 # The label the cncf.kubernetes provider's KubernetesPodOperator puts on every pod it launches
 # (operators/pod.py, _get_ti_pod_labels).
 KUBERNETES_POD_OPERATOR_PODS = {"kubernetes_pod_operator": "True"}

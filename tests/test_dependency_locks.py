@@ -178,6 +178,7 @@ def test_every_lock_installs_on_every_platform_and_python_it_supports(index):
     """scripts/check_lock_wheels.py, which `make lock` runs: for Linux (x86-64, arm64) and macOS (Apple silicon,
     and Intel but for Airflow's tier) on Python 3.11 to 3.13, each package has a wheel whose hash the lock holds."""
     import check_lock_wheels as check
+    assert set(check.SUPPORTED) == {str(lock.relative_to(REPO)) for _, lock in LOCKS.values()}, "every lock is checked"
     assert [problem for lock in check.SUPPORTED for problem in check.problems(lock, index)] == []
 
 
