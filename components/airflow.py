@@ -55,9 +55,6 @@ BUILT_IN_SECRET_ENV = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__CORE__SQL_ALCHEMY_
                        "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CELERY__BROKER_URL")
 
 
-# EKS spells taint effects its own way.
-TAINT_EFFECTS = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
-
 
 # Airflow's probes run the `airflow` CLI, which spends 2-3 CPU-seconds importing Airflow: with at least one
 # CPU of limit a probe ends in about 3 s, well inside its 20 s timeout, even while the process it checks is busy.
@@ -432,8 +429,7 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         values["nodeSelector"] = settings.system_node_selector
         values["workers"]["nodeSelector"] = dict(w.WORKER_NODES)
         tolerations = [
-            {"key": taint.key, "operator": "Equal", "value": taint.value, "effect": TAINT_EFFECTS[taint.effect]}
-            for taint in settings.worker_node_taints]
+            {**taint.as_kubernetes(), "operator": "Equal"} for taint in settings.worker_node_taints]
         if settings.uses_karpenter:
             tolerations.append({**w.WORKER_TAINT, "operator": "Equal"})
             # A worker's running tasks are never cut short to consolidate its node: Karpenter waits until the

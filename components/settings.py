@@ -60,6 +60,11 @@ class NodeTaint(BaseModel):
     effect: Literal["NO_SCHEDULE", "NO_EXECUTE", "PREFER_NO_SCHEDULE"] = Field(
         description="Taint effect, as the EKS API spells it.")
 
+    def as_kubernetes(self) -> dict[str, str]:
+        """The taint as a Kubernetes Node (and a Karpenter NodePool) spells it."""
+        effect = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
+        return {"key": self.key, "value": self.value, "effect": effect[self.effect]}
+
 
 # An image digest, or empty (the image runs by tag).
 DIGEST_PATTERN = r"^$|^sha256:[0-9a-f]{64}$"

@@ -234,7 +234,8 @@ def node_pool_spec(settings) -> dict:
             "spec": {
                 "nodeClassRef": {"group": "karpenter.k8s.aws", "kind": "EC2NodeClass", "name": WORKER_NODE_POOL},
                 "requirements": requirements,
-                "taints": [w.WORKER_TAINT],
+                # The user's worker taints too: the workers tolerate them wherever they run.
+                "taints": [w.WORKER_TAINT, *(taint.as_kubernetes() for taint in settings.worker_node_taints)],
                 "expireAfter": f"{settings.karpenter_expire_after_hours}h",
                 # A node being replaced (expiry, drift, interruption) gives its workers their own grace period.
                 "terminationGracePeriod": f"{settings.worker_grace_seconds + NODE_DRAIN_MARGIN_SECONDS}s",
