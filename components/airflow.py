@@ -198,6 +198,46 @@ def execution_token_seconds(settings: Settings) -> int:
             + ORPHANED_TASKS_CHECK_SECONDS + TASK_QUEUED_TIMEOUT_CHECK_SECONDS + 60)
 
 
+# Nightly, off the hour. Every table `airflow db clean` knows in Airflow 3.1 but `dag` and `dag_version`: cleaning
+# those fails there (apache/airflow#63703), and they grow only with DAGs and their versions, not with runs.
+DATABASE_CLEANUP_SCHEDULE = "17 3 * * *"
+CLEANED_TABLES = ("_xcom_archive", "asset_event", "callback_request", "celery_taskmeta", "celery_tasksetmeta",
+                  "dag_run", "deadline", "import_error", "job", "log", "sla_miss", "task_instance",
+                  "task_instance_history", "task_reschedule", "trigger", "xcom")
+
+
+def database_cleanup_script(retention_days: int) -> str:
+    """Drop what the previous run archived, then delete what is older than the retention, archiving it: the
+    last night's deletions stay in `_airflow_deleted__<table>__<time>` tables for a day, so a mistaken retention
+    can be undone, and the database does not keep them forever (the chart's default archives without end)."""
+    tables = ",".join(CLEANED_TABLES)
+    return ("set -euo pipefail; "
+            f"airflow db drop-archived --tables {tables} --yes; "
+            f"before=\"$(date -u -d '-{retention_days} days' '+%Y-%m-%dT%H:%M:%S+00:00')\"; "
+            f"exec airflow db clean --clean-before-timestamp \"$before\" --tables {tables} --yes --verbose")
+
+
+def database_cleanup_values(settings: Settings, metadata_secret: pulumi.Input[str]) -> dict:
+    """The chart's database-cleanup CronJob. Its pod takes no extra volumes in chart 1.19, so the URL comes as an
+    environment variable, the one the chart's own migration Job would use: KEDA's key, which names no CA file
+    (with a managed engine it requires TLS to the chart's PgBouncer without verifying it). No custom env: the
+    other credentials' `_CMD` options would read files this pod does not have."""
+    return {
+        "enabled": True,
+        "schedule": DATABASE_CLEANUP_SCHEDULE,
+        "applyCustomEnv": False,
+        "env": [*WRITABLE_CACHE_ENV,
+                {"name": "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+                 "valueFrom": {"secretKeyRef": {"name": metadata_secret, "key": KEDA_CONNECTION_KEY}}}],
+        "command": ["bash"],
+        "args": ["-c", database_cleanup_script(settings.database_cleanup_retention_days)],
+        "resources": airflow_resources("200m", "512Mi"),
+        "serviceAccount": {"automountServiceAccountToken": False},
+        "successfulJobsHistoryLimit": 3,
+        "failedJobsHistoryLimit": 3,
+    }
+
+
 def keda_cooldown_seconds(settings: Settings) -> int:
     """KEDA's cooldown, which applies only to the last step, to zero workers (workerMinReplicas 0): longer than a
     worker's grace period. Every other step down is the HPA's (worker_scale_down)."""
@@ -473,6 +513,8 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         values["dags"]["persistence"] = {"enabled": True, "existingClaim": dags_claim}
     if secrets_prefix is not None:
         values["config"]["secrets"] = airflow_secrets_config(secrets_prefix, settings.region)
+    if settings.database_cleanup_retention_days:
+        values["databaseCleanup"] = database_cleanup_values(settings, metadata_secret)
     return deep_merge(values, database_values or {})
 
 

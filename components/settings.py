@@ -383,6 +383,11 @@ class Settings(BaseModel):
         default=600, ge=120, le=7200,
         description="How long a queued task may wait for a worker (while KEDA and Karpenter add one) before the "
                     "scheduler queues it again (twice, then fails it); the execution API token outlives it.")
+    database_cleanup_retention_days: int = Field(
+        default=90, ge=0, le=3650,
+        description="Days of history (task instances, DAG runs, jobs, the audit log, XComs) the metadata database "
+                    "keeps: each night older rows are deleted, and the previous night's deletions, kept in "
+                    "`_airflow_deleted__*` tables until then, dropped. 0 turns the cleanup off.")
     longest_task_seconds: int = Field(
         default=540, ge=30, le=86340,
         description="The longest a task runs. A worker told to stop (scale-in, a node replaced, an upgrade) takes no "

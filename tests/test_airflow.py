@@ -13,7 +13,9 @@ from jsonschema import ValidationError
 
 from components import workloads as w
 from components.airflow import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
-from harness import REPO, STACKS, is_secret, run_program, unwrap
+from components.database import KEDA_CONNECTION_KEY
+from components.settings import load_settings
+from harness import REPO, STACKS, is_secret, load_stack_config, run_program, unwrap
 from rendering import platform_pods, render_all, secret_files
 from schemas import chart_defaults, validate_chart_values_strictly
 
@@ -515,3 +517,73 @@ def test_workers_scale_in_one_at_a_time_after_a_quiet_window(stack_runs, stack):
     assert down["stabilizationWindowSeconds"] == settings.worker_scale_in_window_seconds > 300
     assert scaled["spec"]["cooldownPeriod"] > grace
     assert "scaleUp" not in scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+
+
+def cleanup_cronjob(run) -> dict:
+    [cronjob] = [d for d in render_all(run)["airflow"] if d["kind"] == "CronJob"
+                 and d["metadata"]["name"] == f"{w.AIRFLOW_RELEASE}-database-cleanup"]
+    return cronjob
+
+
+@pytest.mark.parametrize("stack", ["local", "prod", "prod-managed"])
+def test_the_metadata_database_is_cleaned_nightly_to_the_retention(stack_runs, stack):
+    """The chart's CronJob, rendered by Helm: nightly, the retention from the setting, the URL Airflow reads as
+    the one credential, from the metadata Secret's key that names no file this pod lacks, and no API token."""
+    run = stack_runs[stack]
+    config = {k.split(":", 1)[1]: v for k, v in load_stack_config(stack).items() if k.startswith("airflow:")}
+    retention = load_settings(config).database_cleanup_retention_days
+    assert retention >= 30, "history a user can still look into"
+    cronjob = cleanup_cronjob(run)
+    assert len(cronjob["spec"]["schedule"].split()) == 5 and cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    script = " ".join(container["command"] + container["args"])
+    assert f"date -u -d '-{retention} days'" in script and "airflow db clean" in script
+    env = {e["name"]: e for e in container["env"]}
+    credentials = {name for name in env if name in CREDENTIAL_FILES or name.endswith("_CMD")}
+    assert credentials == {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"}
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "airflow-metadata-connection", "key": KEDA_CONNECTION_KEY}
+    [metadata] = [s for s in run.of_type("kubernetes:core/v1:Secret")
+                  if s.values["metadata"]["name"] == "airflow-metadata-connection"]
+    assert "sslrootcert" not in unwrap(metadata.values["stringData"][KEDA_CONNECTION_KEY])
+    account = next(d for d in render_all(run)["airflow"] if d["kind"] == "ServiceAccount"
+                   and d["metadata"]["name"] == pod["serviceAccountName"])
+    assert account.get("automountServiceAccountToken") is False
+
+
+def test_a_retention_of_zero_turns_the_cleanup_off():
+    run = run_program("local", overrides={"databaseCleanupRetentionDays": 0})
+    assert not [d for d in render_all(run)["airflow"] if d["kind"] == "CronJob" and "database-cleanup" in
+                d["metadata"]["name"]]
+    with pytest.raises(ValueError, match="databaseCleanupRetentionDays"):
+        load_settings({"databaseCleanupRetentionDays": -1})
+
+
+def test_dags_copied_into_the_dag_processor_reach_every_pod_that_parses_or_runs_them(stack_runs):
+    """Prod without git-sync: the README's upload path (`kubectl cp` into the DAG processor) writes to the DAGs
+    claim at `[core] dags_folder`, which the workers, which run the tasks, mount at the same place (Airflow 3's
+    scheduler and triggerer read no DAG file). The EFS access point the claim gets is owned by the uid and group
+    the pods run as, so the copy (as that uid) may write there."""
+    run = stack_runs["prod"]
+    dags_folder = rendered_cfg(run)["core"]["dags_folder"]
+    storage_class = run.one("kubernetes:storage.k8s.io/v1:StorageClass", "storage-efs").values["parameters"]
+    mounts = {}
+    for document in render_all(run)["airflow"]:
+        if document["kind"] not in ("Deployment", "StatefulSet"):
+            continue
+        spec = document["spec"]["template"]["spec"]
+        volume = next((v["name"] for v in spec.get("volumes") or []
+                       if (v.get("persistentVolumeClaim") or {}).get("claimName") == w.DAGS_PVC), None)
+        if volume is None:
+            continue
+        main = spec["containers"][0]
+        [mount] = [m for m in main["volumeMounts"] if m["name"] == volume]
+        mounts[document["metadata"]["name"]] = (mount["mountPath"], bool(mount.get("readOnly")))
+        user = main.get("securityContext", {}).get("runAsUser") or spec["securityContext"]["runAsUser"]
+        group = spec["securityContext"].get("runAsGroup", 0)
+        assert (str(user), str(group)) == (storage_class["uid"], storage_class["gid"]), document["metadata"]["name"]
+    assert mounts["airflow-dag-processor"] == (dags_folder, False)
+    assert mounts["airflow-worker"][0] == dags_folder
+    assert {path for path, _ in mounts.values()} == {dags_folder}
+    assert int(storage_class["directoryPerms"], 8) & 0o700 == 0o700, "the owner may write"

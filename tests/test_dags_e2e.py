@@ -19,6 +19,7 @@ import configparser
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -177,7 +178,9 @@ def rendered_release(stack: str = "prod") -> dict:
     _, worker = container("airflow-worker", "worker")
     create_user = next(d for d in documents if d["kind"] == "Job" and "create-user" in d["metadata"]["name"])
     migrate = next(d for d in documents if d["kind"] == "Job" and d["metadata"]["name"].endswith("run-airflow-migrations"))
-    return {"documents": documents, "cfg": configmap["data"]["airflow.cfg"], "local_settings": configmap["data"]["airflow_local_settings.py"],
+    cleanup = next(d for d in documents if d["kind"] == "CronJob" and d["metadata"]["name"].endswith("database-cleanup"))
+    return {"cleanup": cleanup["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0],
+            "documents": documents, "cfg": configmap["data"]["airflow.cfg"], "local_settings": configmap["data"]["airflow_local_settings.py"],
             "scheduler_pod": scheduler_pod, "scheduler": scheduler, "worker": worker, "secrets": secrets,
             "create_user": create_user["spec"]["template"]["spec"]["containers"][0],
             "migrate": migrate["spec"]["template"]["spec"]["containers"][0]}
@@ -834,3 +837,63 @@ def test_the_produced_configuration_passes_airflows_lint_and_names_only_options_
                              env=env, capture_output=True, text=True, timeout=300)
     assert unknown.returncode == 0, unknown.stderr[-3000:]
     assert json.loads(unknown.stdout.strip().splitlines()[-1]) == []
+
+
+def cleanup_env(platform: Platform) -> dict[str, str]:
+    """The database-cleanup container's environment as rendered, pointed at this tier's PgBouncer and files."""
+    env = {"PATH": f"{platform.airflow_bin.parent}:/usr/local/bin:/usr/bin:/bin", "HOME": str(platform.home)}
+    for entry in platform.release["cleanup"]["env"]:
+        if "value" in entry:
+            env[entry["name"]] = entry["value"]
+        else:
+            reference = entry["valueFrom"]["secretKeyRef"]
+            env[entry["name"]] = with_host_and_port(platform.release["secrets"][reference["name"]][reference["key"]],
+                                                    "127.0.0.1", platform.servers.pgbouncer.port)
+    # The chart's config mount, here the tier's copy of the same airflow.cfg and local settings.
+    env.update({"AIRFLOW_HOME": str(platform.home), "AIRFLOW_CONFIG": platform.env["AIRFLOW_CONFIG"]})
+    return env
+
+
+def test_the_nightly_cleanup_deletes_old_history_keeps_the_recent_and_spares_a_running_dag(platform):
+    """The CronJob's script as rendered, with its own environment (the URL as its one credential), under
+    libfaketime: the clock is set so that the retention's cut-off falls between two runs of the same DAG. The older
+    run and its task instances go (archived until the next cleanup, which drops the archive), the newer stays, and
+    a run in progress while the cleanup works finishes successfully."""
+    container = platform.release["cleanup"]
+    retention = int(re.search(r"date -u -d '-(\d+) days'", container["args"][-1]).group(1))
+    old = platform.api.trigger(QUICK)
+    platform.wait(lambda: finished(platform, QUICK, old), RUN_BOUND_SECONDS, f"the older {QUICK} run ends")
+    time.sleep(2)
+    cutoff = time.time()
+    time.sleep(2)
+    running = platform.api.trigger(SLOW)
+    wait_until_running(platform, SLOW, running, "long_step")
+    recent = platform.api.trigger(QUICK)
+    platform.wait(lambda: finished(platform, QUICK, recent), RUN_BOUND_SECONDS, f"the newer {QUICK} run ends")
+    assert platform.api.task_states(SLOW, running)["long_step"] == "running", "the cleanup must meet a running task"
+
+    def clean() -> subprocess.CompletedProcess:
+        ahead = round(retention * 86400 - (time.time() - cutoff))
+        env = {**cleanup_env(platform), "LD_PRELOAD": libfaketime(), "FAKETIME": f"+{ahead}",
+               "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+        return subprocess.run([*container["command"], *container["args"]], env=env, capture_output=True, text=True,
+                              timeout=300)
+
+    cleaned = clean()
+    assert cleaned.returncode == 0, cleaned.stdout[-3000:] + cleaned.stderr[-3000:]
+    assert platform.api.request("GET", f"/api/v2/dags/{QUICK}/dagRuns/{old}")[0] == 404, "the older run is gone"
+    assert platform.api.request("GET", f"/api/v2/dags/{QUICK}/dagRuns/{recent}")[0] == 200, "the newer run stays"
+    assert _query(platform.metadata, "select count(*) from task_instance where run_id = %s", old)[0][0] == 0
+    assert _query(platform.metadata, "select count(*) from task_instance where run_id = %s", recent)[0][0] == 1
+    archives = [name for (name,) in _query(platform.metadata, "select tablename from pg_tables "
+                                                             "where starts_with(tablename, '_airflow_deleted__dag_run__')")]
+    assert len(archives) == 1 and _query(platform.metadata, f'select count(*) from "{archives[0]}" where run_id = %s',
+                                         old)[0][0] == 1, "what was deleted is kept until the next cleanup"
+    platform.wait(lambda: finished(platform, SLOW, running), RUN_BOUND_SECONDS, f"{SLOW} finishes")
+    assert platform.api.run_state(SLOW, running) == "success", platform.api.task_states(SLOW, running)
+
+    again = clean()
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert not _query(platform.metadata, "select 1 from pg_tables where tablename = %s", archives[0]), \
+        "the next cleanup drops the previous archive"
+    assert platform.api.request("GET", f"/api/v2/dags/{QUICK}/dagRuns/{recent}")[0] == 200

@@ -34,7 +34,8 @@ ROLES: list[tuple[str, str, dict]] = [
     *[(role, AIRFLOW, {"matchLabels": {**w.AIRFLOW_PODS, "component": component}}) for role, component in (
         ("scheduler", "scheduler"), ("worker", "worker"), ("triggerer", "triggerer"),
         ("dag-processor", "dag-processor"), ("api-server", "api-server"), ("flower", "flower"),
-        ("statsd", "statsd"), ("migrate-job", "run-airflow-migrations"), ("create-user-job", "create-user-job"))],
+        ("statsd", "statsd"), ("migrate-job", "run-airflow-migrations"), ("create-user-job", "create-user-job"),
+        ("database-cleanup", "database-cleanup"))],
     ("redis", AIRFLOW, {"matchLabels": w.REDIS_SERVERS}),
     ("haproxy", AIRFLOW, {"matchLabels": w.REDIS_HAPROXY}),
     ("postgres", AIRFLOW, {"matchLabels": w.POSTGRES_INSTANCES}),
@@ -67,10 +68,10 @@ def role_of(pod: Pod | Endpoint) -> Optional[str]:
 
 
 AIRFLOW_ROLES = ("scheduler", "worker", "triggerer", "dag-processor", "api-server", "flower", "statsd",
-                 "migrate-job", "create-user-job", "redis", "haproxy", "postgres", "pgbouncer",
+                 "migrate-job", "create-user-job", "database-cleanup", "redis", "haproxy", "postgres", "pgbouncer",
                  "initdb-job", "join-job", "full-recovery-job", "major-upgrade-job")
 AIRFLOW_CLIENTS = ("scheduler", "worker", "triggerer", "dag-processor", "api-server", "flower", "migrate-job",
-                   "create-user-job")
+                   "create-user-job", "database-cleanup")
 LOG_WRITERS = ("scheduler", "worker", "triggerer", "dag-processor", "api-server")
 CNPG_JOBS = ("initdb-job", "join-job", "full-recovery-job", "major-upgrade-job")
 API_CALLERS = ("postgres", "pgbouncer", *CNPG_JOBS)
@@ -191,7 +192,8 @@ MANAGED_FORBIDDEN = [
     ("stranger", "db-bootstrap", 5432, "TCP"),
     # Only the Airflow pods that run tasks and parse DAGs read secrets; the Secrets Manager endpoint is not the
     # EKS API's interfaces nor any other HTTPS server in the subnets.
-    *[(role, "secrets-manager", 443, "TCP") for role in ("statsd", "flower", "migrate-job", "create-user-job")],
+    *[(role, "secrets-manager", 443, "TCP")
+      for role in ("statsd", "flower", "migrate-job", "create-user-job", "database-cleanup")],
     *[(role, "kubernetes-api", 443, "TCP") for role in ("worker", "scheduler", "api-server")],
     ("worker", "vpc-neighbour", 443, "TCP"),
     # (Pods of namespaces without policies reach the private subnets: the security groups decide there.)

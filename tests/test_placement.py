@@ -246,7 +246,8 @@ def place(pods: list[Pod], nodes: list[Node], settings) -> list[str]:
 
 
 def is_job(pod: Pod) -> bool:
-    return " Job" in pod.source or ": Job/" in pod.source
+    """Jobs, and the CronJobs that start them: they come and go, each is placed beside the steady pods."""
+    return " Job" in pod.source or ": Job/" in pod.source or ": CronJob/" in pod.source
 
 
 def stack_settings(stack: str, overrides: Optional[dict] = None):
@@ -264,10 +265,10 @@ def test_every_pod_fits_on_the_nodes_the_stack_has(stack_runs, stack):
     # Airflow's migration and create-user Jobs start together with the release; CloudNativePG's Jobs run one
     # at a time (initdb before the instances, a join per further instance): each set must find room next to
     # everything else.
-    airflow_jobs = [pod for pod in pods if is_job(pod) and pod.labels.get("tier") == "airflow"]
+    airflow_jobs = [pod for pod in pods if ": Job/" in pod.source and pod.labels.get("tier") == "airflow"]
     assert len(airflow_jobs) == 2
     assert place(airflow_jobs, copy.deepcopy(nodes), settings) == []
-    for job in (pod for pod in pods if is_job(pod) and pod.labels.get("tier") != "airflow"):
+    for job in (pod for pod in pods if is_job(pod) and pod not in airflow_jobs):
         assert place([job], copy.deepcopy(without_one_instance(nodes, job)), settings) == [], job.source
 
 
