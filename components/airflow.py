@@ -198,12 +198,16 @@ def execution_token_seconds(settings: Settings) -> int:
             + ORPHANED_TASKS_CHECK_SECONDS + TASK_QUEUED_TIMEOUT_CHECK_SECONDS + 60)
 
 
-# Nightly, off the hour. Every table `airflow db clean` knows in Airflow 3.1 but `dag` and `dag_version`: cleaning
-# those fails there (apache/airflow#63703), and they grow only with DAGs and their versions, not with runs.
+# Nightly, off the hour. The tables `airflow db clean` knows in Airflow 3.1 that grow with runs, and FAB's login
+# sessions (`session`, which it cleans with the FAB auth manager and skips otherwise). Not `dag` and
+# `dag_version`: cleaning those fails there (apache/airflow#63703), and they grow only with DAGs and their
+# versions. Not `trigger`: the triggerer removes unused triggers itself, so an old one is still in use (an asset
+# watcher's, or a deadline's, whose foreign key would fail the run). Not `_xcom_archive`, Airflow 2's XComs kept by
+# the 3.0 migration: drop-archived drops it whatever the tables (README).
 DATABASE_CLEANUP_SCHEDULE = "17 3 * * *"
-CLEANED_TABLES = ("_xcom_archive", "asset_event", "callback_request", "celery_taskmeta", "celery_tasksetmeta",
-                  "dag_run", "deadline", "import_error", "job", "log", "sla_miss", "task_instance",
-                  "task_instance_history", "task_reschedule", "trigger", "xcom")
+CLEANED_TABLES = ("asset_event", "callback_request", "celery_taskmeta", "celery_tasksetmeta", "dag_run", "deadline",
+                  "import_error", "job", "log", "session", "sla_miss", "task_instance", "task_instance_history",
+                  "task_reschedule", "xcom")
 
 
 def database_cleanup_script(retention_days: int) -> str:

@@ -141,6 +141,7 @@ def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], loca
                    managed_broker: bool = False, secrets_manager: bool = False) -> list[Flow]:
     """Every flow the platform needs in the Airflow namespace; anything else is denied."""
     clients = Peer(w.AIRFLOW_PODS, expressions=(("component", "In", w.AIRFLOW_CLIENT_COMPONENTS),))
+    database_clients = Peer(w.AIRFLOW_PODS, expressions=(("component", "In", w.AIRFLOW_DATABASE_CLIENT_COMPONENTS),))
     log_writers = Peer(w.AIRFLOW_PODS, expressions=(("component", "In", w.AIRFLOW_LOG_WRITER_COMPONENTS),))
     api_server = Peer(w.AIRFLOW_API_SERVER)
     statsd = Peer(w.AIRFLOW_STATSD)
@@ -154,8 +155,8 @@ def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], loca
         Flow("api-server-to-triggerer-logs", api_server, Peer(w.AIRFLOW_TRIGGERER), _tcp(w.TRIGGERER_LOG_PORT)),
         Flow("prometheus-to-statsd", PROMETHEUS, statsd, _tcp(w.STATSD_METRICS_PORT)),
     ]
-    flows += (_managed_database_flows(network, clients) if managed_database
-              else _cloudnative_pg_flows(network, clients, replicated=replicated_database,
+    flows += (_managed_database_flows(network, database_clients) if managed_database
+              else _cloudnative_pg_flows(network, database_clients, replicated=replicated_database,
                                          restoring=restoring_database))
     flows += _elasticache_flows(network, clients) if managed_broker else _redis_ha_flows(clients)
     if git_sync:

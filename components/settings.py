@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from pydantic.alias_generators import to_camel
 
 from components.helm import millicores
-from components.workloads import GIT_SYNC_REQUESTS, SYSTEM_NODES
+from components.workloads import GIT_SYNC_REQUESTS, NODE_ROLE_LABEL, SYSTEM_NODES
 
 PROJECT_NAMESPACE = "airflow"
 
@@ -56,14 +56,17 @@ class NodeTaint(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     key: str = Field(pattern=_LABEL_KEY.pattern, description="Taint key.")
-    value: str = Field(default="", max_length=63, description="Taint value.")
+    # A label value, as Kubernetes and Karpenter's NodePool validate it.
+    value: str = Field(default="", max_length=63, pattern=r"^$|^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+                       description="Taint value (may be empty).")
     effect: Literal["NO_SCHEDULE", "NO_EXECUTE", "PREFER_NO_SCHEDULE"] = Field(
         description="Taint effect, as the EKS API spells it.")
 
     def as_kubernetes(self) -> dict[str, str]:
         """The taint as a Kubernetes Node (and a Karpenter NodePool) spells it."""
         effect = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
-        return {"key": self.key, "value": self.value, "effect": effect[self.effect]}
+        # Karpenter's NodePool refuses an empty value: a taint without one leaves it out.
+        return {"key": self.key, **({"value": self.value} if self.value else {}), "effect": effect[self.effect]}
 
 
 # An image digest, or empty (the image runs by tag).
@@ -509,6 +512,16 @@ class Settings(BaseModel):
                 raise ValueError(f"'{bucket}' names too little of a bucket: at least 3 characters besides `*` "
                                  "(a pattern that matches every bucket would undo the endpoint's policy)")
         return buckets
+
+    @field_validator("worker_node_taints")
+    @classmethod
+    def _distinct_worker_taints(cls, value: list[NodeTaint]) -> list[NodeTaint]:
+        pairs = [(taint.key, taint.effect) for taint in value]
+        if len(set(pairs)) != len(pairs):
+            raise ValueError("two taints with the same key and effect; a node holds one of each")
+        if any(taint.key == NODE_ROLE_LABEL for taint in value):
+            raise ValueError(f"the key {NODE_ROLE_LABEL} is the platform's own (its worker taint); choose another")
+        return value
 
     @field_validator("kubernetes_version")
     @classmethod

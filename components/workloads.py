@@ -29,7 +29,9 @@ def airflow_component(component: str) -> dict[str, str]:
 # The Airflow pods that use the metadata database, the broker and the execution API. Named one by one
 # (not "every pod of the release") so that statsd, or a component a future chart adds, gets nothing by default.
 AIRFLOW_CLIENT_COMPONENTS = ("scheduler", "worker", "triggerer", "dag-processor", "api-server", "flower",
-                             "run-airflow-migrations", "create-user-job", "database-cleanup")
+                             "run-airflow-migrations", "create-user-job")
+# The nightly database cleanup uses the metadata database and nothing else of the platform.
+AIRFLOW_DATABASE_CLIENT_COMPONENTS = (*AIRFLOW_CLIENT_COMPONENTS, "database-cleanup")
 # The ones that read and write task logs in the logs bucket (remote logging, target=aws).
 AIRFLOW_LOG_WRITER_COMPONENTS = ("scheduler", "worker", "triggerer", "dag-processor", "api-server")
 AIRFLOW_API_SERVER = airflow_component("api-server")

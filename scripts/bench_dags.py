@@ -3,12 +3,13 @@ same run with the chart's default configuration (`make bench`; figures, not a te
 
 Both runs use the end-to-end tier's set-up (tests/test_dags_e2e.py): PostgreSQL behind PgBouncer in transaction
 mode and Redis on loopback, the API server, scheduler, DAG processor, triggerer and one Celery worker, with the
-credentials and container environment of the `prod` release. They differ only in `airflow.cfg`: the one the
-release renders, or the one the chart renders from its own defaults. Each run triggers N runs of a DAG of T
+credentials and container environment of a stack's release (`--stack`, `local` by default: the configuration
+sized for a small machine, which this benchmark runs on). They differ only in `airflow.cfg`: the one the release
+renders, or the one the chart renders from its own defaults. Each run triggers N runs of a DAG of T
 parallel no-op tasks through the REST API and reads, from the metadata database, when each task was queued,
 started and ended.
 
-    python scripts/bench_dags.py [--runs N] [--tasks T] [--json PATH]
+    python scripts/bench_dags.py [--stack local|prod] [--runs N] [--tasks T] [--repeat R] [--json PATH]
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ def measure(airflow_bin: Path, rendered: dict, label: str, runs: int, tasks: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stack", default="local", help="the stack whose release is measured (default local)")
     parser.add_argument("--runs", type=int, default=3, help="DAG runs triggered at once (default 3)")
     parser.add_argument("--tasks", type=int, default=20, help="parallel tasks per run (default 20)")
     parser.add_argument("--repeat", type=int, default=2,
@@ -122,7 +124,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path(tempfile.gettempdir()) / "airflow-bench.json")
     arguments = parser.parse_args()
     airflow_bin = Path(os.environ.get("AIRFLOW_BIN", ROOT / ".venv-airflow" / "bin" / "airflow"))
-    produced = rendered_release()
+    produced = rendered_release(arguments.stack)
     # The chart's own airflow.cfg: it lacks the async engine's connect args, which the release adds.
     configurations = {"produced": produced, "chart default": {**produced, "cfg": chart_default_cfg()}}
     results: dict[str, list[dict]] = {label: [] for label in configurations}
@@ -131,8 +133,9 @@ def main() -> None:
         for label in order:
             results[label].append(measure(airflow_bin, configurations[label], label, arguments.runs, arguments.tasks))
     machine = f"{host.machine()}, {os.cpu_count()} CPUs, Python {host.python_version()}"
-    print(f"\nAirflow DAG benchmark ({machine}): {arguments.runs} runs x {arguments.tasks} parallel tasks, "
-          f"one Celery worker; median of {arguments.repeat} (min-max)")
+    print(f"\nAirflow DAG benchmark ({machine}), {time.strftime('%Y-%m-%d')}, the {arguments.stack} stack: "
+          f"{arguments.runs} runs x {arguments.tasks} parallel tasks, one Celery worker; median of {arguments.repeat} "
+          "(min-max)")
     print(f"{'configuration':15s} {'tasks ok':>9s} {'queued->running p50':>22s} {'p95':>18s} {'tasks/min':>20s} "
           f"{'wall':>18s}")
 
@@ -145,7 +148,8 @@ def main() -> None:
         print(f"{label:15s} {ok:>4d}/{total:<4d} {cell(label, 'queued_to_running_p50_s', 's'):>22s} "
               f"{cell(label, 'queued_to_running_p95_s', 's'):>18s} {cell(label, 'tasks_per_minute'):>20s} "
               f"{cell(label, 'wall_seconds', 's'):>18s}")
-    arguments.json.write_text(json.dumps({"machine": machine, "results": results}, indent=1))
+    arguments.json.write_text(json.dumps({"machine": machine, "stack": arguments.stack, "results": results},
+                                         indent=1))
     print(f"written to {arguments.json}")
 
 

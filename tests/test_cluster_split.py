@@ -59,6 +59,9 @@ LATER_CHANGES = {
     "airflow-airflow": ["inputs"],
     # The S3 gateway endpoint got a policy: the stack's buckets, the nodes' images and packages (target=aws).
     "cluster-s3": ["inputs"],
+    # The nightly database cleanup joined the database's clients (its pods' selector).
+    "security-airflow-to-pgbouncer-egress": ["inputs"],
+    "security-airflow-to-pgbouncer-ingress": ["inputs"],
 }
 
 
@@ -90,7 +93,8 @@ def test_karpenter_changes_what_it_means_to_and_nothing_else(before, stack):
         # Workers tolerate Karpenter's nodes and keep them from consolidation; the release waits for the NodePool
         # (and, LATER_CHANGES, mounts the Secrets per component).
         "airflow-airflow": ["inputs", "waits"],
-        "cluster-s3": LATER_CHANGES["cluster-s3"],
+        **{name: LATER_CHANGES[name] for name in ("cluster-s3", "security-airflow-to-pgbouncer-egress",
+                                                  "security-airflow-to-pgbouncer-ingress")},
         # Karpenter finds its nodes' subnets by their discovery tag.
         **{f"cluster-private-eu-west-1{zone}": ["inputs"] for zone in "abc"},
         # What waited for both node groups now waits for the system group alone.

@@ -863,9 +863,9 @@ def test_the_nightly_cleanup_deletes_old_history_keeps_the_recent_and_spares_a_r
     retention = int(re.search(r"date -u -d '-(\d+) days'", container["args"][-1]).group(1))
     old = platform.api.trigger(QUICK)
     platform.wait(lambda: finished(platform, QUICK, old), RUN_BOUND_SECONDS, f"the older {QUICK} run ends")
-    time.sleep(2)
-    cutoff = time.time()
-    time.sleep(2)
+    time.sleep(3)
+    cutoff = int(time.time())
+    time.sleep(3)
     running = platform.api.trigger(SLOW)
     wait_until_running(platform, SLOW, running, "long_step")
     recent = platform.api.trigger(QUICK)
@@ -873,8 +873,10 @@ def test_the_nightly_cleanup_deletes_old_history_keeps_the_recent_and_spares_a_r
     assert platform.api.task_states(SLOW, running)["long_step"] == "running", "the cleanup must meet a running task"
 
     def clean() -> subprocess.CompletedProcess:
-        ahead = round(retention * 86400 - (time.time() - cutoff))
-        env = {**cleanup_env(platform), "LD_PRELOAD": libfaketime(), "FAKETIME": f"+{ahead}",
+        # `@`: every process of the script starts its clock there, so the cut-off the script computes is the same
+        # however long its first command takes.
+        start = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(cutoff + retention * 86400))
+        env = {**cleanup_env(platform), "LD_PRELOAD": libfaketime(), "FAKETIME": f"@{start}", "TZ": "UTC",
                "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
         return subprocess.run([*container["command"], *container["args"]], env=env, capture_output=True, text=True,
                               timeout=300)

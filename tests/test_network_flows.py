@@ -120,6 +120,9 @@ COMMON_FORBIDDEN = [
                                                    "migrate-job")],
     *[(role, "redis", 6379, "TCP") for role in ("worker", "scheduler", "api-server")],
     ("api-server", "redis", 26379, "TCP"),
+    # The database cleanup reaches the database and nothing else of the platform.
+    *[("database-cleanup", target, port, "TCP") for target, port in (("haproxy", 6379), ("api-server", 8080))],
+    ("database-cleanup", "statsd", 9125, "UDP"),
     # statsd is not an Airflow client: it ingests metrics and is scraped, nothing else.
     *[("statsd", target, port, "TCP") for target, port in (
         ("pgbouncer", 5432), ("haproxy", 6379), ("api-server", 8080), ("postgres", 5432), ("redis", 26379),

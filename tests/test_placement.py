@@ -115,8 +115,8 @@ def node_affinity_admits(pod: Pod, labels: dict[str, str]) -> bool:
                 "Exists": present, "DoesNotExist": not present,
                 "Gt": present and value.isdigit() and int(value) > int(values[0]),
                 "Lt": present and value.isdigit() and int(value) < int(values[0])}[operator]
-    return any(all(holds(e) for e in term.get("matchExpressions") or [])
-               and all(holds(e) for e in term.get("matchFields") or [])
+    # An empty term matches no node. (matchFields, by the node's name, none of the platform's pods uses.)
+    return any(term.get("matchExpressions") and all(holds(e) for e in term["matchExpressions"])
                for term in required["nodeSelectorTerms"])
 
 

@@ -205,3 +205,27 @@ def test_stack_names_that_fit_are_accepted():
     assert load_settings(AWS_MINIMUM, stack="prod-eu").is_aws
     assert load_settings(AWS_MINIMUM, stack="prod", project="data-platform-airflow").is_aws  # 28 characters
     assert not load_settings({}, stack="Anything_Goes_Locally").is_aws
+
+
+@pytest.mark.parametrize("taints,wrong", [
+    ([{"key": "dedicated", "value": "a b", "effect": "NO_SCHEDULE"}], "value"),
+    ([{"key": "dedicated", "value": "x", "effect": "NO_SCHEDULE"},
+      {"key": "dedicated", "value": "y", "effect": "NO_SCHEDULE"}], "same key and effect"),
+    ([{"key": "airflow.apache.org/node-role", "value": "gpu", "effect": "NO_SCHEDULE"}], "platform's own"),
+])
+def test_worker_taints_a_node_pool_would_refuse_are_refused_by_name(taints, wrong):
+    with pytest.raises(ValueError, match="workerNodeTaints") as error:
+        load_settings({"target": "aws", "workerNodeTaints": taints})
+    assert wrong in str(error.value)
+
+
+def test_a_worker_taint_without_a_value_leaves_the_value_out_for_karpenter():
+    """Karpenter 1.14's NodePool CRD refuses an empty taint value (its pattern needs a character)."""
+    from schemas import validate_custom_resource
+    run = run_program("staging", overrides={"workerNodeTaints": [{"key": "dedicated", "effect": "NO_SCHEDULE"},
+                                                                 {"key": "team", "value": "data", "effect": "NO_EXECUTE"}]})
+    node_pool = run.one("kubernetes:karpenter.sh/v1:NodePool")
+    validate_custom_resource(node_pool)
+    pool = node_pool.values["spec"]["template"]["spec"]["taints"]
+    assert {"key": "dedicated", "effect": "NoSchedule"} in pool
+    assert {"key": "team", "value": "data", "effect": "NoExecute"} in pool
