@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
@@ -117,6 +119,8 @@ def measure(airflow_bin: Path, rendered: dict, label: str, runs: int, tasks: int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stack", default="local", help="the stack whose release is measured (default local)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of the stack changed for this measurement (YAML value), e.g. workerConcurrency=16")
     parser.add_argument("--runs", type=int, default=3, help="DAG runs triggered at once (default 3)")
     parser.add_argument("--tasks", type=int, default=20, help="parallel tasks per run (default 20)")
     parser.add_argument("--repeat", type=int, default=2,
@@ -124,7 +128,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path(tempfile.gettempdir()) / "airflow-bench.json")
     arguments = parser.parse_args()
     airflow_bin = Path(os.environ.get("AIRFLOW_BIN", ROOT / ".venv-airflow" / "bin" / "airflow"))
-    produced = rendered_release(arguments.stack)
+    overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in arguments.set)}
+    produced = rendered_release(arguments.stack, overrides or None)
     # The chart's own airflow.cfg: it lacks the async engine's connect args, which the release adds.
     configurations = {"produced": produced, "chart default": {**produced, "cfg": chart_default_cfg()}}
     results: dict[str, list[dict]] = {label: [] for label in configurations}
@@ -135,7 +140,7 @@ def main() -> None:
     machine = f"{host.machine()}, {os.cpu_count()} CPUs, Python {host.python_version()}"
     print(f"\nAirflow DAG benchmark ({machine}), {time.strftime('%Y-%m-%d')}, the {arguments.stack} stack: "
           f"{arguments.runs} runs x {arguments.tasks} parallel tasks, one Celery worker; median of {arguments.repeat} "
-          "(min-max)")
+          f"(min-max){'; ' + ', '.join(arguments.set) if arguments.set else ''}")
     print(f"{'configuration':15s} {'tasks ok':>9s} {'queued->running p50':>22s} {'p95':>18s} {'tasks/min':>20s} "
           f"{'wall':>18s}")
 

@@ -162,9 +162,9 @@ def release():
     return rendered_release()
 
 
-def rendered_release(stack: str = "prod") -> dict:
+def rendered_release(stack: str = "prod", overrides: dict | None = None) -> dict:
     """What a stack's release gives an Airflow container: airflow.cfg, local settings, env, Secrets."""
-    run = run_program(stack, password_characters=URL_RESERVED, password_seed=PASSWORD_SEED)
+    run = run_program(stack, password_characters=URL_RESERVED, password_seed=PASSWORD_SEED, overrides=overrides)
     documents = render_all(run)["airflow"]
     secrets = {s.values["metadata"]["name"]: s.values["stringData"] for s in run.of_type("kubernetes:core/v1:Secret")}
     configmap = next(d for d in documents if d["kind"] == "ConfigMap" and "airflow.cfg" in (d.get("data") or {}))
