@@ -19,7 +19,7 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from components import workloads as w
-from components.database import ASYNC_CONNECTION_KEY, KEDA_CONNECTION_KEY
+from components.database import ASYNC_CONNECTION_KEY, CLEANUP_CONNECTION_KEY, KEDA_CONNECTION_KEY
 from components.helm import NONROOT_UID, chart_release, millicores, pinned, resources
 from components.ingress import alb_ingress
 from components.secrets_backend import airflow_secrets_config
@@ -53,7 +53,6 @@ WRITABLE_CACHE_ENV = [{"name": "XDG_CACHE_HOME", "value": "/tmp/.cache"},
 BUILT_IN_SECRET_ENV = ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__CORE__SQL_ALCHEMY_CONN",
                        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW_CONN_AIRFLOW_DB", "AIRFLOW__API__SECRET_KEY",
                        "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CELERY__BROKER_URL")
-
 
 
 # Airflow's probes run the `airflow` CLI, which spends 2-3 CPU-seconds importing Airflow: with at least one
@@ -210,6 +209,27 @@ CLEANED_TABLES = ("asset_event", "callback_request", "celery_taskmeta", "celery_
                   "task_reschedule", "xcom")
 
 
+# The migration Job's command: `$1` the default pool's slots, `$2` GRANT_KEDA_READ.
+MIGRATE_SCRIPT = 'airflow db migrate && airflow pools set default_pool "$1" "Default pool" && exec python -c "$2"'
+# Run by the migration Job as the owner. KEDA's role is made by CloudNativePG (a managed role, reconciled once the
+# primary runs) or by the managed database's bootstrap Job: wait for it rather than fail a first install.
+GRANT_KEDA_READ = f"""
+import time
+from sqlalchemy import text
+from airflow import settings
+settings.configure_orm()
+for attempt in range(60):
+    with settings.engine.begin() as connection:
+        if connection.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {{"role": "{w.POSTGRES_KEDA_USER}"}}).first():
+            connection.execute(text("GRANT SELECT ON task_instance TO {w.POSTGRES_KEDA_USER}"))
+            print("{w.POSTGRES_KEDA_USER} may read task_instance")
+            break
+    time.sleep(5)
+else:
+    raise SystemExit("no role {w.POSTGRES_KEDA_USER} after 5 minutes: KEDA could not count the queue")
+"""
+
+
 def database_cleanup_script(retention_days: int) -> str:
     """Drop what the previous run archived, then delete what is older than the retention, archiving it: the
     last night's deletions stay in `_airflow_deleted__<table>__<time>` tables for a day, so a mistaken retention
@@ -222,17 +242,17 @@ def database_cleanup_script(retention_days: int) -> str:
 
 
 def database_cleanup_values(settings: Settings, metadata_secret: pulumi.Input[str]) -> dict:
-    """The chart's database-cleanup CronJob. Its pod takes no extra volumes in chart 1.19, so the URL comes as an
-    environment variable, the one the chart's own migration Job would use: KEDA's key, which names no CA file
-    (with a managed engine it requires TLS to the chart's PgBouncer without verifying it). No custom env: the
-    other credentials' `_CMD` options would read files this pod does not have."""
+    """The chart's database-cleanup CronJob. Its pod takes no volume of its own in chart 1.19, so the owner's URL
+    comes as an environment variable, from the metadata Secret's cleanup key, which names no CA file (with a
+    managed engine it requires TLS to the chart's PgBouncer without verifying it). No custom env: the other credentials' `_CMD`
+    options would read files this pod does not have. `--verbose` prints counts per table, never rows."""
     return {
         "enabled": True,
         "schedule": DATABASE_CLEANUP_SCHEDULE,
         "applyCustomEnv": False,
         "env": [*WRITABLE_CACHE_ENV,
                 {"name": "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
-                 "valueFrom": {"secretKeyRef": {"name": metadata_secret, "key": KEDA_CONNECTION_KEY}}}],
+                 "valueFrom": {"secretKeyRef": {"name": metadata_secret, "key": CLEANUP_CONNECTION_KEY}}}],
         "command": ["bash"],
         "args": ["-c", database_cleanup_script(settings.database_cleanup_retention_days)],
         "resources": airflow_resources("200m", "512Mi"),
@@ -348,9 +368,11 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
                                "resources": airflow_resources("200m", "512Mi"),
                                # Running and queued tasks count against default_pool, 128 slots unless set:
                                # [core] default_pool_task_slot_count acts only when the database is created,
-                               # so the migration sets the pool to the workers' slots on every release.
-                               "args": ["bash", "-c", "airflow db migrate && exec airflow pools set default_pool "
-                                        f"{worker_slots(settings)} 'Default pool'"]},
+                               # so the migration sets the pool to the workers' slots on every release. Then KEDA's
+                               # role may read the table its query counts (again after a migration rebuilt it).
+                               # The slots and the grant as the script's arguments: a change shows as itself.
+                               "args": ["bash", "-c", MIGRATE_SCRIPT, "migrate", str(worker_slots(settings)),
+                                        GRANT_KEDA_READ]},
         "createUserJob": {
             "useHelmHooks": False, "applyCustomEnv": False, "env": secret_commands,
             "resources": airflow_resources("200m", "512Mi"),
@@ -394,7 +416,7 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
                                            cpu_limit=settings.worker_cpu_limit or None),
             # KEDA reads the metadata connection from the worker container's environment (connectionFromEnv):
             # the one credential the chart can only hand over as an environment variable. KEDA's own key of the
-            # Secret: with a managed database Airflow's URL names a CA file KEDA does not have.
+            # Secret: its own role, which may only read task_instance, and no CA file, which KEDA does not have.
             "env": [{"name": "AIRFLOW_CONN_AIRFLOW_DB",
                      "valueFrom": {"secretKeyRef": {"name": metadata_secret, "key": KEDA_CONNECTION_KEY}}}],
             "terminationGracePeriodSeconds": settings.worker_grace_seconds,

@@ -33,9 +33,11 @@ METADATA_CONNECTION_SECRET = "airflow-metadata-connection"
 # Keys of that Secret: the chart reads `connection`; AirflowRelease hands `async-connection` to
 # [database] sql_alchemy_conn_async.
 ASYNC_CONNECTION_KEY = "async-connection"
-# KEDA's URL (the worker hands it over as AIRFLOW_CONN_AIRFLOW_DB): with a managed engine KEDA has no file of
-# PgBouncer's CA, so it requires TLS without verifying it; with CloudNativePG it is Airflow's URL.
+# KEDA's URL (the worker hands it over as AIRFLOW_CONN_AIRFLOW_DB), as its own role, which may only read
+# task_instance: KEDA has no file of PgBouncer's CA, so it requires TLS without verifying it.
 KEDA_CONNECTION_KEY = "kedaConnection"
+# The owner's URL for the nightly database cleanup, whose pod has no CA file either (TLS required, not verified).
+CLEANUP_CONNECTION_KEY = "cleanupConnection"
 DATABASE_NAME = w.POSTGRES_DATABASE
 
 
@@ -53,21 +55,25 @@ def pgbouncer_stats_url(password: str) -> str:
     return metadata_url(w.POSTGRES_USER, password, "127.0.0.1", rds.PGBOUNCER_PORT, "pgbouncer")
 
 
-def cloudnative_pg_metadata_urls(password: str, host: str, port: int) -> dict[str, str]:
-    """The Secret's keys with CloudNativePG (Airflow and KEDA -> its Pooler): TLS required, one URL for both."""
+def cloudnative_pg_metadata_urls(password: str, keda_password: str, host: str, port: int) -> dict[str, str]:
+    """The Secret's keys with CloudNativePG (Airflow, KEDA and the cleanup -> its Pooler): TLS required."""
     url = metadata_url(w.POSTGRES_USER, password, host, port, DATABASE_NAME)
     return {"connection": url, ASYNC_CONNECTION_KEY: async_metadata_url(w.POSTGRES_USER, password, host, port,
-                                                                         DATABASE_NAME), KEDA_CONNECTION_KEY: url}
+                                                                         DATABASE_NAME),
+            KEDA_CONNECTION_KEY: metadata_url(w.POSTGRES_KEDA_USER, keda_password, host, port, DATABASE_NAME),
+            CLEANUP_CONNECTION_KEY: url}
 
 
-def managed_metadata_urls(password: str, host: str, port: int, ca_file: str = w.METADATA_CA_FILE) -> dict[str, str]:
+def managed_metadata_urls(password: str, keda_password: str, host: str, port: int,
+                          ca_file: str = w.METADATA_CA_FILE) -> dict[str, str]:
     """The Secret's keys with a managed engine (Airflow -> the chart's PgBouncer): Airflow verifies PgBouncer's
     certificate and name against the platform CA (`verify-full`; its async engine does the same through the
-    connect args AirflowRelease gives it when that file exists), KEDA only requires TLS."""
+    connect args AirflowRelease gives it when that file exists), KEDA and the cleanup only require TLS."""
     return {
         "connection": metadata_url(w.POSTGRES_USER, password, host, port, DATABASE_NAME, "verify-full", ca_file),
         ASYNC_CONNECTION_KEY: async_metadata_url(w.POSTGRES_USER, password, host, port, DATABASE_NAME),
-        KEDA_CONNECTION_KEY: metadata_url(w.POSTGRES_USER, password, host, port, DATABASE_NAME, "require"),
+        KEDA_CONNECTION_KEY: metadata_url(w.POSTGRES_KEDA_USER, keda_password, host, port, DATABASE_NAME, "require"),
+        CLEANUP_CONNECTION_KEY: metadata_url(w.POSTGRES_USER, password, host, port, DATABASE_NAME, "require"),
     }
 
 
@@ -89,6 +95,9 @@ class DatabaseArgs:
     airflow_namespace: pulumi.Input[str]
     app_user_secret_name: pulumi.Input[str]
     app_user_password: pulumi.Output[str]
+    # KEDA's read-only role: its basic-auth Secret (CloudNativePG's managed role) and password.
+    keda_user_secret_name: pulumi.Input[str]
+    keda_user_password: pulumi.Output[str]
     cert_manager: Optional[pulumi.Resource] = None
     # From Security: where Grafana's sidecar finds dashboards.
     monitoring_namespace: pulumi.Input[str] = w.MONITORING_NAMESPACE
@@ -132,7 +141,8 @@ class Database(pulumi.ComponentResource):
         build, published_urls = ((self._build_managed, managed_metadata_urls) if settings.managed_database
                                  else (self._build_cloudnative_pg, cloudnative_pg_metadata_urls))
         pooler_host, pooler_port = build(name, args)
-        urls = args.app_user_password.apply(lambda password: published_urls(password, pooler_host, pooler_port))
+        urls = pulumi.Output.all(args.app_user_password, args.keda_user_password).apply(
+            lambda passwords: published_urls(passwords[0], passwords[1], pooler_host, pooler_port))
         connection = k8s.core.v1.Secret(
             f"{name}-metadata-connection",
             metadata={"name": METADATA_CONNECTION_SECRET, "namespace": args.airflow_namespace},
@@ -162,7 +172,9 @@ class Database(pulumi.ComponentResource):
         ini = database.endpoint.apply(lambda host: rds.pgbouncer_ini(
             server_host=host, server_port=database.port, database=DATABASE_NAME, user=w.POSTGRES_USER,
             pool_size=settings.pgbouncer_pool_size, max_client_connections=settings.pgbouncer_max_client_connections))
-        users = args.app_user_password.apply(lambda password: rds.pgbouncer_users(w.POSTGRES_USER, password))
+        users = pulumi.Output.all(args.app_user_password, args.keda_user_password).apply(
+            lambda passwords: rds.pgbouncer_users(w.POSTGRES_USER, passwords[0])
+            + rds.pgbouncer_users(w.POSTGRES_KEDA_USER, passwords[1]))
         pgbouncer_host = f"{rds.PGBOUNCER_SERVICE}.{w.AIRFLOW_NAMESPACE}.svc.cluster.local"
         # PgBouncer's certificate for Airflow's TLS connections, from the platform CA (cert-manager renews it).
         k8s.apiextensions.CustomResource(
@@ -189,17 +201,21 @@ class Database(pulumi.ComponentResource):
             data={"bootstrap.sql": rds.bootstrap_sql(), "rds-ca.crt": ca_certificates}, opts=self._k8s)
         # The role's password goes as its SCRAM verifier, with a salt of its own kept in the state.
         salt = random.RandomBytes(f"{name}-scram-salt", length=16, opts=pulumi.ResourceOptions(parent=self))
+        keda_salt = random.RandomBytes(f"{name}-keda-scram-salt", length=16, opts=pulumi.ResourceOptions(parent=self))
         bootstrap_secret = k8s.core.v1.Secret(
             f"{name}-bootstrap",
             metadata={"name": rds.BOOTSTRAP_SECRET, "namespace": args.airflow_namespace},
             string_data=pulumi.Output.secret(pulumi.Output.all(admin_password, database.endpoint,
-                                                              args.app_user_password, salt.base64).apply(
+                                                              args.app_user_password, salt.base64,
+                                                              args.keda_user_password, keda_salt.base64).apply(
                 lambda values: {"pg_service.conf": rds.service_file(values[0], values[1], database.port),
-                                "app-verifier": rds.scram_sha256_verifier(values[2], base64.b64decode(values[3]))})),
+                                "app-verifier": rds.scram_sha256_verifier(values[2], base64.b64decode(values[3])),
+                                "keda-verifier": rds.scram_sha256_verifier(values[4], base64.b64decode(values[5]))})),
             opts=self._k8s)
         # Named after what it sets and where: a new password, script or database (a new or restored one has a new
         # AWS id) is a new Job, which runs; an unchanged one is left as it is.
-        run_digest = secrets_checksum(args.app_user_password, rds.bootstrap_sql(), database.resource_id).apply(
+        run_digest = secrets_checksum(args.app_user_password, args.keda_user_password, rds.bootstrap_sql(),
+                                      database.resource_id).apply(
             lambda digest: digest[:10])
         bootstrap = k8s.batch.v1.Job(
             f"{name}-bootstrap",
@@ -261,7 +277,8 @@ class Database(pulumi.ComponentResource):
             f"{name}-cluster",
             api_version="postgresql.cnpg.io/v1", kind="Cluster",
             metadata={"name": w.POSTGRES_CLUSTER, "namespace": args.airflow_namespace},
-            spec=cluster_spec(settings, args.app_user_secret_name, args.storage_class_name, backups),
+            spec=cluster_spec(settings, args.app_user_secret_name, args.storage_class_name, backups,
+                              keda_user_secret=args.keda_user_secret_name),
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(
                 depends_on=cluster_dependencies,
                 # CloudNativePG owns the instances' PVCs: deleting the Cluster deletes the data with it.
@@ -335,7 +352,7 @@ def object_store_spec(bucket_name: pulumi.Input[str], retention_days: int) -> di
 
 
 def cluster_spec(settings: Settings, app_user_secret: pulumi.Input[str], storage_class: Optional[str],
-                 backups: bool) -> dict:
+                 backups: bool, keda_user_secret: pulumi.Input[str] = w.POSTGRES_KEDA_USER_SECRET) -> dict:
     instances = settings.postgres_instances
     spec: dict = {
         "instances": instances,
@@ -358,6 +375,11 @@ def cluster_spec(settings: Settings, app_user_secret: pulumi.Input[str], storage
             "log_min_duration_statement": "1000",
         }},
         "monitoring": {"enablePodMonitor": False},
+        # KEDA's role, made and kept by CloudNativePG (its password from the Secret); the migration Job grants it
+        # SELECT on task_instance once the table exists.
+        "managed": {"roles": [{"name": w.POSTGRES_KEDA_USER, "ensure": "present", "login": True, "inherit": False,
+                               "connectionLimit": 10, "passwordSecret": {"name": keda_user_secret},
+                               "comment": "KEDA: reads task_instance for the workers' queue"}]},
     }
     if settings.postgres_image:
         spec["imageName"] = settings.postgres_image

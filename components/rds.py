@@ -145,7 +145,7 @@ def pgbouncer_chart_values(settings: Settings, ca_certificates: str, config_chec
 # The master user: only the bootstrap Job logs in as it. Airflow logs in as its own role (w.POSTGRES_USER), which
 # the Job creates and gives the database to: no `rds_superuser` rights in Airflow's pods.
 ADMIN_USER = "airflow_admin"
-BOOTSTRAP_SECRET = "airflow-db-bootstrap"        # keys: pg_service.conf, app-verifier (the Job's alone)
+BOOTSTRAP_SECRET = "airflow-db-bootstrap"        # keys: pg_service.conf, app-verifier, keda-verifier (the Job's alone)
 BOOTSTRAP_CONFIG = "airflow-db-bootstrap"        # keys: bootstrap.sql, rds-ca.crt
 BOOTSTRAP_SECRETS_DIR = "/run/secrets/db"
 BOOTSTRAP_CONFIG_DIR = "/etc/bootstrap"
@@ -175,12 +175,18 @@ def service_file(password: str, host: str, port: int, ca_file: str = f"{BOOTSTRA
                       ""])
 
 
-def bootstrap_sql(app_verifier_file: str = f"{BOOTSTRAP_SECRETS_DIR}/app-verifier") -> str:
-    """Creates Airflow's role (or sets its password) and gives it the database, as the master user, idempotently.
-    The password arrives as its SCRAM verifier, read from a file by psql and quoted by format(%L)."""
+def bootstrap_sql(app_verifier_file: str = f"{BOOTSTRAP_SECRETS_DIR}/app-verifier",
+                  keda_verifier_file: str = f"{BOOTSTRAP_SECRETS_DIR}/keda-verifier") -> str:
+    """Creates Airflow's role (or sets its password) and gives it the database, and KEDA's role (no rights: the
+    migration Job grants it SELECT on task_instance), as the master user, idempotently. The passwords arrive as
+    their SCRAM verifiers, read from files by psql and quoted by format(%L)."""
     return "\n".join([
         "\\set ON_ERROR_STOP on",
         f"\\set app_verifier `cat {app_verifier_file}`",
+        f"\\set keda_verifier `cat {keda_verifier_file}`",
+        f"SELECT format('CREATE ROLE %I LOGIN NOINHERIT CONNECTION LIMIT 10', '{w.POSTGRES_KEDA_USER}') "
+        f"WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{w.POSTGRES_KEDA_USER}') \\gexec",
+        f"SELECT format('ALTER ROLE %I WITH LOGIN PASSWORD %L', '{w.POSTGRES_KEDA_USER}', :'keda_verifier') \\gexec",
         f"SELECT format('CREATE ROLE %I LOGIN', '{w.POSTGRES_USER}') "
         f"WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{w.POSTGRES_USER}') \\gexec",
         f"SELECT format('ALTER ROLE %I WITH LOGIN PASSWORD %L', '{w.POSTGRES_USER}', :'app_verifier') \\gexec",

@@ -356,12 +356,14 @@ class Security(pulumi.ComponentResource):
     airflow_namespace: pulumi.Output[str]
     monitoring_namespace: pulumi.Output[str]
     postgres_password: pulumi.Output[str]
+    keda_database_password: pulumi.Output[str]
     redis_password: pulumi.Output[str]
     admin_password: pulumi.Output[str]
     fernet_key_secret_name: pulumi.Output[str]
     api_secret_key_secret_name: pulumi.Output[str]
     jwt_secret_name: pulumi.Output[str]
     postgres_user_secret_name: pulumi.Output[str]
+    keda_database_user_secret_name: pulumi.Output[str]
     redis_auth_secret_name: pulumi.Output[str]
     admin_user_secret_name: pulumi.Output[str]
     # Digest of the keys every Airflow pod reads (Fernet key, API secret key, JWT secret).
@@ -489,6 +491,8 @@ class Security(pulumi.ComponentResource):
         postgres_special = RDS_SPECIAL if settings.managed_database else URL_RESERVED_SPECIAL
         self.postgres_password = pulumi.Output.secret(
             self._password(name, "postgres-password", special=True, override_special=postgres_special))
+        self.keda_database_password = pulumi.Output.secret(
+            self._password(name, "keda-database-password", special=True, override_special=postgres_special))
         # redis-ha writes the password into redis.conf, sentinel.conf and haproxy.cfg: alphanumeric only,
         # its strength comes from its length.
         self.redis_password = pulumi.Output.secret(self._password(name, "redis-password", special=False))
@@ -509,6 +513,11 @@ class Security(pulumi.ComponentResource):
             # CloudNativePG reconciles the owner's password from this Secret (ALTER ROLE) when it changes, but
             # it only watches Secrets it owns or that carry this label.
             labels={"cnpg.io/reload": "true"})
+        # KEDA's role: CloudNativePG creates it from this Secret (a managed role) and follows its password the same way.
+        self.keda_database_user_secret_name = self._secret(
+            name, w.POSTGRES_KEDA_USER_SECRET,
+            {"username": w.POSTGRES_KEDA_USER, "password": self.keda_database_password},
+            in_airflow, secret_type="kubernetes.io/basic-auth", labels={"cnpg.io/reload": "true"})
         self.redis_auth_secret_name = self._secret(name, w.REDIS_AUTH_SECRET, {"auth": self.redis_password},
                                                    in_airflow)
 

@@ -112,6 +112,7 @@ API_SECRET_KEY_SECRET = "airflow-api-secret-key"    # key: api-secret-key
 JWT_SECRET = "airflow-jwt-secret"                   # key: jwt-secret
 ADMIN_USER_SECRET = "airflow-admin-user"            # keys: username, password
 POSTGRES_APP_USER_SECRET = "airflow-db-app-user"    # kubernetes.io/basic-auth: username, password
+POSTGRES_KEDA_USER_SECRET = "airflow-db-keda-user"  # kubernetes.io/basic-auth: username, password
 REDIS_AUTH_SECRET = "airflow-redis-auth"            # key: auth
 # With a managed database: the certificate of the chart's PgBouncer (cert-manager's Secret: tls.crt, tls.key,
 # ca.crt), and where the Airflow pods find its CA (an optional item of their projected Secrets volume).
@@ -119,6 +120,8 @@ METADATA_TLS_SECRET = "airflow-metadata-tls"
 SECRETS_DIR = "/opt/airflow/secrets"
 METADATA_CA_FILE = f"{SECRETS_DIR}/metadata-ca.crt"
 POSTGRES_USER = "airflow"
+# KEDA's own role: it may read task_instance, which its query counts, and nothing else (the migration Job grants it).
+POSTGRES_KEDA_USER = "airflow_keda"
 POSTGRES_DATABASE = "airflow"
 ADMIN_USER = "admin"
 

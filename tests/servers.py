@@ -206,15 +206,17 @@ class ProcessServer:
 
 
 def start_pgbouncer(workdir: Path, postgres: PostgresServer, user: str, password: str,
-                    database: str, server_connections: int = 20) -> ProcessServer:
+                    database: str, server_connections: int = 20,
+                    other_users: Optional[dict[str, str]] = None) -> ProcessServer:
     """PgBouncer in transaction mode; `server_connections` (default_pool_size) small makes clients share
-    server connections, as they do under load."""
+    server connections, as they do under load. `other_users` may log in too (user: password)."""
     binary = pgbouncer_binary()
     workdir.mkdir(parents=True, exist_ok=True)
     cert, key = self_signed_certificate(workdir)
     userlist = workdir / "userlist.txt"
     # The auth file as the program writes PgBouncer's (components/rds.py).
-    userlist.write_text(pgbouncer_users(user, password))
+    userlist.write_text(pgbouncer_users(user, password)
+                        + "".join(pgbouncer_users(name, secret) for name, secret in (other_users or {}).items()))
     userlist.chmod(0o600)
     port = free_port()
     ini = workdir / "pgbouncer.ini"

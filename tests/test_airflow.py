@@ -13,7 +13,7 @@ from jsonschema import ValidationError
 
 from components import workloads as w
 from components.airflow import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
-from components.database import KEDA_CONNECTION_KEY
+from components.database import CLEANUP_CONNECTION_KEY
 from components.settings import load_settings
 from harness import REPO, STACKS, is_secret, load_stack_config, run_program, unwrap
 from rendering import platform_pods, render_all, secret_files
@@ -460,8 +460,9 @@ def test_the_default_pool_holds_what_the_most_workers_can_run(stack_runs, stack)
     assert int(cfg["core"]["default_pool_task_slot_count"]) == slots
     job = next(d for d in render_all(stack_runs[stack])["airflow"] if d["kind"] == "Job"
                and d["metadata"]["name"].endswith("run-airflow-migrations"))
-    command = job["spec"]["template"]["spec"]["containers"][0]["args"][-1]
-    assert command.startswith("airflow db migrate && ") and f"pools set default_pool {slots} " in command
+    shell, flag, script, _, slots_argument, _ = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert (shell, flag) == ("bash", "-c") and script.startswith("airflow db migrate && ")
+    assert 'pools set default_pool "$1" ' in script and slots_argument == str(slots)
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -546,10 +547,10 @@ def test_the_metadata_database_is_cleaned_nightly_to_the_retention(stack_runs, s
     credentials = {name for name in env if name in CREDENTIAL_FILES or name.endswith("_CMD")}
     assert credentials == {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"}
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]["valueFrom"]["secretKeyRef"] == {
-        "name": "airflow-metadata-connection", "key": KEDA_CONNECTION_KEY}
+        "name": "airflow-metadata-connection", "key": CLEANUP_CONNECTION_KEY}
     [metadata] = [s for s in run.of_type("kubernetes:core/v1:Secret")
                   if s.values["metadata"]["name"] == "airflow-metadata-connection"]
-    assert "sslrootcert" not in unwrap(metadata.values["stringData"][KEDA_CONNECTION_KEY])
+    assert "sslrootcert" not in unwrap(metadata.values["stringData"][CLEANUP_CONNECTION_KEY])
     account = next(d for d in render_all(run)["airflow"] if d["kind"] == "ServiceAccount"
                    and d["metadata"]["name"] == pod["serviceAccountName"])
     assert account.get("automountServiceAccountToken") is False

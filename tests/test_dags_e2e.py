@@ -29,13 +29,15 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
+import psycopg2
 import pytest
 from cryptography.fernet import Fernet
 from test_metrics_e2e import Daemons, _descendants, _free_port, _query, _signal
 
 from availability import unavailable
+from components import workloads as w
 from harness import run_program
 from rendering import render_all, secret_files
 from servers import (
@@ -198,7 +200,12 @@ class Servers:
             self.started.append(self.postgres)
             self.postgres.superuser_sql(f'CREATE ROLE "{user}" LOGIN PASSWORD %s', password)
             self.postgres.superuser_sql(f'CREATE DATABASE "airflow" OWNER "{user}"')
-            self.pgbouncer = start_pgbouncer(workdir / "pgbouncer", self.postgres, user, password, "airflow")
+            # KEDA's role as CloudNativePG makes it from its managed-role Secret: login, no attributes, no grants.
+            keda = release["secrets"][w.POSTGRES_KEDA_USER_SECRET]
+            self.postgres.superuser_sql(f'CREATE ROLE "{keda["username"]}" LOGIN NOINHERIT PASSWORD %s',
+                                        keda["password"])
+            self.pgbouncer = start_pgbouncer(workdir / "pgbouncer", self.postgres, user, password, "airflow",
+                                             other_users={keda["username"]: keda["password"]})
             self.started.append(self.pgbouncer)
             self.redis = start_redis(workdir / "redis", redis_password)
         except BaseException:
@@ -899,3 +906,20 @@ def test_the_nightly_cleanup_deletes_old_history_keeps_the_recent_and_spares_a_r
     assert not _query(platform.metadata, "select 1 from pg_tables where tablename = %s", archives[0]), \
         "the next cleanup drops the previous archive"
     assert platform.api.request("GET", f"/api/v2/dags/{QUICK}/dagRuns/{recent}")[0] == 200
+
+
+def test_keda_counts_the_queue_through_its_own_role_which_reads_nothing_else(platform):
+    """KEDA's query as the chart renders it in the ScaledObject, with the URL the worker hands KEDA
+    (AIRFLOW_CONN_AIRFLOW_DB, through PgBouncer): it runs, because the migration Job granted the role SELECT on
+    task_instance; the same role can read no other table (connections, variables) and write nothing."""
+    [scaled_object] = [d for d in platform.release["documents"] if d["kind"] == "ScaledObject"]
+    [trigger] = scaled_object["spec"]["triggers"]
+    assert trigger["type"] == "postgresql" and trigger["metadata"]["connectionFromEnv"] == "AIRFLOW_CONN_AIRFLOW_DB"
+    url = platform.env["AIRFLOW_CONN_AIRFLOW_DB"]
+    assert urlsplit(url).username == w.POSTGRES_KEDA_USER
+    [(load,)] = _query(url, trigger["metadata"]["query"])
+    assert load is not None and load >= 0
+    for statement in ("select * from connection", "select * from variable", "select * from dag_run",
+                      "update task_instance set state = 'failed'", "delete from task_instance"):
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            _query(url, statement)

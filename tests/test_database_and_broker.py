@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -146,9 +147,24 @@ def test_connection_secrets_are_published_with_key_connection(stack_runs, stack)
     secrets = {s.values["metadata"]["name"]: s for s in stack_runs[stack].of_type("kubernetes:core/v1:Secret")}
     metadata = secrets[METADATA_CONNECTION_SECRET]
     broker = secrets[BROKER_URL_SECRET]
-    # `kedaConnection`: KEDA's (the worker hands it over); with CloudNativePG it is Airflow's own URL.
-    assert set(metadata.values["stringData"]) == {"connection", "async-connection", "kedaConnection"}
-    assert metadata.values["stringData"]["kedaConnection"] == metadata.values["stringData"]["connection"]
+    # `kedaConnection`: KEDA's own role (the worker hands it over); `cleanupConnection`: the nightly cleanup's,
+    # with CloudNativePG Airflow's own URL.
+    data = metadata.values["stringData"]
+    assert set(data) == {"connection", "async-connection", "kedaConnection", "cleanupConnection"}
+    assert data["cleanupConnection"] == data["connection"]
+    keda, airflow = urlsplit(data["kedaConnection"]), urlsplit(data["connection"])
+    assert (keda.username, keda.hostname, keda.port, keda.path, keda.query) == (
+        w.POSTGRES_KEDA_USER, airflow.hostname, airflow.port, airflow.path, airflow.query)
+    # Its password is the one CloudNativePG gives the role (the managed role's Secret), not the owner's.
+    keda_secret = secrets[w.POSTGRES_KEDA_USER_SECRET].values
+    assert keda_secret["type"] == "kubernetes.io/basic-auth"
+    assert keda_secret["stringData"] == {"username": w.POSTGRES_KEDA_USER, "password": unquote(keda.password)}
+    assert unquote(keda.password) != unquote(airflow.password)
+    [role] = stack_runs[stack].one("kubernetes:postgresql.cnpg.io/v1:Cluster").values["spec"]["managed"]["roles"]
+    assert (role["name"], role["passwordSecret"]["name"], role["login"]) == (
+        w.POSTGRES_KEDA_USER, w.POSTGRES_KEDA_USER_SECRET, True)
+    assert not any(role.get(attribute) for attribute in ("superuser", "createdb", "createrole", "replication",
+                                                         "bypassrls", "inRoles"))
     assert set(broker.values["stringData"]) == {"connection"}
     for secret in (metadata, broker):
         data = secret.inputs["stringData"]

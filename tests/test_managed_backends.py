@@ -22,7 +22,12 @@ from cryptography import x509
 from components import rds
 from components import workloads as w
 from components.broker import BROKER_URL_SECRET
-from components.database import ASYNC_CONNECTION_KEY, KEDA_CONNECTION_KEY, METADATA_CONNECTION_SECRET
+from components.database import (
+    ASYNC_CONNECTION_KEY,
+    CLEANUP_CONNECTION_KEY,
+    KEDA_CONNECTION_KEY,
+    METADATA_CONNECTION_SECRET,
+)
 from components.secrets_backend import SECRETS_MANAGER_BACKEND
 from components.settings import SettingsError, load_settings
 from harness import REPO, ProgramFailed, is_secret, run_program, unwrap
@@ -187,17 +192,22 @@ def test_elasticache_fails_over_across_zones_encrypts_and_never_evicts(managed):
 def test_the_same_secrets_are_published_with_the_managed_urls(managed, in_cluster):
     for run in (managed, in_cluster):
         assert set(secret_data(run, METADATA_CONNECTION_SECRET)) == {"connection", ASYNC_CONNECTION_KEY,
-                                                                     KEDA_CONNECTION_KEY}
+                                                                     KEDA_CONNECTION_KEY, CLEANUP_CONNECTION_KEY}
         assert set(secret_data(run, BROKER_URL_SECRET)) == {"connection"}
     in_cluster_urls = secret_data(in_cluster, METADATA_CONNECTION_SECRET)
-    assert in_cluster_urls[KEDA_CONNECTION_KEY] == in_cluster_urls["connection"]
+    assert in_cluster_urls[CLEANUP_CONNECTION_KEY] == in_cluster_urls["connection"]
     urls = secret_data(managed, METADATA_CONNECTION_SECRET)
     metadata = urlsplit(urls["connection"])
     assert (metadata.hostname, metadata.port) == (f"{rds.PGBOUNCER_SERVICE}.airflow.svc.cluster.local", 6543)
     # Airflow verifies PgBouncer against the platform CA, which its pods mount; KEDA, without the file, requires TLS.
     assert metadata.query == f"sslmode=verify-full&sslrootcert={w.METADATA_CA_FILE}" and metadata.path == "/airflow"
-    assert urlsplit(urls[KEDA_CONNECTION_KEY]).query == "sslmode=require"
-    assert urlsplit(urls[KEDA_CONNECTION_KEY]).hostname == metadata.hostname
+    for key, user in ((KEDA_CONNECTION_KEY, w.POSTGRES_KEDA_USER), (CLEANUP_CONNECTION_KEY, w.POSTGRES_USER)):
+        assert urlsplit(urls[key]).query == "sslmode=require"
+        assert (urlsplit(urls[key]).hostname, urlsplit(urls[key]).username) == (metadata.hostname, user)
+    # The chart's PgBouncer knows both roles (its auth_file), with the passwords of their URLs.
+    users = secret_data(managed, rds.PGBOUNCER_CONFIG_SECRET)["users.txt"]
+    assert users == (rds.pgbouncer_users(w.POSTGRES_USER, unquote(metadata.password))
+                     + rds.pgbouncer_users(w.POSTGRES_KEDA_USER, unquote(urlsplit(urls[KEDA_CONNECTION_KEY]).password)))
     broker = urlsplit(secret_data(managed, BROKER_URL_SECRET)["connection"])
     assert broker.scheme == "rediss" and broker.query == "ssl_cert_reqs=required&ssl_check_hostname=true"
     assert broker.hostname == managed.one(REPLICATION_GROUP).state["primaryEndpointAddress"]

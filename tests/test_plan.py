@@ -80,7 +80,7 @@ def test_secrets_print_as_redacted(documents):
     seeded = run_program("prod", password_seed=0)
     generated = [r.state["result"] for r in seeded.of_type("random:index/randomPassword:RandomPassword")]
     generated += [r.state[k] for r in seeded.of_type("random:index/randomBytes:RandomBytes") for k in ("hex", "base64")]
-    assert len(generated) == 8
+    assert len(generated) == 9
     text = json.dumps(documents["prod"]) + plan.text_report(documents["prod"])
     assert not [g for g in generated if g in text]
     fernet = next(r for r in documents["prod"]["resources"] if r["name"] == "security-airflow-fernet-key")
@@ -167,9 +167,7 @@ def test_against_the_previous_commit_shows_exactly_what_one_setting_touches(clon
         ("values.config.celery.worker_concurrency", 16, 12),
         ("values.config.core.parallelism", 160, 120),
         ("values.config.core.default_pool_task_slot_count", 320, 240),
-        ("values.migrateDatabaseJob.args[2]",
-         "airflow db migrate && exec airflow pools set default_pool 320 'Default pool'",
-         "airflow db migrate && exec airflow pools set default_pool 240 'Default pool'"),
+        ("values.migrateDatabaseJob.args[4]", "320", "240"),
     }
     text = plan.diff_text(diff, "HEAD~1")
     assert "0 to add, 1 to update, 0 to replace, 0 to remove" in text

@@ -65,6 +65,7 @@ URL_RESERVED = "!#%&*()-_=+[]{}<>:?"
 # The reserved characters, plus those that a PgBouncer auth file, a redis.conf or a URL's user info
 # must escape in their own ways.
 PASSWORD = "Managed1" + URL_RESERVED + "@/\"'\\" + secrets.token_hex(4)
+KEDA_PASSWORD = "Keda1" + URL_RESERVED + secrets.token_hex(4)
 # Where the program points its URLs in the cloud; the tests rewrite only host and port.
 PGBOUNCER_HOST = f"{rds.PGBOUNCER_SERVICE}.{w.AIRFLOW_NAMESPACE}.svc.cluster.local"
 ELASTICACHE_HOST = "master.airflow-prod-broker.abcdef.use1.cache.amazonaws.com"
@@ -87,7 +88,9 @@ def program_pgbouncer(directory: Path, ca: CertificateAuthority, postgres_port: 
     what the program publishes: the database's host and port, PgBouncer's own address and port, file paths,
     and a log file added."""
     directory.mkdir(parents=True)
-    (directory / "users.txt").write_text(rds.pgbouncer_users(w.POSTGRES_USER, PASSWORD))
+    # Both roles, as Database writes users.txt.
+    (directory / "users.txt").write_text(rds.pgbouncer_users(w.POSTGRES_USER, PASSWORD)
+                                         + rds.pgbouncer_users(w.POSTGRES_KEDA_USER, KEDA_PASSWORD))
     # PgBouncer's certificate towards Airflow (cert-manager's tls.crt/tls.key in the cluster).
     ca.issue(directory / "tls", "localhost", stem="tls")
     shutil.copyfile(server_ca_file, directory / "root.crt")
@@ -116,6 +119,7 @@ def managed():
         postgres = start_postgres(workdir / "rds", certificate=ca.issue(workdir / "rds-tls", "localhost"))
         started.append(postgres)
         postgres.superuser_sql(f'CREATE ROLE "{w.POSTGRES_USER}" LOGIN PASSWORD %s', PASSWORD)
+        postgres.superuser_sql(f'CREATE ROLE "{w.POSTGRES_KEDA_USER}" LOGIN PASSWORD %s', KEDA_PASSWORD)
         postgres.superuser_sql(f'CREATE DATABASE "{DATABASE_NAME}" OWNER "{w.POSTGRES_USER}"')
         ini, port = program_pgbouncer(workdir / "pgbouncer", ca, postgres.port, ca_file)
         pgbouncer = run_pgbouncer(workdir / "pgbouncer", ini, port)
@@ -158,7 +162,7 @@ def verify_full_url(port: int, root_certificate: Path, host: str = "localhost") 
 def published_urls(pgbouncer_port: int, ca_file: Path, host: str = "localhost") -> dict[str, str]:
     """The Secret's URLs as the program publishes them with a managed engine, pointed at the local PgBouncer
     (whose certificate names `localhost`) and at the test CA instead of the pods' platform CA file."""
-    urls = managed_metadata_urls(PASSWORD, PGBOUNCER_HOST, rds.PGBOUNCER_PORT, ca_file=str(ca_file))
+    urls = managed_metadata_urls(PASSWORD, KEDA_PASSWORD, PGBOUNCER_HOST, rds.PGBOUNCER_PORT, ca_file=str(ca_file))
     return {key: with_host_and_port(url, host, pgbouncer_port) for key, url in urls.items()}
 
 
@@ -195,13 +199,15 @@ def test_the_database_refuses_connections_without_tls(managed):
 ADMIN_PASSWORD = "Admin1!#%&*()-_=+[]{}<>:?" + secrets.token_hex(4)   # what RDS accepts in a master password
 
 
-def run_bootstrap(managed, postgres, app_password: str) -> subprocess.CompletedProcess:
-    """psql as the Job runs it: the program's SQL, its libpq service (verify-full against the CA file), the app
-    password's SCRAM verifier from a file. Only the file paths and host/port are the test's."""
+def run_bootstrap(managed, postgres, app_password: str, keda_password: str = KEDA_PASSWORD) -> subprocess.CompletedProcess:
+    """psql as the Job runs it: the program's SQL, its libpq service (verify-full against the CA file), the
+    passwords' SCRAM verifiers from files. Only the file paths and host/port are the test's."""
     directory = managed.workdir / f"bootstrap-{secrets.token_hex(4)}"
     directory.mkdir()
     (directory / "app-verifier").write_text(rds.scram_sha256_verifier(app_password, secrets.token_bytes(16)))
-    (directory / "bootstrap.sql").write_text(rds.bootstrap_sql(str(directory / "app-verifier")))
+    (directory / "keda-verifier").write_text(rds.scram_sha256_verifier(keda_password, secrets.token_bytes(16)))
+    (directory / "bootstrap.sql").write_text(rds.bootstrap_sql(str(directory / "app-verifier"),
+                                                               str(directory / "keda-verifier")))
     (directory / "pg_service.conf").write_text(rds.service_file(ADMIN_PASSWORD, "localhost", postgres.port,
                                                                  str(managed.ca_file)))
     command = [str(postgres_bin() / "psql"), "-X", "-d", "service=admin", "-f", str(directory / "bootstrap.sql")]
@@ -246,6 +252,18 @@ def test_the_bootstrap_gives_airflow_its_own_role_and_the_database_as_rds_would(
             connection.close()
         with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
             psycopg2.connect(url(first), connect_timeout=10).close()
+        # KEDA's role: it logs in with its password, holds no attribute and reads nothing the owner did not grant.
+        keda_url = url(KEDA_PASSWORD).replace(f"//{w.POSTGRES_USER}:", f"//{w.POSTGRES_KEDA_USER}:")
+        keda = psycopg2.connect(keda_url, connect_timeout=10)
+        try:
+            with keda.cursor() as cursor:
+                cursor.execute("select rolsuper, rolcreaterole, rolcreatedb, rolinherit, rolconnlimit from pg_roles "
+                               "where rolname = current_user")
+                assert cursor.fetchone() == (False, False, False, False, 10)
+                with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                    cursor.execute("select * from airflow_can_create")
+        finally:
+            keda.close()
     finally:
         postgres.stop()
 
@@ -283,10 +301,13 @@ def test_airflow_refuses_a_pgbouncer_it_cannot_verify(managed, host, ca, refusal
         libpq_query(urls["connection"])
 
 
-def test_kedas_url_requires_tls_without_a_ca_file(managed):
-    url = published_urls(managed.pgbouncer.port, managed.wrong_ca_file, host="127.0.0.1")["kedaConnection"]
+@pytest.mark.parametrize(("key", "user"), [("kedaConnection", w.POSTGRES_KEDA_USER),
+                                           ("cleanupConnection", w.POSTGRES_USER)])
+def test_kedas_and_the_cleanups_urls_require_tls_without_a_ca_file(managed, key, user):
+    """Through the chart's PgBouncer, as the program configures it (both roles in its users.txt)."""
+    url = published_urls(managed.pgbouncer.port, managed.wrong_ca_file, host="127.0.0.1")[key]
     assert "sslrootcert" not in url and "sslmode=require" in url
-    assert libpq_query(url) == (w.POSTGRES_USER, True)
+    assert libpq_query(url) == (user, True)
 
 
 def test_pgbouncer_requires_tls_from_airflow(managed):
