@@ -217,7 +217,6 @@ GRANT_KEDA_READ = f"""
 import time
 from sqlalchemy import text
 from airflow import settings
-settings.configure_orm()
 for attempt in range(60):
     with settings.engine.begin() as connection:
         if connection.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {{"role": "{w.POSTGRES_KEDA_USER}"}}).first():

@@ -95,9 +95,10 @@ class DatabaseArgs:
     airflow_namespace: pulumi.Input[str]
     app_user_secret_name: pulumi.Input[str]
     app_user_password: pulumi.Output[str]
-    # KEDA's read-only role: its basic-auth Secret (CloudNativePG's managed role) and password.
-    keda_user_secret_name: pulumi.Input[str]
+    # KEDA's read-only role: its password, and its basic-auth Secret (CloudNativePG's managed role; None with a
+    # managed engine, whose bootstrap Job makes the role from a verifier).
     keda_user_password: pulumi.Output[str]
+    keda_user_secret_name: Optional[pulumi.Input[str]] = None
     cert_manager: Optional[pulumi.Resource] = None
     # From Security: where Grafana's sidecar finds dashboards.
     monitoring_namespace: pulumi.Input[str] = w.MONITORING_NAMESPACE
@@ -244,6 +245,9 @@ class Database(pulumi.ComponentResource):
         """The operator, the cluster, its backups and its Pooler. Returns where Airflow connects: the Pooler."""
         settings = args.settings
         backups = settings.is_aws
+        if args.keda_user_secret_name is None:
+            raise ValueError("Database: CloudNativePG makes KEDA's role from its Secret: keda_user_secret_name is "
+                             "required")
 
         operator_namespace = namespace_with_pod_security(
             f"{name}-{w.CNPG_NAMESPACE}", w.CNPG_NAMESPACE, "restricted", self._k8s)
@@ -378,7 +382,8 @@ def cluster_spec(settings: Settings, app_user_secret: pulumi.Input[str], storage
         # KEDA's role, made and kept by CloudNativePG (its password from the Secret); the migration Job grants it
         # SELECT on task_instance once the table exists.
         "managed": {"roles": [{"name": w.POSTGRES_KEDA_USER, "ensure": "present", "login": True, "inherit": False,
-                               "connectionLimit": 10, "passwordSecret": {"name": keda_user_secret},
+                               "connectionLimit": w.POSTGRES_KEDA_CONNECTION_LIMIT,
+                               "passwordSecret": {"name": keda_user_secret},
                                "comment": "KEDA: reads task_instance for the workers' queue"}]},
     }
     if settings.postgres_image:

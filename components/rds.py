@@ -184,9 +184,10 @@ def bootstrap_sql(app_verifier_file: str = f"{BOOTSTRAP_SECRETS_DIR}/app-verifie
         "\\set ON_ERROR_STOP on",
         f"\\set app_verifier `cat {app_verifier_file}`",
         f"\\set keda_verifier `cat {keda_verifier_file}`",
-        f"SELECT format('CREATE ROLE %I LOGIN NOINHERIT CONNECTION LIMIT 10', '{w.POSTGRES_KEDA_USER}') "
+        f"SELECT format('CREATE ROLE %I LOGIN', '{w.POSTGRES_KEDA_USER}') "
         f"WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{w.POSTGRES_KEDA_USER}') \\gexec",
-        f"SELECT format('ALTER ROLE %I WITH LOGIN PASSWORD %L', '{w.POSTGRES_KEDA_USER}', :'keda_verifier') \\gexec",
+        f"SELECT format('ALTER ROLE %I WITH LOGIN NOINHERIT CONNECTION LIMIT {w.POSTGRES_KEDA_CONNECTION_LIMIT} "
+        f"PASSWORD %L', '{w.POSTGRES_KEDA_USER}', :'keda_verifier') \\gexec",
         f"SELECT format('CREATE ROLE %I LOGIN', '{w.POSTGRES_USER}') "
         f"WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{w.POSTGRES_USER}') \\gexec",
         f"SELECT format('ALTER ROLE %I WITH LOGIN PASSWORD %L', '{w.POSTGRES_USER}', :'app_verifier') \\gexec",

@@ -363,7 +363,8 @@ class Security(pulumi.ComponentResource):
     api_secret_key_secret_name: pulumi.Output[str]
     jwt_secret_name: pulumi.Output[str]
     postgres_user_secret_name: pulumi.Output[str]
-    keda_database_user_secret_name: pulumi.Output[str]
+    # None with a managed engine (its bootstrap Job makes KEDA's role).
+    keda_database_user_secret_name: Optional[pulumi.Output[str]]
     redis_auth_secret_name: pulumi.Output[str]
     admin_user_secret_name: pulumi.Output[str]
     # Digest of the keys every Airflow pod reads (Fernet key, API secret key, JWT secret).
@@ -514,7 +515,7 @@ class Security(pulumi.ComponentResource):
             # it only watches Secrets it owns or that carry this label.
             labels={"cnpg.io/reload": "true"})
         # KEDA's role: CloudNativePG creates it from this Secret (a managed role) and follows its password the same way.
-        self.keda_database_user_secret_name = self._secret(
+        self.keda_database_user_secret_name = None if settings.managed_database else self._secret(
             name, w.POSTGRES_KEDA_USER_SECRET,
             {"username": w.POSTGRES_KEDA_USER, "password": self.keda_database_password},
             in_airflow, secret_type="kubernetes.io/basic-auth", labels={"cnpg.io/reload": "true"})

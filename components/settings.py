@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from pydantic.alias_generators import to_camel
 
 from components.helm import millicores
-from components.workloads import GIT_SYNC_REQUESTS, NODE_ROLE_LABEL, SYSTEM_NODES
+from components.workloads import GIT_SYNC_REQUESTS, NODE_ROLE_LABEL, POSTGRES_KEDA_CONNECTION_LIMIT, SYSTEM_NODES
 
 PROJECT_NAMESPACE = "airflow"
 
@@ -687,10 +687,11 @@ class Settings(BaseModel):
 
 
 def postgres_reserved_connections(settings: Settings) -> int:
-    """Connections of max_connections the poolers cannot have: PostgreSQL's superuser_reserved_connections (3, which
-    CloudNativePG's instance manager and metrics exporter use as postgres), each PgBouncer's auth_query login, and a
-    few for a person's psql and the operator's checks."""
-    return 3 + settings.pgbouncer_instances + 5
+    """Connections of max_connections the poolers cannot have for Airflow: PostgreSQL's superuser_reserved_connections
+    (3, which CloudNativePG's instance manager and metrics exporter use as postgres), each PgBouncer's auth_query
+    login, KEDA's role (its own pool in every PgBouncer, held to its connection limit on the server), and a few for a
+    person's psql and the operator's checks."""
+    return 3 + settings.pgbouncer_instances + POSTGRES_KEDA_CONNECTION_LIMIT + 5
 
 
 def aws_default_tags(project: str, stack: str) -> dict[str, str]:
@@ -854,7 +855,7 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
                                                   f"({settings.pgbouncer_pool_size}) = {pooled} server connections (each "
                                                   f"PgBouncer pod pools its own) exceed the {left} that "
                                                   f"postgresMaxConnections ({settings.postgres_max_connections}) leaves "
-                                                  "beside superusers, the operator and the poolers' auth_query: lower "
+                                                  "beside superusers, the operator, KEDA and the poolers' auth_query: lower "
                                                   "one, or raise postgresMaxConnections"))
     if settings.worker_min_replicas > settings.worker_max_replicas:
         problems.append(("workerMinReplicas", f"must not exceed workerMaxReplicas ({settings.worker_max_replicas}), "

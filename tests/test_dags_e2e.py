@@ -202,8 +202,8 @@ class Servers:
             self.postgres.superuser_sql(f'CREATE DATABASE "airflow" OWNER "{user}"')
             # KEDA's role as CloudNativePG makes it from its managed-role Secret: login, no attributes, no grants.
             keda = release["secrets"][w.POSTGRES_KEDA_USER_SECRET]
-            self.postgres.superuser_sql(f'CREATE ROLE "{keda["username"]}" LOGIN NOINHERIT PASSWORD %s',
-                                        keda["password"])
+            self.postgres.superuser_sql(f'CREATE ROLE "{keda["username"]}" LOGIN NOINHERIT CONNECTION LIMIT '
+                                        f'{w.POSTGRES_KEDA_CONNECTION_LIMIT} PASSWORD %s', keda["password"])
             self.pgbouncer = start_pgbouncer(workdir / "pgbouncer", self.postgres, user, password, "airflow",
                                              other_users={keda["username"]: keda["password"]})
             self.started.append(self.pgbouncer)

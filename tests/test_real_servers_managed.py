@@ -259,7 +259,7 @@ def test_the_bootstrap_gives_airflow_its_own_role_and_the_database_as_rds_would(
             with keda.cursor() as cursor:
                 cursor.execute("select rolsuper, rolcreaterole, rolcreatedb, rolinherit, rolconnlimit from pg_roles "
                                "where rolname = current_user")
-                assert cursor.fetchone() == (False, False, False, False, 10)
+                assert cursor.fetchone() == (False, False, False, False, w.POSTGRES_KEDA_CONNECTION_LIMIT)
                 with pytest.raises(psycopg2.errors.InsufficientPrivilege):
                     cursor.execute("select * from airflow_can_create")
         finally:

@@ -90,9 +90,10 @@ def test_poolers_that_would_exhaust_the_database_are_refused_naming_the_keys():
     message = str(failure("prod", pgbouncerInstances=4, pgbouncerPoolSize=60, postgresMaxConnections=200))
     assert "airflow:pgbouncerPoolSize: pgbouncerInstances (4) × pgbouncerPoolSize (60) = 240 server connections" in message
     assert "postgresMaxConnections (200)" in message
-    # The boundary: 200 - (3 superuser + 4 auth_query + 5) = 188 for the pools; 4 x 47 = 188 fits, 4 x 48 does not.
-    run_program("prod", overrides={"pgbouncerInstances": 4, "pgbouncerPoolSize": 47, "postgresMaxConnections": 200})
-    assert "= 192 server connections" in str(failure("prod", pgbouncerInstances=4, pgbouncerPoolSize=48,
+    # The boundary: 200 - (3 superuser + 4 auth_query + 5 KEDA's role's limit + 5) = 183 for the pools;
+    # 4 x 45 = 180 fits, 4 x 46 = 184 does not.
+    run_program("prod", overrides={"pgbouncerInstances": 4, "pgbouncerPoolSize": 45, "postgresMaxConnections": 200})
+    assert "= 184 server connections" in str(failure("prod", pgbouncerInstances=4, pgbouncerPoolSize=46,
                                                          postgresMaxConnections=200))
     # The managed engines' PgBouncer fronts a database whose limit AWS sets by instance class: not checked here.
     run_program("prod-managed", overrides={"pgbouncerInstances": 4, "pgbouncerPoolSize": 60})
