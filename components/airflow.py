@@ -243,8 +243,9 @@ def database_cleanup_script(retention_days: int) -> str:
 def database_cleanup_values(settings: Settings, metadata_secret: pulumi.Input[str]) -> dict:
     """The chart's database-cleanup CronJob. Its pod takes no volume of its own in chart 1.19, so the owner's URL
     comes as an environment variable, from the metadata Secret's cleanup key, which names no CA file (with a
-    managed engine it requires TLS to the chart's PgBouncer without verifying it). No custom env: the other credentials' `_CMD`
-    options would read files this pod does not have. `--verbose` prints counts per table, never rows."""
+    managed engine it requires TLS to the chart's PgBouncer without verifying it). No custom env: the other
+    credentials' `_CMD` options would read files this pod does not have. `--verbose` prints counts per table,
+    never rows."""
     return {
         "enabled": True,
         "schedule": DATABASE_CLEANUP_SCHEDULE,

@@ -281,8 +281,8 @@ class Database(pulumi.ComponentResource):
             f"{name}-cluster",
             api_version="postgresql.cnpg.io/v1", kind="Cluster",
             metadata={"name": w.POSTGRES_CLUSTER, "namespace": args.airflow_namespace},
-            spec=cluster_spec(settings, args.app_user_secret_name, args.storage_class_name, backups,
-                              keda_user_secret=args.keda_user_secret_name),
+            spec=cluster_spec(settings, args.app_user_secret_name, args.keda_user_secret_name, args.storage_class_name,
+                              backups),
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(
                 depends_on=cluster_dependencies,
                 # CloudNativePG owns the instances' PVCs: deleting the Cluster deletes the data with it.
@@ -355,8 +355,8 @@ def object_store_spec(bucket_name: pulumi.Input[str], retention_days: int) -> di
     }
 
 
-def cluster_spec(settings: Settings, app_user_secret: pulumi.Input[str], storage_class: Optional[str],
-                 backups: bool, keda_user_secret: pulumi.Input[str] = w.POSTGRES_KEDA_USER_SECRET) -> dict:
+def cluster_spec(settings: Settings, app_user_secret: pulumi.Input[str], keda_user_secret: pulumi.Input[str],
+                 storage_class: Optional[str], backups: bool) -> dict:
     instances = settings.postgres_instances
     spec: dict = {
         "instances": instances,

@@ -120,7 +120,8 @@ METADATA_TLS_SECRET = "airflow-metadata-tls"
 SECRETS_DIR = "/opt/airflow/secrets"
 METADATA_CA_FILE = f"{SECRETS_DIR}/metadata-ca.crt"
 POSTGRES_USER = "airflow"
-# KEDA's own role: it may read task_instance, which its query counts, and nothing else (the migration Job grants it).
+# KEDA's own role: it may read task_instance, which its query counts, and no other table of Airflow's (the
+# migration Job grants it).
 POSTGRES_KEDA_USER = "airflow_keda"
 # Its server connections at most (KEDA polls with one, its metrics server's requests may add one); counted in the
 # budget of max_connections.

@@ -216,6 +216,12 @@ def assign(pod: Pod, needs: dict, node: Node) -> None:
     node.placed.append((pod, needs))
 
 
+def unassign(pod: Pod, needs: dict, node: Node) -> None:
+    node.placed.remove((pod, needs))
+    node.free = {"cpu": node.free["cpu"] + needs["cpu"], "memory": node.free["memory"] + needs["memory"],
+                 "pods": node.free["pods"] + 1}
+
+
 def running_replicas(pod: Pod, settings) -> int:
     # With KEDA the chart leaves the worker Deployment's replicas to the ScaledObject's minimum.
     return settings.worker_min_replicas if pod.labels.get("component") == "worker" else pod.replicas
@@ -269,7 +275,7 @@ def test_every_pod_fits_on_the_nodes_the_stack_has(stack_runs, stack):
     assert len(airflow_jobs) == 2
     assert place(airflow_jobs, copy.deepcopy(nodes), settings) == []
     for job in (pod for pod in pods if is_job(pod) and pod not in airflow_jobs):
-        assert place([job], copy.deepcopy(without_one_instance(nodes, job)), settings) == [], job.source
+        assert place([job], without_one_instance(nodes, job), settings) == [], job.source
 
 
 def without_one_instance(nodes: list[Node], job: Pod) -> list[Node]:
@@ -280,9 +286,7 @@ def without_one_instance(nodes: list[Node], job: Pod) -> list[Node]:
     for node in nodes:
         for pod, needs in node.placed:
             if cluster and pod.labels.get("cnpg.io/cluster") == cluster and pod.labels.get("cnpg.io/podRole") == "instance":
-                node.placed.remove((pod, needs))
-                node.free = {"cpu": node.free["cpu"] + needs["cpu"], "memory": node.free["memory"] + needs["memory"],
-                             "pods": node.free["pods"] + 1}
+                unassign(pod, needs, node)
                 return nodes
     return nodes
 
