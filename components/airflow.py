@@ -116,6 +116,9 @@ ORPHANED_TASKS_CHECK_SECONDS = 300
 # [core] hostname_callable too, sdk/api/client.py get_hostname).
 HOSTNAME_CALLABLE = "airflow.utils.net.get_host_ip_address"
 
+# Processes a scheduler's Celery executor sends tasks from ([celery] sync_parallelism): 1 sends in the scheduler.
+CELERY_SEND_PROCESSES = 1
+
 
 # [dag_processor] parsing_processes, and the DAG processor's CPU limit in cores.
 DAG_PARSING_PROCESSES = 2
@@ -144,6 +147,27 @@ AIRFLOW_LOCAL_SETTINGS = (
 LONG_RUNNING_COMPONENTS = ("scheduler", "workers", "apiServer", "triggerer", "dagProcessor", "flower")
 # Every component that reads them (the Jobs too).
 SECRET_READERS = (*LONG_RUNNING_COMPONENTS, "migrateDatabaseJob", "createUserJob")
+
+# What a Celery worker of Airflow 3 reads of the platform's Secrets: the broker's URL (its tasks), the database's
+# (Celery's task results: [celery] result_backend is the database, see the README), and the key its log server
+# checks the API server's requests with (serve_logs). Its tasks get connections and variables through the API
+# server with the token the scheduler signs, so it has neither the Fernet key nor the JWT secret (which signs any
+# user's API token); their `_CMD` options stay in the chart's shared env and fail if read (conf.mask_secrets
+# logs it and goes on).
+WORKER_SECRET_OPTIONS = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC",
+                         "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CELERY__BROKER_URL")
+
+
+def secret_sources(files: list[tuple[str, pulumi.Input[str], str]]) -> list[dict]:
+    """Items of the platform's Secret volume: each option's file from its Secret's key."""
+    return [{"secret": {"name": secret, "items": [{"key": key, "path": option.lower()}]}}
+            for option, secret, key in files]
+
+
+def platform_secrets_volume(sources: list[dict]) -> dict:
+    return {"name": "platform-secrets", "projected": {
+        "defaultMode": 0o440,  # owner and group (Airflow's gid 0 through fsGroup), nobody else
+        "sources": sources}}
 
 
 # statsd_exporter (v0.28.0, the chart's) mappings appended to the chart's own, for what Airflow 3.1 really
@@ -298,14 +322,14 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         ("AIRFLOW__API_AUTH__JWT_SECRET", jwt_secret, "jwt-secret"),
         ("AIRFLOW__CELERY__BROKER_URL", broker_secret, "connection"),
     ]
-    secrets_volume = {"name": "platform-secrets", "projected": {
-        "defaultMode": 0o440,  # owner and group (Airflow's gid 0 through fsGroup), nobody else
-        "sources": [*({"secret": {"name": secret, "items": [{"key": key, "path": option.lower()}]}}
-                      for option, secret, key in secret_files),
-                    # The CA of a managed database's PgBouncer, where Database has one issued (optional: none with
-                    # CloudNativePG, whose URLs do not ask for it).
-                    {"secret": {"name": w.METADATA_TLS_SECRET, "optional": True,
-                                "items": [{"key": "ca.crt", "path": w.METADATA_CA_FILE.rsplit("/", 1)[1]}]}}]}}
+    # The CA of a managed database's PgBouncer, where Database has one issued (optional: none with CloudNativePG,
+    # whose URLs do not ask for it).
+    metadata_ca = {"secret": {"name": w.METADATA_TLS_SECRET, "optional": True,
+                              "items": [{"key": "ca.crt", "path": w.METADATA_CA_FILE.rsplit("/", 1)[1]}]}}
+    secrets_volume = platform_secrets_volume([*secret_sources(secret_files), metadata_ca])
+    # The workers' files: what they use, nothing more (see WORKER_SECRET_OPTIONS).
+    worker_secrets_volume = platform_secrets_volume(
+        [*secret_sources([entry for entry in secret_files if entry[0] in WORKER_SECRET_OPTIONS]), metadata_ca])
     secret_commands = [{"name": f"{option}_CMD", "value": f"cat {SECRETS_DIR}/{option.lower()}"}
                        for option, _, _ in secret_files]
     env = [*secret_commands, *WRITABLE_CACHE_ENV]
@@ -346,7 +370,12 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         "airflowLocalSettings": AIRFLOW_LOCAL_SETTINGS,
         "config": {
             "database": {"sql_alchemy_connect_args_async": ASYNC_CONNECT_ARGS_OBJECT},
-            "celery": {"worker_concurrency": settings.worker_concurrency},
+            "celery": {"worker_concurrency": settings.worker_concurrency,
+                       # The chart sets this to the scheduler's CPU limit (2), and with more than one the executor
+                       # starts a process pool for every batch it hands to Celery: forking the scheduler costs more
+                       # than the few broker round trips it spreads (apache/airflow#39482: seconds for a batch of
+                       # 32; the open #70690 drops the pool for that and for a deadlock of the forked scheduler).
+                       "sync_parallelism": CELERY_SEND_PROCESSES},
             # One parsing process per CPU of the DAG processor's limit.
             "dag_processor": {"parsing_processes": DAG_PARSING_PROCESSES},
             "core": {"parallelism": parallelism_per_scheduler(settings),
@@ -472,7 +501,8 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
     # The platform's Secrets go to the Airflow components that read them, one by one: the chart's global
     # `volumes` reach every pod it renders, PgBouncer's included, which has no use for a Fernet key.
     for component in SECRET_READERS:
-        values[component]["extraVolumes"] = [secrets_volume, *values[component].get("extraVolumes", [])]
+        volume = worker_secrets_volume if component == "workers" else secrets_volume
+        values[component]["extraVolumes"] = [volume, *values[component].get("extraVolumes", [])]
         values[component]["extraVolumeMounts"] = [
             {"name": "platform-secrets", "mountPath": SECRETS_DIR, "readOnly": True},
             *values[component].get("extraVolumeMounts", [])]

@@ -267,6 +267,11 @@ CREDENTIAL_FILES = {
     "AIRFLOW__API_AUTH__JWT_SECRET": (w.JWT_SECRET, "jwt-secret"),
     "AIRFLOW__CELERY__BROKER_URL": ("airflow-broker-url", "connection"),
 }
+# A Celery worker of Airflow 3.1 reads the broker (its tasks), the database (Celery's results, the provider's
+# default backend) and the key its log server checks requests with (airflow/utils/serve_logs/log_server.py:
+# get_signing_key("api", "secret_key")); its tasks get connections and variables through the API server with the
+# token in their workload. tests/test_dags_e2e.py runs the workers with this volume.
+WORKER_CREDENTIALS = set(CREDENTIAL_FILES) - {"AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET"}
 
 
 @pytest.mark.parametrize("stack", ["local", "prod", "prod-managed"])
@@ -280,12 +285,15 @@ def test_every_airflow_container_reads_the_credentials_from_files_of_their_secre
         for container in pod.containers:
             env = {e["name"]: e for e in container.get("env") or []}
             assert not set(CREDENTIAL_FILES) & set(env), (pod.source, container["name"])
+            readable = WORKER_CREDENTIALS if pod.labels["component"] == "worker" else set(CREDENTIAL_FILES)
             if container["name"].endswith("-log-groomer"):
                 continue  # local only: a shell script that deletes old log files, no Airflow in it
             files = secret_files(pod.spec, container)
             for option, source in CREDENTIAL_FILES.items():
                 command = env[f"{option}_CMD"]["value"].split()
-                assert command[0] == "cat" and files[command[1]] == source, (pod.source, container["name"], option)
+                assert command[0] == "cat", (pod.source, container["name"], option)
+                assert files.get(command[1]) == (source if option in readable else None), (
+                    pod.source, container["name"], option)
             checked += 1
     assert checked >= 13
 
@@ -446,6 +454,15 @@ def rendered_cfg(run):
     cfg = configparser.ConfigParser(interpolation=None)
     cfg.read_string(configmap["data"]["airflow.cfg"])
     return cfg
+
+
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_the_scheduler_hands_tasks_to_celery_itself_without_forking_a_pool(stack_runs, stack):
+    """The celery provider (3.26, celery_executor.py _send_workloads_to_celery) sends a batch from the scheduler's
+    own process only when [celery] sync_parallelism is 1; otherwise it forks a process pool for every batch,
+    which costs more than the sends (apache/airflow#39482; the open #70690 also names a deadlock of the fork).
+    The chart sets it to the scheduler's CPU limit (2 here), or to the node's CPUs less one without a limit."""
+    assert rendered_cfg(stack_runs[stack])["celery"]["sync_parallelism"] == "1"
 
 
 @pytest.mark.parametrize("stack", STACKS)

@@ -177,13 +177,14 @@ def rendered_release(stack: str = "prod", overrides: dict | None = None) -> dict
         return spec, next(c for c in spec["containers"] if c["name"] == name)
 
     scheduler_pod, scheduler = container("airflow-scheduler", "scheduler")
-    _, worker = container("airflow-worker", "worker")
+    worker_pod, worker = container("airflow-worker", "worker")
     create_user = next(d for d in documents if d["kind"] == "Job" and "create-user" in d["metadata"]["name"])
     migrate = next(d for d in documents if d["kind"] == "Job" and d["metadata"]["name"].endswith("run-airflow-migrations"))
     cleanup = next(d for d in documents if d["kind"] == "CronJob" and d["metadata"]["name"].endswith("database-cleanup"))
     return {"cleanup": cleanup["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0],
             "documents": documents, "cfg": configmap["data"]["airflow.cfg"], "local_settings": configmap["data"]["airflow_local_settings.py"],
-            "scheduler_pod": scheduler_pod, "scheduler": scheduler, "worker": worker, "secrets": secrets,
+            "scheduler_pod": scheduler_pod, "scheduler": scheduler, "worker_pod": worker_pod, "worker": worker,
+            "secrets": secrets,
             "create_user": create_user["spec"]["template"]["spec"]["containers"][0],
             "migrate": migrate["spec"]["template"]["spec"]["containers"][0]}
 
@@ -238,21 +239,24 @@ def _userinfo(url: str) -> tuple[str, str]:
 
 
 def produced_env(release: dict, servers: Servers, home: Path, ports: dict[str, int],
-                 fernet_key: str | None = None, broker_password: str | None = None) -> dict[str, str]:
-    """The scheduler's environment as rendered (plus the worker's KEDA connection), pointed at loopback."""
+                 fernet_key: str | None = None, broker_password: str | None = None,
+                 component: str = "scheduler") -> dict[str, str]:
+    """A component's environment as rendered (the scheduler's, which the API server, DAG processor and triggerer
+    share, or the worker's), pointed at loopback. A `_CMD` option whose file the component's pod does not have
+    keeps its command, and fails as in the pod if Airflow reads it."""
     secrets_dir, dags, logs = home / "secrets", home / "dags", home / "logs"
     for directory in (secrets_dir, dags, logs, home / "config"):
         directory.mkdir(parents=True, exist_ok=True)
     # The files of the Secret volumes, from the Secrets the program made.
     files = {path: release["secrets"][name][key]
-             for path, (name, key) in secret_files(release["scheduler_pod"], release["scheduler"],
+             for path, (name, key) in secret_files(release[f"{component}_pod"], release[component],
                                                    present=set(release["secrets"])).items()}
     metadata, broker = ("127.0.0.1", servers.pgbouncer.port), ("127.0.0.1", servers.redis.port)
     # Which server each URL option points at, by option (as tests/test_airflow_e2e.py's airflow_env does).
     loopback = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata, "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": metadata,
                 "AIRFLOW__CELERY__BROKER_URL": broker}
     env: dict[str, str] = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    for entry in release["scheduler"]["env"] + [e for e in release["worker"]["env"] if e["name"] == "AIRFLOW_CONN_AIRFLOW_DB"]:
+    for entry in release[component]["env"]:
         if "fieldRef" in entry.get("valueFrom", {}):
             continue  # the pod's own IP or name: nothing to give a process on loopback
         if "value" in entry:
@@ -344,6 +348,7 @@ class Platform:
         self.airflow_bin, self.release, self.servers, self.home = executable, release, servers, home
         self.ports = {"api": _free_port(), "worker_logs": _free_port(), "trigger_logs": _free_port()}
         self.env = produced_env(release, servers, home, self.ports)
+        self.worker_env = produced_env(release, servers, home, self.ports, component="worker")
         # The API server has no task logs of its own (on AWS it mounts no logs volume): it must fetch a task's
         # log from the worker's log server, as in the cluster.
         self.api_server_env = {**self.env, "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "api-server-logs"),
@@ -379,7 +384,7 @@ class Platform:
         pod = self.as_pod(name, f"airflow-worker-5d8f7c9b6-w{self.workers:04d}", f"127.0.0.{10 + self.workers}")
         # Concurrency from the release's [celery] worker_concurrency, as the chart's worker command leaves it.
         self.daemons.start(name, "celery", "worker", "--celery-hostname", f"e2e-{self.workers}@%h", prefix=pod,
-                           env={**self.env, **(env or {})})
+                           env={**self.worker_env, **(env or {})})
         return name
 
     def running_workers(self) -> list[str]:
@@ -514,8 +519,9 @@ def wait_until_running(platform: Platform, dag_id: str, run_id: str, task_id: st
 
 
 def test_every_airflow_component_gets_the_environment_this_tier_reproduces(release):
-    """The tier reproduces the scheduler's environment: the API server's, DAG processor's and triggerer's are
-    the same (the worker's adds KEDA's connection, which the tier adds too, and the image's init setting)."""
+    """The tier reproduces the scheduler's environment, and the API server's, DAG processor's and triggerer's are
+    the same; it reproduces the worker's on its own, which has all of the scheduler's and adds KEDA's connection
+    and the image's init setting (the worker's Secret volume lacks two of the scheduler's files)."""
     environments = {}
     for document in release["documents"]:
         if document["kind"] == "Deployment" and document["metadata"]["name"] in (
@@ -588,6 +594,31 @@ def test_a_pipeline_runs_with_xcom_a_connection_and_a_variable_made_through_the_
     [(stored,)] = _query(platform.metadata, "select password from connection where conn_id = 'warehouse'")
     fernet_key = platform.release["secrets"]["airflow-fernet-key"]["fernet-key"]
     assert Fernet(fernet_key.encode()).decrypt(stored.encode()) == b"s3cr3t-value"
+
+
+def test_workers_run_tasks_without_the_fernet_key_or_the_jwt_secret(platform):
+    """Every test here runs its workers with the environment and Secret volume the chart renders for them: their
+    `_CMD` options of the Fernet key and the JWT secret name files the pod lacks. Their tasks still run (a
+    connection and a variable reach them through the API server: the pipeline test), and the scheduler learns
+    each end from Celery's result, which the worker stored in the database under the task's Celery id."""
+    env = platform.worker_env
+    for option in ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET"):
+        command = env[f"{option}_CMD"].split()
+        assert command[0] == "cat" and not Path(command[1]).exists(), option
+    for secret, key in ((w.FERNET_KEY_SECRET, "fernet-key"), (w.JWT_SECRET, "jwt-secret")):
+        value = platform.release["secrets"][secret][key]
+        readable = [*env.values(), *(Path(command.split()[1]).read_text() for name, command in env.items()
+                                     if name.endswith("_CMD") and Path(command.split()[1]).exists())]
+        assert not [text for text in readable if value in text], secret
+    run_id = platform.api.trigger(QUICK)
+    platform.wait(lambda: finished(platform, QUICK, run_id), RUN_BOUND_SECONDS, f"{QUICK} finishes")
+    assert platform.api.run_state(QUICK, run_id) == "success", platform.api.task_states(QUICK, run_id)
+    key = f"TaskInstanceKey(dag_id='{QUICK}', task_id='only', run_id='{run_id}', try_number=1"
+    platform.wait(lambda: f"Received executor event with state success for task instance {key}"
+                  in platform.daemons.log_tail("scheduler", 10**7), 60, "the scheduler reads the task's result")
+    assert _query(platform.metadata, "select status from celery_taskmeta where task_id = (select external_executor_id "
+                                     "from task_instance where dag_id = %s and run_id = %s)", QUICK, run_id) == [
+        ("SUCCESS",)]
 
 
 def test_a_deferrable_task_runs_on_the_triggerer(platform):
@@ -792,7 +823,7 @@ def test_a_wrong_fernet_key_fails_with_a_clear_message(platform, airflow_bin):  
 
 def test_a_wrong_broker_password_fails_with_a_clear_message(platform, airflow_bin):  # noqa: F811
     env = produced_env(platform.release, platform.servers, platform.home / "wrong-broker", platform.ports,
-                       broker_password="not-the-password")
+                       broker_password="not-the-password", component="worker")
     worker = subprocess.Popen([str(airflow_bin), "celery", "worker", "--concurrency", "1",
                                "--celery-hostname", "wrong-broker@%h"], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -915,7 +946,7 @@ def test_keda_counts_the_queue_through_its_own_role_which_reads_nothing_else(pla
     [scaled_object] = [d for d in platform.release["documents"] if d["kind"] == "ScaledObject"]
     [trigger] = scaled_object["spec"]["triggers"]
     assert trigger["type"] == "postgresql" and trigger["metadata"]["connectionFromEnv"] == "AIRFLOW_CONN_AIRFLOW_DB"
-    url = platform.env["AIRFLOW_CONN_AIRFLOW_DB"]
+    url = platform.worker_env["AIRFLOW_CONN_AIRFLOW_DB"]
     assert urlsplit(url).username == w.POSTGRES_KEDA_USER
     [(load,)] = _query(url, trigger["metadata"]["query"])
     assert load is not None and load >= 0
