@@ -96,7 +96,7 @@ class Storage(pulumi.ComponentResource):
         super().__init__("airflow:platform:Storage", name, None, opts)
         self._settings = args.settings
         protect = args.settings.protect_stateful_resources
-        self._protect = protect
+        self._protect_data = protect
         self._keep = pulumi.ResourceOptions(protect=protect, retain_on_delete=protect)
         # What configures a kept resource is kept with it: deleting BucketVersioning would suspend versioning,
         # deleting the public-access block or the TLS-only policy would open a retained bucket.
@@ -167,7 +167,7 @@ class Storage(pulumi.ComponentResource):
             f"{name}-{purpose}", bucket_prefix=f"{name_prefix}-{purpose}-",
             # A throwaway stack's buckets are never empty (WAL from the first minute, task logs, every version):
             # without this its `destroy` fails with BucketNotEmpty.
-            force_destroy=not self._protect,
+            force_destroy=not self._protect_data,
             opts=pulumi.ResourceOptions.merge(self._aws, self._keep))
         companion = pulumi.ResourceOptions.merge(self._aws, self._keep_with)
         aws.s3.BucketOwnershipControls(f"{name}-{purpose}", bucket=bucket.id,
@@ -254,7 +254,7 @@ class Storage(pulumi.ComponentResource):
         retention = self._settings.backup_retention_days
         vault = aws.backup.Vault(f"{name}-efs", name=name_prefix, kms_key_arn=key.arn,
                                  # A throwaway stack's vault holds recovery points: without this, `destroy` fails.
-                                 force_destroy=not self._protect,
+                                 force_destroy=not self._protect_data,
                                  opts=pulumi.ResourceOptions.merge(self._aws, self._keep))
         companion = pulumi.ResourceOptions.merge(self._aws, self._keep_with)
         plan = aws.backup.Plan(

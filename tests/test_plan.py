@@ -221,13 +221,14 @@ def test_a_region_change_replaces_everything_on_that_provider(documents):
     """(The mocks answer for one region only, so the new region is set on the recorded provider.)"""
     new = json.loads(json.dumps(documents["staging"]))
     next(r for r in new["resources"] if r["type"] == "pulumi:providers:aws")["inputs"]["region"] = "eu-central-1"
-    changed = {c["name"]: c for c in plan.compare(documents["staging"], new)["changed"]}
+    diff = plan.compare(documents["staging"], new)["changed"]
+    changed = {c["name"]: c for c in diff}
     assert changed["aws"]["action"] == "replace"
     assert {r["name"] for r in new["resources"] if r["provider"] and r["provider"].endswith("::aws")} <= set(changed)
-    assert changed["storage-logs"]["action"] == "replace"
-    assert changed["storage-logs"]["protected"] is True
+    [bucket] = [c for c in diff if c["name"] == "storage-logs" and c["type"] == "aws:s3/bucket:Bucket"]
+    assert bucket["action"] == "replace" and bucket["protected"] is True
     assert "(protected: the replacement will fail)" in plan.diff_text(
-        {"stack": "staging", "added": [], "removed": [], "changed": [changed["storage-logs"]]}, "main")
+        {"stack": "staging", "added": [], "removed": [], "changed": [bucket]}, "main")
 
 
 def test_a_moved_resource_with_an_alias_is_not_a_delete_and_create(documents):

@@ -147,6 +147,35 @@ def test_local_has_namespaces_policies_secrets_and_claims_and_no_aws(local):
     assert not local.where(lambda r: r.type.startswith("aws:"))
 
 
+# What holds data, and so is protected on a stack that protects (the policy pack's stateful types, which Storage
+# creates; `pulumi destroy` keeps them).
+PROTECTED_UNDER_STORAGE = {BUCKET, "aws:kms/key:Key", "aws:efs/fileSystem:FileSystem", "aws:backup/vault:Vault",
+                           "aws:cloudwatch/logGroup:LogGroup", PVC}
+
+
+def test_only_what_holds_data_under_storage_is_protected(prod):
+    """Pulumi's SDK gives a child the protection of its parent (resource.py: opts.protect from the parent's
+    `_protect`), so the component must not set that attribute: its roles, policies, Pod Identity associations,
+    security groups and mount targets stay replaceable and deletable."""
+    [storage] = prod.of_type("airflow:platform:Storage")
+    parents = {r.urn: r.parent for r in prod.registrations}
+
+    def under_storage(registration) -> bool:
+        urn = registration.parent
+        while urn:
+            if urn == storage.urn:
+                return True
+            urn = parents.get(urn)
+        return False
+    descendants = prod.where(under_storage)
+    protected = {r.type for r in descendants if r.protect}
+    assert protected and protected <= PROTECTED_UNDER_STORAGE, protected - PROTECTED_UNDER_STORAGE
+    for type_ in ("aws:iam/role:Role", "aws:eks/podIdentityAssociation:PodIdentityAssociation",
+                  "aws:ec2/securityGroup:SecurityGroup", "aws:efs/mountTarget:MountTarget"):
+        found = [r for r in descendants if r.type == type_]
+        assert found and not any(r.protect for r in found), type_
+
+
 def test_opting_out_of_protection_for_a_throwaway_stack():
     run = run_program("staging", overrides={"protectStatefulResources": False})
     for type_ in (BUCKET, "aws:efs/fileSystem:FileSystem", "aws:kms/key:Key", "aws:backup/vault:Vault", PVC):
