@@ -16,7 +16,7 @@ import pulumi_random as random
 
 from components import workloads as w
 from components.helm import NONROOT_UID, chart_release, resources
-from components.settings import Settings
+from components.settings import Settings, principal_name
 
 OPERATORS_GROUP = "airflow-operators"
 
@@ -456,11 +456,15 @@ class Security(pulumi.ComponentResource):
             opts=in_airflow)
         if args.settings.is_aws:
             for index, principal_arn in enumerate(args.settings.operator_principal_arns):
-                # No access policy: the principal gets exactly what the group's Role grants.
+                # No access policy: the principal gets exactly what the group's Role grants. Named after the
+                # principal: by position, removing or reordering one would replace the others' entries, and EKS
+                # refuses the new entry while the old one for the same principal exists (409). They were named by
+                # position once: that name is an alias (keep the list's order in the first `up` after that).
                 aws.eks.AccessEntry(
-                    f"{name}-operator-{index}", cluster_name=args.cluster_name, principal_arn=principal_arn,
-                    type="STANDARD", kubernetes_groups=[OPERATORS_GROUP],
-                    opts=pulumi.ResourceOptions(parent=self, provider=args.aws_provider))
+                    f"{name}-operator-{principal_name(principal_arn)}", cluster_name=args.cluster_name,
+                    principal_arn=principal_arn, type="STANDARD", kubernetes_groups=[OPERATORS_GROUP],
+                    opts=pulumi.ResourceOptions(parent=self, provider=args.aws_provider,
+                                                aliases=[pulumi.Alias(name=f"{name}-operator-{index}")]))
 
     def _password(self, name: str, purpose: str, special: bool,
                   override_special: str = URL_RESERVED_SPECIAL) -> pulumi.Output[str]:

@@ -65,12 +65,29 @@ def test_operators_role_reads_and_never_touches_secrets(prod):
     assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
                                     "name": "airflow-operators"}]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    entry = prod.one("aws:eks/accessEntry:AccessEntry", "security-operator-0").values
+    entry = prod.one("aws:eks/accessEntry:AccessEntry", "security-operator-role-airflow-operators").values
     assert entry["principalArn"] == "arn:aws:iam::111122223333:role/airflow-operators"
     assert entry["kubernetesGroups"] == ["airflow-operators"]
     associations = prod.of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
     assert all(a.values["principalArn"] != entry["principalArn"] for a in associations), \
         "operators get only what the Role grants"
+
+
+def test_removing_or_reordering_operators_leaves_the_other_entries_alone():
+    """An entry's name is its principal's, not its place in the list: removing the first operator or reordering
+    them keeps the others' URNs (by position they would be replaced, and EKS refuses a second entry for a
+    principal with 409). The name it had by position stays an alias, for the first `up` after the rename."""
+    first, second = "arn:aws:iam::111122223333:role/on-call", "arn:aws:iam::111122223333:role/team/analysts"
+
+    def entries(principals: list[str]) -> dict[str, object]:
+        run = run_program("prod", overrides={"operatorPrincipalArns": principals})
+        return {r.values["principalArn"]: r for r in run.of_type("aws:eks/accessEntry:AccessEntry")
+                if r.values.get("kubernetesGroups") == ["airflow-operators"]}
+    both, reordered, alone = entries([first, second]), entries([second, first]), entries([second])
+    assert both[second].urn == reordered[second].urn == alone[second].urn
+    assert both[first].urn == reordered[first].urn
+    assert both[second].name == "security-operator-role-team-analysts"
+    assert "security-operator-1" in both[second].alias_names and "security-operator-0" in alone[second].alias_names
 
 
 # --- secrets --------------------------------------------------------------------------------------------

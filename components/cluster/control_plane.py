@@ -8,7 +8,7 @@ import pulumi_aws as aws
 from components.cluster.context import AwsContext
 from components.cluster.network import Network
 from components.iam import managed_policy_arn, service_trust_policy
-from components.settings import IAM_PRINCIPAL_ARN
+from components.settings import IAM_PRINCIPAL_ARN, principal_name
 
 CONTROL_PLANE_LOG_TYPES = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
 
@@ -95,7 +95,7 @@ def build_admin_access(ctx: AwsContext, eks_cluster: aws.eks.Cluster,
     principals = list(dict.fromkeys([*admins, deployer_arn]))
     associations = []
     for principal_arn in principals:
-        resource_name = f"{name}-admin-{principal_arn.split(':', 5)[5].replace('/', '-')}"
+        resource_name = f"{name}-admin-{principal_name(principal_arn)}"
         # Entries of adminPrincipalArns were once named by their position in the list.
         aliases = [pulumi.Alias(name=f"{name}-admin-{admins.index(principal_arn)}")] \
             if principal_arn in admins else []
