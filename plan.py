@@ -89,6 +89,17 @@ REPLACED_ON_CHANGE: dict[str, tuple[str, ...]] = {
     "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration": ("bucket", "expectedBucketOwner"),
     "aws:s3/bucketOwnershipControls:BucketOwnershipControls": ("bucket",),
     "aws:iam/role:Role": ("name", "namePrefix", "path"),
+    # internal/service/iam/policy.go (6.x): the Karpenter controller's policies carry its version in `description`.
+    "aws:iam/policy:Policy": ("name", "namePrefix", "path", "description"),
+    # Karpenter's interruption queue and its events: internal/service/sqs/queue.go @00a35305, queue_policy.go,
+    # internal/service/events/rule.go @0cdab4ae, target.go @0762c41e; ec2/tag (v3's resource_aws_ec2_tag.go
+    # @299594d1: value updates in place); acm/certificate_validation.go @004eea7f (no Update at all).
+    "aws:sqs/queue:Queue": ("fifoQueue", "name", "namePrefix"),
+    "aws:sqs/queuePolicy:QueuePolicy": ("queueUrl",),
+    "aws:cloudwatch/eventRule:EventRule": ("name", "namePrefix", "eventBusName"),
+    "aws:cloudwatch/eventTarget:EventTarget": ("rule", "eventBusName", "targetId"),
+    "aws:ec2/tag:Tag": ("resourceId", "key"),
+    "aws:acm/certificateValidation:CertificateValidation": ("certificateArn", "validationRecordFqdns"),
     "aws:iam/rolePolicy:RolePolicy": ("role", "name", "namePrefix"),
     "aws:iam/rolePolicyAttachment:RolePolicyAttachment": ("role", "policyArn"),
     "aws:cloudwatch/logGroup:LogGroup": ("name", "namePrefix", "logGroupClass"),
@@ -147,6 +158,11 @@ REPLACED_ON_CHANGE: dict[str, tuple[str, ...]] = {
     "kubernetes:apps/v1:StatefulSet": ("spec.selector", "spec.serviceName", "spec.volumeClaimTemplates",
                                        "spec.podManagementPolicy", "spec.revisionHistoryLimit"),
     "kubernetes:batch/v1:Job": ("spec.completions", "spec.parallelism", "spec.selector", "spec.template"),
+}
+# AWS types of the stacks with no input that forces a replacement (they update in place whatever changes).
+UPDATED_IN_PLACE: dict[str, str] = {
+    "aws:ec2/internetGateway:InternetGateway": "internal/service/ec2/vpc_internet_gateway.go: no ForceNew; a new "
+                                               "vpcId detaches and attaches it in Update",
 }
 # Inputs that are sets to the provider: their order means nothing, so they are compared sorted.
 SET_INPUTS: dict[str, tuple[str, ...]] = {

@@ -209,6 +209,15 @@ def test_a_new_cluster_name_replaces_the_cluster_and_its_node_groups(documents):
     assert changed["cluster-coredns"]["action"] == "replace"
 
 
+def test_a_changed_policy_description_replaces_the_karpenter_policies(documents):
+    """Karpenter's managed policies name the cluster (and Karpenter's version) in their description, which IAM
+    cannot change in place: the plan says replace, not update."""
+    diff = plan.compare(documents["staging"], plan.stack_document("staging", overrides={"clusterName": "airflow-staging-2"}))
+    policies = [c for c in diff["changed"] if c["type"] == "aws:iam/policy:Policy"]
+    assert len(policies) == 5 and all(c["action"] == "replace" for c in policies), policies
+    assert all("description" in {p["path"] for p in c["paths"] if p["replaces"]} for c in policies)
+
+
 def test_kubernetes_version_upgrade_is_an_update_and_a_downgrade_is_refused(documents):
     up = changes(documents, "prod", {"kubernetesVersion": "1.35"})["cluster-eks"]
     assert up["action"] == "update" and not any(p.get("refused") for p in up["paths"])
@@ -501,6 +510,16 @@ def _input_names(args_class) -> dict[str, str]:
 
     return {getattr(v.fget, _PULUMI_NAME): repr(v.fget.__annotations__.get("return"))
             for v in vars(args_class).values() if isinstance(v, property)}
+
+
+def test_every_aws_type_the_stacks_register_says_what_replaces_it(documents):
+    """A type missing from the tables would show every change as an update, its replacement included (the
+    Karpenter policies' `description` holds the version: a Karpenter upgrade replaces them)."""
+    registered = {r["type"] for document in documents.values() for r in document["resources"]
+                  if r["type"].startswith("aws:")}
+    assert len(registered) > 40
+    assert sorted(registered - set(plan.REPLACED_ON_CHANGE) - set(plan.UPDATED_IN_PLACE)) == []
+    assert not set(plan.REPLACED_ON_CHANGE) & set(plan.UPDATED_IN_PLACE)
 
 
 @pytest.mark.parametrize("table", ["REPLACED_ON_CHANGE", "REPLACED_WHEN", "SET_INPUTS"])
