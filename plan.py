@@ -182,6 +182,7 @@ SET_INPUTS: dict[str, tuple[str, ...]] = {
     "aws:elasticache/subnetGroup:SubnetGroup": ("subnetIds",),
     "aws:elasticache/parameterGroup:ParameterGroup": ("parameters",),
     "aws:acm/certificate:Certificate": ("subjectAlternativeNames",),
+    "aws:acm/certificateValidation:CertificateValidation": ("validationRecordFqdns",),
     "aws:backup/selection:Selection": ("resources", "notResources"),
     "aws:ec2/securityGroup:SecurityGroup": ("ingress", "egress"),
     "aws:iam/role:Role": ("managedPolicyArns",),
@@ -582,7 +583,8 @@ def compare(old_doc: Optional[dict], new_doc: dict) -> dict:
         if not paths and not options and urn not in moved:
             continue
         changed.append({"urn": urn, "type": entry["type"], "name": entry["name"], "movedFrom": moved.get(urn),
-                        "protected": entry["protect"], "options": options, "paths": paths})
+                        "protected": entry["protect"], "options": options, "paths": paths,
+                        "maintenanceWindow": deferred_to_maintenance(entry)})
     _follow_replacements(new, changed)
     return {
         "stack": new_doc["stack"],
@@ -612,7 +614,7 @@ def _follow_replacements(resources: dict[str, dict], changed: list[dict]) -> Non
                 if change is None:
                     change = by_urn[urn] = {"urn": urn, "type": entry["type"], "name": entry["name"],
                                             "movedFrom": None, "protected": entry["protect"], "options": [],
-                                            "paths": []}
+                                            "paths": [], "maintenanceWindow": deferred_to_maintenance(entry)}
                     changed.append(change)
                 if key == "(provider)":
                     path, reason = key, f"its provider {resources[source]['name']} is replaced"
@@ -764,6 +766,26 @@ def mermaid_report(doc: dict) -> str:
     return "\n".join(lines)
 
 
+# Inputs of the managed data stores whose change waits for the maintenance window unless applied at once (RDS's
+# and ElastiCache's Modify* calls without ApplyImmediately; replica counts and AUTH tokens do not wait), and the
+# input naming that window (an Aurora instance has its own, which AWS picks when none is set).
+DEFERRED_INPUTS: dict[str, tuple[tuple[str, ...], Optional[str]]] = {
+    "aws:rds/cluster:Cluster": (("engineVersion", "dbClusterParameterGroupName"), "preferredMaintenanceWindow"),
+    "aws:rds/clusterInstance:ClusterInstance": (("instanceClass",), "preferredMaintenanceWindow"),
+    "aws:rds/instance:Instance": (("instanceClass", "allocatedStorage", "storageType", "engineVersion"),
+                                  "maintenanceWindow"),
+    "aws:elasticache/replicationGroup:ReplicationGroup": (("nodeType", "engineVersion"), "maintenanceWindow"),
+}
+
+
+def deferred_to_maintenance(entry: dict) -> Optional[str]:
+    """The window an update of these inputs of a managed data store waits for (applyImmediately off)."""
+    if entry["type"] not in DEFERRED_INPUTS or entry["inputs"].get("applyImmediately"):
+        return None
+    window = DEFERRED_INPUTS[entry["type"]][1]
+    return entry["inputs"].get(window) or "its own, which AWS picked"
+
+
 def diff_text(diff: dict, ref: str) -> str:
     replaced = [c for c in diff["changed"] if c["action"] == "replace"]
     lines = [f"Stack {diff['stack']}, {ref} → working tree: {len(diff['added'])} to add, "
@@ -784,6 +806,8 @@ def diff_text(diff: dict, ref: str) -> str:
         for p in c["paths"]:
             why = f"   [replace: {p['replaces']}]" if p["replaces"] else ""
             why += f"   [refused: {p['refused']}]" if p.get("refused") else ""
+            if c["action"] == "update" and c.get("maintenanceWindow") and p["path"] in DEFERRED_INPUTS[c["type"]][0]:
+                why += f"   [waits for the maintenance window, {c['maintenanceWindow']}: managedApplyImmediately is off]"
             lines.append(f"      {p['path']}: {show(p['old'], 60)} → {show(p['new'], 60)}{why}")
     if not has_changes(diff):
         lines.append("  no change")

@@ -75,6 +75,6 @@ def managed_redis(name: str, settings: Settings, *, name_prefix: str, auth_token
         snapshot_retention_limit=settings.elasticache_snapshot_retention_days, snapshot_window="03:00-04:00",
         maintenance_window="sun:05:00-sun:06:00",
         final_snapshot_identifier=pulumi.Output.concat(identifier, "-final-", suffix.hex),
-        auto_minor_version_upgrade=False, apply_immediately=False,
+        auto_minor_version_upgrade=False, apply_immediately=settings.managed_apply_immediately,
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=protect, retain_on_delete=protect)))
     return ManagedRedis(primary_endpoint=group.primary_endpoint_address, port=w.REDIS_PORT, access=from_cluster)

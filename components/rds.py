@@ -297,13 +297,14 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, admin_p
             backup_retention_period=settings.database_backup_retention_days, preferred_backup_window="02:00-03:00",
             preferred_maintenance_window="sun:04:00-sun:05:00", enabled_cloudwatch_logs_exports=["postgresql"],
             # A new major databaseEngineVersion is a reviewed change; AWS needs to be told it may make it.
-            allow_major_version_upgrade=True,
+            allow_major_version_upgrade=True, apply_immediately=settings.managed_apply_immediately,
             **snapshot, opts=keep)
         instances = [aws.rds.ClusterInstance(
             f"{name}-aurora-{index}", identifier=f"{identifier}-{index}", cluster_identifier=cluster.id,
             engine=cluster.engine, engine_version=cluster.engine_version,
             instance_class=settings.database_instance_class, availability_zone=zones[index % len(zones)],
-            db_subnet_group_name=subnet_group.name, promotion_tier=index, **monitoring, opts=after_monitoring)
+            db_subnet_group_name=subnet_group.name, promotion_tier=index,
+            apply_immediately=settings.managed_apply_immediately, **monitoring, opts=after_monitoring)
             for index in range(2)]
         return ManagedPostgres(endpoint=cluster.endpoint, port=w.POSTGRES_PORT,
                                resource_id=cluster.cluster_resource_id,
@@ -323,7 +324,7 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, admin_p
         backup_window="02:00-03:00", maintenance_window="sun:04:00-sun:05:00",
         enabled_cloudwatch_logs_exports=["postgresql", "upgrade"], allow_major_version_upgrade=True,
         # The automated backups (point-in-time restore) outlive the instance, for their retention.
-        delete_automated_backups=False,
+        delete_automated_backups=False, apply_immediately=settings.managed_apply_immediately,
         **monitoring, **snapshot, opts=after_monitoring)
     return ManagedPostgres(endpoint=instance.address, port=w.POSTGRES_PORT, resource_id=instance.resource_id,
                            resources=[from_cluster, instance])

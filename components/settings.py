@@ -284,6 +284,10 @@ class Settings(BaseModel):
         description="Days Performance Insights keeps (aurora/rds): 7 (free), or a multiple of 31 up to 731.")
     database_monitoring_interval_seconds: int = Field(
         default=60, description="Enhanced monitoring interval of aurora/rds, in seconds: 1, 5, 10, 15, 30 or 60.")
+    managed_apply_immediately: bool = Field(
+        default=False,
+        description="Aurora/RDS and ElastiCache make a change at once; false: most changes wait for their weekly "
+                    "maintenance window (Sunday 04:00 and 05:00 UTC), which plan.py says.")
 
     # --- Broker engine -------------------------------------------------------------------------------
     broker_engine: Literal["redis-ha", "elasticache"] = Field(
@@ -575,6 +579,14 @@ class Settings(BaseModel):
         for arn in values:
             if not IAM_PRINCIPAL_ARN.match(arn):
                 raise ValueError(f"{arn!r} is not an IAM role or user ARN (arn:aws:iam::<account>:role/<name>)")
+        # Each principal's access entry is named after it: two that read the same (a path's slash and a dash,
+        # or the same name in two accounts) would be one resource.
+        first: dict[str, int] = {}
+        for index, arn in enumerate(values):
+            other = values[first.setdefault(principal_name(arn), index)]
+            if first[principal_name(arn)] != index:
+                raise ValueError(f"lists {arn!r} twice" if other == arn else
+                                 f"{other!r} and {arn!r} would name the same access entry ({principal_name(arn)!r})")
         return values
 
     @field_validator("database_monitoring_interval_seconds")

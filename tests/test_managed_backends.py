@@ -97,6 +97,17 @@ def test_aurora_is_encrypted_protected_backed_up_and_tls_only(managed):
     assert spec["dbClusterParameterGroupName"] == parameters["name"]
 
 
+def test_the_managed_stores_apply_changes_in_their_window_unless_told_otherwise(managed, rds_run):
+    """applyImmediately false (managedApplyImmediately's default) leaves most modifications to the weekly
+    window; the setting reaches every resource that has the option."""
+    types = (AURORA_INSTANCE, "aws:rds/cluster:Cluster", "aws:rds/instance:Instance", REPLICATION_GROUP)
+    default = [r for run in (managed, rds_run) for t in types for r in run.of_type(t)]
+    assert len(default) == 6 and all(r.values["applyImmediately"] is False for r in default)
+    at_once = run_program("prod-managed", overrides={"managedApplyImmediately": True})
+    chosen = [r for t in types for r in at_once.of_type(t)]
+    assert len(chosen) == 4 and all(r.values["applyImmediately"] is True for r in chosen)
+
+
 def test_aurora_has_a_writer_and_a_reader_in_two_zones_with_insights_and_enhanced_monitoring(managed):
     instances = managed.of_type(AURORA_INSTANCE)
     assert len(instances) == 2

@@ -218,6 +218,26 @@ def test_a_changed_policy_description_replaces_the_karpenter_policies(documents)
     assert all("description" in {p["path"] for p in c["paths"] if p["replaces"]} for c in policies)
 
 
+def test_an_update_of_a_managed_store_says_what_waits_for_the_maintenance_window(documents):
+    """RDS, Aurora and ElastiCache make a new class or node type in their weekly window unless told to apply it
+    at once: the plan marks those inputs, with the window (an Aurora instance's own, which AWS picks), and says
+    nothing of it with managedApplyImmediately, nor of an input that does not wait (the replica count)."""
+    larger = {"databaseInstanceClass": "db.r7g.xlarge", "elasticacheNodeType": "cache.r7g.xlarge",
+              "elasticacheNodes": 2}
+    waiting = plan.compare(documents["prod-managed"], plan.stack_document("prod-managed", overrides=larger))
+    text = plan.diff_text(waiting, "main")
+    marked = [line.strip().split(":")[0] for line in text.splitlines() if "waits for the maintenance window" in line]
+    assert sorted(marked) == ["instanceClass", "instanceClass", "nodeType"], text
+    assert "nodeType: cache.r7g.large → cache.r7g.xlarge   [waits for the maintenance window, sun:05:00-sun:06:00" \
+        in text.replace('"', "")
+    assert "its own, which AWS picked" in text
+    at_once = {"managedApplyImmediately": True}
+    immediate = plan.compare(plan.stack_document("prod-managed", overrides=at_once),
+                             plan.stack_document("prod-managed", overrides={**at_once, **larger}))
+    assert len([c for c in immediate["changed"] if c["type"] in plan.DEFERRED_INPUTS]) == 3
+    assert "maintenance window" not in plan.diff_text(immediate, "main")
+
+
 def test_kubernetes_version_upgrade_is_an_update_and_a_downgrade_is_refused(documents):
     up = changes(documents, "prod", {"kubernetesVersion": "1.35"})["cluster-eks"]
     assert up["action"] == "update" and not any(p.get("refused") for p in up["paths"])

@@ -90,6 +90,21 @@ def test_removing_or_reordering_operators_leaves_the_other_entries_alone():
     assert "security-operator-1" in both[second].alias_names and "security-operator-0" in alone[second].alias_names
 
 
+@pytest.mark.parametrize(("principals", "message"), [
+    (["arn:aws:iam::111122223333:role/team/analysts", "arn:aws:iam::111122223333:role/team-analysts"],
+     r"'arn:aws:iam::111122223333:role/team/analysts' and 'arn:aws:iam::111122223333:role/team-analysts' "
+     r"would name the same access entry \('role-team-analysts'\)"),
+    (["arn:aws:iam::111122223333:role/on-call", "arn:aws:iam::111122223333:role/on-call"],
+     "lists 'arn:aws:iam::111122223333:role/on-call' twice"),
+])
+def test_principals_whose_entries_would_share_a_name_are_refused(principals, message):
+    from components.settings import SettingsError, load_settings
+    config = {"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com", "grafanaHost": "g.example.com",
+              "route53ZoneId": "Z0123", "operatorPrincipalArns": principals}
+    with pytest.raises(SettingsError, match=rf"airflow:operatorPrincipalArns: {message}"):
+        load_settings(config)
+
+
 # --- secrets --------------------------------------------------------------------------------------------
 def secrets_by_name(run) -> dict[str, dict]:
     """The Secrets of the Airflow namespace by name."""
