@@ -8,6 +8,7 @@ so before the program registers any resource, with one message that lists every 
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import ipaddress
 import json
@@ -32,6 +33,18 @@ EKS_ADDONS = ("vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent", "aws
               "aws-efs-csi-driver", "metrics-server")
 
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+# When each Kubernetes version leaves EKS's standard support (AWS's Kubernetes release calendar, "Understand the
+# Kubernetes version lifecycle on EKS"): with the STANDARD upgrade policy EKS then upgrades the control plane.
+EKS_STANDARD_SUPPORT_ENDS = {
+    "1.30": datetime.date(2025, 7, 23), "1.31": datetime.date(2025, 11, 26), "1.32": datetime.date(2026, 3, 23),
+    "1.33": datetime.date(2026, 7, 29), "1.34": datetime.date(2026, 12, 2), "1.35": datetime.date(2027, 3, 27),
+}
+
+
+def today() -> datetime.date:
+    return datetime.date.today()
+
+
 IAM_PRINCIPAL_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:(role|user)/[\w+=,.@/-]+$")
 
 
@@ -115,8 +128,8 @@ class Settings(BaseModel):
         default="", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$",
         description="EKS cluster name; empty means `<project>-<stack>` (`airflow-prod`).")
     kubernetes_version: str = Field(
-        default="1.34", pattern=r"^1\.\d{2}$",
-        description="EKS Kubernetes version (the Airflow chart needs 1.30 or newer).")
+        default="1.35", pattern=r"^1\.\d{2}$",
+        description="EKS Kubernetes version (the Airflow chart needs 1.30 or newer; one in EKS's standard support).")
     vpc_cidr: ipaddress.IPv4Network = Field(
         default=ipaddress.IPv4Network("10.0.0.0/16"),
         description="IPv4 CIDR of the VPC, a /16 to /20 (pods take VPC addresses through the VPC CNI).")
@@ -805,8 +818,21 @@ def _worker_totals_problems(settings: Settings) -> list[tuple[str, str]]:
     return []
 
 
+def _standard_support_problems(settings: Settings) -> list[tuple[str, str]]:
+    """EKS upgrades a control plane whose version left standard support by itself (upgrade policy STANDARD); the
+    stack's version is then a downgrade it refuses. A version the calendar does not list yet passes."""
+    ends = EKS_STANDARD_SUPPORT_ENDS.get(settings.kubernetes_version)
+    if not settings.is_aws or ends is None or today() <= ends:
+        return []
+    newer = [version for version, end in EKS_STANDARD_SUPPORT_ENDS.items() if end >= today()]
+    return [("kubernetesVersion", f"{settings.kubernetes_version} left EKS's standard support on {ends.isoformat()}: "
+             "with the cluster's upgrade policy (STANDARD) EKS upgrades the control plane by itself, after which "
+             f"{settings.kubernetes_version} is a downgrade it refuses; raise it one minor version at a time to one "
+             f"still supported ({', '.join(newer) or 'newer than this program knows'})")]
+
+
 def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
-    problems: list[tuple[str, str]] = []
+    problems: list[tuple[str, str]] = [*_standard_support_problems(settings)]
     if settings.is_aws and not settings.region:
         problems.append(("region", "is required when target is 'aws' (for example eu-west-1)"))
     if settings.is_aws and not settings.ingress_host:

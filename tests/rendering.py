@@ -24,7 +24,7 @@ from components import workloads as w
 from harness import SHARED, ProgramRun, Registration
 
 CHARTS = SHARED / "charts"
-KUBERNETES_VERSION = "1.34.0"
+KUBERNETES_VERSION = "1.35.0"
 RELEASE = "kubernetes:helm.sh/v3:Release"
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob")
 

@@ -12,7 +12,7 @@ import yaml
 
 from harness import SCHEMAS, Registration
 
-KUBERNETES_VERSION = "1.34.0"
+KUBERNETES_VERSION = "1.35.0"
 # Helm releases are recorded as resources too, but what they render is checked against the chart schemas.
 NOT_A_KUBERNETES_OBJECT = ("kubernetes:helm.sh/v3:Release",)
 

@@ -61,7 +61,7 @@ def test_eks_cluster_is_pinned_private_encrypted_and_logged(stack_runs, stack):
     run = stack_runs[stack]
     eks = run.one("aws:eks/cluster:Cluster")
     values = eks.values
-    assert values["version"] == "1.34"
+    assert values["version"] == "1.35"
     assert values["accessConfig"]["authenticationMode"] == "API"
     # No hidden entry for the creator: every admin entry, the deployer's included, is in the program.
     assert values["accessConfig"]["bootstrapClusterCreatorAdminPermissions"] is False
@@ -475,8 +475,8 @@ def test_node_groups_follow_the_control_plane_version(stack_runs, stack):
 
 
 def test_a_kubernetes_upgrade_moves_the_nodes_too():
-    run = run_program("prod", overrides={"kubernetesVersion": "1.35"})
-    assert {n.values["version"] for n in run.of_type("aws:eks/nodeGroup:NodeGroup")} == {"1.35"}
+    run = run_program("prod", overrides={"kubernetesVersion": "1.36"})
+    assert {n.values["version"] for n in run.of_type("aws:eks/nodeGroup:NodeGroup")} == {"1.36"}
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)

@@ -82,6 +82,8 @@ LATER_CHANGES = {
         "storage-efs-eu-west-1b", "storage-efs-eu-west-1c", "storage-logs")},
     # Operators' access entries are named after their principal, their former name by position an alias.
     "security-operator-0": ["options"],
+    # Kubernetes 1.35: 1.34 left EKS's standard support on 2026-12-02 (the control plane and the node groups).
+    **{name: ["inputs"] for name in ("cluster-eks", "cluster-system", "cluster-workers")},
 }
 # What later commits added on purpose, in every stack: KEDA's role's password and its Secret.
 LATER_ADDED = {"security-keda-database-password", "security-airflow-db-keda-user"}
@@ -121,6 +123,7 @@ def test_karpenter_changes_what_it_means_to_and_nothing_else(before, stack):
                                                   "security-airflow-to-pgbouncer-ingress", "database-cluster",
                                                   "database-metadata-connection")},
         **{name: parts for name, parts in LATER_CHANGES.items() if name.startswith(("storage-", "security-operator-"))},
+        **{name: LATER_CHANGES[name] for name in ("cluster-eks", "cluster-system")},
         # Karpenter finds its nodes' subnets by their discovery tag.
         **{f"cluster-private-eu-west-1{zone}": ["inputs"] for zone in "abc"},
         # What waited for both node groups now waits for the system group alone.

@@ -239,9 +239,11 @@ def test_an_update_of_a_managed_store_says_what_waits_for_the_maintenance_window
 
 
 def test_kubernetes_version_upgrade_is_an_update_and_a_downgrade_is_refused(documents):
-    up = changes(documents, "prod", {"kubernetesVersion": "1.35"})["cluster-eks"]
+    up = changes(documents, "prod", {"kubernetesVersion": "1.36"})["cluster-eks"]
     assert up["action"] == "update" and not any(p.get("refused") for p in up["paths"])
-    down = changes(documents, "prod", {"kubernetesVersion": "1.33"})["cluster-eks"]
+    # (From a cluster on 1.36: the stacks refuse a version that left standard support, tested in test_settings.)
+    newer = plan.stack_document("prod", overrides={"kubernetesVersion": "1.36"})
+    down = {c["name"]: c for c in plan.compare(newer, documents["prod"])["changed"]}["cluster-eks"]
     assert [p["refused"] for p in down["paths"] if p["path"] == "version"] == [
         "EKS refuses to downgrade a control plane (a new cluster is the only way back)"]
 

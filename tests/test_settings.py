@@ -1,5 +1,6 @@
 """Bad stack settings stop the program before it registers anything, naming the key."""
 
+import datetime
 import re
 
 import pytest
@@ -190,6 +191,37 @@ def test_stack_file_values_have_the_types_pulumi_yaml_declares(stack_file):
 
 AWS_MINIMUM = {"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com", "grafanaHost": "g.example.com",
                "route53ZoneId": "Z0123"}
+
+
+@pytest.mark.parametrize(("day", "version", "refused"), [
+    (datetime.date(2026, 12, 2), "1.34", False),    # its last day of standard support
+    (datetime.date(2026, 12, 3), "1.34", True),
+    (datetime.date(2027, 3, 28), "1.35", True),
+    (datetime.date(2027, 3, 28), "1.36", False),    # not in the calendar yet: passes
+])
+def test_a_version_past_eks_standard_support_is_refused_on_aws(monkeypatch, day, version, refused):
+    """AWS's release calendar: 1.34's standard support ends on 2 December 2026, 1.35's on 27 March 2027; with the
+    STANDARD upgrade policy EKS then upgrades the control plane itself, and the stack's version is a downgrade."""
+    from components import settings as settings_module
+    from components.settings import SettingsError, load_settings
+    monkeypatch.setattr(settings_module, "today", lambda: day)
+    config = {**AWS_MINIMUM, "kubernetesVersion": version}
+    if refused:
+        with pytest.raises(SettingsError, match=rf"airflow:kubernetesVersion: {re.escape(version)} left EKS's "
+                                                r"standard support on \d{4}-\d{2}-\d{2}: .* a downgrade it refuses"):
+            load_settings(config)
+    else:
+        assert load_settings(config).kubernetes_version == version
+    # A laptop cluster has no EKS to upgrade it.
+    assert load_settings({"kubernetesVersion": version}).kubernetes_version == version
+
+
+def test_the_calendar_knows_the_stacks_version_and_it_is_supported_today():
+    from components.settings import EKS_STANDARD_SUPPORT_ENDS, today
+    from test_placement import stack_settings
+    for stack in ("staging", "prod", "prod-managed"):
+        version = stack_settings(stack).kubernetes_version
+        assert EKS_STANDARD_SUPPORT_ENDS[version] >= today(), (stack, version)
 
 
 @pytest.mark.parametrize("project,stack", [("airflow", "Prod"), ("airflow", "prod_eu"),
