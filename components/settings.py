@@ -42,7 +42,7 @@ EKS_STANDARD_SUPPORT_ENDS = {
 
 
 def today() -> datetime.date:
-    return datetime.date.today()
+    return datetime.datetime.now(datetime.timezone.utc).date()
 
 
 IAM_PRINCIPAL_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:(role|user)/[\w+=,.@/-]+$")
@@ -825,10 +825,12 @@ def _standard_support_problems(settings: Settings) -> list[tuple[str, str]]:
     if not settings.is_aws or ends is None or today() <= ends:
         return []
     newer = [version for version, end in EKS_STANDARD_SUPPORT_ENDS.items() if end >= today()]
+    supported = ", ".join(newer) if newer else "none listed: add the next version's date to EKS_STANDARD_SUPPORT_ENDS"
     return [("kubernetesVersion", f"{settings.kubernetes_version} left EKS's standard support on {ends.isoformat()}: "
              "with the cluster's upgrade policy (STANDARD) EKS upgrades the control plane by itself, after which "
-             f"{settings.kubernetes_version} is a downgrade it refuses; raise it one minor version at a time to one "
-             f"still supported ({', '.join(newer) or 'newer than this program knows'})")]
+             f"{settings.kubernetes_version} is a downgrade it refuses. Run `pulumi refresh` to read the version "
+             "the cluster runs now, set kubernetesVersion to it, then raise it one minor version per `up` to one "
+             f"in standard support ({supported})")]
 
 
 def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:

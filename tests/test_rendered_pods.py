@@ -9,7 +9,7 @@ from harness import STACKS
 from netpol import selects
 from rendering import platform_pods, render_all
 
-# Pod Security Standards, `restricted` profile (Kubernetes 1.34): the checks of
+# Pod Security Standards, `restricted` profile (Kubernetes 1.35): the checks of
 # https://kubernetes.io/docs/concepts/security/pod-security-standards/ that a pod spec can fail.
 RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
                            "projected", "secret", "image", "name"}

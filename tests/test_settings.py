@@ -208,8 +208,11 @@ def test_a_version_past_eks_standard_support_is_refused_on_aws(monkeypatch, day,
     config = {**AWS_MINIMUM, "kubernetesVersion": version}
     if refused:
         with pytest.raises(SettingsError, match=rf"airflow:kubernetesVersion: {re.escape(version)} left EKS's "
-                                                r"standard support on \d{4}-\d{2}-\d{2}: .* a downgrade it refuses"):
+                                                r"standard support on \d{4}-\d{2}-\d{2}: .* a downgrade it refuses"
+                                                r"\. Run `pulumi refresh`") as refusal:
             load_settings(config)
+        # What is still supported that day, or what to do when the calendar knows nothing newer.
+        assert ("in standard support (1.35)" if day.year == 2026 else "add the next version's date") in str(refusal.value)
     else:
         assert load_settings(config).kubernetes_version == version
     # A laptop cluster has no EKS to upgrade it.
