@@ -33,6 +33,11 @@ EKS_ADDONS = ("vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent", "aws
               "aws-efs-csi-driver", "metrics-server")
 
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+IAM_PRINCIPAL_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:(role|user)/[\w+=,.@/-]+$")
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
+_CPU = r"^[0-9]+(\.[0-9]+)?m?$"
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
 # When each Kubernetes version leaves EKS's standard support (AWS's Kubernetes release calendar, "Understand the
 # Kubernetes version lifecycle on EKS"): with the STANDARD upgrade policy EKS then upgrades the control plane.
 EKS_STANDARD_SUPPORT_ENDS = {
@@ -45,15 +50,9 @@ def today() -> datetime.date:
     return datetime.datetime.now(datetime.timezone.utc).date()
 
 
-IAM_PRINCIPAL_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:(role|user)/[\w+=,.@/-]+$")
-
-
 def principal_name(arn: str) -> str:
     """A resource name's part for an IAM principal: `role-<path-and-name>` or `user-…`, slashes as dashes."""
     return arn.split(":", 5)[5].replace("/", "-")
-_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
-_CPU = r"^[0-9]+(\.[0-9]+)?m?$"
-_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 
 _QUANTITY_FACTORS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
@@ -594,12 +593,13 @@ class Settings(BaseModel):
                 raise ValueError(f"{arn!r} is not an IAM role or user ARN (arn:aws:iam::<account>:role/<name>)")
         # Each principal's access entry is named after it: two that read the same (a path's slash and a dash,
         # or the same name in two accounts) would be one resource.
-        first: dict[str, int] = {}
-        for index, arn in enumerate(values):
-            other = values[first.setdefault(principal_name(arn), index)]
-            if first[principal_name(arn)] != index:
-                raise ValueError(f"lists {arn!r} twice" if other == arn else
-                                 f"{other!r} and {arn!r} would name the same access entry ({principal_name(arn)!r})")
+        named: dict[str, str] = {}
+        for arn in values:
+            name = principal_name(arn)
+            if name in named:
+                raise ValueError(f"lists {arn!r} twice" if named[name] == arn else
+                                 f"{named[name]!r} and {arn!r} would name the same access entry ({name!r})")
+            named[name] = arn
         return values
 
     @field_validator("database_monitoring_interval_seconds")
@@ -821,10 +821,10 @@ def _worker_totals_problems(settings: Settings) -> list[tuple[str, str]]:
 def _standard_support_problems(settings: Settings) -> list[tuple[str, str]]:
     """EKS upgrades a control plane whose version left standard support by itself (upgrade policy STANDARD); the
     stack's version is then a downgrade it refuses. A version the calendar does not list yet passes."""
-    ends = EKS_STANDARD_SUPPORT_ENDS.get(settings.kubernetes_version)
-    if not settings.is_aws or ends is None or today() <= ends:
+    ends, day = EKS_STANDARD_SUPPORT_ENDS.get(settings.kubernetes_version), today()
+    if not settings.is_aws or ends is None or day <= ends:
         return []
-    newer = [version for version, end in EKS_STANDARD_SUPPORT_ENDS.items() if end >= today()]
+    newer = [version for version, end in EKS_STANDARD_SUPPORT_ENDS.items() if end >= day]
     supported = ", ".join(newer) if newer else "none listed: add the next version's date to EKS_STANDARD_SUPPORT_ENDS"
     return [("kubernetesVersion", f"{settings.kubernetes_version} left EKS's standard support on {ends.isoformat()}: "
              "with the cluster's upgrade policy (STANDARD) EKS upgrades the control plane by itself, after which "

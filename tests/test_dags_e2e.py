@@ -605,10 +605,10 @@ def test_workers_run_tasks_without_the_fernet_key_or_the_jwt_secret(platform):
     for option in ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET"):
         command = env[f"{option}_CMD"].split()
         assert command[0] == "cat" and not Path(command[1]).exists(), option
+    readable = [*env.values(), *(Path(command.split()[1]).read_text() for name, command in env.items()
+                                 if name.endswith("_CMD") and Path(command.split()[1]).exists())]
     for secret, key in ((w.FERNET_KEY_SECRET, "fernet-key"), (w.JWT_SECRET, "jwt-secret")):
         value = platform.release["secrets"][secret][key]
-        readable = [*env.values(), *(Path(command.split()[1]).read_text() for name, command in env.items()
-                                     if name.endswith("_CMD") and Path(command.split()[1]).exists())]
         assert not [text for text in readable if value in text], secret
     run_id = platform.api.trigger(QUICK)
     platform.wait(lambda: finished(platform, QUICK, run_id), RUN_BOUND_SECONDS, f"{QUICK} finishes")
