@@ -10,6 +10,7 @@ from components.airflow import AirflowRelease, AirflowReleaseArgs
 from components.broker import Broker, BrokerArgs
 from components.cluster import Cluster, ClusterArgs
 from components.database import Database, DatabaseArgs
+from components.delivery import Delivery, DeliveryArgs
 from components.observability import Observability, ObservabilityArgs
 from components.security import Security, SecurityArgs
 from components.settings import aws_default_tags, aws_name_prefix, load_settings
@@ -135,6 +136,26 @@ airflow = AirflowRelease("airflow", AirflowReleaseArgs(
     secrets_prefix=settings.secrets_prefix(name_prefix) if settings.secrets_backend == "aws-secrets-manager" else None,
 ))
 
+# GitHub Actions' way in (githubRepository): after the cluster, beside everything else; nothing waits for it.
+delivery = None
+if settings.github_repository:
+    delivery = Delivery("delivery", DeliveryArgs(
+        repository=settings.github_repository,
+        connection_arn=settings.github_connection_arn,
+        oidc_provider_arn=settings.github_oidc_provider_arn,
+        deploy_environment=stack,
+        preview_environment=f"preview-{stack}",
+        name_prefix=name_prefix,
+        partition=cluster.partition,
+        account_id=cluster.account_id,
+        region=settings.region,
+        cluster_name=cluster.cluster_name,
+        vpc_id=cluster.vpc_id,
+        private_subnet_ids=cluster.private_subnet_ids,
+        cluster_security_group_id=cluster.cluster_security_group_id,
+        aws_provider=aws_provider,
+    ))
+
 pulumi.export("ingress_url", airflow.ingress_url)
 pulumi.export("admin_username", airflow.admin_username)
 pulumi.export("admin_password", security.admin_password)
@@ -150,3 +171,7 @@ if settings.is_aws:
     if storage.backups_bucket_name is not None:
         pulumi.export("backups_bucket_name", storage.backups_bucket_name)
     pulumi.export("certificate_arn", security.certificate_arn)
+if delivery is not None:
+    pulumi.export("github_deploy_role_arn", delivery.deploy_role_arn)
+    pulumi.export("github_preview_role_arn", delivery.preview_role_arn)
+    pulumi.export("github_runner_project", delivery.runner_project_name)

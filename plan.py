@@ -101,6 +101,13 @@ REPLACED_ON_CHANGE: dict[str, tuple[str, ...]] = {
     "aws:ec2/tag:Tag": ("resourceId", "key"),
     "aws:acm/certificateValidation:CertificateValidation": ("certificateArn", "validationRecordFqdns"),
     "aws:iam/rolePolicy:RolePolicy": ("role", "name", "namePrefix"),
+    # Delivery (githubRepository): internal/service/iam/openid_connect_provider.go @01606926 (client IDs and
+    # thumbprints update in place), codebuild/project.go (5.x), codebuild/webhook.go @01c08000; the webhook's
+    # manualCreation (newer than the files read; the program does not set it) is taken as ForceNew, since
+    # CodeBuild's UpdateWebhook has no field for it.
+    "aws:iam/openIdConnectProvider:OpenIdConnectProvider": ("url",),
+    "aws:codebuild/project:Project": ("name",),
+    "aws:codebuild/webhook:Webhook": ("projectName", "manualCreation"),
     "aws:iam/rolePolicyAttachment:RolePolicyAttachment": ("role", "policyArn"),
     "aws:cloudwatch/logGroup:LogGroup": ("name", "namePrefix", "logGroupClass"),
     "aws:backup/vault:Vault": ("name", "kmsKeyArn"),

@@ -160,6 +160,24 @@ class Settings(BaseModel):
         default=90,
         description="Retention of the EKS control-plane logs in CloudWatch, in days.")
 
+    # --- Delivery: GitHub Actions --------------------------------------------------------------------
+    github_repository: str = Field(
+        default="", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9-]{0,38}/[A-Za-z0-9._-]{1,100}$|"
+                            r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}@[0-9]+/[A-Za-z0-9._-]{1,100}@[0-9]+$",
+        description="The GitHub repository whose workflows preview and deploy this stack (target=aws), as its OIDC "
+                    "tokens name it: `owner/name`, or `owner@<owner id>/name@<repository id>` for a repository on "
+                    "GitHub's immutable subject claims (created from 15 July 2026, or opted in). The stack then "
+                    "creates the roles the workflows assume and CodeBuild-hosted runners in its private subnets. "
+                    "Empty: neither.")
+    github_connection_arn: str = Field(
+        default="", pattern=r"^$|^arn:aws[a-z-]*:(codeconnections|codestar-connections):[a-z0-9-]+:\d{12}:connection/[0-9a-f-]+$",
+        description="An AWS CodeConnections connection to GitHub in the stack's region, its GitHub App installed on "
+                    "githubRepository: the runners register through it. Required with githubRepository.")
+    github_oidc_provider_arn: str = Field(
+        default="", pattern=r"^$|^arn:aws[a-z-]*:iam::\d{12}:oidc-provider/token\.actions\.githubusercontent\.com$",
+        description="The account's IAM OIDC provider for GitHub Actions, when another stack or tool made it (an "
+                    "account has one per URL); empty: this stack creates it, and keeps it on destroy.")
+
     # --- AWS: nodes --------------------------------------------------------------------------------
     system_node_instance_types: list[str] = Field(
         default_factory=lambda: ["m6i.large"], min_length=1, max_length=10,
@@ -833,6 +851,22 @@ def _standard_support_problems(settings: Settings) -> list[tuple[str, str]]:
              f"in standard support ({supported})")]
 
 
+def _github_problems(settings: Settings) -> list[tuple[str, str]]:
+    if not settings.github_repository:
+        return [("githubConnectionArn", "is used only with githubRepository: set both, or neither")] \
+            if settings.github_connection_arn else []
+    if not settings.is_aws:
+        return [("githubRepository", "needs target 'aws': its roles and runners are AWS resources")]
+    if not settings.github_connection_arn:
+        return [("githubConnectionArn", "is required with githubRepository: create a connection to GitHub in "
+                                        f"region {settings.region or '<region>'} (README: Delivery) and set its ARN")]
+    region = settings.github_connection_arn.split(":")[3]
+    if region != settings.region:
+        return [("githubConnectionArn", f"is in {region}, the stack in {settings.region}: CodeBuild uses a "
+                                        "connection of its own region")]
+    return []
+
+
 def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = [*_standard_support_problems(settings)]
     if settings.is_aws and not settings.region:
@@ -902,6 +936,7 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
                                                   f"postgresMaxConnections ({settings.postgres_max_connections}) leaves "
                                                   "beside superusers, the operator, KEDA and the poolers' auth_query: lower "
                                                   "one, or raise postgresMaxConnections"))
+    problems.extend(_github_problems(settings))
     if settings.worker_min_replicas > settings.worker_max_replicas:
         problems.append(("workerMinReplicas", f"must not exceed workerMaxReplicas ({settings.worker_max_replicas}), "
                                               f"got {settings.worker_min_replicas}"))
@@ -971,6 +1006,12 @@ def aws_name_prefix(project: str, stack: str) -> str:
     S3 bucket prefixes, the backup vault and plan, KMS aliases. Two projects may both have a `prod` stack in
     one account; their names must not collide."""
     return f"{project}-{stack}"
+
+
+def github_role_name(name_prefix: str, purpose: Literal["deploy", "preview"]) -> str:
+    """The IAM role a workflow assumes to deploy or preview the stack (githubRepository). A fixed name: the cluster
+    checks the principal running `pulumi up` against it before the role exists in this run."""
+    return f"{name_prefix}-github-{purpose}"
 
 
 # S3 bucket prefixes (`<prefix>-backups-`) may have 37 characters at most, lower case.

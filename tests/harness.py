@@ -40,8 +40,8 @@ FAKE_ZONES = ["eu-west-1a", "eu-west-1b", "eu-west-1c", "eu-west-1d"]
 FAKE_ACCOUNT = "111122223333"
 # S3's prefix list in eu-west-1, as `aws ec2 describe-managed-prefix-lists` lists it.
 FAKE_S3_CIDRS = ["3.5.64.0/21", "3.5.72.0/23", "52.92.0.0/17", "52.218.0.0/17"]
-# The role CI assumes to run `pulumi up`.
-DEPLOYER_ROLE = f"arn:aws:iam::{FAKE_ACCOUNT}:role/pulumi-deployer"
+# Who runs `pulumi up` unless a test says otherwise: the stacks' admin role (a first `up` from an admin machine).
+DEPLOYER_ROLE = f"arn:aws:iam::{FAKE_ACCOUNT}:role/platform-admins"
 
 
 def pulumi_config_value(value: Any) -> str:
@@ -213,7 +213,11 @@ class PlatformMocks(pulumi_mocks.Mocks):
         elif args.typ == "aws:kms/key:Key":
             state["keyId"] = f"key-{args.name}"
         elif args.typ == "aws:iam/role:Role":
+            # IAM's own ARN format: arn:<partition>:iam::<account>:role/<path><name>.
             state["name"] = name
+            state["arn"] = f"arn:aws:iam::{FAKE_ACCOUNT}:role{inputs.get('path') or '/'}{name}"
+        elif args.typ == "aws:iam/openIdConnectProvider:OpenIdConnectProvider":
+            state["arn"] = f"arn:aws:iam::{FAKE_ACCOUNT}:oidc-provider/{inputs['url'].removeprefix('https://')}"
         elif args.typ == "aws:s3/bucket:Bucket":
             state["bucket"] = f"{inputs['bucketPrefix']}mock"
             state["arn"] = f"arn:aws:s3:::{state['bucket']}"
@@ -402,9 +406,10 @@ class ProgramFailed(Exception):
 def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
                 secret_config: Optional[dict[str, str]] = None, password_characters: str = "",
                 password_seed: Optional[int] = None, deployer_arn: str = DEPLOYER_ROLE,
-                project: str = PROJECT, root: Path = REPO) -> ProgramRun:
+                project: str = PROJECT, root: Path = REPO, preview: bool = False) -> ProgramRun:
     """Run `root`'s `__main__.py` for a stack file; `overrides` replace config keys (None deletes one);
-    `project` is the project name Pulumi hands the program (the config keys stay in the `airflow` namespace).
+    `project` is the project name Pulumi hands the program (the config keys stay in the `airflow` namespace);
+    `preview` runs it as `pulumi preview` does.
     An encrypted value of the stack file runs as its setting's stand-in, as a secret (`secret_config` wins)."""
     encrypted: list[str] = []
     config = load_stack_config(stack, root, encrypted)
@@ -424,7 +429,7 @@ def run_program(stack: str, overrides: Optional[dict[str, Any]] = None,
     mocks = PlatformMocks(password_characters, password_seed, deployer_arn)
     monitor = RecordingMonitor(mocks)
     set_root_resource(None)
-    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=preview, monitor=monitor)
     pulumi.runtime.set_all_config(config, secret_keys)
     # set_mocks made a root Stack of its own; the program gets a fresh one, as under the language host.
     set_root_resource(None)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from components.cluster import ADDONS_AFTER_NODES, ADDONS_BEFORE_NODES, load_balancer_controller_policy, subnet_plan
-from harness import DEPLOYER_ROLE, REPO, SCHEMAS, STACKS, ProgramFailed, is_secret, run_program, unwrap
+from harness import REPO, SCHEMAS, STACKS, ProgramFailed, is_secret, run_program, unwrap
 from rendering import chart_name
 from schemas import chart_defaults, missing_value_paths, validate_kubernetes_object
 
@@ -78,7 +78,7 @@ def test_eks_cluster_is_pinned_private_encrypted_and_logged(stack_runs, stack):
     assert key.values["enableKeyRotation"] is True
     assert key.protect and key.retain_on_delete, "the secrets key must outlive a careless destroy"
 
-    log_group = run.one("aws:cloudwatch/logGroup:LogGroup")
+    log_group = run.one("aws:cloudwatch/logGroup:LogGroup", "cluster-control-plane")
     assert log_group.values["name"] == f"/aws/eks/{values['name']}/cluster"
     assert eks.depends_on(log_group), "the log group must exist before EKS creates one without retention"
 
@@ -441,28 +441,17 @@ def admin_entries(run) -> dict[str, str]:
             if r.name.startswith("cluster-admin-")}
 
 
-def test_admin_principals_and_the_deployer_get_cluster_admin_through_access_entries(prod):
+def test_admin_principals_get_cluster_admin_through_access_entries(prod):
     entries = admin_entries(prod)
-    assert set(entries) == {"arn:aws:iam::111122223333:role/platform-admins", DEPLOYER_ROLE}
+    assert set(entries) == {"arn:aws:iam::111122223333:role/platform-admins"}
     for principal, name in entries.items():
         association = prod.one("aws:eks/accessPolicyAssociation:AccessPolicyAssociation", name).values
         assert association["principalArn"] == principal
         assert association["policyArn"].endswith(ADMIN_POLICY)
         assert association["accessScope"] == {"type": "cluster"}
-        # The Helm releases are installed with the deployer's access: it must exist first.
+        # The Helm releases are installed with an admin's access: it must exist first.
         assert prod.one("pulumi:providers:kubernetes", "cluster-k8s").depends_on(
             prod.one("aws:eks/accessPolicyAssociation:AccessPolicyAssociation", name))
-
-
-def test_a_deployer_that_is_also_an_admin_gets_one_entry_not_two():
-    # EKS refuses a second access entry for the same principal (409 ResourceInUseException).
-    admin = "arn:aws:iam::111122223333:role/platform-admins"
-    run = run_program("prod", deployer_arn=admin)
-    principals = [r.values["principalArn"] for r in run.of_type("aws:eks/accessEntry:AccessEntry")]
-    assert len(principals) == len(set(principals))
-    assert set(admin_entries(run)) == {admin}
-    # The entry keeps its name whether the principal is listed, deploying, or both.
-    assert admin_entries(run)[admin] == admin_entries(run_program("prod"))[admin]
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)
@@ -499,7 +488,6 @@ def test_entries_of_the_admin_list_keep_their_former_names_as_aliases(prod):
     assert "cluster-admin-0" in entry.alias_names
     association = prod.one("aws:eks/accessPolicyAssociation:AccessPolicyAssociation", "cluster-admin-role-platform-admins")
     assert "cluster-admin-0" in association.alias_names
-    assert prod.one("aws:eks/accessEntry:AccessEntry", "cluster-admin-role-pulumi-deployer").alias_names == []
 
 
 def test_a_cluster_created_with_the_creators_implicit_entry_is_not_replaced(prod):
@@ -507,10 +495,12 @@ def test_a_cluster_created_with_the_creators_implicit_entry_is_not_replaced(prod
     assert "accessConfig.bootstrapClusterCreatorAdminPermissions" in eks.ignore_changes
 
 
-def test_a_root_deployer_is_refused_with_a_clear_error():
-    with pytest.raises(ProgramFailed, match=r"cannot be given an EKS access entry .* run it as an IAM role or user") \
-            as caught:
-        run_program("prod", deployer_arn="arn:aws:iam::111122223333:root")
+@pytest.mark.parametrize("deployer", ["arn:aws:iam::111122223333:root", "arn:aws:iam::111122223333:role/someone"])
+def test_an_up_by_a_principal_the_stack_gives_no_entry_is_refused_before_anything_is_created(deployer):
+    with pytest.raises(ProgramFailed, match=r"the principal running `pulumi up` \(arn:aws:iam::111122223333:"
+                                            r"(root|role/someone)\) gets no cluster-admin access entry from this "
+                                            r"stack.*add it to airflow:adminPrincipalArns") as caught:
+        run_program("prod", deployer_arn=deployer)
     assert not [r for r in caught.value.registrations if r.type.startswith("aws:")], "before any AWS resource"
 
 
@@ -520,7 +510,7 @@ def test_the_deployer_and_the_s3_prefix_list_are_looked_up_by_what_aws_calls_the
     # The session context is asked about the caller's own ARN (an assumed-role session), not a guess.
     assert "aws:index/getCallerIdentity:getCallerIdentity" in calls
     assert calls["aws:iam/getSessionContext:getSessionContext"]["arn"].startswith(
-        "arn:aws:sts::111122223333:assumed-role/pulumi-deployer/")
+        "arn:aws:sts::111122223333:assumed-role/platform-admins/")
 
 
 def test_the_service_cidr_defaults_to_what_each_target_uses(stack_runs):

@@ -205,7 +205,7 @@ def test_what_configures_a_kept_resource_is_kept_with_it(prod):
             assert registration.retain_on_delete, registration.name
     for registration in [*prod.of_type(BUCKET), *prod.of_type("aws:backup/vault:Vault")]:
         assert registration.values["forceDestroy"] is False, "a protected stack never deletes objects"
-    log_group = prod.one("aws:cloudwatch/logGroup:LogGroup")
+    log_group = prod.one("aws:cloudwatch/logGroup:LogGroup", "cluster-control-plane")
     assert log_group.protect and log_group.retain_on_delete, "the control plane's audit trail"
     # A kept backup plan runs every night under its role: the role and its policies stay with it.
     role = next(r for r in prod.of_type("aws:iam/role:Role") if r.name == "storage-backup")

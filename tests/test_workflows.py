@@ -93,7 +93,8 @@ def test_pull_requests_run_the_tests_previews_and_plans_for_forks(workflows):
     preview = next(s for s in steps(jobs["preview"]) if s.get("uses") == "./.github/actions/pulumi")
     assert preview["with"]["command"] == "preview" and preview["with"]["comment-on-pr"] is True
     assert preview["with"]["role-to-assume"] == "${{ vars.AWS_PREVIEW_ROLE_ARN }}"
-    assert jobs["preview"]["environment"] == "preview"   # where its Pulumi token lives, with its own rules
+    # Where its Pulumi token lives, with its own rules; the stack's preview role trusts only it (test_delivery.py).
+    assert jobs["preview"]["environment"] == "preview-${{ matrix.stack }}"
     plan_step = next(s for s in steps(jobs["plan-for-forks"]) if "plan.py" in s.get("run", ""))
     for stack in ("staging", "prod"):
         assert stack in plan_step["run"]
@@ -229,7 +230,7 @@ def test_dependencies_are_installed_where_pulumi_expects_them():
     assert pulumi_step["with"]["pulumi-version"] == sdk   # the CLI of the SDK the program pins
     assert pulumi_step["with"]["policyPacks"] == "policy"
     aws = next(s for s in action["runs"]["steps"] if s.get("uses", "").startswith("aws-actions/"))
-    assert set(aws["with"]) == {"role-to-assume", "role-session-name", "aws-region"}   # OIDC, no keys
+    assert set(aws["with"]) == {"role-to-assume", "role-session-name", "aws-region", "role-duration-seconds"}   # OIDC, no keys
 
 
 ALLOWED_REFERENCE = r"(secrets\.[A-Z_]+|github\.token|inputs\.[\w-]+)"

@@ -33,7 +33,7 @@ from components.cluster.control_plane import (
     CONTROL_PLANE_LOG_TYPES,
     build_admin_access,
     build_control_plane,
-    deployer_arn,
+    check_deployer_access,
     kubeconfig,
 )
 from components.cluster.network import Network, build_network, subnet_plan, zone_index
@@ -136,8 +136,8 @@ class Cluster(pulumi.ComponentResource):
                          aws=pulumi.ResourceOptions(parent=self, provider=aws_provider), invoke=invoke,
                          partition=self.partition, caller_arn=caller.arn, account_id=caller.account_id,
                          component=self)
-        # Before any resource: a principal that cannot get an access entry stops the program here.
-        deployer = deployer_arn(ctx)
+        # Before any resource: an `up` by a principal the stack gives no access entry stops here.
+        check_deployer_access(ctx)
 
         network = build_network(ctx)
         eks_cluster = build_control_plane(ctx, network)
@@ -151,7 +151,7 @@ class Cluster(pulumi.ComponentResource):
             late_addons.append(eks_addon(
                 ctx, eks_cluster, addon_name,
                 after=[*self.node_groups, *([pod_identity_agent] if uses_pod_identity else [])]))
-        admin_access = build_admin_access(ctx, eks_cluster, deployer)
+        admin_access = build_admin_access(ctx, eks_cluster)
 
         self.cluster_name = eks_cluster.name
         self.vpc_id = network.vpc_id

@@ -8,7 +8,7 @@ import pulumi_aws as aws
 from components.cluster.context import AwsContext
 from components.cluster.network import Network
 from components.iam import managed_policy_arn, service_trust_policy
-from components.settings import IAM_PRINCIPAL_ARN, principal_name
+from components.settings import github_role_name, principal_name
 
 CONTROL_PLANE_LOG_TYPES = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
 
@@ -74,32 +74,36 @@ def build_control_plane(ctx: AwsContext, network: Network) -> aws.eks.Cluster:
     )
 
 
-def deployer_arn(ctx: AwsContext) -> str:
-    """The IAM role or user running `pulumi up`: an assumed-role session stands for its role, as EKS
-    keys access entries on the role ARN."""
-    deployer_arn = aws.iam.get_session_context(arn=ctx.caller_arn, opts=ctx.invoke).issuer_arn
-    if not IAM_PRINCIPAL_ARN.match(deployer_arn):
+def check_deployer_access(ctx: AwsContext) -> None:
+    """On `pulumi up`, before any resource: the principal running it installs the Helm releases right after EKS, so
+    it must be one the stack itself gives cluster-admin (adminPrincipalArns, or the deploy role of githubRepository).
+    The entries never follow the caller: a preview, by whatever role, plans the same ones as the deploy."""
+    if pulumi.runtime.is_dry_run():
+        return
+    # An assumed-role session stands for its role: EKS keys access entries on the role ARN.
+    deployer = aws.iam.get_session_context(arn=ctx.caller_arn, opts=ctx.invoke).issuer_arn
+    settings = ctx.settings
+    allowed = list(settings.admin_principal_arns)
+    if settings.github_repository:
+        allowed.append(f"arn:{ctx.partition}:iam::{ctx.account_id}:role/"
+                       f"{github_role_name(ctx.name_prefix, 'deploy')}")
+    if deployer not in allowed:
         raise ValueError(
-            f"the principal running `pulumi up` ({deployer_arn}) cannot be given an EKS access entry (the "
-            "root user and federated users cannot); run it as an IAM role or user")
-    return deployer_arn
+            f"the principal running `pulumi up` ({deployer}) gets no cluster-admin access entry from this stack, so "
+            "it could not install the Helm releases: add it to airflow:adminPrincipalArns (an IAM role or user; not "
+            f"the root user or a federated user) or run as one of {', '.join(allowed) or 'them'}")
 
 
-def build_admin_access(ctx: AwsContext, eks_cluster: aws.eks.Cluster,
-                       deployer_arn: str) -> list[aws.eks.AccessPolicyAssociation]:
-    """Cluster-admin access entries for adminPrincipalArns and for the principal running `pulumi up`
-    (it installs the Helm releases right after), one entry per principal. Named after the principal, so
-    the same principal moving between the list and "the one running up" keeps the same entry."""
+def build_admin_access(ctx: AwsContext, eks_cluster: aws.eks.Cluster) -> list[aws.eks.AccessPolicyAssociation]:
+    """Cluster-admin access entries for adminPrincipalArns, one entry per principal, named after it."""
     name = ctx.name
     admins = ctx.settings.admin_principal_arns
-    principals = list(dict.fromkeys([*admins, deployer_arn]))
     associations = []
-    for principal_arn in principals:
+    for index, principal_arn in enumerate(admins):
         resource_name = f"{name}-admin-{principal_name(principal_arn)}"
-        # Entries of adminPrincipalArns were once named by their position in the list.
-        aliases = [pulumi.Alias(name=f"{name}-admin-{admins.index(principal_arn)}")] \
-            if principal_arn in admins else []
-        opts = pulumi.ResourceOptions.merge(ctx.aws, pulumi.ResourceOptions(aliases=aliases))
+        # They were once named by their position in the list.
+        opts = pulumi.ResourceOptions.merge(ctx.aws, pulumi.ResourceOptions(
+            aliases=[pulumi.Alias(name=f"{name}-admin-{index}")]))
         entry = aws.eks.AccessEntry(resource_name, cluster_name=eks_cluster.name,
                                     principal_arn=principal_arn, type="STANDARD", opts=opts)
         associations.append(aws.eks.AccessPolicyAssociation(
