@@ -163,7 +163,8 @@ class Delivery(pulumi.ComponentResource):
         args = self._args
         project_name = runner_project_name(args.name_prefix)
         group = aws.ec2.SecurityGroup(
-            f"{name}-runner", vpc_id=args.vpc_id, description=f"CodeBuild runners of {args.repository}",
+            # A constant description: a new one replaces the group, which the running build's interface holds.
+            f"{name}-runner", vpc_id=args.vpc_id, description="CodeBuild-hosted GitHub Actions runners",
             # HTTPS only: GitHub, Pulumi Cloud, the package and chart registries, AWS's APIs and EKS's endpoint.
             # (DNS goes to the VPC's resolver, which security groups do not filter.)
             egress=[{"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_blocks": ["0.0.0.0/0"],
@@ -194,6 +195,10 @@ class Delivery(pulumi.ComponentResource):
         aws.codebuild.Webhook(
             f"{name}-runner", project_name=project.name, build_type="BUILD",
             filter_groups=[{"filters": [{"type": "EVENT", "pattern": "WORKFLOW_JOB_QUEUED"}]}],
+            # CodeBuild's default for new webhooks asks for a comment's approval of every pull request's build.
+            # The workflows give forks no runner job at all; a branch's author can push to the repository.
+            pull_request_build_policy={"requires_comment_approval": "FORK_PULL_REQUESTS",
+                                       "approver_roles": ["GITHUB_WRITE", "GITHUB_MAINTAIN", "GITHUB_ADMIN"]},
             opts=self._opts)
         return project
 

@@ -166,7 +166,8 @@ class Settings(BaseModel):
                             r"^[A-Za-z0-9][A-Za-z0-9-]{0,38}@[0-9]+/[A-Za-z0-9._-]{1,100}@[0-9]+$",
         description="The GitHub repository whose workflows preview and deploy this stack (target=aws), as its OIDC "
                     "tokens name it: `owner/name`, or `owner@<owner id>/name@<repository id>` for a repository on "
-                    "GitHub's immutable subject claims (created from 15 July 2026, or opted in). The stack then "
+                    "GitHub's immutable subject claims (created, renamed or transferred from 15 July 2026, or opted "
+                    "in). The stack then "
                     "creates the roles the workflows assume and CodeBuild-hosted runners in its private subnets. "
                     "Empty: neither.")
     github_connection_arn: str = Field(

@@ -194,6 +194,9 @@ def test_each_job_runs_on_its_stacks_runner_inside_the_vpc(stack_runs, job):
     webhook = run.one("aws:codebuild/webhook:Webhook").values
     assert webhook["projectName"] == project.values["name"]
     assert webhook["filterGroups"] == [{"filters": [{"type": "EVENT", "pattern": "WORKFLOW_JOB_QUEUED"}]}]
+    # CodeBuild's default would hold every pull request's runner for a comment; forks get no runner job anyway.
+    assert webhook["pullRequestBuildPolicy"]["requiresCommentApproval"] == "FORK_PULL_REQUESTS"
+    assert "GITHUB_READ" not in webhook["pullRequestBuildPolicy"]["approverRoles"]
     # The run outlasts the job: CodeBuild would stop it first.
     assert project.values["buildTimeout"] > int(job_timeout(job))
 
@@ -286,13 +289,23 @@ def test_the_deploy_role_is_not_given_administrator_access_by_name(prod):
     assert managed_policies(prod, role) == {"PowerUserAccess", "IAMFullAccess"}
 
 
-def test_one_stack_makes_the_accounts_oidc_provider_and_keeps_it_the_other_names_it(staging, prod):
-    (provider,) = staging.of_type("aws:iam/openIdConnectProvider:OpenIdConnectProvider")
+def test_the_stacks_name_the_accounts_oidc_provider_or_make_it_and_keep_it(staging, prod):
+    """An account has one provider per URL (IAM refuses a second): stacks name it; a stack of a new account
+    makes it, and keeps it on destroy for the account's other stacks."""
+    for run in (staging, prod):
+        assert run.of_type("aws:iam/openIdConnectProvider:OpenIdConnectProvider") == []
+        arn = stack_setting(run, "githubOidcProviderArn")
+        for role in (role_with_arn(run, run.outputs[o]) for o in ROLE_VARIABLES.values()):
+            assert json.loads(role.values["assumeRolePolicy"])["Statement"][0]["Principal"] == {"Federated": arn}
+    fresh = run_program("staging", overrides={"githubOidcProviderArn": None})
+    (provider,) = fresh.of_type("aws:iam/openIdConnectProvider:OpenIdConnectProvider")
     assert provider.values["url"] == f"https://{GITHUB_ISSUER}"
     assert provider.values["clientIdLists"] == [STS_AUDIENCE]
     assert provider.retain_on_delete and not provider.protect
-    assert prod.of_type("aws:iam/openIdConnectProvider:OpenIdConnectProvider") == []
-    assert stack_setting(prod, "githubOidcProviderArn") == provider.state["arn"]
+    for job in (j for j in JOBS if j["with"]["stack"] == "staging"):
+        role = role_for(fresh, job)
+        for sub in subjects(job, REPOSITORY):
+            assert admits(role.values["assumeRolePolicy"], provider.state["arn"], sub)
 
 
 def test_a_repository_on_immutable_subject_claims_is_trusted_by_its_ids():
@@ -329,7 +342,7 @@ def test_a_stack_without_a_repository_has_no_delivery(local, stack_runs):
 def test_bad_delivery_settings_are_refused_by_name_before_anything_is_created(overrides, message):
     with pytest.raises(ProgramFailed, match=message) as caught:
         run_program("prod", overrides=overrides)
-    assert caught.value.registrations == [] or not [r for r in caught.value.registrations if r.type.startswith("aws:")]
+    assert not [r for r in caught.value.registrations if r.type.startswith("aws:")]
 
 
 def test_a_laptop_stack_refuses_a_repository():
