@@ -33,6 +33,7 @@ cluster = Cluster("cluster", ClusterArgs(settings=settings, name_prefix=name_pre
 security = Security("security", SecurityArgs(
     settings=settings,
     k8s_provider=cluster.provider,
+    operators_provider=cluster.operators_provider,
     aws_provider=aws_provider,
     cluster_name=cluster.cluster_name,
     private_subnet_cidrs=cluster.private_subnet_cidrs,
@@ -71,13 +72,13 @@ managed_placement = dict(
 database = Database("database", DatabaseArgs(
     settings=settings,
     k8s_provider=cluster.provider,
+    operators_provider=cluster.operators_provider,
     airflow_namespace=security.airflow_namespace,
     app_user_secret_name=security.postgres_user_secret_name,
     app_user_password=security.postgres_password,
     keda_user_secret_name=security.keda_database_user_secret_name,
     keda_user_password=security.keda_database_password,
     cert_manager=security.cert_manager,
-    monitoring_namespace=security.monitoring_namespace,
     backups_bucket_name=storage.backups_bucket_name,
     backup_access=storage.database_access,
     storage_class_name=cluster.default_storage_class_name,
@@ -97,12 +98,13 @@ broker = Broker("broker", BrokerArgs(
     **managed_placement,
 ))
 
-# Next to Database and Broker, and nothing waits for it.
+# Beside Broker, after the CloudNativePG operator's namespace (its dashboard is there); nothing waits for it.
 observability = Observability("observability", ObservabilityArgs(
     settings=settings,
     k8s_provider=cluster.provider,
     monitoring_namespace=security.monitoring_namespace,
     cert_manager=security.cert_manager,
+    dashboard_namespaces={"cnpg": database.dashboard_namespace} if database.dashboard_namespace is not None else {},
     storage_class_name=cluster.default_storage_class_name,
     aws_provider=aws_provider,
     certificate_arn=security.certificate_arn,
@@ -112,6 +114,7 @@ observability = Observability("observability", ObservabilityArgs(
 airflow = AirflowRelease("airflow", AirflowReleaseArgs(
     settings=settings,
     k8s_provider=cluster.provider,
+    operators_provider=cluster.operators_provider,
     security=security,
     storage=storage,
     database=database,

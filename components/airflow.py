@@ -606,6 +606,8 @@ def keda_values(placement: Optional[dict] = None) -> dict:
 class AirflowReleaseArgs:
     settings: Settings
     k8s_provider: k8s.Provider
+    # KEDA's: it needs neither a volume nor a load balancer (Cluster.operators_provider).
+    operators_provider: k8s.Provider
     security: "pulumi.ComponentResource"
     storage: "pulumi.ComponentResource"
     database: "pulumi.ComponentResource"
@@ -647,12 +649,14 @@ class AirflowRelease(pulumi.ComponentResource):
         settings = args.settings
         k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
 
+        # KEDA needs neither a volume nor a load balancer: it installs on the operators' provider.
+        operators_opts = pulumi.ResourceOptions(parent=self, provider=args.operators_provider)
         keda_namespace = namespace_with_pod_security(f"{name}-{w.KEDA_NAMESPACE}", w.KEDA_NAMESPACE, "restricted",
-                                                     k8s_opts)
+                                                     operators_opts)
         keda = chart_release(
             f"{name}-keda", chart="keda", version=settings.keda_chart_version, repo=KEDA_CHARTS,
             namespace=w.KEDA_NAMESPACE, values=keda_values(settings.system_placement),
-            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
+            opts=pulumi.ResourceOptions.merge(operators_opts, pulumi.ResourceOptions(
                 depends_on=[keda_namespace, args.security.cert_manager])))
 
         self.release = k8s.helm.v3.Release(

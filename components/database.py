@@ -91,6 +91,9 @@ def async_metadata_url(user: str, password: str, host: str, port: int, database:
 class DatabaseArgs:
     settings: Settings
     k8s_provider: k8s.Provider
+    # The CloudNativePG operator's and its Barman plugin's: they need neither a volume nor a load balancer
+    # (Cluster.operators_provider).
+    operators_provider: k8s.Provider
     # From Security.
     airflow_namespace: pulumi.Input[str]
     app_user_secret_name: pulumi.Input[str]
@@ -100,8 +103,6 @@ class DatabaseArgs:
     keda_user_password: pulumi.Output[str]
     keda_user_secret_name: Optional[pulumi.Input[str]] = None
     cert_manager: Optional[pulumi.Resource] = None
-    # From Security: where Grafana's sidecar finds dashboards.
-    monitoring_namespace: pulumi.Input[str] = w.MONITORING_NAMESPACE
     # From Storage (target=aws): where backups go, and the Pod Identity role that may write there.
     backups_bucket_name: Optional[pulumi.Input[str]] = None
     backup_access: Optional[list[pulumi.Resource]] = None
@@ -138,7 +139,10 @@ class Database(pulumi.ComponentResource):
         super().__init__("airflow:platform:Database", name, None, opts)
         settings = args.settings
         self._k8s = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
+        self._operators = pulumi.ResourceOptions(parent=self, provider=args.operators_provider)
         self.operator, self.airflow_chart_values = None, {}
+        # Where the operator's chart puts its Grafana dashboard (CloudNativePG only).
+        self.dashboard_namespace: Optional[pulumi.Output[str]] = None
         build, published_urls = ((self._build_managed, managed_metadata_urls) if settings.managed_database
                                  else (self._build_cloudnative_pg, cloudnative_pg_metadata_urls))
         pooler_host, pooler_port = build(name, args)
@@ -250,14 +254,14 @@ class Database(pulumi.ComponentResource):
                              "required")
 
         operator_namespace = namespace_with_pod_security(
-            f"{name}-{w.CNPG_NAMESPACE}", w.CNPG_NAMESPACE, "restricted", self._k8s)
+            f"{name}-{w.CNPG_NAMESPACE}", w.CNPG_NAMESPACE, "restricted", self._operators)
+        self.dashboard_namespace = operator_namespace.metadata.name
         self.operator = chart_release(
             f"{name}-cloudnative-pg", chart="cloudnative-pg", version=settings.cloudnative_pg_chart_version,
             repo=CNPG_CHARTS, namespace=w.CNPG_NAMESPACE,
-            # The dashboard ConfigMap goes where Grafana looks (the namespace is an input: it waits for it).
-            values=operator_values(ha=settings.is_aws, placement=settings.system_placement,
-                                   monitoring_namespace=args.monitoring_namespace),
-            opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[operator_namespace])))
+            values=operator_values(ha=settings.is_aws, placement=settings.system_placement),
+            opts=pulumi.ResourceOptions.merge(self._operators,
+                                              pulumi.ResourceOptions(depends_on=[operator_namespace])))
         cluster_dependencies: list[pulumi.Resource] = [self.operator]
 
         if backups:
@@ -266,7 +270,7 @@ class Database(pulumi.ComponentResource):
                 version=settings.barman_cloud_plugin_chart_version, repo=CNPG_CHARTS,
                 namespace=w.CNPG_NAMESPACE, values=barman_cloud_plugin_values(settings.system_placement),
                 # The plugin talks to the operator over mTLS with certificates cert-manager issues.
-                opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(
+                opts=pulumi.ResourceOptions.merge(self._operators, pulumi.ResourceOptions(
                     depends_on=[self.operator, *([args.cert_manager] if args.cert_manager else [])])))
             object_store = k8s.apiextensions.CustomResource(
                 f"{name}-object-store",
@@ -316,8 +320,7 @@ class Database(pulumi.ComponentResource):
         return f"{w.POSTGRES_POOLER}.{w.AIRFLOW_NAMESPACE}.svc.cluster.local", w.POSTGRES_PORT
 
 
-def operator_values(ha: bool, placement: Optional[dict] = None,
-                    monitoring_namespace: pulumi.Input[str] = w.MONITORING_NAMESPACE) -> dict:
+def operator_values(ha: bool, placement: Optional[dict] = None) -> dict:
     return {
         **(placement or {}),
         # Leader election lets a second operator take over at once.
@@ -325,9 +328,10 @@ def operator_values(ha: bool, placement: Optional[dict] = None,
         "crds": {"create": True},
         "resources": resources("100m", "128Mi", memory_limit="512Mi"),
         # The operator's PodMonitor is Observability's (it needs its CRDs); the official CloudNativePG
-        # dashboard is a plain ConfigMap that Grafana's sidecar picks up.
-        "monitoring": {"podMonitorEnabled": False,
-                       "grafanaDashboard": {"create": True, "namespace": monitoring_namespace}},
+        # dashboard is a plain ConfigMap in the operator's namespace, where Grafana's sidecar looks too: in the
+        # monitoring namespace the operator would wait for what that namespace waits for (its volumes' drivers,
+        # the load balancer controller).
+        "monitoring": {"podMonitorEnabled": False, "grafanaDashboard": {"create": True}},
     }
 
 

@@ -8,7 +8,7 @@ create no monitor of their own (a monitor needs this release's CRDs); every moni
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -29,13 +29,16 @@ GRAFANA_SERVICE = f"{w.PROMETHEUS_RELEASE}-grafana"
 GRAFANA_ADMIN_SECRET = "grafana-admin"
 GRAFANA_ADMIN_MOUNT = "/etc/secrets/grafana-admin"
 GRAFANA_CONFIG_READER_ROLE = "grafana-config-reader"
+# The grafana subchart's service account: its fullname, `<release>-grafana`.
+GRAFANA_SERVICE_ACCOUNT = f"{w.PROMETHEUS_RELEASE}-grafana"
 ALERTMANAGER_CONFIG_SECRET = "alertmanager-platform"
 DASHBOARDS_DIR = Path(__file__).parent / "dashboards"
 # kube-prometheus-stack's Prometheus selects monitors and rules labelled for its release.
 SELECTED = {"release": w.PROMETHEUS_RELEASE}
 
 
-def kube_prometheus_stack_values(settings: Settings, storage_class: Optional[str]) -> dict:
+def kube_prometheus_stack_values(settings: Settings, storage_class: Optional[str],
+                                 dashboard_namespaces: Optional[list[pulumi.Input[str]]] = None) -> dict:
     ha = settings.is_aws
     placement = settings.system_placement
     storage_class_spec = {"storageClassName": storage_class} if storage_class else {}
@@ -114,7 +117,8 @@ def kube_prometheus_stack_values(settings: Settings, storage_class: Optional[str
             "sidecar": {"resources": resources("10m", "64Mi", "128Mi"),
                         "securityContext": {"readOnlyRootFilesystem": True},
                         "dashboards": {"enabled": True, "label": "grafana_dashboard", "labelValue": "1",
-                                       "searchNamespace": [w.MONITORING_NAMESPACE], "resource": "configmap",
+                                       "searchNamespace": [w.MONITORING_NAMESPACE, *(dashboard_namespaces or [])],
+                                       "resource": "configmap",
                                        "skipReload": True},
                         # Grafana reads datasources once, at start: without reload, the sidecar writes them
                         # before it, as an init container.
@@ -227,6 +231,8 @@ class ObservabilityArgs:
     # which issues the operator's admission webhook certificate.
     monitoring_namespace: pulumi.Input[str]
     cert_manager: Optional[pulumi.Resource] = None
+    # Other namespaces whose dashboard ConfigMaps Grafana loads, by a short name (CloudNativePG's operator's).
+    dashboard_namespaces: dict[str, pulumi.Input[str]] = field(default_factory=dict)
     # From Cluster: the encrypted default class on EKS; None uses the cluster's default.
     storage_class_name: Optional[str] = None
     aws_provider: Optional[aws.Provider] = None
@@ -260,6 +266,21 @@ class Observability(pulumi.ComponentResource):
             metadata={"name": GRAFANA_CONFIG_READER_ROLE, "namespace": args.monitoring_namespace},
             rules=[{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}],
             opts=k8s_opts)
+        readers: list[k8s.rbac.v1.RoleBinding] = []
+        # The sidecars read ConfigMaps in the other dashboard namespaces too, through the same narrow Role there.
+        for short_name, namespace in args.dashboard_namespaces.items():
+            reader = k8s.rbac.v1.Role(
+                f"{name}-grafana-config-reader-{short_name}",
+                metadata={"name": GRAFANA_CONFIG_READER_ROLE, "namespace": namespace},
+                rules=[{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}],
+                opts=k8s_opts)
+            readers.append(k8s.rbac.v1.RoleBinding(
+                f"{name}-grafana-config-reader-{short_name}",
+                metadata={"name": GRAFANA_CONFIG_READER_ROLE, "namespace": namespace},
+                role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": reader.metadata.name},
+                subjects=[{"kind": "ServiceAccount", "name": GRAFANA_SERVICE_ACCOUNT,
+                           "namespace": args.monitoring_namespace}],
+                opts=k8s_opts))
         alertmanager = k8s.core.v1.Secret(
             f"{name}-alertmanager-config",
             metadata={"name": ALERTMANAGER_CONFIG_SECRET, "namespace": args.monitoring_namespace},
@@ -270,11 +291,12 @@ class Observability(pulumi.ComponentResource):
         self.release = chart_release(
             f"{name}-kube-prometheus-stack", release_name=w.PROMETHEUS_RELEASE, chart="kube-prometheus-stack",
             version=settings.kube_prometheus_stack_chart_version, repo=KPS_CHARTS, namespace=args.monitoring_namespace,
-            values=kube_prometheus_stack_values(settings, args.storage_class_name),
+            values=kube_prometheus_stack_values(settings, args.storage_class_name,
+                                                list(args.dashboard_namespaces.values())),
             # Prometheus and Grafana wait for their volumes on fresh nodes.
             timeout=900,
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
-                depends_on=[grafana_admin, config_reader, alertmanager,
+                depends_on=[grafana_admin, config_reader, *readers, alertmanager,
                             *([args.cert_manager] if args.cert_manager else [])])))
         with_crds = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[self.release]))
 

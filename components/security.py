@@ -341,6 +341,8 @@ READINESS_GATE_LABELS = {"elbv2.k8s.aws/pod-readiness-gate-inject": "enabled"}
 class SecurityArgs:
     settings: Settings
     k8s_provider: k8s.Provider
+    # cert-manager's: it needs neither a volume nor a load balancer (Cluster.operators_provider).
+    operators_provider: k8s.Provider
     aws_provider: Optional[aws.Provider] = None
     # From Cluster (target=aws): the EKS cluster name for access entries, and the networks for the policies.
     cluster_name: Optional[pulumi.Input[str]] = None
@@ -380,6 +382,7 @@ class Security(pulumi.ComponentResource):
         self._settings = args.settings
         self._k8s = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
 
+        self._operators = pulumi.ResourceOptions(parent=self, provider=args.operators_provider)
         namespaces = {ns: self._namespace(name, ns, level) for ns, level in POD_SECURITY_LEVELS.items()}
         airflow_ns = namespaces[w.AIRFLOW_NAMESPACE]
         self.airflow_namespace = airflow_ns.metadata.name
@@ -426,7 +429,9 @@ class Security(pulumi.ComponentResource):
 
     def _namespace(self, name: str, namespace: str, level: str) -> k8s.core.v1.Namespace:
         behind_alb = self._settings.is_aws and namespace in (w.AIRFLOW_NAMESPACE, w.MONITORING_NAMESPACE)
-        return namespace_with_pod_security(f"{name}-{namespace}", namespace, level, self._k8s,
+        # cert-manager's namespace holds no volume and no load balancer: it goes with cert-manager.
+        opts = self._operators if namespace == w.CERT_MANAGER_NAMESPACE else self._k8s
+        return namespace_with_pod_security(f"{name}-{namespace}", namespace, level, opts,
                                            READINESS_GATE_LABELS if behind_alb else None)
 
     def _build_rbac(self, name: str, args: SecurityArgs, in_airflow: pulumi.ResourceOptions) -> None:
@@ -565,8 +570,9 @@ class Security(pulumi.ComponentResource):
             f"{name}-cert-manager", chart="cert-manager", version=settings.cert_manager_chart_version,
             repo="https://charts.jetstack.io", namespace=w.CERT_MANAGER_NAMESPACE,
             values=cert_manager_values(ha=settings.is_aws, placement=settings.system_placement),
-            opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[namespace])))
-        after_release = pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[self.cert_manager]))
+            opts=pulumi.ResourceOptions.merge(self._operators, pulumi.ResourceOptions(depends_on=[namespace])))
+        after_release = pulumi.ResourceOptions.merge(self._operators,
+                                                     pulumi.ResourceOptions(depends_on=[self.cert_manager]))
         bootstrap = k8s.apiextensions.CustomResource(
             f"{name}-selfsigned-issuer",
             api_version="cert-manager.io/v1", kind="ClusterIssuer",

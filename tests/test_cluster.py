@@ -230,6 +230,10 @@ def in_cluster_objects(run) -> list:
             and r.name not in BOOTSTRAP]
 
 
+def on_operators_provider(run, registration) -> bool:
+    return run.provider_of(registration).name == "cluster-k8s-operators"
+
+
 @pytest.mark.parametrize("stack", STACKS)
 def test_every_in_cluster_object_is_created_after_and_deleted_before_what_it_relies_on(stack_runs, stack):
     run = stack_runs[stack]
@@ -241,7 +245,10 @@ def test_every_in_cluster_object_is_created_after_and_deleted_before_what_it_rel
     objects = in_cluster_objects(run)
     assert len(objects) > 40
     for registration in objects:
-        for service in services:
+        # The operators' tier needs DNS and nodes only (test_the_operators_tier_holds_no_volume_and_no_load_balancer).
+        relied_on = services[:1] + [*run.of_type("aws:eks/nodeGroup:NodeGroup")] \
+            if on_operators_provider(run, registration) else services
+        for service in relied_on:
             # Created after: it waits for the service; deleted before: it comes first in the delete order.
             assert run.depends_transitively(registration, service), (registration.name, service.name)
             assert position[registration.urn] < position[service.urn], (registration.name, service.name)
@@ -298,9 +305,57 @@ def test_the_cluster_services_use_their_own_provider(stack_runs, stack):
     run = stack_runs[stack]
     bootstrap = run.one("pulumi:providers:kubernetes", "cluster-k8s-bootstrap")
     platform = run.one("pulumi:providers:kubernetes", "cluster-k8s")
+    operators = run.one("pulumi:providers:kubernetes", "cluster-k8s-operators")
     for registration in run.where(lambda r: r.type.startswith("kubernetes:")):
-        expected = bootstrap if registration.name in BOOTSTRAP else platform
+        expected = bootstrap if registration.name in BOOTSTRAP else \
+            operators if registration.name in OPERATORS_TIER else platform
         assert run.provider_of(registration).urn == expected.urn, registration.name
+    assert {r.name for r in run.registrations if r.provider and on_operators_provider(run, r)} == OPERATORS_TIER
+    # What it waits for: the nodes, the admins' access, DNS; not the CSI drivers, not the load balancer controller.
+    waited = {run.by_urn(u).name for u in operators.dependencies}
+    assert waited == {*(g.name for g in run.of_type("aws:eks/nodeGroup:NodeGroup")), "cluster-coredns", "cluster-eks",
+                      *(r.name for r in run.of_type("aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
+                        if r.name.startswith("cluster-admin-"))}
+
+
+# Releases and objects that install before the CSI drivers and the load balancer controller are up.
+OPERATORS_TIER = {"security-cert-manager", "security-selfsigned-issuer", "security-platform-ca",
+                  "security-platform-ca-issuer", "airflow-keda",   # (a namespace and a release by each name)
+                  "database-cnpg-system", "database-cloudnative-pg", "database-barman-cloud",
+                  "cluster-karpenter", "cluster-karpenter-node-class", "cluster-karpenter-node-pool"}
+# The load balancer controller's webhooks that act on pods, by the namespace label that opts a namespace in
+# (aws-load-balancer-controller 3.5.0, templates/webhook.yaml).
+LB_CONTROLLER_NAMESPACE_LABELS = ("elbv2.k8s.aws/pod-readiness-gate-inject", "elbv2.k8s.aws/quic-server-id-inject",
+                                  "elbv2.k8s.aws/alb-target-control-agent-injection")
+
+
+@pytest.mark.parametrize("stack", AWS_STACKS)
+def test_the_operators_tier_holds_no_volume_and_no_load_balancer(stack_runs, stack):
+    """What the tier's provider does not wait for, nothing in it may need: no claim for a CSI driver to provision
+    (and reclaim on destroy), no Ingress or LoadBalancer Service for the controller, no namespace its pod webhooks
+    act on; rendered from the charts with real Helm."""
+    from rendering import render_release
+    run = stack_runs[stack]
+    tier = [r for r in run.registrations if r.provider and on_operators_provider(run, r)]
+    releases = [r for r in tier if r.type == "kubernetes:helm.sh/v3:Release"]
+    assert {r.name for r in releases} == {"security-cert-manager", "airflow-keda", "database-cloudnative-pg",
+                                          "database-barman-cloud", "cluster-karpenter"}
+    for release in releases:
+        documents = render_release(release)
+        assert documents, release.name
+        kinds = {d["kind"] for d in documents}
+        assert not kinds & {"PersistentVolumeClaim", "PersistentVolume", "Ingress", "TargetGroupBinding"}, release.name
+        assert not [d for d in documents if d["kind"] == "Service" and d["spec"].get("type") == "LoadBalancer"]
+        assert not [d for d in documents if d["kind"] == "StatefulSet" and d["spec"].get("volumeClaimTemplates")]
+        for document in documents:
+            volumes = (document.get("spec", {}).get("template", {}).get("spec", {}) or {}).get("volumes", [])
+            assert not [v for v in volumes if "persistentVolumeClaim" in v or "ephemeral" in v], release.name
+        namespace = [r for r in tier if r.type == "kubernetes:core/v1:Namespace"
+                     and r.values["metadata"]["name"] == release.values["namespace"]]
+        if not namespace:   # EKS's own, which carries no label of the program's
+            assert release.values["namespace"] == "kube-system", release.name
+            continue
+        assert not set(namespace[0].values["metadata"].get("labels", {})) & set(LB_CONTROLLER_NAMESPACE_LABELS)
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)

@@ -187,13 +187,13 @@ def test_database_broker_and_operator_do_not_wait_for_each_other(prod):
         database_release = prod.one(RELEASE, name)
         assert not prod.depends_transitively(broker, database_release)
         assert not prod.depends_transitively(database_release, broker)
-    # The operator waits for nothing of Security but the monitoring namespace (its dashboard goes there):
-    # not for cert-manager, the certificate or the policies.
+    # The operator waits for nothing of Security (its dashboard stays in its own namespace): not for the
+    # monitoring namespace, cert-manager, the certificate or the policies.
     operator = prod.one(RELEASE, "database-cloudnative-pg")
     security = prod.one("airflow:platform:Security")
     waited = {prod.by_urn(urn).name for urn in operator.dependencies + sum(operator.property_dependencies.values(), [])
               if prod.by_urn(urn).parent == security.urn}
-    assert waited == {"security-monitoring"}
+    assert waited == set()
     assert not prod.depends_transitively(operator, prod.one(RELEASE, "security-cert-manager"))
 
 

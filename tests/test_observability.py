@@ -217,9 +217,29 @@ def test_dashboards_are_loaded_by_the_grafana_sidecar(prod):
             if d["kind"] == "ConfigMap" and (d["metadata"].get("labels") or {}).get("grafana_dashboard") == "1"]
     assert cnpg, "the operator chart's official CloudNativePG dashboard"
     sidecar = prod.one(RELEASE, "observability-kube-prometheus-stack").values["values"]["grafana"]["sidecar"]
-    assert sidecar["dashboards"]["searchNamespace"] == [w.MONITORING_NAMESPACE]
+    assert sidecar["dashboards"]["searchNamespace"] == [w.MONITORING_NAMESPACE, w.CNPG_NAMESPACE]
     assert sidecar["dashboards"]["label"] == "grafana_dashboard"
-    assert {d["metadata"]["namespace"] for d in cnpg} == {w.MONITORING_NAMESPACE}, "where the sidecar looks"
+    # The operator's chart renders it in the operator's namespace (its release's), which the sidecar searches...
+    assert {d["metadata"].get("namespace") or prod.one(RELEASE, "database-cloudnative-pg").values["namespace"]
+            for d in cnpg} == {w.CNPG_NAMESPACE}
+    # ...and may read: the program's reader Role there, bound to the service account Grafana's pod runs as.
+    rendered = render_all(prod)["kube-prometheus-stack"]
+    [grafana] = [d for d in rendered if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("grafana")]
+    [env] = [e for c in grafana["spec"]["template"]["spec"]["containers"] if c["name"] == "grafana-sc-dashboard"
+             for e in c["env"] if e["name"] == "NAMESPACE"]
+    assert env["value"].split(",") == [w.MONITORING_NAMESPACE, w.CNPG_NAMESPACE]
+    [binding] = [r.values for r in prod.of_type("kubernetes:rbac.authorization.k8s.io/v1:RoleBinding")
+                 if r.values["metadata"]["namespace"] == w.CNPG_NAMESPACE]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "namespace": w.MONITORING_NAMESPACE,
+                                    "name": grafana["spec"]["template"]["spec"]["serviceAccountName"]}]
+    [role] = [r.values for r in prod.of_type("kubernetes:rbac.authorization.k8s.io/v1:Role")
+              if r.values["metadata"]["namespace"] == w.CNPG_NAMESPACE]
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}]
+    # Without CloudNativePG (a managed database) there is nothing to read there.
+    managed = run_program("prod-managed")
+    assert managed.one(RELEASE, "observability-kube-prometheus-stack").values["values"]["grafana"]["sidecar"][
+        "dashboards"]["searchNamespace"] == [w.MONITORING_NAMESPACE]
 
 
 @pytest.mark.parametrize("stack", ["local", "prod"])

@@ -71,7 +71,9 @@ def test_document_order_and_waits(documents, stack_runs, stack):
     names = [c["name"] for c in doc["components"]]
     assert all(names.index(w) < names.index(c["name"]) for c in doc["components"] for w in c["waitsFor"])
     assert doc["components"][0]["type"].endswith(":Cluster")
-    assert doc["components"][-1]["type"].endswith(":AirflowRelease")
+    # Airflow is what everything is for: no component waits for it.
+    airflow = next(c["name"] for c in doc["components"] if c["type"].endswith(":AirflowRelease"))
+    assert not [c for c in doc["components"] if airflow in c["waitsFor"]]
     assert len(doc["resources"]) == len(stack_runs[stack].registrations)
 
 
@@ -568,3 +570,39 @@ def test_every_listed_path_is_an_input_of_the_pinned_providers(table):
                     args = getattr(importlib.import_module(args.__module__.rsplit(".", 1)[0] + "._inputs"),
                                    nested.group(1))
     assert missing == []
+
+
+def test_the_longest_chain_is_the_slowest_path_of_waits():
+    """A diamond: the slow branch paces the whole; an API call adds its tenth of a minute, a provider nothing."""
+    def resource(name, type_, waits=(), chart=None):
+        return {"urn": name, "type": type_, "name": name, "custom": True, "waitsFor": list(waits),
+                "inputs": {"chart": chart} if chart else {}}
+    graph = {r["urn"]: r for r in (
+        resource("eks", "aws:eks/cluster:Cluster"),
+        resource("k8s", "pulumi:providers:kubernetes", ["eks"]),
+        resource("quick", plan.HELM_RELEASE, ["k8s"], chart="keda"),
+        resource("slow", plan.HELM_RELEASE, ["k8s"], chart="airflow"),
+        resource("policy", "kubernetes:networking.k8s.io/v1:NetworkPolicy", ["quick", "slow"]),
+    )}
+    minutes, chain = plan.longest_chain(graph)
+    assert chain == ["eks", "k8s", "slow", "policy"]
+    assert minutes == pytest.approx(plan.MODELLED_CREATE_MINUTES["aws:eks/cluster:Cluster"]
+                                    + plan.MODELLED_CHART_MINUTES["airflow"] + plan.MODELLED_DEFAULT_MINUTES)
+
+
+@pytest.mark.parametrize("stack", ["prod", "prod-managed"])
+def test_operators_install_beside_the_csi_drivers_and_the_load_balancer_controller(documents, stack):
+    """The operators' provider waits for the nodes and DNS only: the cold `up`'s longest chain no longer runs
+    through the CSI drivers and the load balancer controller, and it is shorter than with the operators waiting
+    for them as the other releases do (the graph before the tier)."""
+    import copy
+    doc = documents[stack]
+    assert not {"cluster-lb-controller", "cluster-aws-ebs-csi-driver"} & set(doc["coldUp"]["chain"])
+    resources = {r["urn"]: r for r in copy.deepcopy(doc["resources"])}
+    by_name = {r["name"]: r for r in resources.values() if r["type"] == "pulumi:providers:kubernetes"}
+    now, _ = plan.longest_chain(resources)
+    assert round(now, 1) == doc["coldUp"]["minutes"]
+    by_name["cluster-k8s-operators"]["waitsFor"] = by_name["cluster-k8s"]["waitsFor"]
+    before, chain = plan.longest_chain(resources)
+    assert now < before
+    assert {"cluster-lb-controller", "cluster-aws-ebs-csi-driver"} & {resources[u]["name"] for u in chain}

@@ -61,7 +61,7 @@ def test_operators_role_reads_and_never_touches_secrets(prod):
         assert set(rule["verbs"]) <= {"get", "list", "watch"}
         assert "secrets" not in rule["resources"] and "*" not in rule["resources"]
         assert "*" not in rule["apiGroups"]
-    binding = prod.one("kubernetes:rbac.authorization.k8s.io/v1:RoleBinding").values
+    binding = prod.one("kubernetes:rbac.authorization.k8s.io/v1:RoleBinding", "security-operators-read-only").values
     assert binding["subjects"] == [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group",
                                     "name": "airflow-operators"}]
     assert binding["roleRef"]["name"] == role["metadata"]["name"]

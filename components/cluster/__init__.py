@@ -56,6 +56,8 @@ class Cluster(pulumi.ComponentResource):
     """The cluster and its Kubernetes provider."""
 
     provider: k8s.Provider
+    # For operators that need neither a volume nor a load balancer: it waits for the nodes and DNS only.
+    operators_provider: k8s.Provider
     cluster_name: pulumi.Output[str]
     kubeconfig: Optional[pulumi.Output[str]]
     vpc_id: Optional[pulumi.Output[str]]
@@ -118,6 +120,7 @@ class Cluster(pulumi.ComponentResource):
             kubeconfig=settings.kubeconfig_path or None,
             opts=pulumi.ResourceOptions(parent=self),
         )
+        self.operators_provider = self.provider
         self.cluster_name = pulumi.Output.from_input(settings.kube_context)
         self.kubeconfig = None
         self.vpc_id = None
@@ -176,6 +179,13 @@ class Cluster(pulumi.ComponentResource):
         self.default_storage_class_name = DEFAULT_STORAGE_CLASS
         self.load_balancer_controller = build_load_balancer_controller(
             ctx, eks_cluster, network, pod_identity_agent, bootstrap)
+        # Operators that need no volume, no load balancer and no controller of them (cert-manager, KEDA) install
+        # as soon as nodes and DNS are up, while the CSI drivers and the load balancer controller still install;
+        # they are deleted before the nodes and DNS, all they rely on.
+        coredns = late_addons[ADDONS_AFTER_NODES.index("coredns")]
+        self.operators_provider = k8s.Provider(
+            f"{name}-k8s-operators", kubeconfig=self.kubeconfig, cluster_identifier=eks_cluster.arn,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*self.node_groups, *admin_access, coredns]))
         self.provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
@@ -187,6 +197,6 @@ class Cluster(pulumi.ComponentResource):
         if settings.uses_karpenter:
             karpenter_aws = build_karpenter_aws(ctx, eks_cluster, pod_identity_agent)
             self.worker_capacity = build_karpenter(
-                ctx, eks_cluster, karpenter_aws, self.provider,
+                ctx, eks_cluster, karpenter_aws, self.operators_provider,
                 # The stack's tags; Karpenter, not Pulumi, manages those instances and volumes.
                 tags={**aws_default_tags(pulumi.get_project(), pulumi.get_stack()), "managed-by": "karpenter"})
