@@ -45,17 +45,19 @@ def managed_redis(name: str, settings: Settings, *, name_prefix: str, auth_token
                   node_security_group_id: pulumi.Input[str], kms_key_arn: pulumi.Input[str],
                   opts: pulumi.ResourceOptions) -> ManagedRedis:
     protect = settings.protect_stateful_resources
+    # What AWS will not delete while the kept group uses it is kept with it (Network keeps its subnets).
+    kept_with = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=protect))
     identifier = f"{name_prefix}-broker"
     subnet_group = aws.elasticache.SubnetGroup(f"{name}-broker", name=identifier, subnet_ids=private_subnet_ids,
-                                               description=f"Airflow {name_prefix}: Celery broker", opts=opts)
+                                               description=f"Airflow {name_prefix}: Celery broker", opts=kept_with)
     security_group, from_cluster = cluster_only_security_group(
         f"{name}-broker", vpc_id=vpc_id, port=w.REDIS_PORT, what="Redis to the Airflow Celery broker",
-        node_security_group_id=node_security_group_id, opts=opts)
+        node_security_group_id=node_security_group_id, keep=protect, opts=opts)
     # Named after its family: a new major version makes the next family's group before it drops this one.
     parameters = aws.elasticache.ParameterGroup(
         f"{name}-broker", name=f"{identifier}-{parameter_group_family(settings)}", family=parameter_group_family(settings),
         description="Celery broker: never evict a queued task",
-        parameters=[{"name": "maxmemory-policy", "value": "noeviction"}], opts=opts)
+        parameters=[{"name": "maxmemory-policy", "value": "noeviction"}], opts=kept_with)
     # Whatever deletes the group leaves a final snapshot, under a name no earlier deletion used.
     # A new one with every new replication group (another engine or key), whose name is then free again.
     suffix = random.RandomId(f"{name}-final-snapshot", byte_length=4,

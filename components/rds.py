@@ -254,12 +254,14 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, admin_p
     """Aurora or RDS PostgreSQL for Airflow's metadata."""
     protect = settings.protect_stateful_resources
     keep = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=protect, retain_on_delete=protect))
+    # What AWS will not delete while the kept database uses it is kept with it (Network keeps its subnets).
+    kept_with = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=protect))
     identifier = f"{name_prefix}-metadata"
     subnet_group = aws.rds.SubnetGroup(f"{name}-metadata", name=identifier, subnet_ids=private_subnet_ids,
-                                       description=f"Airflow {name_prefix}: metadata database", opts=opts)
+                                       description=f"Airflow {name_prefix}: metadata database", opts=kept_with)
     security_group, from_cluster = cluster_only_security_group(
         f"{name}-metadata", vpc_id=vpc_id, port=w.POSTGRES_PORT, what="PostgreSQL to the Airflow metadata database",
-        node_security_group_id=node_security_group_id, opts=opts)
+        node_security_group_id=node_security_group_id, keep=protect, opts=opts)
     monitoring_role = aws.iam.Role(
         f"{name}-monitoring", assume_role_policy=service_trust_policy("monitoring.rds.amazonaws.com", account_id),
         opts=opts)
@@ -287,7 +289,7 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, admin_p
         # Named after its family: a major upgrade makes the next family's group before it drops this one.
         parameters = aws.rds.ClusterParameterGroup(
             f"{name}-metadata", name=f"{identifier}-{postgres_family(settings)}", family=postgres_family(settings),
-            description="Airflow metadata: TLS only", parameters=PARAMETERS, opts=opts)
+            description="Airflow metadata: TLS only", parameters=PARAMETERS, opts=kept_with)
         cluster = aws.rds.Cluster(
             f"{name}-aurora", cluster_identifier=identifier, engine="aurora-postgresql",
             engine_version=settings.database_engine_version, database_name=w.POSTGRES_DATABASE,
@@ -312,7 +314,7 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, admin_p
 
     parameters = aws.rds.ParameterGroup(
         f"{name}-metadata", name=f"{identifier}-{postgres_family(settings)}", family=postgres_family(settings),
-        description="Airflow metadata: TLS only", parameters=PARAMETERS, opts=opts)
+        description="Airflow metadata: TLS only", parameters=PARAMETERS, opts=kept_with)
     instance = aws.rds.Instance(
         f"{name}-rds", identifier=identifier, engine="postgres", engine_version=settings.database_engine_version,
         instance_class=settings.database_instance_class, multi_az=True,

@@ -678,6 +678,12 @@ class Settings(BaseModel):
     def managed_broker(self) -> bool:
         return self.broker_engine == "elasticache"
 
+    @property
+    def keeps_managed_stores(self) -> bool:
+        """Aurora/RDS or ElastiCache outlive a `destroy` (protected stacks): so must what AWS will not delete while
+        they use it — their subnet, security and parameter groups, the private subnets and the VPC."""
+        return self.protect_stateful_resources and (self.managed_database or self.managed_broker)
+
     def secrets_prefix(self, name_prefix: str) -> str:
         """Where the stack's connections and variables live in Secrets Manager."""
         return self.secrets_manager_prefix or f"airflow/{name_prefix}"

@@ -111,10 +111,14 @@ class Storage(pulumi.ComponentResource):
             if args.partition is None:
                 raise ValueError("Storage: target=aws needs the AWS partition")
             self._partition = args.partition
+            # Aurora/RDS and ElastiCache leave a final snapshot encrypted with this key when they are deleted, a
+            # throwaway stack's included: the key stays with the snapshots (delete it after them).
+            final_snapshots = args.settings.managed_database or args.settings.managed_broker
             key = aws.kms.Key(
                 f"{name}-data", description=f"Airflow {args.name_prefix}: task logs, database backups, EFS",
                 enable_key_rotation=True, deletion_window_in_days=30,
-                opts=pulumi.ResourceOptions.merge(self._aws, self._keep))
+                opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(
+                    protect=protect, retain_on_delete=protect or final_snapshots)))
             aws.kms.Alias(f"{name}-data", name=f"alias/{args.name_prefix}-data", target_key_id=key.key_id,
                           opts=pulumi.ResourceOptions.merge(self._aws, self._keep_with))
             self.kms_key_arn = key.arn

@@ -180,6 +180,62 @@ def test_a_throwaway_stack_may_delete_the_database_and_still_leaves_a_final_snap
     assert not group.protect and group.values["finalSnapshotIdentifier"].startswith("airflow-prod-managed-broker-final-")
 
 
+# What AWS refuses to delete while a resource that uses it exists: a VPC or subnet holding network interfaces or a
+# security group (DependencyViolation), a security group attached to an interface, a DB subnet or parameter group
+# in use (InvalidDBSubnetGroupStateFault, InvalidDBParameterGroupState), a cache subnet or parameter group in use
+# (CacheSubnetGroupInUse, InvalidCacheParameterGroupState). (IAM lets a role go while a service uses it; a KMS key
+# is only scheduled for deletion, but what it encrypts is unreadable once it is gone.)
+REFUSED_WHILE_IN_USE = {
+    "aws:ec2/vpc:Vpc", "aws:ec2/subnet:Subnet", "aws:ec2/securityGroup:SecurityGroup", "aws:rds/subnetGroup:SubnetGroup",
+    "aws:rds/clusterParameterGroup:ClusterParameterGroup", "aws:rds/parameterGroup:ParameterGroup",
+    "aws:elasticache/subnetGroup:SubnetGroup", "aws:elasticache/parameterGroup:ParameterGroup", "aws:kms/key:Key"}
+
+
+def used_by(run, registration) -> set[str]:
+    """Every AWS resource whose outputs this one's inputs name, transitively through AWS resources (not its parent
+    or provider): what it is built on in AWS."""
+    found, stack = set(), [registration]
+    while stack:
+        current = stack.pop()
+        for urn in {*current.dependencies, *(u for deps in current.property_dependencies.values() for u in deps)}:
+            if urn not in found and urn != current.parent and run.by_urn(urn).type.startswith("aws:"):
+                found.add(urn)
+                stack.append(run.by_urn(urn))
+    return found
+
+
+@pytest.mark.parametrize(("stack", "overrides"), [
+    ("prod-managed", {}), ("prod-managed", {"databaseEngine": "rds"}),
+    ("prod-managed", {"protectStatefulResources": False}), ("prod", {}), ("staging", {})])
+def test_a_destroy_leaves_nothing_half_deleted(stack, overrides):
+    """After `pulumi state unprotect --all` a destroy deletes what is not retained and keeps the rest: nothing it
+    deletes may be something AWS refuses to delete while a kept resource uses it (the stack would be left half
+    destroyed, its VPC with it)."""
+    run = run_program(stack, overrides=overrides)
+    kept = [r for r in run.registrations if r.retain_on_delete and r.type.startswith("aws:")]
+    assert kept
+    for registration in kept:
+        for urn in used_by(run, registration):
+            used = run.by_urn(urn)
+            if used.type in REFUSED_WHILE_IN_USE:
+                assert used.retain_on_delete, f"{registration.name} is kept, {used.name} ({used.type}) is deleted"
+    managed_stores = [r for r in run.registrations if r.type in (AURORA, RDS, REPLICATION_GROUP)]
+    network = [r for r in run.registrations if r.type in ("aws:ec2/vpc:Vpc", "aws:ec2/subnet:Subnet")]
+    if managed_stores and overrides.get("protectStatefulResources", True):
+        # The stores, their groups, the private subnets and the VPC stay; the public subnets, NAT and EKS go.
+        assert all(r.retain_on_delete for r in managed_stores)
+        assert {r.name for r in network if r.retain_on_delete} == {
+            "cluster-vpc", *(r.name for r in network if r.name.startswith("cluster-private-"))}
+    else:
+        # Nothing in the VPC is kept, so all of it goes.
+        assert not [r for r in network if r.retain_on_delete]
+    if managed_stores:
+        # The final snapshots are encrypted with the stack's key: it stays, even on a throwaway stack.
+        key = run.one("aws:kms/key:Key", "storage-data")
+        assert key.retain_on_delete
+        assert all(key.urn in used_by(run, store) for store in managed_stores)
+
+
 def test_elasticache_fails_over_across_zones_encrypts_and_never_evicts(managed):
     group = managed.one(REPLICATION_GROUP)
     spec = group.values
