@@ -73,7 +73,9 @@ def managed_redis(name: str, settings: Settings, *, name_prefix: str, auth_token
         parameter_group_name=parameters.name,
         at_rest_encryption_enabled=True, kms_key_id=kms_key_arn,
         transit_encryption_enabled=True, transit_encryption_mode="required",
-        auth_token=auth_token, auth_token_update_strategy="ROTATE",
+        # The provider sends the token with the strategy whenever either changes (ApplyImmediately): a change of
+        # the strategy alone to SET, with the token unchanged, is how the rotation is completed.
+        auth_token=auth_token, auth_token_update_strategy=settings.elasticache_auth_token_update_strategy,
         snapshot_retention_limit=settings.elasticache_snapshot_retention_days, snapshot_window="03:00-04:00",
         maintenance_window="sun:05:00-sun:06:00",
         final_snapshot_identifier=pulumi.Output.concat(identifier, "-final-", suffix.hex),

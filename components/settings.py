@@ -339,6 +339,11 @@ class Settings(BaseModel):
                     "for Multi-AZ failover).")
     elasticache_snapshot_retention_days: int = Field(
         default=7, ge=1, le=35, description="Days ElastiCache keeps its daily snapshots.")
+    elasticache_auth_token_update_strategy: Literal["ROTATE", "SET"] = Field(
+        default="ROTATE",
+        description="How a new AUTH token reaches ElastiCache. `ROTATE`: it accepts the old and the new one while "
+                    "the Airflow pods move over; then `SET` in the next `up` drops the old one (ElastiCache allows "
+                    "SET only after a ROTATE). Back to `ROTATE` together with the next new token.")
 
     # --- Secrets backend ------------------------------------------------------------------------------
     secrets_backend: Literal["none", "aws-secrets-manager"] = Field(

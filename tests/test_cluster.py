@@ -8,6 +8,7 @@ import yaml
 
 from components.cluster import ADDONS_AFTER_NODES, ADDONS_BEFORE_NODES, load_balancer_controller_policy, subnet_plan
 from harness import REPO, SCHEMAS, STACKS, ProgramFailed, is_secret, run_program, unwrap
+from netpol import selects
 from rendering import chart_name
 from schemas import chart_defaults, missing_value_paths, validate_kubernetes_object
 
@@ -202,7 +203,8 @@ def delete_waves(run) -> dict[str, int]:
     """Pulumi's destroy, step by step: the engine deletes a resource as soon as everything that depends on it
     (through dependencies, property dependencies, its provider or its parent) is gone, and deletes all such
     resources at once. A resource's wave is 0 when nothing depends on it, else one more than its latest
-    dependent's. Only a lower wave is a guarantee of going first; the same wave is a race."""
+    dependent's. A lower wave goes first only where a path of dependencies joins the two (the tests check that
+    too); without one, the order is a race."""
     known = {r.urn for r in run.registrations}
     dependents: dict[str, set[str]] = {urn: set() for urn in known}
     for r in run.registrations:
@@ -323,39 +325,84 @@ OPERATORS_TIER = {"security-cert-manager", "security-selfsigned-issuer", "securi
                   "security-platform-ca-issuer", "airflow-keda",   # (a namespace and a release by each name)
                   "database-cnpg-system", "database-cloudnative-pg", "database-barman-cloud",
                   "cluster-karpenter", "cluster-karpenter-node-class", "cluster-karpenter-node-pool"}
-# The load balancer controller's webhooks that act on pods, by the namespace label that opts a namespace in
-# (aws-load-balancer-controller 3.5.0, templates/webhook.yaml).
-LB_CONTROLLER_NAMESPACE_LABELS = ("elbv2.k8s.aws/pod-readiness-gate-inject", "elbv2.k8s.aws/quic-server-id-inject",
-                                  "elbv2.k8s.aws/alb-target-control-agent-injection")
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet")
+# What a volume of the tier may be: nothing a CSI driver provides (or reclaims on destroy).
+PLAIN_VOLUMES = {"emptyDir", "secret", "configMap", "projected", "downwardAPI"}
 
 
-@pytest.mark.parametrize("stack", AWS_STACKS)
+def plural(kind: str) -> str:
+    return kind.lower()[:-1] + "ies" if kind.endswith("y") else kind.lower() + ("es" if kind.endswith("s") else "s")
+
+
+def admitted_objects(document: dict) -> list[tuple[str, str, dict]]:
+    """(apiGroup, resource, labels) of what the API server admits for a rendered object: itself, and the pods of
+    a workload (a CronJob's through its Job template)."""
+    group = document["apiVersion"].rsplit("/", 1)[0] if "/" in document["apiVersion"] else ""
+    found = [(group, plural(document["kind"]), document["metadata"].get("labels") or {})]
+    spec = document.get("spec") or {}
+    template = spec.get("jobTemplate", {}).get("spec", {}).get("template") or spec.get("template")
+    if document["kind"] in (*WORKLOAD_KINDS, "CronJob") and template:
+        found.append(("", "pods", template.get("metadata", {}).get("labels") or {}))
+    return found
+
+
+def volumes_of(value) -> list[dict]:
+    """Every `volumes:` entry anywhere in a rendered object (pod templates of any depth)."""
+    if isinstance(value, dict):
+        own = value.get("volumes") if isinstance(value.get("volumes"), list) else []
+        return [*own, *(v for child in value.values() for v in volumes_of(child))]
+    if isinstance(value, list):
+        return [v for child in value for v in volumes_of(child)]
+    return []
+
+
+def webhook_acts_on(hook: dict, group: str, resource: str, namespace_labels: dict, labels: dict) -> bool:
+    """Kubernetes' matching of an admission webhook to a CREATE (rules, namespaceSelector, objectSelector)."""
+    rules = [rule for rule in hook.get("rules") or []
+             if {"*", group} & set(rule.get("apiGroups") or []) and {"*", resource} & set(rule.get("resources") or [])
+             and {"*", "CREATE"} & set(rule.get("operations") or [])]
+    return bool(rules) and selects(hook.get("namespaceSelector"), namespace_labels) \
+        and selects(hook.get("objectSelector"), labels)
+
+
+@pytest.mark.parametrize("stack", ["prod", "staging", "prod-managed"])
 def test_the_operators_tier_holds_no_volume_and_no_load_balancer(stack_runs, stack):
-    """What the tier's provider does not wait for, nothing in it may need: no claim for a CSI driver to provision
-    (and reclaim on destroy), no Ingress or LoadBalancer Service for the controller, no namespace its pod webhooks
-    act on; rendered from the charts with real Helm."""
+    """What the tier's provider does not wait for, nothing in it may need: no volume a CSI driver provides (and
+    reclaims on destroy), no Ingress, Gateway or LoadBalancer Service for the controller, and nothing the
+    controller's admission webhooks that fail closed act on while its pods are not up yet: rendered from the
+    charts (the tier's and the controller's) with real Helm."""
     from rendering import render_release
     run = stack_runs[stack]
     tier = [r for r in run.registrations if r.provider and on_operators_provider(run, r)]
     releases = [r for r in tier if r.type == "kubernetes:helm.sh/v3:Release"]
-    assert {r.name for r in releases} == {"security-cert-manager", "airflow-keda", "database-cloudnative-pg",
-                                          "database-barman-cloud", "cluster-karpenter"}
+    expected = {"security-cert-manager", "airflow-keda", "database-cloudnative-pg", "database-barman-cloud",
+                "cluster-karpenter"}
+    present = {r.name for r in run.of_type("kubernetes:helm.sh/v3:Release")}
+    assert {r.name for r in releases} == expected & present and len(releases) >= 3
+    controller = render_release(run.one("kubernetes:helm.sh/v3:Release", "cluster-lb-controller"))
+    webhooks = [hook for config in controller if config["kind"].endswith("WebhookConfiguration")
+                for hook in config.get("webhooks") or [] if hook.get("failurePolicy", "Fail") == "Fail"]
+    assert webhooks, "the controller's webhooks that refuse when it is down"
     for release in releases:
         documents = render_release(release)
         assert documents, release.name
-        kinds = {d["kind"] for d in documents}
-        assert not kinds & {"PersistentVolumeClaim", "PersistentVolume", "Ingress", "TargetGroupBinding"}, release.name
-        assert not [d for d in documents if d["kind"] == "Service" and d["spec"].get("type") == "LoadBalancer"]
-        assert not [d for d in documents if d["kind"] == "StatefulSet" and d["spec"].get("volumeClaimTemplates")]
-        for document in documents:
-            volumes = (document.get("spec", {}).get("template", {}).get("spec", {}) or {}).get("volumes", [])
-            assert not [v for v in volumes if "persistentVolumeClaim" in v or "ephemeral" in v], release.name
         namespace = [r for r in tier if r.type == "kubernetes:core/v1:Namespace"
                      and r.values["metadata"]["name"] == release.values["namespace"]]
         if not namespace:   # EKS's own, which carries no label of the program's
             assert release.values["namespace"] == "kube-system", release.name
-            continue
-        assert not set(namespace[0].values["metadata"].get("labels", {})) & set(LB_CONTROLLER_NAMESPACE_LABELS)
+        namespace_labels = {**(namespace[0].values["metadata"].get("labels") or {} if namespace else {}),
+                            "kubernetes.io/metadata.name": release.values["namespace"]}
+        for document in documents:
+            name = f"{release.name}: {document['kind']} {document['metadata'].get('name')}"
+            assert document["kind"] not in ("PersistentVolumeClaim", "PersistentVolume", "Ingress", "Gateway",
+                                            "TargetGroupBinding"), name
+            assert not (document["kind"] == "Service" and document["spec"].get("type") == "LoadBalancer"), name
+            assert not (document.get("spec") or {}).get("volumeClaimTemplates"), name
+            assert all(set(v) - {"name"} <= PLAIN_VOLUMES for v in volumes_of(document.get("spec"))), name
+            for group, resource, labels in admitted_objects(document):
+                acting = [hook["name"] for hook in webhooks
+                          if webhook_acts_on(hook, group, resource, namespace_labels, labels)]
+                assert not acting, f"{name} ({resource}) waits for {acting}"
 
 
 @pytest.mark.parametrize("stack", AWS_STACKS)

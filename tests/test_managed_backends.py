@@ -236,6 +236,21 @@ def test_a_destroy_leaves_nothing_half_deleted(stack, overrides):
         assert all(key.urn in used_by(run, store) for store in managed_stores)
 
 
+def test_the_auth_token_rotation_is_completed_by_a_reviewed_change():
+    """ROTATE leaves the old token valid next to the new one; SET with the token unchanged drops it (ElastiCache's
+    AUTH documentation). The provider sends token and strategy when either changes, so the strategy alone moves."""
+    group = run_program("prod-managed", password_seed=0).one(REPLICATION_GROUP)
+    assert group.values["authTokenUpdateStrategy"] == "ROTATE"
+    completed = run_program("prod-managed", overrides={"elasticacheAuthTokenUpdateStrategy": "SET"},
+                            password_seed=0).one(REPLICATION_GROUP)
+    assert completed.values["authTokenUpdateStrategy"] == "SET"
+    assert completed.values["authToken"] == group.values["authToken"]
+    import plan
+    assert "authTokenUpdateStrategy" not in plan.REPLACED_ON_CHANGE[REPLICATION_GROUP]
+    with pytest.raises(ProgramFailed, match="airflow:elasticacheAuthTokenUpdateStrategy: Input should be 'ROTATE' or 'SET'"):
+        run_program("prod-managed", overrides={"elasticacheAuthTokenUpdateStrategy": "DELETE"})
+
+
 def test_elasticache_fails_over_across_zones_encrypts_and_never_evicts(managed):
     group = managed.one(REPLICATION_GROUP)
     spec = group.values
