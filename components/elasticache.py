@@ -45,14 +45,15 @@ def managed_redis(name: str, settings: Settings, *, name_prefix: str, auth_token
                   node_security_group_id: pulumi.Input[str], kms_key_arn: pulumi.Input[str],
                   opts: pulumi.ResourceOptions) -> ManagedRedis:
     protect = settings.protect_stateful_resources
-    # What AWS will not delete while the kept group uses it is kept with it (Network keeps its subnets).
-    kept_with = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=protect))
+    # Before a destroy (teardown), what AWS will not delete while the kept group uses it is kept with it (Network
+    # keeps its subnets).
+    kept_with = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=settings.keeps_managed_stores))
     identifier = f"{name_prefix}-broker"
     subnet_group = aws.elasticache.SubnetGroup(f"{name}-broker", name=identifier, subnet_ids=private_subnet_ids,
                                                description=f"Airflow {name_prefix}: Celery broker", opts=kept_with)
     security_group, from_cluster = cluster_only_security_group(
         f"{name}-broker", vpc_id=vpc_id, port=w.REDIS_PORT, what="Redis to the Airflow Celery broker",
-        node_security_group_id=node_security_group_id, keep=protect, opts=opts)
+        node_security_group_id=node_security_group_id, keep=settings.keeps_managed_stores, opts=opts)
     # Named after its family: a new major version makes the next family's group before it drops this one.
     parameters = aws.elasticache.ParameterGroup(
         f"{name}-broker", name=f"{identifier}-{parameter_group_family(settings)}", family=parameter_group_family(settings),
@@ -73,9 +74,13 @@ def managed_redis(name: str, settings: Settings, *, name_prefix: str, auth_token
         parameter_group_name=parameters.name,
         at_rest_encryption_enabled=True, kms_key_id=kms_key_arn,
         transit_encryption_enabled=True, transit_encryption_mode="required",
-        # The provider sends the token with the strategy whenever either changes (ApplyImmediately): a change of
-        # the strategy alone to SET, with the token unchanged, is how the rotation is completed.
-        auth_token=auth_token, auth_token_update_strategy=settings.elasticache_auth_token_update_strategy,
+        # A new token goes in with ROTATE (ElastiCache accepts the old one too while the pods roll); naming its
+        # generation in elasticacheAuthTokenSetGeneration then sends it again with SET, which drops the old one
+        # (the provider sends token and strategy when either changes). The next generation is ROTATE again by
+        # itself: a new token is never SET over one the pods still use.
+        auth_token=auth_token,
+        auth_token_update_strategy="SET" if settings.elasticache_auth_token_set_generation
+        == settings.broker_password_generation else "ROTATE",
         snapshot_retention_limit=settings.elasticache_snapshot_retention_days, snapshot_window="03:00-04:00",
         maintenance_window="sun:05:00-sun:06:00",
         final_snapshot_identifier=pulumi.Output.concat(identifier, "-final-", suffix.hex),

@@ -254,14 +254,15 @@ def managed_postgres(name: str, settings: Settings, *, name_prefix: str, admin_p
     """Aurora or RDS PostgreSQL for Airflow's metadata."""
     protect = settings.protect_stateful_resources
     keep = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=protect, retain_on_delete=protect))
-    # What AWS will not delete while the kept database uses it is kept with it (Network keeps its subnets).
-    kept_with = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=protect))
+    # Before a destroy (teardown), what AWS will not delete while the kept database uses it is kept with it
+    # (Network keeps its subnets).
+    kept_with = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=settings.keeps_managed_stores))
     identifier = f"{name_prefix}-metadata"
     subnet_group = aws.rds.SubnetGroup(f"{name}-metadata", name=identifier, subnet_ids=private_subnet_ids,
                                        description=f"Airflow {name_prefix}: metadata database", opts=kept_with)
     security_group, from_cluster = cluster_only_security_group(
         f"{name}-metadata", vpc_id=vpc_id, port=w.POSTGRES_PORT, what="PostgreSQL to the Airflow metadata database",
-        node_security_group_id=node_security_group_id, keep=protect, opts=opts)
+        node_security_group_id=node_security_group_id, keep=settings.keeps_managed_stores, opts=opts)
     monitoring_role = aws.iam.Role(
         f"{name}-monitoring", assume_role_policy=service_trust_policy("monitoring.rds.amazonaws.com", account_id),
         opts=opts)

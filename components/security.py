@@ -119,11 +119,13 @@ RDS_SPECIAL = URL_RESERVED_SPECIAL.replace("@", "").replace("/", "")
 
 
 def generated_password(resource_name: str, parent: pulumi.Resource, special: bool,
-                       override_special: str = URL_RESERVED_SPECIAL) -> pulumi.Output[str]:
-    """A generated password (pulumi_random: in the state, encrypted), 32 characters of every class."""
+                       override_special: str = URL_RESERVED_SPECIAL, generation: int = 1) -> pulumi.Output[str]:
+    """A generated password (pulumi_random: in the state, encrypted), 32 characters of every class. A new
+    generation is a new password (keepers replace it); generation 1 has none, as passwords made before."""
     password = random.RandomPassword(
         resource_name, length=32, special=special, override_special=override_special if special else None,
         min_lower=2, min_upper=2, min_numeric=2, min_special=2 if special else 0,
+        keepers={"generation": str(generation)} if generation > 1 else None,
         opts=pulumi.ResourceOptions(parent=parent))
     return password.result
 
@@ -472,8 +474,8 @@ class Security(pulumi.ComponentResource):
                                                 aliases=[pulumi.Alias(name=f"{name}-operator-{index}")]))
 
     def _password(self, name: str, purpose: str, special: bool,
-                  override_special: str = URL_RESERVED_SPECIAL) -> pulumi.Output[str]:
-        return generated_password(f"{name}-{purpose}", self, special, override_special)
+                  override_special: str = URL_RESERVED_SPECIAL, generation: int = 1) -> pulumi.Output[str]:
+        return generated_password(f"{name}-{purpose}", self, special, override_special, generation)
 
     def _secret(self, name: str, secret_name: str, data: dict[str, pulumi.Input[str]],
                 opts: pulumi.ResourceOptions, secret_type: str = "Opaque",
@@ -505,7 +507,8 @@ class Security(pulumi.ComponentResource):
             self._password(name, "keda-database-password", special=True, override_special=postgres_special))
         # redis-ha writes the password into redis.conf, sentinel.conf and haproxy.cfg: alphanumeric only,
         # its strength comes from its length.
-        self.redis_password = pulumi.Output.secret(self._password(name, "redis-password", special=False))
+        self.redis_password = pulumi.Output.secret(self._password(
+            name, "redis-password", special=False, generation=settings.broker_password_generation))
         self.admin_password = pulumi.Output.secret(self._password(name, "admin-password", special=True))
         api_secret_key = self._password(name, "api-secret-key", special=False)
         jwt_secret = self._password(name, "jwt-secret", special=False)

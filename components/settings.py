@@ -104,6 +104,13 @@ class Settings(BaseModel):
         default=True,
         description="Protect KMS keys, buckets, file systems and volumes from deletion and keep them on "
                     "`pulumi destroy`. Set false only for throwaway stacks.")
+    teardown: bool = Field(
+        default=False,
+        description="Prepare a protected stack with Aurora/RDS or ElastiCache for `pulumi destroy`: the next `up` "
+                    "marks what the kept stores need (their subnet, security and parameter groups, the private "
+                    "subnets, the VPC) to stay with them, and takes the cluster's tags off those subnets. Only on a "
+                    "stack about to be destroyed: kept, a subnet or group would also outlive a zone's removal or an "
+                    "upgrade.")
 
     # --- local -------------------------------------------------------------------------------------
     kube_context: str = Field(
@@ -339,11 +346,11 @@ class Settings(BaseModel):
                     "for Multi-AZ failover).")
     elasticache_snapshot_retention_days: int = Field(
         default=7, ge=1, le=35, description="Days ElastiCache keeps its daily snapshots.")
-    elasticache_auth_token_update_strategy: Literal["ROTATE", "SET"] = Field(
-        default="ROTATE",
-        description="How a new AUTH token reaches ElastiCache. `ROTATE`: it accepts the old and the new one while "
-                    "the Airflow pods move over; then `SET` in the next `up` drops the old one (ElastiCache allows "
-                    "SET only after a ROTATE). Back to `ROTATE` together with the next new token.")
+    elasticache_auth_token_set_generation: int = Field(
+        default=0, ge=0, le=1000,
+        description="The brokerPasswordGeneration whose AUTH token ElastiCache is to accept alone: set it to "
+                    "brokerPasswordGeneration once the Airflow pods run with the new token, and the next `up` drops "
+                    "the old one (SET). Below it, a new token is added with ROTATE (ElastiCache accepts both).")
 
     # --- Secrets backend ------------------------------------------------------------------------------
     secrets_backend: Literal["none", "aws-secrets-manager"] = Field(
@@ -502,6 +509,10 @@ class Settings(BaseModel):
         default="", pattern=r"^$|^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$",
         description="Host name of Grafana, served by the Airflow ALB (an ingress group) with the same certificate; "
                     "required when target=aws, in the zone route53ZoneId.")
+    broker_password_generation: int = Field(
+        default=1, ge=1, le=1000,
+        description="Generation of the broker's password (Redis's, or ElastiCache's AUTH token): raising it "
+                    "generates a new one in the next `pulumi up` (README, Rotate secrets).")
     fernet_key_rotation: int = Field(
         default=1, ge=1, le=1000,
         description="Generation of the Fernet key: raising it generates a new key in the next `pulumi up` (a "
@@ -685,9 +696,10 @@ class Settings(BaseModel):
 
     @property
     def keeps_managed_stores(self) -> bool:
-        """Aurora/RDS or ElastiCache outlive a `destroy` (protected stacks): so must what AWS will not delete while
-        they use it — their subnet, security and parameter groups, the private subnets and the VPC."""
-        return self.protect_stateful_resources and (self.managed_database or self.managed_broker)
+        """A protected stack about to be destroyed (teardown) keeps Aurora/RDS or ElastiCache: so must it keep
+        what AWS will not delete while they use it — their subnet, security and parameter groups, the private
+        subnets and the VPC. Only then: `retain_on_delete` also acts on every `up`'s deletes and replacements."""
+        return self.teardown and self.protect_stateful_resources and (self.managed_database or self.managed_broker)
 
     def secrets_prefix(self, name_prefix: str) -> str:
         """Where the stack's connections and variables live in Secrets Manager."""
@@ -949,6 +961,13 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
                                                   "beside superusers, the operator, KEDA and the poolers' auth_query: lower "
                                                   "one, or raise postgresMaxConnections"))
     problems.extend(_github_problems(settings))
+    if settings.elasticache_auth_token_set_generation == 1:
+        problems.append(("elasticacheAuthTokenSetGeneration", "1 names the token the group was created with: there "
+                                                              "is no older one to drop (0, or a raised generation)"))
+    if settings.elasticache_auth_token_set_generation > settings.broker_password_generation:
+        problems.append(("elasticacheAuthTokenSetGeneration",
+                         f"must not exceed brokerPasswordGeneration ({settings.broker_password_generation}), got "
+                         f"{settings.elasticache_auth_token_set_generation}: it names a token that exists"))
     if settings.worker_min_replicas > settings.worker_max_replicas:
         problems.append(("workerMinReplicas", f"must not exceed workerMaxReplicas ({settings.worker_max_replicas}), "
                                               f"got {settings.worker_min_replicas}"))

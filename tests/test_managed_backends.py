@@ -204,21 +204,27 @@ def used_by(run, registration) -> set[str]:
     return found
 
 
+def deleted_while_in_use(run) -> list[str]:
+    """What a destroy would delete although a kept resource uses it, and AWS refuses that."""
+    found = []
+    for registration in (r for r in run.registrations if r.retain_on_delete and r.type.startswith("aws:")):
+        for urn in used_by(run, registration):
+            used = run.by_urn(urn)
+            if used.type in REFUSED_WHILE_IN_USE and not used.retain_on_delete:
+                found.append(f"{registration.name} is kept, {used.name} ({used.type}) is deleted")
+    return found
+
+
 @pytest.mark.parametrize(("stack", "overrides"), [
-    ("prod-managed", {}), ("prod-managed", {"databaseEngine": "rds"}),
-    ("prod-managed", {"protectStatefulResources": False}), ("prod", {}), ("staging", {})])
+    ("prod-managed", {"teardown": True}), ("prod-managed", {"databaseEngine": "rds", "teardown": True}),
+    ("prod-managed", {"protectStatefulResources": False}), ("prod", {}), ("staging", {}), ("prod", {"teardown": True})])
 def test_a_destroy_leaves_nothing_half_deleted(stack, overrides):
     """After `pulumi state unprotect --all` a destroy deletes what is not retained and keeps the rest: nothing it
     deletes may be something AWS refuses to delete while a kept resource uses it (the stack would be left half
     destroyed, its VPC with it)."""
     run = run_program(stack, overrides=overrides)
-    kept = [r for r in run.registrations if r.retain_on_delete and r.type.startswith("aws:")]
-    assert kept
-    for registration in kept:
-        for urn in used_by(run, registration):
-            used = run.by_urn(urn)
-            if used.type in REFUSED_WHILE_IN_USE:
-                assert used.retain_on_delete, f"{registration.name} is kept, {used.name} ({used.type}) is deleted"
+    assert [r for r in run.registrations if r.retain_on_delete and r.type.startswith("aws:")]
+    assert deleted_while_in_use(run) == []
     managed_stores = [r for r in run.registrations if r.type in (AURORA, RDS, REPLICATION_GROUP)]
     network = [r for r in run.registrations if r.type in ("aws:ec2/vpc:Vpc", "aws:ec2/subnet:Subnet")]
     if managed_stores and overrides.get("protectStatefulResources", True):
@@ -226,6 +232,9 @@ def test_a_destroy_leaves_nothing_half_deleted(stack, overrides):
         assert all(r.retain_on_delete for r in managed_stores)
         assert {r.name for r in network if r.retain_on_delete} == {
             "cluster-vpc", *(r.name for r in network if r.name.startswith("cluster-private-"))}
+        # Untagged: a new cluster of the same name, its Karpenter or load balancers, never picks them up.
+        for subnet in (r for r in network if r.retain_on_delete and r.type == "aws:ec2/subnet:Subnet"):
+            assert set(subnet.values["tags"]) == {"Name"}, subnet.name
     else:
         # Nothing in the VPC is kept, so all of it goes.
         assert not [r for r in network if r.retain_on_delete]
@@ -238,17 +247,42 @@ def test_a_destroy_leaves_nothing_half_deleted(stack, overrides):
 
 def test_the_auth_token_rotation_is_completed_by_a_reviewed_change():
     """ROTATE leaves the old token valid next to the new one; SET with the token unchanged drops it (ElastiCache's
-    AUTH documentation). The provider sends token and strategy when either changes, so the strategy alone moves."""
-    group = run_program("prod-managed", password_seed=0).one(REPLICATION_GROUP)
-    assert group.values["authTokenUpdateStrategy"] == "ROTATE"
-    completed = run_program("prod-managed", overrides={"elasticacheAuthTokenUpdateStrategy": "SET"},
-                            password_seed=0).one(REPLICATION_GROUP)
-    assert completed.values["authTokenUpdateStrategy"] == "SET"
-    assert completed.values["authToken"] == group.values["authToken"]
+    AUTH documentation). The provider sends token and strategy when either changes, so the strategy alone moves;
+    a new generation is ROTATE again by itself."""
     import plan
+
+    def group(**overrides):
+        run = run_program("prod-managed", overrides=overrides, password_seed=0)
+        password = run.one("random:index/randomPassword:RandomPassword", "security-redis-password").values
+        return run.one(REPLICATION_GROUP).values, password.get("keepers")
+    first, keepers = group()
+    assert first["authTokenUpdateStrategy"] == "ROTATE" and keepers is None   # stacks made before keep theirs
+    # A new generation is a new password: keepers replace a RandomPassword (terraform-provider-random).
+    assert "keepers" in plan.REPLACED_ON_CHANGE["random:index/randomPassword:RandomPassword"]
+    rotated, keepers = group(brokerPasswordGeneration=2)
+    assert rotated["authTokenUpdateStrategy"] == "ROTATE" and keepers == {"generation": "2"}
+    completed, keepers = group(brokerPasswordGeneration=2, elasticacheAuthTokenSetGeneration=2)
+    assert completed["authTokenUpdateStrategy"] == "SET" and keepers == {"generation": "2"}
+    assert completed["authToken"] == rotated["authToken"]
+    again, keepers = group(brokerPasswordGeneration=3, elasticacheAuthTokenSetGeneration=2)
+    assert again["authTokenUpdateStrategy"] == "ROTATE" and keepers == {"generation": "3"}
     assert "authTokenUpdateStrategy" not in plan.REPLACED_ON_CHANGE[REPLICATION_GROUP]
-    with pytest.raises(ProgramFailed, match="airflow:elasticacheAuthTokenUpdateStrategy: Input should be 'ROTATE' or 'SET'"):
-        run_program("prod-managed", overrides={"elasticacheAuthTokenUpdateStrategy": "DELETE"})
+    for overrides, message in (({"elasticacheAuthTokenSetGeneration": 3, "brokerPasswordGeneration": 2},
+                                "must not exceed brokerPasswordGeneration"),
+                               ({"elasticacheAuthTokenSetGeneration": 1}, "there is no older one to drop")):
+        with pytest.raises(ProgramFailed, match=f"airflow:elasticacheAuthTokenSetGeneration: .*{message}"):
+            run_program("prod-managed", overrides=overrides)
+
+
+def test_only_a_teardown_keeps_the_network_and_the_groups(managed):
+    """retain_on_delete acts on every delete, an `up`'s too: kept always, a removed zone's subnet or an upgraded
+    family's parameter group would stay behind. So only `teardown` keeps them, and a destroy without it would be
+    refused half-way (what the README's procedure prevents)."""
+    companions = [r for r in managed.registrations if r.type in REFUSED_WHILE_IN_USE - {"aws:kms/key:Key"}]
+    assert companions and not [r.name for r in companions if r.retain_on_delete]
+    assert deleted_while_in_use(managed)
+    private = [r for r in managed.of_type("aws:ec2/subnet:Subnet") if r.name.startswith("cluster-private-")]
+    assert all("karpenter.sh/discovery" in r.values["tags"] for r in private)
 
 
 def test_elasticache_fails_over_across_zones_encrypts_and_never_evicts(managed):

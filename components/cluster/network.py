@@ -130,9 +130,14 @@ def build_network(ctx: AwsContext) -> Network:
     cluster_tag = {f"kubernetes.io/cluster/{cluster_name}": "shared"}
 
     # A kept Aurora/RDS or ElastiCache keeps its network interfaces in the private subnets: AWS will not delete
-    # those subnets, nor the VPC, while it exists, so a `destroy` leaves them with it (the rest goes).
+    # those subnets, nor the VPC, while it exists, so a `destroy` after `teardown` leaves them with it (the rest
+    # goes), without the tags by which a cluster of the same name (its Karpenter, its load balancers) would pick
+    # them up again.
     kept_with_stores = pulumi.ResourceOptions.merge(ctx.aws, pulumi.ResourceOptions(
         retain_on_delete=settings.keeps_managed_stores))
+    cluster_tags = {} if settings.keeps_managed_stores else {
+        "kubernetes.io/role/internal-elb": "1", f"kubernetes.io/cluster/{cluster_name}": "shared",
+        **({DISCOVERY_TAG: cluster_name} if settings.uses_karpenter else {})}
     vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=str(settings.vpc_cidr), enable_dns_hostnames=True,
                       enable_dns_support=True, tags={"Name": cluster_name}, opts=kept_with_stores)
     gateway = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags={"Name": cluster_name},
@@ -160,9 +165,7 @@ def build_network(ctx: AwsContext) -> Network:
                 opts=pulumi.ResourceOptions.merge(ctx.aws, pulumi.ResourceOptions(depends_on=[gateway]))))
         private = aws.ec2.Subnet(
             f"{name}-private-{zone}", vpc_id=vpc.id, availability_zone=zone, cidr_block=private_cidrs[index],
-            tags={"Name": f"{cluster_name}-private-{zone}", "kubernetes.io/role/internal-elb": "1",
-                  **cluster_tag, **({DISCOVERY_TAG: cluster_name} if settings.uses_karpenter else {})},
-            opts=kept_with_stores)
+            tags={"Name": f"{cluster_name}-private-{zone}", **cluster_tags}, opts=kept_with_stores)
         routes = aws.ec2.RouteTable(
             f"{name}-private-{zone}", vpc_id=vpc.id,
             # With one NAT gateway every zone egresses through it; with one per zone, through its own.
