@@ -20,6 +20,10 @@ class Endpoint:
     namespace: Optional[str]            # None: outside the cluster
     ip: str
     labels: dict[str, str] = field(default_factory=dict)
+    # The pod's named container ports (a rule may name a port: it means the destination pod's port of that name).
+    named_ports: dict[str, int] = field(default_factory=dict)
+    # Labels of its namespace besides `kubernetes.io/metadata.name`, which every namespace carries.
+    namespace_labels: dict[str, str] = field(default_factory=dict)
 
     def __hash__(self) -> int:
         return hash((self.name, self.namespace, self.ip))
@@ -32,7 +36,11 @@ class Policy:
     spec: dict[str, Any]
 
 
+SELECTOR_OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
+
+
 def selects(selector: Optional[dict], labels: dict[str, str]) -> bool:
+    """A label selector: matchLabels and matchExpressions, all of them; None or {} selects everything."""
     if selector is None:
         return True
     for key, value in (selector.get("matchLabels") or {}).items():
@@ -40,6 +48,8 @@ def selects(selector: Optional[dict], labels: dict[str, str]) -> bool:
             return False
     for expression in selector.get("matchExpressions") or []:
         key, operator, values = expression["key"], expression["operator"], expression.get("values") or []
+        if operator not in SELECTOR_OPERATORS:
+            raise ValueError(f"selector operator {operator!r} is not one of {', '.join(SELECTOR_OPERATORS)}")
         if operator == "In" and labels.get(key) not in values:
             return False
         if operator == "NotIn" and labels.get(key) in values:
@@ -49,6 +59,14 @@ def selects(selector: Optional[dict], labels: dict[str, str]) -> bool:
         if operator == "DoesNotExist" and key in labels:
             return False
     return True
+
+
+def policy_types(spec: dict) -> list[str]:
+    """What a policy isolates. Unset, `Ingress` always, and `Egress` when it has egress rules (the API's
+    defaulting, NetworkPolicySpec.policyTypes)."""
+    if spec.get("policyTypes"):
+        return list(spec["policyTypes"])
+    return ["Ingress", *(["Egress"] if spec.get("egress") else [])]
 
 
 def _peer_matches(peer: dict, policy_namespace: str, endpoint: Endpoint) -> bool:
@@ -61,14 +79,17 @@ def _peer_matches(peer: dict, policy_namespace: str, endpoint: Endpoint) -> bool
     if endpoint.namespace is None:
         return False
     if "namespaceSelector" in peer:
-        if not selects(peer["namespaceSelector"], {"kubernetes.io/metadata.name": endpoint.namespace}):
+        namespace_labels = {**endpoint.namespace_labels, "kubernetes.io/metadata.name": endpoint.namespace}
+        if not selects(peer["namespaceSelector"], namespace_labels):
             return False
     elif endpoint.namespace != policy_namespace:
         return False
     return selects(peer.get("podSelector"), endpoint.labels)
 
 
-def _port_matches(rule: dict, port: int, protocol: str) -> bool:
+def _port_matches(rule: dict, port: int, protocol: str, destination: Endpoint) -> bool:
+    """A rule's ports: a number, a range (endPort), or a name, which means the destination pod's port of that
+    name (and matches nothing where it has none)."""
     ports = rule.get("ports")
     if not ports:
         return True
@@ -77,8 +98,12 @@ def _port_matches(rule: dict, port: int, protocol: str) -> bool:
             continue
         if "port" not in entry:
             return True
-        low, high = entry["port"], entry.get("endPort", entry["port"])
-        if low <= port <= high:
+        low = entry["port"]
+        if isinstance(low, str):
+            if destination.named_ports.get(low) == port:
+                return True
+            continue
+        if low <= port <= entry.get("endPort", low):
             return True
     return False
 
@@ -90,15 +115,16 @@ def _side_allows(policies: list[Policy], pod: Endpoint, other: Endpoint, port: i
     policy_type, rules_key, peers_key = (("Egress", "egress", "to") if direction == "egress"
                                          else ("Ingress", "ingress", "from"))
     isolating = [p for p in policies if p.namespace == pod.namespace
-                 and policy_type in p.spec.get("policyTypes", [])
+                 and policy_type in policy_types(p.spec)
                  and selects(p.spec.get("podSelector") or {}, pod.labels)]
     if not isolating:
         return True
+    destination = other if direction == "egress" else pod
     for policy in isolating:
         for rule in policy.spec.get(rules_key) or []:
             peers = rule.get(peers_key)
             peer_ok = not peers or any(_peer_matches(peer, policy.namespace, other) for peer in peers)
-            if peer_ok and _port_matches(rule, port, protocol):
+            if peer_ok and _port_matches(rule, port, protocol, destination):
                 return True
     return False
 
@@ -129,13 +155,13 @@ def _egress_admits_service(policies: list[Policy], source: Endpoint, service: Se
     selector, read as a label set (amazon-network-policy-controller-k8s, pkg/resolvers/endpoints.go,
     getMatchingServiceClusterIPs); an ipBlock must contain the ClusterIP itself."""
     isolating = [p for p in policies if p.namespace == source.namespace
-                 and "Egress" in p.spec.get("policyTypes", []) and selects(p.spec.get("podSelector") or {}, source.labels)]
+                 and "Egress" in policy_types(p.spec) and selects(p.spec.get("podSelector") or {}, source.labels)]
     if not isolating:
         return True
     as_endpoint = Endpoint(service.name, service.namespace, service.ip, service.selector_labels)
     for policy in isolating:
         for rule in policy.spec.get("egress") or []:
-            if not _port_matches(rule, port, protocol):
+            if not _port_matches(rule, port, protocol, as_endpoint):
                 continue
             peers = rule.get("to")
             if not peers:

@@ -592,3 +592,28 @@ def test_a_peer_that_does_not_match_the_rw_services_selector_loses_the_primary_o
     pgbouncer = endpoints("prod")["pgbouncer"][0]
     assert not allowed_through_service(policies, pgbouncer, service, backends[0], 5432)
     assert allowed_through_service(policies, pgbouncer, service, backends[0], 5432, egress_before_translation=False)
+
+
+@pytest.mark.parametrize("variant", STACK_VARIANTS)
+def test_dns_is_reached_at_the_kube_dns_address_as_the_network_plugin_evaluates_it(variant):
+    """Pods resolve through the kube-dns Service's ClusterIP (the service CIDR's tenth address, which both EKS and
+    kind give it), not at CoreDNS's pods: the VPC CNI judges egress at that address (AWS stacks), kind's
+    kube-network-policies at the pod. Every role that needs DNS gets there, over UDP and TCP."""
+    import ipaddress as ip
+    stack = STACK_VARIANTS[variant][0]
+    before_translation = stack != "local"
+    run = variant_run(variant)
+    # The service CIDR EKS is created with; kind's own on the laptop (the local stack file sets none).
+    cidr = run.one("aws:eks/cluster:Cluster").values["kubernetesNetworkConfig"]["serviceIpv4Cidr"] \
+        if before_translation else "10.96.0.0/16"
+    kube_dns = Service("kube-dns", "kube-system", str(ip.ip_network(cidr)[10]), tuple(sorted(w.KUBE_DNS_PODS.items())))
+    found, policies = endpoints(variant), all_policies(variant)
+    required, _ = matrix(stack)
+    roles = sorted({source for source, destination, port, _ in required if destination == "coredns" and port == 53})
+    assert {"scheduler", "worker", "api-server"} <= set(roles)
+    refused_lookups = [f"{source.name} -> kube-dns/{protocol}"
+                       for role in roles for source in found.get(role, []) for backend in found["coredns"]
+                       for protocol in ("UDP", "TCP")
+                       if not allowed_through_service(policies, source, kube_dns, backend, 53, protocol,
+                                                      before_translation)]
+    assert refused_lookups == []
