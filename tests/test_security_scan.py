@@ -25,21 +25,46 @@ DIGEST = "sha256:" + "ab" * 32
 DIGEST_SETTINGS = ("airflowImageDigest", "statsdImageDigest", "gitSyncImageDigest", "redisImageDigest",
                    "haproxyImageDigest", "redisExporterImageDigest")
 
-# What stays in the Airflow release, and why (README: Security posture).
-AIRFLOW_ACCEPTED = {
-    "CKV_K8S_15": "imagePullPolicy IfNotPresent, not Always: with digests pinned the node's copy is the same image, "
-                  "and Always would make every pod start (a KEDA scale-up) depend on the registry",
-    "CKV_K8S_38": "checkov reads automountServiceAccountToken from the pod spec only, which the chart renders for "
-                  "the scheduler alone; every Airflow ServiceAccount has it false, so no pod gets a token",
-    "CKV_K8S_43": "images run by tag until the *ImageDigest settings are set (they are in the digest scan)",
-    "CKV_K8S_9": "scheduler, triggerer, DAG processor and workers serve nothing behind a Service; the chart offers "
-                 "no readiness probe for them, and their liveness probes restart them",
-    "CKV_K8S_8": "local only: the log groomer sidecars (a shell loop deleting old task logs from the logs claim) "
-                 "have no probe in the chart; on AWS they are not run",
-    "CKV_K8S_35": "the worker's AIRFLOW_CONN_AIRFLOW_DB: KEDA reads the connection for its queue query from the "
-                  "worker container's environment (connectionFromEnv); the chart has no file-based alternative; "
-                  "the nightly database cleanup's URL: chart 1.19's CronJob takes no extra volume",
+# What stays in the Airflow release, and why (README: Security posture): check -> (reason, the workloads it
+# stays on). A workload not listed fails the test with that check too: an acceptance is never a blanket.
+AIRFLOW_WORKLOADS = ("CronJob/airflow-database-cleanup", "Deployment/airflow-api-server",
+                     "Deployment/airflow-dag-processor", "Deployment/airflow-flower", "Deployment/airflow-scheduler",
+                     "Deployment/airflow-statsd", "Deployment/airflow-triggerer", "Deployment/airflow-worker",
+                     "Job/airflow-create-user", "Job/airflow-run-airflow-migrations")
+UNSERVED = ("Deployment/airflow-dag-processor", "Deployment/airflow-scheduler", "Deployment/airflow-triggerer")
+AIRFLOW_ACCEPTED: dict[str, tuple[str, tuple[str, ...]]] = {
+    "CKV_K8S_15": ("imagePullPolicy IfNotPresent, not Always: with digests pinned the node's copy is the same image, "
+                   "and Always would make every pod start (a KEDA scale-up) depend on the registry", AIRFLOW_WORKLOADS),
+    "CKV_K8S_38": ("checkov reads automountServiceAccountToken from the pod spec only, which the chart renders for "
+                   "the scheduler alone; every Airflow ServiceAccount has it false, so no pod gets a token",
+                   tuple(workload for workload in AIRFLOW_WORKLOADS if workload != "Deployment/airflow-scheduler")),
+    "CKV_K8S_43": ("images run by tag until the *ImageDigest settings are set (they are in the digest scan)",
+                   AIRFLOW_WORKLOADS),
+    "CKV_K8S_9": ("scheduler, triggerer, DAG processor and workers serve nothing behind a Service; the chart offers "
+                  "no readiness probe for them, and their liveness probes restart them",
+                  (*UNSERVED, "Deployment/airflow-worker")),
+    "CKV_K8S_8": ("local only: the log groomer sidecars (a shell loop deleting old task logs from the logs claim) "
+                  "have no probe in the chart; on AWS they are not run", UNSERVED),
+    "CKV_K8S_35": ("the worker's AIRFLOW_CONN_AIRFLOW_DB: KEDA reads the connection for its queue query from the "
+                   "worker container's environment (connectionFromEnv); the chart has no file-based alternative; "
+                   "the nightly database cleanup's URL: chart 1.19's CronJob takes no extra volume",
+                   ("Deployment/airflow-worker", "CronJob/airflow-database-cleanup")),
 }
+
+
+def workload(resource: str) -> str:
+    """`Kind/name` of a checkov resource (`Kind.namespace.name`, a Pod's followed by its labels)."""
+    kind, _, rest = resource.split(".", 2)
+    return f"{kind}/{rest.split('.', 1)[0]}"
+
+
+def accepted_pairs(accepted: dict[str, tuple[str, tuple[str, ...]]]) -> set[tuple[str, str]]:
+    return {(check, name) for check, (_, workloads) in accepted.items() for name in workloads}
+
+
+def unexplained(findings: list[tuple[str, str]], accepted: dict[str, tuple[str, tuple[str, ...]]]) -> list[str]:
+    return sorted(f"{check} on {workload(resource)}" for check, resource in findings
+                  if (check, workload(resource)) not in accepted_pairs(accepted))
 
 
 def checkov_binary() -> str:
@@ -122,16 +147,18 @@ def test_airflow_release_passes_the_scan_but_for_what_is_explained(scans, capsys
     with capsys.disabled():
         print(f"\ncheckov, Airflow release, {variant}: {len(findings)} failed checks\n{by_workload(findings)}")
     assert len(findings) <= ceiling
-    unexplained = sorted({check for check, _ in findings} - set(AIRFLOW_ACCEPTED))
-    assert not unexplained, f"findings without a reason to stay: {unexplained}\n{by_workload(findings)}"
-    # The exceptions are as narrow as their reasons.
-    assert {resource for check, resource in findings if check == "CKV_K8S_35"} <= {
-        "Deployment.airflow.airflow-worker", "CronJob.airflow.airflow-database-cleanup"}
-    assert not any(check == "CKV_K8S_38" and resource.endswith("airflow-scheduler") for check, resource in findings)
+    left = unexplained(findings, AIRFLOW_ACCEPTED)
+    assert not left, f"findings without a reason to stay on that workload: {left}\n{by_workload(findings)}"
     # The scan really checks what it passes: images by tag are found until their digests are set.
     assert any(check == "CKV_K8S_43" for check, _ in findings) is (variant != "prod-with-digests")
     if variant != "local":
         assert not any(check == "CKV_K8S_8" for check, _ in findings)
+
+
+def test_no_airflow_acceptance_outlives_its_finding(scans):
+    found = {(check, workload(resource)) for variant in scans for check, resource in scans[variant]["airflow"]}
+    stale = accepted_pairs(AIRFLOW_ACCEPTED) - found
+    assert not stale, f"accepted but no longer found on any variant (remove them): {sorted(stale)}"
 
 
 # What stays in the other releases, and why (README: Security posture). Findings not listed fail the test.
@@ -140,44 +167,71 @@ NO_POLICIES_YET = ("no NetworkPolicy isolates this operator namespace yet: the p
                    "namespace, where the data and credentials are (follow-up)")
 TAG_ONLY = ("runs by the tag its chart version pins; digest settings cover the images of the data path "
             "(Airflow, statsd exporter, git-sync, Redis, HAProxy, Redis exporter)")
-PULL_POLICY = AIRFLOW_ACCEPTED["CKV_K8S_15"]
-RELEASES_ACCEPTED: dict[str, dict[str, str]] = {
+PULL_POLICY = AIRFLOW_ACCEPTED["CKV_K8S_15"][0]
+CERT_MANAGER = ("Deployment/cert-manager", "Deployment/cert-manager-cainjector", "Deployment/cert-manager-webhook",
+                "Job/cert-manager-startupapicheck")
+KEDA = ("Deployment/keda-admission-webhooks", "Deployment/keda-operator", "Deployment/keda-operator-metrics-apiserver")
+KPS = ("Deployment/kube-prometheus-stack-grafana", "Deployment/kube-prometheus-stack-kube-state-metrics",
+       "Deployment/kube-prometheus-stack-operator")
+NODE_EXPORTER = "DaemonSet/kube-prometheus-stack-prometheus-node-exporter"
+GRAFANA = "Deployment/kube-prometheus-stack-grafana"
+
+
+def pods_of(workloads: tuple[str, ...]) -> tuple[str, ...]:
+    """The pods checkov builds from workloads (CKV2_K8S_6, no NetworkPolicy selects them)."""
+    return tuple(f"Pod/{name.split('/', 1)[1]}" for name in workloads)
+
+
+def operator(*workloads: str, pull_policy: bool = True, digest: bool = True) -> dict[str, tuple[str, tuple]]:
+    """What every operator release of the platform keeps: its controllers use the Kubernetes API, its namespace
+    has no NetworkPolicy yet, and (where the chart sets them so) the pull policy and the tag."""
+    return {"CKV_K8S_38": (OPERATORS_TALK_TO_THE_API, tuple(w for w in workloads if not w.startswith("DaemonSet/"))),
+            "CKV2_K8S_6": (NO_POLICIES_YET, pods_of(workloads)),
+            **({"CKV_K8S_15": (PULL_POLICY, workloads)} if pull_policy else {}),
+            **({"CKV_K8S_43": (TAG_ONLY, workloads)} if digest else {})}
+
+
+RELEASES_ACCEPTED: dict[str, dict[str, tuple[str, tuple[str, ...]]]] = {
     "redis-ha": {
-        "CKV_K8S_15": PULL_POLICY, "CKV_K8S_43": AIRFLOW_ACCEPTED["CKV_K8S_43"],
-        "CKV_K8S_35": "Redis, Sentinel, HAProxy and their probes and scripts read the password from $AUTH; "
-                      "redis-ha has no file-based option",
-        "CKV_K8S_40": "Redis keeps UID 1000: its append-only files on existing volumes belong to it, a new UID "
-                      "could not append to them",
+        "CKV_K8S_15": (PULL_POLICY, ("Deployment/airflow-redis-haproxy", "StatefulSet/airflow-redis-server")),
+        "CKV_K8S_43": (AIRFLOW_ACCEPTED["CKV_K8S_43"][0],
+                       ("Deployment/airflow-redis-haproxy", "StatefulSet/airflow-redis-server")),
+        "CKV_K8S_35": ("Redis, Sentinel, HAProxy and their probes and scripts read the password from $AUTH; "
+                       "redis-ha has no file-based option",
+                       ("Deployment/airflow-redis-haproxy", "StatefulSet/airflow-redis-server")),
+        "CKV_K8S_40": ("Redis keeps UID 1000: its append-only files on existing volumes belong to it, a new UID "
+                       "could not append to them", ("StatefulSet/airflow-redis-server",)),
     },
-    "aws-load-balancer-controller": {"CKV_K8S_15": PULL_POLICY, "CKV_K8S_43": TAG_ONLY,
-                                     "CKV_K8S_38": OPERATORS_TALK_TO_THE_API, "CKV2_K8S_6": NO_POLICIES_YET},
+    "aws-load-balancer-controller": operator("Deployment/aws-load-balancer-controller"),
     "cert-manager": {
-        "CKV_K8S_15": PULL_POLICY, "CKV_K8S_43": TAG_ONLY, "CKV_K8S_38": OPERATORS_TALK_TO_THE_API,
-        "CKV2_K8S_6": NO_POLICIES_YET,
-        "CKV_K8S_155": "the cainjector's job is writing CA bundles into webhook configurations",
-        "CKV_K8S_8": "the cainjector serves nothing a probe could check; the chart offers none",
-        "CKV_K8S_9": "the controller and cainjector serve no traffic behind a Service; the chart offers no "
-                     "readiness probe for them",
+        **operator(*CERT_MANAGER),
+        "CKV2_K8S_6": (NO_POLICIES_YET, pods_of(CERT_MANAGER)),
+        "CKV_K8S_155": ("the cainjector's job is writing CA bundles into webhook configurations",
+                        ("ClusterRole/cert-manager-cainjector",)),
+        "CKV_K8S_8": ("the cainjector serves nothing a probe could check; the chart offers none",
+                      ("Deployment/cert-manager-cainjector",)),
+        "CKV_K8S_9": ("the controller and cainjector serve no traffic behind a Service; the chart offers no "
+                      "readiness probe for them", ("Deployment/cert-manager", "Deployment/cert-manager-cainjector")),
     },
     "cloudnative-pg": {
-        "CKV_K8S_15": PULL_POLICY, "CKV_K8S_43": TAG_ONLY, "CKV_K8S_38": OPERATORS_TALK_TO_THE_API,
-        "CKV2_K8S_6": NO_POLICIES_YET,
-        "CKV_K8S_155": "the operator keeps the CA bundle of its own webhook configurations (rendered "
-                       "unconditionally by the chart)",
+        **operator("Deployment/cloudnative-pg"),
+        "CKV_K8S_155": ("the operator keeps the CA bundle of its own webhook configurations (rendered "
+                        "unconditionally by the chart)", ("ClusterRole/cloudnative-pg",)),
     },
-    "plugin-barman-cloud": {"CKV_K8S_15": PULL_POLICY, "CKV_K8S_43": TAG_ONLY,
-                            "CKV_K8S_38": OPERATORS_TALK_TO_THE_API, "CKV2_K8S_6": NO_POLICIES_YET},
-    "keda": {"CKV_K8S_43": TAG_ONLY, "CKV_K8S_38": OPERATORS_TALK_TO_THE_API, "CKV2_K8S_6": NO_POLICIES_YET},
-    "karpenter": {"CKV_K8S_38": OPERATORS_TALK_TO_THE_API, "CKV2_K8S_6": NO_POLICIES_YET},
+    "plugin-barman-cloud": operator("Deployment/plugin-barman-cloud"),
+    "keda": operator(*KEDA, pull_policy=False),
+    "karpenter": operator("Deployment/karpenter", pull_policy=False, digest=False),
     "kube-prometheus-stack": {
-        "CKV_K8S_15": PULL_POLICY, "CKV_K8S_43": TAG_ONLY, "CKV_K8S_38": OPERATORS_TALK_TO_THE_API,
-        "CKV2_K8S_6": NO_POLICIES_YET,
-        "CKV_K8S_49": "the Prometheus operator's ClusterRole: verbs '*' on its own resources, hard-coded by the chart",
-        "CKV_K8S_17": "node-exporter shares the host's PID namespace: reading the host's processes is its job",
-        "CKV_K8S_19": "node-exporter uses the host network: the node's interfaces are what it measures",
-        "CKV_K8S_40": "Grafana keeps UID 472: its database on the existing volume belongs to it",
-        "CKV_K8S_8": "Grafana's config sidecars have no probe in the chart (Grafana itself has both)",
-        "CKV_K8S_9": "Grafana's config sidecars have no probe in the chart (Grafana itself has both)",
+        **operator(*KPS, NODE_EXPORTER),
+        "CKV_K8S_49": ("the Prometheus operator's ClusterRole: verbs '*' on its own resources, hard-coded by the "
+                       "chart", ("ClusterRole/kube-prometheus-stack-operator",)),
+        "CKV_K8S_17": ("node-exporter shares the host's PID namespace: reading the host's processes is its job",
+                       (NODE_EXPORTER,)),
+        "CKV_K8S_19": ("node-exporter uses the host network: the node's interfaces are what it measures",
+                       (NODE_EXPORTER,)),
+        "CKV_K8S_40": ("Grafana keeps UID 472: its database on the existing volume belongs to it", (GRAFANA,)),
+        "CKV_K8S_8": ("Grafana's config sidecars have no probe in the chart (Grafana itself has both)", (GRAFANA,)),
+        "CKV_K8S_9": ("Grafana's config sidecars have no probe in the chart (Grafana itself has both)", (GRAFANA,)),
     },
 }
 
@@ -187,8 +241,11 @@ def test_every_other_release_passes_the_scan_but_for_what_is_explained(scans, ca
     findings = scans["prod"][chart]
     with capsys.disabled():
         print(f"\ncheckov, {chart} release, prod: {len(findings)} failed checks\n{by_workload(findings)}")
-    unexplained = sorted({check for check, _ in findings} - set(RELEASES_ACCEPTED[chart]))
-    assert not unexplained, f"findings without a reason to stay: {unexplained}\n{by_workload(findings)}"
+    left = unexplained(findings, RELEASES_ACCEPTED[chart])
+    assert not left, f"findings without a reason to stay on that workload: {left}\n{by_workload(findings)}"
+    # And no acceptance outlives its finding: each names what the scan still finds.
+    stale = accepted_pairs(RELEASES_ACCEPTED[chart]) - {(check, workload(r)) for check, r in findings}
+    assert not stale, f"accepted but no longer found (remove them): {sorted(stale)}"
     # The program's fixes hold: CPU limits, read-only images, no webhook-patching RBAC where cert-manager
     # issues the certificates, no token for HAProxy, UIDs outside the host range for the distroless images.
     fixed = {"CKV_K8S_11", "CKV_K8S_22", "CKV_K8S_20", "CKV_K8S_23", "CKV_K8S_28", "CKV2_K8S_5"}
