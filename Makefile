@@ -40,7 +40,7 @@ UV_UPGRADE := $(if $(UPGRADE),$(if $(filter all,$(UPGRADE)),--upgrade,--upgrade-
 # The same command each lock's header records, which Renovate re-runs; uv.toml holds the options.
 UV_COMPILE = $(UV) pip compile --quiet $(UV_UPGRADE)
 
-.PHONY: test e2e bench helm docs scan policy clean rds-ca-bundle lock
+.PHONY: test e2e bench helm docs scan policy clean rds-ca-bundle lock mutate
 
 test: $(STAMP) $(HELM) $(SCAN_STAMP) $(NODE_STAMP) $(POLICY_STAMP)
 	$(VENV)/bin/ruff check .
@@ -50,6 +50,12 @@ test: $(STAMP) $(HELM) $(SCAN_STAMP) $(NODE_STAMP) $(POLICY_STAMP)
 # The security posture: checkov over every release as rendered for each stack, with what remains and why.
 scan: $(STAMP) $(HELM) $(SCAN_STAMP)
 	HELM=$(HELM) CHECKOV=$(CHECKOV) $(VENV)/bin/python -m pytest -q -rP tests/test_security_scan.py
+
+# The mutation gate (not in CI: minutes): each one-line break of tests/mutations/curated.yaml must fail the tests
+# named for it in a copy of the repository; one that survives fails the gate (MUTATE_ARGS="--only <name>").
+mutate: $(STAMP) $(HELM) $(SCAN_STAMP) $(NODE_STAMP) $(POLICY_STAMP)
+	HELM=$(HELM) CHECKOV=$(CHECKOV) NODE_TOOLS=$(NODE_TOOLS) POLICY_PYTHON=$(CURDIR)/$(POLICY_VENV)/bin/python \
+	  $(VENV)/bin/python scripts/mutate.py $(MUTATE_ARGS)
 
 helm: $(HELM)
 

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from components.cluster import ADDONS_AFTER_NODES, ADDONS_BEFORE_NODES, load_balancer_controller_policy, subnet_plan
-from harness import REPO, SCHEMAS, STACKS, ProgramFailed, is_secret, run_program, unwrap
+from harness import REPO, SCHEMAS, STACKS, ProgramFailed, is_secret, load_stack_config, run_program, unwrap
 from netpol import selects
 from rendering import chart_name
 from schemas import chart_defaults, missing_value_paths, validate_kubernetes_object
@@ -81,6 +81,9 @@ def test_eks_cluster_is_pinned_private_encrypted_and_logged(stack_runs, stack):
 
     log_group = run.one("aws:cloudwatch/logGroup:LogGroup", "cluster-control-plane")
     assert log_group.values["name"] == f"/aws/eks/{values['name']}/cluster"
+    # Kept as long as the stack file says (the audit trail a review asks for), not CloudWatch's default.
+    retention = load_stack_config(stack, REPO, [])["airflow:controlPlaneLogRetentionDays"]
+    assert log_group.values["retentionInDays"] == int(retention)
     assert eks.depends_on(log_group), "the log group must exist before EKS creates one without retention"
 
 
@@ -363,6 +366,23 @@ def webhook_acts_on(hook: dict, group: str, resource: str, namespace_labels: dic
              and {"*", "CREATE"} & set(rule.get("operations") or [])]
     return bool(rules) and selects(hook.get("namespaceSelector"), namespace_labels) \
         and selects(hook.get("objectSelector"), labels)
+
+
+@pytest.mark.parametrize("stack", ["prod", "staging", "prod-managed"])
+def test_every_operator_and_controller_survives_the_loss_of_a_node(stack_runs, stack):
+    """On AWS each operator or controller the platform installs runs two replicas with leader election, so a
+    drained or lost system node leaves one leading (what the charts render, with real Helm)."""
+    from rendering import render_release
+    run = stack_runs[stack]
+    controllers = {"cloudnative-pg": ["cloudnative-pg"], "cert-manager": ["cert-manager", "cert-manager-webhook"],
+                   "aws-load-balancer-controller": ["aws-load-balancer-controller"]}
+    for release in run.of_type("kubernetes:helm.sh/v3:Release"):
+        names = controllers.get(chart_name(release))
+        if not names:
+            continue
+        deployments = {d["metadata"]["name"]: d for d in render_release(release) if d["kind"] == "Deployment"}
+        for name in names:
+            assert deployments[name]["spec"].get("replicas", 1) >= 2, (release.name, name)
 
 
 @pytest.mark.parametrize("stack", ["prod", "staging", "prod-managed"])

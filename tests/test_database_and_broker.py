@@ -221,3 +221,26 @@ def test_redis_is_not_rolled_one_server_at_a_time_on_a_password_rotation():
         values = run.one(RELEASE, "broker-redis-ha").values["values"]
         assert "podAnnotations" not in values["redis"] and "podAnnotations" not in values["haproxy"]
     assert first.one(RELEASE, "broker-redis-ha").values["values"] == rotated.one(RELEASE, "broker-redis-ha").values["values"]
+
+
+@pytest.mark.parametrize("replicas", [3, 4, 5])
+def test_redis_keeps_accepting_writes_with_one_replica_down_and_never_writes_to_none(replicas):
+    """redis-ha runs a primary and `replicas - 1` replicas; Redis refuses writes while fewer than
+    min-replicas-to-write replicas are connected (redis.conf). With one replica down, `replicas - 2` remain: the
+    value must not exceed that (or queuing tasks stops with one pod lost), and must be at least 1 (or a write no
+    replica saw is lost with the primary)."""
+    values = run_program("prod", overrides={"redisReplicas": replicas}).one(RELEASE, "broker-redis-ha").values["values"]
+    assert values["replicas"] == replicas
+    assert 1 <= int(values["redis"]["config"]["min-replicas-to-write"]) <= replicas - 2
+
+
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_the_pooler_tracks_the_named_statements_airflows_async_engine_prepares(stack_runs, stack):
+    """SQLAlchemy's asyncpg dialect prepares every statement through asyncpg's `Connection.prepare()`, which names
+    it (`__asyncpg_stmt_N__`) even with asyncpg's own cache off; in transaction mode a named statement lives on
+    one server connection, so PgBouncer must track them (max_prepared_statements > 0, PgBouncer 1.21+: its
+    documentation, "0 disables prepared statement support"); otherwise the API server's queries fail with
+    'prepared statement ... does not exist'."""
+    pgbouncer = stack_runs[stack].one(POOLER).values["spec"]["pgbouncer"]
+    assert pgbouncer["poolMode"] == "transaction"
+    assert int(pgbouncer["parameters"]["max_prepared_statements"]) > 0

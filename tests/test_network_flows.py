@@ -617,3 +617,57 @@ def test_dns_is_reached_at_the_kube_dns_address_as_the_network_plugin_evaluates_
                        if not allowed_through_service(policies, source, kube_dns, backend, 53, protocol,
                                                       before_translation)]
     assert refused_lookups == []
+
+
+# What the policies admit beyond the required table, by class, and why; anything else they admit fails
+# test_the_policies_admit_nothing_beyond_the_required_flows. Each class names a tightening left to do or a reason
+# it cannot be narrower.
+API_CALLER_ROLES = ("postgres", "pgbouncer", *CNPG_JOBS)
+STORE_CLIENTS = (*AIRFLOW_CLIENTS, "chart-pgbouncer", "db-bootstrap")
+
+
+def beyond_required_reason(variant: str, source: str, destination: str, port: int, protocol: str) -> Optional[str]:
+    managed = STACK_VARIANTS[variant][0] == "prod-managed"
+    local = STACK_VARIANTS[variant][0] == "local"
+    if source in API_CALLER_ROLES and port in (443, 6443) and (local or destination not in ("internet-host", "s3")):
+        return ("the Kubernetes API's own addresses: EKS places its interfaces anywhere in the private subnets, so "
+                "CloudNativePG's pods may reach that range on 443; a laptop cluster's API server listens on a node "
+                "address no setting knows, so there on the API ports anywhere")
+    if managed and source in STORE_CLIENTS and (port, protocol) in ((6379, "TCP"), (5432, "TCP")) \
+            and destination not in ("internet-host", "s3"):
+        return ("Aurora/RDS and ElastiCache take addresses anywhere in the private subnets: the policy admits the "
+                "subnets on the store's port, the store's security group admits the cluster only")
+    if source in AIRFLOW_CLIENTS and (destination, port) in (("haproxy", 6379), ("broker", 6379), ("api-server", 8080),
+                                                             ("statsd", 9125)):
+        return ("one peer for every Airflow component (tier: airflow) reaches the broker, the API server and statsd; "
+                "narrowing it to the components that use each is a tightening left to do")
+    if source in CNPG_JOBS and (destination, port) in (("postgres", 5432), ("pod-identity-agent", 80), ("s3", 443)):
+        return ("CloudNativePG's Jobs carry the instances' cluster label, which the instances' policies (to each "
+                "other, to the backups in S3 through Pod Identity) admit")
+    if STACK_VARIANTS[variant][0] == "local" and source == "coredns" and destination == "api-server":
+        return "the local ingress controller's namespace (localIngressNamespace, kube-system) is admitted whole"
+    return None
+
+
+@pytest.mark.parametrize("variant", STACK_VARIANTS)
+def test_the_policies_admit_nothing_beyond_the_required_flows(variant):
+    """Narrowness, not only necessity: for every pair of roles and every port the platform uses, a flow the
+    required table does not name must be refused (where a side is in the Airflow namespace, which the program
+    isolates), unless it falls in a class above, with its reason. A rule widened to any pod on a port (DNS to
+    every pod, say) fails here though every required and forbidden flow still holds."""
+    import itertools
+    stack = STACK_VARIANTS[variant][0]
+    required, _ = matrix(stack)
+    named = set(required)
+    found, policies = endpoints(variant), all_policies(variant)
+    ports = sorted({(port, protocol) for _, _, port, protocol in required})
+    unexplained = []
+    for source, destination in itertools.product(found, found):
+        pairs = [(a, b) for a in found[source] for b in found[destination] if AIRFLOW in (a.namespace, b.namespace)]
+        for port, protocol in ports:
+            if (source, destination, port, protocol) in named or not pairs:
+                continue
+            if any(allowed(policies, a, b, port, protocol) for a, b in pairs) \
+                    and beyond_required_reason(variant, source, destination, port, protocol) is None:
+                unexplained.append(f"{source} -> {destination}:{port}/{protocol}")
+    assert unexplained == []

@@ -15,7 +15,7 @@ import yaml
 from availability import tool
 from components import workloads as w
 from components.observability import ALERTMANAGER_CONFIG_SECRET, GRAFANA_ADMIN_SECRET
-from harness import STACKS, ProgramFailed, is_secret, run_program, unwrap
+from harness import REPO, STACKS, ProgramFailed, is_secret, run_program, unwrap
 from netpol import allowed, selects
 from rendering import platform_pods, render_all
 from test_network_flows import all_policies, endpoints, variant_run
@@ -273,3 +273,38 @@ def test_every_rendered_pod_disruption_budget_is_valid(stack_runs, stack):
     for budget in budgets:
         spec = budget["spec"]
         assert ("minAvailable" in spec) != ("maxUnavailable" in spec), budget["metadata"]["name"]
+
+
+def test_every_label_an_airflow_series_is_filtered_by_is_one_the_statsd_mapping_makes(prod):
+    """The alerts and dashboards select Airflow's series by label (`airflow_pool_queued_slots{pool!=""}`): each
+    such label must be one the release's statsd mapping (the chart's, as Helm renders it, plus the platform's)
+    gives that series, or the selector matches nothing and the alert can never fire."""
+    import re
+
+    from components.alerts import alert_groups
+    from components.settings import load_settings
+    from statsd_mapping import MappingConfig
+    configmaps = [d for d in render_all(prod)["airflow"] if d["kind"] == "ConfigMap"
+                  and "mappings.yml" in (d.get("data") or {})]
+    [mappings_yml] = [d["data"]["mappings.yml"] for d in configmaps]
+    labels_of: dict[str, set[str]] = {}
+    config = MappingConfig.from_yaml(mappings_yml)
+    for mapping in config.mappings:
+        if mapping.action == "map":
+            # A timer becomes an observer: statsd_exporter adds `quantile` to a summary's series, `le` to a
+            # histogram's buckets (a timer mapping without a metric type may be either).
+            observer = mapping.observer_type or config.default_observer_type or "summary"
+            made = {"le"} if observer == "histogram" else {"quantile"}
+            labels_of.setdefault(mapping.name, set()).update(mapping.labels, made)
+    settings = load_settings({"target": "local"})
+    expressions = [alert.expr for alerts in alert_groups(settings).values() for alert in alerts]
+    for dashboard in (REPO / "components" / "dashboards").glob("*.json"):
+        expressions += re.findall(r'"expr":\s*"((?:[^"\\]|\\.)*)"', dashboard.read_text())
+    selected = [(metric, label) for expression in expressions
+                for metric, matchers in re.findall(r"(airflow_[a-z0-9_]+)\{([^}]*)\}", expression.replace('\\"', '"'))
+                for label in re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", matchers)]
+    assert len(selected) >= 5, selected
+    unmade = sorted({f"{metric}{{{label}}}" for metric, label in selected
+                     if metric in labels_of and label not in labels_of[metric]})
+    assert unmade == [], "selected by a label the mapping does not make"
+    assert {metric for metric, _ in selected} - set(labels_of) <= set(), "a series no mapping makes"

@@ -1,0 +1,81 @@
+"""The mutation gate: apply each mutation of tests/mutations/curated.yaml to a copy of the repository and run the
+tests it names with -x; a mutation the tests do not catch survives, and the gate fails. Prints each result and
+its time. Run with `make mutate` (the default tier's environment: Helm, checkov, Node tools)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CURATED = ROOT / "tests" / "mutations" / "curated.yaml"
+
+
+def copy_tree(target: Path) -> None:
+    """The working tree's files (tracked or not, ignored ones left out), as `git ls-files` lists them."""
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+
+
+def run_tests(tree: Path, tests: list[str]) -> subprocess.CompletedProcess:
+    # The virtualenvs stay where `make` built them; the copy is only the code under test.
+    return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                          cwd=tree, capture_output=True, text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", action="append", help="run only the mutations of these names")
+    args = parser.parse_args()
+    mutations = yaml.safe_load(CURATED.read_text())
+    chosen = [m for m in mutations if not args.only or m["name"] in args.only]
+    survived, started = [], time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mutate-") as directory:
+        # The tests read the chart sources and schemas in ../shared, beside the repository.
+        tree = Path(directory) / ROOT.name
+        (Path(directory) / "shared").symlink_to((ROOT.parent / "shared").resolve())
+        copy_tree(tree)
+        for mutation in chosen:
+            path = tree / mutation["file"]
+            original = path.read_text()
+            if original.count(mutation["old"]) != 1:
+                print(f"{mutation['name']}: `old` occurs {original.count(mutation['old'])} times in "
+                      f"{mutation['file']}, not once: fix the list")
+                return 1
+            clock = time.perf_counter()
+            baseline = run_tests(tree, mutation["tests"])
+            if baseline.returncode != 0:
+                print(f"{mutation['name']}: its tests fail without the mutation:\n{baseline.stdout[-3000:]}")
+                return 1
+            path.write_text(original.replace(mutation["old"], mutation["new"]))
+            try:
+                result = run_tests(tree, mutation["tests"])
+            finally:
+                path.write_text(original)
+            caught = result.returncode != 0
+            failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")][:1]
+            print(f"{'caught  ' if caught else 'SURVIVED'} {mutation['name']} ({time.perf_counter() - clock:.0f} s)"
+                  + (f": {failed[0].removeprefix('FAILED ')}" if failed else ""))
+            if not caught:
+                survived.append(mutation["name"])
+    print(f"{len(chosen) - len(survived)} of {len(chosen)} mutations caught in {time.perf_counter() - started:.0f} s")
+    if survived:
+        print(f"survived: {', '.join(survived)}: a test that states the rule each breaks is missing")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
