@@ -964,6 +964,13 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
     if settings.elasticache_auth_token_set_generation == 1:
         problems.append(("elasticacheAuthTokenSetGeneration", "1 names the token the group was created with: there "
                                                               "is no older one to drop (0, or a raised generation)"))
+    if settings.managed_broker and settings.broker_password_generation > \
+            max(settings.elasticache_auth_token_set_generation, 1) + 1:
+        problems.append(("brokerPasswordGeneration",
+                         f"{settings.broker_password_generation} is more than one past the token ElastiCache uses "
+                         f"alone (elasticacheAuthTokenSetGeneration {settings.elasticache_auth_token_set_generation}): "
+                         "ElastiCache holds two tokens at most; complete the rotation first (set "
+                         "elasticacheAuthTokenSetGeneration to the previous generation)"))
     if settings.elasticache_auth_token_set_generation > settings.broker_password_generation:
         problems.append(("elasticacheAuthTokenSetGeneration",
                          f"must not exceed brokerPasswordGeneration ({settings.broker_password_generation}), got "

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from xml.etree import ElementTree
 
 import yaml
 
@@ -30,10 +31,20 @@ def copy_tree(target: Path) -> None:
             shutil.copy2(source, target / name)
 
 
-def run_tests(tree: Path, tests: list[str]) -> subprocess.CompletedProcess:
-    # The virtualenvs stay where `make` built them; the copy is only the code under test.
-    return subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
-                          cwd=tree, capture_output=True, text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+def run_tests(tree: Path, tests: list[str]) -> tuple[int, list[str]]:
+    """pytest's exit code, and the failures' messages ("AssertionError: …" when an assertion failed), read from
+    its JUnit report. The virtualenvs stay where `make` built them; the copy is only the code under test."""
+    report = tree.parent / "report.xml"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+                           f"--junitxml={report}", *tests], cwd=tree, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    failures = []
+    if report.exists():
+        for case in ElementTree.parse(report).getroot().iter("testcase"):
+            for failure in [*case.findall("failure"), *case.findall("error")]:
+                failures.append(f"{case.get('classname')}::{case.get('name')}: {failure.get('message') or ''}")
+        report.unlink()
+    return done.returncode, failures
 
 
 def main() -> int:
@@ -56,19 +67,22 @@ def main() -> int:
                       f"{mutation['file']}, not once: fix the list")
                 return 1
             clock = time.perf_counter()
-            baseline = run_tests(tree, mutation["tests"])
-            if baseline.returncode != 0:
-                print(f"{mutation['name']}: its tests fail without the mutation:\n{baseline.stdout[-3000:]}")
+            code, failures = run_tests(tree, mutation["tests"])
+            if code != 0:
+                print(f"{mutation['name']}: its tests fail without the mutation: {failures[:1]}")
                 return 1
             path.write_text(original.replace(mutation["old"], mutation["new"]))
             try:
-                result = run_tests(tree, mutation["tests"])
+                code, failures = run_tests(tree, mutation["tests"])
             finally:
                 path.write_text(original)
-            caught = result.returncode != 0
-            failed = [line for line in result.stdout.splitlines() if line.startswith("FAILED")][:1]
-            print(f"{'caught  ' if caught else 'SURVIVED'} {mutation['name']} ({time.perf_counter() - clock:.0f} s)"
-                  + (f": {failed[0].removeprefix('FAILED ')}" if failed else ""))
+            # Caught: a named rule test failed on an assertion (exit 1), not a crash, an error or no test run.
+            # (pytest reports a failed `assert` as "assert …", or "AssertionError: …" with a message.)
+            caught = code == 1 and bool(failures) and all(
+                f.split(": ", 1)[1].startswith(("assert", "AssertionError")) for f in failures)
+            verdict = "caught  " if caught else ("SURVIVED" if code == 0 else "CRASHED ")
+            print(f"{verdict} {mutation['name']} ({time.perf_counter() - clock:.0f} s)"
+                  + (f": {failures[0][:220]}" if failures else f": pytest exit {code}"))
             if not caught:
                 survived.append(mutation["name"])
     print(f"{len(chosen) - len(survived)} of {len(chosen)} mutations caught in {time.perf_counter() - started:.0f} s")

@@ -267,6 +267,9 @@ def test_the_auth_token_rotation_is_completed_by_a_reviewed_change():
     again, keepers = group(brokerPasswordGeneration=3, elasticacheAuthTokenSetGeneration=2)
     assert again["authTokenUpdateStrategy"] == "ROTATE" and keepers == {"generation": "3"}
     assert "authTokenUpdateStrategy" not in plan.REPLACED_ON_CHANGE[REPLICATION_GROUP]
+    # A third token before the second rotation is complete: ElastiCache holds two at most.
+    with pytest.raises(ProgramFailed, match="airflow:brokerPasswordGeneration: 3 is more than one past"):
+        run_program("prod-managed", overrides={"brokerPasswordGeneration": 3})
     for overrides, message in (({"elasticacheAuthTokenSetGeneration": 3, "brokerPasswordGeneration": 2},
                                 "must not exceed brokerPasswordGeneration"),
                                ({"elasticacheAuthTokenSetGeneration": 1}, "there is no older one to drop")):

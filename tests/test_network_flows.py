@@ -276,6 +276,11 @@ def endpoints(variant: str) -> dict[str, list[Endpoint]]:
     add("vpc-neighbour", Endpoint("vpc-neighbour", None, "10.20.7.7" if stack == "prod" else "10.30.7.7"))
     for zone, address in enumerate(lb_addresses):
         add(f"load-balancer-{zone}", Endpoint(f"load-balancer-{zone}", None, address))
+    # Addresses nothing should reach on the platform's ports: the narrowness test probes them.
+    add("link-local-host", Endpoint("link-local-host", None, "169.254.1.1"))
+    add("other-private-range", Endpoint("other-private-range", None, "172.31.5.5"))
+    if stack != "local":
+        add("public-subnet-host", Endpoint("public-subnet-host", None, str(list(ipaddress.ip_network(public[0]).hosts())[50])))
     if stack == "local":
         # k3d's Traefik; the default of airflow:localIngressNamespace.
         pod("ingress-controller", "kube-system", {"app.kubernetes.io/name": "traefik"})
@@ -621,53 +626,71 @@ def test_dns_is_reached_at_the_kube_dns_address_as_the_network_plugin_evaluates_
 
 # What the policies admit beyond the required table, by class, and why; anything else they admit fails
 # test_the_policies_admit_nothing_beyond_the_required_flows. Each class names a tightening left to do or a reason
-# it cannot be narrower.
+# it cannot be narrower, and is bounded by address and port, not only by role.
 API_CALLER_ROLES = ("postgres", "pgbouncer", *CNPG_JOBS)
-STORE_CLIENTS = (*AIRFLOW_CLIENTS, "chart-pgbouncer", "db-bootstrap")
+BROKER_CLIENT_ROLES = AIRFLOW_CLIENTS
+MANAGED_DATABASE_CLIENTS = ("chart-pgbouncer", "db-bootstrap")
+# Ports nothing of the platform serves, probed too: a rule opened on a new port shows.
+PROBE_PORTS = ((22, "TCP"), (8443, "TCP"), (10250, "TCP"))
 
 
-def beyond_required_reason(variant: str, source: str, destination: str, port: int, protocol: str) -> Optional[str]:
-    managed = STACK_VARIANTS[variant][0] == "prod-managed"
-    local = STACK_VARIANTS[variant][0] == "local"
-    if source in API_CALLER_ROLES and port in (443, 6443) and (local or destination not in ("internet-host", "s3")):
+def private_cidrs(variant: str) -> list[ipaddress.IPv4Network]:
+    stack = STACK_VARIANTS[variant][0]
+    if stack == "local":
+        return []
+    vpc = ipaddress.ip_network("10.20.0.0/16" if stack == "prod" else "10.30.0.0/16")
+    return [ipaddress.ip_network(cidr) for cidr in subnet_plan(vpc, FAKE_ZONES[:3])[0]]
+
+
+def beyond_required_reason(variant: str, source: str, destination: str, address: str, port: int,
+                           protocol: str) -> Optional[str]:
+    stack = STACK_VARIANTS[variant][0]
+    in_private = any(ipaddress.ip_address(address) in cidr for cidr in private_cidrs(variant))
+    if source in API_CALLER_ROLES and protocol == "TCP" and (
+            (stack != "local" and port == 443 and in_private) or (stack == "local" and port in w.LOCAL_API_SERVER_PORTS)):
         return ("the Kubernetes API's own addresses: EKS places its interfaces anywhere in the private subnets, so "
-                "CloudNativePG's pods may reach that range on 443; a laptop cluster's API server listens on a node "
-                "address no setting knows, so there on the API ports anywhere")
-    if managed and source in STORE_CLIENTS and (port, protocol) in ((6379, "TCP"), (5432, "TCP")) \
-            and destination not in ("internet-host", "s3"):
+                "CloudNativePG's pods may reach those subnets (pods included) on 443; a laptop cluster's API server "
+                "listens on a node address no setting knows, so there on its ports (kind, k3d, minikube) anywhere")
+    if source == "public-subnet-host" and (destination, port, protocol) == ("api-server", 8080, "TCP"):
+        return "an internet-facing ALB's nodes take any address of the public subnets, which the policy admits"
+    if stack == "prod-managed" and in_private and protocol == "TCP" and (
+            (port == 6379 and source in BROKER_CLIENT_ROLES) or (port == 5432 and source in MANAGED_DATABASE_CLIENTS)):
         return ("Aurora/RDS and ElastiCache take addresses anywhere in the private subnets: the policy admits the "
                 "subnets on the store's port, the store's security group admits the cluster only")
-    if source in AIRFLOW_CLIENTS and (destination, port) in (("haproxy", 6379), ("broker", 6379), ("api-server", 8080),
-                                                             ("statsd", 9125)):
+    if source in AIRFLOW_CLIENTS and (destination, port, protocol) in (
+            ("haproxy", 6379, "TCP"), ("broker", 6379, "TCP"), ("api-server", 8080, "TCP"), ("statsd", 9125, "UDP")):
         return ("one peer for every Airflow component (tier: airflow) reaches the broker, the API server and statsd; "
                 "narrowing it to the components that use each is a tightening left to do")
     if source in CNPG_JOBS and (destination, port) in (("postgres", 5432), ("pod-identity-agent", 80), ("s3", 443)):
         return ("CloudNativePG's Jobs carry the instances' cluster label, which the instances' policies (to each "
                 "other, to the backups in S3 through Pod Identity) admit")
-    if STACK_VARIANTS[variant][0] == "local" and source == "coredns" and destination == "api-server":
+    if stack == "local" and source == "coredns" and (destination, port) == ("api-server", 8080):
         return "the local ingress controller's namespace (localIngressNamespace, kube-system) is admitted whole"
     return None
 
 
 @pytest.mark.parametrize("variant", STACK_VARIANTS)
 def test_the_policies_admit_nothing_beyond_the_required_flows(variant):
-    """Narrowness, not only necessity: for every pair of roles and every port the platform uses, a flow the
-    required table does not name must be refused (where a side is in the Airflow namespace, which the program
-    isolates), unless it falls in a class above, with its reason. A rule widened to any pod on a port (DNS to
-    every pod, say) fails here though every required and forbidden flow still holds."""
+    """Narrowness, not only necessity: for every pair of endpoints and every port the platform uses (and a few it
+    does not), a flow the required table does not name must be refused where a side is in the Airflow namespace
+    (the only one the program's policies isolate: asserted), unless it falls in a class above, with its reason. A
+    rule widened to any pod on a port (DNS to every pod, say), or to the VPC instead of its private subnets, fails
+    here though every required and forbidden flow still holds."""
     import itertools
     stack = STACK_VARIANTS[variant][0]
     required, _ = matrix(stack)
     named = set(required)
     found, policies = endpoints(variant), all_policies(variant)
-    ports = sorted({(port, protocol) for _, _, port, protocol in required})
-    unexplained = []
+    assert {policy.namespace for policy in policies} == {AIRFLOW}
+    ports = sorted({(port, protocol) for _, _, port, protocol in required} | set(PROBE_PORTS))
+    unexplained = set()
     for source, destination in itertools.product(found, found):
         pairs = [(a, b) for a in found[source] for b in found[destination] if AIRFLOW in (a.namespace, b.namespace)]
         for port, protocol in ports:
-            if (source, destination, port, protocol) in named or not pairs:
+            if (source, destination, port, protocol) in named:
                 continue
-            if any(allowed(policies, a, b, port, protocol) for a, b in pairs) \
-                    and beyond_required_reason(variant, source, destination, port, protocol) is None:
-                unexplained.append(f"{source} -> {destination}:{port}/{protocol}")
-    assert unexplained == []
+            for a, b in pairs:
+                if allowed(policies, a, b, port, protocol) and \
+                        beyond_required_reason(variant, source, destination, b.ip, port, protocol) is None:
+                    unexplained.add(f"{source} -> {destination}:{port}/{protocol}")
+    assert sorted(unexplained) == []

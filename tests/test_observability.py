@@ -275,6 +275,12 @@ def test_every_rendered_pod_disruption_budget_is_valid(stack_runs, stack):
         assert ("minAvailable" in spec) != ("maxUnavailable" in spec), budget["metadata"]["name"]
 
 
+def stack_settings(stack: str) -> dict[str, str]:
+    from harness import load_stack_config
+    return {key.split(":", 1)[1]: value for key, value in load_stack_config(stack, REPO, []).items()
+            if key.startswith("airflow:")}
+
+
 def test_every_label_an_airflow_series_is_filtered_by_is_one_the_statsd_mapping_makes(prod):
     """The alerts and dashboards select Airflow's series by label (`airflow_pool_queued_slots{pool!=""}`): each
     such label must be one the release's statsd mapping (the chart's, as Helm renders it, plus the platform's)
@@ -291,17 +297,27 @@ def test_every_label_an_airflow_series_is_filtered_by_is_one_the_statsd_mapping_
     config = MappingConfig.from_yaml(mappings_yml)
     for mapping in config.mappings:
         if mapping.action == "map":
-            # A timer becomes an observer: statsd_exporter adds `quantile` to a summary's series, `le` to a
-            # histogram's buckets (a timer mapping without a metric type may be either).
+            # A timer becomes an observer, to which statsd_exporter adds `quantile` (a summary, its default) or
+            # `le` (a histogram). Airflow's timers are its durations and delays (its metrics reference, "Timers",
+            # by the statsd name the mapping matches: `dagrun.duration.failed.*` becomes airflow_dagrun_failed);
+            # its counters and gauges get neither.
+            timer = re.search(r"(duration|delay)", mapping.match)
             observer = mapping.observer_type or config.default_observer_type or "summary"
-            made = {"le"} if observer == "histogram" else {"quantile"}
+            made = ({"le"} if observer == "histogram" else {"quantile"}) if timer else set()
             labels_of.setdefault(mapping.name, set()).update(mapping.labels, made)
-    settings = load_settings({"target": "local"})
-    expressions = [alert.expr for alerts in alert_groups(settings).values() for alert in alerts]
+    expressions = [alert.expr for stack in ("local", "prod", "prod-managed")
+                   for alerts in alert_groups(load_settings(stack_settings(stack), stack=stack)).values()
+                   for alert in alerts]
+
+    def panel_expressions(node):
+        if isinstance(node, dict):
+            own = [node["expr"]] if isinstance(node.get("expr"), str) else []
+            return own + [e for value in node.values() for e in panel_expressions(value)]
+        return [e for value in node for e in panel_expressions(value)] if isinstance(node, list) else []
     for dashboard in (REPO / "components" / "dashboards").glob("*.json"):
-        expressions += re.findall(r'"expr":\s*"((?:[^"\\]|\\.)*)"', dashboard.read_text())
+        expressions += panel_expressions(json.loads(dashboard.read_text()))
     selected = [(metric, label) for expression in expressions
-                for metric, matchers in re.findall(r"(airflow_[a-z0-9_]+)\{([^}]*)\}", expression.replace('\\"', '"'))
+                for metric, matchers in re.findall(r"(airflow_[a-z0-9_]+)\{([^}]*)\}", expression)
                 for label in re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", matchers)]
     assert len(selected) >= 5, selected
     unmade = sorted({f"{metric}{{{label}}}" for metric, label in selected
