@@ -16,7 +16,7 @@ import re
 from itertools import product
 
 import pytest
-import yaml
+from test_workflows import load
 
 from harness import FAKE_ACCOUNT, REPO, ProgramFailed, load_stack_config, run_program
 
@@ -30,13 +30,6 @@ REPOSITORY = "example-org/airflow-platform"   # the stack files' githubRepositor
 CODEBUILD_LABEL = re.compile(r"^codebuild-(?P<project>[A-Za-z0-9][A-Za-z0-9_-]{1,149})"
                              r"-\$\{\{ github\.run_id \}\}-\$\{\{ github\.run_attempt \}\}$")
 ADMIN_RUN_ROLE = f"arn:aws:iam::{FAKE_ACCOUNT}:role/platform-admins"
-
-
-def load(path):
-    doc = yaml.safe_load(path.read_text())
-    if True in doc:   # YAML 1.1 reads the key `on` as True
-        doc["on"] = doc.pop(True)
-    return doc
 
 
 def substitute(value, combo: dict[str, str]):

@@ -233,6 +233,11 @@ def variant_run(variant: str):
     return run_program(stack, overrides=overrides)
 
 
+def vpc_of(stack: str) -> ipaddress.IPv4Network:
+    """The VPC the flow matrix places an AWS stack's addresses in."""
+    return ipaddress.ip_network("10.20.0.0/16" if stack == "prod" else "10.30.0.0/16")
+
+
 @functools.lru_cache(maxsize=None)
 def endpoints(variant: str) -> dict[str, list[Endpoint]]:
     """Endpoints by role: one per pod template the platform runs, plus the world around it."""
@@ -241,8 +246,7 @@ def endpoints(variant: str) -> dict[str, list[Endpoint]]:
         pod_net = iter(ipaddress.ip_network("10.244.0.0/16").hosts())
         service_ip, api_servers, lb_addresses = "10.96.0.1", ["172.18.0.2"], []
     else:
-        vpc = ipaddress.ip_network("10.20.0.0/16" if stack == "prod" else "10.30.0.0/16")
-        private, public = subnet_plan(vpc, FAKE_ZONES[:3])
+        private, public = subnet_plan(vpc_of(stack), FAKE_ZONES[:3])
         pod_net = iter(ipaddress.ip_network(private[1]).hosts())
         service_ip = "172.20.0.1"
         # The EKS endpoint's network interfaces sit in the private subnets.
@@ -638,8 +642,7 @@ def private_cidrs(variant: str) -> list[ipaddress.IPv4Network]:
     stack = STACK_VARIANTS[variant][0]
     if stack == "local":
         return []
-    vpc = ipaddress.ip_network("10.20.0.0/16" if stack == "prod" else "10.30.0.0/16")
-    return [ipaddress.ip_network(cidr) for cidr in subnet_plan(vpc, FAKE_ZONES[:3])[0]]
+    return [ipaddress.ip_network(cidr) for cidr in subnet_plan(vpc_of(stack), FAKE_ZONES[:3])[0]]
 
 
 def beyond_required_reason(variant: str, source: str, destination: str, address: str, port: int,
