@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import pulumi
@@ -141,6 +142,92 @@ AIRFLOW_LOCAL_SETTINGS = (
     f'_URL_FILE = "{SECRETS_DIR}/airflow__database__sql_alchemy_conn"\n'
     f'if os.path.exists(_URL_FILE) and "sslrootcert={w.METADATA_CA_FILE}" in open(_URL_FILE).read():\n'
     f'    ASYNC_CONNECT_ARGS["ssl"] = ssl.create_default_context(cafile="{w.METADATA_CA_FILE}")\n')
+# Each worker's reporter of its running tasks as its pod's deletion cost (workerScaleInIdleFirst); inert in every
+# other process (the file says how).
+WORKER_DELETION_COST_CODE = (Path(__file__).parent / "pod_code" / "worker_deletion_cost.py").read_text()
+
+
+def airflow_local_settings(settings: Settings) -> str:
+    """The chart's airflow_local_settings.py: the async engine's connect args, and the workers' deletion cost."""
+    if not settings.worker_scale_in_idle_first:
+        return AIRFLOW_LOCAL_SETTINGS
+    return f"{AIRFLOW_LOCAL_SETTINGS}\n\n# --- components/pod_code/worker_deletion_cost.py ---\n{WORKER_DELETION_COST_CODE}"
+
+
+# The pod a service-account token is bound to, in the user's `extra` of every request made with it
+# (k8s.io/apiserver pkg/authentication/serviceaccount/util.go, PodNameKey).
+TOKEN_POD_NAME = "authentication.kubernetes.io/pod-name"
+WORKER_DELETION_COST_ACCESS = "airflow-worker-deletion-cost"
+
+
+def _unchanged(field: str) -> str:
+    """CEL: a metadata field the update leaves as it was (present in both, equal, or absent in both)."""
+    return (f"has(object.metadata.{field}) == has(oldObject.metadata.{field}) && "
+            f"(!has(object.metadata.{field}) || object.metadata.{field} == oldObject.metadata.{field})")
+
+
+def worker_deletion_cost_access(settings: Settings) -> dict[str, dict]:
+    """What the workers may do with their token, as Kubernetes objects (kind -> manifest without apiVersion): a
+    Role that may patch pods, and an admission policy that lets the workers' ServiceAccount change only the
+    deletion cost of the pod its token is bound to (with kubernetesPodOperator, also the pods its tasks
+    launched, which the chart's own Role lets it patch). RBAC cannot name the pod: its names are random."""
+    account = f"system:serviceaccount:{w.AIRFLOW_NAMESPACE}:{w.AIRFLOW_WORKER_SERVICE_ACCOUNT}"
+    own_pod = (f"'{TOKEN_POD_NAME}' in request.userInfo.extra && "
+               f"request.userInfo.extra['{TOKEN_POD_NAME}'] == [object.metadata.name]")
+    cost = w.POD_DELETION_COST_ANNOTATION
+    only_the_cost = " && ".join(f"({condition})" for condition in [
+        "object.spec == oldObject.spec",
+        *(_unchanged(field) for field in ("labels", "ownerReferences", "finalizers")),
+        f"has(object.metadata.annotations) && object.metadata.annotations.all(key, key == '{cost}' || "
+        "(has(oldObject.metadata.annotations) && key in oldObject.metadata.annotations && "
+        "oldObject.metadata.annotations[key] == object.metadata.annotations[key]))",
+        f"!has(oldObject.metadata.annotations) || oldObject.metadata.annotations.all(key, key == '{cost}' || "
+        "key in object.metadata.annotations)",
+        f"!('{cost}' in object.metadata.annotations) || "
+        f"object.metadata.annotations['{cost}'].matches('^[0-9]{{1,4}}$')"])
+    launched_pod = " || ".join(
+        f"(has(oldObject.metadata.labels) && '{key}' in oldObject.metadata.labels && "
+        f"oldObject.metadata.labels['{key}'] == '{value}')"
+        for key, value in w.KUBERNETES_POD_OPERATOR_PODS.items()) if settings.kubernetes_pod_operator else "false"
+    policy = {
+        "metadata": {"name": WORKER_DELETION_COST_ACCESS},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": w.AIRFLOW_NAMESPACE}},
+                "resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"],
+                                   "resources": ["pods"]}]},
+            "matchConditions": [{"name": "workers-service-account",
+                                 "expression": f"request.userInfo.username == '{account}'"}],
+            "variables": [{"name": "ownPod", "expression": own_pod},
+                          {"name": "launchedPod", "expression": launched_pod}],
+            "validations": [
+                {"expression": "variables.ownPod || variables.launchedPod",
+                 "message": "a worker may change only its own pod (or, with kubernetesPodOperator, its tasks' pods)"},
+                {"expression": f"!variables.ownPod || ({only_the_cost})",
+                 "message": f"a worker may change only {cost} of its own pod, to a number of running tasks"}],
+        },
+    }
+    return {
+        "ValidatingAdmissionPolicy": policy,
+        "ValidatingAdmissionPolicyBinding": {
+            "metadata": {"name": WORKER_DELETION_COST_ACCESS},
+            "spec": {"policyName": WORKER_DELETION_COST_ACCESS, "validationActions": ["Deny"]}},
+        "Role": {
+            "metadata": {"name": WORKER_DELETION_COST_ACCESS, "namespace": w.AIRFLOW_NAMESPACE},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]}]},
+        "RoleBinding": {
+            "metadata": {"name": WORKER_DELETION_COST_ACCESS, "namespace": w.AIRFLOW_NAMESPACE},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": WORKER_DELETION_COST_ACCESS},
+            "subjects": [{"kind": "ServiceAccount", "name": w.AIRFLOW_WORKER_SERVICE_ACCOUNT,
+                          "namespace": w.AIRFLOW_NAMESPACE}]},
+    }
+
+
+def worker_calls_kubernetes_api(settings: Settings) -> bool:
+    """Whether the workers get a token (and a way to the Kubernetes API): their tasks launch pods, or they report
+    their running tasks as their pods' deletion cost."""
+    return settings.kubernetes_pod_operator or settings.worker_scale_in_idle_first
 
 
 # The chart's components that run as Deployments (or StatefulSets) and read the platform's Secrets.
@@ -360,14 +447,15 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         "securityContexts": {"pod": POD_SECURITY_CONTEXT, "containers": READ_ONLY_CONTAINER_SECURITY_CONTEXT},
         # Nothing of Airflow calls the Kubernetes API with CeleryExecutor: no pod-launching Role, no token.
         # (EKS Pod Identity mounts a token of its own for S3, unaffected.) kubernetesPodOperator turns the
-        # workers' token and their pod-launching Role back on.
+        # workers' token and their pod-launching Role back on; workerScaleInIdleFirst gives them a token and
+        # AirflowRelease's fenced Role of their own (worker_deletion_cost_access).
         "allowPodLaunching": settings.kubernetes_pod_operator,
         "allowJobLaunching": False,
         # The chart renders the pod-log-reading Role from the Airflow 2 key, and binds it from the Airflow 3 one.
         "webserver": {"allowPodLogReading": False},
         "networkPolicies": {"enabled": True},
         "ingress": {"apiServer": {"enabled": False}, "flower": {"enabled": False}},
-        "airflowLocalSettings": AIRFLOW_LOCAL_SETTINGS,
+        "airflowLocalSettings": airflow_local_settings(settings),
         "config": {
             "database": {"sql_alchemy_connect_args_async": ASYNC_CONNECT_ARGS_OBJECT},
             "celery": {"worker_concurrency": settings.worker_concurrency,
@@ -506,13 +594,15 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         values[component]["extraVolumeMounts"] = [
             {"name": "platform-secrets", "mountPath": SECRETS_DIR, "readOnly": True},
             *values[component].get("extraVolumeMounts", [])]
-    # Nothing of Airflow calls the Kubernetes API with CeleryExecutor: no component's ServiceAccount mounts a
-    # token, but the workers' when tasks launch pods (kubernetesPodOperator).
+    # Nothing of Airflow itself calls the Kubernetes API with CeleryExecutor: no component's ServiceAccount
+    # mounts a token, but the workers' (their deletion cost; their tasks' pods with kubernetesPodOperator).
     for component in (*LONG_RUNNING_COMPONENTS, "statsd", "migrateDatabaseJob", "createUserJob"):
         # With kubernetesPodOperator the workers launch pods and a deferred operator's trigger watches them from
-        # the triggerer: both call the Kubernetes API (the chart binds both to its pod-launching Role).
-        values[component]["serviceAccount"] = {
-            "automountServiceAccountToken": component in ("workers", "triggerer") and settings.kubernetes_pod_operator}
+        # the triggerer: both call the Kubernetes API (the chart binds both to its pod-launching Role). The
+        # workers also patch their own pods' deletion cost (workerScaleInIdleFirst).
+        calls_api = (settings.kubernetes_pod_operator and component in ("workers", "triggerer")) or \
+            (worker_calls_kubernetes_api(settings) and component == "workers")
+        values[component]["serviceAccount"] = {"automountServiceAccountToken": calls_api}
     if secrets_checksum is not None:
         # The chart rolls its pods only for Secrets it renders itself; these are Pulumi's. A rotated key,
         # password or URL changes the digest, and with it the long-running Airflow pods. Not on the
@@ -696,6 +786,8 @@ class AirflowRelease(pulumi.ComponentResource):
                 args.security, args.storage, args.database, args.broker, keda, *(args.log_access or []),
                 *(args.worker_capacity or [])])))
 
+        if settings.worker_scale_in_idle_first:
+            self._build_worker_deletion_cost_access(name, settings, args.airflow_namespace, k8s_opts)
         self.admin_username = w.ADMIN_USER
         if settings.is_aws:
             self.ingress_url = self._build_ingress(name, args, k8s_opts)
@@ -703,6 +795,25 @@ class AirflowRelease(pulumi.ComponentResource):
             # A laptop cluster: `kubectl -n airflow port-forward svc/airflow-api-server 8080:8080`.
             self.ingress_url = pulumi.Output.from_input("http://localhost:8080")
         self.register_outputs({"ingress_url": self.ingress_url, "admin_username": self.admin_username})
+
+    def _build_worker_deletion_cost_access(self, name: str, settings: Settings, namespace: pulumi.Input[str],
+                                           k8s_opts: pulumi.ResourceOptions) -> None:
+        """The workers' right to patch pods, granted only once the policy that fences it is in force. The release
+        does not wait for it: a worker that starts first is refused, logs it, and tries again at its next change."""
+        objects = worker_deletion_cost_access(settings)
+        policy = k8s.admissionregistration.v1.ValidatingAdmissionPolicy(
+            f"{name}-worker-deletion-cost-policy", **objects["ValidatingAdmissionPolicy"], opts=k8s_opts)
+        binding = k8s.admissionregistration.v1.ValidatingAdmissionPolicyBinding(
+            f"{name}-worker-deletion-cost-policy-binding", **objects["ValidatingAdmissionPolicyBinding"],
+            opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[policy])))
+        for kind in ("Role", "RoleBinding"):
+            objects[kind]["metadata"]["namespace"] = namespace  # created with the namespace
+        role = k8s.rbac.v1.Role(f"{name}-worker-deletion-cost", **objects["Role"],
+                                opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[binding])))
+        binding_object = objects["RoleBinding"]
+        k8s.rbac.v1.RoleBinding(f"{name}-worker-deletion-cost", metadata=binding_object["metadata"],
+                                role_ref=binding_object["roleRef"], subjects=binding_object["subjects"],
+                                opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[role])))
 
     def _build_ingress(self, name: str, args: AirflowReleaseArgs, k8s_opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
         return alb_ingress(

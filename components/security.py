@@ -138,7 +138,8 @@ POD_IDENTITY_AGENT = Peer(cidrs=(w.POD_IDENTITY_AGENT_CIDR,))
 
 def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], local_ingress_namespace: str, *,
                    triggerer_egress_cidrs: list[str] = (), dag_processor_egress_cidrs: list[str] = (),
-                   kubernetes_pod_operator: bool = False, git_sync: bool = False, replicated_database: bool = False,
+                   kubernetes_pod_operator: bool = False, worker_deletion_cost: bool = False,
+                   git_sync: bool = False, replicated_database: bool = False,
                    restoring_database: bool = False, managed_database: bool = False,
                    managed_broker: bool = False, secrets_manager: bool = False) -> list[Flow]:
     """Every flow the platform needs in the Airflow namespace; anything else is denied."""
@@ -185,10 +186,18 @@ def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], loca
                           _tcp(w.API_SERVER_PORT), ingress_by_chart=True))
     task_runners = [("worker", Peer(w.AIRFLOW_WORKER), worker_egress_cidrs)]
     if kubernetes_pod_operator:
-        # Tasks launch pods (KubernetesPodOperator): the workers talk to the Kubernetes API, and the pods reach
-        # what the tasks would.
-        task_runners.append(("kubernetes-pod-operator", Peer(w.KUBERNETES_POD_OPERATOR_PODS), worker_egress_cidrs))
+        # Tasks launch pods (KubernetesPodOperator) through any client the task brings.
         flows += _kubernetes_api_flows(network, "worker", Peer(w.AIRFLOW_WORKER))
+    elif worker_deletion_cost:
+        # The workers patch their pods' deletion cost (workerScaleInIdleFirst) at the `kubernetes` Service's
+        # address (KUBERNETES_SERVICE_HOST). The VPC CNI judges egress there, before translation (see
+        # _kubernetes_api_flows): task code gets no way to the private subnets' port 443, where every pod of the
+        # cluster has its address too. A laptop's plugin judges after translation: the API server's ports too.
+        flows += _kubernetes_api_flows(network, "worker", Peer(w.AIRFLOW_WORKER), service_only=network.is_aws)
+    if kubernetes_pod_operator:
+        # Tasks launch pods (KubernetesPodOperator), which reach what the tasks would; a deferred one's trigger
+        # watches its pod from the triggerer.
+        task_runners.append(("kubernetes-pod-operator", Peer(w.KUBERNETES_POD_OPERATOR_PODS), worker_egress_cidrs))
         flows += _kubernetes_api_flows(network, "triggerer", Peer(w.AIRFLOW_TRIGGERER))
     # Deferred tasks' triggers run in the triggerer, DAG callbacks in the DAG processor (Airflow 3).
     task_runners += [("triggerer", Peer(w.AIRFLOW_TRIGGERER), triggerer_egress_cidrs),
@@ -198,11 +207,15 @@ def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], loca
     return flows
 
 
-def _kubernetes_api_flows(network: ClusterNetwork, source_name: str, source: Peer) -> list[Flow]:
+def _kubernetes_api_flows(network: ClusterNetwork, source_name: str, source: Peer,
+                          service_only: bool = False) -> list[Flow]:
     """A pod's way to the Kubernetes API: the `kubernetes` Service's ClusterIP and the API server's own addresses
     (whether a network plugin matches ipBlocks before or after that address is translated is left to it; the VPC
-    CNI: before), on their ports only."""
+    CNI: before, amazon-network-policy-controller-k8s and its agent), on their ports only. `service_only` for a
+    client that only ever dials the Service, on a plugin that judges before translation."""
     service = Peer(cidrs=(f"{network.kubernetes_service_ip}/32",))
+    if service_only:
+        return [Flow(f"{source_name}-to-kubernetes-service", source, service, _tcp(w.KUBERNETES_API_PORT))]
     if network.is_aws:
         api_servers, api_ports = Peer(cidrs=network.api_endpoint_cidrs), _tcp(w.KUBERNETES_API_PORT)
     else:
@@ -406,6 +419,7 @@ class Security(pulumi.ComponentResource):
                                triggerer_egress_cidrs=list(map(str, settings.triggerer_egress_cidrs)),
                                dag_processor_egress_cidrs=list(map(str, settings.dag_processor_egress_cidrs)),
                                kubernetes_pod_operator=settings.kubernetes_pod_operator,
+                               worker_deletion_cost=settings.worker_scale_in_idle_first,
                                git_sync=bool(settings.git_sync_repository),
                                replicated_database=settings.postgres_instances > 1,
                                restoring_database=bool(settings.postgres_restore_target_time),

@@ -451,6 +451,12 @@ class Settings(BaseModel):
         default=600, ge=60, le=3600,
         description="How long the queue must stay low before KEDA removes workers (one a minute): longer than the "
                     "usual gap between your tasks, so workers are not removed between two bursts.")
+    worker_scale_in_idle_first: bool = Field(
+        default=True,
+        description="Scale-in (and a rollout) stops idle workers before busy ones: each worker reports its running "
+                    "tasks as its pod's deletion cost, through a token and a Role that may patch pods, fenced by an "
+                    "admission policy to that one annotation of its own pod. Off, the ReplicaSet picks by age and a "
+                    "busy worker may be the one stopped (it still finishes its tasks within its grace period).")
     worker_cpu: str = Field(default="1", pattern=_CPU, description="CPU request of each Celery worker (cores, or millicores with m).")
     worker_cpu_limit: str = Field(
         default="", pattern=rf"^$|{_CPU}",

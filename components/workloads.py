@@ -94,6 +94,11 @@ REDIS_PORT = 6379
 SENTINEL_PORT = 26379
 REDIS_EXPORTER_PORT = 9121
 HAPROXY_METRICS_PORT = 9101
+# The ReplicaSet deletes the pods of lowest cost first when it scales in (kubernetes pkg/controller/
+# controller_utils.go, ActivePodsWithRanks): each Celery worker reports its running tasks there.
+POD_DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
+# The chart names each component's ServiceAccount <release>-<component>.
+AIRFLOW_WORKER_SERVICE_ACCOUNT = f"{AIRFLOW_RELEASE}-worker"
 KUBERNETES_API_PORT = 443      # the `kubernetes` Service, and the EKS endpoint's network interfaces
 # A laptop cluster's API server listens on a node address: 6443 (kind, k3d) or 8443 (minikube).
 LOCAL_API_SERVER_PORTS = (6443, 8443)

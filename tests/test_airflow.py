@@ -337,8 +337,9 @@ def local_with_git_sync():
 def test_every_airflow_container_is_read_only_limited_and_without_an_api_token(stack_runs, local_with_git_sync,
                                                                                stack):
     """On the rendered chart: a read-only root filesystem, CPU and memory limits, and no Kubernetes API token
-    (the pod's ServiceAccount does not mount one and the pod does not ask for it); no RBAC that grants anything
-    (chart 1.19 renders the database cleanup an empty Role, `rules: []`, and binds it)."""
+    (the pod's ServiceAccount does not mount one and the pod does not ask for it) but the workers' (their pods'
+    deletion cost, through the program's fenced Role: tests/test_worker_scale_in.py); no RBAC of the chart that
+    grants anything (chart 1.19 renders the database cleanup an empty Role, `rules: []`, and binds it)."""
     run = local_with_git_sync if stack == "local-with-git-sync" else stack_runs[stack]
     documents = render_all(run)["airflow"]
     accounts = {d["metadata"]["name"]: d for d in documents if d["kind"] == "ServiceAccount"}
@@ -351,7 +352,7 @@ def test_every_airflow_container_is_read_only_limited_and_without_an_api_token(s
     git_syncs = 0
     for pod in pods:
         account = accounts[pod.spec["serviceAccountName"]]
-        assert account["automountServiceAccountToken"] is False, pod.source
+        assert account["automountServiceAccountToken"] is (pod.labels["component"] == "worker"), pod.source
         assert pod.spec.get("automountServiceAccountToken") in (None, False), pod.source
         for container in pod.containers:
             assert container["securityContext"]["readOnlyRootFilesystem"] is True, (pod.source, container["name"])

@@ -103,7 +103,13 @@ LATER_CHANGES = {
 # (githubRepository) and everything in it.
 LATER_ADDED = {"security-keda-database-password", "security-airflow-db-keda-user",
                # The operators' tier (its provider), and Grafana's reader of the CloudNativePG dashboard's namespace.
-               "cluster-k8s-operators", "observability-grafana-config-reader-cnpg"}
+               "cluster-k8s-operators", "observability-grafana-config-reader-cnpg",
+               # The workers' deletion cost (workerScaleInIdleFirst): its admission policy, its binding, Role and
+               # RoleBinding.
+               "airflow-worker-deletion-cost-policy", "airflow-worker-deletion-cost-policy-binding",
+               "airflow-worker-deletion-cost",
+               # ...and the workers' way to the Kubernetes API (its Service; on a laptop its server's ports too).
+               "security-worker-to-kubernetes-service-egress", "security-worker-to-kubernetes-api-egress"}
 LATER_ADDED_COMPONENTS = ("airflow:platform:Delivery",)
 # What later commits removed on purpose: the access entry that followed whoever ran the program (the deploy role's
 # entry is the Delivery component's now, admins' come from adminPrincipalArns alone).

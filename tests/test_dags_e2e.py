@@ -39,6 +39,7 @@ from test_metrics_e2e import Daemons, _descendants, _free_port, _query, _signal
 from availability import unavailable
 from components import workloads as w
 from harness import run_program
+from kube_api_stand_in import KubeApiStandIn
 from rendering import render_all, secret_files
 from servers import (
     ProcessServer,
@@ -364,28 +365,44 @@ class Platform:
         self.api = Api(self.ports["api"])
         self.workers = 0
         self.pods: dict[str, tuple[str, str]] = {}   # component name -> (pod name, pod address)
+        # The Kubernetes API the workers patch their pods' deletion cost at, and the service account files kubelet
+        # would mount for them (token, CA, namespace).
+        self.kube_api = KubeApiStandIn(home / "kube-api")
+        self.service_account = self.kube_api.service_account_dir(home / "service-account", w.AIRFLOW_NAMESPACE)
         # The admin the program generates (its password holds every URL-reserved character).
         admin = release["secrets"]["airflow-admin-user"]
         self.admin = (admin["username"], admin["password"])
 
-    def as_pod(self, component: str, pod_name: str, address: str) -> list[str]:
+    def as_pod(self, component: str, pod_name: str, address: str, service_account: Path | None = None) -> list[str]:
         """A command prefix that runs a component as a Deployment's pod: its host name is the pod's name, which
         no DNS resolves (nor this machine's /etc/hosts), and its own /etc/hosts maps that name to the pod's
-        address, as kubelet writes it. The address is a loopback one, so the other components reach it."""
+        address, as kubelet writes it. The address is a loopback one, so the other components reach it. With a
+        service account, its files are where kubelet mounts them (on a /run of the pod's own)."""
         hosts = self.home / f"hosts-{pod_name}"
         hosts.write_text(f"127.0.0.1\tlocalhost\n{address}\t{pod_name}\n")
         self.pods[component] = (pod_name, address)
+        mount_account = ('mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io/serviceaccount && '
+                         'cp "$3"/* /run/secrets/kubernetes.io/serviceaccount/ && ') if service_account else ""
         return ["unshare", "--user", "--map-root-user", "--uts", "--mount", "sh", "-c",
-                'hostname "$1" && mount --bind "$2" /etc/hosts && shift 2 && exec "$@"', "pod", pod_name, str(hosts)]
+                f'hostname "$1" && mount --bind "$2" /etc/hosts && {mount_account}shift 3 && exec "$@"', "pod",
+                pod_name, str(hosts), str(service_account or "")]
 
     def start_worker(self, env: dict[str, str] | None = None) -> str:
         self.workers += 1
         name = f"celery-worker-{self.workers}"
-        pod = self.as_pod(name, f"airflow-worker-5d8f7c9b6-w{self.workers:04d}", f"127.0.0.{10 + self.workers}")
-        # Concurrency from the release's [celery] worker_concurrency, as the chart's worker command leaves it.
+        pod_name = f"airflow-worker-5d8f7c9b6-w{self.workers:04d}"
+        self.kube_api.add_pod(w.AIRFLOW_NAMESPACE, pod_name)
+        pod = self.as_pod(name, pod_name, f"127.0.0.{10 + self.workers}", service_account=self.service_account)
+        # Concurrency from the release's [celery] worker_concurrency, as the chart's worker command leaves it. The
+        # `kubernetes` Service as kubelet gives every container its address.
         self.daemons.start(name, "celery", "worker", "--celery-hostname", f"e2e-{self.workers}@%h", prefix=pod,
-                           env={**self.worker_env, **(env or {})})
+                           env={**self.worker_env, "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                                "KUBERNETES_SERVICE_PORT": str(self.kube_api.port), **(env or {})})
         return name
+
+    def deletion_cost(self, name: str) -> str | None:
+        """The deletion cost the worker's pod carries in the (stand-in) API server."""
+        return self.kube_api.annotations(w.AIRFLOW_NAMESPACE, self.pods[name][0]).get(w.POD_DELETION_COST_ANNOTATION)
 
     def running_workers(self) -> list[str]:
         return [name for name, process in self.daemons.processes.items()
@@ -460,6 +477,7 @@ def platform(airflow_bin, release):  # noqa: F811
     finally:
         if platform is not None:
             platform.daemons.stop(list(platform.daemons.processes))
+            platform.kube_api.stop()
         if servers is not None:
             servers.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -704,6 +722,52 @@ def test_a_worker_told_to_stop_finishes_its_task_and_takes_no_new_one(platform):
     assert (instance["try_number"], instance["hostname"]) == (1, platform.pods[busy][1]), "finished where it began"
     assert leaving.wait(timeout=120) == 0, "the worker left once its task was done"
     assert "Task execute_workload" in platform.daemons.log_tail(busy, 10**6)
+
+
+def replica_set_victim(pods: dict[str, str | None]) -> str:
+    """The pod a ReplicaSet scaling in by one deletes first, of pods alike but for their deletion cost (all
+    running, ready, on their own nodes): the lowest cost (kubernetes pkg/controller/controller_utils.go,
+    ActivePodsWithRanks.Less; a pod without the annotation costs 0). Ties fall to the newest, i.e. the
+    last started here."""
+    order = list(pods)
+    return min(order, key=lambda name: (int(pods[name] or 0), -order.index(name)))
+
+
+def test_scale_in_stops_the_idle_worker_by_the_cost_the_workers_report(platform):
+    """workerScaleInIdleFirst with the produced airflow_local_settings.py: each Celery worker writes its running
+    tasks into its own pod's deletion cost at the API server (here a stand-in that checks the token, over TLS
+    with the service account's CA). With a long task on one worker, the ReplicaSet's choice is the other one,
+    which, told to stop as Kubernetes does, leaves at once; the task finishes where it began, on its first try."""
+    first = platform.running_workers()[0]
+    second = platform.start_worker()
+    platform.wait(lambda: " ready." in platform.daemons.log_tail(second, 10**6), 120, "the second worker is ready")
+    platform.wait(lambda: platform.deletion_cost(first) == platform.deletion_cost(second) == "0", 60,
+                  "both idle workers report a cost of 0")
+    run_id = platform.api.trigger(SLOW)
+    wait_until_running(platform, SLOW, run_id, "long_step")
+    status, instance = platform.api.request("GET", f"/api/v2/dags/{SLOW}/dagRuns/{run_id}/taskInstances/long_step")
+    addresses = {platform.pods[name][1]: name for name in (first, second)}
+    busy = addresses[instance["hostname"]]
+    [idle] = [name for name in (first, second) if name != busy]
+    platform.wait(lambda: platform.deletion_cost(busy) == "1", 30, "the busy worker reports its running task")
+    assert platform.deletion_cost(idle) == "0"
+    assert replica_set_victim({name: platform.deletion_cost(name) for name in (first, second)}) == idle
+    leaving = platform.daemons.processes.pop(idle)
+    leaving.send_signal(signal.SIGTERM)
+    assert leaving.wait(timeout=120) == 0, "the idle worker left"
+    assert platform.running_workers() == [busy]
+    platform.wait(lambda: finished(platform, SLOW, run_id), RUN_BOUND_SECONDS, f"{SLOW} finishes")
+    assert platform.api.run_state(SLOW, run_id) == "success", platform.api.task_states(SLOW, run_id)
+    status, instance = platform.api.request("GET", f"/api/v2/dags/{SLOW}/dagRuns/{run_id}/taskInstances/long_step")
+    assert (instance["try_number"], instance["hostname"]) == (1, platform.pods[busy][1]), "finished where it began"
+    platform.wait(lambda: platform.deletion_cost(busy) == "0", 60, "the worker's cost falls back once it is idle")
+    # Every call (of every worker this tier started) was a merge patch of that one annotation of a worker's pod.
+    patched = {(pod, content_type, json.dumps(body, sort_keys=True)) for pod, content_type, body in
+               platform.kube_api.patches}
+    assert {pod for pod, _, _ in patched} <= {pod for pod, _ in platform.pods.values() if pod.startswith("airflow-worker-")}
+    assert {content_type for _, content_type, _ in patched} == {"application/merge-patch+json"}
+    assert {body for _, _, body in patched} <= {json.dumps({"metadata": {"annotations": {
+        w.POD_DELETION_COST_ANNOTATION: str(count)}}}, sort_keys=True) for count in range(0, 64)}
 
 
 def libfaketime() -> str:

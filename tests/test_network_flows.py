@@ -74,7 +74,12 @@ AIRFLOW_CLIENTS = ("scheduler", "worker", "triggerer", "dag-processor", "api-ser
                    "create-user-job", "database-cleanup")
 LOG_WRITERS = ("scheduler", "worker", "triggerer", "dag-processor", "api-server")
 CNPG_JOBS = ("initdb-job", "join-job", "full-recovery-job", "major-upgrade-job")
+# CloudNativePG's pods read their Cluster.
 API_CALLERS = ("postgres", "pgbouncer", *CNPG_JOBS)
+# The workers patch their own pods' deletion cost (workerScaleInIdleFirst, on by default) at the `kubernetes`
+# Service's address only: on AWS the VPC CNI judges that address, so they need no way to the endpoint's
+# interfaces (port 443 anywhere in the private subnets); a laptop's plugin judges after translation.
+SERVICE_ONLY_API_CALLERS = ("worker",)
 
 COMMON_REQUIRED = [
     *[(role, "coredns", 53, proto) for role in AIRFLOW_ROLES for proto in ("UDP", "TCP")],
@@ -96,7 +101,7 @@ COMMON_REQUIRED = [
     ("prometheus", "pgbouncer", 9127, "TCP"),
     ("prometheus", "redis", 9121, "TCP"),
     ("prometheus", "haproxy", 9101, "TCP"),
-    *[(role, "kubernetes-service", 443, "TCP") for role in API_CALLERS],
+    *[(role, "kubernetes-service", 443, "TCP") for role in (*API_CALLERS, *SERVICE_ONLY_API_CALLERS)],
 ]
 AWS_REQUIRED = [
     *[(f"load-balancer-{zone}", "api-server", 8080, "TCP") for zone in range(3)],
@@ -106,7 +111,7 @@ AWS_REQUIRED = [
 ]
 LOCAL_REQUIRED = [
     ("ingress-controller", "api-server", 8080, "TCP"),
-    *[(role, "kubernetes-api", 6443, "TCP") for role in API_CALLERS],
+    *[(role, "kubernetes-api", 6443, "TCP") for role in (*API_CALLERS, *SERVICE_ONLY_API_CALLERS)],
 ]
 COMMON_FORBIDDEN = [
     *[("stranger", target, port, "TCP") for target, port in (
@@ -127,10 +132,10 @@ COMMON_FORBIDDEN = [
     *[("statsd", target, port, "TCP") for target, port in (
         ("pgbouncer", 5432), ("haproxy", 6379), ("api-server", 8080), ("postgres", 5432), ("redis", 26379),
         ("kubernetes-service", 443), ("s3", 443), ("pod-identity-agent", 80), ("internet-host", 443))],
-    # Only the CloudNativePG pods call the Kubernetes API.
-    *[(role, "kubernetes-service", 443, "TCP") for role in ("worker", "api-server", "scheduler", "redis",
+    # Only the CloudNativePG pods and the workers call the Kubernetes API.
+    *[(role, "kubernetes-service", 443, "TCP") for role in ("triggerer", "api-server", "scheduler", "redis",
                                                             "haproxy", "migrate-job")],
-    ("worker", "kubernetes-api", 6443, "TCP"),
+    ("scheduler", "kubernetes-api", 6443, "TCP"),
     # The internet on database ports, either way; and the internet at large.
     *[("internet-host", target, 5432, "TCP") for target in ("pgbouncer", "postgres")],
     *[(role, "internet-host", 5432, "TCP") for role in ("postgres", "pgbouncer", "worker")],
@@ -175,6 +180,8 @@ MANAGED_REQUIRED = [
     ("api-server", "triggerer", 8794, "TCP"),
     ("prometheus", "statsd", 9102, "TCP"),
     *[(f"load-balancer-{zone}", "api-server", 8080, "TCP") for zone in range(3)],
+    # The workers patch their own pods' deletion cost (at the Service's address only).
+    ("worker", "kubernetes-service", 443, "TCP"),
     *[(role, "s3", 443, "TCP") for role in LOG_WRITERS],
     *[(role, "pod-identity-agent", 80, "TCP") for role in LOG_WRITERS],
 ]
@@ -496,9 +503,22 @@ def test_with_the_pod_operator_workers_reach_the_kubernetes_api_and_its_pods_rea
     assert not [target for target in ("pgbouncer", "haproxy", "api-server", "kubernetes-service")
                 if allowed(policies, task_pod, found[target][0], {"pgbouncer": 5432, "haproxy": 6379,
                                                                   "api-server": 8080}.get(target, 443))]
-    # Off (the default), neither: the workers have no token and no way to the API.
-    assert not allowed(all_policies(stack), worker, found["kubernetes-service"][0], 443)
+    # Off (the default): the pods launched get nothing; the workers reach the API at its Service only (their
+    # deletion cost), and on AWS not the endpoint's interfaces, i.e. not port 443 across the private subnets.
     assert not allowed(all_policies(stack), task_pod, warehouse, 5439)
+    assert allowed(all_policies(stack), worker, found["kubernetes-service"][0], 443)
+    if stack == "prod":
+        assert not [server.name for server in found["kubernetes-api"] if allowed(all_policies(stack), worker, server, 443)]
+        assert not allowed(all_policies(stack), worker, found["vpc-neighbour"][0], 443)
+
+
+@pytest.mark.parametrize("stack", ["local", "prod"])
+def test_without_scale_in_steering_the_workers_have_no_way_to_the_kubernetes_api(stack):
+    run = run_program(stack, overrides={"workerScaleInIdleFirst": False})
+    found, policies = endpoints(stack), policies_of(run) + chart_policies_of(run)
+    api_port = 443 if stack == "prod" else 6443
+    assert not allowed(policies, found["worker"][0], found["kubernetes-service"][0], 443)
+    assert not [server.name for server in found["kubernetes-api"] if allowed(policies, found["worker"][0], server, api_port)]
 
 
 def test_git_sync_reaches_the_git_host_over_https_only():
@@ -654,6 +674,9 @@ def beyond_required_reason(variant: str, source: str, destination: str, address:
         return ("the Kubernetes API's own addresses: EKS places its interfaces anywhere in the private subnets, so "
                 "CloudNativePG's pods may reach those subnets (pods included) on 443; a laptop cluster's API server "
                 "listens on a node address no setting knows, so there on its ports (kind, k3d, minikube) anywhere")
+    if source in SERVICE_ONLY_API_CALLERS and stack == "local" and protocol == "TCP" and port in w.LOCAL_API_SERVER_PORTS:
+        return ("the workers' way to a laptop cluster's API server (their deletion cost), which listens on a node "
+                "address no setting knows: its ports anywhere; on AWS they dial the Service's address alone")
     if source == "public-subnet-host" and (destination, port, protocol) == ("api-server", 8080, "TCP"):
         return "an internet-facing ALB's nodes take any address of the public subnets, which the policy admits"
     if stack == "prod-managed" and in_private and protocol == "TCP" and (
