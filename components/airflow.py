@@ -799,7 +799,8 @@ class AirflowRelease(pulumi.ComponentResource):
     def _build_worker_deletion_cost_access(self, name: str, settings: Settings, namespace: pulumi.Input[str],
                                            k8s_opts: pulumi.ResourceOptions) -> None:
         """The workers' right to patch pods, granted only once the policy that fences it is in force. The release
-        does not wait for it: a worker that starts first is refused, logs it, and tries again at its next change."""
+        does not wait for it: a worker that starts first is refused, logs it once, and tries again (up to once a
+        minute)."""
         objects = worker_deletion_cost_access(settings)
         policy = k8s.admissionregistration.v1.ValidatingAdmissionPolicy(
             f"{name}-worker-deletion-cost-policy", **objects["ValidatingAdmissionPolicy"], opts=k8s_opts)

@@ -209,6 +209,63 @@ def test_the_reporter_names_what_the_platform_names():
     assert module._SERVICE_ACCOUNT_DIR == "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
+class Clock:
+    """Time that passes only when the reporter waits: its `stopped.wait(delay)` and `time.monotonic`."""
+
+    def __init__(self, until: float):
+        self.now, self.until, self.waits = 0.0, until, []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, delay: float) -> bool:
+        self.waits.append(delay)
+        self.now += delay
+        return self.now >= self.until
+
+
+@pytest.fixture
+def reporter(tmp_path, monkeypatch):
+    """The reporter's module, pointed at a stand-in API server that holds the worker's pod."""
+    api = KubeApiStandIn(tmp_path / "api")
+    api.add_pod("airflow", "airflow-worker-5d8f7c9b6-a1b2c", {"checksum/platform-secrets": "abc"})
+    module = reporter_module()
+    monkeypatch.setattr(module, "_SERVICE_ACCOUNT_DIR", str(api.service_account_dir(tmp_path / "sa")))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.port))
+    yield module, api
+    api.stop()
+
+
+def test_busy_is_reported_at_once_idle_after_a_quiet_spell_and_not_per_task(reporter):
+    """Tasks at seconds 1-5, then at 25 and 27 (a gap shorter than the quiet spell), then nothing: five patches
+    (0, 1, 0, 1, 0), each busy spell at once, each idle one IDLE_AFTER_SECONDS after its last task, and the value
+    written again after REASSERT_SECONDS."""
+    module, api = reporter
+    busy_at = {1, 2, 3, 4, 5, 25, 27}
+    clock = Clock(until=module.REASSERT_SECONDS + 100)
+    module._report_busy("airflow-worker-5d8f7c9b6-a1b2c", "airflow", clock, running=lambda: int(clock.now) in busy_at,
+                        clock=clock)
+    costs = [body["metadata"]["annotations"][COST] for _, _, body in api.patches]
+    assert costs == ["0", "1", "0", "1", "0", "0"]
+    assert api.annotations("airflow", "airflow-worker-5d8f7c9b6-a1b2c") == {"checksum/platform-secrets": "abc",
+                                                                            COST: "0"}
+
+
+def test_a_refused_patch_is_retried_with_a_growing_delay_and_logged_once(reporter, caplog):
+    module, api = reporter
+    api.token = "another-token"  # the API server refuses the worker's token: 401
+    clock = Clock(until=400)
+    module._report_busy("airflow-worker-5d8f7c9b6-a1b2c", "airflow", clock, running=lambda: 0, clock=clock)
+    assert clock.waits[:8] == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0] and set(clock.waits[8:]) == {60.0}
+    warnings = [r for r in caplog.records if r.name == "airflow.platform.pod_deletion_cost"]
+    assert len(warnings) == 1 and "401" in warnings[0].getMessage()
+    api.token = "worker-token"  # granted: the next try succeeds and the delay falls back to the check period
+    clock.until = clock.now + 65
+    module._report_busy("airflow-worker-5d8f7c9b6-a1b2c", "airflow", clock, running=lambda: 0, clock=clock)
+    assert api.annotations("airflow", "airflow-worker-5d8f7c9b6-a1b2c")[COST] == "0"
+
+
 def test_the_reporters_patch_is_a_verified_merge_patch_of_its_own_pods_annotation(tmp_path, monkeypatch):
     """The call as the API server receives it: over TLS verified with the service account's CA, the token as a
     bearer, a JSON merge patch of the one annotation, at the pod's own path."""
