@@ -25,7 +25,8 @@ the file and function are cited where the rule is implemented. Nothing of its co
     not get a result there (`AddState` sets `Result` only on a new state), but takes over its priority;
   * glob substitutions (`pkg/mapper/fsm/formatter.go`, `NewTemplateFormatter`): `$N`/`${N}` is the N-th `*`
     capture; a reference that is not a plain number in 1..captures (`$1_x` reads as `${1_x}`) becomes "";
-  * regex: Go `regexp` with `FindStringSubmatchIndex`, i.e. a search anywhere in the name, NOT anchored (the
+  * regex: Go `regexp` (RE2 syntax: no backreferences or lookarounds, word classes ASCII only; here Google's RE2
+    through its Python binding, `re2`) with `FindStringSubmatchIndex`, i.e. a search anywhere in the name, NOT anchored (the
     chart's `airflow.scheduler_heartbeat` regex also matches `xairflowYscheduler_heartbeatZ`); the first regex
     mapping in file order that matches wins; `name` and label values are expanded with Go's
     `Regexp.ExpandString` (`$1`, `${1}`, `$name`, `$$`; `$1x` means `${1x}`; unknown references become "");
@@ -52,6 +53,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
+import re2
 import yaml
 
 COUNTER, GAUGE, OBSERVER = "counter", "gauge", "observer"
@@ -240,7 +242,7 @@ class Mapping:
     observer_type: str         # "" | summary | histogram
     honor_labels: bool
     index: int                 # position in the file
-    regex: Optional[re.Pattern] = None
+    regex: Optional[Any] = None  # an re2 pattern
     captures: int = 0          # glob: number of `*`
 
 
@@ -254,7 +256,7 @@ def _glob_format(template: str, captures: list[str], capture_count: int) -> str:
     return _GLOB_TEMPLATE_RE.sub(replace, template)
 
 
-def _go_expand(template: str, match: re.Match) -> str:
+def _go_expand(template: str, match: Any) -> str:
     """Go regexp.(*Regexp).ExpandString: `$$`, `$name`, `${name}`; `name` is the longest run of
     [A-Za-z0-9_]; a number is a group index, anything else a named group; unknown -> ""."""
     out, index = [], 0
@@ -368,7 +370,10 @@ class MappingConfig:
                 raise ValueError(f"mapping {index}: invalid match: {mapping.match}")
             mapping.captures = self._add_glob(mapping)
         else:
-            mapping.regex = re.compile(mapping.match)
+            try:
+                mapping.regex = re2.compile(mapping.match)
+            except re2.error as error:
+                raise ValueError(f"mapping {index}: invalid regex {mapping.match!r}: {error}") from None
         return mapping
 
     def _add_glob(self, mapping: Mapping) -> int:
