@@ -20,7 +20,13 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from components import workloads as w
-from components.database import ASYNC_CONNECTION_KEY, CLEANUP_CONNECTION_KEY, KEDA_CONNECTION_KEY
+from components.database import (
+    ASYNC_CONNECTION_KEY,
+    CLEANUP_CONNECTION_KEY,
+    KEDA_CONNECTION_KEY,
+    WORKER_ASYNC_CONNECTION_KEY,
+    WORKER_CONNECTION_KEY,
+)
 from components.helm import NONROOT_UID, chart_release, millicores, pinned, resources
 from components.ingress import alb_ingress
 from components.secrets_backend import airflow_secrets_config
@@ -236,13 +242,17 @@ LONG_RUNNING_COMPONENTS = ("scheduler", "workers", "apiServer", "triggerer", "da
 SECRET_READERS = (*LONG_RUNNING_COMPONENTS, "migrateDatabaseJob", "createUserJob")
 
 # What a Celery worker of Airflow 3 reads of the platform's Secrets: the broker's URL (its tasks), the database's
-# (Celery's task results: [celery] result_backend is the database, see the README), and the key its log server
-# checks the API server's requests with (serve_logs). Its tasks get connections and variables through the API
+# as the workers' own role (Celery's task results: [celery] result_backend defaults to the worker's URL, see the
+# README; WORKER_DATABASE_KEYS), and the key its log server checks the API server's requests with (serve_logs). Its tasks get connections and variables through the API
 # server with the token the scheduler signs, so it has neither the Fernet key nor the JWT secret (which signs any
 # user's API token); their `_CMD` options stay in the chart's shared env and fail if read (conf.mask_secrets
 # logs it and goes on).
 WORKER_SECRET_OPTIONS = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC",
                          "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CELERY__BROKER_URL")
+# The workers' metadata URLs name the workers' role, which may write Celery's results (held to plain data) and read
+# the schema's version (the entrypoint's `airflow db check`, the init container's `airflow db check-migrations`).
+WORKER_DATABASE_KEYS = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": WORKER_CONNECTION_KEY,
+                        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": WORKER_ASYNC_CONNECTION_KEY}
 
 
 def secret_sources(files: list[tuple[str, pulumi.Input[str], str]]) -> list[dict]:
@@ -320,23 +330,112 @@ CLEANED_TABLES = ("asset_event", "callback_request", "celery_taskmeta", "celery_
                   "task_reschedule", "xcom")
 
 
-# The migration Job's command: `$1` the default pool's slots, `$2` GRANT_KEDA_READ.
+# The migration Job's command: `$1` the default pool's slots, `$2` GRANT_ROLES.
 MIGRATE_SCRIPT = 'airflow db migrate && airflow pools set default_pool "$1" "Default pool" && exec python -c "$2"'
-# Run by the migration Job as the owner. KEDA's role is made by CloudNativePG (a managed role, reconciled once the
-# primary runs) or by the managed database's bootstrap Job: wait for it rather than fail a first install.
-GRANT_KEDA_READ = f"""
+# What a pickle of plain data is made of (Python's pickletools opcodes, protocols 2-5): scalars, strings, bytes,
+# tuples, lists, dicts, sets, the memo (appended to with MEMOIZE and read; never put at an index, which makes the
+# unpickler allocate up to that index) and frames; never a global, a call or a persistent id, which is how a pickle
+# runs code when it is loaded. Celery keeps each task's result pickled (celery/backends/database/models.py:
+# `result = sa.Column(PickleType)`, protocol 5) and the scheduler unpickles the rows it reads for the tasks' states,
+# so the workers' role may only store results this check admits (Airflow's are None, Celery's started and exception
+# dicts of strings and numbers), of at most PICKLED_RESULT_MAX_BYTES (which also bounds how deep a tuple can nest
+# for the unpickler's hashing, and the check's own work). Opcode: bytes of argument, or -N for a length of N bytes
+# before the data.
+PICKLED_RESULT_MAX_BYTES = 16384
+PICKLE_PLAIN_OPCODES = {
+    **dict.fromkeys(b".N\x88\x89}])\x8ft\x85\x86\x87(suae\x90\x91\x94012", 0),
+    **dict.fromkeys(b"\x80Kh", 1), ord("M"): 2, **dict.fromkeys(b"Jj", 4), **dict.fromkeys(b"G\x95", 8),
+    **dict.fromkeys(b"\x8cC\x8a", -1), **dict.fromkeys(b"XB\x8b", -4), **dict.fromkeys(b"\x8d\x8e", -8),
+}
+CELERY_RESULT_GUARD_SQL = f"""
+SET LOCAL lock_timeout = '30s';
+DO $revoke$ BEGIN
+  -- PostgreSQL 14 lets every role create in `public` (15 and later: its owner only).
+  REVOKE CREATE ON SCHEMA public FROM PUBLIC;
+EXCEPTION WHEN insufficient_privilege THEN
+  RAISE NOTICE 'public: CREATE stays as it is (not its owner)';
+END $revoke$;
+CREATE OR REPLACE FUNCTION celery_result_is_plain_data(data bytea) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE STRICT
+-- Names resolve in the catalog only, never in a schema the writing session puts first.
+SET search_path = pg_catalog, pg_temp AS $guard$
+DECLARE
+  widths constant integer[] := ARRAY[{", ".join(str(PICKLE_PLAIN_OPCODES.get(opcode, 99)) for opcode in range(256))}];
+  total constant bigint := length(data);
+  position bigint := 0;
+  width integer;
+  size bigint;
+BEGIN
+  IF total > {PICKLED_RESULT_MAX_BYTES} THEN
+    RETURN false;
+  END IF;
+  WHILE position < total LOOP
+    width := widths[get_byte(data, position::integer) + 1];
+    IF get_byte(data, position::integer) = 46 THEN  -- STOP: the last byte
+      RETURN position + 1 = total;
+    END IF;
+    position := position + 1;
+    IF width = 99 THEN
+      RETURN false;
+    ELSIF width >= 0 THEN
+      position := position + width;
+    ELSE
+      IF position - width > total THEN
+        RETURN false;
+      END IF;
+      size := 0;
+      FOR i IN REVERSE (-width - 1)..0 LOOP
+        size := size * 256 + get_byte(data, (position + i)::integer);
+      END LOOP;
+      position := position - width + size;
+    END IF;
+  END LOOP;
+  RETURN false;
+END
+$guard$;
+-- Once: a replaced function keeps its identity, and the constraint then checks with the new body.
+DO $constraint$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_constraint WHERE conname = 'celery_result_is_plain_data'
+                 AND conrelid = 'celery_taskmeta'::regclass) THEN
+    ALTER TABLE celery_taskmeta ADD CONSTRAINT celery_result_is_plain_data
+      CHECK (celery_result_is_plain_data(result)) NOT VALID;
+  END IF;
+END $constraint$;
+"""
+# Run by the migration Job as the owner. KEDA's and the workers' roles are made by CloudNativePG (managed roles,
+# reconciled once the primary runs) or by the managed database's bootstrap Job: wait for them rather than fail a
+# first install. Celery's result tables are made here, with Celery's own models, as its database backend would on
+# first use, which the workers' role (no CREATE on the schema) cannot; then the guard above, and the workers may
+# store results and read the schema's version tables (alembic_version, and each provider's), which their start-up
+# checks compare. Nothing on celery_tasksetmeta (groups: Airflow has none).
+GRANT_ROLES = f"""
 import time
-from sqlalchemy import text
+from celery.backends.database.models import ResultModelBase, Task
+from sqlalchemy import Sequence, inspect, text
 from airflow import settings
+ResultModelBase.metadata.create_all(settings.engine)
+sequences = [column.default.name for column in Task.__table__.columns if isinstance(column.default, Sequence)]
+version_tables = [name for name in inspect(settings.engine).get_table_names() if name.startswith("alembic_version")]
+with settings.engine.begin() as connection:
+    connection.exec_driver_sql({CELERY_RESULT_GUARD_SQL!r})
+grants = {{"{w.POSTGRES_KEDA_USER}": ["GRANT SELECT ON task_instance TO {w.POSTGRES_KEDA_USER}"],
+          "{w.POSTGRES_WORKER_USER}": [
+              f"GRANT SELECT, INSERT, UPDATE ON {{Task.__tablename__}} TO {w.POSTGRES_WORKER_USER}",
+              f"GRANT USAGE ON SEQUENCE {{', '.join(sequences)}} TO {w.POSTGRES_WORKER_USER}",
+              f"GRANT SELECT ON {{', '.join(version_tables)}} TO {w.POSTGRES_WORKER_USER}"]}}
 for attempt in range(60):
     with settings.engine.begin() as connection:
-        if connection.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {{"role": "{w.POSTGRES_KEDA_USER}"}}).first():
-            connection.execute(text("GRANT SELECT ON task_instance TO {w.POSTGRES_KEDA_USER}"))
-            print("{w.POSTGRES_KEDA_USER} may read task_instance")
-            break
+        for role in [role for role in grants if connection.execute(
+                text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {{"role": role}}).first()]:
+            for statement in grants.pop(role):
+                connection.execute(text(statement))
+            print(role, "granted")
+    if not grants:
+        break
     time.sleep(5)
 else:
-    raise SystemExit("no role {w.POSTGRES_KEDA_USER} after 5 minutes: KEDA could not count the queue")
+    raise SystemExit(f"no role {{', '.join(grants)}} after 5 minutes: KEDA could not count the queue, or the workers "
+                     "could not store results")
 """
 
 
@@ -416,7 +515,8 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
     secrets_volume = platform_secrets_volume([*secret_sources(secret_files), metadata_ca])
     # The workers' files: what they use, nothing more (see WORKER_SECRET_OPTIONS).
     worker_secrets_volume = platform_secrets_volume(
-        [*secret_sources([entry for entry in secret_files if entry[0] in WORKER_SECRET_OPTIONS]), metadata_ca])
+        [*secret_sources([(option, secret, WORKER_DATABASE_KEYS.get(option, key)) for option, secret, key in secret_files
+                          if option in WORKER_SECRET_OPTIONS]), metadata_ca])
     secret_commands = [{"name": f"{option}_CMD", "value": f"cat {SECRETS_DIR}/{option.lower()}"}
                        for option, _, _ in secret_files]
     env = [*secret_commands, *WRITABLE_CACHE_ENV]
@@ -489,7 +589,7 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
                                # role may read the table its query counts (again after a migration rebuilt it).
                                # The slots and the grant as the script's arguments: a change shows as itself.
                                "args": ["bash", "-c", MIGRATE_SCRIPT, "migrate", str(worker_slots(settings)),
-                                        GRANT_KEDA_READ]},
+                                        GRANT_ROLES]},
         "createUserJob": {
             "useHelmHooks": False, "applyCustomEnv": False, "env": secret_commands,
             "resources": airflow_resources("200m", "512Mi"),

@@ -36,6 +36,10 @@ ASYNC_CONNECTION_KEY = "async-connection"
 # KEDA's URL (the worker hands it over as AIRFLOW_CONN_AIRFLOW_DB), as its own role, which may only read
 # task_instance: KEDA has no file of PgBouncer's CA, so it requires TLS without verifying it.
 KEDA_CONNECTION_KEY = "kedaConnection"
+# The workers' metadata URLs, as the workers' own role (w.POSTGRES_WORKER_USER): Celery's result backend is the
+# worker's metadata URL ([celery] result_backend unset), so the workers hold no URL of the owner's. Their async
+# engine is never used; its URL names the same role.
+WORKER_CONNECTION_KEY, WORKER_ASYNC_CONNECTION_KEY = "workerConnection", "workerAsyncConnection"
 # The owner's URL for the nightly database cleanup, whose pod has no CA file either (TLS required, not verified).
 CLEANUP_CONNECTION_KEY = "cleanupConnection"
 DATABASE_NAME = w.POSTGRES_DATABASE
@@ -55,16 +59,21 @@ def pgbouncer_stats_url(password: str) -> str:
     return metadata_url(w.POSTGRES_USER, password, "127.0.0.1", rds.PGBOUNCER_PORT, "pgbouncer")
 
 
-def cloudnative_pg_metadata_urls(password: str, keda_password: str, host: str, port: int) -> dict[str, str]:
-    """The Secret's keys with CloudNativePG (Airflow, KEDA and the cleanup -> its Pooler): TLS required."""
+def cloudnative_pg_metadata_urls(password: str, keda_password: str, worker_password: str, host: str,
+                                 port: int) -> dict[str, str]:
+    """The Secret's keys with CloudNativePG (Airflow, its workers, KEDA and the cleanup -> its Pooler): TLS
+    required."""
     url = metadata_url(w.POSTGRES_USER, password, host, port, DATABASE_NAME)
     return {"connection": url, ASYNC_CONNECTION_KEY: async_metadata_url(w.POSTGRES_USER, password, host, port,
                                                                          DATABASE_NAME),
+            WORKER_CONNECTION_KEY: metadata_url(w.POSTGRES_WORKER_USER, worker_password, host, port, DATABASE_NAME),
+            WORKER_ASYNC_CONNECTION_KEY: async_metadata_url(w.POSTGRES_WORKER_USER, worker_password, host, port,
+                                                            DATABASE_NAME),
             KEDA_CONNECTION_KEY: metadata_url(w.POSTGRES_KEDA_USER, keda_password, host, port, DATABASE_NAME),
             CLEANUP_CONNECTION_KEY: url}
 
 
-def managed_metadata_urls(password: str, keda_password: str, host: str, port: int,
+def managed_metadata_urls(password: str, keda_password: str, worker_password: str, host: str, port: int,
                           ca_file: str = w.METADATA_CA_FILE) -> dict[str, str]:
     """The Secret's keys with a managed engine (Airflow -> the chart's PgBouncer): Airflow verifies PgBouncer's
     certificate and name against the platform CA (`verify-full`; its async engine does the same through the
@@ -72,6 +81,10 @@ def managed_metadata_urls(password: str, keda_password: str, host: str, port: in
     return {
         "connection": metadata_url(w.POSTGRES_USER, password, host, port, DATABASE_NAME, "verify-full", ca_file),
         ASYNC_CONNECTION_KEY: async_metadata_url(w.POSTGRES_USER, password, host, port, DATABASE_NAME),
+        WORKER_CONNECTION_KEY: metadata_url(w.POSTGRES_WORKER_USER, worker_password, host, port, DATABASE_NAME,
+                                            "verify-full", ca_file),
+        WORKER_ASYNC_CONNECTION_KEY: async_metadata_url(w.POSTGRES_WORKER_USER, worker_password, host, port,
+                                                        DATABASE_NAME),
         KEDA_CONNECTION_KEY: metadata_url(w.POSTGRES_KEDA_USER, keda_password, host, port, DATABASE_NAME, "require"),
         CLEANUP_CONNECTION_KEY: metadata_url(w.POSTGRES_USER, password, host, port, DATABASE_NAME, "require"),
     }
@@ -101,7 +114,10 @@ class DatabaseArgs:
     # KEDA's read-only role: its password, and its basic-auth Secret (CloudNativePG's managed role; None with a
     # managed engine, whose bootstrap Job makes the role from a verifier).
     keda_user_password: pulumi.Output[str]
+    # The workers' role (Celery's results), the same way.
+    worker_user_password: pulumi.Output[str]
     keda_user_secret_name: Optional[pulumi.Input[str]] = None
+    worker_user_secret_name: Optional[pulumi.Input[str]] = None
     cert_manager: Optional[pulumi.Resource] = None
     # From Storage (target=aws): where backups go, and the Pod Identity role that may write there.
     backups_bucket_name: Optional[pulumi.Input[str]] = None
@@ -146,8 +162,8 @@ class Database(pulumi.ComponentResource):
         build, published_urls = ((self._build_managed, managed_metadata_urls) if settings.managed_database
                                  else (self._build_cloudnative_pg, cloudnative_pg_metadata_urls))
         pooler_host, pooler_port = build(name, args)
-        urls = pulumi.Output.all(args.app_user_password, args.keda_user_password).apply(
-            lambda passwords: published_urls(passwords[0], passwords[1], pooler_host, pooler_port))
+        urls = pulumi.Output.all(args.app_user_password, args.keda_user_password, args.worker_user_password).apply(
+            lambda passwords: published_urls(*passwords, pooler_host, pooler_port))
         connection = k8s.core.v1.Secret(
             f"{name}-metadata-connection",
             metadata={"name": METADATA_CONNECTION_SECRET, "namespace": args.airflow_namespace},
@@ -177,9 +193,10 @@ class Database(pulumi.ComponentResource):
         ini = database.endpoint.apply(lambda host: rds.pgbouncer_ini(
             server_host=host, server_port=database.port, database=DATABASE_NAME, user=w.POSTGRES_USER,
             pool_size=settings.pgbouncer_pool_size, max_client_connections=settings.pgbouncer_max_client_connections))
-        users = pulumi.Output.all(args.app_user_password, args.keda_user_password).apply(
+        users = pulumi.Output.all(args.app_user_password, args.keda_user_password, args.worker_user_password).apply(
             lambda passwords: rds.pgbouncer_users(w.POSTGRES_USER, passwords[0])
-            + rds.pgbouncer_users(w.POSTGRES_KEDA_USER, passwords[1]))
+            + rds.pgbouncer_users(w.POSTGRES_KEDA_USER, passwords[1])
+            + rds.pgbouncer_users(w.POSTGRES_WORKER_USER, passwords[2]))
         pgbouncer_host = f"{rds.PGBOUNCER_SERVICE}.{w.AIRFLOW_NAMESPACE}.svc.cluster.local"
         # PgBouncer's certificate for Airflow's TLS connections, from the platform CA (cert-manager renews it).
         k8s.apiextensions.CustomResource(
@@ -207,19 +224,25 @@ class Database(pulumi.ComponentResource):
         # The role's password goes as its SCRAM verifier, with a salt of its own kept in the state.
         salt = random.RandomBytes(f"{name}-scram-salt", length=16, opts=pulumi.ResourceOptions(parent=self))
         keda_salt = random.RandomBytes(f"{name}-keda-scram-salt", length=16, opts=pulumi.ResourceOptions(parent=self))
+        worker_salt = random.RandomBytes(f"{name}-worker-scram-salt", length=16,
+                                         opts=pulumi.ResourceOptions(parent=self))
         bootstrap_secret = k8s.core.v1.Secret(
             f"{name}-bootstrap",
             metadata={"name": rds.BOOTSTRAP_SECRET, "namespace": args.airflow_namespace},
             string_data=pulumi.Output.secret(pulumi.Output.all(admin_password, database.endpoint,
                                                               args.app_user_password, salt.base64,
-                                                              args.keda_user_password, keda_salt.base64).apply(
+                                                              args.keda_user_password, keda_salt.base64,
+                                                              args.worker_user_password, worker_salt.base64).apply(
                 lambda values: {"pg_service.conf": rds.service_file(values[0], values[1], database.port),
                                 "app-verifier": rds.scram_sha256_verifier(values[2], base64.b64decode(values[3])),
-                                "keda-verifier": rds.scram_sha256_verifier(values[4], base64.b64decode(values[5]))})),
+                                "keda-verifier": rds.scram_sha256_verifier(values[4], base64.b64decode(values[5])),
+                                "worker-verifier": rds.scram_sha256_verifier(values[6],
+                                                                             base64.b64decode(values[7]))})),
             opts=self._k8s)
         # Named after what it sets and where: a new password, script or database (a new or restored one has a new
         # AWS id) is a new Job, which runs; an unchanged one is left as it is.
-        run_digest = secrets_checksum(args.app_user_password, args.keda_user_password, rds.bootstrap_sql(),
+        run_digest = secrets_checksum(args.app_user_password, args.keda_user_password, args.worker_user_password,
+                                      rds.bootstrap_sql(),
                                       database.resource_id).apply(
             lambda digest: digest[:10])
         bootstrap = k8s.batch.v1.Job(
@@ -249,9 +272,9 @@ class Database(pulumi.ComponentResource):
         """The operator, the cluster, its backups and its Pooler. Returns where Airflow connects: the Pooler."""
         settings = args.settings
         backups = settings.is_aws
-        if args.keda_user_secret_name is None:
-            raise ValueError("Database: CloudNativePG makes KEDA's role from its Secret: keda_user_secret_name is "
-                             "required")
+        if args.keda_user_secret_name is None or args.worker_user_secret_name is None:
+            raise ValueError("Database: CloudNativePG makes KEDA's and the workers' roles from their Secrets: "
+                             "keda_user_secret_name and worker_user_secret_name are required")
 
         operator_namespace = namespace_with_pod_security(
             f"{name}-{w.CNPG_NAMESPACE}", w.CNPG_NAMESPACE, "restricted", self._operators)
@@ -285,8 +308,8 @@ class Database(pulumi.ComponentResource):
             f"{name}-cluster",
             api_version="postgresql.cnpg.io/v1", kind="Cluster",
             metadata={"name": w.POSTGRES_CLUSTER, "namespace": args.airflow_namespace},
-            spec=cluster_spec(settings, args.app_user_secret_name, args.keda_user_secret_name, args.storage_class_name,
-                              backups),
+            spec=cluster_spec(settings, args.app_user_secret_name, args.keda_user_secret_name,
+                              args.worker_user_secret_name, args.storage_class_name, backups),
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(
                 depends_on=cluster_dependencies,
                 # CloudNativePG owns the instances' PVCs: deleting the Cluster deletes the data with it.
@@ -360,7 +383,7 @@ def object_store_spec(bucket_name: pulumi.Input[str], retention_days: int) -> di
 
 
 def cluster_spec(settings: Settings, app_user_secret: pulumi.Input[str], keda_user_secret: pulumi.Input[str],
-                 storage_class: Optional[str], backups: bool) -> dict:
+                 worker_user_secret: pulumi.Input[str], storage_class: Optional[str], backups: bool) -> dict:
     instances = settings.postgres_instances
     spec: dict = {
         "instances": instances,
@@ -388,7 +411,11 @@ def cluster_spec(settings: Settings, app_user_secret: pulumi.Input[str], keda_us
         "managed": {"roles": [{"name": w.POSTGRES_KEDA_USER, "ensure": "present", "login": True, "inherit": False,
                                "connectionLimit": w.POSTGRES_KEDA_CONNECTION_LIMIT,
                                "passwordSecret": {"name": keda_user_secret},
-                               "comment": "KEDA: reads task_instance for the workers' queue"}]},
+                               "comment": "KEDA: reads task_instance for the workers' queue"},
+                              # The workers' role: Celery's results (the migration Job grants it those tables).
+                              {"name": w.POSTGRES_WORKER_USER, "ensure": "present", "login": True, "inherit": False,
+                               "passwordSecret": {"name": worker_user_secret},
+                               "comment": "Airflow's workers: Celery's task results only"}]},
     }
     if settings.postgres_image:
         spec["imageName"] = settings.postgres_image

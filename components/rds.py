@@ -176,14 +176,21 @@ def service_file(password: str, host: str, port: int, ca_file: str = f"{BOOTSTRA
 
 
 def bootstrap_sql(app_verifier_file: str = f"{BOOTSTRAP_SECRETS_DIR}/app-verifier",
-                  keda_verifier_file: str = f"{BOOTSTRAP_SECRETS_DIR}/keda-verifier") -> str:
-    """Creates Airflow's role (or sets its password) and gives it the database, and KEDA's role (no rights: the
-    migration Job grants it SELECT on task_instance), as the master user, idempotently. The passwords arrive as
-    their SCRAM verifiers, read from files by psql and quoted by format(%L)."""
+                  keda_verifier_file: str = f"{BOOTSTRAP_SECRETS_DIR}/keda-verifier",
+                  worker_verifier_file: str = f"{BOOTSTRAP_SECRETS_DIR}/worker-verifier") -> str:
+    """Creates Airflow's role (or sets its password) and gives it the database, KEDA's role (no rights: the
+    migration Job grants it SELECT on task_instance) and the workers' (no rights: the migration Job grants it
+    Celery's tables), as the master user, idempotently. The passwords arrive as their SCRAM verifiers, read from
+    files by psql and quoted by format(%L)."""
     return "\n".join([
         "\\set ON_ERROR_STOP on",
         f"\\set app_verifier `cat {app_verifier_file}`",
         f"\\set keda_verifier `cat {keda_verifier_file}`",
+        f"\\set worker_verifier `cat {worker_verifier_file}`",
+        f"SELECT format('CREATE ROLE %I LOGIN', '{w.POSTGRES_WORKER_USER}') "
+        f"WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{w.POSTGRES_WORKER_USER}') \\gexec",
+        f"SELECT format('ALTER ROLE %I WITH LOGIN NOINHERIT PASSWORD %L', '{w.POSTGRES_WORKER_USER}', "
+        ":'worker_verifier') \\gexec",
         f"SELECT format('CREATE ROLE %I LOGIN', '{w.POSTGRES_KEDA_USER}') "
         f"WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{w.POSTGRES_KEDA_USER}') \\gexec",
         f"SELECT format('ALTER ROLE %I WITH LOGIN NOINHERIT CONNECTION LIMIT {w.POSTGRES_KEDA_CONNECTION_LIMIT} "

@@ -374,6 +374,7 @@ class Security(pulumi.ComponentResource):
     monitoring_namespace: pulumi.Output[str]
     postgres_password: pulumi.Output[str]
     keda_database_password: pulumi.Output[str]
+    worker_database_password: pulumi.Output[str]
     redis_password: pulumi.Output[str]
     admin_password: pulumi.Output[str]
     fernet_key_secret_name: pulumi.Output[str]
@@ -382,6 +383,7 @@ class Security(pulumi.ComponentResource):
     postgres_user_secret_name: pulumi.Output[str]
     # None with a managed engine (its bootstrap Job makes KEDA's role).
     keda_database_user_secret_name: Optional[pulumi.Output[str]]
+    worker_database_user_secret_name: Optional[pulumi.Output[str]]
     redis_auth_secret_name: pulumi.Output[str]
     admin_user_secret_name: pulumi.Output[str]
     # Digest of the keys every Airflow pod reads (Fernet key, API secret key, JWT secret).
@@ -519,6 +521,8 @@ class Security(pulumi.ComponentResource):
             self._password(name, "postgres-password", special=True, override_special=postgres_special))
         self.keda_database_password = pulumi.Output.secret(
             self._password(name, "keda-database-password", special=True, override_special=postgres_special))
+        self.worker_database_password = pulumi.Output.secret(
+            self._password(name, "worker-database-password", special=True, override_special=postgres_special))
         # redis-ha writes the password into redis.conf, sentinel.conf and haproxy.cfg: alphanumeric only,
         # its strength comes from its length.
         self.redis_password = pulumi.Output.secret(self._password(
@@ -544,6 +548,11 @@ class Security(pulumi.ComponentResource):
         self.keda_database_user_secret_name = None if settings.managed_database else self._secret(
             name, w.POSTGRES_KEDA_USER_SECRET,
             {"username": w.POSTGRES_KEDA_USER, "password": self.keda_database_password},
+            in_airflow, secret_type="kubernetes.io/basic-auth", labels={"cnpg.io/reload": "true"})
+        # The workers' role (Celery's results), the same way.
+        self.worker_database_user_secret_name = None if settings.managed_database else self._secret(
+            name, w.POSTGRES_WORKER_USER_SECRET,
+            {"username": w.POSTGRES_WORKER_USER, "password": self.worker_database_password},
             in_airflow, secret_type="kubernetes.io/basic-auth", labels={"cnpg.io/reload": "true"})
         self.redis_auth_secret_name = self._secret(name, w.REDIS_AUTH_SECRET, {"auth": self.redis_password},
                                                    in_airflow)

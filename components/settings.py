@@ -764,6 +764,11 @@ class Settings(BaseModel):
         return self.cluster_name or name_prefix
 
 
+# PgBouncer pools per user: the owner's (every Airflow component) and the workers' role (Celery's results) may each
+# fill pgbouncerPoolSize server connections in every PgBouncer pod. KEDA's is held to its connection limit.
+POOLED_ROLES = 2
+
+
 def postgres_reserved_connections(settings: Settings) -> int:
     """Connections of max_connections the poolers cannot have for Airflow: PostgreSQL's superuser_reserved_connections
     (3, which CloudNativePG's instance manager and metrics exporter use as postgres), each PgBouncer's auth_query
@@ -957,12 +962,13 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
                              f"{settings.elasticache_engine} {settings.elasticache_engine_version} is too old: valkey "
                              "7.2 or newer, redis 7.0 or newer (AUTH with in-transit encryption, Multi-AZ failover)"))
     if settings.database_engine == "cloudnative-pg":
-        pooled = settings.pgbouncer_instances * settings.pgbouncer_pool_size
+        pooled = settings.pgbouncer_instances * settings.pgbouncer_pool_size * POOLED_ROLES
         left = settings.postgres_max_connections - postgres_reserved_connections(settings)
         if pooled > left:
             problems.append(("pgbouncerPoolSize", f"pgbouncerInstances ({settings.pgbouncer_instances}) × pgbouncerPoolSize "
-                                                  f"({settings.pgbouncer_pool_size}) = {pooled} server connections (each "
-                                                  f"PgBouncer pod pools its own) exceed the {left} that "
+                                                  f"({settings.pgbouncer_pool_size}) × {POOLED_ROLES} roles = {pooled} "
+                                                  "server connections (each PgBouncer pod pools its own, one pool per "
+                                                  f"role: Airflow's and its workers') exceed the {left} that "
                                                   f"postgresMaxConnections ({settings.postgres_max_connections}) leaves "
                                                   "beside superusers, the operator, KEDA and the poolers' auth_query: lower "
                                                   "one, or raise postgresMaxConnections"))

@@ -118,6 +118,7 @@ JWT_SECRET = "airflow-jwt-secret"                   # key: jwt-secret
 ADMIN_USER_SECRET = "airflow-admin-user"            # keys: username, password
 POSTGRES_APP_USER_SECRET = "airflow-db-app-user"    # kubernetes.io/basic-auth: username, password
 POSTGRES_KEDA_USER_SECRET = "airflow-db-keda-user"  # kubernetes.io/basic-auth: username, password
+POSTGRES_WORKER_USER_SECRET = "airflow-db-worker-user"  # kubernetes.io/basic-auth: username, password
 REDIS_AUTH_SECRET = "airflow-redis-auth"            # key: auth
 # With a managed database: the certificate of the chart's PgBouncer (cert-manager's Secret: tls.crt, tls.key,
 # ca.crt), and where the Airflow pods find its CA (an optional item of their projected Secrets volume).
@@ -131,6 +132,10 @@ POSTGRES_KEDA_USER = "airflow_keda"
 # Its server connections at most (KEDA polls with one, its metrics server's requests may add one); counted in the
 # budget of max_connections.
 POSTGRES_KEDA_CONNECTION_LIMIT = 5
+# The workers' role: Celery's result backend ([celery] result_backend defaults to the worker's metadata URL) may
+# read and write Celery's two tables, and the chart's checks may read the schema's version; nothing of Airflow's
+# (the migration Job creates Celery's tables and grants it). Pooled like the owner's: no connection limit.
+POSTGRES_WORKER_USER = "airflow_worker"
 POSTGRES_DATABASE = "airflow"
 ADMIN_USER = "admin"
 

@@ -267,11 +267,17 @@ CREDENTIAL_FILES = {
     "AIRFLOW__API_AUTH__JWT_SECRET": (w.JWT_SECRET, "jwt-secret"),
     "AIRFLOW__CELERY__BROKER_URL": ("airflow-broker-url", "connection"),
 }
-# A Celery worker of Airflow 3.1 reads the broker (its tasks), the database (Celery's results, the provider's
-# default backend) and the key its log server checks requests with (airflow/utils/serve_logs/log_server.py:
-# get_signing_key("api", "secret_key")); its tasks get connections and variables through the API server with the
-# token in their workload. tests/test_dags_e2e.py runs the workers with this volume.
-WORKER_CREDENTIALS = set(CREDENTIAL_FILES) - {"AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET"}
+# A Celery worker of Airflow 3.1 reads the broker (its tasks), the database as its own role (Celery's results,
+# the provider's default backend: the worker's metadata URL) and the key its log server checks requests with
+# (airflow/utils/serve_logs/log_server.py: get_signing_key("api", "secret_key")); its tasks get connections and
+# variables through the API server with the token in their workload. tests/test_dags_e2e.py runs the workers with
+# this volume.
+WORKER_CREDENTIALS = {
+    **{option: source for option, source in CREDENTIAL_FILES.items()
+       if option not in ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET")},
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": ("airflow-metadata-connection", "workerConnection"),
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": ("airflow-metadata-connection", "workerAsyncConnection"),
+}
 
 
 @pytest.mark.parametrize("stack", ["local", "prod", "prod-managed"])
@@ -285,15 +291,14 @@ def test_every_airflow_container_reads_the_credentials_from_files_of_their_secre
         for container in pod.containers:
             env = {e["name"]: e for e in container.get("env") or []}
             assert not set(CREDENTIAL_FILES) & set(env), (pod.source, container["name"])
-            readable = WORKER_CREDENTIALS if pod.labels["component"] == "worker" else set(CREDENTIAL_FILES)
+            readable = WORKER_CREDENTIALS if pod.labels["component"] == "worker" else CREDENTIAL_FILES
             if container["name"].endswith("-log-groomer"):
                 continue  # local only: a shell script that deletes old log files, no Airflow in it
             files = secret_files(pod.spec, container)
-            for option, source in CREDENTIAL_FILES.items():
+            for option in CREDENTIAL_FILES:
                 command = env[f"{option}_CMD"]["value"].split()
                 assert command[0] == "cat", (pod.source, container["name"], option)
-                assert files.get(command[1]) == (source if option in readable else None), (
-                    pod.source, container["name"], option)
+                assert files.get(command[1]) == readable.get(option), (pod.source, container["name"], option)
             checked += 1
     assert checked >= 13
 

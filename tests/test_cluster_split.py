@@ -109,7 +109,9 @@ LATER_ADDED = {"security-keda-database-password", "security-airflow-db-keda-user
                "airflow-worker-deletion-cost-policy", "airflow-worker-deletion-cost-policy-binding",
                "airflow-worker-deletion-cost",
                # ...and the workers' way to the Kubernetes API (its Service; on a laptop its server's ports too).
-               "security-worker-to-kubernetes-service-egress", "security-worker-to-kubernetes-api-egress"}
+               "security-worker-to-kubernetes-service-egress", "security-worker-to-kubernetes-api-egress",
+               # The workers' own database role: its password and its Secret.
+               "security-worker-database-password", "security-airflow-db-worker-user"}
 LATER_ADDED_COMPONENTS = ("airflow:platform:Delivery",)
 # What later commits removed on purpose: the access entry that followed whoever ran the program (the deploy role's
 # entry is the Delivery component's now, admins' come from adminPrincipalArns alone).

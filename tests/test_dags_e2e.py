@@ -206,8 +206,13 @@ class Servers:
             keda = release["secrets"][w.POSTGRES_KEDA_USER_SECRET]
             self.postgres.superuser_sql(f'CREATE ROLE "{keda["username"]}" LOGIN NOINHERIT CONNECTION LIMIT '
                                         f'{w.POSTGRES_KEDA_CONNECTION_LIMIT} PASSWORD %s', keda["password"])
+            # The workers' role, the same way (no connection limit).
+            worker = release["secrets"][w.POSTGRES_WORKER_USER_SECRET]
+            self.postgres.superuser_sql(f'CREATE ROLE "{worker["username"]}" LOGIN NOINHERIT PASSWORD %s',
+                                        worker["password"])
             self.pgbouncer = start_pgbouncer(workdir / "pgbouncer", self.postgres, user, password, "airflow",
-                                             other_users={keda["username"]: keda["password"]})
+                                             other_users={keda["username"]: keda["password"],
+                                                          worker["username"]: worker["password"]})
             self.started.append(self.pgbouncer)
             self.redis = start_redis(workdir / "redis", redis_password)
         except BaseException:
@@ -245,7 +250,8 @@ def produced_env(release: dict, servers: Servers, home: Path, ports: dict[str, i
     """A component's environment as rendered (the scheduler's, which the API server, DAG processor and triggerer
     share, or the worker's), pointed at loopback. A `_CMD` option whose file the component's pod does not have
     keeps its command, and fails as in the pod if Airflow reads it."""
-    secrets_dir, dags, logs = home / "secrets", home / "dags", home / "logs"
+    # Each component's own files: the worker's database URL is not the scheduler's.
+    secrets_dir, dags, logs = home / "secrets" / component, home / "dags", home / "logs"
     for directory in (secrets_dir, dags, logs, home / "config"):
         directory.mkdir(parents=True, exist_ok=True)
     # The files of the Secret volumes, from the Secrets the program made.
@@ -616,10 +622,18 @@ def test_a_pipeline_runs_with_xcom_a_connection_and_a_variable_made_through_the_
 
 def test_workers_run_tasks_without_the_fernet_key_or_the_jwt_secret(platform):
     """Every test here runs its workers with the environment and Secret volume the chart renders for them: their
-    `_CMD` options of the Fernet key and the JWT secret name files the pod lacks. Their tasks still run (a
-    connection and a variable reach them through the API server: the pipeline test), and the scheduler learns
-    each end from Celery's result, which the worker stored in the database under the task's Celery id."""
+    `_CMD` options of the Fernet key and the JWT secret name files the pod lacks, and their database URL names
+    the workers' own role, not the owner. Their tasks still run (a connection and a variable reach them through
+    the API server: the pipeline test), and the scheduler learns each end from Celery's result, which the worker
+    stored under the task's Celery id as that role, through the guard on its pickled column."""
     env = platform.worker_env
+    owner_password = _userinfo(platform.release["secrets"]["airflow-metadata-connection"]["connection"])[1]
+    readable_files = [Path(command.split()[1]).read_text() for name, command in env.items()
+                      if name.endswith("_CMD") and Path(command.split()[1]).exists()]
+    assert not [text for text in [*env.values(), *readable_files] if owner_password in text], "the owner's password"
+    for option in ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"):
+        url = Path(env[f"{option}_CMD"].split()[1]).read_text()
+        assert urlsplit(url).username == w.POSTGRES_WORKER_USER, option
     for option in ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET"):
         command = env[f"{option}_CMD"].split()
         assert command[0] == "cat" and not Path(command[1]).exists(), option
@@ -637,6 +651,51 @@ def test_workers_run_tasks_without_the_fernet_key_or_the_jwt_secret(platform):
     assert _query(platform.metadata, "select status from celery_taskmeta where task_id = (select external_executor_id "
                                      "from task_instance where dag_id = %s and run_id = %s)", QUICK, run_id) == [
         ("SUCCESS",)]
+
+
+def worker_database_url(platform: Platform) -> str:
+    return Path(platform.worker_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_CMD"].split()[1]).read_text()
+
+
+def test_the_workers_database_role_stores_plain_results_and_reaches_nothing_of_airflows(platform):
+    """What task code running in a worker could do with the URL it can read: Celery's results (which the migration
+    Job made, guarded and granted) and the schema's version, nothing of Airflow's own (connections, variables,
+    task instances, DAG runs), no DDL; and no result the scheduler would run code from when it unpickles it."""
+    import pickle
+    url = worker_database_url(platform)
+    [(task_id, status)] = _query(url, "select task_id, status from celery_taskmeta where status = 'SUCCESS' "
+                                      "order by date_done desc limit 1")
+    assert _query(url, "select version_num from alembic_version")
+    for statement in ("select * from connection", "select * from variable", "select * from task_instance",
+                      "select * from dag_run", "update dag_run set state = 'failed'", "delete from celery_taskmeta",
+                      "select * from celery_tasksetmeta", "create table worker_was_here (id int)",
+                      "drop table celery_taskmeta"):
+        with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+            _query(url, statement)
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, ("true",))
+    with pytest.raises(psycopg2.errors.CheckViolation):
+        _query(url, "update celery_taskmeta set result = %s where task_id = %s returning 1",
+               psycopg2.Binary(pickle.dumps(RunsCode(), protocol=5)), task_id)
+    assert _query(url, "update celery_taskmeta set result = %s where task_id = %s returning status",
+                  psycopg2.Binary(pickle.dumps({"pid": 1}, protocol=5)), task_id) == [(status,)]
+
+
+def test_the_workers_start_up_checks_pass_with_the_workers_role(platform):
+    """Before `airflow celery worker` the image's entrypoint runs `airflow db check` (CONNECTION_CHECK_MAX_COUNT
+    unset, as the chart leaves the worker container), and the chart's init container waits for the migrations
+    (`airflow db check-migrations`): both with the worker's environment and files, as the workers' role."""
+    deployment = next(d for d in platform.release["documents"]
+                      if d["kind"] == "Deployment" and d["metadata"]["name"] == "airflow-worker")
+    [init] = [c for c in deployment["spec"]["template"]["spec"].get("initContainers", [])
+              if c["name"] == "wait-for-airflow-migrations"]
+    assert init["args"][:3] == ["airflow", "db", "check-migrations"]
+    for command in (["db", "check"], init["args"][1:]):
+        result = subprocess.run([str(platform.airflow_bin), *command], env=platform.worker_env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-3000:])
 
 
 def test_a_deferrable_task_runs_on_the_triggerer(platform):

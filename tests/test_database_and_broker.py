@@ -147,24 +147,33 @@ def test_connection_secrets_are_published_with_key_connection(stack_runs, stack)
     secrets = {s.values["metadata"]["name"]: s for s in stack_runs[stack].of_type("kubernetes:core/v1:Secret")}
     metadata = secrets[METADATA_CONNECTION_SECRET]
     broker = secrets[BROKER_URL_SECRET]
-    # `kedaConnection`: KEDA's own role (the worker hands it over); `cleanupConnection`: the nightly cleanup's,
-    # with CloudNativePG Airflow's own URL.
+    # `kedaConnection`: KEDA's own role (the worker hands it over); `workerConnection` (and its async twin): the
+    # workers' role; `cleanupConnection`: the nightly cleanup's, with CloudNativePG Airflow's own URL.
     data = metadata.values["stringData"]
-    assert set(data) == {"connection", "async-connection", "kedaConnection", "cleanupConnection"}
+    assert set(data) == {"connection", "async-connection", "kedaConnection", "workerConnection",
+                         "workerAsyncConnection", "cleanupConnection"}
     assert data["cleanupConnection"] == data["connection"]
-    keda, airflow = urlsplit(data["kedaConnection"]), urlsplit(data["connection"])
-    assert (keda.username, keda.hostname, keda.port, keda.path, keda.query) == (
-        w.POSTGRES_KEDA_USER, airflow.hostname, airflow.port, airflow.path, airflow.query)
-    # Its password is the one CloudNativePG gives the role (the managed role's Secret), not the owner's.
-    keda_secret = secrets[w.POSTGRES_KEDA_USER_SECRET].values
-    assert keda_secret["type"] == "kubernetes.io/basic-auth"
-    assert keda_secret["stringData"] == {"username": w.POSTGRES_KEDA_USER, "password": unquote(keda.password)}
-    assert unquote(keda.password) != unquote(airflow.password)
-    [role] = stack_runs[stack].one("kubernetes:postgresql.cnpg.io/v1:Cluster").values["spec"]["managed"]["roles"]
-    assert (role["name"], role["passwordSecret"]["name"], role["login"]) == (
-        w.POSTGRES_KEDA_USER, w.POSTGRES_KEDA_USER_SECRET, True)
-    assert not any(role.get(attribute) for attribute in ("superuser", "createdb", "createrole", "replication",
-                                                         "bypassrls", "inRoles"))
+    airflow = urlsplit(data["connection"])
+    roles = {role["name"]: role for role in
+             stack_runs[stack].one("kubernetes:postgresql.cnpg.io/v1:Cluster").values["spec"]["managed"]["roles"]}
+    assert set(roles) == {w.POSTGRES_KEDA_USER, w.POSTGRES_WORKER_USER}
+    for key, user, secret_name in (("kedaConnection", w.POSTGRES_KEDA_USER, w.POSTGRES_KEDA_USER_SECRET),
+                                   ("workerConnection", w.POSTGRES_WORKER_USER, w.POSTGRES_WORKER_USER_SECRET)):
+        url = urlsplit(data[key])
+        assert (url.username, url.hostname, url.port, url.path, url.query) == (
+            user, airflow.hostname, airflow.port, airflow.path, airflow.query)
+        # Its password is the one CloudNativePG gives the role (the managed role's Secret), not the owner's.
+        role_secret = secrets[secret_name].values
+        assert role_secret["type"] == "kubernetes.io/basic-auth"
+        assert role_secret["stringData"] == {"username": user, "password": unquote(url.password)}
+        assert unquote(url.password) != unquote(airflow.password)
+        role = roles[user]
+        assert (role["passwordSecret"]["name"], role["login"], role["inherit"]) == (secret_name, True, False)
+        assert not any(role.get(attribute) for attribute in ("superuser", "createdb", "createrole", "replication",
+                                                             "bypassrls", "inRoles"))
+    worker_async = urlsplit(data["workerAsyncConnection"])
+    assert (worker_async.scheme, worker_async.username) == ("postgresql+asyncpg", w.POSTGRES_WORKER_USER)
+    assert unquote(urlsplit(data["kedaConnection"]).password) != unquote(urlsplit(data["workerConnection"]).password)
     assert set(broker.values["stringData"]) == {"connection"}
     for secret in (metadata, broker):
         data = secret.inputs["stringData"]

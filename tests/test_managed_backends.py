@@ -27,6 +27,8 @@ from components.database import (
     CLEANUP_CONNECTION_KEY,
     KEDA_CONNECTION_KEY,
     METADATA_CONNECTION_SECRET,
+    WORKER_ASYNC_CONNECTION_KEY,
+    WORKER_CONNECTION_KEY,
 )
 from components.secrets_backend import SECRETS_MANAGER_BACKEND
 from components.settings import SettingsError, load_settings
@@ -41,7 +43,10 @@ RDS = "aws:rds/instance:Instance"
 REPLICATION_GROUP = "aws:elasticache/replicationGroup:ReplicationGroup"
 SECURITY_GROUP = "aws:ec2/securityGroup:SecurityGroup"
 INGRESS_RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
-ENGINES_IN_CLUSTER = {"databaseEngine": "cloudnative-pg", "brokerEngine": "redis-ha", "secretsBackend": "none"}
+# The in-cluster engines, and the connection budget CloudNativePG then needs for prod's PgBouncers (3 × 40 × two
+# pooled roles, as Pulumi.prod.yaml sets it; Aurora's is the instance class's).
+ENGINES_IN_CLUSTER = {"databaseEngine": "cloudnative-pg", "brokerEngine": "redis-ha", "secretsBackend": "none",
+                      "postgresMaxConnections": 300}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +56,7 @@ def managed(stack_runs):
 
 @pytest.fixture(scope="module")
 def in_cluster():
-    """The same stack with the in-cluster engines: only the three engine settings differ."""
+    """The same stack with the in-cluster engines: only the engine settings (and CloudNativePG's budget) differ."""
     return run_program("prod-managed", overrides=ENGINES_IN_CLUSTER)
 
 
@@ -310,8 +315,9 @@ def test_elasticache_fails_over_across_zones_encrypts_and_never_evicts(managed):
 
 def test_the_same_secrets_are_published_with_the_managed_urls(managed, in_cluster):
     for run in (managed, in_cluster):
-        assert set(secret_data(run, METADATA_CONNECTION_SECRET)) == {"connection", ASYNC_CONNECTION_KEY,
-                                                                     KEDA_CONNECTION_KEY, CLEANUP_CONNECTION_KEY}
+        assert set(secret_data(run, METADATA_CONNECTION_SECRET)) == {
+            "connection", ASYNC_CONNECTION_KEY, KEDA_CONNECTION_KEY, CLEANUP_CONNECTION_KEY, WORKER_CONNECTION_KEY,
+            WORKER_ASYNC_CONNECTION_KEY}
         assert set(secret_data(run, BROKER_URL_SECRET)) == {"connection"}
     in_cluster_urls = secret_data(in_cluster, METADATA_CONNECTION_SECRET)
     assert in_cluster_urls[CLEANUP_CONNECTION_KEY] == in_cluster_urls["connection"]
@@ -323,10 +329,14 @@ def test_the_same_secrets_are_published_with_the_managed_urls(managed, in_cluste
     for key, user in ((KEDA_CONNECTION_KEY, w.POSTGRES_KEDA_USER), (CLEANUP_CONNECTION_KEY, w.POSTGRES_USER)):
         assert urlsplit(urls[key]).query == "sslmode=require"
         assert (urlsplit(urls[key]).hostname, urlsplit(urls[key]).username) == (metadata.hostname, user)
-    # The chart's PgBouncer knows both roles (its auth_file), with the passwords of their URLs.
+    # The workers verify PgBouncer as Airflow does (their pods mount the CA too), as their own role.
+    worker = urlsplit(urls[WORKER_CONNECTION_KEY])
+    assert (worker.hostname, worker.username, worker.query) == (metadata.hostname, w.POSTGRES_WORKER_USER, metadata.query)
+    # The chart's PgBouncer knows the three roles (its auth_file), with the passwords of their URLs.
     users = secret_data(managed, rds.PGBOUNCER_CONFIG_SECRET)["users.txt"]
     assert users == (rds.pgbouncer_users(w.POSTGRES_USER, unquote(metadata.password))
-                     + rds.pgbouncer_users(w.POSTGRES_KEDA_USER, unquote(urlsplit(urls[KEDA_CONNECTION_KEY]).password)))
+                     + rds.pgbouncer_users(w.POSTGRES_KEDA_USER, unquote(urlsplit(urls[KEDA_CONNECTION_KEY]).password))
+                     + rds.pgbouncer_users(w.POSTGRES_WORKER_USER, unquote(worker.password)))
     broker = urlsplit(secret_data(managed, BROKER_URL_SECRET)["connection"])
     assert broker.scheme == "rediss" and broker.query == "ssl_cert_reqs=required&ssl_check_hostname=true"
     assert broker.hostname == managed.one(REPLICATION_GROUP).state["primaryEndpointAddress"]

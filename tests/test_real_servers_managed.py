@@ -66,6 +66,7 @@ URL_RESERVED = "!#%&*()-_=+[]{}<>:?"
 # must escape in their own ways.
 PASSWORD = "Managed1" + URL_RESERVED + "@/\"'\\" + secrets.token_hex(4)
 KEDA_PASSWORD = "Keda1" + URL_RESERVED + secrets.token_hex(4)
+WORKER_PASSWORD = "Worker1" + URL_RESERVED + secrets.token_hex(4)
 # Where the program points its URLs in the cloud; the tests rewrite only host and port.
 PGBOUNCER_HOST = f"{rds.PGBOUNCER_SERVICE}.{w.AIRFLOW_NAMESPACE}.svc.cluster.local"
 ELASTICACHE_HOST = "master.airflow-prod-broker.abcdef.use1.cache.amazonaws.com"
@@ -88,9 +89,10 @@ def program_pgbouncer(directory: Path, ca: CertificateAuthority, postgres_port: 
     what the program publishes: the database's host and port, PgBouncer's own address and port, file paths,
     and a log file added."""
     directory.mkdir(parents=True)
-    # Both roles, as Database writes users.txt.
+    # The three roles, as Database writes users.txt.
     (directory / "users.txt").write_text(rds.pgbouncer_users(w.POSTGRES_USER, PASSWORD)
-                                         + rds.pgbouncer_users(w.POSTGRES_KEDA_USER, KEDA_PASSWORD))
+                                         + rds.pgbouncer_users(w.POSTGRES_KEDA_USER, KEDA_PASSWORD)
+                                         + rds.pgbouncer_users(w.POSTGRES_WORKER_USER, WORKER_PASSWORD))
     # PgBouncer's certificate towards Airflow (cert-manager's tls.crt/tls.key in the cluster).
     ca.issue(directory / "tls", "localhost", stem="tls")
     shutil.copyfile(server_ca_file, directory / "root.crt")
@@ -120,6 +122,7 @@ def managed():
         started.append(postgres)
         postgres.superuser_sql(f'CREATE ROLE "{w.POSTGRES_USER}" LOGIN PASSWORD %s', PASSWORD)
         postgres.superuser_sql(f'CREATE ROLE "{w.POSTGRES_KEDA_USER}" LOGIN PASSWORD %s', KEDA_PASSWORD)
+        postgres.superuser_sql(f'CREATE ROLE "{w.POSTGRES_WORKER_USER}" LOGIN PASSWORD %s', WORKER_PASSWORD)
         postgres.superuser_sql(f'CREATE DATABASE "{DATABASE_NAME}" OWNER "{w.POSTGRES_USER}"')
         ini, port = program_pgbouncer(workdir / "pgbouncer", ca, postgres.port, ca_file)
         pgbouncer = run_pgbouncer(workdir / "pgbouncer", ini, port)
@@ -162,7 +165,8 @@ def verify_full_url(port: int, root_certificate: Path, host: str = "localhost") 
 def published_urls(pgbouncer_port: int, ca_file: Path, host: str = "localhost") -> dict[str, str]:
     """The Secret's URLs as the program publishes them with a managed engine, pointed at the local PgBouncer
     (whose certificate names `localhost`) and at the test CA instead of the pods' platform CA file."""
-    urls = managed_metadata_urls(PASSWORD, KEDA_PASSWORD, PGBOUNCER_HOST, rds.PGBOUNCER_PORT, ca_file=str(ca_file))
+    urls = managed_metadata_urls(PASSWORD, KEDA_PASSWORD, WORKER_PASSWORD, PGBOUNCER_HOST, rds.PGBOUNCER_PORT,
+                                 ca_file=str(ca_file))
     return {key: with_host_and_port(url, host, pgbouncer_port) for key, url in urls.items()}
 
 
@@ -206,8 +210,10 @@ def run_bootstrap(managed, postgres, app_password: str, keda_password: str = KED
     directory.mkdir()
     (directory / "app-verifier").write_text(rds.scram_sha256_verifier(app_password, secrets.token_bytes(16)))
     (directory / "keda-verifier").write_text(rds.scram_sha256_verifier(keda_password, secrets.token_bytes(16)))
+    (directory / "worker-verifier").write_text(rds.scram_sha256_verifier(WORKER_PASSWORD, secrets.token_bytes(16)))
     (directory / "bootstrap.sql").write_text(rds.bootstrap_sql(str(directory / "app-verifier"),
-                                                               str(directory / "keda-verifier")))
+                                                               str(directory / "keda-verifier"),
+                                                               str(directory / "worker-verifier")))
     (directory / "pg_service.conf").write_text(rds.service_file(ADMIN_PASSWORD, "localhost", postgres.port,
                                                                  str(managed.ca_file)))
     command = [str(postgres_bin() / "psql"), "-X", "-d", "service=admin", "-f", str(directory / "bootstrap.sql")]
@@ -264,6 +270,18 @@ def test_the_bootstrap_gives_airflow_its_own_role_and_the_database_as_rds_would(
                     cursor.execute("select * from airflow_can_create")
         finally:
             keda.close()
+        # The workers' role, the same way: no attribute, no limit, nothing the owner did not grant.
+        worker = psycopg2.connect(url(WORKER_PASSWORD).replace(f"//{w.POSTGRES_USER}:", f"//{w.POSTGRES_WORKER_USER}:"),
+                                  connect_timeout=10)
+        try:
+            with worker.cursor() as cursor:
+                cursor.execute("select rolsuper, rolcreaterole, rolcreatedb, rolinherit, rolconnlimit from pg_roles "
+                               "where rolname = current_user")
+                assert cursor.fetchone() == (False, False, False, False, -1)
+                with pytest.raises(psycopg2.errors.InsufficientPrivilege):
+                    cursor.execute("select * from airflow_can_create")
+        finally:
+            worker.close()
     finally:
         postgres.stop()
 

@@ -87,14 +87,16 @@ def test_more_workers_than_the_node_pool_limits_hold_are_refused_naming_both_key
 
 
 def test_poolers_that_would_exhaust_the_database_are_refused_naming_the_keys():
-    """Each Pooler pod runs its own PgBouncer with its own pool: 4 × 60 server connections do not fit 200."""
+    """Each Pooler pod runs its own PgBouncer, and PgBouncer keeps one pool per user: the owner's and the workers'
+    role each may fill the pool size in every pod, so 4 pods × 60 × 2 server connections do not fit 200."""
     message = str(failure("prod", pgbouncerInstances=4, pgbouncerPoolSize=60, postgresMaxConnections=200))
-    assert "airflow:pgbouncerPoolSize: pgbouncerInstances (4) × pgbouncerPoolSize (60) = 240 server connections" in message
+    assert ("airflow:pgbouncerPoolSize: pgbouncerInstances (4) × pgbouncerPoolSize (60) × 2 roles = 480 server "
+            "connections") in message
     assert "postgresMaxConnections (200)" in message
     # The boundary: 200 - (3 superuser + 4 auth_query + 5 KEDA's role's limit + 5) = 183 for the pools;
-    # 4 x 45 = 180 fits, 4 x 46 = 184 does not.
-    run_program("prod", overrides={"pgbouncerInstances": 4, "pgbouncerPoolSize": 45, "postgresMaxConnections": 200})
-    assert "= 184 server connections" in str(failure("prod", pgbouncerInstances=4, pgbouncerPoolSize=46,
+    # 4 x 22 x 2 = 176 fits, 4 x 23 x 2 = 184 does not.
+    run_program("prod", overrides={"pgbouncerInstances": 4, "pgbouncerPoolSize": 22, "postgresMaxConnections": 200})
+    assert "= 184 server connections" in str(failure("prod", pgbouncerInstances=4, pgbouncerPoolSize=23,
                                                          postgresMaxConnections=200))
     # The managed engines' PgBouncer fronts a database whose limit AWS sets by instance class: not checked here.
     run_program("prod-managed", overrides={"pgbouncerInstances": 4, "pgbouncerPoolSize": 60})
