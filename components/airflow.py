@@ -230,12 +230,6 @@ def worker_deletion_cost_access(settings: Settings) -> dict[str, dict]:
     }
 
 
-def worker_calls_kubernetes_api(settings: Settings) -> bool:
-    """Whether the workers get a token (and a way to the Kubernetes API): their tasks launch pods, or they report
-    their running tasks as their pods' deletion cost."""
-    return settings.kubernetes_pod_operator or settings.worker_scale_in_idle_first
-
-
 # The chart's components that run as Deployments (or StatefulSets) and read the platform's Secrets.
 LONG_RUNNING_COMPONENTS = ("scheduler", "workers", "apiServer", "triggerer", "dagProcessor", "flower")
 # Every component that reads them (the Jobs too).
@@ -363,6 +357,7 @@ DECLARE
   widths constant integer[] := ARRAY[{", ".join(str(PICKLE_PLAIN_OPCODES.get(opcode, 99)) for opcode in range(256))}];
   total constant bigint := length(data);
   position bigint := 0;
+  opcode integer;
   width integer;
   size bigint;
 BEGIN
@@ -370,8 +365,9 @@ BEGIN
     RETURN false;
   END IF;
   WHILE position < total LOOP
-    width := widths[get_byte(data, position::integer) + 1];
-    IF get_byte(data, position::integer) = 46 THEN  -- STOP: the last byte
+    opcode := get_byte(data, position::integer);
+    width := widths[opcode + 1];
+    IF opcode = 46 THEN  -- STOP: the last byte
       RETURN position + 1 = total;
     END IF;
     position := position + 1;
@@ -700,8 +696,8 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         # With kubernetesPodOperator the workers launch pods and a deferred operator's trigger watches them from
         # the triggerer: both call the Kubernetes API (the chart binds both to its pod-launching Role). The
         # workers also patch their own pods' deletion cost (workerScaleInIdleFirst).
-        calls_api = (settings.kubernetes_pod_operator and component in ("workers", "triggerer")) or \
-            (worker_calls_kubernetes_api(settings) and component == "workers")
+        calls_api = {"workers": settings.kubernetes_pod_operator or settings.worker_scale_in_idle_first,
+                     "triggerer": settings.kubernetes_pod_operator}.get(component, False)
         values[component]["serviceAccount"] = {"automountServiceAccountToken": calls_api}
     if secrets_checksum is not None:
         # The chart rolls its pods only for Secrets it renders itself; these are Pulumi's. A rotated key,

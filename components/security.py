@@ -186,19 +186,17 @@ def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], loca
                           _tcp(w.API_SERVER_PORT), ingress_by_chart=True))
     task_runners = [("worker", Peer(w.AIRFLOW_WORKER), worker_egress_cidrs)]
     if kubernetes_pod_operator:
-        # Tasks launch pods (KubernetesPodOperator) through any client the task brings.
+        # Tasks launch pods (KubernetesPodOperator) through any client the task brings; the pods reach what the
+        # tasks would; a deferred one's trigger watches its pod from the triggerer.
         flows += _kubernetes_api_flows(network, "worker", Peer(w.AIRFLOW_WORKER))
+        task_runners.append(("kubernetes-pod-operator", Peer(w.KUBERNETES_POD_OPERATOR_PODS), worker_egress_cidrs))
+        flows += _kubernetes_api_flows(network, "triggerer", Peer(w.AIRFLOW_TRIGGERER))
     elif worker_deletion_cost:
         # The workers patch their pods' deletion cost (workerScaleInIdleFirst) at the `kubernetes` Service's
         # address (KUBERNETES_SERVICE_HOST). The VPC CNI judges egress there, before translation (see
         # _kubernetes_api_flows): task code gets no way to the private subnets' port 443, where every pod of the
         # cluster has its address too. A laptop's plugin judges after translation: the API server's ports too.
         flows += _kubernetes_api_flows(network, "worker", Peer(w.AIRFLOW_WORKER), service_only=network.is_aws)
-    if kubernetes_pod_operator:
-        # Tasks launch pods (KubernetesPodOperator), which reach what the tasks would; a deferred one's trigger
-        # watches its pod from the triggerer.
-        task_runners.append(("kubernetes-pod-operator", Peer(w.KUBERNETES_POD_OPERATOR_PODS), worker_egress_cidrs))
-        flows += _kubernetes_api_flows(network, "triggerer", Peer(w.AIRFLOW_TRIGGERER))
     # Deferred tasks' triggers run in the triggerer, DAG callbacks in the DAG processor (Airflow 3).
     task_runners += [("triggerer", Peer(w.AIRFLOW_TRIGGERER), triggerer_egress_cidrs),
                      ("dag-processor", Peer(w.AIRFLOW_DAG_PROCESSOR), dag_processor_egress_cidrs)]
