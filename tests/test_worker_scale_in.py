@@ -266,27 +266,19 @@ def test_a_refused_patch_is_retried_with_a_growing_delay_and_logged_once(reporte
     assert api.annotations("airflow", "airflow-worker-5d8f7c9b6-a1b2c")[COST] == "0"
 
 
-def test_the_reporters_patch_is_a_verified_merge_patch_of_its_own_pods_annotation(tmp_path, monkeypatch):
+def test_the_reporters_patch_is_a_verified_merge_patch_of_its_own_pods_annotation(reporter, tmp_path):
     """The call as the API server receives it: over TLS verified with the service account's CA, the token as a
     bearer, a JSON merge patch of the one annotation, at the pod's own path."""
-    api = KubeApiStandIn(tmp_path / "api")
-    try:
-        api.add_pod("airflow", "airflow-worker-5d8f7c9b6-a1b2c", {"checksum/platform-secrets": "abc"})
-        module = reporter_module()
-        monkeypatch.setattr(module, "_SERVICE_ACCOUNT_DIR", str(api.service_account_dir(tmp_path / "sa")))
-        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.port))
-        module._patch_deletion_cost("airflow-worker-5d8f7c9b6-a1b2c", "airflow", 2)
-        assert api.annotations("airflow", "airflow-worker-5d8f7c9b6-a1b2c") == {
-            "checksum/platform-secrets": "abc", COST: "2"}
-        assert api.patches == [("airflow-worker-5d8f7c9b6-a1b2c", "application/merge-patch+json",
-                                {"metadata": {"annotations": {COST: "2"}}})]
-        # A server whose certificate the service account's CA did not sign is refused.
-        (tmp_path / "other").mkdir()
-        other_ca, _, _ = certificates(tmp_path / "other")
-        (tmp_path / "sa" / "ca.crt").write_bytes(other_ca.read_bytes())
-        with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
-            module._patch_deletion_cost("airflow-worker-5d8f7c9b6-a1b2c", "airflow", 1)
-    finally:
-        api.stop()
+    module, api = reporter
+    module._patch_deletion_cost("airflow-worker-5d8f7c9b6-a1b2c", "airflow", 2)
+    assert api.annotations("airflow", "airflow-worker-5d8f7c9b6-a1b2c") == {
+        "checksum/platform-secrets": "abc", COST: "2"}
+    assert api.patches == [("airflow-worker-5d8f7c9b6-a1b2c", "application/merge-patch+json",
+                            {"metadata": {"annotations": {COST: "2"}}})]
+    # A server whose certificate the service account's CA did not sign is refused.
+    (tmp_path / "other").mkdir()
+    other_ca, _, _ = certificates(tmp_path / "other")
+    (tmp_path / "sa" / "ca.crt").write_bytes(other_ca.read_bytes())
+    with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
+        module._patch_deletion_cost("airflow-worker-5d8f7c9b6-a1b2c", "airflow", 1)
 
