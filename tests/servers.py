@@ -12,6 +12,7 @@ import datetime
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -199,18 +200,22 @@ class ProcessServer:
     """A server run in the foreground by this test session (PgBouncer, Redis)."""
     port: int
     process: subprocess.Popen
+    # PgBouncer 1.23+ takes SIGTERM as "wait for every client to disconnect"; SIGQUIT is its immediate shutdown
+    # (doc/usage.md, Signals).
+    stop_signal: int = signal.SIGTERM
 
     def stop(self) -> None:
-        self.process.terminate()
+        self.process.send_signal(self.stop_signal)
         self.process.wait(timeout=10)
 
 
 def start_pgbouncer(workdir: Path, postgres: PostgresServer, user: str, password: str,
-                    database: str, server_connections: int = 20,
+                    database: str, pooler: dict, server_connections: Optional[int] = None,
                     other_users: Optional[dict[str, str]] = None) -> ProcessServer:
-    """PgBouncer in transaction mode; `server_connections` (default_pool_size) small makes clients share
-    server connections, as they do under load. `other_users` may log in too (user: password)."""
-    binary = pgbouncer_binary()
+    """PgBouncer as the program's CloudNativePG Pooler asks for it: `pooler` is the Pooler's `spec.pgbouncer`
+    (its poolMode and parameters, which the operator writes into pgbouncer.ini as they are); TLS towards clients
+    and the server, as the Pooler runs. `server_connections` (default_pool_size) small makes clients share server
+    connections, as they do under load. `other_users` may log in too (user: password)."""
     workdir.mkdir(parents=True, exist_ok=True)
     cert, key = self_signed_certificate(workdir)
     userlist = workdir / "userlist.txt"
@@ -219,46 +224,44 @@ def start_pgbouncer(workdir: Path, postgres: PostgresServer, user: str, password
                         + "".join(pgbouncer_users(name, secret) for name, secret in (other_users or {}).items()))
     userlist.chmod(0o600)
     port = free_port()
-    ini = workdir / "pgbouncer.ini"
-    # Transaction pooling and TLS towards clients, as the CloudNativePG Pooler runs it.
-    ini.write_text(
+    parameters = {"pool_mode": pooler["poolMode"], **pooler["parameters"]}
+    if server_connections is not None:
+        parameters["default_pool_size"] = str(server_connections)
+    return run_pgbouncer(workdir, (
         "[databases]\n"
         f"{database} = host=127.0.0.1 port={postgres.port} dbname={database}\n"
         "[pgbouncer]\n"
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
         f"auth_type = scram-sha-256\nauth_file = {userlist}\n"
-        "pool_mode = transaction\n"
-        f"default_pool_size = {server_connections}\n"
-        f"client_tls_sslmode = require\nclient_tls_cert_file = {cert}\nclient_tls_key_file = {key}\n"
+        + "".join(f"{name} = {value}\n" for name, value in parameters.items())
+        + f"client_tls_sslmode = require\nclient_tls_cert_file = {cert}\nclient_tls_key_file = {key}\n"
         "server_tls_sslmode = require\n"
-        f"logfile = {workdir / 'pgbouncer.log'}\n")
-    _hand_to_postgres_user(workdir, userlist, ini)
-    process = subprocess.Popen(_as_postgres_user([binary, str(ini)]), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    wait_for_port(port, process)
-    return ProcessServer(port=port, process=process)
+        f"logfile = {workdir / 'pgbouncer.log'}\n"), port)
 
 
 def pgbouncer_binary() -> str:
-    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    if not Path(binary).exists():
-        raise ServerUnavailable("pgbouncer not found (apt-get install pgbouncer)")
-    return binary
+    """The PgBouncer `make pgbouncer` builds (scripts/build_pgbouncer.sh), which `make test` and `make e2e` name in
+    PGBOUNCER. Not Debian 12's package: its 1.18 refuses the platform's configuration (max_prepared_statements)."""
+    binary = Path(os.environ.get("PGBOUNCER") or "pgbouncer (PGBOUNCER unset)")
+    if not binary.exists():
+        raise ServerUnavailable(f"PgBouncer not found at {binary} (make pgbouncer builds it)")
+    return str(binary)
 
 
-def pgbouncer_version() -> tuple[int, ...]:
-    """(major, minor, patch) of the PgBouncer on this machine, from `pgbouncer --version`."""
-    first_line = subprocess.run([pgbouncer_binary(), "--version"], capture_output=True, text=True,
-                                check=True).stdout.splitlines()[0]
-    return tuple(int(part) for part in first_line.split()[-1].split("."))
+def _pgbouncer_in(workdir: Path) -> str:
+    """A copy of the PgBouncer binary in `workdir`: under root PgBouncer runs as the `postgres` user, who may not
+    enter the directory it was built into (a home directory is often 0700)."""
+    copy = workdir / "pgbouncer"
+    shutil.copy2(pgbouncer_binary(), copy)
+    return str(copy)
 
 
 def run_pgbouncer(workdir: Path, ini: str, port: int) -> ProcessServer:
     """PgBouncer with a configuration given whole, which must listen on 127.0.0.1:`port`. The files it
     names should lie in `workdir`: everything there is handed to the `postgres` user. A PgBouncer that
     exits at start raises ServerUnavailable with what it printed."""
-    binary = pgbouncer_binary()
     workdir.mkdir(parents=True, exist_ok=True)
+    binary = _pgbouncer_in(workdir)
     ini_file = workdir / "pgbouncer.ini"
     ini_file.write_text(ini)
     _hand_to_postgres_user(workdir, *workdir.rglob("*"))
@@ -275,7 +278,7 @@ def run_pgbouncer(workdir: Path, ini: str, port: int) -> ProcessServer:
         process.kill()
         process.wait(timeout=10)
         raise ServerUnavailable(f"pgbouncer: {exc}: {output.read_text(errors='replace').strip()}") from exc
-    return ProcessServer(port=port, process=process)
+    return ProcessServer(port=port, process=process, stop_signal=signal.SIGQUIT)
 
 
 
@@ -316,9 +319,12 @@ def unavailable_reason() -> Optional[str]:
         postgres_bin()
     except ServerUnavailable as exc:
         return str(exc)
-    for tool in ("pgbouncer", "redis-server"):
-        if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
-            return f"{tool} not found"
+    try:
+        pgbouncer_binary()
+    except ServerUnavailable as exc:
+        return str(exc)
+    if shutil.which("redis-server") is None:
+        return "redis-server not found (apt-get install redis-server)"
     return None
 
 

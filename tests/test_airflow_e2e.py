@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import psycopg2
 import pytest
 from cryptography.fernet import Fernet
 
@@ -75,15 +76,26 @@ def servers(platform):
         postgres.superuser_sql(f'CREATE ROLE "{platform["postgres_user"]}" LOGIN PASSWORD %s', platform["postgres_password"])
         postgres.superuser_sql(f'CREATE DATABASE "airflow" OWNER "{platform["postgres_user"]}"')
         pgbouncer = start_pgbouncer(workdir / "pgbouncer", postgres, platform["postgres_user"],
-                                    platform["postgres_password"], "airflow")
+                                    platform["postgres_password"], "airflow", platform["pooler"])
         started.append(pgbouncer)
         # A second PgBouncer whose clients share two server connections, as under load.
         shared = start_pgbouncer(workdir / "pgbouncer-shared", postgres, platform["postgres_user"],
-                                 platform["postgres_password"], "airflow", server_connections=2)
+                                 platform["postgres_password"], "airflow", platform["pooler"], server_connections=2)
         started.append(shared)
+        # The same, but not tracking prepared statements: the Pooler with max_prepared_statements 0.
+        untracked = start_pgbouncer(workdir / "pgbouncer-untracked", postgres, platform["postgres_user"],
+                                    platform["postgres_password"], "airflow", {**platform["pooler"], "parameters": {
+                                        **platform["pooler"]["parameters"], "max_prepared_statements": "0"}},
+                                    server_connections=2)
+        started.append(untracked)
+        # One server connection for every client: a statement prepared once is found again by the next client.
+        single = start_pgbouncer(workdir / "pgbouncer-single", postgres, platform["postgres_user"],
+                                 platform["postgres_password"], "airflow", platform["pooler"], server_connections=1)
+        started.append(single)
         redis = start_redis(workdir / "redis", platform["redis_password"])
         started.append(redis)
         yield {"postgres": postgres.port, "pgbouncer_shared": shared.port, "pgbouncer": pgbouncer.port, "redis": redis.port,
+               "pgbouncer_untracked": untracked.port, "pgbouncer_single": single.port,
                "home": workdir / "airflow-home"}
     finally:
         for server in reversed(started):
@@ -184,14 +196,15 @@ from sqlalchemy import text
 from airflow import settings
 settings.configure_orm()
 clients, queries = int(sys.argv[1]), int(sys.argv[2])
+# A parameterised query (asyncpg prepares it) whose result is :n + 1, by default of no table.
+statement = sys.argv[3] if len(sys.argv) > 3 else "select current_user, cast(:n as int) + 1"
 users, errors = set(), []
 
 async def client(number):
     for query in range(queries):
         try:
             async with settings.AsyncSession() as session:
-                # A parameterised query: asyncpg prepares it.
-                result = await session.execute(text("select current_user, cast(:n as int) + 1"), {"n": query})
+                result = await session.execute(text(statement), {"n": query})
                 user, value = result.one()
                 assert value == query + 1
                 users.add(user)
@@ -219,8 +232,10 @@ def async_env(platform, servers, port: int, with_connect_args: bool = True) -> d
     return env
 
 
-def run_async_probe(airflow_bin: Path, env: dict[str, str], clients: int, queries: int, processes: int = 1) -> list:
-    probes = [subprocess.Popen([str(airflow_bin.parent / "python"), "-c", ASYNC_PROBE, str(clients), str(queries)],
+def run_async_probe(airflow_bin: Path, env: dict[str, str], clients: int, queries: int, processes: int = 1,
+                    statement: str | None = None) -> list:
+    probes = [subprocess.Popen([str(airflow_bin.parent / "python"), "-c", ASYNC_PROBE, str(clients), str(queries),
+                                *([statement] if statement else [])],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
               for _ in range(processes)]
     results = []
@@ -242,17 +257,54 @@ def test_airflows_async_engine_connects_with_the_published_async_url(airflow_bin
 
 
 def test_the_async_engine_survives_transaction_pooling_under_concurrency(airflow_bin, platform, servers):
-    """Many clients sharing two server connections of PgBouncer in transaction mode (Debian's 1.18, which
-    does not track prepared statements): with the release's connect args every query succeeds; without
-    them, asyncpg's named statements land on connections that do not have them."""
-    env = async_env(platform, servers, servers["pgbouncer_shared"])
-    results = run_async_probe(airflow_bin, env, clients=4, queries=40, processes=3)
-    assert [error for result in results for error in result["errors"]] == []
-    control = run_async_probe(airflow_bin, async_env(platform, servers, servers["pgbouncer_shared"],
+    """Many clients sharing two server connections of PgBouncer in transaction mode: with the release's connect
+    args (unnamed statements) every query succeeds, through the Pooler's PgBouncer and through one that does not
+    track prepared statements (the Pooler's max_prepared_statements at 0); without them asyncpg names its
+    statements, which then land on server connections that do not have them unless PgBouncer tracks them."""
+    for port in (servers["pgbouncer_shared"], servers["pgbouncer_untracked"]):
+        results = run_async_probe(airflow_bin, async_env(platform, servers, port), clients=4, queries=40, processes=3)
+        assert [error for result in results for error in result["errors"]] == []
+    named = run_async_probe(airflow_bin, async_env(platform, servers, servers["pgbouncer_shared"],
+                                                   with_connect_args=False), clients=4, queries=40, processes=3)
+    assert [error for result in named for error in result["errors"]] == []
+    control = run_async_probe(airflow_bin, async_env(platform, servers, servers["pgbouncer_untracked"],
                                                      with_connect_args=False), clients=4, queries=40, processes=3)
     failed = [error for result in control for error in result["errors"]]
     assert failed and all("prepared statement" in e or "bind message" in e or "buffer" in e or "protocol" in e.lower()
                           for e in failed[:20]), failed[:5]
+
+
+def test_a_migration_that_changes_a_column_type_does_not_break_the_async_engine(airflow_bin, platform, servers):
+    """Why asyncpg's statement cache stays off. PgBouncer prepares each named statement's text once per server
+    connection and keeps it; after a column's type changes (as a migration may), running it again fails with
+    "cached plan must not change result type" (PostgreSQL) on every run, asyncpg's fresh prepare included, until
+    PgBouncer reconnects. With the release's connect args the statements are unnamed, planned afresh each time.
+    One server connection, so every client meets what the previous one prepared."""
+    owner = psycopg2.connect(with_host_and_port(platform["metadata_url"], "127.0.0.1", servers["postgres"]))
+    owner.autocommit = True
+    statement = "select current_user, value from platform_migration_probe where id = :n"
+    released = async_env(platform, servers, servers["pgbouncer_single"])
+    named = async_env(platform, servers, servers["pgbouncer_single"], with_connect_args=False)
+    try:
+        with owner.cursor() as cursor:
+            cursor.execute("create table platform_migration_probe (id int primary key, value int)")
+            cursor.execute("insert into platform_migration_probe select n, n + 1 from generate_series(0, 9) as n")
+        for env in (released, named):
+            [before] = run_async_probe(airflow_bin, env, clients=1, queries=5, statement=statement)
+            assert before["errors"] == []
+        with owner.cursor() as cursor:  # what a migration might do
+            cursor.execute("alter table platform_migration_probe alter column value type bigint")
+        [after] = run_async_probe(airflow_bin, released, clients=1, queries=5, statement=statement)
+        assert after["errors"] == []
+        [stale] = run_async_probe(airflow_bin, named, clients=1, queries=5, statement=statement)
+        # asyncpg's InvalidCachedStatementError is PostgreSQL's "cached plan must not change result type".
+        assert len(stale["errors"]) == 5
+        assert all("InvalidCachedStatementError" in e and "cached statement plan is invalid" in e
+                   for e in stale["errors"]), stale["errors"][:2]
+    finally:
+        with owner.cursor() as cursor:
+            cursor.execute("drop table if exists platform_migration_probe")
+        owner.close()
 
 
 def test_the_async_url_airflow_would_derive_from_the_sync_url_fails(airflow_bin, platform, servers):

@@ -186,6 +186,7 @@ def rendered_release(stack: str = "prod", overrides: dict | None = None) -> dict
             "documents": documents, "cfg": configmap["data"]["airflow.cfg"], "local_settings": configmap["data"]["airflow_local_settings.py"],
             "scheduler_pod": scheduler_pod, "scheduler": scheduler, "worker_pod": worker_pod, "worker": worker,
             "secrets": secrets,
+            "pooler": run.one("kubernetes:postgresql.cnpg.io/v1:Pooler").values["spec"]["pgbouncer"],
             "create_user": create_user["spec"]["template"]["spec"]["containers"][0],
             "migrate": migrate["spec"]["template"]["spec"]["containers"][0]}
 
@@ -211,7 +212,7 @@ class Servers:
             self.postgres.superuser_sql(f'CREATE ROLE "{worker["username"]}" LOGIN NOINHERIT PASSWORD %s',
                                         worker["password"])
             self.pgbouncer = start_pgbouncer(workdir / "pgbouncer", self.postgres, user, password, "airflow",
-                                             other_users={keda["username"]: keda["password"],
+                                             release["pooler"], other_users={keda["username"]: keda["password"],
                                                           worker["username"]: worker["password"]})
             self.started.append(self.pgbouncer)
             self.redis = start_redis(workdir / "redis", redis_password)

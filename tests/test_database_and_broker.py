@@ -245,11 +245,11 @@ def test_redis_keeps_accepting_writes_with_one_replica_down_and_never_writes_to_
 
 @pytest.mark.parametrize("stack", ["local", "prod"])
 def test_the_pooler_tracks_the_named_statements_airflows_async_engine_prepares(stack_runs, stack):
-    """SQLAlchemy's asyncpg dialect prepares every statement through asyncpg's `Connection.prepare()`, which names
-    it (`__asyncpg_stmt_N__`) even with asyncpg's own cache off; in transaction mode a named statement lives on
-    one server connection, so PgBouncer must track them (max_prepared_statements > 0, PgBouncer 1.21+: its
-    documentation, "0 disables prepared statement support"); otherwise the API server's queries fail with
-    'prepared statement ... does not exist'."""
+    """In transaction mode a named prepared statement lives on one server connection, so PgBouncer must track
+    them (max_prepared_statements > 0, PgBouncer 1.21+: its documentation, "0 disables prepared statement
+    support"), or a client that names its statements fails with 'prepared statement ... does not exist'. The
+    release keeps Airflow's async engine on unnamed ones (asyncpg's cache off); this is the second line, for any
+    asyncpg client that names them (tests/test_airflow_e2e.py runs both cases through a real PgBouncer)."""
     pgbouncer = stack_runs[stack].one(POOLER).values["spec"]["pgbouncer"]
     assert pgbouncer["poolMode"] == "transaction"
     assert int(pgbouncer["parameters"]["max_prepared_statements"]) > 0

@@ -42,7 +42,7 @@ URL_RESERVED = "@:/?#%&"
 PASSWORD_SEED = secrets.randbits(64)
 
 
-def published(run) -> dict[str, str]:
+def published(run) -> dict:
     secret_data = {s.values["metadata"]["name"]: s.values["stringData"] for s in run.of_type("kubernetes:core/v1:Secret")}
     return {
         "metadata_url": secret_data[METADATA_CONNECTION_SECRET]["connection"],
@@ -50,6 +50,8 @@ def published(run) -> dict[str, str]:
         "postgres_user": secret_data[w.POSTGRES_APP_USER_SECRET]["username"],
         "postgres_password": secret_data[w.POSTGRES_APP_USER_SECRET]["password"],
         "redis_password": secret_data[w.REDIS_AUTH_SECRET]["auth"],
+        # What the Pooler asks PgBouncer for (servers.start_pgbouncer writes it into pgbouncer.ini).
+        "pooler": run.one("kubernetes:postgresql.cnpg.io/v1:Pooler").values["spec"]["pgbouncer"],
     }
 
 
@@ -67,7 +69,7 @@ def servers(program):
                                program["postgres_password"])
         postgres.superuser_sql(f'CREATE DATABASE "{DATABASE_NAME}" OWNER "{program["postgres_user"]}"')
         pgbouncer = start_pgbouncer(workdir / "pgbouncer", postgres, program["postgres_user"],
-                                    program["postgres_password"], DATABASE_NAME)
+                                    program["postgres_password"], DATABASE_NAME, program["pooler"])
         started.append(pgbouncer)
         redis = start_redis(workdir / "redis", program["redis_password"])
         started.append(redis)

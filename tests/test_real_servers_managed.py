@@ -36,7 +36,7 @@ import sqlalchemy
 from availability import unavailable
 from components import rds
 from components import workloads as w
-from components.airflow import AIRFLOW_LOCAL_SETTINGS
+from components.airflow import airflow_local_settings
 from components.database import (
     ASYNC_CONNECTION_KEY,
     DATABASE_NAME,
@@ -45,13 +45,13 @@ from components.database import (
     pgbouncer_stats_url,
 )
 from components.elasticache import tls_broker_url
+from components.settings import load_settings
 from servers import (
     CertificateAuthority,
     PostgresServer,
     ProcessServer,
     ServerUnavailable,
     free_port,
-    pgbouncer_version,
     postgres_bin,
     run_pgbouncer,
     servers_session,
@@ -84,7 +84,7 @@ class Managed:
 
 
 def program_pgbouncer(directory: Path, ca: CertificateAuthority, postgres_port: int, server_ca_file: Path,
-                      runnable_here: bool = True, server_host: str = "localhost") -> tuple[str, int]:
+                      server_host: str = "localhost") -> tuple[str, int]:
     """The program's pgbouncer.ini and users.txt for a PgBouncer in `directory`, and its port. Changed from
     what the program publishes: the database's host and port, PgBouncer's own address and port, file paths,
     and a log file added."""
@@ -104,12 +104,6 @@ def program_pgbouncer(directory: Path, ca: CertificateAuthority, postgres_port: 
     # A pod listens on every interface of its own network namespace; a test machine's are not all loopback.
     assert "\nlisten_addr = *\n" in ini
     ini = ini.replace("\nlisten_addr = *\n", "\nlisten_addr = 127.0.0.1\n") + f"logfile = {directory / 'pgbouncer.log'}\n"
-    if runnable_here and pgbouncer_version() < (1, 21):
-        # Debian's PgBouncer (1.18) does not know max_prepared_statements (1.21+) and refuses to start on it
-        # (FATAL "cannot load config file"); the chart's image runs PgBouncer 1.23.1. Only that line goes:
-        # test_published_pgbouncer_ini_is_refused_by_pgbouncer_1_18_for_max_prepared_statements_only.
-        ini = "".join(line for line in ini.splitlines(keepends=True)
-                      if not line.startswith("max_prepared_statements ="))
     return ini, port
 
 
@@ -368,7 +362,7 @@ def wait_for_log(log: Path, text: str, client: threading.Thread, outcome: dict, 
     pytest.param("127.0.0.1", False, "name `127.0.0.1' not present in server certificate", id="another-host-name"),
 ])
 def test_pgbouncer_refuses_a_database_certificate_it_cannot_verify(managed, server_host, wrong_ca, refusal):
-    """PgBouncer 1.18 does not fail the waiting client at once: it retries the server and ends the client's
+    """PgBouncer does not fail the waiting client at once: it retries the server and ends the client's
     login after client_login_timeout (60 s) with `client_login_timeout (server down)`. So the proof is
     PgBouncer's own account: its log, and its pools: no server connection, the client still waiting."""
     directory = managed.workdir / f"pgbouncer-refusing-{server_host}"
@@ -405,21 +399,6 @@ def test_pgbouncer_refuses_a_database_certificate_it_cannot_verify(managed, serv
     # ever failed (clients refusing PgBouncer, in other tests, show as alerts PgBouncer received).
     assert not [line for line in (managed.workdir / "pgbouncer" / "pgbouncer.log").read_text().splitlines()
                 if "TLS handshake error" in line and refusal in line]
-
-
-def test_published_pgbouncer_ini_is_refused_by_pgbouncer_1_18_for_max_prepared_statements_only(managed):
-    """What Debian's PgBouncer makes of the configuration exactly as published (bar host, ports, paths)."""
-    directory = managed.workdir / "pgbouncer-as-published"
-    ini, port = program_pgbouncer(directory, managed.ca, managed.postgres.port, managed.ca_file,
-                                  runnable_here=False)
-    if pgbouncer_version() >= (1, 21):
-        run_pgbouncer(directory, ini, port).stop()
-        return
-    with pytest.raises(ServerUnavailable) as refused:
-        run_pgbouncer(directory, ini, port).stop()
-    unknown = [line for line in str(refused.value).splitlines() if "unknown parameter" in line]
-    assert len(unknown) == 1 and unknown[0].endswith("unknown parameter: pgbouncer/max_prepared_statements")
-    assert "cannot load config file" in str(refused.value)
 
 
 def python_with_asyncpg() -> Optional[str]:
@@ -469,9 +448,9 @@ def run_async_client(managed, ca_file: Path, host: str, sync_url: Optional[str] 
     url_file = managed.workdir / f"sync-url-{secrets.token_hex(4)}"
     url_file.write_text(urls["connection"] if sync_url is None else sync_url)
     pod_url_file = f"{w.SECRETS_DIR}/airflow__database__sql_alchemy_conn"
-    assert w.METADATA_CA_FILE in AIRFLOW_LOCAL_SETTINGS and pod_url_file in AIRFLOW_LOCAL_SETTINGS
-    local_settings = AIRFLOW_LOCAL_SETTINGS.replace(w.METADATA_CA_FILE, str(ca_file)).replace(pod_url_file,
-                                                                                            str(url_file))
+    release_settings = airflow_local_settings(load_settings({}))
+    assert w.METADATA_CA_FILE in release_settings and pod_url_file in release_settings
+    local_settings = release_settings.replace(w.METADATA_CA_FILE, str(ca_file)).replace(pod_url_file, str(url_file))
     env = {**os.environ, "METADATA_URL": urls[ASYNC_CONNECTION_KEY], "LOCAL_SETTINGS": local_settings}
     return subprocess.run([python, "-c", ASYNC_CLIENT], env=env, capture_output=True, text=True, timeout=120)
 
