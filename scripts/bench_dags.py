@@ -5,9 +5,10 @@ Both runs use the end-to-end tier's set-up (tests/test_dags_e2e.py): PostgreSQL 
 mode and Redis on loopback, the API server, scheduler, DAG processor, triggerer and one Celery worker, with the
 credentials and container environment of a stack's release (`--stack`, `local` by default: the configuration
 sized for a small machine, which this benchmark runs on). They differ only in `airflow.cfg`: the one the release
-renders, or the one the chart renders from its own defaults. Each run triggers N runs of a DAG of T
+renders, or the one the chart renders from its own defaults. Each starts with the release's migration Job
+command (the chart's default pool size restored for the chart's configuration), triggers N runs of a DAG of T
 parallel no-op tasks through the REST API and reads, from the metadata database, when each task was queued,
-started and ended.
+started and ended; the worker's peak memory (PSS of its processes, sampled twice a second) is printed beside.
 
     python scripts/bench_dags.py [--stack local|prod] [--runs N] [--tasks T] [--repeat R] [--json PATH]
 """
@@ -22,6 +23,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,12 +33,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from test_dags_e2e import Platform, Servers, _api_up, create_admin, rendered_release  # noqa: E402
-from test_metrics_e2e import _query  # noqa: E402
+from test_dags_e2e import Platform, Servers, _api_up, create_admin, rendered_release, run_job_command  # noqa: E402
+from test_metrics_e2e import _descendants, _query  # noqa: E402
 
 from rendering import _render  # noqa: E402
 
 BENCH_DAG = "bench_parallel"
+# [core] default_pool_task_slot_count's default (airflow/config_templates/config.yml).
+AIRFLOW_DEFAULT_POOL_SLOTS = 128
 
 
 def dag_file(tasks: int) -> str:
@@ -67,6 +71,37 @@ def percentile(values: list[float], share: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[round(share * 100) - 1]
 
 
+def proportional_memory(pid: int) -> int:
+    """Bytes of memory a process and every process under it hold, shared pages divided among their sharers
+    (PSS, /proc/<pid>/smaps_rollup): what a pod's processes together count against its memory."""
+    total = 0
+    for member in (pid, *_descendants(pid)):
+        try:
+            rollup = Path(f"/proc/{member}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        total += next(int(line.split()[1]) * 1024 for line in rollup.splitlines() if line.startswith("Pss:"))
+    return total
+
+
+class PeakMemory:
+    """The highest proportional memory of a process tree, sampled twice a second while the benchmark runs."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak, self.stopped = pid, 0, threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while not self.stopped.wait(0.5):
+            self.peak = max(self.peak, proportional_memory(self.pid))
+
+    def stop(self) -> int:
+        self.stopped.set()
+        self.thread.join()
+        return self.peak
+
+
 def measure(airflow_bin: Path, rendered: dict, label: str, runs: int, tasks: int) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{label.replace(' ', '-')}-"))
     workdir.chmod(0o755)
@@ -74,13 +109,19 @@ def measure(airflow_bin: Path, rendered: dict, label: str, runs: int, tasks: int
     platform = Platform(airflow_bin, rendered, servers, workdir / "airflow-home")
     try:
         (platform.home / "dags" / f"{BENCH_DAG}.py").write_text(dag_file(tasks))
-        from test_airflow_e2e import airflow
-        assert airflow(airflow_bin, platform.env, "db", "migrate").returncode == 0
+        # The release's migration Job (its grants give the workers' own database role what it needs); with the
+        # chart's configuration, the default pool back at Airflow's default size, which the Job changes.
+        migrated = run_job_command(platform, rendered["migrate"]["args"])
+        assert migrated.returncode == 0, migrated.stderr[-3000:]
+        if label == "chart default":
+            from test_airflow_e2e import airflow
+            assert airflow(airflow_bin, platform.env, "pools", "set", "default_pool", str(AIRFLOW_DEFAULT_POOL_SLOTS),
+                           "Default pool").returncode == 0
         platform.daemons.start("api-server", "api-server", "--host", "127.0.0.1", "--port",
                                str(platform.ports["api"]), "--workers", "1")
         for component in ("scheduler", "dag-processor", "triggerer"):
             platform.daemons.start(component, component)
-        platform.start_worker()
+        worker = platform.daemons.processes[platform.start_worker()]
         from servers import with_host_and_port
         metadata = with_host_and_port(rendered["secrets"]["airflow-metadata-connection"]["connection"],
                                       "127.0.0.1", servers.pgbouncer.port)
@@ -89,11 +130,13 @@ def measure(airflow_bin: Path, rendered: dict, label: str, runs: int, tasks: int
         platform.wait(lambda: _api_up(platform.api), 120, "the API answers")
         assert create_admin(platform).returncode == 0
         assert platform.api.login(*platform.admin) in (200, 201)
+        memory = PeakMemory(worker.pid)
         started = time.monotonic()
         run_ids = [platform.api.trigger(BENCH_DAG) for _ in range(runs)]
         platform.wait(lambda: all(platform.api.run_state(BENCH_DAG, run_id) in ("success", "failed")
                                   for run_id in run_ids), 1800, "the benchmark runs finish")
         polled = time.monotonic() - started
+        worker_peak_mib = memory.stop() / 2**20
         # Wall time from the database, not from polling: first run created to last run ended.
         [(created, ended)] = _query(metadata, "select min(queued_at), max(end_date) from dag_run where dag_id = %s",
                                     BENCH_DAG)
@@ -109,7 +152,8 @@ def measure(airflow_bin: Path, rendered: dict, label: str, runs: int, tasks: int
                 "succeeded": succeeded, "queued_to_running_p50_s": round(percentile(latencies, 0.5), 2),
                 "queued_to_running_p95_s": round(percentile(latencies, 0.95), 2),
                 "tasks_per_minute": round(succeeded / span_minutes, 1) if span_minutes else None,
-                "wall_seconds": round(wall, 1), "polled_seconds": round(polled, 1)}
+                "wall_seconds": round(wall, 1), "polled_seconds": round(polled, 1),
+                "worker_memory_peak_mib": round(worker_peak_mib)}
     finally:
         platform.daemons.stop(list(platform.daemons.processes))
         servers.stop()
@@ -142,7 +186,7 @@ def main() -> None:
           f"{arguments.runs} runs x {arguments.tasks} parallel tasks, one Celery worker; median of {arguments.repeat} "
           f"(min-max){'; ' + ', '.join(arguments.set) if arguments.set else ''}")
     print(f"{'configuration':15s} {'tasks ok':>9s} {'queued->running p50':>22s} {'p95':>18s} {'tasks/min':>20s} "
-          f"{'wall':>18s}")
+          f"{'wall':>18s} {'worker memory (PSS)':>24s}")
 
     def cell(label: str, key: str, unit: str = "") -> str:
         values = [result[key] or 0 for result in results[label]]
@@ -152,7 +196,7 @@ def main() -> None:
         total = sum(result["task_instances"] for result in results[label])
         print(f"{label:15s} {ok:>4d}/{total:<4d} {cell(label, 'queued_to_running_p50_s', 's'):>22s} "
               f"{cell(label, 'queued_to_running_p95_s', 's'):>18s} {cell(label, 'tasks_per_minute'):>20s} "
-              f"{cell(label, 'wall_seconds', 's'):>18s}")
+              f"{cell(label, 'wall_seconds', 's'):>18s} {cell(label, 'worker_memory_peak_mib', ' MiB'):>24s}")
     arguments.json.write_text(json.dumps({"machine": machine, "stack": arguments.stack, "results": results},
                                          indent=1))
     print(f"written to {arguments.json}")

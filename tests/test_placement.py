@@ -10,6 +10,7 @@ next two and 0.25% of the rest, 100Mi eviction threshold; the pod limit is the V
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -289,6 +290,19 @@ def without_one_instance(nodes: list[Node], job: Pod) -> list[Node]:
                 unassign(pod, needs, node)
                 return nodes
     return nodes
+
+
+def test_the_laptop_node_holds_the_local_workers_at_their_keda_maximum(stack_runs):
+    """Under load KEDA runs the local stack's workers up to workerMaxReplicas, and [core] parallelism counts every
+    one of their slots: on the README's minimum node they must all find room beside everything else, or the
+    tasks the scheduler hands them wait for pods that stay Pending."""
+    settings = stack_settings("local")
+    steady = [pod for pod in platform_pods(stack_runs["local"]) if not is_job(pod)]
+    [worker] = [pod for pod in steady if pod.labels.get("component") == "worker"]
+    assert settings.worker_max_replicas > worker.replicas == settings.worker_min_replicas
+    at_maximum = [dataclasses.replace(pod, replicas=settings.worker_max_replicas) if pod is worker else pod
+                  for pod in steady]
+    assert place(at_maximum + system_pods(settings), cluster_nodes(settings), settings) == []
 
 
 @pytest.mark.parametrize("stack", ["staging", "prod"])
