@@ -1,9 +1,9 @@
 """The stack's settings: one typed, validated model read from `pulumi config`.
 
 Every key lives in the project's config namespace (`airflow:<key>`), has a one-line description,
-a default that suits the `local` stack, and bounds. `load_settings` refuses a stack whose config has
-an unknown key (a typo), a wrong type, an out-of-range value or a missing required value, and it does
-so before the program registers any resource, with one message that lists every problem.
+a default (the `local` stack's file changes a few for a laptop), and bounds. `load_settings` refuses a
+stack whose config has an unknown key (a typo), a wrong type, an out-of-range value or a missing required
+value, and it does so before the program registers any resource, with one message that lists every problem.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ next two and 0.25% of the rest, 100Mi eviction threshold; the pod limit is the V
 from __future__ import annotations
 
 import copy
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -42,8 +41,8 @@ EKS_DAEMONSETS = {"cpu": 250, "memory": 400 * MiB, "pods": 5}
 EKS_ADDON_DEPLOYMENTS = [("coredns", 100, 70 * MiB), ("ebs-csi-controller", 60, 240 * MiB),
                          ("efs-csi-controller", 60, 240 * MiB), ("metrics-server", 100, 200 * MiB)]
 # The laptop cluster a newcomer runs `pulumi up --stack local` against: one kind node with what Docker has
-# (README, prerequisites: at least 6 CPUs and 12 GiB).
-LOCAL_NODE = {"cpu": 6000, "memory": 12 * GiB, "pods": 110}
+# (README, prerequisites: at least 6 CPUs and 14 GiB).
+LOCAL_NODE = {"cpu": 6000, "memory": 14 * GiB, "pods": 110}
 
 
 def cpu_millis(quantity) -> int:
@@ -293,16 +292,24 @@ def without_one_instance(nodes: list[Node], job: Pod) -> list[Node]:
 
 
 def test_the_laptop_node_holds_the_local_workers_at_their_keda_maximum(stack_runs):
-    """Under load KEDA runs the local stack's workers up to workerMaxReplicas, and [core] parallelism counts every
-    one of their slots: on the README's minimum node they must all find room beside everything else, or the
-    tasks the scheduler hands them wait for pods that stay Pending."""
+    """Under load KEDA adds local workers up to workerMaxReplicas, and [core] parallelism counts every one of their
+    slots: on the README's minimum node the added workers must find room beside the pods already running (the
+    scheduler moves none of them), or the tasks queued for them wait for pods that stay Pending. On a node with
+    one worker's memory less, the last one would."""
     settings = stack_settings("local")
-    steady = [pod for pod in platform_pods(stack_runs["local"]) if not is_job(pod)]
+    steady = [pod for pod in platform_pods(stack_runs["local"]) if not is_job(pod)] + system_pods(settings)
     [worker] = [pod for pod in steady if pod.labels.get("component") == "worker"]
-    assert settings.worker_max_replicas > worker.replicas == settings.worker_min_replicas
-    at_maximum = [dataclasses.replace(pod, replicas=settings.worker_max_replicas) if pod is worker else pod
-                  for pod in steady]
-    assert place(at_maximum + system_pods(settings), cluster_nodes(settings), settings) == []
+    added = settings.worker_max_replicas - settings.worker_min_replicas
+    assert added > 0
+
+    def unplaced_when_scaled_out(nodes: list[Node]) -> list[str]:
+        assert place(steady, nodes, settings) == []
+        return place([worker], nodes, settings.model_copy(update={"worker_min_replicas": added}))
+
+    assert unplaced_when_scaled_out(cluster_nodes(settings)) == []
+    smaller = cluster_nodes(settings)
+    smaller[0].free["memory"] -= requests_of(worker)["memory"]
+    assert len(unplaced_when_scaled_out(smaller)) == 1
 
 
 @pytest.mark.parametrize("stack", ["staging", "prod"])
