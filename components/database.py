@@ -463,6 +463,10 @@ def pooler_spec(settings: Settings) -> dict:
                 # asyncpg (Airflow's async engine) uses named prepared statements; PgBouncer 1.21+ (the
                 # Pooler runs 1.25) keeps them working in transaction mode when it may track them.
                 "max_prepared_statements": "200",
+                # Every client over TCP uses TLS (the published URLs ask for it); CloudNativePG's default,
+                # `prefer`, would also take plaintext. Its admin and metrics connections use the unix socket,
+                # which PgBouncer exempts.
+                "client_tls_sslmode": "require",
             },
         },
         # CloudNativePG gives PgBouncer the resources of the template's container named `pgbouncer`, and its

@@ -209,13 +209,33 @@ class ProcessServer:
         self.process.wait(timeout=10)
 
 
+# What CloudNativePG 1.30.0 writes into a Pooler's pgbouncer.ini besides the Pooler's own spec
+# (pkg/management/pgbouncer/config/config.go, defaultPgBouncerParameters; strings.go, buildPgBouncerParameters):
+# these defaults where the Pooler sets none, its ignore_startup_parameters appended to the default's.
+CNPG_POOLER_DEFAULTS = {"log_stats": "0", "auth_type": "hba", "client_tls_sslmode": "prefer",
+                        "server_tls_sslmode": "verify-ca", "ignore_startup_parameters": "extra_float_digits,options"}
+
+
+def pooler_pgbouncer_parameters(pooler: dict) -> dict[str, str]:
+    """The [pgbouncer] parameters CloudNativePG derives from a Pooler's `spec.pgbouncer`, before the ones it forces
+    (listen address and port, admin user, hba and TLS file paths: the test's own here)."""
+    parameters = {"pool_mode": pooler["poolMode"], **pooler["parameters"]}
+    for key, default in CNPG_POOLER_DEFAULTS.items():
+        if key not in parameters:
+            parameters[key] = default
+        elif key == "ignore_startup_parameters":
+            parameters[key] = f"{default},{parameters[key]}"
+    return parameters
+
+
 def start_pgbouncer(workdir: Path, postgres: PostgresServer, user: str, password: str,
                     database: str, pooler: dict, server_connections: Optional[int] = None,
                     other_users: Optional[dict[str, str]] = None) -> ProcessServer:
-    """PgBouncer as the program's CloudNativePG Pooler asks for it: `pooler` is the Pooler's `spec.pgbouncer`
-    (its poolMode and parameters, which the operator writes into pgbouncer.ini as they are); TLS towards clients
-    and the server, as the Pooler runs. `server_connections` (default_pool_size) small makes clients share server
-    connections, as they do under load. `other_users` may log in too (user: password)."""
+    """PgBouncer configured as CloudNativePG configures the program's Pooler (`pooler`: its `spec.pgbouncer`), on
+    loopback. Two things differ, and say so: users log in from an auth file with SCRAM instead of the operator's
+    auth_query, and the server's certificate (self-signed here) is required, not verified against the cluster's
+    CA. `server_connections` (default_pool_size) small makes clients share server connections, as they do under
+    load. `other_users` may log in too (user: password)."""
     workdir.mkdir(parents=True, exist_ok=True)
     cert, key = self_signed_certificate(workdir)
     userlist = workdir / "userlist.txt"
@@ -224,18 +244,16 @@ def start_pgbouncer(workdir: Path, postgres: PostgresServer, user: str, password
                         + "".join(pgbouncer_users(name, secret) for name, secret in (other_users or {}).items()))
     userlist.chmod(0o600)
     port = free_port()
-    parameters = {"pool_mode": pooler["poolMode"], **pooler["parameters"]}
+    parameters = {**pooler_pgbouncer_parameters(pooler), "auth_type": "scram-sha-256", "server_tls_sslmode": "require"}
     if server_connections is not None:
         parameters["default_pool_size"] = str(server_connections)
     return run_pgbouncer(workdir, (
         "[databases]\n"
         f"{database} = host=127.0.0.1 port={postgres.port} dbname={database}\n"
         "[pgbouncer]\n"
-        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
-        f"auth_type = scram-sha-256\nauth_file = {userlist}\n"
         + "".join(f"{name} = {value}\n" for name, value in parameters.items())
-        + f"client_tls_sslmode = require\nclient_tls_cert_file = {cert}\nclient_tls_key_file = {key}\n"
-        "server_tls_sslmode = require\n"
+        + f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_file = {userlist}\n"
+        f"client_tls_cert_file = {cert}\nclient_tls_key_file = {key}\n"
         f"logfile = {workdir / 'pgbouncer.log'}\n"), port)
 
 

@@ -117,6 +117,16 @@ def test_metadata_url_connects_through_pgbouncer(program, servers):
     assert query(url) == (program["postgres_user"], DATABASE_NAME, True)
 
 
+def test_the_pooler_turns_away_a_client_without_tls(program, servers):
+    """The Pooler requires TLS of every client (CloudNativePG's default, `prefer`, would take plaintext): one that
+    asks for none is disconnected before it may log in. PgBouncer exempts unix sockets (src/client.c: "require SSL
+    except on unix socket"), where CloudNativePG's own admin and metrics connections come from."""
+    url = with_host_and_port(program["metadata_url"], "127.0.0.1", servers["pgbouncer"])
+    assert "sslmode=require" in url
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="SSL required"):
+        query(url.replace("sslmode=require", "sslmode=disable"))
+
+
 def test_metadata_url_with_a_wrong_password_is_refused(program, servers):
     wrong = program["metadata_url"].replace(quote(program["postgres_password"], safe=""),
                                             quote(program["postgres_password"][::-1], safe=""))
