@@ -219,7 +219,7 @@ CNPG_POOLER_DEFAULTS = {"log_stats": "0", "auth_type": "hba", "client_tls_sslmod
 def pooler_pgbouncer_parameters(pooler: dict) -> dict[str, str]:
     """The [pgbouncer] parameters CloudNativePG derives from a Pooler's `spec.pgbouncer`, before the ones it forces
     (listen address and port, admin user, hba and TLS file paths: the test's own here)."""
-    parameters = {"pool_mode": pooler["poolMode"], **pooler["parameters"]}
+    parameters = {"pool_mode": pooler["poolMode"], **(pooler.get("parameters") or {})}
     for key, default in CNPG_POOLER_DEFAULTS.items():
         if key not in parameters:
             parameters[key] = default
@@ -232,9 +232,10 @@ def start_pgbouncer(workdir: Path, postgres: PostgresServer, user: str, password
                     database: str, pooler: dict, server_connections: Optional[int] = None,
                     other_users: Optional[dict[str, str]] = None) -> ProcessServer:
     """PgBouncer configured as CloudNativePG configures the program's Pooler (`pooler`: its `spec.pgbouncer`), on
-    loopback. Two things differ, and say so: users log in from an auth file with SCRAM instead of the operator's
-    auth_query, and the server's certificate (self-signed here) is required, not verified against the cluster's
-    CA. `server_connections` (default_pool_size) small makes clients share server connections, as they do under
+    loopback. What differs: users log in from an auth file with SCRAM instead of the operator's auth_query and hba
+    file; the server's certificate (self-signed here) is required, not verified against the cluster's CA; and of
+    the operator's forced settings only TLS towards clients is kept (no unix socket, admin user or CA files).
+    `server_connections` (default_pool_size) small makes clients share server connections, as they do under
     load. `other_users` may log in too (user: password)."""
     workdir.mkdir(parents=True, exist_ok=True)
     cert, key = self_signed_certificate(workdir)
