@@ -96,6 +96,8 @@ LATER_CHANGES = {
     # Grafana waits for its reader there).
     "database-cloudnative-pg": ["inputs", "waits"],
     "observability-kube-prometheus-stack": ["inputs", "waits"],
+    # The Pooler requires TLS of every client over the network (CloudNativePG's default also took plaintext).
+    "database-pooler": ["inputs"],
     # Kubernetes 1.35: 1.34 left EKS's standard support on 2026-12-02 (the control plane and the node groups).
     **{name: ["inputs"] for name in ("cluster-eks", "cluster-system", "cluster-workers")},
 }
@@ -164,7 +166,7 @@ def test_karpenter_changes_what_it_means_to_and_nothing_else(before, stack):
         "airflow-airflow": ["inputs", "waits"],
         **{name: LATER_CHANGES[name] for name in ("cluster-s3", "security-airflow-to-pgbouncer-egress",
                                                   "security-airflow-to-pgbouncer-ingress", "database-cluster",
-                                                  "database-metadata-connection")},
+                                                  "database-metadata-connection", "database-pooler")},
         **{name: parts for name, parts in LATER_CHANGES.items() if name.startswith(("storage-", "security-operator-"))},
         **{name: LATER_CHANGES[name] for name in ("cluster-eks", "cluster-system", "database-cloudnative-pg",
                                                   "observability-kube-prometheus-stack")},
