@@ -170,12 +170,14 @@ def postgres_alerts(settings: Settings) -> list[Alert]:
 
 
 def chart_pgbouncer_alerts(settings: Settings) -> list[Alert]:
-    """The chart's PgBouncer in front of Aurora / RDS (its exporter, pgbouncer_exporter 0.18, reports
-    `pgbouncer_up`); the database itself is watched from CloudWatch."""
+    """The chart's PgBouncer in front of Aurora / RDS; the database itself is watched from CloudWatch. Its
+    exporter (jbub/pgbouncer_exporter 0.18) has no `up` gauge: when it cannot query PgBouncer it still answers
+    the scrape, with no pgbouncer_exporter_* series at all (internal/collector/exporter.go, Collect)."""
+    up = f'up{{job="{CHART_PGBOUNCER_JOB}"}}'
     return [
         Alert("ChartPgBouncerDown",
-              f'up{{job="{CHART_PGBOUNCER_JOB}"}} == 0 or absent(up{{job="{CHART_PGBOUNCER_JOB}"}}) '
-              f"or pgbouncer_up{{{AIRFLOW_NS}}} == 0",
+              f"{up} == 0 or absent({up}) "
+              f"or ({up} == 1 unless on (namespace, pod) pgbouncer_exporter_lists_items{{job=\"{CHART_PGBOUNCER_JOB}\"}})",
               "5m", "critical", "PgBouncer in front of the managed database is down",
               "A PgBouncer pod does not answer, or none reports: Airflow's database connections fail."),
     ]

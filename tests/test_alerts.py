@@ -2,7 +2,9 @@
 
 For every alert: `promtool check rules` accepts the PrometheusRule's groups as the program registers them,
 and `promtool test rules` shows the alert firing on a matching series and staying silent on a healthy one.
-The series below use the names and labels the exporters publish (see components/alerts.py).
+The series below, and every series a rule or dashboard selects, are held to what the exporters publish at their
+pinned versions (tests/fixtures/exporter-metrics.yaml, from their sources) as each stack's monitors scrape them;
+the airflow_* names are proven against real Airflow in tests/test_metrics_e2e.py.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+import exporter_metrics as em
 from availability import tool
+from components import broker
 from components.alerts import alert_groups
-from components.settings import load_settings
+from components.settings import Settings, load_settings
 from harness import REPO
+from rendering import chart_name, render_release
 from test_placement import stack_settings
 
 RULE = "kubernetes:monitoring.coreos.com/v1:PrometheusRule"
@@ -27,6 +32,7 @@ AIRFLOW = 'namespace="airflow"'
 DB = 'namespace="airflow", cluster="airflow-db"'
 # What the PodMonitor's scrape gives the exporter's series (job: <namespace>/<monitor>).
 REDIS = 'namespace="airflow", job="monitoring/airflow-redis"'
+CHART_PGB = 'namespace="airflow", job="monitoring/airflow-pgbouncer", pod="airflow-pgbouncer-x"'
 
 # alert -> (firing series, healthy series, labels the firing alert carries beyond alertname/severity/area)
 # Series values use promtool's expanding notation: 'a+bxN' is a, a+b, ... N+1 samples, one per minute.
@@ -100,10 +106,12 @@ CASES: dict[str, tuple[dict[str, str], dict[str, str], dict[str, str]]] = {
         {'up{namespace="airflow", job="monitoring/airflow-db-pooler", pod="airflow-db-pooler-x"}': "1x40",
          f'cnpg_pgbouncer_last_collection_error{{{AIRFLOW}, pod="airflow-db-pooler-x"}}': "0x40"},
         {"namespace": "airflow", "job": "monitoring/airflow-db-pooler", "pod": "airflow-db-pooler-x"}),
+    # The exporter answers while PgBouncer does not: its scrape is up, its PgBouncer series are gone.
     "ChartPgBouncerDown": (
-        {'up{namespace="airflow", job="monitoring/airflow-pgbouncer", pod="airflow-pgbouncer-x"}': "1x5 0x35"},
-        {'up{namespace="airflow", job="monitoring/airflow-pgbouncer", pod="airflow-pgbouncer-x"}': "1x40",
-         'pgbouncer_up{namespace="airflow", pod="airflow-pgbouncer-x"}': "1x40"},
+        {f'up{{{CHART_PGB}}}': "1x40",
+         f'pgbouncer_exporter_lists_items{{{CHART_PGB}, list="databases"}}': "1x5 _x35"},
+        {f'up{{{CHART_PGB}}}': "1x40",
+         f'pgbouncer_exporter_lists_items{{{CHART_PGB}, list="databases"}}': "1x40"},
         {"namespace": "airflow", "job": "monitoring/airflow-pgbouncer", "pod": "airflow-pgbouncer-x"}),
     "PgBouncerClientConnectionsNearLimit": (
         {f'cnpg_pgbouncer_lists_used_clients{{{AIRFLOW}, pod="airflow-db-pooler-x"}}': "990x40"},
@@ -284,3 +292,120 @@ def test_thresholds_follow_the_settings():
     local = {a.name for a in alert_groups(stack_settings("local"))["postgresql"]}
     assert "PostgresBackupTooOld" not in local and "PostgresStreamingReplicasMissing" not in local, \
         "a local stack keeps no backups and has one instance"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The series are the exporters' own
+
+STACKS = ["local", "staging", "prod", "prod-managed"]
+RELEASE = "kubernetes:helm.sh/v3:Release"
+
+
+def stack_scrapes(run) -> dict[tuple[str, str], em.Scrape]:
+    """The monitors of a stack: the program's, and the ServiceMonitors kube-prometheus-stack renders (with the
+    Services of that chart and Airflow's, which the monitors select)."""
+    program = [registration.values for kind in ("PodMonitor", "ServiceMonitor")
+               for registration in run.of_type(f"kubernetes:monitoring.coreos.com/v1:{kind}")]
+    releases = [r for r in run.of_type(RELEASE) if chart_name(r) in ("kube-prometheus-stack", "airflow")]
+    assert len(releases) == 2
+    return em.scrapes(program, [d for release in releases for d in render_release(release)])
+
+
+@pytest.fixture(scope="module")
+def scrapes_by_stack(stack_runs) -> dict[str, dict[tuple[str, str], em.Scrape]]:
+    return {stack: stack_scrapes(stack_runs[stack]) for stack in STACKS}
+
+
+def exporter_selectors(expression: str) -> list[em.Selector]:
+    return [s for s in em.selectors(expression) if not s.name.startswith("airflow_")]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_series_a_rule_selects_is_one_an_exporter_publishes_and_the_stack_scrapes(stack_runs, scrapes_by_stack,
+                                                                                        stack):
+    scrapes = scrapes_by_stack[stack]
+    checked, errors = 0, []
+    for group in registered_groups(stack_runs[stack]):
+        for rule in group["rules"]:
+            for selector in exporter_selectors(rule["expr"]):
+                checked += 1
+                errors += [f"{rule['alert']}: {e}" for e in em.problems(selector, scrapes)]
+    assert checked >= 10, f"only {checked} exporter selectors found in the rules"
+    assert not errors, "\n".join(errors)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_series_a_dashboard_selects_is_one_an_exporter_publishes_and_the_stack_scrapes(scrapes_by_stack, stack):
+    selected = [(where, s) for where, expr in em.dashboard_exprs() for s in exporter_selectors(expr)]
+    assert selected, "the dashboards select no exporter series: the test would hold nothing"
+    errors = [f"{where}: {e}" for where, s in selected for e in em.problems(s, scrapes_by_stack[stack])]
+    assert not errors, "\n".join(errors)
+
+
+def case_series(stack_run) -> list[tuple[str, str]]:
+    """(alert, series) of every promtool case of the alerts this stack has."""
+    alerts = {rule["alert"] for group in registered_groups(stack_run) for rule in group["rules"]}
+    return [(alert, series) for alert in sorted(alerts) for firing, healthy, _ in [CASES[alert]]
+            for series in [*firing, *healthy]]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_series_the_promtool_cases_feed_is_one_the_exporters_publish(stack_runs, scrapes_by_stack, stack):
+    """Each case's series, with every label it carries, could come out of the stack's scrapes: the cases cannot
+    be copied from a wrong rule and agree with it."""
+    errors = []
+    cases = case_series(stack_runs[stack])
+    for alert, series in cases:
+        selector, = em.selectors(series)
+        if selector.name.startswith("airflow_"):
+            continue
+        present = {label: value for label, op, value in selector.matchers}
+        errors += [f"{alert}: {series}: {e}" for e in em.problems(selector, scrapes_by_stack[stack], present)]
+    assert len(cases) > 30
+    assert not errors, "\n".join(errors)
+
+
+def test_the_series_check_refuses_what_no_exporter_publishes(scrapes_by_stack):
+    """The controls: a misspelt name, a label the exporter does not set, a value it does not give, a job no
+    monitor has, the managed stack's absent engines, and the exporter's label under the name the scrape moved
+    it from."""
+    prod, managed = scrapes_by_stack["prod"], scrapes_by_stack["prod-managed"]
+
+    def refused(expression: str, scrapes) -> bool:
+        return any(em.problems(s, scrapes) for s in em.selectors(expression))
+
+    assert not refused('redis_master_link_up{namespace="airflow"} == 0', prod)
+    assert refused('redis_master_link_status{namespace="airflow"} == 0', prod)
+    assert refused('redis_instance_info{role="primary"}', prod)
+    assert refused('kube_pod_container_status_waiting_reason{reason="CrashLoopBackoff"}', prod)
+    assert refused("sum by (scaledObject) (keda_scaler_detail_errors_total{scaledobject=\"airflow-worker\"})", prod)
+    # KEDA's own `namespace` label collides with the target's and becomes exported_namespace.
+    assert not refused('keda_scaler_detail_errors_total{exported_namespace="airflow"}', prod)
+    assert refused('keda_scaler_detail_errors_total{namespace="airflow"}', prod)
+    assert refused('up{job="monitoring/airflow-db-pooler"}', managed)
+    assert not refused('up{job="monitoring/airflow-db-pooler"}', prod)
+    assert refused('cnpg_pg_replication_lag{namespace="airflow"}', managed)
+    assert refused('pgbouncer_up{namespace="airflow"} == 0', managed)
+    assert not refused('cnpg_pg_stat_archiver_last_failed_time{cluster="airflow-db"}', prod)
+    assert refused('cnpg_pg_stat_archiver_last_failure_time{cluster="airflow-db"}', prod)
+
+
+def test_each_exporter_was_read_at_the_version_the_platform_pins():
+    """A version bump fails here until the fixture is read again against the new tag."""
+    pins = {
+        "../shared/charts/cloudnative-pg/Chart.yaml appVersion": em.chart_app_version("cloudnative-pg"),
+        "../shared/charts/plugin-barman-cloud/Chart.yaml appVersion": em.chart_app_version("plugin-barman-cloud"),
+        "../shared/charts/keda/Chart.yaml appVersion": em.chart_app_version("keda"),
+        "../shared/charts/kube-prometheus-stack/charts/kube-state-metrics/Chart.yaml appVersion":
+            em.chart_app_version("kube-prometheus-stack/charts/kube-state-metrics"),
+        "components/broker.py REDIS_EXPORTER_IMAGE_TAG": broker.REDIS_EXPORTER_IMAGE_TAG,
+        "../shared/charts/airflow/values.yaml images.pgbouncerExporter.tag":
+            yaml.safe_load((em.SHARED_CHARTS / "airflow/values.yaml").read_text())
+            ["images"]["pgbouncerExporter"]["tag"].rsplit("-", 1)[-1],
+        "components/settings.py kubernetes_version": Settings.model_fields["kubernetes_version"].default,
+        "none": "any",
+    }
+    for project, entry in em.fixture().items():
+        assert entry["pinned_by"] in pins, f"{project}: no reader for its pin {entry['pinned_by']!r}"
+        assert str(entry["version"]) == pins[entry["pinned_by"]], \
+            f"{project}: read at {entry['version']}, the platform pins {pins[entry['pinned_by']]}"

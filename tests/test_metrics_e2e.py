@@ -44,7 +44,8 @@ from typing import Any, Iterable
 import psycopg2
 import pytest
 
-from harness import REPO, run_program
+from exporter_metrics import DASHBOARDS, dashboard_exprs
+from harness import run_program
 from rendering import render_all
 from servers import with_host_and_port
 from statsd_mapping import Exporter, LineError, MappingConfig, parse_line
@@ -53,7 +54,6 @@ from test_airflow_e2e import airflow, airflow_bin, async_env, platform, servers 
 pytestmark = pytest.mark.e2e
 
 PROMETHEUS_RULE = "kubernetes:monitoring.coreos.com/v1:PrometheusRule"
-DASHBOARDS = REPO / "components" / "dashboards"
 OBSERVED = Path(os.environ.get("METRICS_OBSERVED", "/tmp/metrics-work/observed.json"))
 MIN_USED_NAMES = 5
 
@@ -190,32 +190,6 @@ def rule_exprs(run) -> tuple[list[tuple[str, str]], set[str]]:
                     recorded.add(str(rule["record"]))
                 exprs.append((f"PrometheusRule {registration.name}: {group.get('name')}/{label}", str(rule.get("expr"))))
     return exprs, recorded
-
-
-def _panels(panels: Iterable[dict]) -> Iterable[dict]:
-    for panel in panels or []:
-        yield panel
-        yield from _panels(panel.get("panels") or [])        # rows (collapsed rows keep their panels)
-
-
-def dashboard_exprs(directory: Path = DASHBOARDS) -> list[tuple[str, str]]:
-    """(where, expr) of every target of every panel (rows included) and every query variable of the dashboards."""
-    exprs = []
-    for path in sorted(directory.glob("*.json")):
-        dashboard = json.loads(path.read_text())
-        dashboard = dashboard.get("dashboard", dashboard)    # also accept an API envelope
-        panels = [*(dashboard.get("panels") or []),
-                  *(panel for row in dashboard.get("rows") or [] for panel in row.get("panels") or [])]
-        for panel in _panels(panels):
-            for target in panel.get("targets") or []:
-                if target.get("expr"):
-                    exprs.append((f"{path.name}: panel {panel.get('title')!r}", str(target["expr"])))
-        for variable in (dashboard.get("templating") or {}).get("list") or []:
-            query = variable.get("query")
-            query = query.get("query") if isinstance(query, dict) else query
-            if variable.get("type") == "query" and query:
-                exprs.append((f"{path.name}: variable {variable.get('name')!r}", str(query)))
-    return exprs
 
 
 # ---------------------------------------------------------------------------------------------------------
