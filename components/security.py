@@ -6,6 +6,7 @@ cert-manager with an in-cluster CA for in-cluster TLS).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -41,7 +42,6 @@ class Peer:
     namespace: Optional[str] = w.AIRFLOW_NAMESPACE
     expressions: tuple[Expression, ...] = ()
     cidrs: tuple[str, ...] = ()
-    except_cidrs: tuple[str, ...] = ()
 
     @property
     def in_airflow_namespace(self) -> bool:
@@ -59,8 +59,7 @@ class Peer:
 
     def as_policy_peers(self) -> list[dict]:
         if self.cidrs:
-            return [{"ipBlock": {"cidr": cidr, **({"except": list(self.except_cidrs)} if self.except_cidrs else {})}}
-                    for cidr in self.cidrs]
+            return [{"ipBlock": {"cidr": cidr}} for cidr in self.cidrs]
         peer: dict = {"podSelector": self.pod_selector()}
         if self.namespace != w.AIRFLOW_NAMESPACE:
             peer["namespaceSelector"] = (
@@ -111,6 +110,24 @@ class ClusterNetwork:
 
 
 PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+# What is not the public internet besides those (IANA special-purpose registry, RFC 6890): shared address space
+# (RFC 6598), loopback, link-local (the instance metadata service, the Pod Identity agent), "this network",
+# multicast and the reserved block above it.
+NON_PUBLIC_RANGES = (*PRIVATE_RANGES, "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "0.0.0.0/8", "224.0.0.0/3")
+
+
+def public_internet(*excluded: str) -> tuple[str, ...]:
+    """The IPv4 internet as CIDRs that leave out the non-public ranges and `excluded`, with no `ipBlock.except`:
+    the VPC CNI's policy agent has open reports of ignoring `except` (aws/amazon-vpc-cni-k8s#2592), which would
+    turn "the internet except the VPC" into "everything"."""
+    remaining = [ipaddress.ip_network("0.0.0.0/0")]
+    for hole in (ipaddress.ip_network(cidr) for cidr in (*NON_PUBLIC_RANGES, *excluded)):
+        remaining = [part for network in remaining
+                     for part in (network.address_exclude(hole) if hole.subnet_of(network)
+                                  else () if network.subnet_of(hole) else (network,))]
+    return tuple(str(network) for network in ipaddress.collapse_addresses(remaining))
+
+
 # Special characters of generated passwords: URL-reserved ones on purpose, so the connection URLs must
 # percent-encode them.
 URL_RESERVED_SPECIAL = "!#%&*()-_=+[]{}<>:?@/"
@@ -163,10 +180,10 @@ def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], loca
                                          restoring=restoring_database))
     flows += _elasticache_flows(network, clients) if managed_broker else _redis_ha_flows(clients)
     if git_sync:
-        # The git host is on the internet. The VPC CNI's policy agent has open reports of ignoring `except`
-        # (aws/amazon-vpc-cni-k8s#2592): there this rule may admit HTTPS inside the VPC too (README).
-        flows.append(Flow("git-sync-to-repository", clients,
-                          Peer(cidrs=("0.0.0.0/0",), except_cidrs=PRIVATE_RANGES), _tcp(443)))
+        # The git host is somewhere on the internet; only the pods with git-sync containers go there.
+        git_sync_pods = Peer(w.AIRFLOW_PODS, expressions=(("component", "In", w.AIRFLOW_GIT_SYNC_COMPONENTS),))
+        inside = (*network.private_subnet_cidrs, *network.api_endpoint_cidrs, *network.load_balancer_cidrs)
+        flows.append(Flow("git-sync-to-repository", git_sync_pods, Peer(cidrs=public_internet(*inside)), _tcp(443)))
     if network.is_aws:
         flows += [
             Flow("load-balancer-to-api-server", Peer(cidrs=network.load_balancer_cidrs), api_server,

@@ -32,6 +32,9 @@ AIRFLOW_CLIENT_COMPONENTS = ("scheduler", "worker", "triggerer", "dag-processor"
                              "run-airflow-migrations", "create-user-job")
 # The nightly database cleanup uses the metadata database and nothing else of the platform.
 AIRFLOW_DATABASE_CLIENT_COMPONENTS = (*AIRFLOW_CLIENT_COMPONENTS, "database-cleanup")
+# The ones the chart gives git-sync containers when `dags.gitSync` is on (chart 1.19.0: the dag-processor, triggerer
+# and worker Deployments; the scheduler only without a standalone DAG processor, which Airflow 3 always has).
+AIRFLOW_GIT_SYNC_COMPONENTS = ("dag-processor", "triggerer", "worker")
 # The ones that read and write task logs in the logs bucket (remote logging, target=aws).
 AIRFLOW_LOG_WRITER_COMPONENTS = ("scheduler", "worker", "triggerer", "dag-processor", "api-server")
 AIRFLOW_API_SERVER = airflow_component("api-server")
