@@ -172,7 +172,7 @@ def postgres_alerts(settings: Settings) -> list[Alert]:
 def chart_pgbouncer_alerts(settings: Settings) -> list[Alert]:
     """The chart's PgBouncer in front of Aurora / RDS; the database itself is watched from CloudWatch. Its
     exporter (jbub/pgbouncer_exporter 0.18) has no `up` gauge: when it cannot query PgBouncer it still answers
-    the scrape, with no pgbouncer_exporter_* series at all (internal/collector/exporter.go, Collect)."""
+    the scrape, without any of its PgBouncer series (internal/collector/exporter.go, Collect)."""
     up = f'up{{job="{CHART_PGBOUNCER_JOB}"}}'
     return [
         Alert("ChartPgBouncerDown",

@@ -8,6 +8,7 @@ default). A PromQL selector is then judged by the name, labels and values it ask
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -104,14 +105,14 @@ def pod_monitor_scrape(monitor: dict) -> Scrape:
     endpoint, = spec["podMetricsEndpoints"]
     relabelled = {r["targetLabel"] for r in endpoint.get("relabelings", []) if r.get("targetLabel")}
     return Scrape(jobs=frozenset({f"{metadata['namespace']}/{metadata['name']}"}),
-                  namespaces=frozenset(spec.get("namespaceSelector", {}).get("matchNames", [])),
+                  namespaces=monitored_namespaces(monitor),
                   target_labels=POD_MONITOR_TARGET_LABELS | relabelled,
                   honor_labels=bool(endpoint.get("honorLabels", False)))
 
 
 def service_monitor_jobs(monitor: dict, services: list[dict]) -> frozenset[str]:
-    """A ServiceMonitor's job: the selected Service's `jobLabel` label, or else its name (Prometheus Operator
-    API docs, ServiceMonitorSpec.jobLabel). A Service the charts do not render (the operator's own kubelet
+    """A ServiceMonitor's job: the selected Service's `jobLabel` label where it has one, or else its name
+    (prometheus-operator pkg/prometheus/promcfg.go). A Service the charts do not render (the operator's own kubelet
     Service) is known by the selector's value of the jobLabel label."""
     spec = monitor["spec"]
     wanted = spec.get("selector", {}).get("matchLabels", {})
@@ -121,8 +122,17 @@ def service_monitor_jobs(monitor: dict, services: list[dict]) -> frozenset[str]:
     selected = [svc for svc in services if wanted.items() <= (svc["metadata"].get("labels") or {}).items()]
     if not selected:
         raise AssertionError(f"ServiceMonitor {monitor['metadata']['name']}: no rendered Service matches {wanted}")
-    return frozenset((svc["metadata"].get("labels") or {}).get(job_label) if job_label else svc["metadata"]["name"]
+    return frozenset((svc["metadata"].get("labels") or {}).get(job_label or "") or svc["metadata"]["name"]
                      for svc in selected)
+
+
+def monitored_namespaces(monitor: dict) -> frozenset[str]:
+    """Where a monitor's targets are: its namespaceSelector's names, any namespace with `any: true`, and its own
+    namespace without a selector (the operator's default). Empty: any."""
+    selector = monitor["spec"].get("namespaceSelector") or {}
+    if selector.get("any"):
+        return frozenset()
+    return frozenset(selector.get("matchNames") or [monitor["metadata"]["namespace"]])
 
 
 def service_monitor_scrape(monitor: dict, services: list[dict]) -> Scrape:
@@ -132,8 +142,7 @@ def service_monitor_scrape(monitor: dict, services: list[dict]) -> Scrape:
     honor = {bool(e.get("honorLabels", False)) for e in endpoints}
     if len(honor) != 1:
         raise AssertionError(f"{monitor['metadata']['name']}: endpoints differ in honorLabels")
-    return Scrape(jobs=service_monitor_jobs(monitor, services),
-                  namespaces=frozenset(monitor["spec"].get("namespaceSelector", {}).get("matchNames", [])),
+    return Scrape(jobs=service_monitor_jobs(monitor, services), namespaces=monitored_namespaces(monitor),
                   target_labels=SERVICE_MONITOR_TARGET_LABELS | relabelled, honor_labels=honor.pop())
 
 
@@ -164,53 +173,187 @@ def selectors(expression: str) -> list[Selector]:
     return found
 
 
+def scrapes_of(metric: Published, stack_scrapes: dict[tuple[str, str], Scrape]) -> list[Scrape]:
+    """The scrapes that can carry this metric on the stack, as they shape its labels."""
+    if metric.scraped_by.get("any_monitor"):
+        return list(stack_scrapes.values())
+    kind, name = next((k, v) for k, v in metric.scraped_by.items() if k != "targets")
+    scrape = stack_scrapes.get((kind, name))
+    if scrape is None:
+        return []
+    if metric.scraped_by.get("targets") == "nodes":
+        # Endpoints that are Nodes (the kubelet's): the operator labels them `node`, and they have no pod
+        # (prometheus-operator pkg/prometheus/promcfg.go, the ServiceMonitor's endpoint relabelling).
+        scrape = Scrape(scrape.jobs, scrape.namespaces, (scrape.target_labels - {"pod", "container"}) | {"node"},
+                        scrape.honor_labels)
+    return [scrape]
+
+
+def series_labels(metric: Published, scrape: Scrape) -> dict[str, Optional[frozenset[str]]]:
+    """The labels a series of this metric carries after this scrape, each with the values it can take where they
+    are known (None: any)."""
+    exporter = frozenset() if metric.scraped_by.get("any_monitor") else metric.labels
+    labels: dict[str, Optional[frozenset[str]]] = {
+        "job": scrape.jobs, "namespace": scrape.namespaces or None,
+        **{label: None for label in scrape.target_labels - {"job", "namespace"}}}
+    for label in exporter:
+        known = metric.values.get(label)
+        if label in scrape.target_labels and not scrape.honor_labels:
+            labels[f"exported_{label}"] = known
+        else:
+            labels[label] = known
+    return labels
+
+
+def matcher_holds(labels: dict[str, Optional[frozenset[str]]], label: str, op: str, value: str) -> bool:
+    """Whether some series with these labels (and values) satisfies the matcher. Regular expressions are
+    anchored, as Prometheus anchors them."""
+    if label not in labels:
+        # A series without the label has it empty.
+        return op in ("NotEqual", "NotRe") or (op == "Equal" and value == "") or \
+            (op == "Re" and re.fullmatch(value, "") is not None)
+    known = labels[label]
+    if known is None:
+        return True
+    if op == "Equal":
+        return value in known
+    if op == "Re":
+        return any(re.fullmatch(value, candidate) for candidate in known)
+    return True
+
+
 def problems(selector: Selector, stack_scrapes: dict[tuple[str, str], Scrape],
              labels_present: Optional[dict[str, str]] = None) -> list[str]:
-    """Why this selector (or, with `labels_present`, this exact series) cannot come from a scrape on the stack:
+    """Why this selector (or, with `labels_present`, this exact series) cannot come from one scrape on the stack:
     an unknown metric, a label neither the exporter nor the scrape sets, a value the label does not take, a job or
-    namespace no monitor of the metric has. Empty when it can."""
+    namespace no monitor of the metric has. Every matcher must hold on the same scrape. Empty when it can."""
     metric = published().get(selector.name)
     if metric is None:
         return [f"{selector.name}: no exporter in {FIXTURE.name} publishes it"]
-    if metric.scraped_by.get("any_monitor"):
-        candidates = list(stack_scrapes.values())
-        exporter_labels: frozenset[str] = frozenset()
-    else:
-        (kind, name), = metric.scraped_by.items()
-        scrape = stack_scrapes.get((kind, name))
-        if scrape is None:
-            return [f"{selector.name}: published by {metric.exporter}, which no {kind} {name!r} scrapes on this stack"]
-        candidates = [scrape]
-        exporter_labels = metric.labels
+    candidates = scrapes_of(metric, stack_scrapes)
+    if not candidates:
+        return [f"{selector.name}: published by {metric.exporter}, which no monitor "
+                f"{dict(metric.scraped_by)} scrapes on this stack"]
     checks = ([(label, "Equal", value) for label, value in labels_present.items()] if labels_present is not None
               else list(selector.matchers))
-    errors = []
-    for label, op, value in checks:
-        if not any(label_allowed(label, op, value, metric, exporter_labels, scrape) for scrape in candidates):
-            errors.append(f"{selector.name}: label {label} {op} {value!r} is not one {metric.exporter} and its "
-                          f"scrape give (exporter labels: {sorted(exporter_labels)})")
-    return errors
+    if labels_present is not None:
+        # The exact series: every label it has is one a scrape gives.
+        candidates = [scrape for scrape in candidates if set(labels_present) <= set(series_labels(metric, scrape))]
+    if any(all(matcher_holds(series_labels(metric, scrape), *check) for check in checks) for scrape in candidates):
+        return []
+    return [f"{selector.name}{{{', '.join(f'{l} {o} {v!r}' for l, o, v in checks)}}}: no scrape of "
+            f"{metric.exporter} gives a series like that (it sets {sorted(metric.labels)}; the scrapes add "
+            f"{sorted({label for scrape in candidates for label in scrape.target_labels})})"]
 
 
-def label_allowed(label: str, op: str, value: str, metric: Published, exporter_labels: frozenset[str],
-                  scrape: Scrape) -> bool:
-    renamed = {f"exported_{name}" for name in exporter_labels & scrape.target_labels} if not scrape.honor_labels \
-        else set()
-    own = (exporter_labels - scrape.target_labels) | renamed if not scrape.honor_labels else exporter_labels
-    source_label = label.removeprefix("exported_") if label in renamed else label
-    if label in own:
-        known = metric.values.get(source_label)
-        return not (op == "Equal" and known is not None and value not in known)
-    if label in scrape.target_labels:
-        if op != "Equal":
-            return True
-        if label == "job":
-            return value in scrape.jobs
-        if label == "namespace" and scrape.namespaces:
-            return value in scrape.namespaces
-        return True
-    # A matcher that asks for the label to be empty holds on every series without it.
-    return op in ("NotEqual", "NotRe") or (op == "Equal" and value == "")
+def available_labels(selector: Selector, stack_scrapes: dict[tuple[str, str], Scrape]) -> frozenset[str]:
+    """The labels the selector's series can carry: over the scrapes its matchers hold on."""
+    metric = published().get(selector.name)
+    if metric is None:
+        return frozenset()
+    found: set[str] = set()
+    for scrape in scrapes_of(metric, stack_scrapes):
+        labels = series_labels(metric, scrape)
+        if all(matcher_holds(labels, *matcher) for matcher in selector.matchers):
+            found |= set(labels)
+    return frozenset(found)
+
+
+# Functions whose result carries no labels, or none of the argument's.
+_SCALAR_FUNCTIONS = {"time", "scalar", "pi", "minute", "hour", "day_of_week", "day_of_month", "days_in_month",
+                     "month", "year"}
+
+
+# Stands for "any label" in a label set: the series of a metric outside the fixture (Airflow's, checked against
+# real Airflow in tests/test_metrics_e2e.py).
+ANY_LABEL = "*"
+
+
+def expression_labels(expression: str,
+                      stack_scrapes: dict[tuple[str, str], Scrape]) -> tuple[Optional[frozenset[str]], list[str]]:
+    """The labels an expression's result series can carry (None for a scalar; ANY_LABEL among them where an
+    operand is not the fixture's), and the label names its grouping and matching (`by`, `on`, `ignoring`,
+    `group_left/right`) use that its operands cannot have."""
+    errors: list[str] = []
+
+    def of_selector(node) -> frozenset[str]:
+        selector, = selectors(str(node))
+        if selector.name not in published():
+            return frozenset({ANY_LABEL})
+        return available_labels(selector, stack_scrapes)
+
+    def need(labels: list[str], have: Optional[frozenset[str]], where: str) -> None:
+        if have is not None and ANY_LABEL not in have:
+            errors.extend(f"{where}: no operand carries label {label!r} (it has {sorted(have)})"
+                          for label in labels if label not in have)
+
+    def walk(node) -> Optional[frozenset[str]]:
+        if isinstance(node, (promql_parser.NumberLiteral, promql_parser.StringLiteral)):
+            return None
+        if isinstance(node, promql_parser.VectorSelector):
+            return of_selector(node)
+        if isinstance(node, promql_parser.MatrixSelector):
+            return of_selector(node.vector_selector)
+        if isinstance(node, (promql_parser.ParenExpr, promql_parser.UnaryExpr, promql_parser.SubqueryExpr)):
+            return walk(node.expr)
+        if isinstance(node, promql_parser.Call):
+            name, args = node.func.name, list(node.args)
+            inner = [walk(arg) for arg in args]
+            if name in ("absent", "absent_over_time"):
+                return frozenset(label for s in selectors(str(args[0])) for label, op, _ in s.matchers
+                                 if op == "Equal")
+            if name == "vector":
+                return frozenset()
+            if name in _SCALAR_FUNCTIONS:
+                return None
+            labels = next((labels for labels in inner if labels is not None), None)
+            if name in ("label_replace", "label_join") and labels is not None:
+                return labels | {str(args[1]).strip('"')}
+            if name == "histogram_quantile" and labels is not None:
+                return labels - {"le"}
+            return labels
+        if isinstance(node, promql_parser.AggregateExpr):
+            inner = walk(node.expr)
+            modifier = node.modifier
+            if modifier is None:
+                return frozenset()
+            labels = list(modifier.labels)
+            if str(modifier.type).endswith("By"):
+                need(labels, inner, f"{node.op} by ({', '.join(labels)})")
+                return frozenset(labels)
+            return None if inner is None else inner - set(labels)
+        if isinstance(node, promql_parser.BinaryExpr):
+            lhs, rhs = walk(node.lhs), walk(node.rhs)
+            if lhs is None or rhs is None:
+                return lhs if rhs is None else rhs
+            op, modifier = str(node.op), node.modifier
+            matching = modifier.matching if modifier is not None else None
+            group = list(modifier.group_labels or []) if modifier is not None else []
+            if matching is not None and list(matching.labels):
+                labels = list(matching.labels)
+                if str(matching.type).endswith("Include"):
+                    need(labels, lhs, f"{op} on ({', '.join(labels)}), left side")
+                    need(labels, rhs, f"{op} on ({', '.join(labels)}), right side")
+                else:
+                    need(labels, lhs | rhs, f"{op} ignoring ({', '.join(labels)})")
+            if group:
+                card = str(modifier.card)
+                need(group, rhs if card.endswith("ManyToOne") else lhs, f"{op} group_left/right ({', '.join(group)})")
+            if op in ("and", "unless"):
+                return lhs
+            if op == "or":
+                return lhs | rhs
+            comparison = op in ("==", "!=", ">", "<", ">=", "<=") and not (modifier and modifier.return_bool)
+            if comparison:
+                return lhs | frozenset(group)
+            if matching is not None and str(matching.type).endswith("Include") and not group:
+                return frozenset(matching.labels)
+            return (lhs - set(matching.labels if matching is not None and not str(matching.type).endswith("Include")
+                              else [])) | frozenset(group)
+        raise AssertionError(f"unexpected PromQL node {type(node).__name__} in {expression!r}")
+
+    labels = walk(promql_parser.parse(expression))
+    return labels, errors
 
 
 def chart_app_version(chart: str) -> str:

@@ -33,6 +33,7 @@ DB = 'namespace="airflow", cluster="airflow-db"'
 # What the PodMonitor's scrape gives the exporter's series (job: <namespace>/<monitor>).
 REDIS = 'namespace="airflow", job="monitoring/airflow-redis"'
 CHART_PGB = 'namespace="airflow", job="monitoring/airflow-pgbouncer", pod="airflow-pgbouncer-x"'
+CHART_PGB_Y = CHART_PGB.replace("pgbouncer-x", "pgbouncer-y")
 
 # alert -> (firing series, healthy series, labels the firing alert carries beyond alertname/severity/area)
 # Series values use promtool's expanding notation: 'a+bxN' is a, a+b, ... N+1 samples, one per minute.
@@ -106,12 +107,15 @@ CASES: dict[str, tuple[dict[str, str], dict[str, str], dict[str, str]]] = {
         {'up{namespace="airflow", job="monitoring/airflow-db-pooler", pod="airflow-db-pooler-x"}': "1x40",
          f'cnpg_pgbouncer_last_collection_error{{{AIRFLOW}, pod="airflow-db-pooler-x"}}': "0x40"},
         {"namespace": "airflow", "job": "monitoring/airflow-db-pooler", "pod": "airflow-db-pooler-x"}),
-    # The exporter answers while PgBouncer does not: its scrape is up, its PgBouncer series are gone.
+    # The exporter answers while PgBouncer does not: its scrape is up, its PgBouncer series are gone. A second,
+    # healthy pod must not hide the first (the rule matches pod by pod).
     "ChartPgBouncerDown": (
-        {f'up{{{CHART_PGB}}}': "1x40",
-         f'pgbouncer_exporter_lists_items{{{CHART_PGB}, list="databases"}}': "1x5 _x35"},
-        {f'up{{{CHART_PGB}}}': "1x40",
-         f'pgbouncer_exporter_lists_items{{{CHART_PGB}, list="databases"}}': "1x40"},
+        {f'up{{{CHART_PGB}}}': "1x40", f'up{{{CHART_PGB_Y}}}': "1x40",
+         f'pgbouncer_exporter_lists_items{{{CHART_PGB}, list="databases"}}': "1x5 _x35",
+         f'pgbouncer_exporter_lists_items{{{CHART_PGB_Y}, list="databases"}}': "1x40"},
+        {f'up{{{CHART_PGB}}}': "1x40", f'up{{{CHART_PGB_Y}}}': "1x40",
+         f'pgbouncer_exporter_lists_items{{{CHART_PGB}, list="databases"}}': "1x40",
+         f'pgbouncer_exporter_lists_items{{{CHART_PGB_Y}, list="databases"}}': "1x40"},
         {"namespace": "airflow", "job": "monitoring/airflow-pgbouncer", "pod": "airflow-pgbouncer-x"}),
     "PgBouncerClientConnectionsNearLimit": (
         {f'cnpg_pgbouncer_lists_used_clients{{{AIRFLOW}, pod="airflow-db-pooler-x"}}': "990x40"},
@@ -308,7 +312,10 @@ def stack_scrapes(run) -> dict[tuple[str, str], em.Scrape]:
                for registration in run.of_type(f"kubernetes:monitoring.coreos.com/v1:{kind}")]
     releases = [r for r in run.of_type(RELEASE) if chart_name(r) in ("kube-prometheus-stack", "airflow")]
     assert len(releases) == 2
-    return em.scrapes(program, [d for release in releases for d in render_release(release)])
+    # Helm puts a template without a namespace in the release's.
+    documents = [{**d, "metadata": {"namespace": release.values["namespace"], **d["metadata"]}}
+                 for release in releases for d in render_release(release) if d]
+    return em.scrapes(program, documents)
 
 
 @pytest.fixture(scope="module")
@@ -340,6 +347,38 @@ def test_every_series_a_dashboard_selects_is_one_an_exporter_publishes_and_the_s
     assert selected, "the dashboards select no exporter series: the test would hold nothing"
     errors = [f"{where}: {e}" for where, s in selected for e in em.problems(s, scrapes_by_stack[stack])]
     assert not errors, "\n".join(errors)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_label_a_rule_groups_matches_or_names_in_its_text_is_one_its_series_carry(stack_runs, scrapes_by_stack,
+                                                                                       stack):
+    """`by`, `on`, `ignoring`, `group_left` and the annotations' {{ $labels.x }} name labels the operands' series
+    carry: a misspelt one matches everything (or nothing) and promtool's one-series cases would not notice."""
+    errors, templated = [], 0
+    for group in registered_groups(stack_runs[stack]):
+        for rule in group["rules"]:
+            labels, problems = em.expression_labels(rule["expr"], scrapes_by_stack[stack])
+            errors += [f"{rule['alert']}: {p}" for p in problems]
+            text = " ".join(rule["annotations"][key] for key in ("summary", "description"))
+            for label in re.findall(r"\$labels\.([A-Za-z_][A-Za-z0-9_]*)", text):
+                templated += 1
+                if labels is None or (label not in labels and em.ANY_LABEL not in labels):
+                    errors.append(f"{rule['alert']}: its text names $labels.{label}, its series carry "
+                                  f"{sorted(labels or [])}")
+    assert templated >= 5
+    assert not errors, "\n".join(errors)
+
+
+def test_the_label_check_refuses_a_misspelt_grouping_or_matching_label(scrapes_by_stack):
+    prod, managed = scrapes_by_stack["prod"], scrapes_by_stack["prod-managed"]
+    job = 'job="monitoring/airflow-pgbouncer"'
+    good = f"up{{{job}}} == 1 unless on (namespace, pod) pgbouncer_exporter_lists_items{{{job}}}"
+    assert em.expression_labels(good, managed)[1] == []
+    assert em.expression_labels(good.replace("(namespace, pod)", "(namespce, pod)"), managed)[1]
+    assert em.expression_labels("sum by (scaledObject) (keda_scaler_detail_errors_total)", prod)[1] == []
+    assert em.expression_labels("sum by (scaledobject) (keda_scaler_detail_errors_total)", prod)[1]
+    labels, _ = em.expression_labels('max by (pod) (cnpg_pg_replication_lag{cluster="airflow-db"}) > 1', prod)
+    assert labels == {"pod"}
 
 
 def case_series(stack_run) -> list[tuple[str, str]]:
@@ -388,6 +427,16 @@ def test_the_series_check_refuses_what_no_exporter_publishes(scrapes_by_stack):
     assert refused('pgbouncer_up{namespace="airflow"} == 0', managed)
     assert not refused('cnpg_pg_stat_archiver_last_failed_time{cluster="airflow-db"}', prod)
     assert refused('cnpg_pg_stat_archiver_last_failure_time{cluster="airflow-db"}', prod)
+    # Every matcher on one scrape: a job of one monitor and the namespace of another do not make a series.
+    assert refused('up{job="monitoring/airflow-db-pooler", namespace="keda"}', prod)
+    assert not refused('up{job="monitoring/keda-operator", namespace="keda"}', prod)
+    # A regular expression is held to the values too; a ServiceMonitor without a namespace selector scrapes its own.
+    assert refused('kube_pod_container_status_waiting_reason{reason=~"CrashLoopBackoff|Evicting"}', prod)
+    assert not refused('kube_pod_container_status_waiting_reason{reason=~"CrashLoop.*"}', prod)
+    assert refused('kube_node_status_condition{namespace="airflow"}', prod)
+    # The kubelet's targets are nodes: `node`, no `pod`.
+    assert not refused('kubelet_volume_stats_used_bytes{node="ip-10-0-1-1"}', prod)
+    assert refused('kubelet_volume_stats_used_bytes{pod="x"}', prod)
 
 
 def test_each_exporter_was_read_at_the_version_the_platform_pins():
