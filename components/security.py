@@ -17,7 +17,7 @@ import pulumi_random as random
 
 from components import workloads as w
 from components.helm import NONROOT_UID, chart_release, resources
-from components.settings import Settings, principal_name
+from components.settings import NON_PUBLIC_RANGES, Settings, principal_name
 
 OPERATORS_GROUP = "airflow-operators"
 
@@ -103,23 +103,18 @@ class ClusterNetwork:
     # target=aws: where Aurora, RDS and ElastiCache take their addresses, and the Secrets Manager endpoint's.
     private_subnet_cidrs: tuple[str, ...] = ()
     secrets_manager_cidrs: tuple[str, ...] = ()
+    # target=aws: the VPC's own range (a VPC need not use private addresses).
+    vpc_cidrs: tuple[str, ...] = ()
 
     @property
     def is_aws(self) -> bool:
         return bool(self.api_endpoint_cidrs)
 
 
-PRIVATE_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
-# What is not the public internet besides those (IANA special-purpose registry, RFC 6890): shared address space
-# (RFC 6598), loopback, link-local (the instance metadata service, the Pod Identity agent), "this network",
-# multicast and the reserved block above it.
-NON_PUBLIC_RANGES = (*PRIVATE_RANGES, "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "0.0.0.0/8", "224.0.0.0/3")
-
-
 def public_internet(*excluded: str) -> tuple[str, ...]:
     """The IPv4 internet as CIDRs that leave out the non-public ranges and `excluded`, with no `ipBlock.except`:
-    the VPC CNI's policy agent has open reports of ignoring `except` (aws/amazon-vpc-cni-k8s#2592), which would
-    turn "the internet except the VPC" into "everything"."""
+    older VPC CNI policy agents ignore `except` (aws/amazon-vpc-cni-k8s#2592; handled since aws-network-policy-agent
+    v1.2.4), which would turn "the internet except the VPC" into "everything"."""
     remaining = [ipaddress.ip_network("0.0.0.0/0")]
     for hole in (ipaddress.ip_network(cidr) for cidr in (*NON_PUBLIC_RANGES, *excluded)):
         remaining = [part for network in remaining
@@ -156,20 +151,21 @@ POD_IDENTITY_AGENT = Peer(cidrs=(w.POD_IDENTITY_AGENT_CIDR,))
 def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], local_ingress_namespace: str, *,
                    triggerer_egress_cidrs: list[str] = (), dag_processor_egress_cidrs: list[str] = (),
                    kubernetes_pod_operator: bool = False, worker_deletion_cost: bool = False,
-                   git_sync: bool = False, replicated_database: bool = False,
+                   git_sync: bool = False, git_sync_cidrs: list[str] = (), replicated_database: bool = False,
                    restoring_database: bool = False, managed_database: bool = False,
                    managed_broker: bool = False, secrets_manager: bool = False) -> list[Flow]:
     """Every flow the platform needs in the Airflow namespace; anything else is denied."""
-    clients = Peer(w.AIRFLOW_PODS, expressions=(("component", "In", w.AIRFLOW_CLIENT_COMPONENTS),))
-    database_clients = Peer(w.AIRFLOW_PODS, expressions=(("component", "In", w.AIRFLOW_DATABASE_CLIENT_COMPONENTS),))
-    log_writers = Peer(w.AIRFLOW_PODS, expressions=(("component", "In", w.AIRFLOW_LOG_WRITER_COMPONENTS),))
+    database_clients = _airflow_components(w.AIRFLOW_DATABASE_CLIENT_COMPONENTS)
+    broker_clients = _airflow_components(w.AIRFLOW_BROKER_CLIENT_COMPONENTS)
+    log_writers = _airflow_components(w.AIRFLOW_LOG_WRITER_COMPONENTS)
     api_server = Peer(w.AIRFLOW_API_SERVER)
     statsd = Peer(w.AIRFLOW_STATSD)
     flows = [
         Flow("dns", Peer({}), Peer(w.KUBE_DNS_PODS, namespace="kube-system"), ((53, "UDP"), (53, "TCP"))),
-        # Airflow 3: workers, triggerer and DAG processor call the API server's execution API.
-        Flow("airflow-to-api-server", clients, api_server, _tcp(w.API_SERVER_PORT), ingress_by_chart=True),
-        Flow("airflow-to-statsd", clients, statsd, ((w.STATSD_INGEST_PORT, "UDP"),), ingress_by_chart=True),
+        Flow("airflow-to-api-server", _airflow_components(w.AIRFLOW_EXECUTION_API_CLIENT_COMPONENTS), api_server,
+             _tcp(w.API_SERVER_PORT), ingress_by_chart=True),
+        Flow("airflow-to-statsd", _airflow_components(w.AIRFLOW_METRICS_SENDER_COMPONENTS), statsd,
+             ((w.STATSD_INGEST_PORT, "UDP"),), ingress_by_chart=True),
         # Chart 1.19.0 only lets `component: webserver` fetch task logs; Airflow 3 serves them from the API server.
         Flow("api-server-to-worker-logs", api_server, Peer(w.AIRFLOW_WORKER), _tcp(w.WORKER_LOG_PORT)),
         Flow("api-server-to-triggerer-logs", api_server, Peer(w.AIRFLOW_TRIGGERER), _tcp(w.TRIGGERER_LOG_PORT)),
@@ -178,12 +174,13 @@ def required_flows(network: ClusterNetwork, worker_egress_cidrs: list[str], loca
     flows += (_managed_database_flows(network, database_clients) if managed_database
               else _cloudnative_pg_flows(network, database_clients, replicated=replicated_database,
                                          restoring=restoring_database))
-    flows += _elasticache_flows(network, clients) if managed_broker else _redis_ha_flows(clients)
+    flows += _elasticache_flows(network, broker_clients) if managed_broker else _redis_ha_flows(broker_clients)
     if git_sync:
-        # The git host is somewhere on the internet; only the pods with git-sync containers go there.
-        git_sync_pods = Peer(w.AIRFLOW_PODS, expressions=(("component", "In", w.AIRFLOW_GIT_SYNC_COMPONENTS),))
-        inside = (*network.private_subnet_cidrs, *network.api_endpoint_cidrs, *network.load_balancer_cidrs)
-        flows.append(Flow("git-sync-to-repository", git_sync_pods, Peer(cidrs=public_internet(*inside)), _tcp(443)))
+        # The git host: where gitSyncEgressCidrs says, or anywhere on the internet; only the pods with git-sync
+        # containers go there (the rule is the whole pod's).
+        inside = (*network.vpc_cidrs, *network.private_subnet_cidrs, *network.load_balancer_cidrs)
+        flows.append(Flow("git-sync-to-repository", _airflow_components(w.AIRFLOW_GIT_SYNC_COMPONENTS),
+                          Peer(cidrs=tuple(git_sync_cidrs) or public_internet(*inside)), _tcp(443)))
     if network.is_aws:
         flows += [
             Flow("load-balancer-to-api-server", Peer(cidrs=network.load_balancer_cidrs), api_server,
@@ -293,6 +290,11 @@ def _managed_database_flows(network: ClusterNetwork, clients: Peer) -> list[Flow
         # The Job that creates Airflow's role, as the master user.
         Flow("db-bootstrap-to-database", Peer(w.DB_BOOTSTRAP_PODS), database, _tcp(w.POSTGRES_PORT)),
     ]
+
+
+def _airflow_components(components: tuple[str, ...]) -> Peer:
+    """The Airflow release's pods of these components (the chart's `component` label)."""
+    return Peer(w.AIRFLOW_PODS, expressions=(("component", "In", components),))
 
 
 def _redis_ha_flows(clients: Peer) -> list[Flow]:
@@ -430,7 +432,8 @@ class Security(pulumi.ComponentResource):
                                  api_endpoint_cidrs=tuple(args.private_subnet_cidrs),
                                  load_balancer_cidrs=tuple(load_balancer_cidrs), s3_cidrs=tuple(args.s3_cidrs),
                                  private_subnet_cidrs=tuple(args.private_subnet_cidrs),
-                                 secrets_manager_cidrs=tuple(args.secrets_manager_cidrs))
+                                 secrets_manager_cidrs=tuple(args.secrets_manager_cidrs),
+                                 vpc_cidrs=(str(settings.vpc_cidr),) if settings.is_aws else ())
         flows = required_flows(network, list(map(str, settings.worker_egress_cidrs)),
                                settings.local_ingress_namespace,
                                triggerer_egress_cidrs=list(map(str, settings.triggerer_egress_cidrs)),
@@ -438,6 +441,7 @@ class Security(pulumi.ComponentResource):
                                kubernetes_pod_operator=settings.kubernetes_pod_operator,
                                worker_deletion_cost=settings.worker_scale_in_idle_first,
                                git_sync=bool(settings.git_sync_repository),
+                               git_sync_cidrs=list(map(str, settings.git_sync_egress_cidrs)),
                                replicated_database=settings.postgres_instances > 1,
                                restoring_database=bool(settings.postgres_restore_target_time),
                                managed_database=settings.managed_database, managed_broker=settings.managed_broker,

@@ -13,6 +13,7 @@ import difflib
 import ipaddress
 import json
 import re
+import urllib.parse
 from typing import Annotated, Any, Literal, Optional
 
 import pulumi
@@ -469,6 +470,11 @@ class Settings(BaseModel):
     git_sync_repository: str = Field(
         default="", pattern=r"^$|^https://\S+$",
         description="HTTPS URL of the DAG repository for git-sync; empty means DAGs come from the DAGs volume.")
+    git_sync_egress_cidrs: list[ipaddress.IPv4Network] = Field(
+        default_factory=list, max_length=50,
+        description="Where git-sync may fetch the repository from, on 443: your git host's networks (GitHub "
+                    "publishes its `git` ranges). Empty means the whole public internet. The rule is the pods' (the "
+                    "DAG processor, triggerer and workers): their own code reaches these networks too.")
     git_sync_branch: str = Field(default="main", min_length=1, max_length=255, description="Branch git-sync follows.")
     git_sync_sub_path: str = Field(default="", max_length=1024, description="Folder of the DAGs inside the repository.")
     git_sync_credentials_secret: str = Field(
@@ -886,6 +892,39 @@ def _standard_support_problems(settings: Settings) -> list[tuple[str, str]]:
              f"in standard support ({supported})")]
 
 
+# What is not the public internet (IANA special-purpose registry): components/security.py opens git-sync's way out
+# to every address but these unless gitSyncEgressCidrs says where.
+NON_PUBLIC_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8",
+                     "169.254.0.0/16", "0.0.0.0/8", "224.0.0.0/3")
+
+
+def _git_sync_problems(settings: Settings) -> list[tuple[str, str]]:
+    """The policies let git-sync out on 443 only, to gitSyncEgressCidrs or else the public internet: a URL they
+    would cut off fails here rather than as pods stuck in Init."""
+    if not settings.git_sync_repository:
+        return [("gitSyncEgressCidrs", "is used only with gitSyncRepository: set both, or neither")] \
+            if settings.git_sync_egress_cidrs else []
+    url = urllib.parse.urlsplit(settings.git_sync_repository)
+    try:
+        port = url.port
+    except ValueError:
+        port = -1
+    if port not in (None, 443) or not url.hostname:
+        return [("gitSyncRepository", f"{settings.git_sync_repository!r}: git-sync may use HTTPS on port 443 only "
+                                      "(the NetworkPolicies admit no other port); give a host and no other port")]
+    try:
+        address = ipaddress.IPv4Address(url.hostname)
+    except ValueError:
+        return []
+    allowed = settings.git_sync_egress_cidrs or None
+    if allowed is not None and not any(address in network for network in allowed):
+        return [("gitSyncRepository", f"{address} is outside gitSyncEgressCidrs ({', '.join(map(str, allowed))})")]
+    if allowed is None and any(address in ipaddress.IPv4Network(cidr) for cidr in NON_PUBLIC_RANGES):
+        return [("gitSyncRepository", f"{address} is not a public address, and git-sync may reach only the public "
+                                      "internet: set gitSyncEgressCidrs to the git host's network")]
+    return []
+
+
 def _github_problems(settings: Settings) -> list[tuple[str, str]]:
     if not settings.github_repository:
         return [("githubConnectionArn", "is used only with githubRepository: set both, or neither")] \
@@ -973,6 +1012,7 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
                                                   "beside superusers, the operator, KEDA and the poolers' auth_query: lower "
                                                   "one, or raise postgresMaxConnections"))
     problems.extend(_github_problems(settings))
+    problems.extend(_git_sync_problems(settings))
     if settings.elasticache_auth_token_set_generation == 1:
         problems.append(("elasticacheAuthTokenSetGeneration", "1 names the token the group was created with: there "
                                                               "is no older one to drop (0, or a raised generation)"))

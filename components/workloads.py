@@ -26,12 +26,23 @@ def airflow_component(component: str) -> dict[str, str]:
     return {**AIRFLOW_PODS, "component": component}
 
 
-# The Airflow pods that use the metadata database, the broker and the execution API. Named one by one
-# (not "every pod of the release") so that statsd, or a component a future chart adds, gets nothing by default.
+# The Airflow pods that use the metadata database. Named one by one (not "every pod of the release") so that
+# statsd, or a component a future chart adds, gets nothing by default.
 AIRFLOW_CLIENT_COMPONENTS = ("scheduler", "worker", "triggerer", "dag-processor", "api-server", "flower",
                              "run-airflow-migrations", "create-user-job")
 # The nightly database cleanup uses the metadata database and nothing else of the platform.
 AIRFLOW_DATABASE_CLIENT_COMPONENTS = (*AIRFLOW_CLIENT_COMPONENTS, "database-cleanup")
+# Of those, the ones that talk to the Celery broker: the scheduler queues task instances, the workers take them,
+# Flower watches them. The API server, triggerer and DAG processor hold the broker's URL but never open it (the
+# e2e tier gives them an unreachable one).
+AIRFLOW_BROKER_CLIENT_COMPONENTS = ("scheduler", "worker", "flower")
+# The ones that call the API server's execution API: only the workers' task supervisors. Airflow 3.1's triggerer
+# and DAG processor serve their own in process (airflow/jobs/triggerer_job_runner.py and
+# airflow/dag_processing/manager.py: InProcessExecutionAPI), and the scheduler calls none.
+AIRFLOW_EXECUTION_API_CLIENT_COMPONENTS = ("worker",)
+# The ones that send metrics to statsd: Airflow's long-running components (its Stats client; Flower and the
+# chart's Jobs send none that the platform reads).
+AIRFLOW_METRICS_SENDER_COMPONENTS = ("scheduler", "worker", "triggerer", "dag-processor", "api-server")
 # The ones the chart gives git-sync containers when `dags.gitSync` is on (chart 1.19.0: the dag-processor, triggerer
 # and worker Deployments; the scheduler only without a standalone DAG processor, which Airflow 3 always has).
 AIRFLOW_GIT_SYNC_COMPONENTS = ("dag-processor", "triggerer", "worker")

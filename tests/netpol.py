@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 
 @dataclass(frozen=True)
@@ -20,8 +20,9 @@ class Endpoint:
     namespace: Optional[str]            # None: outside the cluster
     ip: str
     labels: dict[str, str] = field(default_factory=dict)
-    # The pod's named container ports (a rule may name a port: it means the destination pod's port of that name).
-    named_ports: dict[str, int] = field(default_factory=dict)
+    # The pod's named container ports, as a port number (TCP) or (number, protocol): a rule may name a port, which
+    # means the destination pod's port of that name and of the rule's protocol.
+    named_ports: dict[str, Union[int, tuple[int, str]]] = field(default_factory=dict)
     # Labels of its namespace besides `kubernetes.io/metadata.name`, which every namespace carries.
     namespace_labels: dict[str, str] = field(default_factory=dict)
 
@@ -88,8 +89,9 @@ def _peer_matches(peer: dict, policy_namespace: str, endpoint: Endpoint) -> bool
 
 
 def _port_matches(rule: dict, port: int, protocol: str, destination: Endpoint) -> bool:
-    """A rule's ports: a number, a range (endPort), or a name, which means the destination pod's port of that
-    name (and matches nothing where it has none)."""
+    """A rule's ports: a number, a range (endPort), or a name, which means the destination pod's container port
+    of that name, number and the rule's protocol (and matches nothing where it has none): kube-network-policies
+    pkg/networkpolicy/networkpolicy.go compares the container port's name, port and protocol."""
     ports = rule.get("ports")
     if not ports:
         return True
@@ -100,7 +102,8 @@ def _port_matches(rule: dict, port: int, protocol: str, destination: Endpoint) -
             return True
         low = entry["port"]
         if isinstance(low, str):
-            if destination.named_ports.get(low) == port:
+            named = destination.named_ports.get(low)
+            if named is not None and (named if isinstance(named, tuple) else (named, "TCP")) == (port, protocol):
                 return True
             continue
         if low <= port <= entry.get("endPort", low):

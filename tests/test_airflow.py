@@ -191,8 +191,8 @@ def test_chart_network_policy_for_the_api_server_admits_what_security_admits(pro
         sources = values["apiServer"]["networkPolicy"]["ingress"]["from"]
         assert sources, "an empty list would block the ALB and the execution API"
         clients = {"podSelector": {"matchLabels": w.AIRFLOW_PODS, "matchExpressions": [
-            {"key": "component", "operator": "In", "values": list(w.AIRFLOW_CLIENT_COMPONENTS)}]}}
-        assert sources[0] == clients, "Airflow's clients, named one by one (statsd is not one)"
+            {"key": "component", "operator": "In", "values": ["worker"]}]}}
+        assert sources[0] == clients, "the execution API's clients, named: the workers (nothing else calls it)"
         rendered = next(d for d in render_all(run)["airflow"]
                         if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "airflow-api-server-policy")
         assert rendered["spec"]["ingress"][0]["from"] == sources

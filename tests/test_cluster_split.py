@@ -98,6 +98,10 @@ LATER_CHANGES = {
     "observability-kube-prometheus-stack": ["inputs", "waits"],
     # The Pooler requires TLS of every client over the network (CloudNativePG's default also took plaintext).
     "database-pooler": ["inputs"],
+    # Each service admits only the Airflow components that use it: the broker the scheduler, workers and Flower,
+    # the execution API the workers, statsd Airflow's long-running components.
+    **{f"security-airflow-to-{flow}": ["inputs"] for flow in ("api-server-egress", "redis-egress", "redis-ingress",
+                                                              "statsd-egress")},
     # Kubernetes 1.35: 1.34 left EKS's standard support on 2026-12-02 (the control plane and the node groups).
     **{name: ["inputs"] for name in ("cluster-eks", "cluster-system", "cluster-workers")},
 }
@@ -166,7 +170,9 @@ def test_karpenter_changes_what_it_means_to_and_nothing_else(before, stack):
         "airflow-airflow": ["inputs", "waits"],
         **{name: LATER_CHANGES[name] for name in ("cluster-s3", "security-airflow-to-pgbouncer-egress",
                                                   "security-airflow-to-pgbouncer-ingress", "database-cluster",
-                                                  "database-metadata-connection", "database-pooler")},
+                                                  "database-metadata-connection", "database-pooler",
+                                                  "security-airflow-to-api-server-egress", "security-airflow-to-redis-egress",
+                                                  "security-airflow-to-redis-ingress", "security-airflow-to-statsd-egress")},
         **{name: parts for name, parts in LATER_CHANGES.items() if name.startswith(("storage-", "security-operator-"))},
         **{name: LATER_CHANGES[name] for name in ("cluster-eks", "cluster-system", "database-cloudnative-pg",
                                                   "observability-kube-prometheus-stack")},

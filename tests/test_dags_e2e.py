@@ -355,6 +355,8 @@ class Platform:
     def __init__(self, executable: Path, release: dict, servers: Servers, home: Path):
         self.airflow_bin, self.release, self.servers, self.home = executable, release, servers, home
         self.ports = {"api": _free_port(), "worker_logs": _free_port(), "trigger_logs": _free_port()}
+        # Where a component's policies do not let it go: a port nothing listens on.
+        self.unreachable = f"127.0.0.1:{_free_port()}"
         self.env = produced_env(release, servers, home, self.ports)
         self.worker_env = produced_env(release, servers, home, self.ports, component="worker")
         # The API server has no task logs of its own (on AWS it mounts no logs volume): it must fetch a task's
@@ -394,6 +396,18 @@ class Platform:
                 f'hostname "$1" && mount --bind "$2" /etc/hosts && {mount_account}shift 3 && exec "$@"', "pod",
                 pod_name, str(hosts), str(service_account or "")]
 
+    def confined(self, component: str, env: dict[str, str]) -> dict[str, str]:
+        """The component's environment with the broker and the execution API at an address nothing answers where
+        its NetworkPolicies do not admit it (components/workloads.py: the broker's and the execution API's
+        clients): every test of this tier then runs with each component cut off as in the cluster."""
+        confined = dict(env)
+        if component not in w.AIRFLOW_BROKER_CLIENT_COMPONENTS:
+            confined.pop("AIRFLOW__CELERY__BROKER_URL_CMD", None)
+            confined["AIRFLOW__CELERY__BROKER_URL"] = f"redis://:cut-off@{self.unreachable}/0"
+        if component not in w.AIRFLOW_EXECUTION_API_CLIENT_COMPONENTS:
+            confined["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://{self.unreachable}/execution/"
+        return confined
+
     def start_worker(self, env: dict[str, str] | None = None) -> str:
         self.workers += 1
         name = f"celery-worker-{self.workers}"
@@ -403,8 +417,9 @@ class Platform:
         # Concurrency from the release's [celery] worker_concurrency, as the chart's worker command leaves it. The
         # `kubernetes` Service as kubelet gives every container its address.
         self.daemons.start(name, "celery", "worker", "--celery-hostname", f"e2e-{self.workers}@%h", prefix=pod,
-                           env={**self.worker_env, "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-                                "KUBERNETES_SERVICE_PORT": str(self.kube_api.port), **(env or {})})
+                           env=self.confined("worker", {**self.worker_env, "KUBERNETES_SERVICE_HOST": "127.0.0.1",
+                                                        "KUBERNETES_SERVICE_PORT": str(self.kube_api.port),
+                                                        **(env or {})}))
         return name
 
     def deletion_cost(self, name: str) -> str | None:
@@ -460,10 +475,10 @@ def platform(airflow_bin, release):  # noqa: F811
         migrated = run_job_command(platform, platform.release["migrate"]["args"])
         assert migrated.returncode == 0, migrated.stdout[-2000:] + migrated.stderr[-3000:]
         platform.daemons.start("api-server", "api-server", "--host", "127.0.0.1", "--port", str(platform.ports["api"]),
-                               "--workers", "1", env=platform.api_server_env)
-        platform.daemons.start("scheduler", "scheduler")
-        platform.daemons.start("dag-processor", "dag-processor")
-        platform.daemons.start("triggerer", "triggerer",
+                               "--workers", "1", env=platform.confined("api-server", platform.api_server_env))
+        platform.daemons.start("scheduler", "scheduler", env=platform.confined("scheduler", platform.env))
+        platform.daemons.start("dag-processor", "dag-processor", env=platform.confined("dag-processor", platform.env))
+        platform.daemons.start("triggerer", "triggerer", env=platform.confined("triggerer", platform.env),
                                prefix=platform.as_pod("triggerer", "airflow-triggerer-7c9d84f5b-q2w8e", "127.0.0.3"))
         platform.start_worker()
         metadata = with_host_and_port(release["secrets"]["airflow-metadata-connection"]["connection"], "127.0.0.1",
@@ -587,6 +602,20 @@ def test_every_component_reports_healthy_and_the_worker_answers_the_charts_probe
                              "airflow.providers.celery.executors.celery_executor.app", "inspect", "ping", "-d", name],
                             env=platform.env, capture_output=True, text=True, timeout=120)
     assert pinged.returncode == 0 and "pong" in pinged.stdout, pinged.stdout[-2000:] + pinged.stderr[-2000:]
+
+
+def test_components_the_policies_keep_from_the_broker_and_the_execution_api_are_cut_off_from_them(platform):
+    """The tier's confinement is real: Airflow reads the unreachable addresses (they outrank the rendered
+    options), so every other test here ran with the API server, triggerer and DAG processor unable to open the
+    broker, and the scheduler, triggerer and DAG processor unable to call the execution API."""
+    cut_off = {"api-server": ("celery", "broker_url"), "triggerer": ("core", "execution_api_server_url"),
+               "dag-processor": ("celery", "broker_url"), "scheduler": ("core", "execution_api_server_url")}
+    for component, (section, option) in cut_off.items():
+        shown = subprocess.run([str(platform.airflow_bin), "config", "get-value", section, option],
+                               env=platform.confined(component, platform.env), capture_output=True, text=True,
+                               timeout=300)
+        assert shown.returncode == 0, shown.stderr[-2000:]
+        assert platform.unreachable in shown.stdout, (component, option, shown.stdout)
 
 
 def test_the_migration_job_sets_the_default_pool_to_the_workers_slots(platform):
@@ -852,8 +881,9 @@ def test_a_task_queued_longer_than_airflows_default_token_life_still_runs(platfo
         for minutes, outcome in ((beyond, "failed"), (within, "success")):
             port, server = _free_port(), f"api-server-{minutes}m-ahead"
             platform.daemons.start(server, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                                   env={**platform.api_server_env, "LD_PRELOAD": library, "FAKETIME": f"+{minutes}m",
-                                        "FAKETIME_DONT_FAKE_MONOTONIC": "1"})
+                                   env=platform.confined("api-server", {
+                                       **platform.api_server_env, "LD_PRELOAD": library, "FAKETIME": f"+{minutes}m",
+                                       "FAKETIME_DONT_FAKE_MONOTONIC": "1"}))
             platform.wait(lambda port=port: _api_up(Api(port)), 120, f"the API server {minutes} minutes ahead answers")
             run_id = platform.api.trigger(QUICK)
             platform.wait(lambda run_id=run_id: platform.api.task_states(QUICK, run_id).get("only") == "queued", 60,

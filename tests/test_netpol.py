@@ -102,6 +102,14 @@ def test_a_port_range_and_a_named_port():
     assert allowed([named], FRONTEND, with_name, 6379)
     assert not allowed([named], FRONTEND, with_name, 6380)
     assert not allowed([named], FRONTEND, DB, 6379), "a pod without a port of that name"
+    # The name stands for a port of one protocol: a UDP container port of that name is not what a TCP rule names,
+    # and a UDP rule naming it admits UDP only.
+    udp_port = Endpoint("db", "default", "192.168.0.10", {"role": "db"}, named_ports={"redis": (6379, "UDP")})
+    assert not allowed([named], FRONTEND, udp_port, 6379, "TCP")
+    named_udp = Policy("named-udp", "default", {"podSelector": {"matchLabels": {"role": "db"}}, "policyTypes": ["Ingress"],
+                                                "ingress": [{"ports": [{"protocol": "UDP", "port": "redis"}]}]})
+    assert allowed([named_udp], FRONTEND, udp_port, 6379, "UDP")
+    assert not allowed([named_udp], FRONTEND, udp_port, 6379, "TCP")
 
 
 def test_an_unknown_selector_operator_is_refused_not_matched():

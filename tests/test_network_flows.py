@@ -73,6 +73,12 @@ AIRFLOW_ROLES = ("scheduler", "worker", "triggerer", "dag-processor", "api-serve
 AIRFLOW_CLIENTS = ("scheduler", "worker", "triggerer", "dag-processor", "api-server", "flower", "migrate-job",
                    "create-user-job", "database-cleanup")
 LOG_WRITERS = ("scheduler", "worker", "triggerer", "dag-processor", "api-server")
+# Who opens the broker and who calls the execution API (Airflow 3.1.8: the triggerer and the DAG processor serve
+# the execution API in process; the e2e tier runs every component that is not listed with an unreachable URL).
+BROKER_CLIENTS = ("worker", "scheduler", "flower")
+EXECUTION_API_CLIENTS = ("worker",)
+NOT_BROKER_CLIENTS = ("api-server", "triggerer", "dag-processor", "migrate-job", "create-user-job", "database-cleanup")
+NOT_EXECUTION_API_CLIENTS = ("scheduler", "triggerer", "dag-processor", "flower", "migrate-job", "create-user-job")
 CNPG_JOBS = ("initdb-job", "join-job", "full-recovery-job", "major-upgrade-job")
 # CloudNativePG's pods read their Cluster.
 API_CALLERS = ("postgres", "pgbouncer", *CNPG_JOBS)
@@ -84,8 +90,8 @@ SERVICE_ONLY_API_CALLERS = ("worker",)
 COMMON_REQUIRED = [
     *[(role, "coredns", 53, proto) for role in AIRFLOW_ROLES for proto in ("UDP", "TCP")],
     *[(role, "pgbouncer", 5432, "TCP") for role in (*AIRFLOW_CLIENTS, "keda-operator")],
-    *[(role, "api-server", 8080, "TCP") for role in ("worker", "triggerer", "dag-processor", "scheduler")],
-    *[(role, "haproxy", 6379, "TCP") for role in ("worker", "scheduler", "flower", "api-server")],
+    *[(role, "api-server", 8080, "TCP") for role in EXECUTION_API_CLIENTS],
+    *[(role, "haproxy", 6379, "TCP") for role in BROKER_CLIENTS],
     *[(role, "statsd", 9125, "UDP") for role in LOG_WRITERS],
     ("api-server", "worker", 8793, "TCP"),
     ("api-server", "triggerer", 8794, "TCP"),
@@ -125,6 +131,10 @@ COMMON_FORBIDDEN = [
                                                    "migrate-job")],
     *[(role, "redis", 6379, "TCP") for role in ("worker", "scheduler", "api-server")],
     ("api-server", "redis", 26379, "TCP"),
+    # Each Airflow component reaches only the services it uses.
+    *[(role, "haproxy", 6379, "TCP") for role in NOT_BROKER_CLIENTS],
+    *[(role, "api-server", 8080, "TCP") for role in NOT_EXECUTION_API_CLIENTS],
+    *[(role, "statsd", 9125, "UDP") for role in ("flower", "migrate-job", "create-user-job")],
     # The database cleanup reaches the database and nothing else of the platform.
     *[("database-cleanup", target, port, "TCP") for target, port in (("haproxy", 6379), ("api-server", 8080))],
     ("database-cleanup", "statsd", 9125, "UDP"),
@@ -172,9 +182,9 @@ MANAGED_REQUIRED = [
     ("chart-pgbouncer", "database", 5432, "TCP"),
     ("db-bootstrap", "database", 5432, "TCP"),
     *[("db-bootstrap", "coredns", 53, proto) for proto in ("UDP", "TCP")],
-    *[(role, "broker", 6379, "TCP") for role in ("worker", "scheduler", "flower", "api-server", "triggerer")],
+    *[(role, "broker", 6379, "TCP") for role in BROKER_CLIENTS],
     *[(role, "secrets-manager", 443, "TCP") for role in LOG_WRITERS],
-    *[(role, "api-server", 8080, "TCP") for role in ("worker", "triggerer", "dag-processor", "scheduler")],
+    *[(role, "api-server", 8080, "TCP") for role in EXECUTION_API_CLIENTS],
     *[(role, "statsd", 9125, "UDP") for role in LOG_WRITERS],
     ("api-server", "worker", 8793, "TCP"),
     ("api-server", "triggerer", 8794, "TCP"),
@@ -211,6 +221,8 @@ MANAGED_FORBIDDEN = [
     ("worker", "internet-host", 443, "TCP"),
     ("worker", "vpc-neighbour", 22, "TCP"),
     ("load-balancer-0", "chart-pgbouncer", 6543, "TCP"),
+    *[(role, "broker", 6379, "TCP") for role in NOT_BROKER_CLIENTS],
+    *[(role, "api-server", 8080, "TCP") for role in NOT_EXECUTION_API_CLIENTS],
 ]
 
 
@@ -384,7 +396,7 @@ def test_every_pod_the_platform_runs_has_a_role_in_the_flow_matrix(variant):
 
 MANAGED_SERVICE_FLOWS = [
     *[(role, "airflow-pgbouncer", 6543, "TCP") for role in (*AIRFLOW_CLIENTS, "keda-operator")],
-    *[(role, "airflow-api-server", 8080, "TCP") for role in ("worker", "triggerer", "dag-processor", "scheduler")],
+    *[(role, "airflow-api-server", 8080, "TCP") for role in EXECUTION_API_CLIENTS],
     *[(role, "airflow-statsd", 9125, "UDP") for role in LOG_WRITERS],
 ]
 
@@ -584,14 +596,30 @@ def test_git_sync_reaches_the_internet_and_no_address_of_the_vpc_even_with_excep
         assert not allowed(policies, dag_processor, Endpoint("host", None, address), 443), address
 
 
+def test_git_sync_goes_only_where_git_sync_egress_cidrs_says_and_never_into_a_vpc_of_public_addresses():
+    """gitSyncEgressCidrs replaces the whole internet with the git host's networks; without it, a VPC on public
+    addresses (not RFC 1918) is left out as a whole, its unused ranges included."""
+    repository = "https://github.com/example/dags.git"
+    found = endpoints("prod")
+    narrowed = policies_of(run_program("prod", overrides={"gitSyncRepository": repository,
+                                                          "gitSyncEgressCidrs": ["140.82.112.0/20"]}))
+    dag_processor = found["dag-processor"][0]
+    assert allowed(narrowed, dag_processor, Endpoint("github", None, "140.82.121.4"), 443)
+    assert not allowed(narrowed, dag_processor, Endpoint("elsewhere", None, "1.1.1.1"), 443)
+    public_vpc = policies_of(run_program("prod", overrides={"gitSyncRepository": repository,
+                                                            "vpcCidr": "44.20.0.0/16"}))
+    assert not allowed(public_vpc, dag_processor, Endpoint("unused-vpc-range", None, "44.20.250.1"), 443)
+    assert allowed(public_vpc, dag_processor, Endpoint("next-door", None, "44.21.0.1"), 443)
+
+
 # --- through Services -------------------------------------------------------------------------------------
 # Who dials which Service (the address clients are configured with): role, Service, port, protocol.
 SERVICE_FLOWS = [
     *[(role, w.POSTGRES_POOLER, 5432, "TCP") for role in (*AIRFLOW_CLIENTS, "keda-operator")],
     # PgBouncer's [databases], the standbys' primary_conninfo and the join Job's pg_basebackup: the -rw Service.
     *[(role, f"{w.POSTGRES_CLUSTER}-rw", 5432, "TCP") for role in ("pgbouncer", "postgres", "join-job")],
-    *[(role, "airflow-redis-haproxy", 6379, "TCP") for role in ("worker", "scheduler", "flower", "api-server")],
-    *[(role, "airflow-api-server", 8080, "TCP") for role in ("worker", "triggerer", "dag-processor", "scheduler")],
+    *[(role, "airflow-redis-haproxy", 6379, "TCP") for role in BROKER_CLIENTS],
+    *[(role, "airflow-api-server", 8080, "TCP") for role in EXECUTION_API_CLIENTS],
     *[(role, "airflow-statsd", 9125, "UDP") for role in LOG_WRITERS],
     # redis-ha's servers and HAProxy find each other through the per-server announce Services.
     *[(role, f"airflow-redis-announce-{index}", port, "TCP") for role in ("haproxy", "redis")
@@ -604,6 +632,8 @@ SERVICE_FORBIDDEN = [
     ("worker", f"{w.POSTGRES_CLUSTER}-rw", 5432, "TCP"),
     ("api-server", f"{w.POSTGRES_CLUSTER}-r", 5432, "TCP"),
     ("worker", "airflow-redis-announce-0", 6379, "TCP"),
+    ("api-server", "airflow-redis-haproxy", 6379, "TCP"),
+    ("triggerer", "airflow-api-server", 8080, "TCP"),
 ]
 
 
@@ -706,7 +736,7 @@ def test_dns_is_reached_at_the_kube_dns_address_as_the_network_plugin_evaluates_
 # test_the_policies_admit_nothing_beyond_the_required_flows. Each class names a tightening left to do or a reason
 # it cannot be narrower, and is bounded by address and port, not only by role.
 API_CALLER_ROLES = ("postgres", "pgbouncer", *CNPG_JOBS)
-BROKER_CLIENT_ROLES = AIRFLOW_CLIENTS
+BROKER_CLIENT_ROLES = BROKER_CLIENTS
 MANAGED_DATABASE_CLIENTS = ("chart-pgbouncer", "db-bootstrap")
 # Ports nothing of the platform serves, probed too: a rule opened on a new port shows.
 PROBE_PORTS = ((22, "TCP"), (8443, "TCP"), (10250, "TCP"))
@@ -737,10 +767,6 @@ def beyond_required_reason(variant: str, source: str, destination: str, address:
             (port == 6379 and source in BROKER_CLIENT_ROLES) or (port == 5432 and source in MANAGED_DATABASE_CLIENTS)):
         return ("Aurora/RDS and ElastiCache take addresses anywhere in the private subnets: the policy admits the "
                 "subnets on the store's port, the store's security group admits the cluster only")
-    if source in AIRFLOW_CLIENTS and (destination, port, protocol) in (
-            ("haproxy", 6379, "TCP"), ("broker", 6379, "TCP"), ("api-server", 8080, "TCP"), ("statsd", 9125, "UDP")):
-        return ("one peer for every Airflow component (tier: airflow) reaches the broker, the API server and statsd; "
-                "narrowing it to the components that use each is a tightening left to do")
     if source in CNPG_JOBS and (destination, port) in (("postgres", 5432), ("pod-identity-agent", 80), ("s3", 443)):
         return ("CloudNativePG's Jobs carry the instances' cluster label, which the instances' policies (to each "
                 "other, to the backups in S3 through Pod Identity) admit")

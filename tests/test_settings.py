@@ -267,3 +267,24 @@ def test_a_worker_taint_without_a_value_leaves_the_value_out_for_karpenter():
     pool = node_pool.values["spec"]["template"]["spec"]["taints"]
     assert {"key": "dedicated", "effect": "NoSchedule"} in pool
     assert {"key": "team", "value": "data", "effect": "NoExecute"} in pool
+
+
+@pytest.mark.parametrize(("config", "key", "says"), [
+    ({"gitSyncEgressCidrs": ["140.82.112.0/20"]}, "gitSyncEgressCidrs", "only with gitSyncRepository"),
+    ({"gitSyncRepository": "https://git.example.com:8443/dags.git"}, "gitSyncRepository", "port 443 only"),
+    ({"gitSyncRepository": "https://10.20.3.4/dags.git"}, "gitSyncRepository", "not a public address"),
+    ({"gitSyncRepository": "https://10.20.3.4/dags.git", "gitSyncEgressCidrs": ["192.168.0.0/16"]},
+     "gitSyncRepository", "outside gitSyncEgressCidrs"),
+])
+def test_a_git_sync_repository_the_policies_would_cut_off_is_refused(config, key, says):
+    """The NetworkPolicies let git-sync out on 443 to gitSyncEgressCidrs, or else to public addresses only."""
+    with pytest.raises(SettingsError) as caught:
+        load_settings(config)
+    assert f"airflow:{key}" in str(caught.value) and says in str(caught.value), str(caught.value)
+
+
+def test_a_git_sync_repository_the_policies_admit_is_accepted():
+    for config in ({"gitSyncRepository": "https://github.com/example/dags.git"},
+                   {"gitSyncRepository": "https://github.com:443/example/dags.git"},
+                   {"gitSyncRepository": "https://10.20.3.4/dags.git", "gitSyncEgressCidrs": ["10.20.0.0/16"]}):
+        assert load_settings(config).git_sync_repository == config["gitSyncRepository"]
