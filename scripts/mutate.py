@@ -41,8 +41,11 @@ def run_tests(tree: Path, tests: list[str]) -> tuple[int, list[str]]:
     failures = []
     if report.exists():
         for case in ElementTree.parse(report).getroot().iter("testcase"):
-            for failure in [*case.findall("failure"), *case.findall("error")]:
+            for failure in case.findall("failure"):
                 failures.append(f"{case.get('classname')}::{case.get('name')}: {failure.get('message') or ''}")
+            # An error is a fixture's (set-up or tear-down), never the test's verdict.
+            for error in case.findall("error"):
+                failures.append(f"{case.get('classname')}::{case.get('name')}: error: {error.get('message') or ''}")
         report.unlink()
     return done.returncode, failures
 
@@ -76,10 +79,11 @@ def main() -> int:
                 code, failures = run_tests(tree, mutation["tests"])
             finally:
                 path.write_text(original)
-            # Caught: a named rule test failed on an assertion (exit 1), not a crash, an error or no test run.
-            # (pytest reports a failed `assert` as "assert …", or "AssertionError: …" with a message.)
+            # Caught: a named rule test failed on its own verdict (exit 1), not a crash, a fixture's error or no test
+            # run. pytest reports a failed `assert` as "assert …", or "AssertionError: …" with a message, and the
+            # test's own `pytest.fail` (a `pytest.raises` whose exception did not come included) as "Failed: …".
             caught = code == 1 and bool(failures) and all(
-                f.split(": ", 1)[1].startswith(("assert", "AssertionError")) for f in failures)
+                f.split(": ", 1)[1].startswith(("assert", "AssertionError", "Failed: ")) for f in failures)
             verdict = "caught  " if caught else ("SURVIVED" if code == 0 else "CRASHED ")
             print(f"{verdict} {mutation['name']} ({time.perf_counter() - clock:.0f} s)"
                   + (f": {failures[0][:220]}" if failures else f": pytest exit {code}"))
