@@ -472,9 +472,10 @@ class Settings(BaseModel):
         description="HTTPS URL of the DAG repository for git-sync; empty means DAGs come from the DAGs volume.")
     git_sync_egress_cidrs: list[ipaddress.IPv4Network] = Field(
         default_factory=list, max_length=50,
-        description="Where git-sync may fetch the repository from, on 443: your git host's networks (GitHub "
-                    "publishes its `git` ranges). Empty means the whole public internet. The rule is the pods' (the "
-                    "DAG processor, triggerer and workers): their own code reaches these networks too.")
+        description="Where git-sync may fetch the repository from, on 443: your git host's IPv4 networks (GitHub "
+                    "publishes its `git` ranges). Empty means the whole public internet. Inside private addresses or "
+                    "the VPC, name the host's own addresses (/28 or narrower). The rule is the pods' (the DAG "
+                    "processor, triggerer and workers): their own code reaches these networks too.")
     git_sync_branch: str = Field(default="main", min_length=1, max_length=255, description="Branch git-sync follows.")
     git_sync_sub_path: str = Field(default="", max_length=1024, description="Folder of the DAGs inside the repository.")
     git_sync_credentials_secret: str = Field(
@@ -892,37 +893,68 @@ def _standard_support_problems(settings: Settings) -> list[tuple[str, str]]:
              f"in standard support ({supported})")]
 
 
-# What is not the public internet (IANA special-purpose registry): components/security.py opens git-sync's way out
-# to every address but these unless gitSyncEgressCidrs says where.
+# What is never an internet host's address (IANA special-purpose ranges: private, shared, loopback, link-local,
+# "this network", multicast and reserved): components/security.py opens git-sync's way out to every address but
+# these (and the VPC) unless gitSyncEgressCidrs says where.
 NON_PUBLIC_RANGES = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8",
                      "169.254.0.0/16", "0.0.0.0/8", "224.0.0.0/3")
+# Of those, where no git host can be: loopback, link-local (the instance metadata service), "this network",
+# multicast and reserved.
+NEVER_A_GIT_HOST = ("127.0.0.0/8", "169.254.0.0/16", "0.0.0.0/8", "224.0.0.0/3")
+# How wide an entry of gitSyncEgressCidrs may be where it reaches into private addresses or the VPC: the git host's
+# own addresses, not the network around it (which holds the EKS API's and the stores' interfaces).
+GIT_SYNC_PRIVATE_PREFIX = 28
 
 
 def _git_sync_problems(settings: Settings) -> list[tuple[str, str]]:
-    """The policies let git-sync out on 443 only, to gitSyncEgressCidrs or else the public internet: a URL they
-    would cut off fails here rather than as pods stuck in Init."""
+    """The policies let git-sync out on 443 only, to gitSyncEgressCidrs or else the public internet (IPv4): a URL
+    they would cut off fails here rather than as pods stuck in Init, and the setting cannot reopen the VPC."""
     if not settings.git_sync_repository:
         return [("gitSyncEgressCidrs", "is used only with gitSyncRepository: set both, or neither")] \
             if settings.git_sync_egress_cidrs else []
+    problems = _git_sync_cidr_problems(settings)
     url = urllib.parse.urlsplit(settings.git_sync_repository)
     try:
         port = url.port
     except ValueError:
         port = -1
-    if port not in (None, 443) or not url.hostname:
-        return [("gitSyncRepository", f"{settings.git_sync_repository!r}: git-sync may use HTTPS on port 443 only "
-                                      "(the NetworkPolicies admit no other port); give a host and no other port")]
+    if not url.hostname:
+        return problems + [("gitSyncRepository", f"{settings.git_sync_repository!r} names no host: give "
+                                                 "https://<host>/<path>")]
+    if port not in (None, 443):
+        return problems + [("gitSyncRepository", f"{settings.git_sync_repository!r}: git-sync may use HTTPS on port "
+                                                 "443 only (the NetworkPolicies admit no other port)")]
     try:
-        address = ipaddress.IPv4Address(url.hostname)
+        address = ipaddress.ip_address(url.hostname)
     except ValueError:
-        return []
+        return problems
+    if address.version == 6:
+        return problems + [("gitSyncRepository", f"{address} is IPv6: the cluster's policies are IPv4 only; give an "
+                                                 "IPv4 address or a host name")]
     allowed = settings.git_sync_egress_cidrs or None
     if allowed is not None and not any(address in network for network in allowed):
-        return [("gitSyncRepository", f"{address} is outside gitSyncEgressCidrs ({', '.join(map(str, allowed))})")]
-    if allowed is None and any(address in ipaddress.IPv4Network(cidr) for cidr in NON_PUBLIC_RANGES):
-        return [("gitSyncRepository", f"{address} is not a public address, and git-sync may reach only the public "
-                                      "internet: set gitSyncEgressCidrs to the git host's network")]
-    return []
+        problems.append(("gitSyncRepository", f"{address} is outside gitSyncEgressCidrs ({', '.join(map(str, allowed))})"))
+    elif allowed is None and any(address in ipaddress.IPv4Network(cidr) for cidr in NON_PUBLIC_RANGES):
+        problems.append(("gitSyncRepository", f"{address} is not a public address, and git-sync may reach only the "
+                                              "public internet: set gitSyncEgressCidrs to the git host's address"))
+    return problems
+
+
+def _git_sync_cidr_problems(settings: Settings) -> list[tuple[str, str]]:
+    inside = [ipaddress.IPv4Network(cidr) for cidr in NON_PUBLIC_RANGES if cidr not in NEVER_A_GIT_HOST]
+    if settings.is_aws:
+        inside.append(settings.vpc_cidr)
+    problems = []
+    for network in settings.git_sync_egress_cidrs:
+        if any(network.overlaps(ipaddress.IPv4Network(cidr)) for cidr in NEVER_A_GIT_HOST):
+            problems.append(("gitSyncEgressCidrs", f"{network} reaches loopback, link-local (the metadata service), "
+                                                   "multicast or reserved addresses: name the git host's network"))
+        elif network.prefixlen < GIT_SYNC_PRIVATE_PREFIX and any(network.overlaps(cidr) for cidr in inside):
+            problems.append(("gitSyncEgressCidrs", f"{network} reaches into private addresses or the VPC "
+                                                   f"({settings.vpc_cidr}) wider than /{GIT_SYNC_PRIVATE_PREFIX}: "
+                                                   "there name the git host's own addresses (/28 or narrower), "
+                                                   "not the network that holds the cluster's API and stores"))
+    return problems
 
 
 def _github_problems(settings: Settings) -> list[tuple[str, str]]:

@@ -94,7 +94,7 @@ def published() -> dict[str, Published]:
                 metrics |= {name: (labels, {}) for name, labels in cnpg_default_query_metrics().items()}
             for name, (labels, values) in metrics.items():
                 if name in found:
-                    raise AssertionError(f"{name} is listed twice in {FIXTURE.name}")
+                    raise ValueError(f"{name} is listed twice in {FIXTURE.name}")
                 found[name] = Published(name, f"{project} {part}", exporter["scraped_by"], labels, values)
     return found
 
@@ -121,7 +121,7 @@ def service_monitor_jobs(monitor: dict, services: list[dict]) -> frozenset[str]:
         return frozenset({wanted[job_label]})
     selected = [svc for svc in services if wanted.items() <= (svc["metadata"].get("labels") or {}).items()]
     if not selected:
-        raise AssertionError(f"ServiceMonitor {monitor['metadata']['name']}: no rendered Service matches {wanted}")
+        raise LookupError(f"ServiceMonitor {monitor['metadata']['name']}: no rendered Service matches {wanted}")
     return frozenset((svc["metadata"].get("labels") or {}).get(job_label or "") or svc["metadata"]["name"]
                      for svc in selected)
 
@@ -141,7 +141,7 @@ def service_monitor_scrape(monitor: dict, services: list[dict]) -> Scrape:
     relabelled = {r["targetLabel"] for e in endpoints for r in e.get("relabelings", []) if r.get("targetLabel")}
     honor = {bool(e.get("honorLabels", False)) for e in endpoints}
     if len(honor) != 1:
-        raise AssertionError(f"{monitor['metadata']['name']}: endpoints differ in honorLabels")
+        raise ValueError(f"{monitor['metadata']['name']}: endpoints differ in honorLabels")
     return Scrape(jobs=service_monitor_jobs(monitor, services), namespaces=monitored_namespaces(monitor),
                   target_labels=SERVICE_MONITOR_TARGET_LABELS | relabelled, honor_labels=honor.pop())
 
@@ -259,9 +259,9 @@ def available_labels(selector: Selector, stack_scrapes: dict[tuple[str, str], Sc
     return frozenset(found)
 
 
-# Functions whose result carries no labels, or none of the argument's.
-_SCALAR_FUNCTIONS = {"time", "scalar", "pi", "minute", "hour", "day_of_week", "day_of_month", "days_in_month",
-                     "month", "year"}
+# Functions whose result is a scalar; and those of a date, a vector without labels when given no argument.
+_SCALAR_FUNCTIONS = {"time", "scalar", "pi"}
+_DATE_FUNCTIONS = {"minute", "hour", "day_of_week", "day_of_month", "day_of_year", "days_in_month", "month", "year"}
 
 
 # Stands for "any label" in a label set: the series of a metric outside the fixture (Airflow's, checked against
@@ -300,9 +300,13 @@ def expression_labels(expression: str,
             name, args = node.func.name, list(node.args)
             inner = [walk(arg) for arg in args]
             if name in ("absent", "absent_over_time"):
-                return frozenset(label for s in selectors(str(args[0])) for label, op, _ in s.matchers
-                                 if op == "Equal")
-            if name == "vector":
+                # Prometheus (createLabelsForAbsentFunction): the equality matchers' labels, but none matched twice
+                # and none set empty.
+                matchers = [m for s in selectors(str(args[0])) for m in s.matchers]
+                names = [label for label, _, _ in matchers]
+                return frozenset(label for label, op, value in matchers
+                                 if op == "Equal" and value and names.count(label) == 1)
+            if name == "vector" or (name in _DATE_FUNCTIONS and not args):
                 return frozenset()
             if name in _SCALAR_FUNCTIONS:
                 return None
@@ -315,42 +319,55 @@ def expression_labels(expression: str,
         if isinstance(node, promql_parser.AggregateExpr):
             inner = walk(node.expr)
             modifier = node.modifier
-            if modifier is None:
-                return frozenset()
-            labels = list(modifier.labels)
-            if str(modifier.type).endswith("By"):
+            labels = list(modifier.labels) if modifier is not None else []
+            by = modifier is not None and str(modifier.type).endswith("By")
+            if by:
                 need(labels, inner, f"{node.op} by ({', '.join(labels)})")
-                return frozenset(labels)
-            return None if inner is None else inner - set(labels)
+            if str(node.op) in ("topk", "bottomk", "limitk", "limit_ratio"):
+                return inner     # whole series of each group
+            grouped = frozenset(labels) if by else (frozenset() if modifier is None or inner is None
+                                                     else inner - set(labels))
+            if str(node.op) == "count_values" and node.param is not None:
+                return grouped | {str(node.param).strip('"')}
+            return grouped
         if isinstance(node, promql_parser.BinaryExpr):
-            lhs, rhs = walk(node.lhs), walk(node.rhs)
-            if lhs is None or rhs is None:
-                return lhs if rhs is None else rhs
-            op, modifier = str(node.op), node.modifier
-            matching = modifier.matching if modifier is not None else None
-            group = list(modifier.group_labels or []) if modifier is not None else []
-            if matching is not None and list(matching.labels):
-                labels = list(matching.labels)
-                if str(matching.type).endswith("Include"):
-                    need(labels, lhs, f"{op} on ({', '.join(labels)}), left side")
-                    need(labels, rhs, f"{op} on ({', '.join(labels)}), right side")
-                else:
-                    need(labels, lhs | rhs, f"{op} ignoring ({', '.join(labels)})")
-            if group:
-                card = str(modifier.card)
-                need(group, rhs if card.endswith("ManyToOne") else lhs, f"{op} group_left/right ({', '.join(group)})")
-            if op in ("and", "unless"):
-                return lhs
-            if op == "or":
-                return lhs | rhs
-            comparison = op in ("==", "!=", ">", "<", ">=", "<=") and not (modifier and modifier.return_bool)
-            if comparison:
-                return lhs | frozenset(group)
-            if matching is not None and str(matching.type).endswith("Include") and not group:
-                return frozenset(matching.labels)
-            return (lhs - set(matching.labels if matching is not None and not str(matching.type).endswith("Include")
-                              else [])) | frozenset(group)
-        raise AssertionError(f"unexpected PromQL node {type(node).__name__} in {expression!r}")
+            return binary(node, walk(node.lhs), walk(node.rhs))
+        raise NotImplementedError(f"unexpected PromQL node {type(node).__name__} in {expression!r}")
+
+    def binary(node, lhs: Optional[frozenset[str]], rhs: Optional[frozenset[str]]) -> Optional[frozenset[str]]:
+        """Prometheus's vector matching (promql/engine.go: VectorAnd/Or/Unless, VectorBinop, resultMetric)."""
+        if lhs is None or rhs is None:
+            return lhs if rhs is None else rhs
+        op, modifier = str(node.op), node.modifier
+        matching = modifier.matching if modifier is not None else None
+        labels = list(matching.labels) if matching is not None else []
+        on = matching is not None and str(matching.type).endswith("Include")
+        where = f"{op} {'on' if on else 'ignoring'} ({', '.join(labels)})"
+        if op in ("and", "unless"):
+            if on:
+                need(labels, lhs, where + ", left side")
+                need(labels, rhs, where + ", right side")
+            return lhs
+        if op == "or":
+            if on:
+                need(labels, lhs, where + ", left side")
+            return lhs | rhs
+        if on:
+            need(labels, lhs, where + ", left side")
+            need(labels, rhs, where + ", right side")
+        elif labels:
+            need(labels, lhs | rhs, where)
+        card = str(modifier.card) if modifier is not None else "OneToOne"
+        group = list(modifier.group_labels or []) if modifier is not None else []
+        if card.endswith("ManyToOne"):
+            need(group, rhs, f"{op} group_left ({', '.join(group)})")
+            return lhs | frozenset(group)
+        if card.endswith("OneToMany"):
+            need(group, lhs, f"{op} group_right ({', '.join(group)})")
+            return rhs | frozenset(group)
+        if on:
+            return frozenset(labels)
+        return lhs - set(labels)
 
     labels = walk(promql_parser.parse(expression))
     return labels, errors

@@ -381,6 +381,39 @@ def test_the_label_check_refuses_a_misspelt_grouping_or_matching_label(scrapes_b
     assert labels == {"pod"}
 
 
+# Prometheus's result labels (promql/engine.go resultMetric, VectorAnd/Or/Unless, aggregations, absent), as promtool
+# 2.42 evaluates them: expression -> the labels of its result.
+REDIS_LABELS = 'redis_memory_used_bytes{namespace="airflow"}'
+RESULT_LABELS = [
+    (f"{REDIS_LABELS} > on (pod) redis_memory_max_bytes", {"pod"}),
+    (f"{REDIS_LABELS} > ignoring (container) redis_memory_max_bytes", "left-minus-container"),
+    (f"{REDIS_LABELS} / on (pod) group_left (role) redis_instance_info", "left-plus-role"),
+    (f"redis_instance_info * on (pod) group_right (role) {REDIS_LABELS}", "left-plus-role"),
+    (f"topk by (pod) (1, {REDIS_LABELS})", "left"),
+    (f"{REDIS_LABELS} and on (pod) redis_instance_info", "left"),
+    (f'count_values("value", {REDIS_LABELS})', {"value"}),
+    ('absent(up{job="monitoring/airflow-redis", job!="x", pod=""})', set()),
+    ('absent(up{job="monitoring/airflow-redis", namespace="airflow"})', {"job", "namespace"}),
+    ("hour()", set()),
+    ("time()", None),
+]
+
+
+@pytest.mark.parametrize(("expression", "expected"), RESULT_LABELS)
+def test_the_label_check_infers_result_labels_as_prometheus_does(scrapes_by_stack, expression, expected):
+    prod = scrapes_by_stack["prod"]
+    left, _ = em.expression_labels(REDIS_LABELS, prod)
+    expected = {"left": left, "left-minus-container": left - {"container"}, "left-plus-role": left | {"role"}}.get(
+        expected, expected) if isinstance(expected, str) else expected
+    labels, problems = em.expression_labels(expression, prod)
+    assert problems == [] and (labels if labels is None else set(labels)) == expected
+
+
+def test_a_fallback_vector_needs_no_matching_label():
+    """`or on () vector(0)`, the usual fallback, is valid PromQL whatever the left side carries."""
+    assert em.expression_labels("sum(up) or on () vector(0)", {})[1] == []
+
+
 def case_series(stack_run) -> list[tuple[str, str]]:
     """(alert, series) of every promtool case of the alerts this stack has."""
     alerts = {rule["alert"] for group in registered_groups(stack_run) for rule in group["rules"]}

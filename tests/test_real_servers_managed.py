@@ -49,7 +49,6 @@ from servers import (
     CertificateAuthority,
     PostgresServer,
     ProcessServer,
-    ServerUnavailable,
     free_port,
     postgres_bin,
     run_pgbouncer,
@@ -367,10 +366,8 @@ def test_pgbouncer_refuses_a_database_certificate_it_cannot_verify(managed, serv
     directory = managed.workdir / f"pgbouncer-refusing-{server_host}"
     ini, port = program_pgbouncer(directory, managed.ca, managed.postgres.port,
                                   managed.wrong_ca_file if wrong_ca else managed.ca_file, server_host=server_host)
-    try:
-        bouncer = run_pgbouncer(directory, ini, port)
-    except ServerUnavailable as exc:
-        pytest.fail(str(exc))
+    # A PgBouncer that does not start is a crash (ServerUnavailable), not this rule's verdict.
+    bouncer = run_pgbouncer(directory, ini, port)
     outcome: dict = {}
 
     def client() -> None:

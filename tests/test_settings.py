@@ -273,8 +273,17 @@ def test_a_worker_taint_without_a_value_leaves_the_value_out_for_karpenter():
     ({"gitSyncEgressCidrs": ["140.82.112.0/20"]}, "gitSyncEgressCidrs", "only with gitSyncRepository"),
     ({"gitSyncRepository": "https://git.example.com:8443/dags.git"}, "gitSyncRepository", "port 443 only"),
     ({"gitSyncRepository": "https://10.20.3.4/dags.git"}, "gitSyncRepository", "not a public address"),
-    ({"gitSyncRepository": "https://10.20.3.4/dags.git", "gitSyncEgressCidrs": ["192.168.0.0/16"]},
+    ({"gitSyncRepository": "https://10.20.3.4/dags.git", "gitSyncEgressCidrs": ["192.168.0.0/28"]},
      "gitSyncRepository", "outside gitSyncEgressCidrs"),
+    ({"gitSyncRepository": "https://[2001:db8::1]/dags.git"}, "gitSyncRepository", "IPv4 only"),
+    ({"gitSyncRepository": "https:///dags.git"}, "gitSyncRepository", "names no host"),
+    # The setting must not reopen what the policies keep git-sync from: the VPC, the metadata service.
+    ({"gitSyncRepository": "https://github.com/x/y.git", "gitSyncEgressCidrs": ["0.0.0.0/0"]},
+     "gitSyncEgressCidrs", "loopback, link-local"),
+    ({**AWS_MINIMUM, "vpcCidr": "10.20.0.0/16", "gitSyncRepository": "https://10.20.3.4/dags.git",
+      "gitSyncEgressCidrs": ["10.20.0.0/16"]}, "gitSyncEgressCidrs", "wider than /28"),
+    ({**AWS_MINIMUM, "vpcCidr": "44.20.0.0/16", "gitSyncRepository": "https://github.com/x/y.git",
+      "gitSyncEgressCidrs": ["44.0.0.0/8"]}, "gitSyncEgressCidrs", "wider than /28"),
 ])
 def test_a_git_sync_repository_the_policies_would_cut_off_is_refused(config, key, says):
     """The NetworkPolicies let git-sync out on 443 to gitSyncEgressCidrs, or else to public addresses only."""
@@ -286,5 +295,7 @@ def test_a_git_sync_repository_the_policies_would_cut_off_is_refused(config, key
 def test_a_git_sync_repository_the_policies_admit_is_accepted():
     for config in ({"gitSyncRepository": "https://github.com/example/dags.git"},
                    {"gitSyncRepository": "https://github.com:443/example/dags.git"},
-                   {"gitSyncRepository": "https://10.20.3.4/dags.git", "gitSyncEgressCidrs": ["10.20.0.0/16"]}):
+                   {"gitSyncRepository": "https://10.20.3.4/dags.git", "gitSyncEgressCidrs": ["10.20.3.0/28"]},
+                   {"gitSyncRepository": "https://GitHub.com/example/dags.git",
+                    "gitSyncEgressCidrs": ["140.82.112.0/20", "192.30.252.0/22"]}):
         assert load_settings(config).git_sync_repository == config["gitSyncRepository"]
