@@ -7,6 +7,7 @@ default). A PromQL selector is then judged by the name, labels and values it ask
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -159,18 +160,23 @@ def scrapes(program_monitors: list[dict], chart_documents: list[dict]) -> dict[t
     return found
 
 
+def selector_of(node: promql_parser.VectorSelector) -> Selector:
+    matchers = tuple((m.name, str(m.op).rsplit(".", 1)[-1], m.value) for m in node.matchers.matchers)
+    name = node.name or next((v for label, op, v in matchers if label == "__name__" and op == "Equal"), "")
+    return Selector(name, tuple(m for m in matchers if m[0] != "__name__"))
+
+
+def selectors_in(node) -> list[Selector]:
+    """Every series selector under a parsed PromQL node."""
+    found: list[Selector] = []
+    promql_parser.walk(node, lambda child: found.append(selector_of(child))
+                       if isinstance(child, promql_parser.VectorSelector) else None)
+    return found
+
+
 def selectors(expression: str) -> list[Selector]:
     """Every series selector of a PromQL expression, as Prometheus parses it."""
-    found: list[Selector] = []
-
-    def visit(node):
-        if isinstance(node, promql_parser.VectorSelector):
-            matchers = tuple((m.name, str(m.op).rsplit(".", 1)[-1], m.value) for m in node.matchers.matchers)
-            name = node.name or next((v for label, op, v in matchers if label == "__name__" and op == "Equal"), "")
-            found.append(Selector(name, tuple(m for m in matchers if m[0] != "__name__")))
-
-    promql_parser.walk(promql_parser.parse(expression), visit)
-    return found
+    return selectors_in(promql_parser.parse(expression))
 
 
 def scrapes_of(metric: Published, stack_scrapes: dict[tuple[str, str], Scrape]) -> list[Scrape]:
@@ -184,19 +190,17 @@ def scrapes_of(metric: Published, stack_scrapes: dict[tuple[str, str], Scrape]) 
     if metric.scraped_by.get("targets") == "nodes":
         # Endpoints that are Nodes (the kubelet's): the operator labels them `node`, and they have no pod
         # (prometheus-operator pkg/prometheus/promcfg.go, the ServiceMonitor's endpoint relabelling).
-        scrape = Scrape(scrape.jobs, scrape.namespaces, (scrape.target_labels - {"pod", "container"}) | {"node"},
-                        scrape.honor_labels)
+        scrape = dataclasses.replace(scrape, target_labels=(scrape.target_labels - {"pod", "container"}) | {"node"})
     return [scrape]
 
 
 def series_labels(metric: Published, scrape: Scrape) -> dict[str, Optional[frozenset[str]]]:
     """The labels a series of this metric carries after this scrape, each with the values it can take where they
     are known (None: any)."""
-    exporter = frozenset() if metric.scraped_by.get("any_monitor") else metric.labels
     labels: dict[str, Optional[frozenset[str]]] = {
         "job": scrape.jobs, "namespace": scrape.namespaces or None,
         **{label: None for label in scrape.target_labels - {"job", "namespace"}}}
-    for label in exporter:
+    for label in metric.labels:
         known = metric.values.get(label)
         if label in scrape.target_labels and not scrape.honor_labels:
             labels[f"exported_{label}"] = known
@@ -239,7 +243,7 @@ def problems(selector: Selector, stack_scrapes: dict[tuple[str, str], Scrape],
     if labels_present is not None:
         # The exact series: every label it has is one a scrape gives.
         candidates = [scrape for scrape in candidates if set(labels_present) <= set(series_labels(metric, scrape))]
-    if any(all(matcher_holds(series_labels(metric, scrape), *check) for check in checks) for scrape in candidates):
+    if matching_series(metric, checks, candidates):
         return []
     return [f"{selector.name}{{{', '.join(f'{l} {o} {v!r}' for l, o, v in checks)}}}: no scrape of "
             f"{metric.exporter} gives a series like that (it sets {sorted(metric.labels)}; the scrapes add "
@@ -251,12 +255,14 @@ def available_labels(selector: Selector, stack_scrapes: dict[tuple[str, str], Sc
     metric = published().get(selector.name)
     if metric is None:
         return frozenset()
-    found: set[str] = set()
-    for scrape in scrapes_of(metric, stack_scrapes):
-        labels = series_labels(metric, scrape)
-        if all(matcher_holds(labels, *matcher) for matcher in selector.matchers):
-            found |= set(labels)
-    return frozenset(found)
+    return frozenset(label for labels in matching_series(metric, selector.matchers, scrapes_of(metric, stack_scrapes))
+                     for label in labels)
+
+
+def matching_series(metric: Published, checks, scrapes: list[Scrape]) -> list[dict[str, Optional[frozenset[str]]]]:
+    """The metric's series, one label set per scrape, on which every matcher holds."""
+    shaped = (series_labels(metric, scrape) for scrape in scrapes)
+    return [labels for labels in shaped if all(matcher_holds(labels, *check) for check in checks)]
 
 
 # Functions whose result is a scalar; and those of a date, a vector without labels when given no argument.
@@ -277,7 +283,7 @@ def expression_labels(expression: str,
     errors: list[str] = []
 
     def of_selector(node) -> frozenset[str]:
-        selector, = selectors(str(node))
+        selector = selector_of(node)
         if selector.name not in published():
             return frozenset({ANY_LABEL})
         return available_labels(selector, stack_scrapes)
@@ -302,7 +308,7 @@ def expression_labels(expression: str,
             if name in ("absent", "absent_over_time"):
                 # Prometheus (createLabelsForAbsentFunction): the equality matchers' labels, but none matched twice
                 # and none set empty.
-                matchers = [m for s in selectors(str(args[0])) for m in s.matchers]
+                matchers = [m for s in selectors_in(args[0]) for m in s.matchers]
                 names = [label for label, _, _ in matchers]
                 return frozenset(label for label, op, value in matchers
                                  if op == "Equal" and value and names.count(label) == 1)

@@ -168,12 +168,10 @@ def test_karpenter_changes_what_it_means_to_and_nothing_else(before, stack):
         # Workers tolerate Karpenter's nodes and keep them from consolidation; the release waits for the NodePool
         # (and, LATER_CHANGES, mounts the Secrets per component).
         "airflow-airflow": ["inputs", "waits"],
-        **{name: LATER_CHANGES[name] for name in ("cluster-s3", "security-airflow-to-pgbouncer-egress",
-                                                  "security-airflow-to-pgbouncer-ingress", "database-cluster",
-                                                  "database-metadata-connection", "database-pooler",
-                                                  "security-airflow-to-api-server-egress", "security-airflow-to-redis-egress",
-                                                  "security-airflow-to-redis-ingress", "security-airflow-to-statsd-egress")},
-        **{name: parts for name, parts in LATER_CHANGES.items() if name.startswith(("storage-", "security-operator-"))},
+        **{name: LATER_CHANGES[name] for name in ("cluster-s3", "database-cluster", "database-metadata-connection",
+                                                  "database-pooler")},
+        **{name: parts for name, parts in LATER_CHANGES.items()
+           if name.startswith(("storage-", "security-operator-", "security-airflow-to-"))},
         **{name: LATER_CHANGES[name] for name in ("cluster-eks", "cluster-system", "database-cloudnative-pg",
                                                   "observability-kube-prometheus-stack")},
         **{name: parts for name, parts in LATER_CHANGES_AWS.items() if name not in ("cluster-k8s",

@@ -579,9 +579,9 @@ def test_git_sync_goes_out_from_the_pods_the_chart_gives_git_sync_containers():
                      and any(c["name"].startswith("git-sync") for c in pod.spec.get("containers", []) +
                              pod.spec.get("initContainers", []))}
     assert with_git_sync == set(GIT_SYNC_ROLES) == set(w.AIRFLOW_GIT_SYNC_COMPONENTS)
-    rule, = [peer for policy in policies_of(run) if policy.name == "git-sync-to-repository-egress"
-             for peer in [policy.spec["podSelector"]]]
-    assert {e["key"]: set(e["values"]) for e in rule["matchExpressions"]}["component"] == with_git_sync
+    selector, = [policy.spec["podSelector"] for policy in policies_of(run)
+                 if policy.name == "git-sync-to-repository-egress"]
+    assert {e["key"]: set(e["values"]) for e in selector["matchExpressions"]}["component"] == with_git_sync
 
 
 def test_git_sync_reaches_the_internet_and_no_address_of_the_vpc_even_with_except_ignored():
@@ -736,7 +736,6 @@ def test_dns_is_reached_at_the_kube_dns_address_as_the_network_plugin_evaluates_
 # test_the_policies_admit_nothing_beyond_the_required_flows. Each class names a tightening left to do or a reason
 # it cannot be narrower, and is bounded by address and port, not only by role.
 API_CALLER_ROLES = ("postgres", "pgbouncer", *CNPG_JOBS)
-BROKER_CLIENT_ROLES = BROKER_CLIENTS
 MANAGED_DATABASE_CLIENTS = ("chart-pgbouncer", "db-bootstrap")
 # Ports nothing of the platform serves, probed too: a rule opened on a new port shows.
 PROBE_PORTS = ((22, "TCP"), (8443, "TCP"), (10250, "TCP"))
@@ -764,7 +763,7 @@ def beyond_required_reason(variant: str, source: str, destination: str, address:
     if source == "public-subnet-host" and (destination, port, protocol) == ("api-server", 8080, "TCP"):
         return "an internet-facing ALB's nodes take any address of the public subnets, which the policy admits"
     if stack == "prod-managed" and in_private and protocol == "TCP" and (
-            (port == 6379 and source in BROKER_CLIENT_ROLES) or (port == 5432 and source in MANAGED_DATABASE_CLIENTS)):
+            (port == 6379 and source in BROKER_CLIENTS) or (port == 5432 and source in MANAGED_DATABASE_CLIENTS)):
         return ("Aurora/RDS and ElastiCache take addresses anywhere in the private subnets: the policy admits the "
                 "subnets on the store's port, the store's security group admits the cluster only")
     if source in CNPG_JOBS and (destination, port) in (("postgres", 5432), ("pod-identity-agent", 80), ("s3", 443)):
