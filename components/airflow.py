@@ -20,17 +20,12 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from components import workloads as w
-from components.database import (
-    ASYNC_CONNECTION_KEY,
-    CLEANUP_CONNECTION_KEY,
-    KEDA_CONNECTION_KEY,
-    WORKER_ASYNC_CONNECTION_KEY,
-    WORKER_CONNECTION_KEY,
-)
-from components.helm import NONROOT_UID, chart_release, millicores, pinned, resources
+from components.generated_secrets import secrets_checksum
+from components.helm import chart_release, pinned
 from components.ingress import alb_ingress
+from components.namespaces import namespace_with_pod_security
+from components.pods import NOBODY, NONROOT_UID, container_security_context, millicores, pod_security_context, resources
 from components.secrets_backend import airflow_secrets_config
-from components.security import namespace_with_pod_security, secrets_checksum
 from components.settings import Settings
 
 AIRFLOW_CHARTS = "https://airflow.apache.org"
@@ -38,13 +33,11 @@ KEDA_CHARTS = "https://kedacore.github.io/charts"
 API_SERVER_SERVICE = f"{w.AIRFLOW_RELEASE}-api-server"
 HEALTH_CHECK_PATH = "/api/v2/monitor/health"
 # Airflow's image runs as uid 50000 with gid 0; every pod also meets Pod Security `restricted`.
-POD_SECURITY_CONTEXT = {"runAsUser": 50000, "runAsGroup": 0, "fsGroup": 0, "runAsNonRoot": True,
-                        "seccompProfile": {"type": "RuntimeDefault"}}
-CONTAINER_SECURITY_CONTEXT = {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
-                              "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+POD_SECURITY_CONTEXT = pod_security_context(50000, gid=0, fs_group=0)
+CONTAINER_SECURITY_CONTEXT = container_security_context()
 # Airflow's containers (init containers and sidecars too) write only to /tmp, their logs directory and
 # (git-sync) the DAGs volume: all three are emptyDirs or claims, so the image itself is mounted read-only.
-READ_ONLY_CONTAINER_SECURITY_CONTEXT = {**CONTAINER_SECURITY_CONTEXT, "readOnlyRootFilesystem": True}
+READ_ONLY_CONTAINER_SECURITY_CONTEXT = container_security_context(read_only_root=True)
 # The platform's Secrets, as files, in every Airflow container (and nothing else of them in its environment).
 SECRETS_DIR = w.SECRETS_DIR
 # No size limit: past one the kubelet evicts the pod at once, and a worker's running tasks (their temporary
@@ -245,8 +238,8 @@ WORKER_SECRET_OPTIONS = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__DATABA
                          "AIRFLOW__API__SECRET_KEY", "AIRFLOW__CELERY__BROKER_URL")
 # The workers' metadata URLs name the workers' role, which may write Celery's results (held to plain data) and read
 # the schema's version (the entrypoint's `airflow db check`, the init container's `airflow db check-migrations`).
-WORKER_DATABASE_KEYS = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": WORKER_CONNECTION_KEY,
-                        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": WORKER_ASYNC_CONNECTION_KEY}
+WORKER_DATABASE_KEYS = {"AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": w.WORKER_CONNECTION_KEY,
+                        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": w.WORKER_ASYNC_CONNECTION_KEY}
 
 
 def secret_sources(files: list[tuple[str, pulumi.Input[str], str]]) -> list[dict]:
@@ -458,7 +451,7 @@ def database_cleanup_values(settings: Settings, metadata_secret: pulumi.Input[st
         "applyCustomEnv": False,
         "env": [*WRITABLE_CACHE_ENV,
                 {"name": "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
-                 "valueFrom": {"secretKeyRef": {"name": metadata_secret, "key": CLEANUP_CONNECTION_KEY}}}],
+                 "valueFrom": {"secretKeyRef": {"name": metadata_secret, "key": w.CLEANUP_CONNECTION_KEY}}}],
         "command": ["bash"],
         "args": ["-c", database_cleanup_script(settings.database_cleanup_retention_days)],
         "resources": airflow_resources("200m", "512Mi"),
@@ -499,7 +492,7 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         ("AIRFLOW__CORE__FERNET_KEY", fernet_key_secret, "fernet-key"),
         ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", metadata_secret, "connection"),
         # Airflow would derive its async URL from the sync one, `sslmode` included, which asyncpg refuses.
-        ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC", metadata_secret, ASYNC_CONNECTION_KEY),
+        ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC", metadata_secret, w.ASYNC_CONNECTION_KEY),
         ("AIRFLOW__API__SECRET_KEY", api_secret_key_secret, "api-secret-key"),
         ("AIRFLOW__API_AUTH__JWT_SECRET", jwt_secret, "jwt-secret"),
         ("AIRFLOW__CELERY__BROKER_URL", broker_secret, "connection"),
@@ -631,7 +624,7 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
             # the one credential the chart can only hand over as an environment variable. KEDA's own key of the
             # Secret: its own role, which may only read task_instance, and no CA file, which KEDA does not have.
             "env": [{"name": "AIRFLOW_CONN_AIRFLOW_DB",
-                     "valueFrom": {"secretKeyRef": {"name": metadata_secret, "key": KEDA_CONNECTION_KEY}}}],
+                     "valueFrom": {"secretKeyRef": {"name": metadata_secret, "key": w.KEDA_CONNECTION_KEY}}}],
             "terminationGracePeriodSeconds": settings.worker_grace_seconds,
             "podDisruptionBudget": pdb(),
             "topologySpreadConstraints": zone_spread("worker"),
@@ -671,9 +664,7 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         "statsd": {
             "extraMappings": STATSD_EXTRA_MAPPINGS,
             "resources": resources("50m", "128Mi"),
-            "securityContexts": {"pod": {"runAsUser": 65534, "runAsNonRoot": True,
-                                         "seccompProfile": {"type": "RuntimeDefault"}},
-                                 "container": READ_ONLY_CONTAINER_SECURITY_CONTEXT},
+            "securityContexts": {"pod": pod_security_context(NOBODY), "container": READ_ONLY_CONTAINER_SECURITY_CONTEXT},
         },
         "flower": {
             "enabled": settings.flower_enabled,

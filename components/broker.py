@@ -17,11 +17,11 @@ import pulumi_kubernetes as k8s
 
 from components import elasticache
 from components import workloads as w
-from components.helm import chart_release, pinned, resources
-from components.security import secrets_checksum
-from components.settings import Settings, memory_bytes
+from components.generated_secrets import secrets_checksum
+from components.helm import chart_release, pinned
+from components.pods import memory_bytes, resources
+from components.settings import Settings
 
-BROKER_URL_SECRET = "airflow-broker-url"
 # The chart names its services after fullnameOverride: <release>, <release>-haproxy, ...
 HAPROXY_SERVICE = f"{w.REDIS_RELEASE}-haproxy"
 
@@ -90,7 +90,7 @@ class Broker(pulumi.ComponentResource):
                 password, f"{HAPROXY_SERVICE}.{w.AIRFLOW_NAMESPACE}.svc.cluster.local", w.REDIS_PORT))
         connection = k8s.core.v1.Secret(
             f"{name}-broker-url",
-            metadata={"name": BROKER_URL_SECRET, "namespace": args.airflow_namespace},
+            metadata={"name": w.BROKER_URL_SECRET, "namespace": args.airflow_namespace},
             string_data={"connection": pulumi.Output.secret(url)},
             opts=secret_opts)
         self.connection_secret_name = connection.metadata.name

@@ -21,27 +21,16 @@ import pulumi_random as random
 
 from components import rds
 from components import workloads as w
-from components.helm import chart_release, resources
-from components.security import RDS_SPECIAL, generated_password, namespace_with_pod_security, secrets_checksum
+from components.generated_secrets import RDS_SPECIAL, generated_password, secrets_checksum
+from components.helm import chart_release
+from components.namespaces import namespace_with_pod_security
+from components.pods import resources
 from components.settings import Settings
 
 CNPG_CHARTS = "https://cloudnative-pg.github.io/charts"
 BARMAN_CLOUD_PLUGIN = "barman-cloud.cloudnative-pg.io"
 OBJECT_STORE = "airflow-db-backups"
 RESTORE_SOURCE = "backup-origin"
-METADATA_CONNECTION_SECRET = "airflow-metadata-connection"
-# Keys of that Secret: the chart reads `connection`; AirflowRelease hands `async-connection` to
-# [database] sql_alchemy_conn_async.
-ASYNC_CONNECTION_KEY = "async-connection"
-# KEDA's URL (the worker hands it over as AIRFLOW_CONN_AIRFLOW_DB), as its own role, which may only read
-# task_instance: KEDA has no file of PgBouncer's CA, so it requires TLS without verifying it.
-KEDA_CONNECTION_KEY = "kedaConnection"
-# The workers' metadata URLs, as the workers' own role (w.POSTGRES_WORKER_USER): Celery's result backend is the
-# worker's metadata URL ([celery] result_backend unset), so the workers hold no URL of the owner's. Their async
-# engine is never used; its URL names the same role.
-WORKER_CONNECTION_KEY, WORKER_ASYNC_CONNECTION_KEY = "workerConnection", "workerAsyncConnection"
-# The owner's URL for the nightly database cleanup, whose pod has no CA file either (TLS required, not verified).
-CLEANUP_CONNECTION_KEY = "cleanupConnection"
 DATABASE_NAME = w.POSTGRES_DATABASE
 
 
@@ -64,13 +53,13 @@ def cloudnative_pg_metadata_urls(password: str, keda_password: str, worker_passw
     """The Secret's keys with CloudNativePG (Airflow, its workers, KEDA and the cleanup -> its Pooler): TLS
     required."""
     url = metadata_url(w.POSTGRES_USER, password, host, port, DATABASE_NAME)
-    return {"connection": url, ASYNC_CONNECTION_KEY: async_metadata_url(w.POSTGRES_USER, password, host, port,
+    return {"connection": url, w.ASYNC_CONNECTION_KEY: async_metadata_url(w.POSTGRES_USER, password, host, port,
                                                                          DATABASE_NAME),
-            WORKER_CONNECTION_KEY: metadata_url(w.POSTGRES_WORKER_USER, worker_password, host, port, DATABASE_NAME),
-            WORKER_ASYNC_CONNECTION_KEY: async_metadata_url(w.POSTGRES_WORKER_USER, worker_password, host, port,
+            w.WORKER_CONNECTION_KEY: metadata_url(w.POSTGRES_WORKER_USER, worker_password, host, port, DATABASE_NAME),
+            w.WORKER_ASYNC_CONNECTION_KEY: async_metadata_url(w.POSTGRES_WORKER_USER, worker_password, host, port,
                                                             DATABASE_NAME),
-            KEDA_CONNECTION_KEY: metadata_url(w.POSTGRES_KEDA_USER, keda_password, host, port, DATABASE_NAME),
-            CLEANUP_CONNECTION_KEY: url}
+            w.KEDA_CONNECTION_KEY: metadata_url(w.POSTGRES_KEDA_USER, keda_password, host, port, DATABASE_NAME),
+            w.CLEANUP_CONNECTION_KEY: url}
 
 
 def managed_metadata_urls(password: str, keda_password: str, worker_password: str, host: str, port: int,
@@ -80,13 +69,13 @@ def managed_metadata_urls(password: str, keda_password: str, worker_password: st
     connect args AirflowRelease gives it when that file exists), KEDA and the cleanup only require TLS."""
     return {
         "connection": metadata_url(w.POSTGRES_USER, password, host, port, DATABASE_NAME, "verify-full", ca_file),
-        ASYNC_CONNECTION_KEY: async_metadata_url(w.POSTGRES_USER, password, host, port, DATABASE_NAME),
-        WORKER_CONNECTION_KEY: metadata_url(w.POSTGRES_WORKER_USER, worker_password, host, port, DATABASE_NAME,
+        w.ASYNC_CONNECTION_KEY: async_metadata_url(w.POSTGRES_USER, password, host, port, DATABASE_NAME),
+        w.WORKER_CONNECTION_KEY: metadata_url(w.POSTGRES_WORKER_USER, worker_password, host, port, DATABASE_NAME,
                                             "verify-full", ca_file),
-        WORKER_ASYNC_CONNECTION_KEY: async_metadata_url(w.POSTGRES_WORKER_USER, worker_password, host, port,
+        w.WORKER_ASYNC_CONNECTION_KEY: async_metadata_url(w.POSTGRES_WORKER_USER, worker_password, host, port,
                                                         DATABASE_NAME),
-        KEDA_CONNECTION_KEY: metadata_url(w.POSTGRES_KEDA_USER, keda_password, host, port, DATABASE_NAME, "require"),
-        CLEANUP_CONNECTION_KEY: metadata_url(w.POSTGRES_USER, password, host, port, DATABASE_NAME, "require"),
+        w.KEDA_CONNECTION_KEY: metadata_url(w.POSTGRES_KEDA_USER, keda_password, host, port, DATABASE_NAME, "require"),
+        w.CLEANUP_CONNECTION_KEY: metadata_url(w.POSTGRES_USER, password, host, port, DATABASE_NAME, "require"),
     }
 
 
@@ -166,7 +155,7 @@ class Database(pulumi.ComponentResource):
             lambda passwords: published_urls(*passwords, pooler_host, pooler_port))
         connection = k8s.core.v1.Secret(
             f"{name}-metadata-connection",
-            metadata={"name": METADATA_CONNECTION_SECRET, "namespace": args.airflow_namespace},
+            metadata={"name": w.METADATA_CONNECTION_SECRET, "namespace": args.airflow_namespace},
             string_data=pulumi.Output.secret(urls),
             opts=self._k8s)
         self.connection_secret_name = connection.metadata.name

@@ -36,20 +36,4 @@ def pinned(tag: str, digest: str) -> str:
     return f"{tag}@{digest}" if digest else tag
 
 
-def millicores(quantity: str) -> int:
-    """A Kubernetes CPU quantity ("250m", "1", "1.5") in millicores."""
-    return int(quantity[:-1]) if quantity.endswith("m") else round(float(quantity) * 1000)
 
-
-def resources(cpu: str, memory: str, memory_limit: Optional[str] = None, cpu_limit: Optional[str] = None) -> dict:
-    """Requests and limits: memory limited to the request unless given; CPU limited to `cpu_limit`, by default
-    four times the request and at least 200m, so a container bursts through start-up and probes but one that
-    spins cannot starve its node."""
-    if cpu_limit is None:
-        cpu_limit = f"{max(4 * millicores(cpu), 200)}m"
-    return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu_limit, "memory": memory_limit or memory}}
-
-
-# The user of distroless "nonroot" images (the load balancer controller, cert-manager, KEDA): set explicitly,
-# so a pod runs under a UID outside the range of host users (10000 and up) whatever the image says.
-NONROOT_UID = 65532

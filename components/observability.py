@@ -20,8 +20,9 @@ import yaml
 
 from components import workloads as w
 from components.alerts import alert_groups, prometheus_rule_spec
-from components.helm import chart_release, resources
+from components.helm import chart_release
 from components.ingress import alb_ingress
+from components.pods import resources
 from components.settings import Settings
 
 KPS_CHARTS = "https://prometheus-community.github.io/helm-charts"

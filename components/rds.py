@@ -24,8 +24,8 @@ import pulumi_random as random
 
 from components import workloads as w
 from components.data_store_access import cluster_only_security_group
-from components.helm import resources
 from components.iam import managed_policy_arn, service_trust_policy
+from components.pods import NOBODY, container_security_context, pod_security_context, resources
 from components.settings import Settings
 
 # The Airflow chart (1.19.0) names PgBouncer's Service <release>-pgbouncer and serves it on ports.pgbouncer.
@@ -96,17 +96,12 @@ def pgbouncer_ini(*, server_host: str, server_port: int, database: str, user: st
     ])
 
 
-NOBODY = 65534
-
-
 def restricted_pod_context(uid: int) -> dict:
     """A pod's security context under Pod Security `restricted`, running as `uid` (its group, and the volumes')."""
-    return {"runAsUser": uid, "runAsGroup": uid, "fsGroup": uid, "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"}}
+    return pod_security_context(uid, gid=uid, fs_group=uid)
 
 
-READ_ONLY_CONTAINER = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                       "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+READ_ONLY_CONTAINER = container_security_context(read_only_root=True)
 
 
 def pgbouncer_chart_values(settings: Settings, ca_certificates: str, config_checksum: pulumi.Input[str]) -> dict:

@@ -5,7 +5,6 @@ cert-manager with an in-cluster CA for in-cluster TLS).
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Optional
@@ -16,7 +15,10 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from components import workloads as w
-from components.helm import NONROOT_UID, chart_release, resources
+from components.generated_secrets import RDS_SPECIAL, URL_RESERVED_SPECIAL, generated_password, secrets_checksum
+from components.helm import chart_release
+from components.namespaces import namespace_with_pod_security
+from components.pods import NONROOT_UID, pod_security_context, resources
 from components.settings import NON_PUBLIC_RANGES, Settings, principal_name
 
 OPERATORS_GROUP = "airflow-operators"
@@ -121,25 +123,6 @@ def public_internet(*excluded: str) -> tuple[str, ...]:
                      for part in (network.address_exclude(hole) if hole.subnet_of(network)
                                   else () if network.subnet_of(hole) else (network,))]
     return tuple(str(network) for network in ipaddress.collapse_addresses(remaining))
-
-
-# Special characters of generated passwords: URL-reserved ones on purpose, so the connection URLs must
-# percent-encode them.
-URL_RESERVED_SPECIAL = "!#%&*()-_=+[]{}<>:?@/"
-# What RDS and Aurora accept in a password: all of those but `@` and `/` (quotes and spaces are not among them).
-RDS_SPECIAL = URL_RESERVED_SPECIAL.replace("@", "").replace("/", "")
-
-
-def generated_password(resource_name: str, parent: pulumi.Resource, special: bool,
-                       override_special: str = URL_RESERVED_SPECIAL, generation: int = 1) -> pulumi.Output[str]:
-    """A generated password (pulumi_random: in the state, encrypted), 32 characters of every class. A new
-    generation is a new password (keepers replace it); generation 1 has none, as passwords made before."""
-    password = random.RandomPassword(
-        resource_name, length=32, special=special, override_special=override_special if special else None,
-        min_lower=2, min_upper=2, min_numeric=2, min_special=2 if special else 0,
-        keepers={"generation": str(generation)} if generation > 1 else None,
-        opts=pulumi.ResourceOptions(parent=parent))
-    return password.result
 
 
 # Peers several flows share.
@@ -335,31 +318,6 @@ def network_policy_specs(flows: list[Flow]) -> dict[str, dict]:
             specs[f"{flow.name}-ingress"] = {
                 "podSelector": flow.destination.pod_selector(), "policyTypes": ["Ingress"], "ingress": [rule]}
     return specs
-
-
-def secrets_checksum(*values: pulumi.Input[str]) -> pulumi.Output[str]:
-    """A digest of secret values, for pod annotations: when a value changes (a rotation), the pods that
-    read it roll. The digest reveals nothing of the values, so it is not kept secret (it would hide every
-    diff of the Helm values it sits in)."""
-    digest = pulumi.Output.all(*values).apply(
-        lambda plain: hashlib.sha256("\0".join(plain).encode()).hexdigest())
-    return pulumi.Output.unsecret(digest)
-
-
-def namespace_with_pod_security(resource_name: str, namespace: str, level: str,
-                                opts: pulumi.ResourceOptions,
-                                labels: Optional[dict[str, str]] = None) -> k8s.core.v1.Namespace:
-    """A namespace that enforces a Pod Security Admission level and warns about and audits `restricted`."""
-    return k8s.core.v1.Namespace(
-        resource_name,
-        metadata={"name": namespace, "labels": {
-            "pod-security.kubernetes.io/enforce": level,
-            "pod-security.kubernetes.io/enforce-version": "latest",
-            "pod-security.kubernetes.io/warn": "restricted",
-            "pod-security.kubernetes.io/audit": "restricted",
-            **(labels or {}),
-        }},
-        opts=opts)
 
 
 # The AWS Load Balancer Controller adds a readiness gate to the pods behind an ALB target group in namespaces
@@ -646,8 +604,7 @@ def cert_manager_values(ha: bool, placement: Optional[dict] = None) -> dict:
     replicas = 2 if ha else 1
     placement = placement or {}
     # cert-manager's images run as 65532 (distroless nonroot): named, so the pods never run as a low UID.
-    user = {"securityContext": {"runAsNonRoot": True, "runAsUser": NONROOT_UID, "runAsGroup": NONROOT_UID,
-                                "seccompProfile": {"type": "RuntimeDefault"}}}
+    user = {"securityContext": pod_security_context(NONROOT_UID, gid=NONROOT_UID)}
     return {
         "crds": {"enabled": True, "keep": True},
         "replicaCount": replicas,

@@ -20,7 +20,7 @@ import pulumi
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
-from components.helm import millicores
+from components.pods import memory_bytes, millicores
 from components.workloads import GIT_SYNC_REQUESTS, NODE_ROLE_LABEL, POSTGRES_KEDA_CONNECTION_LIMIT, SYSTEM_NODES
 
 PROJECT_NAMESPACE = "airflow"
@@ -54,16 +54,6 @@ def today() -> datetime.date:
 def principal_name(arn: str) -> str:
     """A resource name's part for an IAM principal: `role-<path-and-name>` or `user-…`, slashes as dashes."""
     return arn.split(":", 5)[5].replace("/", "-")
-
-
-_QUANTITY_FACTORS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-                     "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
-
-
-def memory_bytes(quantity: str) -> int:
-    """A Kubernetes memory quantity (as the settings accept them) in bytes."""
-    number, unit = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([kMGT]i?)?", quantity).groups()
-    return int(float(number) * _QUANTITY_FACTORS[unit or ""])
 
 
 class SettingsError(ValueError):

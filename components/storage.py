@@ -16,10 +16,10 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from components import workloads as w
-from components.cluster import zone_index
 from components.iam import POD_IDENTITY_TRUST_POLICY, managed_policy_arn, service_trust_policy
 from components.secrets_backend import secrets_read_policy
 from components.settings import Settings
+from components.zones import zone_index
 
 EFS_STORAGE_CLASS = "efs-rwx"
 

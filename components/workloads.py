@@ -155,3 +155,19 @@ ADMIN_USER = "admin"
 
 DAGS_PVC = "airflow-dags-pvc"
 LOGS_PVC = "airflow-logs-pvc"
+
+# The Secret Database writes the metadata URLs into, and its keys: the chart reads `connection`; AirflowRelease
+# hands `async-connection` to [database] sql_alchemy_conn_async.
+METADATA_CONNECTION_SECRET = "airflow-metadata-connection"
+ASYNC_CONNECTION_KEY = "async-connection"
+# KEDA's URL (the worker hands it over as AIRFLOW_CONN_AIRFLOW_DB), as its own role, which may only read
+# task_instance: KEDA has no file of PgBouncer's CA, so it requires TLS without verifying it.
+KEDA_CONNECTION_KEY = "kedaConnection"
+# The workers' metadata URLs, as the workers' own role (w.POSTGRES_WORKER_USER): Celery's result backend is the
+# worker's metadata URL ([celery] result_backend unset), so the workers hold no URL of the owner's. Their async
+# engine is never used; its URL names the same role.
+WORKER_CONNECTION_KEY, WORKER_ASYNC_CONNECTION_KEY = "workerConnection", "workerAsyncConnection"
+# The owner's URL for the nightly database cleanup, whose pod has no CA file either (TLS required, not verified).
+CLEANUP_CONNECTION_KEY = "cleanupConnection"
+# The Secret Broker writes the Celery broker URL into (key `connection`).
+BROKER_URL_SECRET = "airflow-broker-url"

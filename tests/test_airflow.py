@@ -13,8 +13,8 @@ from jsonschema import ValidationError
 
 from components import workloads as w
 from components.airflow import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
-from components.database import CLEANUP_CONNECTION_KEY
 from components.settings import load_settings
+from components.workloads import CLEANUP_CONNECTION_KEY
 from harness import REPO, STACKS, is_secret, load_stack_config, run_program, unwrap
 from rendering import platform_pods, render_all, secret_files
 from schemas import chart_defaults, validate_chart_values_strictly

@@ -22,7 +22,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from components import workloads as w
-from components.database import ASYNC_CONNECTION_KEY, METADATA_CONNECTION_SECRET
+from components.workloads import ASYNC_CONNECTION_KEY, METADATA_CONNECTION_SECRET
 from harness import run_program
 from rendering import secret_files
 from servers import start_pgbouncer, start_postgres, start_redis, unavailable_reason, with_host_and_port

@@ -21,17 +21,17 @@ from cryptography import x509
 
 from components import rds
 from components import workloads as w
-from components.broker import BROKER_URL_SECRET
-from components.database import (
+from components.secrets_backend import SECRETS_MANAGER_BACKEND
+from components.settings import SettingsError, load_settings
+from components.workloads import (
     ASYNC_CONNECTION_KEY,
+    BROKER_URL_SECRET,
     CLEANUP_CONNECTION_KEY,
     KEDA_CONNECTION_KEY,
     METADATA_CONNECTION_SECRET,
     WORKER_ASYNC_CONNECTION_KEY,
     WORKER_CONNECTION_KEY,
 )
-from components.secrets_backend import SECRETS_MANAGER_BACKEND
-from components.settings import SettingsError, load_settings
 from harness import REPO, ProgramFailed, is_secret, run_program, unwrap
 from rendering import render_all
 

@@ -16,7 +16,8 @@ from typing import Optional
 import pytest
 
 from components import workloads as w
-from components.settings import load_settings, memory_bytes
+from components.pods import memory_bytes
+from components.settings import load_settings
 from harness import load_stack_config, run_program
 from netpol import selects
 from rendering import Pod, platform_pods

@@ -26,8 +26,8 @@ import components.broker
 import components.database
 from availability import unavailable
 from components import workloads as w
-from components.broker import BROKER_URL_SECRET
-from components.database import DATABASE_NAME, METADATA_CONNECTION_SECRET
+from components.database import DATABASE_NAME
+from components.workloads import BROKER_URL_SECRET, METADATA_CONNECTION_SECRET
 from harness import run_program
 from servers import (
     servers_session,

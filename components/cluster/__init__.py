@@ -36,8 +36,9 @@ from components.cluster.control_plane import (
     check_deployer_access,
     kubeconfig,
 )
-from components.cluster.network import Network, build_network, subnet_plan, zone_index
+from components.cluster.network import Network, build_network, subnet_plan
 from components.settings import Settings, aws_default_tags
+from components.zones import zone_index
 
 __all__ = ["ADDONS_AFTER_NODES", "ADDONS_BEFORE_NODES", "CONTROL_PLANE_LOG_TYPES", "Cluster", "ClusterArgs", "Network",
            "load_balancer_controller_policy", "load_balancer_controller_values", "subnet_plan", "zone_index"]

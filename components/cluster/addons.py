@@ -13,8 +13,9 @@ import pulumi_kubernetes as k8s
 from components import workloads as w
 from components.cluster.context import AwsContext
 from components.cluster.network import Network
-from components.helm import NONROOT_UID, chart_release, resources
+from components.helm import chart_release
 from components.iam import POD_IDENTITY_TRUST_POLICY, managed_policy_arn
+from components.pods import NOBODY, NONROOT_UID, container_security_context, pod_security_context, resources
 
 LOAD_BALANCER_CONTROLLER_POLICY_DIR = Path(__file__).parent.parent / "policies"
 DEFAULT_STORAGE_CLASS = "gp3-encrypted"
@@ -142,10 +143,8 @@ def load_balancer_controller_values(cluster_name: pulumi.Input[str], region: str
         "nodeSelector": dict(w.SYSTEM_NODES),
         # kube-system enforces no Pod Security level; the controller meets `restricted` all the same. Its
         # image is a static binary on a distroless base whose user is 65532 (NONROOT_UID).
-        "podSecurityContext": {"fsGroup": 65534, "runAsNonRoot": True, "runAsUser": NONROOT_UID,
-                               "runAsGroup": NONROOT_UID, "seccompProfile": {"type": "RuntimeDefault"}},
-        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
-                            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}},
+        "podSecurityContext": pod_security_context(NONROOT_UID, gid=NONROOT_UID, fs_group=NOBODY),
+        "securityContext": container_security_context(read_only_root=True),
         # The controller's Service webhook (failurePolicy Fail, every Service create) would refuse the Services
         # of every release installed while the controller has no ready endpoint; no Service here is of type
         # LoadBalancer, so it has nothing to do.

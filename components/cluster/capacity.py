@@ -14,8 +14,9 @@ import pulumi_kubernetes as k8s
 from components import workloads as w
 from components.cluster.context import AwsContext
 from components.cluster.network import DISCOVERY_TAG, Network
-from components.helm import chart_release, resources
+from components.helm import chart_release
 from components.iam import POD_IDENTITY_TRUST_POLICY, managed_policy_arn, service_trust_policy
+from components.pods import resources
 
 # renovate: datasource=docker depName=public.ecr.aws/karpenter/karpenter
 KARPENTER_VERSION = "1.14.1"

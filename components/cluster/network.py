@@ -12,6 +12,7 @@ import pulumi_aws as aws
 
 from components import workloads as w
 from components.cluster.context import AwsContext
+from components.zones import zone_index
 
 # Karpenter finds the subnets (and the security group) of its nodes by this tag.
 DISCOVERY_TAG = "karpenter.sh/discovery"
@@ -31,21 +32,6 @@ class Network:
     # its fixed addresses (one per private subnet), which the NetworkPolicies admit.
     secrets_manager_endpoint: Optional[aws.ec2.VpcEndpoint] = None
     secrets_manager_cidrs: tuple[str, ...] = ()
-
-
-# Zone letters a..f index the subnet layout: a zone's subnets depend on its own letter only, never on how many
-# zones there are or where the zone sits in the list, so adding, removing or reordering zones never moves the
-# subnets of the others (EC2 rejects a replacement subnet that overlaps the one it replaces).
-ZONE_LETTERS = "abcdef"
-
-
-def zone_index(zone: str) -> int:
-    """The layout slot of a zone: the position of its letter (eu-west-1a -> 0, eu-west-1c -> 2)."""
-    letter = zone[-1]
-    if letter not in ZONE_LETTERS:
-        raise ValueError(f"zone {zone!r}: the subnet layout has slots for zone letters "
-                         f"{ZONE_LETTERS[0]} to {ZONE_LETTERS[-1]}")
-    return ZONE_LETTERS.index(letter)
 
 
 def subnet_plan(vpc_cidr: ipaddress.IPv4Network, zones: list[str]) -> tuple[list[str], list[str]]:
