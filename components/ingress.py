@@ -15,41 +15,40 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from components.settings import Settings
+from components.handles import Ingress
 
 ALB_GROUP = "airflow-platform"
 
 
-def alb_annotations(settings: Settings, certificate_arn: pulumi.Input[str], health_check_path: str,
-                    group_order: int) -> dict:
+def alb_annotations(ingress: Ingress, health_check_path: str, group_order: int) -> dict:
     annotations = {
         "alb.ingress.kubernetes.io/group.name": ALB_GROUP,
         "alb.ingress.kubernetes.io/group.order": str(group_order),
-        "alb.ingress.kubernetes.io/scheme": settings.ingress_scheme,
+        "alb.ingress.kubernetes.io/scheme": ingress.scheme,
         # Straight to the pods (VPC CNI addresses): no NodePort hop, and the NetworkPolicies see the ALB.
         "alb.ingress.kubernetes.io/target-type": "ip",
         "alb.ingress.kubernetes.io/listen-ports": json.dumps([{"HTTP": 80}, {"HTTPS": 443}]),
         "alb.ingress.kubernetes.io/ssl-redirect": "443",
-        "alb.ingress.kubernetes.io/certificate-arn": certificate_arn,
+        "alb.ingress.kubernetes.io/certificate-arn": ingress.certificate_arn,
         "alb.ingress.kubernetes.io/ssl-policy": "ELBSecurityPolicy-TLS13-1-2-2021-06",
         "alb.ingress.kubernetes.io/healthcheck-path": health_check_path,
         "alb.ingress.kubernetes.io/success-codes": "200",
         "alb.ingress.kubernetes.io/load-balancer-attributes": "routing.http.drop_invalid_header_fields.enabled=true",
     }
-    if settings.ingress_allowed_cidrs:
-        annotations["alb.ingress.kubernetes.io/inbound-cidrs"] = ",".join(map(str, settings.ingress_allowed_cidrs))
+    if ingress.allowed_cidrs:
+        annotations["alb.ingress.kubernetes.io/inbound-cidrs"] = ",".join(ingress.allowed_cidrs)
     return annotations
 
 
-def alb_ingress(resource_name: str, *, settings: Settings, namespace: pulumi.Input[str], host: str, service: str,
-                port: int, health_check_path: str, group_order: int, certificate_arn: pulumi.Input[str],
-                aws_provider: Optional[aws.Provider], opts: pulumi.ResourceOptions,
+def alb_ingress(resource_name: str, *, ingress: Ingress, namespace: pulumi.Input[str], host: str, service: str,
+                port: int, health_check_path: str, group_order: int, opts: pulumi.ResourceOptions,
                 record_resource_name: Optional[str] = None) -> pulumi.Output[str]:
     """The Ingress and its DNS alias; returns the https URL once the record exists."""
-    ingress = k8s.networking.v1.Ingress(
+    aws_provider = ingress.aws_provider
+    route = k8s.networking.v1.Ingress(
         resource_name,
         metadata={"name": service, "namespace": namespace,
-                  "annotations": alb_annotations(settings, certificate_arn, health_check_path, group_order)},
+                  "annotations": alb_annotations(ingress, health_check_path, group_order)},
         spec={
             "ingressClassName": "alb",
             "rules": [{"host": host, "http": {"paths": [{
@@ -58,12 +57,12 @@ def alb_ingress(resource_name: str, *, settings: Settings, namespace: pulumi.Inp
         },
         opts=opts)
     # Pulumi waits for the Ingress to get its load balancer address, which the alias needs.
-    load_balancer_host = ingress.status.apply(lambda status: status.load_balancer.ingress[0].hostname)
-    alb_zone = aws.lb.get_hosted_zone_id(load_balancer_type="application", region=settings.region,
+    load_balancer_host = route.status.apply(lambda status: status.load_balancer.ingress[0].hostname)
+    alb_zone = aws.lb.get_hosted_zone_id(load_balancer_type="application", region=ingress.region,
                                          opts=pulumi.InvokeOptions(provider=aws_provider)).id
     record = aws.route53.Record(
         record_resource_name or f"{resource_name}-host",
-        zone_id=settings.route53_zone_id,
+        zone_id=ingress.route53_zone_id,
         name=host,
         type="A",
         aliases=[{"name": load_balancer_host, "zone_id": alb_zone, "evaluate_target_health": True}],

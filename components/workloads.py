@@ -171,3 +171,6 @@ WORKER_CONNECTION_KEY, WORKER_ASYNC_CONNECTION_KEY = "workerConnection", "worker
 CLEANUP_CONNECTION_KEY = "cleanupConnection"
 # The Secret Broker writes the Celery broker URL into (key `connection`).
 BROKER_URL_SECRET = "airflow-broker-url"
+# PgBouncer pools per user: the owner's (every Airflow component) and the workers' role (Celery's results) may each
+# fill pgbouncerPoolSize server connections in every PgBouncer pod. KEDA's is held to its connection limit.
+POOLED_DATABASE_ROLES = 2

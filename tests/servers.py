@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from availability import unavailable
-from components.rds import pgbouncer_users
+from components.database.managed import pgbouncer_users
 
 
 class ServerUnavailable(RuntimeError):

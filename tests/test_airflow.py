@@ -13,7 +13,7 @@ from jsonschema import ValidationError
 
 from components import workloads as w
 from components.airflow import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
-from components.settings import load_settings
+from components.config import load_settings
 from components.workloads import CLEANUP_CONNECTION_KEY
 from harness import REPO, STACKS, is_secret, load_stack_config, run_program, unwrap
 from rendering import platform_pods, render_all, secret_files
@@ -386,7 +386,7 @@ def test_kubernetes_pod_operator_gives_the_workers_their_token_and_role_back():
 
 
 def test_the_end_to_end_tier_runs_the_airflow_version_the_platform_deploys():
-    from components.settings import Settings
+    from components.config import Settings
     from locks import lock_pins
     assert lock_pins(REPO / "requirements" / "e2e.txt")["apache-airflow"] == \
         Settings.model_fields["airflow_version"].default
@@ -412,7 +412,7 @@ def test_digests_pin_every_image_they_name():
               and pod.source.startswith(("chart airflow:", "chart redis-ha:")) for container in pod.containers}
     assert images and all(image.endswith(f"@{digest}") for image in images), sorted(images)
     assert "apache/airflow:3.1.8@" + digest in images
-    from components.settings import SettingsError, load_settings
+    from components.config import SettingsError, load_settings
     with pytest.raises(SettingsError, match="airflow:airflowImageDigest"):
         load_settings({"airflowImageDigest": "sha256:abc"})
 

@@ -21,8 +21,8 @@ import yaml
 import exporter_metrics as em
 from availability import tool
 from components import broker
-from components.alerts import alert_groups
-from components.settings import Settings, load_settings
+from components.config import Settings, load_settings
+from components.observability.alerts import alert_groups
 from harness import REPO
 from rendering import chart_name, render_release
 from test_placement import stack_settings
@@ -291,9 +291,11 @@ def test_every_alert_carries_severity_summary_description_and_a_runbook_in_the_r
 
 def test_thresholds_follow_the_settings():
     settings = stack_settings("prod", {"postgresReplicationLagAlertSeconds": 42})
-    lag = next(a for a in alert_groups(settings)["postgresql"] if a.name == "PostgresReplicationLagHigh")
+    lag = next(a for a in alert_groups(settings.observability, settings.database, settings.broker)["postgresql"] if a.name == "PostgresReplicationLagHigh")
     assert "> 42" in lag.expr
-    local = {a.name for a in alert_groups(stack_settings("local"))["postgresql"]}
+    local_settings = stack_settings("local")
+    local = {a.name for a in alert_groups(local_settings.observability, local_settings.database,
+                                           local_settings.broker)["postgresql"]}
     assert "PostgresBackupTooOld" not in local and "PostgresStreamingReplicasMissing" not in local, \
         "a local stack keeps no backups and has one instance"
 
@@ -482,11 +484,11 @@ def test_each_exporter_was_read_at_the_version_the_platform_pins():
         "../shared/charts/keda/Chart.yaml appVersion": em.chart_app_version("keda"),
         "../shared/charts/kube-prometheus-stack/charts/kube-state-metrics/Chart.yaml appVersion":
             em.chart_app_version("kube-prometheus-stack/charts/kube-state-metrics"),
-        "components/broker.py REDIS_EXPORTER_IMAGE_TAG": broker.REDIS_EXPORTER_IMAGE_TAG,
+        "components/broker/__init__.py REDIS_EXPORTER_IMAGE_TAG": broker.REDIS_EXPORTER_IMAGE_TAG,
         "../shared/charts/airflow/values.yaml images.pgbouncerExporter.tag":
             yaml.safe_load((em.SHARED_CHARTS / "airflow/values.yaml").read_text())
             ["images"]["pgbouncerExporter"]["tag"].rsplit("-", 1)[-1],
-        "components/settings.py kubernetes_version": Settings.model_fields["kubernetes_version"].default,
+        "components/cluster/settings.py kubernetes_version": Settings.model_fields["kubernetes_version"].default,
         "none": "any",
     }
     for project, entry in em.fixture().items():

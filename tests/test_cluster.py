@@ -451,7 +451,7 @@ def test_load_balancer_controller_release(stack_runs, stack):
 
 
 def test_pinned_load_balancer_controller_policy_matches_the_published_one():
-    pinned = REPO / "components" / "policies" / "aws-load-balancer-controller-v3.5.0.json"
+    pinned = REPO / "components" / "cluster" / "policies" / "aws-load-balancer-controller-v3.5.0.json"
     published = SCHEMAS / "aws-load-balancer-controller" / "iam_policy.json"
     assert json.loads(pinned.read_text()) == json.loads(published.read_text())
 
@@ -597,7 +597,7 @@ def test_the_service_cidr_is_explicit_and_outside_the_vpc(stack_runs, stack):
 
 
 def test_a_service_cidr_inside_the_vpc_is_refused():
-    from components.settings import SettingsError, load_settings
+    from components.config import SettingsError, load_settings
     with pytest.raises(SettingsError, match=r"airflow:kubernetesServiceCidr: must not overlap vpcCidr"):
         load_settings({"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com",
                        "route53ZoneId": "Z0123", "vpcCidr": "10.20.0.0/16", "kubernetesServiceCidr": "10.20.0.0/16"})
@@ -636,7 +636,7 @@ def test_the_deployer_and_the_s3_prefix_list_are_looked_up_by_what_aws_calls_the
 
 
 def test_the_service_cidr_defaults_to_what_each_target_uses(stack_runs):
-    from components.settings import load_settings
+    from components.config import load_settings
     assert str(load_settings({"target": "local"}).service_cidr) == "10.96.0.0/16"
     aws = {"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com", "grafanaHost": "g.example.com",
            "route53ZoneId": "Z0123"}
@@ -661,7 +661,7 @@ def test_a_pinned_zone_the_region_does_not_have_is_refused():
     # FAKE_ZONES (the region the mocks answer for) has no eu-west-1e.
     with pytest.raises(ProgramFailed, match=r"airflow:availabilityZones: \['eu-west-1e'\] are not zones of eu-west-1"):
         run_program("prod", overrides={"availabilityZones": ["eu-west-1a", "eu-west-1e"]})
-    from components.settings import SettingsError, load_settings
+    from components.config import SettingsError, load_settings
     with pytest.raises(SettingsError, match=r"'us-east-1a' is not a zone of region eu-west-1"):
         load_settings({"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com",
                        "grafanaHost": "g.example.com", "route53ZoneId": "Z0123",

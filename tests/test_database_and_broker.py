@@ -8,8 +8,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 from components import workloads as w
+from components.config import SettingsError
 from components.pods import memory_bytes
-from components.settings import SettingsError
 from components.workloads import BROKER_URL_SECRET, METADATA_CONNECTION_SECRET
 from harness import ProgramFailed, is_secret, run_program, unwrap
 from schemas import chart_defaults, missing_value_paths, validate_against_json_schema

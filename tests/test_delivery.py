@@ -339,7 +339,7 @@ def test_bad_delivery_settings_are_refused_by_name_before_anything_is_created(ov
 
 
 def test_a_laptop_stack_refuses_a_repository():
-    from components.settings import SettingsError, load_settings
+    from components.config import SettingsError, load_settings
     with pytest.raises(SettingsError, match=r"airflow:githubRepository: needs target 'aws'"):
         load_settings({"target": "local", "githubRepository": REPOSITORY,
                        "githubConnectionArn": "arn:aws:codeconnections:eu-west-1:111122223333:connection/3f2a"})

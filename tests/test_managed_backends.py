@@ -19,10 +19,10 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from cryptography import x509
 
-from components import rds
 from components import workloads as w
+from components.config import SettingsError, load_settings
+from components.database import managed as rds
 from components.secrets_backend import SECRETS_MANAGER_BACKEND
-from components.settings import SettingsError, load_settings
 from components.workloads import (
     ASYNC_CONNECTION_KEY,
     BROKER_URL_SECRET,

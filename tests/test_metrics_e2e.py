@@ -10,7 +10,7 @@ for want of heartbeats) and a file that does not import. Every line received is 
 program's values.
 
 Then every `airflow_*` name that the platform's alert rules (the PrometheusRule resources of the prod stack)
-and dashboards (components/dashboards/*.json) use must be among the series that come out, with the labels their
+and dashboards (components/observability/dashboards/*.json) use must be among the series that come out, with the labels their
 selectors require (`{pool!=""}` needs a series that has `pool`).
 
 The names seen and the series they become are written to METRICS_OBSERVED (default

@@ -287,8 +287,8 @@ def test_every_label_an_airflow_series_is_filtered_by_is_one_the_statsd_mapping_
     gives that series, or the selector matches nothing and the alert can never fire."""
     import re
 
-    from components.alerts import alert_groups
-    from components.settings import load_settings
+    from components.config import load_settings
+    from components.observability.alerts import alert_groups
     from statsd_mapping import MappingConfig
     configmaps = [d for d in render_all(prod)["airflow"] if d["kind"] == "ConfigMap"
                   and "mappings.yml" in (d.get("data") or {})]
@@ -305,8 +305,9 @@ def test_every_label_an_airflow_series_is_filtered_by_is_one_the_statsd_mapping_
             observer = mapping.observer_type or config.default_observer_type or "summary"
             made = ({"le"} if observer == "histogram" else {"quantile"}) if timer else set()
             labels_of.setdefault(mapping.name, set()).update(mapping.labels, made)
-    expressions = [alert.expr for stack in ("local", "prod", "prod-managed")
-                   for alerts in alert_groups(load_settings(stack_settings(stack), stack=stack)).values()
+    stacks = [load_settings(stack_settings(stack), stack=stack) for stack in ("local", "prod", "prod-managed")]
+    expressions = [alert.expr for settings in stacks
+                   for alerts in alert_groups(settings.observability, settings.database, settings.broker).values()
                    for alert in alerts]
 
     def panel_expressions(node):
@@ -314,7 +315,7 @@ def test_every_label_an_airflow_series_is_filtered_by_is_one_the_statsd_mapping_
             own = [node["expr"]] if isinstance(node.get("expr"), str) else []
             return own + [e for value in node.values() for e in panel_expressions(value)]
         return [e for value in node for e in panel_expressions(value)] if isinstance(node, list) else []
-    for dashboard in (REPO / "components" / "dashboards").glob("*.json"):
+    for dashboard in (REPO / "components" / "observability" / "dashboards").glob("*.json"):
         expressions += panel_expressions(json.loads(dashboard.read_text()))
     selected = [(metric, label) for expression in expressions
                 for metric, matchers in re.findall(r"(airflow_[a-z0-9_]+)\{([^}]*)\}", expression)

@@ -6,7 +6,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from components import workloads as w
-from components.settings import Settings
+from components.config import Settings
 from harness import SECRET_SIG, is_secret, plain_strings, run_program, unwrap
 from harness import SIG_KEY as SECRET_MARKER
 from netpol import Endpoint, Policy, allowed
@@ -98,7 +98,7 @@ def test_removing_or_reordering_operators_leaves_the_other_entries_alone():
      "lists 'arn:aws:iam::111122223333:role/on-call' twice"),
 ])
 def test_principals_whose_entries_would_share_a_name_are_refused(principals, message):
-    from components.settings import SettingsError, load_settings
+    from components.config import SettingsError, load_settings
     config = {"target": "aws", "region": "eu-west-1", "ingressHost": "a.example.com", "grafanaHost": "g.example.com",
               "route53ZoneId": "Z0123", "operatorPrincipalArns": principals}
     with pytest.raises(SettingsError, match=rf"airflow:operatorPrincipalArns: {message}"):
@@ -227,7 +227,7 @@ def test_an_existing_certificate_is_used_as_is():
 
 
 def test_aws_needs_an_ingress_host_and_a_zone_or_certificate():
-    from components.settings import SettingsError, load_settings
+    from components.config import SettingsError, load_settings
     with pytest.raises(SettingsError, match=r"airflow:ingressHost: is required"):
         load_settings({"target": "aws", "region": "eu-west-1", "route53ZoneId": "Z0123"})
     for certificate in ({}, {"certificateArn": "arn:aws:acm:eu-west-1:111122223333:certificate/0b4e6a3c-1111"}):

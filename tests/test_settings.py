@@ -6,7 +6,7 @@ import re
 import pytest
 import yaml
 
-from components.settings import Settings, SettingsError, load_settings, pulumi_yaml_config, settings_reference_markdown
+from components.config import Settings, SettingsError, load_settings, pulumi_yaml_config, settings_reference_markdown
 from harness import REPO, ProgramFailed, run_program
 
 
@@ -63,9 +63,9 @@ def test_more_workers_than_the_node_pool_limits_hold_are_refused_naming_both_key
     """prod: workers of 2 vCPUs and 8Gi; after Karpenter's VM overhead, kube-reserved and the DaemonSets a
     2xlarge holds 3 and a 4xlarge 6, so 64 vCPUs / 256 GiB hold 24 — not 25, though 25 workers' requests (50
     vCPUs, 200 GiB) are well within the limits."""
-    from components.settings import Settings, workers_per_node
+    from components.cluster.capacity_model import WorkerShape, workers_per_node
 
-    two_cpus = Settings(target="aws", worker_cpu="2", worker_memory="8Gi")
+    two_cpus = WorkerShape(cpu="2", memory="8Gi", max_replicas=25, git_sync=False)
     assert [workers_per_node(two_cpus, "m6i", size) for size in ("xlarge", "2xlarge", "4xlarge")] == [1, 3, 6]
     message = str(failure("prod", workerMaxReplicas=25))
     assert ("airflow:workerMaxReplicas: 25 workers of 2 vCPU and 8Gi may not fit the worker NodePool: "
@@ -74,8 +74,8 @@ def test_more_workers_than_the_node_pool_limits_hold_are_refused_naming_both_key
     assert "hold 16 on m7i.xlarge nodes" in str(failure("prod", workerMaxReplicas=24,
                                                         karpenterInstanceSizes=["xlarge", "2xlarge", "4xlarge"]))
     # A git-sync sidecar in every worker counts: 500m workers, 7 to an xlarge alone, 6 with it.
-    half = Settings(target="aws", worker_cpu="500m", worker_memory="1Gi")
-    synced = Settings(target="aws", worker_cpu="500m", worker_memory="1Gi", git_sync_repository="https://example.com/d")
+    half = WorkerShape(cpu="500m", memory="1Gi", max_replicas=24, git_sync=False)
+    synced = WorkerShape(cpu="500m", memory="1Gi", max_replicas=24, git_sync=True)
     assert (workers_per_node(half, "m6i", "xlarge"), workers_per_node(synced, "m6i", "xlarge")) == (7, 6)
     assert "workerMaxReplicas" not in str(failure("prod", workerMaxReplicas=24, workerNodeDesired=50))
     assert "workerMaxReplicas" not in str(failure("prod", workerMaxReplicas=32, karpenterCpuLimit=96,
@@ -204,9 +204,9 @@ AWS_MINIMUM = {"target": "aws", "region": "eu-west-1", "ingressHost": "a.example
 def test_a_version_past_eks_standard_support_is_refused_on_aws(monkeypatch, day, version, refused):
     """AWS's release calendar: 1.34's standard support ends on 2 December 2026, 1.35's on 27 March 2027; with the
     STANDARD upgrade policy EKS then upgrades the control plane itself, and the stack's version is a downgrade."""
-    from components import settings as settings_module
-    from components.settings import SettingsError, load_settings
-    monkeypatch.setattr(settings_module, "today", lambda: day)
+    from components import config
+    from components.config import SettingsError, load_settings
+    monkeypatch.setattr(config, "today", lambda: day)
     config = {**AWS_MINIMUM, "kubernetesVersion": version}
     if refused:
         with pytest.raises(SettingsError, match=rf"airflow:kubernetesVersion: {re.escape(version)} left EKS's "
@@ -222,7 +222,7 @@ def test_a_version_past_eks_standard_support_is_refused_on_aws(monkeypatch, day,
 
 
 def test_the_calendar_knows_the_stacks_version_and_it_is_supported_today():
-    from components.settings import EKS_STANDARD_SUPPORT_ENDS, today
+    from components.cluster.settings import EKS_STANDARD_SUPPORT_ENDS, today
     from test_placement import stack_settings
     for stack in ("staging", "prod", "prod-managed"):
         version = stack_settings(stack).kubernetes_version
@@ -299,3 +299,42 @@ def test_a_git_sync_repository_the_policies_admit_is_accepted():
                    {"gitSyncRepository": "https://GitHub.com/example/dags.git",
                     "gitSyncEgressCidrs": ["140.82.112.0/20", "192.30.252.0/22"]}):
         assert load_settings(config).git_sync_repository == config["gitSyncRepository"]
+
+
+def test_no_area_shadows_another():
+    """The flat Settings inherits every area's model: a field, validator or property that two areas both define
+    would silently keep one of them (pydantic collects validators by name), so each name belongs to one area."""
+    from components.config import AREAS
+    from components.platform import PlatformSettings
+
+    owners: dict[str, list[str]] = {}
+    for area in AREAS:
+        names = set(vars(area)) if area is PlatformSettings else set(vars(area)) - set(vars(PlatformSettings))
+        for name in names - {"model_config", "model_fields", "model_computed_fields", "__doc__", "__module__",
+                             "__qualname__", "__annotations__", "__class_vars__", "__private_attributes__",
+                             "__signature__", "__pydantic_complete__", "__pydantic_core_schema__",
+                             "__pydantic_custom_init__", "__pydantic_decorators__", "__pydantic_fields__",
+                             "__pydantic_generic_metadata__", "__pydantic_parent_namespace__",
+                             "__pydantic_post_init__", "__pydantic_serializer__", "__pydantic_validator__",
+                             "__abstractmethods__", "_abc_impl", "__firstlineno__", "__static_attributes__",
+                             "__pydantic_setattr_handlers__", "__pydantic_computed_fields__", "__weakref__",
+                             "__dict__", "__pydantic_fields_complete__", "__pydantic_root_model__"}:
+            owners.setdefault(name, []).append(area.__name__)
+    for area in AREAS:
+        for name in area.__pydantic_decorators__.field_validators:
+            owners.setdefault(f"validator {name}", []).append(area.__name__)
+    shared = {name: areas for name, areas in owners.items() if len(set(areas)) > 1}
+    assert not shared, f"defined by more than one area: {shared}"
+
+
+def test_each_area_slice_holds_exactly_its_own_settings():
+    """A component's slice carries its area's values as the stack set them, and nothing of another area."""
+    from components.airflow.settings import AirflowSettings
+    from components.config import load_settings
+
+    settings = load_settings({**AWS_MINIMUM, "workerMaxReplicas": "7", "redisReplicas": "5"})
+    airflow = settings.airflow
+    assert type(airflow) is AirflowSettings and airflow.worker_max_replicas == 7 and airflow.is_aws
+    assert settings.broker.redis_replicas == 5
+    assert not hasattr(airflow, "redis_replicas") and not hasattr(settings.broker, "worker_max_replicas")
+    assert set(AirflowSettings.model_fields) < set(type(settings).model_fields)

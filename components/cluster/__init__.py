@@ -16,6 +16,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+from components import workloads as w
 from components.cluster.addons import (
     ADDONS_AFTER_NODES,
     ADDONS_BEFORE_NODES,
@@ -37,7 +38,9 @@ from components.cluster.control_plane import (
     kubeconfig,
 )
 from components.cluster.network import Network, build_network, subnet_plan
-from components.settings import Settings, aws_default_tags
+from components.cluster.settings import ClusterSettings, NodeSettings
+from components.handles import ClusterHandle, WorkerNodes
+from components.platform import aws_default_tags
 from components.zones import zone_index
 
 __all__ = ["ADDONS_AFTER_NODES", "ADDONS_BEFORE_NODES", "CONTROL_PLANE_LOG_TYPES", "Cluster", "ClusterArgs", "Network",
@@ -46,15 +49,22 @@ __all__ = ["ADDONS_AFTER_NODES", "ADDONS_BEFORE_NODES", "CONTROL_PLANE_LOG_TYPES
 
 @dataclass
 class ClusterArgs:
-    settings: Settings
-    # `<project>-<stack>`, the start of AWS names (settings.aws_name_prefix).
+    settings: ClusterSettings
+    nodes: NodeSettings
+    # `<project>-<stack>`, the start of AWS names (platform.aws_name_prefix).
     name_prefix: str
+    # A stopping worker's grace period (AirflowSettings.worker_grace_seconds): a worker node's drain waits for it.
+    worker_grace_seconds: int
+    # githubRepository is set: its deploy role may run `pulumi up` (the deployer check admits it).
+    deploys_from_github: bool = False
     # None in local mode: the component then creates no AWS resource.
     aws_provider: Optional[aws.Provider] = None
 
 
 class Cluster(pulumi.ComponentResource):
-    """The cluster and its Kubernetes provider."""
+    """The cluster and its Kubernetes providers; `handle` is what the other components build on."""
+
+    handle: ClusterHandle
 
     provider: k8s.Provider
     # For operators that need neither a volume nor a load balancer: it waits for the nodes and DNS only.
@@ -89,6 +99,7 @@ class Cluster(pulumi.ComponentResource):
     def __init__(self, name: str, args: ClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("airflow:platform:Cluster", name, None, opts)
         self._settings = args.settings
+        self._nodes = args.nodes
         self.node_groups = []
         self.worker_capacity = []
         self.load_balancer_controller = None
@@ -103,9 +114,10 @@ class Cluster(pulumi.ComponentResource):
         if args.settings.is_aws:
             if args.aws_provider is None:
                 raise ValueError("Cluster: target=aws needs an aws_provider")
-            self._build_eks(name, args.settings.eks_cluster_name(args.name_prefix), args.name_prefix, args.aws_provider)
+            self._build_eks(name, args, args.aws_provider)
         else:
             self._build_local(name)
+        self.handle = self._handle(args)
         self.register_outputs({
             "cluster_name": self.cluster_name,
             "kubeconfig": self.kubeconfig,
@@ -130,13 +142,16 @@ class Cluster(pulumi.ComponentResource):
         self.default_storage_class_name = None
 
     # --- AWS ---------------------------------------------------------------------------------------
-    def _build_eks(self, name: str, cluster_name: str, name_prefix: str, aws_provider: aws.Provider) -> None:
-        settings = self._settings
+    def _build_eks(self, name: str, args: ClusterArgs, aws_provider: aws.Provider) -> None:
+        settings, name_prefix = self._settings, args.name_prefix
+        cluster_name = settings.eks_cluster_name(name_prefix)
         invoke = pulumi.InvokeOptions(provider=aws_provider)
         self.partition = aws.get_partition(opts=invoke).partition
         caller = aws.get_caller_identity(opts=invoke)
         self.account_id = caller.account_id
         ctx = AwsContext(name=name, cluster_name=cluster_name, name_prefix=name_prefix, settings=settings,
+                         nodes=args.nodes, worker_grace_seconds=args.worker_grace_seconds,
+                         deploys_from_github=args.deploys_from_github,
                          aws=pulumi.ResourceOptions(parent=self, provider=aws_provider), invoke=invoke,
                          partition=self.partition, caller_arn=caller.arn, account_id=caller.account_id,
                          component=self)
@@ -195,9 +210,36 @@ class Cluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[
                 *cluster_services, default_storage_class, self.load_balancer_controller]),
         )
-        if settings.uses_karpenter:
+        if self._nodes.uses_karpenter:
             karpenter_aws = build_karpenter_aws(ctx, eks_cluster, pod_identity_agent)
             self.worker_capacity = build_karpenter(
                 ctx, eks_cluster, karpenter_aws, self.operators_provider,
                 # The stack's tags; Karpenter, not Pulumi, manages those instances and volumes.
                 tags={**aws_default_tags(pulumi.get_project(), pulumi.get_stack()), "managed-by": "karpenter"})
+
+    def _handle(self, args: ClusterArgs) -> ClusterHandle:
+        settings, nodes = args.settings, args.nodes
+        worker_nodes = WorkerNodes()
+        if settings.is_aws:
+            # The worker nodes' own taints, and Karpenter's (its NodePool taints every node it makes).
+            tolerations = [{**taint.as_kubernetes(), "operator": "Equal"} for taint in nodes.worker_node_taints]
+            if nodes.uses_karpenter:
+                tolerations.append({**w.WORKER_TAINT, "operator": "Equal"})
+            worker_nodes = WorkerNodes(node_selector=dict(w.WORKER_NODES), tolerations=tuple(tolerations),
+                                       karpenter=nodes.uses_karpenter, capacity=tuple(self.worker_capacity))
+        return ClusterHandle(
+            name_prefix=args.name_prefix, region=settings.region, k8s_provider=self.provider,
+            operators_provider=self.operators_provider, cluster_name=self.cluster_name,
+            kubernetes_service_ip=settings.kubernetes_service_ip,
+            # A managed node group balances its subnets: the system nodes span as many zones as they can.
+            system_zones=min(nodes.system_node_count, settings.zone_count) if settings.is_aws else 1,
+            system_nodes=nodes.system_node_count if settings.is_aws else 1,
+            workers=worker_nodes, storage_class_name=self.default_storage_class_name,
+            aws_provider=args.aws_provider, partition=self.partition, account_id=self.account_id,
+            vpc_id=self.vpc_id, vpc_cidr=str(settings.vpc_cidr) if settings.is_aws else None,
+            zones=tuple(self.zones), private_subnet_ids=tuple(self.private_subnet_ids),
+            private_subnet_cidrs=tuple(self.private_subnet_cidrs), public_subnet_cidrs=tuple(self.public_subnet_cidrs),
+            s3_cidrs=tuple(self.s3_cidrs), secrets_manager_endpoint=self.secrets_manager_endpoint,
+            secrets_manager_cidrs=tuple(self.secrets_manager_cidrs),
+            cluster_security_group_id=self.cluster_security_group_id,
+            load_balancer_controller=self.load_balancer_controller)

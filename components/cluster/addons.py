@@ -17,7 +17,7 @@ from components.helm import chart_release
 from components.iam import POD_IDENTITY_TRUST_POLICY, managed_policy_arn
 from components.pods import NOBODY, NONROOT_UID, container_security_context, pod_security_context, resources
 
-LOAD_BALANCER_CONTROLLER_POLICY_DIR = Path(__file__).parent.parent / "policies"
+LOAD_BALANCER_CONTROLLER_POLICY_DIR = Path(__file__).parent / "policies"
 DEFAULT_STORAGE_CLASS = "gp3-encrypted"
 # Installed before the nodes join: a node is not Ready without the CNI, and the CNI must come up with
 # NetworkPolicy enforcement on, not be reconfigured under running pods.

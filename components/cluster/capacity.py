@@ -14,6 +14,7 @@ import pulumi_kubernetes as k8s
 from components import workloads as w
 from components.cluster.context import AwsContext
 from components.cluster.network import DISCOVERY_TAG, Network
+from components.cluster.settings import NodeSettings
 from components.helm import chart_release
 from components.iam import POD_IDENTITY_TRUST_POLICY, managed_policy_arn, service_trust_policy
 from components.pods import resources
@@ -24,7 +25,7 @@ KARPENTER_NAMESPACE = "kube-system"   # where its API priority FlowSchemas apply
 KARPENTER_SERVICE_ACCOUNT = "karpenter"
 # The controller's policies as Karpenter publishes them for this version (its getting-started
 # cloudformation.yaml), placeholders kept; the zonal-shift policy is left out (zonal shift is off).
-KARPENTER_POLICY_FILE = Path(__file__).parent.parent / "policies" / f"karpenter-controller-v{KARPENTER_VERSION}.json"
+KARPENTER_POLICY_FILE = Path(__file__).parent / "policies" / f"karpenter-controller-v{KARPENTER_VERSION}.json"
 # What Karpenter's interruption queue hears, as its cloudformation.yaml routes it (rule name -> event pattern).
 INTERRUPTION_EVENTS = {
     "scheduled-change": ("aws.health", "AWS Health Event"),
@@ -68,7 +69,7 @@ def build_node_groups(ctx: AwsContext, eks_cluster: aws.eks.Cluster, network: Ne
                       early_addons: list[aws.eks.Addon]) -> list[aws.eks.NodeGroup]:
     """The managed node groups: system (on demand, a fixed size) and workers (their size left to an autoscaler),
     on one launch template (IMDSv2, encrypted gp3)."""
-    settings, name = ctx.settings, ctx.name
+    settings, name = ctx.nodes, ctx.name
     role = aws.iam.Role(f"{name}-node", assume_role_policy=service_trust_policy("ec2.amazonaws.com"),
                         opts=ctx.aws)
     attachments = [
@@ -187,7 +188,7 @@ def build_karpenter_aws(ctx: AwsContext, eks_cluster: aws.eks.Cluster,
                         ready=[*node_policies, node_access, queue_policy, *attachments, association, security_group_tag])
 
 
-def karpenter_values(settings, cluster_name: pulumi.Input[str], queue_name: pulumi.Input[str]) -> dict:
+def karpenter_values(settings: NodeSettings, cluster_name: pulumi.Input[str], queue_name: pulumi.Input[str]) -> dict:
     """The chart's values: two controllers on the system nodes (never on nodes they manage: the chart's own
     affinity), the interruption queue, the region given (IMDS is one hop away from pods)."""
     return {
@@ -203,7 +204,7 @@ def karpenter_values(settings, cluster_name: pulumi.Input[str], queue_name: pulu
     }
 
 
-def node_class_spec(settings, cluster_name: str, node_role_name: pulumi.Input[str], tags: dict[str, str]) -> dict:
+def node_class_spec(settings: NodeSettings, cluster_name: str, node_role_name: pulumi.Input[str], tags: dict[str, str]) -> dict:
     return {
         "role": node_role_name,
         "amiSelectorTerms": [{"alias": settings.karpenter_ami_alias}],
@@ -219,7 +220,7 @@ def node_class_spec(settings, cluster_name: str, node_role_name: pulumi.Input[st
     }
 
 
-def node_pool_spec(settings) -> dict:
+def node_pool_spec(settings: NodeSettings, worker_grace_seconds: int) -> dict:
     requirements = [
         {"key": "karpenter.sh/capacity-type", "operator": "In", "values": list(settings.karpenter_capacity_types)},
         {"key": "karpenter.k8s.aws/instance-family", "operator": "In",
@@ -239,7 +240,7 @@ def node_pool_spec(settings) -> dict:
                 "taints": [w.WORKER_TAINT, *(taint.as_kubernetes() for taint in settings.worker_node_taints)],
                 "expireAfter": f"{settings.karpenter_expire_after_hours}h",
                 # A node being replaced (expiry, drift, interruption) gives its workers their own grace period.
-                "terminationGracePeriod": f"{settings.worker_grace_seconds + NODE_DRAIN_MARGIN_SECONDS}s",
+                "terminationGracePeriod": f"{worker_grace_seconds + NODE_DRAIN_MARGIN_SECONDS}s",
             },
         },
         "limits": {"cpu": str(settings.karpenter_cpu_limit), "memory": f"{settings.karpenter_memory_limit_gib}Gi"},
@@ -255,7 +256,7 @@ def build_karpenter(ctx: AwsContext, eks_cluster: aws.eks.Cluster, karpenter_aws
                     provider: k8s.Provider, tags: dict[str, str]) -> list[pulumi.Resource]:
     """The controller (its chart installs its CRDs on first install), then the worker EC2NodeClass and
     NodePool. Returns what Celery workers need before they can be scheduled."""
-    settings, name = ctx.settings, ctx.name
+    settings, name = ctx.nodes, ctx.name
     release = chart_release(
         f"{name}-karpenter", chart="karpenter", version=KARPENTER_VERSION, repo="oci://public.ecr.aws/karpenter",
         namespace=KARPENTER_NAMESPACE,
@@ -269,6 +270,6 @@ def build_karpenter(ctx: AwsContext, eks_cluster: aws.eks.Cluster, karpenter_aws
         spec=node_class_spec(settings, ctx.cluster_name, karpenter_aws.node_role.name, tags), opts=in_cluster)
     node_pool = k8s.apiextensions.CustomResource(
         f"{name}-karpenter-node-pool", api_version="karpenter.sh/v1", kind="NodePool",
-        metadata={"name": WORKER_NODE_POOL}, spec=node_pool_spec(settings),
+        metadata={"name": WORKER_NODE_POOL}, spec=node_pool_spec(settings, ctx.worker_grace_seconds),
         opts=pulumi.ResourceOptions(parent=ctx.component, provider=provider, depends_on=[release, node_class]))
     return [release, node_class, node_pool]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pulumi
 
-from components.settings import Settings
+from components.cluster.settings import ClusterSettings, NodeSettings
 
 
 @dataclass
@@ -17,7 +17,12 @@ class AwsContext:
     cluster_name: str
     # `<project>-<stack>`, the start of the stack's AWS names (its buckets' among them).
     name_prefix: str
-    settings: Settings
+    settings: ClusterSettings
+    nodes: NodeSettings
+    # A stopping worker's grace period (Airflow's settings): a worker node's drain waits for it.
+    worker_grace_seconds: int
+    # githubRepository is set: its deploy role is a principal that may run `pulumi up`.
+    deploys_from_github: bool
     # parent=the Cluster component, provider=the AWS provider: every AWS resource of the cluster has them.
     aws: pulumi.ResourceOptions
     invoke: pulumi.InvokeOptions

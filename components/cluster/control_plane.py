@@ -8,7 +8,7 @@ import pulumi_aws as aws
 from components.cluster.context import AwsContext
 from components.cluster.network import Network
 from components.iam import managed_policy_arn, service_trust_policy
-from components.settings import github_role_name, principal_name
+from components.platform import github_role_name, principal_name
 
 CONTROL_PLANE_LOG_TYPES = ["api", "audit", "authenticator", "controllerManager", "scheduler"]
 
@@ -84,7 +84,7 @@ def check_deployer_access(ctx: AwsContext) -> None:
     deployer = aws.iam.get_session_context(arn=ctx.caller_arn, opts=ctx.invoke).issuer_arn
     settings = ctx.settings
     allowed = list(settings.admin_principal_arns)
-    if settings.github_repository:
+    if ctx.deploys_from_github:
         allowed.append(f"arn:{ctx.partition}:iam::{ctx.account_id}:role/"
                        f"{github_role_name(ctx.name_prefix, 'deploy')}")
     if deployer not in allowed:

@@ -123,7 +123,7 @@ def build_network(ctx: AwsContext) -> Network:
         retain_on_delete=settings.keeps_managed_stores))
     cluster_tags = {} if settings.keeps_managed_stores else {
         "kubernetes.io/role/internal-elb": "1", f"kubernetes.io/cluster/{cluster_name}": "shared",
-        **({DISCOVERY_TAG: cluster_name} if settings.uses_karpenter else {})}
+        **({DISCOVERY_TAG: cluster_name} if ctx.nodes.uses_karpenter else {})}
     vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=str(settings.vpc_cidr), enable_dns_hostnames=True,
                       enable_dns_support=True, tags={"Name": cluster_name}, opts=kept_with_stores)
     gateway = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags={"Name": cluster_name},

@@ -8,7 +8,7 @@ Everything stateful is protected from deletion and retained on `pulumi destroy` 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import pulumi
@@ -16,9 +16,10 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from components import workloads as w
+from components.handles import ClusterHandle, StorageHandle
 from components.iam import POD_IDENTITY_TRUST_POLICY, managed_policy_arn, service_trust_policy
 from components.secrets_backend import secrets_read_policy
-from components.settings import Settings
+from components.storage.settings import StorageSettings
 from components.zones import zone_index
 
 EFS_STORAGE_CLASS = "efs-rwx"
@@ -58,26 +59,16 @@ def tls_only_bucket_policy(bucket_arn: str) -> str:
 
 @dataclass
 class StorageArgs:
-    settings: Settings
-    # `<project>-<stack>` (settings.aws_name_prefix): buckets, vault, plan and alias names start with it.
-    name_prefix: str
-    k8s_provider: k8s.Provider
-    # The Airflow namespace (from Security): the PVCs live there.
-    airflow_namespace: pulumi.Input[str]
-    aws_provider: Optional[aws.Provider] = None
-    # From Cluster (target=aws).
-    cluster_name: Optional[pulumi.Input[str]] = None
-    vpc_id: Optional[pulumi.Input[str]] = None
-    # The zones and their private subnets, in the same order.
-    zones: list[str] = field(default_factory=list)
-    private_subnet_ids: list[pulumi.Input[str]] = field(default_factory=list)
-    node_security_group_id: Optional[pulumi.Input[str]] = None
-    partition: Optional[str] = None
-    account_id: Optional[str] = None
+    settings: StorageSettings
+    cluster: ClusterHandle
+    # The Airflow namespace (Security's): the PVCs live there.
+    namespace: pulumi.Output[str]
 
 
 class Storage(pulumi.ComponentResource):
-    """Buckets, file system, volumes and the roles that may use them."""
+    """Buckets, file system, volumes and the roles that may use them; `handle` is what their users take."""
+
+    handle: StorageHandle
 
     logs_bucket_name: Optional[pulumi.Output[str]]
     # CloudNativePG's backups (None with a managed database engine, which keeps its own).
@@ -107,40 +98,40 @@ class Storage(pulumi.ComponentResource):
         storage_class: Optional[str] = None
         access_mode = "ReadWriteOnce"  # a laptop cluster's default class (local-path, hostpath) is single-node
         if args.settings.is_aws:
-            self._aws = pulumi.ResourceOptions(parent=self, provider=args.aws_provider)
-            if args.partition is None:
+            self._aws = pulumi.ResourceOptions(parent=self, provider=args.cluster.aws_provider)
+            if args.cluster.partition is None:
                 raise ValueError("Storage: target=aws needs the AWS partition")
-            self._partition = args.partition
+            self._partition = args.cluster.partition
             # Aurora/RDS and ElastiCache leave a final snapshot encrypted with this key when they are deleted, a
             # throwaway stack's included: the key stays with the snapshots (delete it after them).
             final_snapshots = args.settings.managed_database or args.settings.managed_broker
             key = aws.kms.Key(
-                f"{name}-data", description=f"Airflow {args.name_prefix}: task logs, database backups, EFS",
+                f"{name}-data", description=f"Airflow {args.cluster.name_prefix}: task logs, database backups, EFS",
                 enable_key_rotation=True, deletion_window_in_days=30,
                 opts=pulumi.ResourceOptions.merge(self._aws, pulumi.ResourceOptions(
                     protect=protect, retain_on_delete=protect or final_snapshots)))
-            aws.kms.Alias(f"{name}-data", name=f"alias/{args.name_prefix}-data", target_key_id=key.key_id,
+            aws.kms.Alias(f"{name}-data", name=f"alias/{args.cluster.name_prefix}-data", target_key_id=key.key_id,
                           opts=pulumi.ResourceOptions.merge(self._aws, self._keep_with))
             self.kms_key_arn = key.arn
-            logs = self._bucket(name, w.LOGS_BUCKET, args.name_prefix, key, expire_current_after_days=args.settings.log_retention_days,
+            logs = self._bucket(name, w.LOGS_BUCKET, args.cluster.name_prefix, key, expire_current_after_days=args.settings.log_retention_days,
                                 noncurrent_days=7)
             self.logs_bucket_name = logs.bucket
             airflow_role, self.airflow_access = self._pod_identity_role(
-                name, "airflow-logs", logs, key, LOG_WRITER_OBJECT_ACTIONS, args.cluster_name,
+                name, "airflow-logs", logs, key, LOG_WRITER_OBJECT_ACTIONS, args.cluster.cluster_name,
                 w.AIRFLOW_LOG_WRITERS)
             if args.settings.secrets_backend == "aws-secrets-manager":
                 self.airflow_access.append(self._secrets_access(name, args, airflow_role))
             # Aurora and RDS keep their own backups (automated, point in time); CloudNativePG's go to S3.
             if not args.settings.managed_database:
-                backups = self._bucket(name, w.BACKUPS_BUCKET, args.name_prefix, key, expire_current_after_days=None,
+                backups = self._bucket(name, w.BACKUPS_BUCKET, args.cluster.name_prefix, key, expire_current_after_days=None,
                                        noncurrent_days=args.settings.backup_retention_days)
                 self.backups_bucket_name = backups.bucket
                 _, self.database_access = self._pod_identity_role(
-                    name, "database-backups", backups, key, BACKUP_WRITER_OBJECT_ACTIONS, args.cluster_name,
+                    name, "database-backups", backups, key, BACKUP_WRITER_OBJECT_ACTIONS, args.cluster.cluster_name,
                     (w.POSTGRES_SERVICE_ACCOUNT,))
             file_system = self._file_system(name, args, key)
             self.file_system_id = file_system.id
-            self._efs_backups(name, args.name_prefix, file_system, key)
+            self._efs_backups(name, args.cluster.name_prefix, file_system, key)
             storage_class = EFS_STORAGE_CLASS
             access_mode = "ReadWriteMany"
             k8s.storage.v1.StorageClass(
@@ -151,7 +142,7 @@ class Storage(pulumi.ComponentResource):
                 parameters={"provisioningMode": "efs-ap", "fileSystemId": file_system.id, "directoryPerms": "770",
                             "uid": "50000", "gid": "0", "basePath": "/airflow"},
                 reclaim_policy="Retain" if protect else "Delete",
-                opts=pulumi.ResourceOptions(parent=self, provider=args.k8s_provider))
+                opts=pulumi.ResourceOptions(parent=self, provider=args.cluster.k8s_provider))
 
         self.dags_claim_name = self._claim(name, w.DAGS_PVC, args, storage_class, access_mode,
                                            args.settings.dags_volume_size_gib)
@@ -159,6 +150,11 @@ class Storage(pulumi.ComponentResource):
         if not args.settings.is_aws:
             self.logs_claim_name = self._claim(name, w.LOGS_PVC, args, storage_class, access_mode,
                                                args.settings.logs_volume_size_gib)
+        self.handle = StorageHandle(
+            dags_claim_name=self.dags_claim_name, logs_claim_name=self.logs_claim_name,
+            logs_bucket_name=self.logs_bucket_name, backups_bucket_name=self.backups_bucket_name,
+            backup_retention_days=args.settings.backup_retention_days, kms_key_arn=self.kms_key_arn,
+            airflow_access=tuple(self.airflow_access), database_access=tuple(self.database_access), ready=self)
         self.register_outputs({
             "logs_bucket_name": self.logs_bucket_name,
             "backups_bucket_name": self.backups_bucket_name,
@@ -225,10 +221,10 @@ class Storage(pulumi.ComponentResource):
     def _secrets_access(self, name: str, args: StorageArgs, role: aws.iam.Role) -> aws.iam.RolePolicy:
         """The Airflow pods' role may also read the stack's connections and variables (one role per service
         account: Pod Identity associates exactly one)."""
-        if args.account_id is None:
+        if args.cluster.account_id is None:
             raise ValueError("Storage: the secrets backend needs the AWS account")
-        policy = secrets_read_policy(self._partition, args.settings.region, args.account_id,
-                                     args.settings.secrets_prefix(args.name_prefix))
+        policy = secrets_read_policy(self._partition, args.settings.region, args.cluster.account_id,
+                                     args.settings.secrets_prefix(args.cluster.name_prefix))
         return aws.iam.RolePolicy(f"{name}-airflow-secrets", role=role.id, policy=policy, opts=self._aws)
 
     def _file_system(self, name: str, args: StorageArgs, key: aws.kms.Key) -> aws.efs.FileSystem:
@@ -237,16 +233,16 @@ class Storage(pulumi.ComponentResource):
             throughput_mode="elastic",
             lifecycle_policies=[{"transition_to_ia": "AFTER_30_DAYS"},
                                 {"transition_to_primary_storage_class": "AFTER_1_ACCESS"}],
-            tags={"Name": args.name_prefix},
+            tags={"Name": args.cluster.name_prefix},
             opts=pulumi.ResourceOptions.merge(self._aws, self._keep))
         security_group = aws.ec2.SecurityGroup(
-            f"{name}-efs", vpc_id=args.vpc_id, description="NFS to the Airflow EFS file system, from the nodes only",
+            f"{name}-efs", vpc_id=args.cluster.vpc_id, description="NFS to the Airflow EFS file system, from the nodes only",
             ingress=[{"protocol": "tcp", "from_port": 2049, "to_port": 2049,
-                      "security_groups": [args.node_security_group_id], "description": "NFS from EKS nodes"}],
+                      "security_groups": [args.cluster.cluster_security_group_id], "description": "NFS from EKS nodes"}],
             egress=[], opts=self._aws)
         # Named after their zone, so adding or removing a zone touches only its own mount target (EFS allows
         # one per zone). Stacks created with zones a-c named them by position, which was the zone's letter.
-        for zone, subnet_id in zip(args.zones, args.private_subnet_ids, strict=True):
+        for zone, subnet_id in zip(args.cluster.zones, args.cluster.private_subnet_ids, strict=True):
             aws.efs.MountTarget(
                 f"{name}-efs-{zone}", file_system_id=file_system.id, subnet_id=subnet_id,
                 security_groups=[security_group.id],
@@ -284,12 +280,12 @@ class Storage(pulumi.ComponentResource):
                access_mode: str, size_gib: int) -> pulumi.Output[str]:
         claim = k8s.core.v1.PersistentVolumeClaim(
             f"{name}-{claim_name}",
-            metadata={"name": claim_name, "namespace": args.airflow_namespace,
+            metadata={"name": claim_name, "namespace": args.namespace,
                       # The classes bind on first use (WaitForFirstConsumer): waiting for Bound would hang.
                       "annotations": {"pulumi.com/skipAwait": "true"}},
             spec={"accessModes": [access_mode], "storageClassName": storage_class,
                   "resources": {"requests": {"storage": f"{size_gib}Gi"}}},
             opts=pulumi.ResourceOptions.merge(
-                pulumi.ResourceOptions(parent=self, provider=args.k8s_provider), self._keep),
+                pulumi.ResourceOptions(parent=self, provider=args.cluster.k8s_provider), self._keep),
         )
         return claim.metadata.name

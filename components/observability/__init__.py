@@ -13,17 +13,19 @@ from pathlib import Path
 from typing import Optional
 
 import pulumi
-import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 import yaml
 
 from components import workloads as w
-from components.alerts import alert_groups, prometheus_rule_spec
+from components.broker.settings import BrokerSettings
+from components.database.settings import DatabaseSettings
+from components.handles import CertificateAuthority, ClusterHandle, Ingress
 from components.helm import chart_release
 from components.ingress import alb_ingress
+from components.observability.alerts import alert_groups, prometheus_rule_spec
+from components.observability.settings import ObservabilitySettings
 from components.pods import resources
-from components.settings import Settings
 
 KPS_CHARTS = "https://prometheus-community.github.io/helm-charts"
 GRAFANA_SERVICE = f"{w.PROMETHEUS_RELEASE}-grafana"
@@ -38,7 +40,7 @@ DASHBOARDS_DIR = Path(__file__).parent / "dashboards"
 SELECTED = {"release": w.PROMETHEUS_RELEASE}
 
 
-def kube_prometheus_stack_values(settings: Settings, storage_class: Optional[str],
+def kube_prometheus_stack_values(settings: ObservabilitySettings, storage_class: Optional[str],
                                  dashboard_namespaces: Optional[list[pulumi.Input[str]]] = None) -> dict:
     ha = settings.is_aws
     placement = settings.system_placement
@@ -143,7 +145,7 @@ def kube_prometheus_stack_values(settings: Settings, storage_class: Optional[str
     }
 
 
-def alertmanager_config(settings: Settings) -> dict:
+def alertmanager_config(settings: ObservabilitySettings) -> dict:
     """alertmanager.yaml: every alert to the configured receivers (Slack and/or e-mail), or to a null
     receiver when none is set. Holds credentials: it goes into a Secret only."""
     receiver: dict = {"name": "platform"}
@@ -195,7 +197,7 @@ def pod_monitor(name: str, selector: dict, port: str, namespace: str, relabeling
         "selector": {"matchLabels": selector}, "podMetricsEndpoints": [endpoint]}}
 
 
-def monitors(settings: Settings) -> list[dict]:
+def monitors(settings: ObservabilitySettings) -> list[dict]:
     """What Prometheus scrapes, by port name as the charts and operators name the ports. All of them live
     in the monitoring namespace and name the namespace they watch. The in-cluster engines' monitors exist only
     when those engines run; Aurora, RDS and ElastiCache report to CloudWatch."""
@@ -226,19 +228,19 @@ def monitors(settings: Settings) -> list[dict]:
 
 @dataclass
 class ObservabilityArgs:
-    settings: Settings
-    k8s_provider: k8s.Provider
-    # From Security: the monitoring namespace (Pod Security `privileged` for node-exporter), and cert-manager,
-    # which issues the operator's admission webhook certificate.
-    monitoring_namespace: pulumi.Input[str]
-    cert_manager: Optional[pulumi.Resource] = None
+    settings: ObservabilitySettings
+    cluster: ClusterHandle
+    # The monitoring namespace (Security's; Pod Security `privileged` for node-exporter).
+    namespace: pulumi.Output[str]
+    # cert-manager issues the operator's admission webhook certificate.
+    certificate_authority: CertificateAuthority
+    # The alert thresholds follow the database's and the broker's shape (instances, replicas, client limit).
+    database: DatabaseSettings
+    broker: BrokerSettings
+    # target=aws: the shared ALB's settings and certificate, for Grafana's Ingress.
+    ingress: Optional[Ingress] = None
     # Other namespaces whose dashboard ConfigMaps Grafana loads, by a short name (CloudNativePG's operator's).
-    dashboard_namespaces: dict[str, pulumi.Input[str]] = field(default_factory=dict)
-    # From Cluster: the encrypted default class on EKS; None uses the cluster's default.
-    storage_class_name: Optional[str] = None
-    aws_provider: Optional[aws.Provider] = None
-    certificate_arn: Optional[pulumi.Input[str]] = None
-    load_balancer_controller: Optional[pulumi.Resource] = None
+    dashboard_namespaces: dict[str, pulumi.Output[str]] = field(default_factory=dict)
 
 
 class Observability(pulumi.ComponentResource):
@@ -251,20 +253,20 @@ class Observability(pulumi.ComponentResource):
     def __init__(self, name: str, args: ObservabilityArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("airflow:platform:Observability", name, None, opts)
         settings = args.settings
-        # Every object names args.monitoring_namespace: it waits for the namespace through that input.
-        k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
+        # Every object names args.namespace: it waits for the namespace through that input.
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.cluster.k8s_provider)
 
         password = random.RandomPassword(f"{name}-grafana-admin", length=32, special=False, min_lower=2,
                                          min_upper=2, min_numeric=2, opts=pulumi.ResourceOptions(parent=self))
         self.grafana_admin_password = pulumi.Output.secret(password.result)
         grafana_admin = k8s.core.v1.Secret(
             f"{name}-grafana-admin",
-            metadata={"name": GRAFANA_ADMIN_SECRET, "namespace": args.monitoring_namespace},
+            metadata={"name": GRAFANA_ADMIN_SECRET, "namespace": args.namespace},
             string_data={"admin-user": "admin", "admin-password": self.grafana_admin_password},
             opts=k8s_opts)
         config_reader = k8s.rbac.v1.Role(
             f"{name}-grafana-config-reader",
-            metadata={"name": GRAFANA_CONFIG_READER_ROLE, "namespace": args.monitoring_namespace},
+            metadata={"name": GRAFANA_CONFIG_READER_ROLE, "namespace": args.namespace},
             rules=[{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}],
             opts=k8s_opts)
         readers: list[k8s.rbac.v1.RoleBinding] = []
@@ -280,56 +282,56 @@ class Observability(pulumi.ComponentResource):
                 metadata={"name": GRAFANA_CONFIG_READER_ROLE, "namespace": namespace},
                 role_ref={"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": reader.metadata.name},
                 subjects=[{"kind": "ServiceAccount", "name": GRAFANA_SERVICE_ACCOUNT,
-                           "namespace": args.monitoring_namespace}],
+                           "namespace": args.namespace}],
                 opts=k8s_opts))
         alertmanager = k8s.core.v1.Secret(
             f"{name}-alertmanager-config",
-            metadata={"name": ALERTMANAGER_CONFIG_SECRET, "namespace": args.monitoring_namespace},
+            metadata={"name": ALERTMANAGER_CONFIG_SECRET, "namespace": args.namespace},
             string_data={"alertmanager.yaml": pulumi.Output.secret(
                 yaml.safe_dump(alertmanager_config(settings), sort_keys=False))},
             opts=k8s_opts)
 
         self.release = chart_release(
             f"{name}-kube-prometheus-stack", release_name=w.PROMETHEUS_RELEASE, chart="kube-prometheus-stack",
-            version=settings.kube_prometheus_stack_chart_version, repo=KPS_CHARTS, namespace=args.monitoring_namespace,
-            values=kube_prometheus_stack_values(settings, args.storage_class_name,
+            version=settings.kube_prometheus_stack_chart_version, repo=KPS_CHARTS, namespace=args.namespace,
+            values=kube_prometheus_stack_values(settings, args.cluster.storage_class_name,
                                                 list(args.dashboard_namespaces.values())),
             # Prometheus and Grafana wait for their volumes on fresh nodes.
             timeout=900,
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(
                 depends_on=[grafana_admin, config_reader, *readers, alertmanager,
-                            *([args.cert_manager] if args.cert_manager else [])])))
+                            args.certificate_authority.cert_manager])))
         with_crds = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[self.release]))
 
         for monitor in monitors(settings):
             k8s.apiextensions.CustomResource(
                 f"{name}-{monitor['name']}",
                 api_version="monitoring.coreos.com/v1", kind=monitor["kind"],
-                metadata={"name": monitor["name"], "namespace": args.monitoring_namespace, "labels": SELECTED},
+                metadata={"name": monitor["name"], "namespace": args.namespace, "labels": SELECTED},
                 spec=monitor["spec"], opts=with_crds)
-        for area, alerts in alert_groups(settings).items():
+        for area, alerts in alert_groups(settings, args.database, args.broker).items():
             k8s.apiextensions.CustomResource(
                 f"{name}-rules-{area}",
                 api_version="monitoring.coreos.com/v1", kind="PrometheusRule",
-                metadata={"name": f"airflow-platform-{area}", "namespace": args.monitoring_namespace,
+                metadata={"name": f"airflow-platform-{area}", "namespace": args.namespace,
                           "labels": SELECTED},
                 spec=prometheus_rule_spec(area, alerts, settings.alert_runbook_base_url), opts=with_crds)
         for dashboard in sorted(DASHBOARDS_DIR.glob("*.json")):
             # Grafana's sidecar loads every ConfigMap with this label, from every namespace.
             k8s.core.v1.ConfigMap(
                 f"{name}-dashboard-{dashboard.stem}",
-                metadata={"name": f"dashboard-{dashboard.stem}", "namespace": args.monitoring_namespace,
+                metadata={"name": f"dashboard-{dashboard.stem}", "namespace": args.namespace,
                           "labels": {"grafana_dashboard": "1"}},
                 data={dashboard.name: json.dumps(json.loads(dashboard.read_text()))},
                 opts=k8s_opts)
 
-        if settings.is_aws:
+        if args.ingress is not None:
+            controller = args.ingress.load_balancer_controller
             self.grafana_url = alb_ingress(
-                f"{name}-grafana", settings=settings, namespace=args.monitoring_namespace, host=settings.grafana_host,
+                f"{name}-grafana", ingress=args.ingress, namespace=args.namespace, host=settings.grafana_host,
                 service=GRAFANA_SERVICE, port=80, health_check_path="/api/health", group_order=20,
-                certificate_arn=args.certificate_arn, aws_provider=args.aws_provider,
                 opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[
-                    self.release, *([args.load_balancer_controller] if args.load_balancer_controller else [])])))
+                    self.release, *([controller] if controller else [])])))
         else:
             # A laptop cluster: `kubectl -n monitoring port-forward svc/kube-prometheus-stack-grafana 3000:80`.
             self.grafana_url = pulumi.Output.from_input("http://localhost:3000")

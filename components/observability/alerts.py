@@ -18,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from components import workloads as w
-from components.settings import Settings
+from components.broker.settings import BrokerSettings
+from components.database.settings import DatabaseSettings
+from components.observability.settings import ObservabilitySettings
 
 AIRFLOW_NS = f'namespace="{w.AIRFLOW_NAMESPACE}"'
 COMPONENTS = "airflow-(scheduler|dag-processor|triggerer|api-server)"
@@ -54,7 +56,7 @@ class Alert:
         }
 
 
-def airflow_alerts(settings: Settings) -> list[Alert]:
+def airflow_alerts(settings: ObservabilitySettings) -> list[Alert]:
     queued_for = f"{settings.airflow_queued_alert_minutes}m"
     return [
         Alert("AirflowSchedulerHeartbeatStopped",
@@ -114,9 +116,9 @@ def airflow_alerts(settings: Settings) -> list[Alert]:
     ]
 
 
-def postgres_alerts(settings: Settings) -> list[Alert]:
+def postgres_alerts(settings: ObservabilitySettings, database: DatabaseSettings) -> list[Alert]:
     cluster = f'cluster="{w.POSTGRES_CLUSTER}"'
-    standbys = settings.postgres_instances - 1
+    standbys = database.postgres_instances - 1
     alerts = [
         # Either PostgreSQL does not answer its instance manager, or the pod cannot be scraped at all.
         Alert("PostgresInstanceDown",
@@ -146,10 +148,10 @@ def postgres_alerts(settings: Settings) -> list[Alert]:
               "A PgBouncer pod does not reach PostgreSQL, or none reports: Airflow's database connections fail."),
         Alert("PgBouncerClientConnectionsNearLimit",
               f"max by (pod) (cnpg_pgbouncer_lists_used_clients{{{AIRFLOW_NS}}}) > "
-              f"{int(settings.pgbouncer_max_client_connections * 0.9)}",
+              f"{int(database.pgbouncer_max_client_connections * 0.9)}",
               "10m", "warning", "PgBouncer client connections near max_client_conn",
               f"{{{{ $labels.pod }}}} serves {{{{ $value }}}} clients, above 90 % of "
-              f"pgbouncerMaxClientConnections ({settings.pgbouncer_max_client_connections})."),
+              f"pgbouncerMaxClientConnections ({database.pgbouncer_max_client_connections})."),
     ]
     if standbys > 0:
         alerts.append(Alert(
@@ -169,7 +171,7 @@ def postgres_alerts(settings: Settings) -> list[Alert]:
     return alerts
 
 
-def chart_pgbouncer_alerts(settings: Settings) -> list[Alert]:
+def chart_pgbouncer_alerts(settings: ObservabilitySettings) -> list[Alert]:
     """The chart's PgBouncer in front of Aurora / RDS; the database itself is watched from CloudWatch. Its
     exporter (jbub/pgbouncer_exporter 0.18) has no `up` gauge: when it cannot query PgBouncer it still answers
     the scrape, without any of its PgBouncer series (internal/collector/exporter.go, Collect)."""
@@ -183,11 +185,11 @@ def chart_pgbouncer_alerts(settings: Settings) -> list[Alert]:
     ]
 
 
-def redis_alerts(settings: Settings) -> list[Alert]:
+def redis_alerts(broker: BrokerSettings) -> list[Alert]:
     # Only redis-ha's exporter sidecars publish redis_* in the Airflow namespace (a PodMonitor's targets
     # carry no `service` label).
     redis = AIRFLOW_NS
-    replicas = settings.redis_replicas - 1
+    replicas = broker.redis_replicas - 1
     alerts = [
         Alert("RedisNoMaster",
               f'(count(redis_instance_info{{{redis}, role="master"}}) or vector(0)) < 1',
@@ -213,7 +215,7 @@ def redis_alerts(settings: Settings) -> list[Alert]:
     return alerts
 
 
-def platform_alerts(settings: Settings) -> list[Alert]:
+def platform_alerts(settings: ObservabilitySettings) -> list[Alert]:
     return [
         Alert("AirflowPodCrashLooping",
               f'max by (pod, container) (kube_pod_container_status_waiting_reason{{{AIRFLOW_NS}, '
@@ -242,16 +244,17 @@ def platform_alerts(settings: Settings) -> list[Alert]:
     ]
 
 
-def alert_groups(settings: Settings) -> dict[str, list[Alert]]:
+def alert_groups(settings: ObservabilitySettings, database: DatabaseSettings,
+                 broker: BrokerSettings) -> dict[str, list[Alert]]:
     """Alerts by area; each area becomes one PrometheusRule. The in-cluster engines' rules exist only when those
     engines run: Aurora, RDS and ElastiCache are watched from CloudWatch, outside this platform."""
     groups = {"airflow": airflow_alerts(settings)}
     if settings.managed_database:
         groups["pgbouncer"] = chart_pgbouncer_alerts(settings)
     else:
-        groups["postgresql"] = postgres_alerts(settings)
+        groups["postgresql"] = postgres_alerts(settings, database)
     if not settings.managed_broker:
-        groups["redis"] = redis_alerts(settings)
+        groups["redis"] = redis_alerts(broker)
     groups["platform"] = platform_alerts(settings)
     return groups
 

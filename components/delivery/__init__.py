@@ -20,8 +20,10 @@ from typing import Optional
 import pulumi
 import pulumi_aws as aws
 
+from components.delivery.settings import DeliverySettings
+from components.handles import ClusterHandle
 from components.iam import managed_policy_arn
-from components.settings import github_role_name
+from components.platform import github_role_name
 
 GITHUB_OIDC_URL = "https://token.actions.githubusercontent.com"
 GITHUB_OIDC_HOST = "token.actions.githubusercontent.com"
@@ -45,22 +47,12 @@ PREVIEW_DENIED_READS = [
 
 @dataclass
 class DeliveryArgs:
-    repository: str
-    connection_arn: str
-    # Empty: the stack creates the account's GitHub OIDC provider.
-    oidc_provider_arn: str
+    settings: DeliverySettings
+    # target=aws: the roles trust the cluster's account, the runners run in its private subnets.
+    cluster: ClusterHandle
     # The GitHub environments whose jobs may assume each role.
     deploy_environment: str
     preview_environment: str
-    name_prefix: str
-    partition: str
-    account_id: str
-    region: str
-    cluster_name: pulumi.Input[str]
-    vpc_id: pulumi.Input[str]
-    private_subnet_ids: list[pulumi.Input[str]]
-    cluster_security_group_id: pulumi.Input[str]
-    aws_provider: aws.Provider
 
 
 def github_subject(repository: str, environment: str) -> str:
@@ -104,8 +96,8 @@ class Delivery(pulumi.ComponentResource):
     def __init__(self, name: str, args: DeliveryArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("airflow:platform:Delivery", name, None, opts)
         self._args = args
-        self._opts = pulumi.ResourceOptions(parent=self, provider=args.aws_provider)
-        provider_arn = args.oidc_provider_arn or self._oidc_provider(name).arn
+        self._opts = pulumi.ResourceOptions(parent=self, provider=args.cluster.aws_provider)
+        provider_arn = args.settings.github_oidc_provider_arn or self._oidc_provider(name).arn
         deploy_role = self._role(name, "deploy", provider_arn, args.deploy_environment)
         preview_role = self._role(name, "preview", provider_arn, args.preview_environment)
         # It creates IAM roles, so it is an administrator in effect whatever it holds: what guards it is its trust
@@ -140,38 +132,41 @@ class Delivery(pulumi.ComponentResource):
 
     def _role(self, name: str, purpose: str, provider_arn: pulumi.Input[str], environment: str) -> aws.iam.Role:
         args = self._args
+        cluster = args.cluster
         return aws.iam.Role(
-            f"{name}-{purpose}", name=github_role_name(args.name_prefix, purpose),  # type: ignore[arg-type]
-            description=f"GitHub Actions jobs of {args.repository} in environment {environment}",
-            assume_role_policy=github_trust_policy(provider_arn, github_subject(args.repository, environment)),
+            f"{name}-{purpose}", name=github_role_name(cluster.name_prefix, purpose),  # type: ignore[arg-type]
+            description=f"GitHub Actions jobs of {args.settings.github_repository} in environment {environment}",
+            assume_role_policy=github_trust_policy(provider_arn, github_subject(args.settings.github_repository, environment)),
             max_session_duration=SESSION_SECONDS, opts=self._opts)
 
     def _attach(self, resource_name: str, role: aws.iam.Role, policy: str) -> None:
         aws.iam.RolePolicyAttachment(resource_name, role=role.name,
-                                     policy_arn=managed_policy_arn(self._args.partition, policy), opts=self._opts)
+                                     policy_arn=managed_policy_arn(self._args.cluster.partition, policy), opts=self._opts)
 
     def _access_entry(self, resource_name: str, role: aws.iam.Role, policy: str) -> None:
         args = self._args
-        entry = aws.eks.AccessEntry(resource_name, cluster_name=args.cluster_name, principal_arn=role.arn,
+        cluster = args.cluster
+        entry = aws.eks.AccessEntry(resource_name, cluster_name=cluster.cluster_name, principal_arn=role.arn,
                                     type="STANDARD", opts=self._opts)
         aws.eks.AccessPolicyAssociation(
-            resource_name, cluster_name=args.cluster_name, principal_arn=entry.principal_arn,
-            policy_arn=f"arn:{args.partition}:eks::aws:cluster-access-policy/{policy}",
+            resource_name, cluster_name=cluster.cluster_name, principal_arn=entry.principal_arn,
+            policy_arn=f"arn:{cluster.partition}:eks::aws:cluster-access-policy/{policy}",
             access_scope={"type": "cluster"}, opts=self._opts)
 
     def _runners(self, name: str) -> aws.codebuild.Project:
         args = self._args
-        project_name = runner_project_name(args.name_prefix)
+        cluster = args.cluster
+        project_name = runner_project_name(cluster.name_prefix)
         group = aws.ec2.SecurityGroup(
             # A constant description: a new one replaces the group, which the running build's interface holds.
-            f"{name}-runner", vpc_id=args.vpc_id, description="CodeBuild-hosted GitHub Actions runners",
+            f"{name}-runner", vpc_id=cluster.vpc_id, description="CodeBuild-hosted GitHub Actions runners",
             # HTTPS only: GitHub, Pulumi Cloud, the package and chart registries, AWS's APIs and EKS's endpoint.
             # (DNS goes to the VPC's resolver, which security groups do not filter.)
             egress=[{"protocol": "tcp", "from_port": 443, "to_port": 443, "cidr_blocks": ["0.0.0.0/0"],
                      "description": "HTTPS"}],
             opts=self._opts)
         aws.vpc.SecurityGroupIngressRule(
-            f"{name}-runner-to-eks", security_group_id=args.cluster_security_group_id,
+            f"{name}-runner-to-eks", security_group_id=cluster.cluster_security_group_id,
             referenced_security_group_id=group.id, ip_protocol="tcp", from_port=443, to_port=443,
             description="EKS API from the CodeBuild runners", opts=self._opts)
         log_group = aws.cloudwatch.LogGroup(f"{name}-runner", name=f"/aws/codebuild/{project_name}",
@@ -179,14 +174,14 @@ class Delivery(pulumi.ComponentResource):
         role, role_policy = self._runner_role(name, log_group)
         project = aws.codebuild.Project(
             f"{name}-runner", name=project_name,
-            description=f"GitHub Actions runners of {args.repository}, inside the VPC",
+            description=f"GitHub Actions runners of {args.settings.github_repository}, inside the VPC",
             service_role=role.arn,
-            source={"type": "GITHUB", "location": repository_url(args.repository),
-                    "auth": {"type": "CODECONNECTIONS", "resource": args.connection_arn}},
+            source={"type": "GITHUB", "location": repository_url(args.settings.github_repository),
+                    "auth": {"type": "CODECONNECTIONS", "resource": args.settings.github_connection_arn}},
             artifacts={"type": "NO_ARTIFACTS"},
             environment={"type": "LINUX_CONTAINER", "compute_type": RUNNER_COMPUTE_TYPE, "image": RUNNER_IMAGE,
                          "image_pull_credentials_type": "CODEBUILD"},
-            vpc_config={"vpc_id": args.vpc_id, "subnets": args.private_subnet_ids,
+            vpc_config={"vpc_id": cluster.vpc_id, "subnets": list(cluster.private_subnet_ids),
                         "security_group_ids": [group.id]},
             logs_config={"cloudwatch_logs": {"group_name": log_group.name}},
             build_timeout=RUNNER_BUILD_TIMEOUT,
@@ -206,14 +201,15 @@ class Delivery(pulumi.ComponentResource):
         """The build's own credentials, which every job on the runner can read: logs, its network interfaces in
         the private subnets, the connection. The jobs' AWS access comes from the OIDC roles above."""
         args = self._args
+        cluster = args.cluster
         role = aws.iam.Role(
             f"{name}-runner",
             assume_role_policy=json.dumps({"Version": "2012-10-17", "Statement": [{
                 "Effect": "Allow", "Principal": {"Service": "codebuild.amazonaws.com"}, "Action": "sts:AssumeRole",
-                "Condition": {"StringEquals": {"aws:SourceAccount": args.account_id}}}]}),
+                "Condition": {"StringEquals": {"aws:SourceAccount": cluster.account_id}}}]}),
             opts=self._opts)
-        subnet_arns = [pulumi.Output.concat(f"arn:{args.partition}:ec2:{args.region}:{args.account_id}:subnet/",
-                                            subnet_id) for subnet_id in args.private_subnet_ids]
+        subnet_arns = [pulumi.Output.concat(f"arn:{cluster.partition}:ec2:{cluster.region}:{cluster.account_id}:subnet/",
+                                            subnet_id) for subnet_id in list(cluster.private_subnet_ids)]
         policy = pulumi.Output.json_dumps({"Version": "2012-10-17", "Statement": [
             {"Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
              "Resource": pulumi.Output.concat(log_group.arn, ":*")},
@@ -222,7 +218,7 @@ class Delivery(pulumi.ComponentResource):
                                            "ec2:DescribeSubnets", "ec2:DescribeSecurityGroups", "ec2:DescribeVpcs"],
              "Resource": "*"},
             {"Effect": "Allow", "Action": "ec2:CreateNetworkInterfacePermission",
-             "Resource": f"arn:{args.partition}:ec2:{args.region}:{args.account_id}:network-interface/*",
+             "Resource": f"arn:{cluster.partition}:ec2:{cluster.region}:{cluster.account_id}:network-interface/*",
              "Condition": {"StringEquals": {"ec2:AuthorizedService": "codebuild.amazonaws.com"},
                            "ArnEquals": {"ec2:Subnet": subnet_arns}}},
             {"Effect": "Allow", "Action": ["codeconnections:GetConnectionToken", "codeconnections:GetConnection",
@@ -230,6 +226,6 @@ class Delivery(pulumi.ComponentResource):
                                            "codestar-connections:GetConnectionToken",
                                            "codestar-connections:GetConnection",
                                            "codestar-connections:UseConnection"],
-             "Resource": args.connection_arn},
+             "Resource": args.settings.github_connection_arn},
         ]})
         return role, aws.iam.RolePolicy(f"{name}-runner", role=role.name, policy=policy, opts=self._opts)

@@ -7,20 +7,20 @@ metrics exporter. Either way, the Secret with the broker URL the Airflow chart r
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import quote
 
 import pulumi
-import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
-from components import elasticache
 from components import workloads as w
+from components.broker import elasticache
+from components.broker.settings import BrokerSettings
 from components.generated_secrets import secrets_checksum
+from components.handles import BrokerCredentials, BrokerHandle, ClusterHandle, StorageHandle
 from components.helm import chart_release, pinned
 from components.pods import memory_bytes, resources
-from components.settings import Settings
 
 # The chart names its services after fullnameOverride: <release>, <release>-haproxy, ...
 HAPROXY_SERVICE = f"{w.REDIS_RELEASE}-haproxy"
@@ -33,69 +33,55 @@ def broker_url(password: str, host: str, port: int, database: int = 0) -> str:
 
 @dataclass
 class BrokerArgs:
-    settings: Settings
-    k8s_provider: k8s.Provider
-    # From Security.
-    airflow_namespace: pulumi.Input[str]
-    redis_auth_secret_name: pulumi.Input[str]
-    redis_password: pulumi.Output[str]
-    # From Cluster: the encrypted default class on EKS; None uses the cluster's default.
-    storage_class_name: Optional[str] = None
-    # ElastiCache (brokerEngine elasticache): where it lives, and who may reach it.
-    aws_provider: Optional[aws.Provider] = None
-    name_prefix: str = ""
-    vpc_id: Optional[pulumi.Input[str]] = None
-    zones: list[str] = field(default_factory=list)
-    private_subnet_ids: list[pulumi.Input[str]] = field(default_factory=list)
-    node_security_group_id: Optional[pulumi.Input[str]] = None
-    # From Storage: the stack's KMS key (encryption at rest).
-    kms_key_arn: Optional[pulumi.Input[str]] = None
+    settings: BrokerSettings
+    cluster: ClusterHandle
+    # The Airflow namespace (Security's): redis-ha and the broker URL Secret live there.
+    namespace: pulumi.Output[str]
+    credentials: BrokerCredentials
+    # The stack's KMS key (ElastiCache's encryption at rest).
+    storage: StorageHandle
 
 
 class Broker(pulumi.ComponentResource):
-    """redis-ha or ElastiCache, and the broker URL Secret."""
+    """redis-ha or ElastiCache, and the broker URL Secret. `handle` is what its clients take."""
 
-    connection_secret_name: pulumi.Output[str]
-    # Digest of the broker URL: the Airflow pods that read it roll when the password is rotated.
-    connection_checksum: pulumi.Output[str]
-    # redis-ha's release (None with ElastiCache).
-    release: Optional[k8s.helm.v3.Release]
+    handle: BrokerHandle
 
     def __init__(self, name: str, args: BrokerArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("airflow:platform:Broker", name, None, opts)
-        k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
-        self.release = None
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.cluster.k8s_provider)
+        password = args.credentials.password
         secret_opts = k8s_opts
         if args.settings.managed_broker:
-            if args.kms_key_arn is None:
+            if args.storage.kms_key_arn is None:
                 raise ValueError("Broker: ElastiCache needs the stack's KMS key")
             redis = elasticache.managed_redis(
-                name, args.settings, name_prefix=args.name_prefix, auth_token=args.redis_password,
-                vpc_id=args.vpc_id, private_subnet_ids=args.private_subnet_ids, zones=args.zones,
-                node_security_group_id=args.node_security_group_id, kms_key_arn=args.kms_key_arn,
-                opts=pulumi.ResourceOptions(parent=self, provider=args.aws_provider))
-            url = pulumi.Output.all(args.redis_password, redis.primary_endpoint).apply(
+                name, args.settings, args.cluster, auth_token=password, generation=args.credentials.generation,
+                kms_key_arn=args.storage.kms_key_arn,
+                opts=pulumi.ResourceOptions(parent=self, provider=args.cluster.aws_provider))
+            url = pulumi.Output.all(password, redis.primary_endpoint).apply(
                 lambda values: elasticache.tls_broker_url(values[0], values[1], redis.port))
             # Airflow starts once its pods may reach the broker.
             secret_opts = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[redis.access]))
         else:
-            self.release = chart_release(
+            chart_release(
                 f"{name}-redis-ha", release_name=w.REDIS_RELEASE, chart="redis-ha",
                 version=args.settings.redis_ha_chart_version, repo="https://dandydeveloper.github.io/charts",
-                namespace=args.airflow_namespace,
-                values=redis_ha_values(args.settings, args.redis_auth_secret_name, args.storage_class_name),
+                namespace=args.namespace,
+                values=redis_ha_values(args.settings, args.cluster.system_nodes, args.credentials.auth_secret_name,
+                                       args.cluster.storage_class_name),
                 # Three servers start one after another (OrderedReady), each waiting for its volume.
                 timeout=900, opts=k8s_opts)
-            url = args.redis_password.apply(lambda password: broker_url(
-                password, f"{HAPROXY_SERVICE}.{w.AIRFLOW_NAMESPACE}.svc.cluster.local", w.REDIS_PORT))
+            url = password.apply(lambda plain: broker_url(
+                plain, f"{HAPROXY_SERVICE}.{w.AIRFLOW_NAMESPACE}.svc.cluster.local", w.REDIS_PORT))
         connection = k8s.core.v1.Secret(
             f"{name}-broker-url",
-            metadata={"name": w.BROKER_URL_SECRET, "namespace": args.airflow_namespace},
+            metadata={"name": w.BROKER_URL_SECRET, "namespace": args.namespace},
             string_data={"connection": pulumi.Output.secret(url)},
             opts=secret_opts)
-        self.connection_secret_name = connection.metadata.name
-        self.connection_checksum = secrets_checksum(url)
-        self.register_outputs({"connection_secret_name": self.connection_secret_name})
+        self.handle = BrokerHandle(connection_secret_name=connection.metadata.name,
+                                   connection_checksum=secrets_checksum(url), ready=self)
+        self.register_outputs({"connection_secret_name": self.handle.connection_secret_name})
 
 
 # Of the container's memory, what Redis may hold in data; the rest is its own overhead, replication and
@@ -112,15 +98,16 @@ HAPROXY_UID = 10099
 SMALL_CONTAINER = resources("10m", "32Mi", memory_limit="64Mi")
 
 
-def redis_maxmemory_bytes(settings: Settings) -> int:
+def redis_maxmemory_bytes(settings: BrokerSettings) -> int:
     return int(memory_bytes(settings.redis_memory) * REDIS_MAXMEMORY_SHARE)
 
 
-def redis_ha_values(settings: Settings, auth_secret: pulumi.Input[str], storage_class: Optional[str]) -> dict:
+def redis_ha_values(settings: BrokerSettings, system_nodes: int, auth_secret: pulumi.Input[str],
+                    storage_class: Optional[str]) -> dict:
     replicas = settings.redis_replicas
     ha = replicas >= 3
     # One server (and one HAProxy) per node, required only where there are enough system nodes for it.
-    hard_anti_affinity = ha and replicas <= settings.system_nodes
+    hard_anti_affinity = ha and replicas <= system_nodes
     # The memory limit equals the request: maxmemory is a share of it.
     # Redis is single-threaded but forks for persistence; one core for each, never throttled in between.
     redis_resources = resources("100m", settings.redis_memory, cpu_limit="2")

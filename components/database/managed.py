@@ -24,9 +24,10 @@ import pulumi_random as random
 
 from components import workloads as w
 from components.data_store_access import cluster_only_security_group
+from components.database.settings import DatabaseSettings
+from components.handles import ClusterHandle
 from components.iam import managed_policy_arn, service_trust_policy
 from components.pods import NOBODY, container_security_context, pod_security_context, resources
-from components.settings import Settings
 
 # The Airflow chart (1.19.0) names PgBouncer's Service <release>-pgbouncer and serves it on ports.pgbouncer.
 PGBOUNCER_SERVICE = w.CHART_PGBOUNCER
@@ -104,7 +105,7 @@ def restricted_pod_context(uid: int) -> dict:
 READ_ONLY_CONTAINER = container_security_context(read_only_root=True)
 
 
-def pgbouncer_chart_values(settings: Settings, ca_certificates: str, config_checksum: pulumi.Input[str]) -> dict:
+def pgbouncer_chart_values(settings: DatabaseSettings, ca_certificates: str, config_checksum: pulumi.Input[str]) -> dict:
     """The Airflow chart's `pgbouncer` section (and KEDA's way to the database) that the managed engines hand to
     AirflowRelease: the chart renders PgBouncer; its configuration and credentials are Database's Secrets."""
     return {
@@ -201,7 +202,7 @@ def bootstrap_sql(app_verifier_file: str = f"{BOOTSTRAP_SECRETS_DIR}/app-verifie
     ])
 
 
-def bootstrap_job_spec(settings: Settings) -> dict:
+def bootstrap_job_spec(settings: DatabaseSettings) -> dict:
     """The Job that runs bootstrap_sql() with psql: Pod Security `restricted`, no token, on the system nodes."""
     return {
         # Retries within Pulumi's 10 minutes of waiting, so a failure shows as the Job's own.
@@ -230,7 +231,7 @@ def bootstrap_job_spec(settings: Settings) -> dict:
     }
 
 
-def postgres_family(settings: Settings) -> str:
+def postgres_family(settings: DatabaseSettings) -> str:
     major = settings.database_engine_version.split(".")[0]
     return f"aurora-postgresql{major}" if settings.database_engine == "aurora" else f"postgres{major}"
 
@@ -249,28 +250,27 @@ class ManagedPostgres:
     resources: list[pulumi.Resource]
 
 
-def managed_postgres(name: str, settings: Settings, *, name_prefix: str, admin_password: pulumi.Input[str],
-                     vpc_id: pulumi.Input[str], private_subnet_ids: list[pulumi.Input[str]], zones: list[str],
-                     node_security_group_id: pulumi.Input[str], kms_key_arn: pulumi.Input[str], partition: str,
-                     account_id: str, opts: pulumi.ResourceOptions) -> ManagedPostgres:
-    """Aurora or RDS PostgreSQL for Airflow's metadata."""
+def managed_postgres(name: str, settings: DatabaseSettings, cluster: ClusterHandle, *, admin_password: pulumi.Input[str],
+                     kms_key_arn: pulumi.Input[str], opts: pulumi.ResourceOptions) -> ManagedPostgres:
+    """Aurora or RDS PostgreSQL for Airflow's metadata, in the cluster's private subnets."""
+    name_prefix, zones = cluster.name_prefix, cluster.zones
     protect = settings.protect_stateful_resources
     keep = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=protect, retain_on_delete=protect))
     # Before a destroy (teardown), what AWS will not delete while the kept database uses it is kept with it
     # (Network keeps its subnets).
     kept_with = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=settings.keeps_managed_stores))
     identifier = f"{name_prefix}-metadata"
-    subnet_group = aws.rds.SubnetGroup(f"{name}-metadata", name=identifier, subnet_ids=private_subnet_ids,
+    subnet_group = aws.rds.SubnetGroup(f"{name}-metadata", name=identifier, subnet_ids=list(cluster.private_subnet_ids),
                                        description=f"Airflow {name_prefix}: metadata database", opts=kept_with)
     security_group, from_cluster = cluster_only_security_group(
-        f"{name}-metadata", vpc_id=vpc_id, port=w.POSTGRES_PORT, what="PostgreSQL to the Airflow metadata database",
-        node_security_group_id=node_security_group_id, keep=settings.keeps_managed_stores, opts=opts)
+        f"{name}-metadata", vpc_id=cluster.vpc_id, port=w.POSTGRES_PORT, what="PostgreSQL to the Airflow metadata database",
+        node_security_group_id=cluster.cluster_security_group_id, keep=settings.keeps_managed_stores, opts=opts)
     monitoring_role = aws.iam.Role(
-        f"{name}-monitoring", assume_role_policy=service_trust_policy("monitoring.rds.amazonaws.com", account_id),
+        f"{name}-monitoring", assume_role_policy=service_trust_policy("monitoring.rds.amazonaws.com", cluster.account_id),
         opts=opts)
     monitoring_policy = aws.iam.RolePolicyAttachment(
         f"{name}-monitoring", role=monitoring_role.name,
-        policy_arn=managed_policy_arn(partition, "service-role/AmazonRDSEnhancedMonitoringRole"), opts=opts)
+        policy_arn=managed_policy_arn(cluster.partition, "service-role/AmazonRDSEnhancedMonitoringRole"), opts=opts)
     monitoring = {"monitoring_interval": settings.database_monitoring_interval_seconds,
                   "monitoring_role_arn": monitoring_role.arn,
                   "performance_insights_enabled": True, "performance_insights_kms_key_id": kms_key_arn,

@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import quote
 
 import pulumi
-import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from components import rds
 from components import workloads as w
+from components.database import managed as rds
+from components.database.settings import DatabaseSettings
 from components.generated_secrets import RDS_SPECIAL, generated_password, secrets_checksum
+from components.handles import CertificateAuthority, ClusterHandle, DatabaseCredentials, DatabaseHandle, StorageHandle
 from components.helm import chart_release
 from components.namespaces import namespace_with_pod_security
 from components.pods import resources
-from components.settings import Settings
 
 CNPG_CHARTS = "https://cloudnative-pg.github.io/charts"
 BARMAN_CLOUD_PLUGIN = "barman-cloud.cloudnative-pg.io"
@@ -91,46 +91,22 @@ def async_metadata_url(user: str, password: str, host: str, port: int, database:
 
 @dataclass
 class DatabaseArgs:
-    settings: Settings
-    k8s_provider: k8s.Provider
-    # The CloudNativePG operator's and its Barman plugin's: they need neither a volume nor a load balancer
-    # (Cluster.operators_provider).
-    operators_provider: k8s.Provider
-    # From Security.
-    airflow_namespace: pulumi.Input[str]
-    app_user_secret_name: pulumi.Input[str]
-    app_user_password: pulumi.Output[str]
-    # KEDA's read-only role: its password, and its basic-auth Secret (CloudNativePG's managed role; None with a
-    # managed engine, whose bootstrap Job makes the role from a verifier).
-    keda_user_password: pulumi.Output[str]
-    # The workers' role (Celery's results), the same way.
-    worker_user_password: pulumi.Output[str]
-    keda_user_secret_name: Optional[pulumi.Input[str]] = None
-    worker_user_secret_name: Optional[pulumi.Input[str]] = None
-    cert_manager: Optional[pulumi.Resource] = None
-    # From Storage (target=aws): where backups go, and the Pod Identity role that may write there.
-    backups_bucket_name: Optional[pulumi.Input[str]] = None
-    backup_access: Optional[list[pulumi.Resource]] = None
-    # From Cluster: the encrypted default class on EKS; None uses the cluster's default.
-    storage_class_name: Optional[str] = None
-    # The managed engines (databaseEngine aurora | rds): where they live, and who may reach them.
-    aws_provider: Optional[aws.Provider] = None
-    name_prefix: str = ""
-    partition: Optional[str] = None
-    account_id: Optional[str] = None
-    vpc_id: Optional[pulumi.Input[str]] = None
-    zones: list[str] = field(default_factory=list)
-    private_subnet_ids: list[pulumi.Input[str]] = field(default_factory=list)
-    node_security_group_id: Optional[pulumi.Input[str]] = None
-    # From Storage: the stack's KMS key (storage, Performance Insights).
-    kms_key_arn: Optional[pulumi.Input[str]] = None
-    # From Security: the issuer of PgBouncer's certificate.
-    cluster_ca_issuer_name: Optional[pulumi.Input[str]] = None
+    settings: DatabaseSettings
+    cluster: ClusterHandle
+    # The Airflow namespace (Security's): the database's Secrets, and CloudNativePG's cluster, live there.
+    namespace: pulumi.Output[str]
+    credentials: DatabaseCredentials
+    # Issues PgBouncer's certificate (a managed engine) and the Barman Cloud plugin's.
+    certificate_authority: CertificateAuthority
+    # Where backups go and who may write there (CloudNativePG on AWS); the KMS key (a managed engine).
+    storage: StorageHandle
 
 
 class Database(pulumi.ComponentResource):
     """The metadata database behind a pooler, and the Secret with its URLs: CloudNativePG in the cluster, or
-    Aurora / RDS with the Airflow chart's PgBouncer in front."""
+    Aurora / RDS with the Airflow chart's PgBouncer in front. `handle` is what its clients take."""
+
+    handle: DatabaseHandle
 
     connection_secret_name: pulumi.Output[str]
     # Digest of the published URLs: the pods that read them roll when the password is rotated.
@@ -143,46 +119,46 @@ class Database(pulumi.ComponentResource):
     def __init__(self, name: str, args: DatabaseArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("airflow:platform:Database", name, None, opts)
         settings = args.settings
-        self._k8s = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
-        self._operators = pulumi.ResourceOptions(parent=self, provider=args.operators_provider)
+        self._k8s = pulumi.ResourceOptions(parent=self, provider=args.cluster.k8s_provider)
+        self._operators = pulumi.ResourceOptions(parent=self, provider=args.cluster.operators_provider)
         self.operator, self.airflow_chart_values = None, {}
         # Where the operator's chart puts its Grafana dashboard (CloudNativePG only).
         self.dashboard_namespace: Optional[pulumi.Output[str]] = None
         build, published_urls = ((self._build_managed, managed_metadata_urls) if settings.managed_database
                                  else (self._build_cloudnative_pg, cloudnative_pg_metadata_urls))
         pooler_host, pooler_port = build(name, args)
-        urls = pulumi.Output.all(args.app_user_password, args.keda_user_password, args.worker_user_password).apply(
+        urls = pulumi.Output.all(args.credentials.app_password, args.credentials.keda_password, args.credentials.worker_password).apply(
             lambda passwords: published_urls(*passwords, pooler_host, pooler_port))
         connection = k8s.core.v1.Secret(
             f"{name}-metadata-connection",
-            metadata={"name": w.METADATA_CONNECTION_SECRET, "namespace": args.airflow_namespace},
+            metadata={"name": w.METADATA_CONNECTION_SECRET, "namespace": args.namespace},
             string_data=pulumi.Output.secret(urls),
             opts=self._k8s)
         self.connection_secret_name = connection.metadata.name
         self.connection_checksum = secrets_checksum(urls.apply(lambda found: json.dumps(found, sort_keys=True)))
+        self.handle = DatabaseHandle(
+            connection_secret_name=self.connection_secret_name, connection_checksum=self.connection_checksum,
+            airflow_chart_values=self.airflow_chart_values, operator_namespace=self.dashboard_namespace, ready=self)
         self.register_outputs({"connection_secret_name": self.connection_secret_name})
 
     def _build_managed(self, name: str, args: DatabaseArgs) -> tuple[str, int]:
         """Aurora or RDS, PgBouncer's configuration, certificate and metrics login, and the chart values that
         run PgBouncer. Returns where Airflow connects: PgBouncer's Service."""
         settings = args.settings
-        if args.partition is None or args.account_id is None or args.kms_key_arn is None \
-                or args.cluster_ca_issuer_name is None:
+        if args.cluster.partition is None or args.cluster.account_id is None or args.storage.kms_key_arn is None \
+                or args.certificate_authority.issuer_name is None:
             raise ValueError("Database: a managed engine needs the AWS partition and account, the KMS key and the "
                              "platform CA issuer")
         # The master user's: only the bootstrap Job uses it. RDS refuses `@`, `/`, quotes and spaces in it.
         admin_password = pulumi.Output.secret(
             generated_password(f"{name}-admin-password", self, special=True, override_special=RDS_SPECIAL))
         database = rds.managed_postgres(
-            name, settings, name_prefix=args.name_prefix, admin_password=admin_password, vpc_id=args.vpc_id,
-            private_subnet_ids=args.private_subnet_ids, zones=args.zones,
-            node_security_group_id=args.node_security_group_id, kms_key_arn=args.kms_key_arn,
-            partition=args.partition, account_id=args.account_id,
-            opts=pulumi.ResourceOptions(parent=self, provider=args.aws_provider))
+            name, settings, args.cluster, admin_password=admin_password, kms_key_arn=args.storage.kms_key_arn,
+            opts=pulumi.ResourceOptions(parent=self, provider=args.cluster.aws_provider))
         ini = database.endpoint.apply(lambda host: rds.pgbouncer_ini(
             server_host=host, server_port=database.port, database=DATABASE_NAME, user=w.POSTGRES_USER,
             pool_size=settings.pgbouncer_pool_size, max_client_connections=settings.pgbouncer_max_client_connections))
-        users = pulumi.Output.all(args.app_user_password, args.keda_user_password, args.worker_user_password).apply(
+        users = pulumi.Output.all(args.credentials.app_password, args.credentials.keda_password, args.credentials.worker_password).apply(
             lambda passwords: rds.pgbouncer_users(w.POSTGRES_USER, passwords[0])
             + rds.pgbouncer_users(w.POSTGRES_KEDA_USER, passwords[1])
             + rds.pgbouncer_users(w.POSTGRES_WORKER_USER, passwords[2]))
@@ -192,7 +168,7 @@ class Database(pulumi.ComponentResource):
             f"{name}-pgbouncer-tls",
             api_version="cert-manager.io/v1", kind="Certificate",
             # Pulumi waits until cert-manager has issued it: the Airflow pods' URL names its CA file.
-            metadata={"name": w.METADATA_TLS_SECRET, "namespace": args.airflow_namespace,
+            metadata={"name": w.METADATA_TLS_SECRET, "namespace": args.namespace,
                       "annotations": {"pulumi.com/waitFor": "condition=Ready"}},
             spec={"secretName": w.METADATA_TLS_SECRET, "commonName": pgbouncer_host,
                   "dnsNames": [rds.PGBOUNCER_SERVICE, f"{rds.PGBOUNCER_SERVICE}.{w.AIRFLOW_NAMESPACE}",
@@ -201,14 +177,14 @@ class Database(pulumi.ComponentResource):
                   # restarts it when cert-manager renews one (README: Managed backends).
                   "duration": "87600h", "renewBefore": "720h",
                   "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
-                  "issuerRef": {"name": args.cluster_ca_issuer_name, "kind": "ClusterIssuer", "group": "cert-manager.io"}},
+                  "issuerRef": {"name": args.certificate_authority.issuer_name, "kind": "ClusterIssuer", "group": "cert-manager.io"}},
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(
-                depends_on=[args.cert_manager] if args.cert_manager else [])))
+                depends_on=[args.certificate_authority.cert_manager])))
         # Airflow's own role, made by the master user once the database answers (again for a new password).
         ca_certificates = rds.rds_ca_certificates(settings.region)
         bootstrap_config = k8s.core.v1.ConfigMap(
             f"{name}-bootstrap",
-            metadata={"name": rds.BOOTSTRAP_CONFIG, "namespace": args.airflow_namespace},
+            metadata={"name": rds.BOOTSTRAP_CONFIG, "namespace": args.namespace},
             data={"bootstrap.sql": rds.bootstrap_sql(), "rds-ca.crt": ca_certificates}, opts=self._k8s)
         # The role's password goes as its SCRAM verifier, with a salt of its own kept in the state.
         salt = random.RandomBytes(f"{name}-scram-salt", length=16, opts=pulumi.ResourceOptions(parent=self))
@@ -217,11 +193,11 @@ class Database(pulumi.ComponentResource):
                                          opts=pulumi.ResourceOptions(parent=self))
         bootstrap_secret = k8s.core.v1.Secret(
             f"{name}-bootstrap",
-            metadata={"name": rds.BOOTSTRAP_SECRET, "namespace": args.airflow_namespace},
+            metadata={"name": rds.BOOTSTRAP_SECRET, "namespace": args.namespace},
             string_data=pulumi.Output.secret(pulumi.Output.all(admin_password, database.endpoint,
-                                                              args.app_user_password, salt.base64,
-                                                              args.keda_user_password, keda_salt.base64,
-                                                              args.worker_user_password, worker_salt.base64).apply(
+                                                              args.credentials.app_password, salt.base64,
+                                                              args.credentials.keda_password, keda_salt.base64,
+                                                              args.credentials.worker_password, worker_salt.base64).apply(
                 lambda values: {"pg_service.conf": rds.service_file(values[0], values[1], database.port),
                                 "app-verifier": rds.scram_sha256_verifier(values[2], base64.b64decode(values[3])),
                                 "keda-verifier": rds.scram_sha256_verifier(values[4], base64.b64decode(values[5])),
@@ -230,14 +206,14 @@ class Database(pulumi.ComponentResource):
             opts=self._k8s)
         # Named after what it sets and where: a new password, script or database (a new or restored one has a new
         # AWS id) is a new Job, which runs; an unchanged one is left as it is.
-        run_digest = secrets_checksum(args.app_user_password, args.keda_user_password, args.worker_user_password,
+        run_digest = secrets_checksum(args.credentials.app_password, args.credentials.keda_password, args.credentials.worker_password,
                                       rds.bootstrap_sql(),
                                       database.resource_id).apply(
             lambda digest: digest[:10])
         bootstrap = k8s.batch.v1.Job(
             f"{name}-bootstrap",
             metadata={"name": run_digest.apply(lambda digest: f"{rds.BOOTSTRAP_CONFIG}-{digest}"),
-                      "namespace": args.airflow_namespace,
+                      "namespace": args.namespace,
                       # A Job that failed is replaced by the next `pulumi up` rather than waited for again.
                       "annotations": {"pulumi.com/replaceUnready": "true"}},
             spec=rds.bootstrap_job_spec(settings),
@@ -245,14 +221,14 @@ class Database(pulumi.ComponentResource):
                 depends_on=[*database.resources, bootstrap_config, bootstrap_secret])))
         k8s.core.v1.Secret(
             f"{name}-pgbouncer-config",
-            metadata={"name": rds.PGBOUNCER_CONFIG_SECRET, "namespace": args.airflow_namespace},
+            metadata={"name": rds.PGBOUNCER_CONFIG_SECRET, "namespace": args.namespace},
             string_data={"pgbouncer.ini": ini, "users.txt": pulumi.Output.secret(users)},
             # PgBouncer starts only once Airflow's role exists: the release waits for both.
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[bootstrap])))
-        stats = args.app_user_password.apply(pgbouncer_stats_url)
+        stats = args.credentials.app_password.apply(pgbouncer_stats_url)
         k8s.core.v1.Secret(
             f"{name}-pgbouncer-stats",
-            metadata={"name": rds.PGBOUNCER_STATS_SECRET, "namespace": args.airflow_namespace},
+            metadata={"name": rds.PGBOUNCER_STATS_SECRET, "namespace": args.namespace},
             string_data={"connection": pulumi.Output.secret(stats)}, opts=self._k8s)
         self.airflow_chart_values = rds.pgbouncer_chart_values(settings, ca_certificates, secrets_checksum(ini, users))
         return pgbouncer_host, rds.PGBOUNCER_PORT
@@ -261,7 +237,7 @@ class Database(pulumi.ComponentResource):
         """The operator, the cluster, its backups and its Pooler. Returns where Airflow connects: the Pooler."""
         settings = args.settings
         backups = settings.is_aws
-        if args.keda_user_secret_name is None or args.worker_user_secret_name is None:
+        if args.credentials.keda_user_secret_name is None or args.credentials.worker_user_secret_name is None:
             raise ValueError("Database: CloudNativePG makes KEDA's and the workers' roles from their Secrets: "
                              "keda_user_secret_name and worker_user_secret_name are required")
 
@@ -283,22 +259,22 @@ class Database(pulumi.ComponentResource):
                 namespace=w.CNPG_NAMESPACE, values=barman_cloud_plugin_values(settings.system_placement),
                 # The plugin talks to the operator over mTLS with certificates cert-manager issues.
                 opts=pulumi.ResourceOptions.merge(self._operators, pulumi.ResourceOptions(
-                    depends_on=[self.operator, *([args.cert_manager] if args.cert_manager else [])])))
+                    depends_on=[self.operator, args.certificate_authority.cert_manager])))
             object_store = k8s.apiextensions.CustomResource(
                 f"{name}-object-store",
                 api_version="barmancloud.cnpg.io/v1", kind="ObjectStore",
-                metadata={"name": OBJECT_STORE, "namespace": args.airflow_namespace},
-                spec=object_store_spec(args.backups_bucket_name, settings.backup_retention_days),
+                metadata={"name": OBJECT_STORE, "namespace": args.namespace},
+                spec=object_store_spec(args.storage.backups_bucket_name, args.storage.backup_retention_days),
                 opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[plugin])))
             # The instances archive WAL from their first minute: their role must be in place first.
-            cluster_dependencies += [plugin, object_store, *(args.backup_access or [])]
+            cluster_dependencies += [plugin, object_store, *args.storage.database_access]
 
         cluster = k8s.apiextensions.CustomResource(
             f"{name}-cluster",
             api_version="postgresql.cnpg.io/v1", kind="Cluster",
-            metadata={"name": w.POSTGRES_CLUSTER, "namespace": args.airflow_namespace},
-            spec=cluster_spec(settings, args.app_user_secret_name, args.keda_user_secret_name,
-                              args.worker_user_secret_name, args.storage_class_name, backups),
+            metadata={"name": w.POSTGRES_CLUSTER, "namespace": args.namespace},
+            spec=cluster_spec(settings, args.cluster.system_zones, args.credentials.app_user_secret_name, args.credentials.keda_user_secret_name,
+                              args.credentials.worker_user_secret_name, args.cluster.storage_class_name, backups),
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(
                 depends_on=cluster_dependencies,
                 # CloudNativePG owns the instances' PVCs: deleting the Cluster deletes the data with it.
@@ -311,7 +287,7 @@ class Database(pulumi.ComponentResource):
             k8s.apiextensions.CustomResource(
                 f"{name}-daily-backup",
                 api_version="postgresql.cnpg.io/v1", kind="ScheduledBackup",
-                metadata={"name": f"{w.POSTGRES_CLUSTER}-daily", "namespace": args.airflow_namespace},
+                metadata={"name": f"{w.POSTGRES_CLUSTER}-daily", "namespace": args.namespace},
                 spec={
                     "schedule": settings.postgres_backup_schedule,
                     "cluster": {"name": w.POSTGRES_CLUSTER},
@@ -325,7 +301,7 @@ class Database(pulumi.ComponentResource):
         k8s.apiextensions.CustomResource(
             f"{name}-pooler",
             api_version="postgresql.cnpg.io/v1", kind="Pooler",
-            metadata={"name": w.POSTGRES_POOLER, "namespace": args.airflow_namespace},
+            metadata={"name": w.POSTGRES_POOLER, "namespace": args.namespace},
             spec=pooler_spec(settings),
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[cluster])))
 
@@ -371,7 +347,7 @@ def object_store_spec(bucket_name: pulumi.Input[str], retention_days: int) -> di
     }
 
 
-def cluster_spec(settings: Settings, app_user_secret: pulumi.Input[str], keda_user_secret: pulumi.Input[str],
+def cluster_spec(settings: DatabaseSettings, system_zones: int, app_user_secret: pulumi.Input[str], keda_user_secret: pulumi.Input[str],
                  worker_user_secret: pulumi.Input[str], storage_class: Optional[str], backups: bool) -> dict:
     instances = settings.postgres_instances
     spec: dict = {
@@ -387,7 +363,7 @@ def cluster_spec(settings: Settings, app_user_secret: pulumi.Input[str], keda_us
             "topologyKey": "topology.kubernetes.io/zone",
             # One instance per zone, required only where the system nodes span enough zones to honour it:
             # otherwise the surplus instances would stay Pending.
-            "podAntiAffinityType": "required" if 1 < instances <= settings.system_zones else "preferred",
+            "podAntiAffinityType": "required" if 1 < instances <= system_zones else "preferred",
             **settings.system_placement,
         },
         "postgresql": {"parameters": {
@@ -438,7 +414,7 @@ def cluster_spec(settings: Settings, app_user_secret: pulumi.Input[str], keda_us
 POOLER_RESOURCES = {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
 
 
-def pooler_spec(settings: Settings) -> dict:
+def pooler_spec(settings: DatabaseSettings) -> dict:
     return {
         "cluster": {"name": w.POSTGRES_CLUSTER},
         "instances": settings.pgbouncer_instances,

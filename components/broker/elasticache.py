@@ -13,8 +13,9 @@ import pulumi_aws as aws
 import pulumi_random as random
 
 from components import workloads as w
+from components.broker.settings import BrokerSettings
 from components.data_store_access import cluster_only_security_group
-from components.settings import Settings
+from components.handles import ClusterHandle
 
 
 def tls_broker_url(password: str, host: str, port: int, database: int = 0) -> str:
@@ -26,7 +27,7 @@ def tls_broker_url(password: str, host: str, port: int, database: int = 0) -> st
             "?ssl_cert_reqs=required&ssl_check_hostname=true")
 
 
-def parameter_group_family(settings: Settings) -> str:
+def parameter_group_family(settings: BrokerSettings) -> str:
     major = settings.elasticache_engine_version.split(".")[0]
     # ElastiCache names families valkey7, valkey8, redis7 (7.0 and later share one).
     return f"{settings.elasticache_engine}{major}"
@@ -40,20 +41,21 @@ class ManagedRedis:
     access: pulumi.Resource
 
 
-def managed_redis(name: str, settings: Settings, *, name_prefix: str, auth_token: pulumi.Input[str],
-                  vpc_id: pulumi.Input[str], private_subnet_ids: list[pulumi.Input[str]], zones: list[str],
-                  node_security_group_id: pulumi.Input[str], kms_key_arn: pulumi.Input[str],
-                  opts: pulumi.ResourceOptions) -> ManagedRedis:
+def managed_redis(name: str, settings: BrokerSettings, cluster: ClusterHandle, *, auth_token: pulumi.Input[str],
+                  generation: int, kms_key_arn: pulumi.Input[str], opts: pulumi.ResourceOptions) -> ManagedRedis:
+    """An ElastiCache replication group for Celery's broker, in the cluster's private subnets; `generation` is the
+    auth token's (brokerPasswordGeneration)."""
+    name_prefix, zones = cluster.name_prefix, cluster.zones
     protect = settings.protect_stateful_resources
     # Before a destroy (teardown), what AWS will not delete while the kept group uses it is kept with it (Network
     # keeps its subnets).
     kept_with = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=settings.keeps_managed_stores))
     identifier = f"{name_prefix}-broker"
-    subnet_group = aws.elasticache.SubnetGroup(f"{name}-broker", name=identifier, subnet_ids=private_subnet_ids,
+    subnet_group = aws.elasticache.SubnetGroup(f"{name}-broker", name=identifier, subnet_ids=list(cluster.private_subnet_ids),
                                                description=f"Airflow {name_prefix}: Celery broker", opts=kept_with)
     security_group, from_cluster = cluster_only_security_group(
-        f"{name}-broker", vpc_id=vpc_id, port=w.REDIS_PORT, what="Redis to the Airflow Celery broker",
-        node_security_group_id=node_security_group_id, keep=settings.keeps_managed_stores, opts=opts)
+        f"{name}-broker", vpc_id=cluster.vpc_id, port=w.REDIS_PORT, what="Redis to the Airflow Celery broker",
+        node_security_group_id=cluster.cluster_security_group_id, keep=settings.keeps_managed_stores, opts=opts)
     # Named after its family: a new major version makes the next family's group before it drops this one.
     parameters = aws.elasticache.ParameterGroup(
         f"{name}-broker", name=f"{identifier}-{parameter_group_family(settings)}", family=parameter_group_family(settings),
@@ -80,7 +82,7 @@ def managed_redis(name: str, settings: Settings, *, name_prefix: str, auth_token
         # itself: a new token is never SET over one the pods still use.
         auth_token=auth_token,
         auth_token_update_strategy="SET" if settings.elasticache_auth_token_set_generation
-        == settings.broker_password_generation else "ROTATE",
+        == generation else "ROTATE",
         snapshot_retention_limit=settings.elasticache_snapshot_retention_days, snapshot_window="03:00-04:00",
         maintenance_window="sun:05:00-sun:06:00",
         final_snapshot_identifier=pulumi.Output.concat(identifier, "-final-", suffix.hex),

@@ -15,18 +15,27 @@ from pathlib import Path
 from typing import Optional
 
 import pulumi
-import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 import yaml
 
 from components import workloads as w
+from components.airflow.settings import AirflowSettings
 from components.generated_secrets import secrets_checksum
+from components.handles import (
+    AirflowSecrets,
+    BrokerHandle,
+    CertificateAuthority,
+    ClusterHandle,
+    DatabaseHandle,
+    Ingress,
+    StorageHandle,
+    WorkerNodes,
+)
 from components.helm import chart_release, pinned
 from components.ingress import alb_ingress
 from components.namespaces import namespace_with_pod_security
 from components.pods import NOBODY, NONROOT_UID, container_security_context, millicores, pod_security_context, resources
 from components.secrets_backend import airflow_secrets_config
-from components.settings import Settings
 
 AIRFLOW_CHARTS = "https://airflow.apache.org"
 KEDA_CHARTS = "https://kedacore.github.io/charts"
@@ -143,10 +152,10 @@ AIRFLOW_LOCAL_SETTINGS = (
     f'    ASYNC_CONNECT_ARGS["ssl"] = ssl.create_default_context(cafile="{w.METADATA_CA_FILE}")\n')
 # Each worker's reporter of its running tasks as its pod's deletion cost (workerScaleInIdleFirst); inert in every
 # other process (the file says how).
-WORKER_DELETION_COST_CODE = (Path(__file__).parent / "pod_code" / "worker_deletion_cost.py").read_text()
+WORKER_DELETION_COST_CODE = (Path(__file__).parent.parent / "pod_code" / "worker_deletion_cost.py").read_text()
 
 
-def airflow_local_settings(settings: Settings) -> str:
+def airflow_local_settings(settings: AirflowSettings) -> str:
     """The chart's airflow_local_settings.py: the async engine's connect args, and the workers' deletion cost."""
     if not settings.worker_scale_in_idle_first:
         return AIRFLOW_LOCAL_SETTINGS
@@ -165,7 +174,7 @@ def _unchanged(field: str) -> str:
             f"(!has(object.metadata.{field}) || object.metadata.{field} == oldObject.metadata.{field})")
 
 
-def worker_deletion_cost_access(settings: Settings) -> dict[str, dict]:
+def worker_deletion_cost_access(settings: AirflowSettings) -> dict[str, dict]:
     """What the workers may do with their token, as Kubernetes objects (kind -> manifest without apiVersion): a
     Role that may patch pods, and an admission policy that lets the workers' ServiceAccount change only the
     deletion cost of the pod its token is bound to (with kubernetesPodOperator, also the pods its tasks
@@ -283,18 +292,18 @@ STATSD_EXTRA_MAPPINGS = [
 WORKER_SCALE_IN_PERIOD_SECONDS = 60
 
 
-def worker_slots(settings: Settings) -> int:
+def worker_slots(settings: AirflowSettings) -> int:
     """Tasks the most workers KEDA runs can run at once."""
     return settings.worker_concurrency * settings.worker_max_replicas
 
 
-def parallelism_per_scheduler(settings: Settings) -> int:
+def parallelism_per_scheduler(settings: AirflowSettings) -> int:
     """[core] parallelism is each scheduler's own ceiling (scheduler_job_runner.py: it caps what this
     scheduler's executor holds): the schedulers together may queue what the most workers KEDA runs can take."""
     return math.ceil(worker_slots(settings) / settings.scheduler_replicas)
 
 
-def execution_token_seconds(settings: Settings) -> int:
+def execution_token_seconds(settings: AirflowSettings) -> int:
     """[execution_api] jwt_expiration_time. The scheduler mints a task's token when it queues it and nothing
     renews it before the task starts (Airflow 3.1; a running task's token is reissued as it nears its end). A
     task still queued after task_queued_timeout is queued again, with a new token, at its scheduler's next check.
@@ -439,7 +448,7 @@ def database_cleanup_script(retention_days: int) -> str:
             f"exec airflow db clean --clean-before-timestamp \"$before\" --tables {tables} --yes --verbose")
 
 
-def database_cleanup_values(settings: Settings, metadata_secret: pulumi.Input[str]) -> dict:
+def database_cleanup_values(settings: AirflowSettings, metadata_secret: pulumi.Input[str]) -> dict:
     """The chart's database-cleanup CronJob. Its pod takes no volume of its own in chart 1.19, so the owner's URL
     comes as an environment variable, from the metadata Secret's cleanup key, which names no CA file (with a
     managed engine it requires TLS to the chart's PgBouncer without verifying it). No custom env: the other
@@ -461,13 +470,13 @@ def database_cleanup_values(settings: Settings, metadata_secret: pulumi.Input[st
     }
 
 
-def keda_cooldown_seconds(settings: Settings) -> int:
+def keda_cooldown_seconds(settings: AirflowSettings) -> int:
     """KEDA's cooldown, which applies only to the last step, to zero workers (workerMinReplicas 0): longer than a
     worker's grace period. Every other step down is the HPA's (worker_scale_down)."""
     return settings.worker_grace_seconds + 60
 
 
-def worker_scale_down(settings: Settings) -> dict:
+def worker_scale_down(settings: AirflowSettings) -> dict:
     """The workers' HPA scale-down (KEDA `advanced.horizontalPodAutoscalerConfig.behavior`). Its default (a 300 s
     window, then up to 100 % of the pods every 15 s) stops most workers at once after a short lull. Here the
     queue must have been low for the whole window, and the workers go one a minute, each with its own grace
@@ -476,15 +485,34 @@ def worker_scale_down(settings: Settings) -> dict:
             "policies": [{"type": "Pods", "value": 1, "periodSeconds": WORKER_SCALE_IN_PERIOD_SECONDS}]}
 
 
-def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], api_secret_key_secret: pulumi.Input[str],
-                   jwt_secret: pulumi.Input[str], metadata_secret: pulumi.Input[str], broker_secret: pulumi.Input[str],
-                   admin_user_secret: pulumi.Input[str], dags_claim: pulumi.Input[str], logs_claim: Optional[pulumi.Input[str]],
-                   logs_bucket: Optional[pulumi.Input[str]], api_server_sources: list[dict],
-                   secrets_checksum: Optional[pulumi.Input[str]] = None, secrets_prefix: Optional[str] = None,
-                   database_values: Optional[dict] = None) -> dict:
+@dataclass(frozen=True)
+class ReleaseInputs:
+    """What the chart's values take from the other components: names, never a secret value."""
+    workers: WorkerNodes
+    secrets: AirflowSecrets
+    storage: StorageHandle
+    database: DatabaseHandle
+    broker: BrokerHandle
+    # A digest of every secret the pods read: they roll when one is rotated.
+    secrets_checksum: pulumi.Output[str]
+    # Set: the Secrets Manager backend, under this prefix.
+    secrets_prefix: Optional[str] = None
+
+
+def airflow_values(settings: AirflowSettings, inputs: ReleaseInputs) -> dict:
     """The chart's values. Only Secret names (and a digest of the secrets) go in here, never a secret value.
-    `secrets_prefix` turns on the Secrets Manager backend; `database_values` are what Database hands the chart
-    (its PgBouncer, with a managed engine)."""
+    `inputs.secrets_prefix` turns on the Secrets Manager backend; the database's chart values (its PgBouncer, with a
+    managed engine) are merged last."""
+    fernet_key_secret = inputs.secrets.fernet_key_secret_name
+    api_secret_key_secret = inputs.secrets.api_secret_key_secret_name
+    jwt_secret = inputs.secrets.jwt_secret_name
+    admin_user_secret = inputs.secrets.admin_user_secret_name
+    metadata_secret = inputs.database.connection_secret_name
+    broker_secret = inputs.broker.connection_secret_name
+    dags_claim, logs_claim = inputs.storage.dags_claim_name, inputs.storage.logs_claim_name
+    logs_bucket = inputs.storage.logs_bucket_name
+    api_server_sources = list(inputs.secrets.api_server_sources)
+    secrets_checksum, secrets_prefix = inputs.secrets_checksum, inputs.secrets_prefix
     ha = settings.is_aws
     remote_logging = logs_bucket is not None
     # Each credential as a file of one projected volume, read by Airflow through the option's `_CMD` twin.
@@ -690,26 +718,23 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         calls_api = {"workers": settings.kubernetes_pod_operator or settings.worker_scale_in_idle_first,
                      "triggerer": settings.kubernetes_pod_operator}.get(component, False)
         values[component]["serviceAccount"] = {"automountServiceAccountToken": calls_api}
-    if secrets_checksum is not None:
-        # The chart rolls its pods only for Secrets it renders itself; these are Pulumi's. A rotated key,
-        # password or URL changes the digest, and with it the long-running Airflow pods. Not on the
-        # migration and create-user Jobs (airflowPodAnnotations would reach them): a Job's pod template is
-        # immutable, so an upgrade within their TTL would fail; they read the Secrets when they start.
-        for component in LONG_RUNNING_COMPONENTS:
-            values[component]["podAnnotations"] = {"checksum/platform-secrets": secrets_checksum}
+    # The chart rolls its pods only for Secrets it renders itself; these are Pulumi's. A rotated key,
+    # password or URL changes the digest, and with it the long-running Airflow pods. Not on the
+    # migration and create-user Jobs (airflowPodAnnotations would reach them): a Job's pod template is
+    # immutable, so an upgrade within their TTL would fail; they read the Secrets when they start.
+    for component in LONG_RUNNING_COMPONENTS:
+        values[component]["podAnnotations"] = {"checksum/platform-secrets": secrets_checksum}
     if settings.is_aws:
         # Everything on the system nodes but the Celery workers, which get the worker nodes (and their taints).
+        workers = inputs.workers
         values["nodeSelector"] = settings.system_node_selector
-        values["workers"]["nodeSelector"] = dict(w.WORKER_NODES)
-        tolerations = [
-            {**taint.as_kubernetes(), "operator": "Equal"} for taint in settings.worker_node_taints]
-        if settings.uses_karpenter:
-            tolerations.append({**w.WORKER_TAINT, "operator": "Equal"})
+        values["workers"]["nodeSelector"] = dict(workers.node_selector)
+        if workers.karpenter:
             # A worker's running tasks are never cut short to consolidate its node: Karpenter waits until the
             # worker is gone (KEDA's scale-in, which gives it longestTaskSeconds and a minute to finish).
             values["workers"]["podAnnotations"] = {**values["workers"].get("podAnnotations", {}), **w.DO_NOT_DISRUPT}
-        if tolerations:
-            values["workers"]["tolerations"] = tolerations
+        if workers.tolerations:
+            values["workers"]["tolerations"] = list(workers.tolerations)
     if ha:
         for component in ("scheduler", "apiServer", "triggerer", "dagProcessor"):
             values[component]["replicas"] = max(values[component]["replicas"], 2)
@@ -748,7 +773,7 @@ def airflow_values(settings: Settings, *, fernet_key_secret: pulumi.Input[str], 
         values["config"]["secrets"] = airflow_secrets_config(secrets_prefix, settings.region)
     if settings.database_cleanup_retention_days:
         values["databaseCleanup"] = database_cleanup_values(settings, metadata_secret)
-    return deep_merge(values, database_values or {})
+    return deep_merge(values, inputs.database.airflow_chart_values)
 
 
 def deep_merge(base: dict, extra: dict) -> dict:
@@ -781,36 +806,19 @@ def keda_values(placement: Optional[dict] = None) -> dict:
 
 @dataclass
 class AirflowReleaseArgs:
-    settings: Settings
-    k8s_provider: k8s.Provider
-    # KEDA's: it needs neither a volume nor a load balancer (Cluster.operators_provider).
-    operators_provider: k8s.Provider
-    security: "pulumi.ComponentResource"
-    storage: "pulumi.ComponentResource"
-    database: "pulumi.ComponentResource"
-    broker: "pulumi.ComponentResource"
-    airflow_namespace: pulumi.Input[str]
-    fernet_key_secret_name: pulumi.Input[str]
-    api_secret_key_secret_name: pulumi.Input[str]
-    jwt_secret_name: pulumi.Input[str]
-    admin_user_secret_name: pulumi.Input[str]
-    metadata_secret_name: pulumi.Input[str]
-    broker_secret_name: pulumi.Input[str]
-    dags_claim_name: pulumi.Input[str]
-    # None on AWS, where task logs go to S3.
-    logs_claim_name: Optional[pulumi.Input[str]]
-    aws_provider: Optional[aws.Provider] = None
-    logs_bucket_name: Optional[pulumi.Input[str]] = None
-    certificate_arn: Optional[pulumi.Input[str]] = None
-    # From Security: who may reach the API server, for the chart's own NetworkPolicy.
-    api_server_sources: Optional[list[dict]] = None
-    # Pod Identity for the log writers must exist before the first task writes a log.
-    log_access: Optional[list[pulumi.Resource]] = None
-    # The controller that gives the Ingress its ALB (and the address Pulumi waits for).
-    load_balancer_controller: Optional[pulumi.Resource] = None
-    # What Celery workers need to be scheduled (Karpenter's NodePool): the release waits for their pods.
-    worker_capacity: Optional[list[pulumi.Resource]] = None
-    # secretsBackend aws-secrets-manager: where the stack's connections and variables live.
+    settings: AirflowSettings
+    cluster: ClusterHandle
+    # The Airflow namespace (Security's): the release, its Secrets and claims live there.
+    namespace: pulumi.Output[str]
+    secrets: AirflowSecrets
+    # cert-manager issues KEDA's webhook and metrics-server certificates.
+    certificate_authority: CertificateAuthority
+    storage: StorageHandle
+    database: DatabaseHandle
+    broker: BrokerHandle
+    # target=aws: the shared ALB's settings and certificate (None locally: a port-forward).
+    ingress: Optional[Ingress] = None
+    # Set: connections and variables from Secrets Manager, under this prefix.
     secrets_prefix: Optional[str] = None
 
 
@@ -824,17 +832,17 @@ class AirflowRelease(pulumi.ComponentResource):
     def __init__(self, name: str, args: AirflowReleaseArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("airflow:platform:AirflowRelease", name, None, opts)
         settings = args.settings
-        k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.k8s_provider)
+        k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.cluster.k8s_provider)
 
         # KEDA needs neither a volume nor a load balancer: it installs on the operators' provider.
-        operators_opts = pulumi.ResourceOptions(parent=self, provider=args.operators_provider)
+        operators_opts = pulumi.ResourceOptions(parent=self, provider=args.cluster.operators_provider)
         keda_namespace = namespace_with_pod_security(f"{name}-{w.KEDA_NAMESPACE}", w.KEDA_NAMESPACE, "restricted",
                                                      operators_opts)
         keda = chart_release(
             f"{name}-keda", chart="keda", version=settings.keda_chart_version, repo=KEDA_CHARTS,
             namespace=w.KEDA_NAMESPACE, values=keda_values(settings.system_placement),
             opts=pulumi.ResourceOptions.merge(operators_opts, pulumi.ResourceOptions(
-                depends_on=[keda_namespace, args.security.cert_manager])))
+                depends_on=[keda_namespace, args.certificate_authority.cert_manager])))
 
         self.release = k8s.helm.v3.Release(
             f"{name}-airflow",
@@ -842,48 +850,37 @@ class AirflowRelease(pulumi.ComponentResource):
             chart="airflow",
             version=settings.airflow_chart_version,
             repository_opts={"repo": AIRFLOW_CHARTS},
-            namespace=args.airflow_namespace,
+            namespace=args.namespace,
             # Deletions of chart defaults: only a values file carries `null` to Helm (the Python SDK drops
             # None from `values`, pulumi/pulumi#12178).
             value_yaml_files=[pulumi.StringAsset(yaml.safe_dump(REMOVED_CHART_DEFAULTS))],
-            values=airflow_values(
-                settings,
-                fernet_key_secret=args.fernet_key_secret_name,
-                api_secret_key_secret=args.api_secret_key_secret_name,
-                jwt_secret=args.jwt_secret_name,
-                metadata_secret=args.metadata_secret_name,
-                broker_secret=args.broker_secret_name,
-                admin_user_secret=args.admin_user_secret_name,
-                dags_claim=args.dags_claim_name,
-                logs_claim=args.logs_claim_name,
-                logs_bucket=args.logs_bucket_name,
-                api_server_sources=args.api_server_sources or [],
-                secrets_checksum=secrets_checksum(args.security.airflow_keys_checksum,
-                                                  args.database.connection_checksum,
-                                                  args.broker.connection_checksum),
-                secrets_prefix=args.secrets_prefix,
-                database_values=args.database.airflow_chart_values,
-            ),
+            values=airflow_values(settings, ReleaseInputs(
+                workers=args.cluster.workers, secrets=args.secrets, storage=args.storage, database=args.database,
+                broker=args.broker, secrets_prefix=args.secrets_prefix,
+                secrets_checksum=secrets_checksum(args.secrets.keys_checksum, args.database.connection_checksum,
+                                                  args.broker.connection_checksum))),
             # The migration job waits for the database; a first install pulls images on fresh nodes.
             timeout=1800,
             wait_for_jobs=True,
             cleanup_on_fail=True,
             max_history=10,
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[
-                args.security, args.storage, args.database, args.broker, keda, *(args.log_access or []),
-                *(args.worker_capacity or [])])))
+                args.secrets.ready, args.storage.ready, args.database.ready, args.broker.ready, keda,
+                # The pods' AWS access: their role and its policies, and the endpoint they read secrets through.
+                *args.storage.airflow_access, *filter(None, [args.cluster.secrets_manager_endpoint]),
+                *args.cluster.workers.capacity])))
 
         if settings.worker_scale_in_idle_first:
-            self._build_worker_deletion_cost_access(name, settings, args.airflow_namespace, k8s_opts)
+            self._build_worker_deletion_cost_access(name, settings, args.namespace, k8s_opts)
         self.admin_username = w.ADMIN_USER
-        if settings.is_aws:
-            self.ingress_url = self._build_ingress(name, args, k8s_opts)
+        if args.ingress is not None:
+            self.ingress_url = self._build_ingress(name, args, args.ingress, k8s_opts)
         else:
             # A laptop cluster: `kubectl -n airflow port-forward svc/airflow-api-server 8080:8080`.
             self.ingress_url = pulumi.Output.from_input("http://localhost:8080")
         self.register_outputs({"ingress_url": self.ingress_url, "admin_username": self.admin_username})
 
-    def _build_worker_deletion_cost_access(self, name: str, settings: Settings, namespace: pulumi.Input[str],
+    def _build_worker_deletion_cost_access(self, name: str, settings: AirflowSettings, namespace: pulumi.Input[str],
                                            k8s_opts: pulumi.ResourceOptions) -> None:
         """The workers' right to patch pods, granted only once the policy that fences it is in force. The release
         does not wait for it: a worker that starts first is refused, logs it once, and tries again (up to once a
@@ -903,12 +900,13 @@ class AirflowRelease(pulumi.ComponentResource):
                                 role_ref=binding_object["roleRef"], subjects=binding_object["subjects"],
                                 opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[role])))
 
-    def _build_ingress(self, name: str, args: AirflowReleaseArgs, k8s_opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+    def _build_ingress(self, name: str, args: AirflowReleaseArgs, ingress: Ingress,
+                       k8s_opts: pulumi.ResourceOptions) -> pulumi.Output[str]:
+        controller = ingress.load_balancer_controller
         return alb_ingress(
-            f"{name}-api-server", settings=args.settings, namespace=args.airflow_namespace,
+            f"{name}-api-server", ingress=ingress, namespace=args.namespace,
             host=args.settings.ingress_host, service=API_SERVER_SERVICE, port=w.API_SERVER_PORT,
-            health_check_path=HEALTH_CHECK_PATH, group_order=10, certificate_arn=args.certificate_arn,
-            aws_provider=args.aws_provider, record_resource_name=f"{name}-ingress-host",
+            health_check_path=HEALTH_CHECK_PATH, group_order=10, record_resource_name=f"{name}-ingress-host",
             # Only the controller gives the Ingress its ALB (and the address Pulumi waits for).
             opts=pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[
-                self.release, *([args.load_balancer_controller] if args.load_balancer_controller else [])])))
+                self.release, *([controller] if controller else [])])))
