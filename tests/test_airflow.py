@@ -12,7 +12,7 @@ import pytest
 from jsonschema import ValidationError
 
 from components import workloads as w
-from components.airflow import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
+from components.airflow.values import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
 from components.config import load_settings
 from components.workloads import CLEANUP_CONNECTION_KEY
 from harness import REPO, STACKS, is_secret, load_stack_config, run_program, unwrap
@@ -393,8 +393,8 @@ def test_the_end_to_end_tier_runs_the_airflow_version_the_platform_deploys():
 
 
 def test_image_tags_pinned_next_to_digests_are_the_charts_own():
-    from components.airflow import GIT_SYNC_IMAGE_TAG, STATSD_IMAGE_TAG
-    from components.broker import HAPROXY_IMAGE_TAG, REDIS_EXPORTER_IMAGE_TAG, REDIS_IMAGE_TAG
+    from components.airflow.values import GIT_SYNC_IMAGE_TAG, STATSD_IMAGE_TAG
+    from components.broker.redis_ha import HAPROXY_IMAGE_TAG, REDIS_EXPORTER_IMAGE_TAG, REDIS_IMAGE_TAG
     airflow, redis_ha = chart_defaults("airflow-chart"), chart_defaults("redis-ha")
     assert (STATSD_IMAGE_TAG, GIT_SYNC_IMAGE_TAG) == (airflow["images"]["statsd"]["tag"],
                                                       airflow["images"]["gitSync"]["tag"])

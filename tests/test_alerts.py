@@ -20,7 +20,7 @@ import yaml
 
 import exporter_metrics as em
 from availability import tool
-from components import broker
+from components.broker import redis_ha
 from components.config import Settings, load_settings
 from components.observability.alerts import alert_groups
 from harness import REPO
@@ -484,7 +484,7 @@ def test_each_exporter_was_read_at_the_version_the_platform_pins():
         "../shared/charts/keda/Chart.yaml appVersion": em.chart_app_version("keda"),
         "../shared/charts/kube-prometheus-stack/charts/kube-state-metrics/Chart.yaml appVersion":
             em.chart_app_version("kube-prometheus-stack/charts/kube-state-metrics"),
-        "components/broker/__init__.py REDIS_EXPORTER_IMAGE_TAG": broker.REDIS_EXPORTER_IMAGE_TAG,
+        "components/broker/redis_ha.py REDIS_EXPORTER_IMAGE_TAG": redis_ha.REDIS_EXPORTER_IMAGE_TAG,
         "../shared/charts/airflow/values.yaml images.pgbouncerExporter.tag":
             yaml.safe_load((em.SHARED_CHARTS / "airflow/values.yaml").read_text())
             ["images"]["pgbouncerExporter"]["tag"].rsplit("-", 1)[-1],

@@ -13,7 +13,7 @@ import pickletools
 import psycopg2
 import pytest
 
-from components.airflow import CELERY_RESULT_GUARD_SQL, PICKLE_PLAIN_OPCODES, PICKLED_RESULT_MAX_BYTES
+from components.airflow.values import CELERY_RESULT_GUARD_SQL, PICKLE_PLAIN_OPCODES, PICKLED_RESULT_MAX_BYTES
 from servers import servers_session, start_postgres, unavailable_reason
 
 

@@ -22,11 +22,11 @@ import sqlalchemy
 from kombu import Connection
 from kombu.utils.url import url_to_parts
 
-import components.broker
-import components.database
+import components.broker.redis_ha
+import components.database.urls
 from availability import unavailable
 from components import workloads as w
-from components.database import DATABASE_NAME
+from components.database.urls import DATABASE_NAME
 from components.workloads import BROKER_URL_SECRET, METADATA_CONNECTION_SECRET
 from harness import run_program
 from servers import (
@@ -153,8 +153,8 @@ def test_without_percent_encoding_the_published_urls_stop_working(program, serve
     def no_encoding(value, safe=""):
         return value
 
-    monkeypatch.setattr(components.database, "quote", no_encoding)
-    monkeypatch.setattr(components.broker, "quote", no_encoding)
+    monkeypatch.setattr(components.database.urls, "quote", no_encoding)
+    monkeypatch.setattr(components.broker.redis_ha, "quote", no_encoding)
     raw = published(run_program("prod", password_characters=URL_RESERVED, password_seed=PASSWORD_SEED))
     assert raw["postgres_password"] == program["postgres_password"]
     assert raw["metadata_url"] != program["metadata_url"]

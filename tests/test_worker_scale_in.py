@@ -15,7 +15,7 @@ import celpy
 import pytest
 
 from components import workloads as w
-from components.airflow import TOKEN_POD_NAME, WORKER_DELETION_COST_CODE
+from components.airflow.values import TOKEN_POD_NAME, WORKER_DELETION_COST_CODE
 from harness import REPO, run_program
 from kube_api_stand_in import KubeApiStandIn, certificates, merge_patch
 from rendering import render_all

@@ -65,52 +65,24 @@ class Cluster(pulumi.ComponentResource):
     """The cluster and its Kubernetes providers; `handle` is what the other components build on."""
 
     handle: ClusterHandle
-
-    provider: k8s.Provider
-    # For operators that need neither a volume nor a load balancer: it waits for the nodes and DNS only.
-    operators_provider: k8s.Provider
-    cluster_name: pulumi.Output[str]
+    # The kubeconfig of an EKS cluster (a stack output), None locally.
     kubeconfig: Optional[pulumi.Output[str]]
-    vpc_id: Optional[pulumi.Output[str]]
-    # The zones and their private subnets, in the same order (empty locally).
-    zones: list[str]
-    private_subnet_ids: list[pulumi.Output[str]]
-    # Nodes, pods, internal load balancers and the EKS endpoint's network interfaces live here.
-    private_subnet_cidrs: list[str]
-    # Where internet-facing load balancers get their addresses (the NetworkPolicies admit them).
-    public_subnet_cidrs: list[str]
-    # S3's addresses in the region, for NetworkPolicies that must not rely on `except` (empty locally).
-    s3_cidrs: list[str]
-    cluster_security_group_id: Optional[pulumi.Output[str]]
-    # The Secrets Manager interface endpoint (secretsBackend aws-secrets-manager), else None.
-    secrets_manager_endpoint: Optional[aws.ec2.VpcEndpoint]
-    secrets_manager_cidrs: list[str]
-    default_storage_class_name: Optional[str]
-    node_groups: list[aws.eks.NodeGroup]
-    # The AWS partition (aws, aws-cn, aws-us-gov) managed policy ARNs are built in; None locally.
-    partition: Optional[str]
-    # The account the stack deploys into (IAM conditions and ARNs); None locally.
-    account_id: Optional[str]
-    # The AWS Load Balancer Controller (target=aws): it turns Ingresses into ALBs.
-    load_balancer_controller: Optional[k8s.helm.v3.Release]
-    # What Celery workers need before they can be scheduled: Karpenter and its worker NodePool (else nothing).
-    worker_capacity: list[pulumi.Resource]
 
     def __init__(self, name: str, args: ClusterArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("airflow:platform:Cluster", name, None, opts)
         self._settings = args.settings
         self._nodes = args.nodes
-        self.node_groups = []
-        self.worker_capacity = []
-        self.load_balancer_controller = None
-        self.partition = None
-        self.account_id = None
-        self.zones, self.private_subnet_ids = [], []
-        self.private_subnet_cidrs = []
-        self.public_subnet_cidrs = []
-        self.s3_cidrs = []
-        self.secrets_manager_endpoint = None
-        self.secrets_manager_cidrs = []
+        self._node_groups = []
+        self._worker_capacity = []
+        self._load_balancer_controller = None
+        self._partition = None
+        self._account_id = None
+        self._zones, self._private_subnet_ids = [], []
+        self._private_subnet_cidrs = []
+        self._public_subnet_cidrs = []
+        self._s3_cidrs = []
+        self._secrets_manager_endpoint = None
+        self._secrets_manager_cidrs = []
         if args.settings.is_aws:
             if args.aws_provider is None:
                 raise ValueError("Cluster: target=aws needs an aws_provider")
@@ -119,41 +91,41 @@ class Cluster(pulumi.ComponentResource):
             self._build_local(name)
         self.handle = self._handle(args)
         self.register_outputs({
-            "cluster_name": self.cluster_name,
+            "cluster_name": self._cluster_name,
             "kubeconfig": self.kubeconfig,
-            "vpc_id": self.vpc_id,
+            "vpc_id": self._vpc_id,
         })
 
     # --- local -------------------------------------------------------------------------------------
     def _build_local(self, name: str) -> None:
         settings = self._settings
-        self.provider = k8s.Provider(
+        self._provider = k8s.Provider(
             f"{name}-k8s",
             context=settings.kube_context,
             kubeconfig=settings.kubeconfig_path or None,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        self.operators_provider = self.provider
-        self.cluster_name = pulumi.Output.from_input(settings.kube_context)
+        self._operators_provider = self._provider
+        self._cluster_name = pulumi.Output.from_input(settings.kube_context)
         self.kubeconfig = None
-        self.vpc_id = None
-        self.cluster_security_group_id = None
+        self._vpc_id = None
+        self._cluster_security_group_id = None
         # The laptop cluster's own default class (kind's `standard`, k3d's `local-path`).
-        self.default_storage_class_name = None
+        self._default_storage_class_name = None
 
     # --- AWS ---------------------------------------------------------------------------------------
     def _build_eks(self, name: str, args: ClusterArgs, aws_provider: aws.Provider) -> None:
         settings, name_prefix = self._settings, args.name_prefix
         cluster_name = settings.eks_cluster_name(name_prefix)
         invoke = pulumi.InvokeOptions(provider=aws_provider)
-        self.partition = aws.get_partition(opts=invoke).partition
+        self._partition = aws.get_partition(opts=invoke).partition
         caller = aws.get_caller_identity(opts=invoke)
-        self.account_id = caller.account_id
+        self._account_id = caller.account_id
         ctx = AwsContext(name=name, cluster_name=cluster_name, name_prefix=name_prefix, settings=settings,
                          nodes=args.nodes, worker_grace_seconds=args.worker_grace_seconds,
                          deploys_from_github=args.deploys_from_github,
                          aws=pulumi.ResourceOptions(parent=self, provider=aws_provider), invoke=invoke,
-                         partition=self.partition, caller_arn=caller.arn, account_id=caller.account_id,
+                         partition=self._partition, caller_arn=caller.arn, account_id=caller.account_id,
                          component=self)
         # Before any resource: an `up` by a principal the stack gives no access entry stops here.
         check_deployer_access(ctx)
@@ -161,7 +133,7 @@ class Cluster(pulumi.ComponentResource):
         network = build_network(ctx)
         eks_cluster = build_control_plane(ctx, network)
         early_addons = [eks_addon(ctx, eks_cluster, addon_name) for addon_name in ADDONS_BEFORE_NODES]
-        self.node_groups = build_node_groups(ctx, eks_cluster, network, early_addons)
+        self._node_groups = build_node_groups(ctx, eks_cluster, network, early_addons)
         pod_identity_agent = early_addons[ADDONS_BEFORE_NODES.index("eks-pod-identity-agent")]
         late_addons = []
         for addon_name in ADDONS_AFTER_NODES:
@@ -169,51 +141,51 @@ class Cluster(pulumi.ComponentResource):
             uses_pod_identity = addon_name in ADDONS_WITH_POD_IDENTITY
             late_addons.append(eks_addon(
                 ctx, eks_cluster, addon_name,
-                after=[*self.node_groups, *([pod_identity_agent] if uses_pod_identity else [])]))
+                after=[*self._node_groups, *([pod_identity_agent] if uses_pod_identity else [])]))
         admin_access = build_admin_access(ctx, eks_cluster)
 
-        self.cluster_name = eks_cluster.name
-        self.vpc_id = network.vpc_id
-        self.zones, self.private_subnet_ids = network.zones, network.private_subnet_ids
-        self.private_subnet_cidrs = network.private_subnet_cidrs
-        self.public_subnet_cidrs = network.public_subnet_cidrs
-        self.s3_cidrs = network.s3_cidrs
-        self.secrets_manager_endpoint = network.secrets_manager_endpoint
-        self.secrets_manager_cidrs = list(network.secrets_manager_cidrs)
-        self.cluster_security_group_id = eks_cluster.vpc_config.cluster_security_group_id
+        self._cluster_name = eks_cluster.name
+        self._vpc_id = network.vpc_id
+        self._zones, self._private_subnet_ids = network.zones, network.private_subnet_ids
+        self._private_subnet_cidrs = network.private_subnet_cidrs
+        self._public_subnet_cidrs = network.public_subnet_cidrs
+        self._s3_cidrs = network.s3_cidrs
+        self._secrets_manager_endpoint = network.secrets_manager_endpoint
+        self._secrets_manager_cidrs = list(network.secrets_manager_cidrs)
+        self._cluster_security_group_id = eks_cluster.vpc_config.cluster_security_group_id
         self.kubeconfig = pulumi.Output.secret(kubeconfig(eks_cluster, settings.region))
         # Two providers, so that Pulumi orders the Kubernetes objects against the cluster's own services both ways:
         # a resource is created after, and deleted before, whatever its provider depends on. The first serves
         # what the cluster itself needs (the default StorageClass, the load balancer controller); the second,
         # every other object, and waits for those too. On `destroy` every release, Ingress and claim is then gone
         # while CoreDNS, the CSI drivers and the controller still run to clear finalizers and reclaim volumes.
-        cluster_services = [*self.node_groups, *admin_access, *late_addons]
+        cluster_services = [*self._node_groups, *admin_access, *late_addons]
         bootstrap = k8s.Provider(
             f"{name}-k8s-bootstrap", kubeconfig=self.kubeconfig, cluster_identifier=eks_cluster.arn,
             opts=pulumi.ResourceOptions(parent=self, depends_on=cluster_services))
         default_storage_class = build_default_storage_class(ctx, bootstrap)
-        self.default_storage_class_name = DEFAULT_STORAGE_CLASS
-        self.load_balancer_controller = build_load_balancer_controller(
+        self._default_storage_class_name = DEFAULT_STORAGE_CLASS
+        self._load_balancer_controller = build_load_balancer_controller(
             ctx, eks_cluster, network, pod_identity_agent, bootstrap)
         # Operators that need no volume, no load balancer and no controller of them (cert-manager, KEDA) install
         # as soon as nodes and DNS are up, while the CSI drivers and the load balancer controller still install;
         # they are deleted before the nodes and DNS, all they rely on.
         coredns = late_addons[ADDONS_AFTER_NODES.index("coredns")]
-        self.operators_provider = k8s.Provider(
+        self._operators_provider = k8s.Provider(
             f"{name}-k8s-operators", kubeconfig=self.kubeconfig, cluster_identifier=eks_cluster.arn,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[*self.node_groups, *admin_access, coredns]))
-        self.provider = k8s.Provider(
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*self._node_groups, *admin_access, coredns]))
+        self._provider = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=self.kubeconfig,
             # Without it, a change of endpoint or CA would make Pulumi replace every Kubernetes object.
             cluster_identifier=eks_cluster.arn,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[
-                *cluster_services, default_storage_class, self.load_balancer_controller]),
+                *cluster_services, default_storage_class, self._load_balancer_controller]),
         )
         if self._nodes.uses_karpenter:
             karpenter_aws = build_karpenter_aws(ctx, eks_cluster, pod_identity_agent)
-            self.worker_capacity = build_karpenter(
-                ctx, eks_cluster, karpenter_aws, self.operators_provider,
+            self._worker_capacity = build_karpenter(
+                ctx, eks_cluster, karpenter_aws, self._operators_provider,
                 # The stack's tags; Karpenter, not Pulumi, manages those instances and volumes.
                 tags={**aws_default_tags(pulumi.get_project(), pulumi.get_stack()), "managed-by": "karpenter"})
 
@@ -226,20 +198,20 @@ class Cluster(pulumi.ComponentResource):
             if nodes.uses_karpenter:
                 tolerations.append({**w.WORKER_TAINT, "operator": "Equal"})
             worker_nodes = WorkerNodes(node_selector=dict(w.WORKER_NODES), tolerations=tuple(tolerations),
-                                       karpenter=nodes.uses_karpenter, capacity=tuple(self.worker_capacity))
+                                       karpenter=nodes.uses_karpenter, capacity=tuple(self._worker_capacity))
         return ClusterHandle(
-            name_prefix=args.name_prefix, region=settings.region, k8s_provider=self.provider,
-            operators_provider=self.operators_provider, cluster_name=self.cluster_name,
+            name_prefix=args.name_prefix, region=settings.region, k8s_provider=self._provider,
+            operators_provider=self._operators_provider, cluster_name=self._cluster_name,
             kubernetes_service_ip=settings.kubernetes_service_ip,
             # A managed node group balances its subnets: the system nodes span as many zones as they can.
             system_zones=min(nodes.system_node_count, settings.zone_count) if settings.is_aws else 1,
             system_nodes=nodes.system_node_count if settings.is_aws else 1,
-            workers=worker_nodes, storage_class_name=self.default_storage_class_name,
-            aws_provider=args.aws_provider, partition=self.partition, account_id=self.account_id,
-            vpc_id=self.vpc_id, vpc_cidr=str(settings.vpc_cidr) if settings.is_aws else None,
-            zones=tuple(self.zones), private_subnet_ids=tuple(self.private_subnet_ids),
-            private_subnet_cidrs=tuple(self.private_subnet_cidrs), public_subnet_cidrs=tuple(self.public_subnet_cidrs),
-            s3_cidrs=tuple(self.s3_cidrs), secrets_manager_endpoint=self.secrets_manager_endpoint,
-            secrets_manager_cidrs=tuple(self.secrets_manager_cidrs),
-            cluster_security_group_id=self.cluster_security_group_id,
-            load_balancer_controller=self.load_balancer_controller)
+            workers=worker_nodes, storage_class_name=self._default_storage_class_name,
+            aws_provider=args.aws_provider, partition=self._partition, account_id=self._account_id,
+            vpc_id=self._vpc_id, vpc_cidr=str(settings.vpc_cidr) if settings.is_aws else None,
+            zones=tuple(self._zones), private_subnet_ids=tuple(self._private_subnet_ids),
+            private_subnet_cidrs=tuple(self._private_subnet_cidrs), public_subnet_cidrs=tuple(self._public_subnet_cidrs),
+            s3_cidrs=tuple(self._s3_cidrs), secrets_manager_endpoint=self._secrets_manager_endpoint,
+            secrets_manager_cidrs=tuple(self._secrets_manager_cidrs),
+            cluster_security_group_id=self._cluster_security_group_id,
+            load_balancer_controller=self._load_balancer_controller)
