@@ -177,7 +177,7 @@ def _github_problems(settings: Settings) -> list[tuple[str, str]]:
         return [("githubRepository", "needs target 'aws': its roles and runners are AWS resources")]
     if not settings.github_connection_arn:
         return [("githubConnectionArn", "is required with githubRepository: create a connection to GitHub in "
-                                        f"region {settings.region or '<region>'} (README: Delivery) and set its ARN")]
+                                        f"region {settings.region or '<region>'} (docs/delivery.md) and set its ARN")]
     region = settings.github_connection_arn.split(":")[3]
     if region != settings.region:
         return [("githubConnectionArn", f"is in {region}, the stack in {settings.region}: CodeBuild uses a "
@@ -380,7 +380,7 @@ def load_settings(raw_config: Optional[dict[str, str]] = None, stack: Optional[s
 
 
 def settings_reference_markdown() -> str:
-    """The settings table the README carries (`python -m components.settings`)."""
+    """The settings table docs/settings.md carries (`python -m components.config`)."""
     rows = ["| key | default | description |", "|---|---|---|"]
     for _, field in _fields_in_reference_order():
         default = field.get_default(call_default_factory=True)
@@ -390,13 +390,13 @@ def settings_reference_markdown() -> str:
     return "\n".join(rows)
 
 
-# Project config in Pulumi.yaml can declare only these types; map-valued settings are documented in the README.
+# Project config in Pulumi.yaml can declare only these types; map-valued settings are documented in docs/settings.md.
 _PULUMI_YAML_TYPES = {bool: "boolean", int: "integer", str: "string", list: "array"}
 
 
 def pulumi_yaml_config() -> dict[str, dict]:
     """The `config:` block of Pulumi.yaml: every setting Pulumi can declare, with its type, default and
-    description (`python -m components.settings --pulumi-yaml`)."""
+    description (`python -m components.config --pulumi-yaml`)."""
     block: dict[str, dict] = {}
     for name, field in _fields_in_reference_order():
         default = field.get_default(call_default_factory=True)

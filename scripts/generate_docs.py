@@ -1,4 +1,4 @@
-"""Rewrites the generated parts of Pulumi.yaml (config block) and README.md (settings table) from the
+"""Rewrites the generated parts of Pulumi.yaml (config block) and docs/settings.md (settings table) from the
 settings model. `make docs`; the tests fail when either is out of date."""
 
 import re
@@ -17,8 +17,10 @@ head = project_file.read_text().split("\nconfig:\n", 1)[0]
 body = yaml.safe_dump({"config": pulumi_yaml_config()}, sort_keys=False, width=10_000, allow_unicode=True)
 project_file.write_text(f"{head}\n{body}")
 
-readme_file = ROOT / "README.md"
-readme = readme_file.read_text()
+settings_file = ROOT / "docs" / "settings.md"
+settings_doc = settings_file.read_text()
 begin, end = "<!-- settings:begin -->", "<!-- settings:end -->"
 pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-readme_file.write_text(pattern.sub(lambda _: f"{begin}\n{settings_reference_markdown()}\n{end}", readme))
+if not pattern.search(settings_doc):
+    sys.exit(f"{settings_file}: no {begin} … {end} block to fill")
+settings_file.write_text(pattern.sub(lambda _: f"{begin}\n{settings_reference_markdown()}\n{end}", settings_doc))

@@ -588,7 +588,7 @@ def test_a_retention_of_zero_turns_the_cleanup_off():
 
 
 def test_dags_copied_into_the_dag_processor_reach_every_pod_that_parses_or_runs_them(stack_runs):
-    """Prod without git-sync: the README's upload path (`kubectl cp` into the DAG processor) writes to the DAGs
+    """Prod without git-sync: docs/operations.md's upload path (`kubectl cp` into the DAG processor) writes to the DAGs
     claim at `[core] dags_folder`, which the workers, which run the tasks, mount at the same place (Airflow 3's
     scheduler and triggerer read no DAG file). The EFS access point the claim gets is owned by the uid and group
     the pods run as, so the copy (as that uid) may write there."""

@@ -196,7 +196,7 @@ def registered_groups(run) -> list[dict]:
 
 def without_annotations(groups: list[dict]) -> list[dict]:
     """promtool's unit tests compare annotations too; the alerts' logic is what these cases test (the
-    annotations' templates are checked by `promtool check rules`, their anchors by the README test)."""
+    annotations' templates are checked by `promtool check rules`, their anchors against docs/alerts.md below)."""
     return [{**group, "rules": [{k: v for k, v in rule.items() if k != "annotations"} for rule in group["rules"]]}
             for group in groups]
 
@@ -275,10 +275,12 @@ def test_the_unit_tests_would_catch_a_broken_rule(prod):
     assert result.returncode != 0, "a misspelt metric makes the heartbeat alert fire on a healthy scheduler"
 
 
-def test_every_alert_carries_severity_summary_description_and_a_runbook_in_the_readme(stack_runs):
-    readme = (REPO / "README.md").read_text()
+def test_every_alert_carries_severity_summary_description_and_a_runbook_in_the_alerts_doc(stack_runs):
+    """Every runbook_url is alertRunbookBaseUrl (where docs/alerts.md is published) plus the anchor of that alert's
+    heading in docs/alerts.md."""
+    runbooks = (REPO / "docs" / "alerts.md").read_text()
     anchors = {re.sub(r"[^a-z0-9 -]", "", heading.strip().lower()).replace(" ", "-")
-               for heading in re.findall(r"^#+ (.+)$", readme, re.M)}
+               for heading in re.findall(r"^#+ (.+)$", runbooks, re.M)}
     base = load_settings({}).alert_runbook_base_url
     for group in [*registered_groups(stack_runs["prod"]), *registered_groups(stack_runs["prod-managed"])]:
         for rule in group["rules"]:
@@ -286,7 +288,7 @@ def test_every_alert_carries_severity_summary_description_and_a_runbook_in_the_r
             annotations = rule["annotations"]
             assert annotations["summary"] and annotations["description"], rule["alert"]
             url, _, anchor = annotations["runbook_url"].partition("#")
-            assert url == base and anchor in anchors, f"{rule['alert']}: no README section #{anchor}"
+            assert url == base and anchor in anchors, f"{rule['alert']}: no section #{anchor} in docs/alerts.md"
 
 
 def test_thresholds_follow_the_settings():

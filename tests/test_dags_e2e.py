@@ -961,7 +961,7 @@ def test_a_run_survives_a_redis_restart_while_a_task_runs(platform):
 
 def test_a_wrong_fernet_key_fails_with_a_clear_message(platform, airflow_bin):  # noqa: F811
     """Encrypted with the program's key, read with another: Fernet's InvalidToken, not data. (`connections
-    get` hides it as "Connection not found"; listing shows the cause, which is what the README tells.)"""
+    get` hides it as "Connection not found"; listing shows the cause, which is what docs/testing.md tells.)"""
     added = airflow(airflow_bin, platform.env, "connections", "add", "fernet_probe", "--conn-type", "postgres",
                     "--conn-host", "db.internal", "--conn-password", "probe-secret")
     assert added.returncode == 0, added.stderr[-2000:]

@@ -223,7 +223,7 @@ def test_the_app_user_secret_is_watched_by_cloudnative_pg(prod):
 
 def test_redis_is_not_rolled_one_server_at_a_time_on_a_password_rotation():
     """A rolling restart cannot rotate redis-ha's password (a restarted server cannot authenticate to the old
-    primary and never becomes ready); the README's procedure restarts them together."""
+    primary and never becomes ready); docs/operations.md's procedure (Rotate secrets) restarts them together."""
     seed = secrets.randbits(32)
     first, rotated = (run_program("prod", password_seed=s) for s in (seed, seed + 1))
     for run in (first, rotated):

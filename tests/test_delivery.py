@@ -22,7 +22,7 @@ from harness import FAKE_ACCOUNT, REPO, ProgramFailed, load_stack_config, run_pr
 
 PULUMI_ACTION = "./.github/actions/pulumi"
 ACTION = REPO / ".github" / "actions" / "pulumi" / "action.yml"
-# What the README tells users to copy into each workflow variable: the stack output of that name.
+# What docs/delivery.md tells users to copy into each workflow variable: the stack output of that name.
 ROLE_VARIABLES = {"AWS_DEPLOY_ROLE_ARN": "github_deploy_role_arn", "AWS_PREVIEW_ROLE_ARN": "github_preview_role_arn"}
 GITHUB_ISSUER = "token.actions.githubusercontent.com"
 STS_AUDIENCE = "sts.amazonaws.com"   # aws-actions/configure-aws-credentials' default `audience`

@@ -285,7 +285,7 @@ def test_the_auth_token_rotation_is_completed_by_a_reviewed_change():
 def test_only_a_teardown_keeps_the_network_and_the_groups(managed):
     """retain_on_delete acts on every delete, an `up`'s too: kept always, a removed zone's subnet or an upgraded
     family's parameter group would stay behind. So only `teardown` keeps them, and a destroy without it would be
-    refused half-way (what the README's procedure prevents)."""
+    refused half-way (what docs/operations.md's procedure prevents)."""
     companions = [r for r in managed.registrations if r.type in REFUSED_WHILE_IN_USE - {"aws:kms/key:Key"}]
     assert companions and not [r.name for r in companions if r.retain_on_delete]
     assert deleted_while_in_use(managed)

@@ -174,8 +174,8 @@ def test_against_the_previous_commit_shows_exactly_what_one_setting_touches(clon
     text = plan.diff_text(diff, "HEAD~1")
     assert "0 to add, 1 to update, 0 to replace, 0 to remove" in text
     assert "values.config.celery.worker_concurrency: 16 → 12" in text
-    # The README shows this very output as the comment a pull request from a fork gets.
-    assert f"{text}\n\n{plan.policy_text(diff)}" in (REPO / "README.md").read_text()
+    # docs/delivery.md shows this very output as the comment a pull request from a fork gets.
+    assert f"{text}\n\n{plan.policy_text(diff)}" in (REPO / "docs" / "delivery.md").read_text()
 
 
 def test_against_the_same_commit_is_no_change(clone):

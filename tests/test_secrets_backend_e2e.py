@@ -52,7 +52,7 @@ DEFAULT_VARIABLES_PREFIX = "airflow/variables"
 # Another stack's secrets in the same account and region.
 OTHER_STACK_PREFIX = "airflow/other-stack"
 
-# A connection as the README documents it: one JSON object with Airflow's field names.
+# A connection as docs/managed-backends.md documents it: one JSON object with Airflow's field names.
 WAREHOUSE = {"conn_type": "postgres", "host": "warehouse.example.internal", "login": "etl",
              "password": "p@ss:w/rd?#%&=+ with space", "port": 5432, "schema": "analytics"}
 # The same kind of connection as one URI (percent-encoded, the extra as the query).

@@ -1,8 +1,8 @@
 """The security scan a review runs: checkov (requirements/scan.in) over the releases as real Helm renders them
 from the program's values, together with the NetworkPolicies the program creates (checkov's CKV2_K8S_6 asks
 for a policy selecting every pod). CKV_K8S_21 (default namespace) is skipped: charts leave
-`metadata.namespace` to Helm. Every finding that remains is listed here with the reason it stays; the README's
-"Security posture" section carries the same table and `make scan` prints the findings per workload."""
+`metadata.namespace` to Helm. Every finding that remains is listed here with the reason it stays; docs/security.md
+("Security posture") carries the same table and `make scan` prints the findings per workload."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ DIGEST = "sha256:" + "ab" * 32
 DIGEST_SETTINGS = ("airflowImageDigest", "statsdImageDigest", "gitSyncImageDigest", "redisImageDigest",
                    "haproxyImageDigest", "redisExporterImageDigest")
 
-# What stays in the Airflow release, and why (README: Security posture): check -> (reason, the workloads it
+# What stays in the Airflow release, and why (docs/security.md): check -> (reason, the workloads it
 # stays on). A workload not listed fails the test with that check too: an acceptance is never a blanket.
 AIRFLOW_WORKLOADS = ("CronJob/airflow-database-cleanup", "Deployment/airflow-api-server",
                      "Deployment/airflow-dag-processor", "Deployment/airflow-flower", "Deployment/airflow-scheduler",
@@ -161,7 +161,7 @@ def test_no_airflow_acceptance_outlives_its_finding(scans):
     assert not stale, f"accepted but no longer found on any variant (remove them): {sorted(stale)}"
 
 
-# What stays in the other releases, and why (README: Security posture). Findings not listed fail the test.
+# What stays in the other releases, and why (docs/security.md). Findings not listed fail the test.
 OPERATORS_TALK_TO_THE_API = "a controller or operator (or Grafana's config sidecars) that uses the Kubernetes API"
 NO_POLICIES_YET = ("no NetworkPolicy isolates this operator namespace yet: the program's policies cover the airflow "
                    "namespace, where the data and credentials are (follow-up)")

@@ -1,4 +1,4 @@
-"""The GitHub workflows: valid (SchemaStore's schemas, actionlint), and doing what the README promises —
+"""The GitHub workflows: valid (SchemaStore's schemas, actionlint), and doing what docs/delivery.md promises —
 the triggers, the jobs and their order, least permissions, pinned actions, and no literal credential."""
 
 from __future__ import annotations
@@ -229,7 +229,7 @@ def test_dependencies_are_installed_where_pulumi_expects_them():
     sdk = re.search(r"^pulumi==([\w.]+)", (REPO / "requirements.txt").read_text(), re.MULTILINE).group(1)
     assert pulumi_step["with"]["pulumi-version"] == sdk   # the CLI of the SDK the program pins
     assert pulumi_step["with"]["policyPacks"] == "policy"
-    # No refresh: an `up` applies what the pull request's preview showed, not drift nobody reviewed (README).
+    # No refresh: an `up` applies what the pull request's preview showed, not drift nobody reviewed (docs/operations.md).
     assert "refresh" not in pulumi_step["with"]
     aws = next(s for s in action["runs"]["steps"] if s.get("uses", "").startswith("aws-actions/"))
     assert set(aws["with"]) == {"role-to-assume", "role-session-name", "aws-region", "role-duration-seconds"}   # OIDC, no keys

@@ -226,7 +226,7 @@ SECRET_READERS = (*LONG_RUNNING_COMPONENTS, "migrateDatabaseJob", "createUserJob
 
 # What a Celery worker of Airflow 3 reads of the platform's Secrets: the broker's URL (its tasks), the database's
 # as the workers' own role (Celery's task results: [celery] result_backend defaults to the worker's URL, see the
-# README; WORKER_DATABASE_KEYS), and the key its log server checks the API server's requests with (serve_logs). Its tasks get connections and variables through the API
+# docs/security.md; WORKER_DATABASE_KEYS), and the key its log server checks the API server's requests with (serve_logs). Its tasks get connections and variables through the API
 # server with the token the scheduler signs, so it has neither the Fernet key nor the JWT secret (which signs any
 # user's API token); their `_CMD` options stay in the chart's shared env and fail if read (conf.mask_secrets
 # logs it and goes on).
@@ -306,7 +306,7 @@ def execution_token_seconds(settings: AirflowSettings) -> int:
 # `dag_version`: cleaning those fails there (apache/airflow#63703), and they grow only with DAGs and their
 # versions. Not `trigger`: the triggerer removes unused triggers itself, so an old one is still in use (an asset
 # watcher's, or a deadline's, whose foreign key would fail the run). Not `_xcom_archive`, Airflow 2's XComs kept by
-# the 3.0 migration: drop-archived drops it whatever the tables (README).
+# the 3.0 migration: drop-archived drops it whatever the tables (docs/operations.md).
 DATABASE_CLEANUP_SCHEDULE = "17 3 * * *"
 CLEANED_TABLES = ("asset_event", "callback_request", "celery_taskmeta", "celery_tasksetmeta", "dag_run", "deadline",
                   "import_error", "job", "log", "session", "sla_miss", "task_instance", "task_instance_history",

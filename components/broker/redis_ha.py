@@ -51,7 +51,7 @@ def redis_ha_values(settings: BrokerSettings, system_nodes: int, auth_secret: pu
     redis_resources = resources("100m", settings.redis_memory, cpu_limit="2")
     # No checksum annotation for the password: a rolling restart cannot rotate it. A restarted server with
     # the new password cannot authenticate to a primary that still has the old one, its readiness waits
-    # for a replication link that never comes, and the rollout stops there (README: Rotate secrets).
+    # for a replication link that never comes, and the rollout stops there (docs/operations.md, Rotate secrets).
     return {
         **settings.system_placement,
         "fullnameOverride": w.REDIS_RELEASE,

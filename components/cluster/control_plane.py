@@ -67,7 +67,7 @@ def build_control_plane(ctx: AwsContext, network: Network) -> aws.eks.Cluster:
         opts=pulumi.ResourceOptions.merge(ctx.aws, pulumi.ResourceOptions(
             depends_on=[policy, log_group],
             # A creation-time choice that forces a new cluster: a cluster created with the creator's
-            # implicit entry keeps it (README: AWS, clusters created before explicit access entries).
+            # implicit entry keeps it (docs/aws.md, clusters created before explicit access entries).
             # EKS takes new control-plane subnets only in the zones it was created in: a zone added
             # later gets subnets and nodes, the control plane stays where it is.
             ignore_changes=["accessConfig.bootstrapClusterCreatorAdminPermissions", "vpcConfig.subnetIds"])),

@@ -185,7 +185,7 @@ def build_network(ctx: AwsContext) -> Network:
                       "description": "HTTPS from the VPC"}],
             egress=[], opts=ctx.aws)
         # Reserved first, so that no node or pod is given them later. On a running stack an address of the range
-        # may already be in use: then the endpoint fails naming it (README, Managed backends).
+        # may already be in use: then the endpoint fails naming it (docs/managed-backends.md).
         reservations = [aws.ec2.SubnetCidrReservation(
             f"{name}-secretsmanager-{zone}", subnet_id=subnet.id, cidr_block=block, reservation_type="explicit",
             description="Secrets Manager endpoint", opts=ctx.aws)

@@ -127,7 +127,7 @@ class Database(pulumi.ComponentResource):
                   "dnsNames": [managed.PGBOUNCER_SERVICE, f"{managed.PGBOUNCER_SERVICE}.{w.AIRFLOW_NAMESPACE}",
                                f"{managed.PGBOUNCER_SERVICE}.{w.AIRFLOW_NAMESPACE}.svc", pgbouncer_host],
                   # As long as the platform CA's: PgBouncer reads its certificate only when it starts, and nothing
-                  # restarts it when cert-manager renews one (README: Managed backends).
+                  # restarts it when cert-manager renews one (docs/managed-backends.md).
                   "duration": "87600h", "renewBefore": "720h",
                   "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
                   "issuerRef": {"name": args.certificate_authority.issuer_name, "kind": "ClusterIssuer", "group": "cert-manager.io"}},

@@ -135,7 +135,7 @@ def kube_prometheus_stack_values(settings: ObservabilitySettings, storage_class:
         },
         "kube-state-metrics": {"resources": resources("20m", "64Mi", "256Mi"), **placement},
         # A DaemonSet on every node: no node selector. Host access (network, PID namespace, /proc, /sys, /) is
-        # what it is for (README); everything else is as tight as `restricted`.
+        # what it is for (docs/observability.md); everything else is as tight as `restricted`.
         "prometheus-node-exporter": {
             "resources": resources("20m", "32Mi", "64Mi"),
             "containerSecurityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
@@ -165,7 +165,7 @@ def alertmanager_config(settings: ObservabilitySettings) -> dict:
             "receiver": "platform" if configured else "null",
             "group_by": ["alertname", "namespace"],
             "group_wait": "30s", "group_interval": "5m", "repeat_interval": "4h",
-            # kube-prometheus-stack's always-firing Watchdog (no dead-man's switch is wired: README), its
+            # kube-prometheus-stack's always-firing Watchdog (no dead-man's switch is wired: docs/observability.md), its
             # InfoInhibitor and the default rules' info-level alerts go nowhere.
             "routes": [{"receiver": "null", "matchers": ['alertname =~ "Watchdog|InfoInhibitor"']},
                        {"receiver": "null", "matchers": ['severity = "info"']}],

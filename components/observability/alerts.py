@@ -1,5 +1,5 @@
 """The platform's alert rules, one group per area, as data: Observability turns each group into a
-PrometheusRule, the README has a section per alert (its runbook_url anchor), and tests/test_alerts.py proves
+PrometheusRule, docs/alerts.md has a section per alert (its runbook_url anchor), and tests/test_alerts.py proves
 with `promtool test rules` that every alert fires on a matching series and stays silent on a healthy one.
 
 Metric names are the ones the exporters really publish:
@@ -42,7 +42,7 @@ class Alert:
 
     @property
     def anchor(self) -> str:
-        """The README heading's anchor (GitHub: lower case, spaces to dashes)."""
+        """The heading's anchor in docs/alerts.md (GitHub: lower case, spaces to dashes)."""
         return self.name.lower()
 
     def rule(self, runbook_base_url: str, area: str) -> dict:

@@ -151,7 +151,7 @@ class Security(pulumi.ComponentResource):
                 # No access policy: the principal gets exactly what the group's Role grants. Named after the
                 # principal: by position, removing or reordering one would replace the others' entries, and EKS
                 # refuses the new entry while the old one for the same principal exists (409). They were named by
-                # position once: that name is an alias (README: the first `up` after that only appends to the list).
+                # position once: that name is an alias (docs/aws.md: the first `up` after that only appends to the list).
                 aws.eks.AccessEntry(
                     f"{name}-operator-{principal_name(principal_arn)}", cluster_name=args.cluster.cluster_name,
                     principal_arn=principal_arn, type="STANDARD", kubernetes_groups=[OPERATORS_GROUP],

@@ -47,17 +47,17 @@ class SecuritySettings(PlatformSettings):
     broker_password_generation: int = Field(
         default=1, ge=1, le=1000,
         description="Generation of the broker's password (Redis's, or ElastiCache's AUTH token): raising it "
-                    "generates a new one in the next `pulumi up` (README, Rotate secrets).")
+                    "generates a new one in the next `pulumi up` (docs/operations.md, Rotate secrets).")
     fernet_key_rotation: int = Field(
         default=1, ge=1, le=1000,
         description="Generation of the Fernet key: raising it generates a new key in the next `pulumi up` (a "
-                    "rotation as a reviewed change; set previousFernetKey in the same change, README, Rotate secrets).")
+                    "rotation as a reviewed change; set previousFernetKey in the same change, docs/operations.md, Rotate secrets).")
     previous_fernet_key: str = Field(
         default="", pattern=r"^$|^[A-Za-z0-9_-]{43}=$", repr=False,
         json_schema_extra={"secret": True, "stand_in": "A" * 43 + "="},
         description="The Fernet key being rotated out (set with `pulumi config set --secret` while rotating): "
                     "Airflow then decrypts with both keys and encrypts with the new one, until "
-                    "`airflow rotate-fernet-key` has re-encrypted everything (README, Rotate secrets).")
+                    "`airflow rotate-fernet-key` has re-encrypted everything (docs/operations.md, Rotate secrets).")
     certificate_arn: str = Field(
         default="", pattern=r"^$|^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]+$",
         description="An existing ACM certificate for ingressHost; empty means one is issued and DNS-validated in route53ZoneId.")
