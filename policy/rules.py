@@ -1,4 +1,4 @@
-"""The platform's rules, as plain functions over resources: no Pulumi import, so the tests, `plan.py` and the
+"""The platform's rules, as plain functions over resources: no Pulumi import, so the tests, `python -m plan` and the
 policy pack (`__main__.py`, through `pack.py`) all run the same code.
 
 A resource rule takes one resource (its inputs) and yields messages. A stack rule takes every resource of

@@ -1,16 +1,15 @@
 """Rewrites the generated parts of Pulumi.yaml (config block) and README.md (settings table) from the
-settings model. `make docs`; the tests fail when either is out of date."""
+settings model. `make docs` (python -m scripts.generate_docs, from the root); the tests fail when either is out
+of date."""
 
 import re
-import sys
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from components.settings import pulumi_yaml_config, settings_reference_markdown
 
-from components.settings import pulumi_yaml_config, settings_reference_markdown  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 project_file = ROOT / "Pulumi.yaml"
 head = project_file.read_text().split("\nconfig:\n", 1)[0]

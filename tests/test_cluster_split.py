@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 
 import pytest
 
-from harness import FAKE_ACCOUNT, REPO
-
-sys.path.insert(0, str(REPO))
-
-import plan  # noqa: E402
+import plan
+from mock_engine import FAKE_ACCOUNT, REPO
 
 FIXTURE = REPO / "tests" / "fixtures" / "graph-before-cluster-split.json"
 PARTS = {"inputs": ("inputs",), "waits": ("waitsFor", "provider"),

@@ -1,4 +1,4 @@
-"""plan.py: the stack without credentials (JSON, text, Mermaid checked by Mermaid's parser), and the diff
+"""`python -m plan`: the stack without credentials (JSON, text, Mermaid checked by Mermaid's parser), and the diff
 between a git ref and the working tree, down to the value paths and the replacements."""
 
 from __future__ import annotations
@@ -13,12 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import REPO, STACKS, run_program
-from rendering import chart_name
-
-sys.path.insert(0, str(REPO))
-
-import plan  # noqa: E402
+import plan
+from mock_engine import REPO, STACKS, run_program
+from support.rendering import chart_name
 
 NODE_TOOLS = os.environ.get("NODE_TOOLS", str(Path.home() / ".cache" / "airflow-platform" / "node-tools"))
 COMPONENT_TYPES = {"Cluster", "Security", "Storage", "Database", "Broker", "Observability", "AirflowRelease", "Delivery"}
@@ -34,7 +31,7 @@ def no_cloud_env() -> dict[str, str]:
 
 
 def run_plan(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(cwd / "plan.py"), *args], cwd=cwd, env=no_cloud_env(),
+    return subprocess.run([sys.executable, "-m", "plan", *args], cwd=cwd, env=no_cloud_env(),
                           capture_output=True, text=True, timeout=300)
 
 
@@ -98,7 +95,7 @@ def test_text_shows_releases_with_chart_version_and_values(documents):
 
 
 def mermaid_parse(*paths: Path) -> tuple[int, dict[str, dict]]:
-    done = subprocess.run(["node", str(REPO / "tests" / "mermaid_check.mjs"), *map(str, paths)],
+    done = subprocess.run(["node", str(REPO / "tests" / "support" / "mermaid_check.mjs"), *map(str, paths)],
                           capture_output=True, text=True, timeout=120, env={**os.environ, "NODE_TOOLS": NODE_TOOLS})
     assert done.returncode in (0, 1), done.stderr
     return done.returncode, {Path(r["file"]).stem: r for r in map(json.loads, done.stdout.splitlines())}
@@ -352,7 +349,7 @@ def test_a_fernet_key_generation_is_a_reviewed_replacement(documents):
 
 def test_an_encrypted_value_in_a_stack_file_runs_as_its_stand_in(clone):
     """`pulumi config set --secret` writes `secure:` values only the stack's secrets provider can read:
-    plan.py (and the tests) run them as a value of the right form, and print it as a secret."""
+    the plan (and the tests) run them as a value of the right form, and print it as a secret."""
     text = (clone / "Pulumi.prod.yaml").read_text()
     (clone / "Pulumi.rotating.yaml").write_text(
         text + "  airflow:previousFernetKey:\n    secure: v1:ZW5jcnlwdGVk\n"
@@ -372,7 +369,7 @@ def test_alias_urns_follow_the_monitor_for_every_kind_of_alias():
     from pulumi.runtime.stack import run_in_stack
     from pulumi.runtime.sync_await import _sync_await
 
-    import harness
+    import mock_engine
 
     class Box(pulumi.ComponentResource):
         def __init__(self, name, opts=None):
@@ -386,8 +383,8 @@ def test_alias_urns_follow_the_monitor_for_every_kind_of_alias():
         Box("new-child", pulumi.ResourceOptions(parent=renamed))
         Box("x", pulumi.ResourceOptions(aliases=["urn:pulumi:s::p::test:index:Box::y"]))
 
-    mocks = harness.PlatformMocks()
-    monitor = harness.RecordingMonitor(mocks)
+    mocks = mock_engine.PlatformMocks()
+    monitor = mock_engine.RecordingMonitor(mocks)
     set_root_resource(None)
     pulumi.runtime.set_mocks(mocks, project="p", stack="s", preview=False, monitor=monitor)
     set_root_resource(None)

@@ -33,7 +33,6 @@ import psycopg2
 import pytest
 import sqlalchemy
 
-from availability import unavailable
 from components import rds
 from components import workloads as w
 from components.airflow import AIRFLOW_LOCAL_SETTINGS
@@ -45,7 +44,8 @@ from components.database import (
     pgbouncer_stats_url,
 )
 from components.elasticache import tls_broker_url
-from servers import (
+from support.availability import unavailable
+from support.servers import (
     CertificateAuthority,
     PostgresServer,
     ProcessServer,
