@@ -46,8 +46,13 @@ UV_COMPILE = $(UV) pip compile --quiet $(UV_UPGRADE)
 
 .PHONY: test e2e bench helm pgbouncer docs scan policy clean rds-ca-bundle lock mutate
 
+# Lint, type checks, then the default tier. mypy (pyproject.toml) checks the program, mock_engine, plan and the
+# scripts, then the policy pack on its own, as `pulumi preview --policy-pack policy` imports it, against its own
+# virtualenv (pulumi-policy). A first run takes minutes (pulumi_aws's types), later ones read .mypy_cache.
 test: $(STAMP) $(HELM) $(PGBOUNCER) $(SCAN_STAMP) $(NODE_STAMP) $(POLICY_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --python-executable $(POLICY_VENV)/bin/python policy
 	HELM=$(HELM) PGBOUNCER=$(PGBOUNCER) CHECKOV=$(CHECKOV) NODE_TOOLS=$(NODE_TOOLS) POLICY_PYTHON=$(CURDIR)/$(POLICY_VENV)/bin/python \
 	  $(VENV)/bin/python -m pytest --numprocesses auto --maxprocesses 4 --dist loadfile
 
@@ -145,4 +150,4 @@ docs: $(STAMP)
 	$(VENV)/bin/python -m scripts.generate_docs
 
 clean:
-	rm -rf $(VENV) $(AIRFLOW_VENV) $(SCAN_VENV) $(POLICY_VENV) .pytest_cache
+	rm -rf $(VENV) $(AIRFLOW_VENV) $(SCAN_VENV) $(POLICY_VENV) .pytest_cache .mypy_cache

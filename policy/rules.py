@@ -105,7 +105,7 @@ class _Undecided(Exception):
         self.unknown = unknown
 
 
-def _known(read: Callable[[], Any]) -> Any:
+def _known(read: Callable[..., Any]) -> Any:
     """`read()`, or the unknown-value error itself when preview cannot know the value."""
     try:
         return read()
@@ -614,7 +614,7 @@ def evaluate(resources: list[Resource], enforcement: Optional[Mapping[str, str]]
     `enforcement` overrides a rule's level ("mandatory", "advisory", "disabled"), as a pack config does."""
     levels = {rule.name: "mandatory" if rule.mandatory else "advisory" for rule in RULES}
     levels.update(enforcement or {})
-    violations = []
+    violations: list[dict] = []
     for rule in RULES:
         if levels[rule.name] == "disabled":
             continue
