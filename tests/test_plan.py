@@ -129,11 +129,8 @@ def test_errors_exit_1_with_a_message():
 # ---------------------------------------------------------------------------------------------------------
 # --against, in a temporary clone of the working tree with one commit that changes one setting
 
-@pytest.fixture(scope="module")
-def clone(tmp_path_factory) -> Path:
-    """The working tree's files (committed or not) as a fresh repository, plus one commit that changes
-    prod's worker concurrency."""
-    target = tmp_path_factory.mktemp("clone")
+def copy_working_tree(target: Path) -> list[str]:
+    """The working tree's files (committed or not) copied to `target`; the git command for a repository there."""
     listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                             capture_output=True, check=True).stdout.decode().split("\0")
     for name in filter(None, listed):
@@ -141,7 +138,15 @@ def clone(tmp_path_factory) -> Path:
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
-    git = ["git", "-C", str(target), "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    return ["git", "-C", str(target), "-c", "user.name=test", "-c", "user.email=test@example.com"]
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    """The working tree's files (committed or not) as a fresh repository, plus one commit that changes
+    prod's worker concurrency."""
+    target = tmp_path_factory.mktemp("clone")
+    git = copy_working_tree(target)
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "base"], check=True)
@@ -179,6 +184,41 @@ def test_against_the_same_commit_is_no_change(clone):
     done = run_plan("--stack", "staging", "--against", "HEAD", cwd=clone)
     assert done.returncode == 0, done.stderr
     assert "no change" in done.stdout
+
+
+POISON = 'raise SystemExit("the tooling of the ref planned against was imported")\n'
+
+
+def test_against_an_old_tree_runs_its_program_with_this_engine(tmp_path):
+    """A ref's tree is evaluated for its program alone: its own plan, mock engine and policy rules (an older
+    layout's plan.py and tests/harness.py included) are never imported, while its components are the ones run."""
+    git = copy_working_tree(tmp_path)
+    broker = tmp_path / "components" / "broker.py"
+    current = broker.read_text()
+    assert current.count('"min-replicas-to-write": 1 if ha else 0,') == 1
+    broker.write_text(current.replace('"min-replicas-to-write": 1 if ha else 0,', '"min-replicas-to-write": 2 if ha else 0,'))
+    tooling = [tmp_path / "plan" / "__init__.py", tmp_path / "mock_engine" / "__init__.py", tmp_path / "policy" / "rules.py",
+               tmp_path / "plan.py", tmp_path / "harness.py", tmp_path / "tests" / "harness.py"]
+    originals = {path: path.read_text() if path.exists() else None for path in tooling}
+    for path in tooling:
+        path.write_text(POISON)
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "an old tree"], check=True)
+    broker.write_text(current)
+    for path, text in originals.items():
+        if text is None:
+            path.unlink()
+        else:
+            path.write_text(text)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "today's tree"], check=True)
+    done = run_plan("--stack", "prod", "--against", "HEAD~1", "--format", "json", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    diff = json.loads(done.stdout)
+    assert diff["added"] == [] and diff["removed"] == []
+    changes = {(c["name"], p["path"], p["old"], p["new"]) for c in diff["changed"] for p in c["paths"]}
+    assert any("min-replicas-to-write" in path and (old, new) == (2, 1) for _, path, old, new in changes), changes
 
 
 # ---------------------------------------------------------------------------------------------------------
