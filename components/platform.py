@@ -110,7 +110,7 @@ class PlatformSettings(BaseModel):
     managed_apply_immediately: bool = Field(
         default=False,
         description="Aurora/RDS and ElastiCache make a change at once; false: most changes wait for their weekly "
-                    "maintenance window (Sunday 04:00 and 05:00 UTC), which plan.py says.")
+                    "maintenance window (Sunday 04:00 and 05:00 UTC), which `python -m plan` says.")
 
     @property
     def is_aws(self) -> bool:

@@ -1,4 +1,4 @@
-"""The platform's rules, as plain functions over resources: no Pulumi import, so the tests, `plan.py` and the
+"""The platform's rules, as plain functions over resources: no Pulumi import, so the tests, `python -m plan` and the
 policy pack (`__main__.py`, through `pack.py`) all run the same code.
 
 A resource rule takes one resource (its inputs) and yields messages. A stack rule takes every resource of
@@ -105,7 +105,7 @@ class _Undecided(Exception):
         self.unknown = unknown
 
 
-def _known(read: Callable[[], Any]) -> Any:
+def _known(read: Callable[..., Any]) -> Any:
     """`read()`, or the unknown-value error itself when preview cannot know the value."""
     try:
         return read()
@@ -614,7 +614,7 @@ def evaluate(resources: list[Resource], enforcement: Optional[Mapping[str, str]]
     `enforcement` overrides a rule's level ("mandatory", "advisory", "disabled"), as a pack config does."""
     levels = {rule.name: "mandatory" if rule.mandatory else "advisory" for rule in RULES}
     levels.update(enforcement or {})
-    violations = []
+    violations: list[dict] = []
     for rule in RULES:
         if levels[rule.name] == "disabled":
             continue

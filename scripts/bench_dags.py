@@ -1,7 +1,7 @@
 """Scheduling latency and task throughput of Airflow with the configuration the program produces, beside the
 same run with the chart's default configuration (`make bench`; figures, not a test: machines differ).
 
-Both runs use the end-to-end tier's set-up (tests/test_dags_e2e.py): PostgreSQL behind PgBouncer in transaction
+Both runs use the end-to-end tier's set-up (tests/support/airflow_platform.py, as tests/e2e/test_dags_e2e.py): PostgreSQL behind PgBouncer in transaction
 mode and Redis on loopback, the API server, scheduler, DAG processor, triggerer and one Celery worker, with the
 credentials and container environment of a stack's release (`--stack`, `local` by default: the configuration
 sized for a small machine, which this benchmark runs on). They differ only in `airflow.cfg`: the one the release
@@ -10,7 +10,9 @@ command (the chart's default pool size restored for the chart's configuration), 
 parallel no-op tasks through the REST API and reads, from the metadata database, when each task was queued,
 started and ended; the worker's peak memory (PSS of its processes, sampled twice a second) is printed beside.
 
-    python scripts/bench_dags.py [--stack local|prod] [--runs N] [--tasks T] [--repeat R] [--json PATH]
+    PYTHONPATH=tests python -m scripts.bench_dags [--stack local|prod] [--runs N] [--tasks T] [--repeat R] [--json PATH]
+
+(from the repository's root; tests/ on the path for the tests' support package: `make bench`)
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import os
 import platform as host
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -29,14 +30,11 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from test_dags_e2e import Platform, Servers, _api_up, create_admin, rendered_release, run_job_command  # noqa: E402
-from test_metrics_e2e import _descendants, _query  # noqa: E402
-
-from rendering import _render  # noqa: E402
+from mock_engine import REPO
+from support.airflow_cli import airflow
+from support.airflow_platform import Platform, Servers, _api_up, create_admin, rendered_release, run_job_command
+from support.daemons import _descendants, _query
+from support.rendering import _render
 
 BENCH_DAG = "bench_parallel"
 # [core] default_pool_task_slot_count's default (airflow/config_templates/config.yml).
@@ -114,7 +112,6 @@ def measure(airflow_bin: Path, rendered: dict, label: str, runs: int, tasks: int
         migrated = run_job_command(platform, rendered["migrate"]["args"])
         assert migrated.returncode == 0, migrated.stderr[-3000:]
         if label == "chart default":
-            from test_airflow_e2e import airflow
             assert airflow(airflow_bin, platform.env, "pools", "set", "default_pool", str(AIRFLOW_DEFAULT_POOL_SLOTS),
                            "Default pool").returncode == 0
         platform.daemons.start("api-server", "api-server", "--host", "127.0.0.1", "--port",
@@ -122,7 +119,7 @@ def measure(airflow_bin: Path, rendered: dict, label: str, runs: int, tasks: int
         for component in ("scheduler", "dag-processor", "triggerer"):
             platform.daemons.start(component, component)
         worker = platform.daemons.processes[platform.start_worker()]
-        from servers import with_host_and_port
+        from support.servers import with_host_and_port
         metadata = with_host_and_port(rendered["secrets"]["airflow-metadata-connection"]["connection"],
                                       "127.0.0.1", servers.pgbouncer.port)
         platform.wait(lambda: _query(metadata, "select count(*) from serialized_dag where dag_id = %s",
@@ -171,7 +168,7 @@ def main() -> None:
                         help="measurements per configuration, alternating which goes first (default 2)")
     parser.add_argument("--json", type=Path, default=Path(tempfile.gettempdir()) / "airflow-bench.json")
     arguments = parser.parse_args()
-    airflow_bin = Path(os.environ.get("AIRFLOW_BIN", ROOT / ".venv-airflow" / "bin" / "airflow"))
+    airflow_bin = Path(os.environ.get("AIRFLOW_BIN", REPO / ".venv-airflow" / "bin" / "airflow"))
     overrides = {key: yaml.safe_load(value) for key, value in (item.split("=", 1) for item in arguments.set)}
     produced = rendered_release(arguments.stack, overrides or None)
     # The chart's own airflow.cfg: it lacks the async engine's connect args, which the release adds.

@@ -77,7 +77,7 @@ def lock_entries(path: Path) -> list[tuple[str, str, set[str], str]]:
         requirement = Requirement(" ".join(w for w in words if not w.startswith("--hash=")))
         (specifier,) = requirement.specifier
         hashes = {w.removeprefix("--hash=sha256:") for w in words if w.startswith("--hash=")}
-        entries.append((canonicalize_name(requirement.name), specifier.version, hashes, str(requirement.marker or "")))
+        entries.append((str(canonicalize_name(requirement.name)), specifier.version, hashes, str(requirement.marker or "")))
     return entries
 
 

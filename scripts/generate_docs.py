@@ -1,5 +1,6 @@
 """Rewrites the generated parts of Pulumi.yaml (config block) and docs/settings.md (settings table) from the
-settings model. `make docs`; the tests fail when either is out of date."""
+settings models. `make docs` (python -m scripts.generate_docs, from the root); the tests fail when either is out
+of date."""
 
 import re
 import sys
@@ -7,10 +8,9 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
 from components.config import pulumi_yaml_config, settings_reference_markdown
+
+ROOT = Path(__file__).resolve().parent.parent
 
 project_file = ROOT / "Pulumi.yaml"
 head = project_file.read_text().split("\nconfig:\n", 1)[0]

@@ -1,13 +1,8 @@
-import sys
-from pathlib import Path
-
 import pytest
 
-# The program imports `components` from the project root, as `pulumi up` runs it from there.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from harness import STACKS, run_program  # noqa: E402
+# The program imports `components` from the project root, as `pulumi up` runs it from there: pyproject.toml's
+# `pythonpath` puts the root (the program, mock_engine, plan) and tests/ (support) on the import path.
+from mock_engine import STACKS, run_program
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,9 @@ from components import workloads as w
 from components.airflow.values import CONTAINER_SECURITY_CONTEXT, POD_SECURITY_CONTEXT
 from components.config import load_settings
 from components.workloads import CLEANUP_CONNECTION_KEY
-from harness import REPO, STACKS, is_secret, load_stack_config, run_program, unwrap
-from rendering import platform_pods, render_all, secret_files
-from schemas import chart_defaults, validate_chart_values_strictly
+from mock_engine import REPO, STACKS, is_secret, load_stack_config, run_program, unwrap
+from support.rendering import platform_pods, render_all, secret_files
+from support.schemas import chart_defaults, validate_chart_values_strictly
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
 AIRFLOW_SCHEMA = "airflow-chart/values.schema.json"
@@ -270,7 +270,7 @@ CREDENTIAL_FILES = {
 # A Celery worker of Airflow 3.1 reads the broker (its tasks), the database as its own role (Celery's results,
 # the provider's default backend: the worker's metadata URL) and the key its log server checks requests with
 # (airflow/utils/serve_logs/log_server.py: get_signing_key("api", "secret_key")); its tasks get connections and
-# variables through the API server with the token in their workload. tests/test_dags_e2e.py runs the workers with
+# variables through the API server with the token in their workload. tests/e2e/test_dags_e2e.py runs the workers with
 # this volume.
 WORKER_CREDENTIALS = {
     **{option: source for option, source in CREDENTIAL_FILES.items()
@@ -387,7 +387,7 @@ def test_kubernetes_pod_operator_gives_the_workers_their_token_and_role_back():
 
 def test_the_end_to_end_tier_runs_the_airflow_version_the_platform_deploys():
     from components.config import Settings
-    from locks import lock_pins
+    from support.locks import lock_pins
     assert lock_pins(REPO / "requirements" / "e2e.txt")["apache-airflow"] == \
         Settings.model_fields["airflow_version"].default
 
@@ -476,7 +476,7 @@ def test_the_default_pool_holds_what_the_most_workers_can_run(stack_runs, stack)
     """Running and queued tasks count against default_pool, 128 slots unless set ([core]
     default_pool_task_slot_count acts only when the database is created): the migration Job sets it each release
     (e2e: test_the_migration_job_sets_the_default_pool...)."""
-    from test_placement import stack_settings
+    from support.stacks import stack_settings
     settings = stack_settings(stack)
     slots = settings.worker_concurrency * settings.worker_max_replicas
     cfg = rendered_cfg(stack_runs[stack])
@@ -493,7 +493,7 @@ def test_the_schedulers_together_queue_what_the_most_workers_can_run(stack_runs,
     """[core] parallelism is per scheduler (Airflow 3.1 scheduler_job_runner.py caps each scheduler's executor
     with it): prod's 2 schedulers at 16 x 20 each would queue 640 tasks for 320 worker slots, and a task waiting
     past its token's life fails when a worker takes it."""
-    from test_placement import stack_settings
+    from support.stacks import stack_settings
     settings = stack_settings(stack)
     cfg = rendered_cfg(stack_runs[stack])
     slots = settings.worker_concurrency * settings.worker_max_replicas
@@ -530,8 +530,8 @@ def test_tasks_record_the_address_the_api_server_fetches_live_logs_from(stack_ru
 def test_workers_scale_in_one_at_a_time_after_a_quiet_window(stack_runs, stack):
     """KEDA's cooldownPeriod covers only the step to zero; every other step down is the HPA's, whose default
     (Kubernetes: a 300 s window, then up to 100 % of the pods every 15 s) would stop many busy workers at once."""
-    from schemas import validate_against_crd
-    from test_placement import stack_settings
+    from support.schemas import validate_against_crd
+    from support.stacks import stack_settings
     documents = render_all(stack_runs[stack])["airflow"]
     scaled = next(d for d in documents if d["kind"] == "ScaledObject")
     validate_against_crd(scaled, "keda.sh", "v1alpha1")   # KEDA 2.20's CRD

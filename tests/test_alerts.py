@@ -4,7 +4,7 @@ For every alert: `promtool check rules` accepts the PrometheusRule's groups as t
 and `promtool test rules` shows the alert firing on a matching series and staying silent on a healthy one.
 The series below, and every series a rule or dashboard selects, are held to what the exporters publish at their
 pinned versions (tests/fixtures/exporter-metrics.yaml, from their sources) as each stack's monitors scrape them;
-the airflow_* names are proven against real Airflow in tests/test_metrics_e2e.py.
+the airflow_* names are proven against real Airflow in tests/e2e/test_metrics_e2e.py.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-import exporter_metrics as em
-from availability import tool
 from components.broker import redis_ha
 from components.config import Settings, load_settings
 from components.observability.alerts import alert_groups
-from harness import REPO
-from rendering import chart_name, render_release
-from test_placement import stack_settings
+from mock_engine import REPO
+from support import exporter_metrics as em
+from support.prometheus_tools import promtool
+from support.rendering import chart_name, render_release
+from support.stacks import stack_settings
 
 RULE = "kubernetes:monitoring.coreos.com/v1:PrometheusRule"
 AIRFLOW = 'namespace="airflow"'
@@ -184,10 +184,6 @@ CASES: dict[str, tuple[dict[str, str], dict[str, str], dict[str, str]]] = {
 }
 # The backup alert needs more than a day to pass.
 EVAL_TIME = {"PostgresBackupTooOld": "27h"}
-
-
-def promtool() -> str:
-    return tool("promtool", "prometheus")
 
 
 def registered_groups(run) -> list[dict]:

@@ -2,7 +2,7 @@
 scheduler unpickles `celery_taskmeta.result` when it reads the tasks' states, so what the workers' role may store
 there must be plain data. Pickles of the results Celery and Airflow store pass (made by Python's own pickler at
 every protocol SQLAlchemy's PickleType may use); pickles that would run code when loaded are refused, as are
-truncated ones and data after STOP. The end-to-end tier stores real results through it (tests/test_dags_e2e.py)."""
+truncated ones and data after STOP. The end-to-end tier stores real results through it (tests/e2e/test_dags_e2e.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import psycopg2
 import pytest
 
 from components.airflow.values import CELERY_RESULT_GUARD_SQL, PICKLE_PLAIN_OPCODES, PICKLED_RESULT_MAX_BYTES
-from servers import servers_session, start_postgres, unavailable_reason
+from support.servers import servers_session, start_postgres, unavailable_reason
 
 
 @pytest.fixture(scope="module")

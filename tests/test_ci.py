@@ -1,5 +1,6 @@
 """CI means CI everywhere: `.ci/run` sets CI, the GitHub workflow keeps it through sudo, and with CI set a test
-whose real server or tool is missing fails the run instead of being skipped (tests/availability.py)."""
+whose real server or tool is missing fails the run instead of being skipped (tests/support/availability.py).
+And the tooling's layout holds: no test file imports another, nothing edits sys.path."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import REPO
+from mock_engine import REPO
 
 TESTS = REPO / "tests"
 
@@ -60,7 +61,7 @@ def test_the_github_workflow_keeps_ci_through_sudo():
 
 
 PROBE = '''
-import availability
+from support import availability
 
 def test_a_missing_tool():
     availability.tool("no-such-tool-anywhere", "no-such-package")
@@ -91,17 +92,14 @@ def test_a_missing_server_or_tool_fails_in_ci_and_is_skipped_elsewhere(tmp_path,
 def test_the_real_modules_fail_in_ci_without_their_tools(monkeypatch):
     """promtool (the alert rules), amtool (Alertmanager's configuration) and the real servers, each missing with
     CI set: the module's own lookup fails the test."""
-    import test_alerts
-    import test_observability
-
-    import servers
+    from support import prometheus_tools, servers
 
     monkeypatch.setenv("CI", "true")
     monkeypatch.setenv("PATH", str(Path(sys.executable).parent))   # neither promtool nor amtool on it
     with pytest.raises(pytest.fail.Exception, match="promtool not found"):
-        test_alerts.promtool()
+        prometheus_tools.promtool()
     with pytest.raises(pytest.fail.Exception, match="amtool not found"):
-        test_observability.amtool_check("route: {receiver: x}\nreceivers: [{name: x}]\n")
+        prometheus_tools.amtool_check("route: {receiver: x}\nreceivers: [{name: x}]\n")
     monkeypatch.setattr(servers, "unavailable_reason", lambda: "PostgreSQL server binaries not found")
     with pytest.raises(pytest.fail.Exception, match="PostgreSQL server binaries not found"):
         with servers.servers_session("airflow-platform-ci-"):
@@ -113,14 +111,52 @@ def test_no_test_skips_except_through_availability():
     would pass CI without running what it guards."""
     forbidden = {"skip", "skipif", "importorskip", "xfail"}
     offenders = []
-    for path in sorted(TESTS.glob("*.py")):
-        if path.name == "availability.py":
+    for path in sorted(TESTS.rglob("*.py")):
+        if path == TESTS / "support" / "availability.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute) and node.attr in forbidden and \
                     isinstance(node.value, (ast.Name, ast.Attribute)):
-                offenders.append(f"{path.name}:{node.lineno}")
+                offenders.append(f"{path.relative_to(TESTS)}:{node.lineno}")
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pytest") and \
                     forbidden & {alias.name for alias in node.names}:
-                offenders.append(f"{path.name}:{node.lineno}")
+                offenders.append(f"{path.relative_to(TESTS)}:{node.lineno}")
+    assert offenders == []
+
+
+def python_files() -> list[Path]:
+    """The repository's own Python files (the virtualenvs left out)."""
+    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard",
+                             "*.py"], capture_output=True, check=True).stdout.decode().split("\0")
+    return [REPO / name for name in filter(None, listed) if (REPO / name).is_file()]
+
+
+def imported_modules(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+    return found
+
+
+def test_no_test_file_imports_another():
+    """What several test files share lives in tests/support (or a conftest.py), never in a test file: a test file
+    is collected, not imported."""
+    test_modules = {path.stem for path in TESTS.rglob("test_*.py")}
+    offenders = {str(path.relative_to(REPO)): sorted(test_modules & {m.split(".")[-1] for m in imported_modules(path)})
+                 for path in python_files()}
+    assert {path: modules for path, modules in offenders.items() if modules} == {}
+
+
+def test_nothing_edits_the_import_path():
+    """The import path comes from how a thing is run (pyproject.toml's pythonpath for pytest, `python -m` from the
+    root, PYTHONPATH where the Makefile or plan's child process sets it), never from sys.path edits."""
+    offenders = []
+    for path in python_files():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name) \
+                    and node.value.id == "sys":
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert offenders == []

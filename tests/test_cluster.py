@@ -7,10 +7,10 @@ import pytest
 import yaml
 
 from components.cluster import ADDONS_AFTER_NODES, ADDONS_BEFORE_NODES, load_balancer_controller_policy, subnet_plan
-from harness import REPO, SCHEMAS, STACKS, ProgramFailed, is_secret, load_stack_config, run_program, unwrap
-from netpol import selects
-from rendering import chart_name
-from schemas import chart_defaults, missing_value_paths, validate_kubernetes_object
+from mock_engine import REPO, SCHEMAS, STACKS, ProgramFailed, is_secret, load_stack_config, run_program, unwrap
+from support.netpol import selects
+from support.rendering import chart_name
+from support.schemas import chart_defaults, missing_value_paths, validate_kubernetes_object
 
 AWS_STACKS = ("prod", "staging")
 
@@ -372,7 +372,7 @@ def webhook_acts_on(hook: dict, group: str, resource: str, namespace_labels: dic
 def test_every_operator_and_controller_survives_the_loss_of_a_node(stack_runs, stack):
     """On AWS each operator or controller the platform installs runs two replicas with leader election, so a
     drained or lost system node leaves one leading (what the charts render, with real Helm)."""
-    from rendering import render_release
+    from support.rendering import render_release
     run = stack_runs[stack]
     controllers = {"cloudnative-pg": ["cloudnative-pg"], "cert-manager": ["cert-manager", "cert-manager-webhook"],
                    "aws-load-balancer-controller": ["aws-load-balancer-controller"]}
@@ -391,7 +391,7 @@ def test_the_operators_tier_holds_no_volume_and_no_load_balancer(stack_runs, sta
     reclaims on destroy), no Ingress, Gateway or LoadBalancer Service for the controller, and nothing the
     controller's admission webhooks that fail closed act on while its pods are not up yet: rendered from the
     charts (the tier's and the controller's) with real Helm."""
-    from rendering import render_release
+    from support.rendering import render_release
     run = stack_runs[stack]
     tier = [r for r in run.registrations if r.provider and on_operators_provider(run, r)]
     releases = [r for r in tier if r.type == "kubernetes:helm.sh/v3:Release"]

@@ -6,36 +6,15 @@ node group the stack files had then), the graphs are the same as before."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import sys
 
 import pytest
 
-from harness import FAKE_ACCOUNT, REPO
-
-sys.path.insert(0, str(REPO))
-
-import plan  # noqa: E402
+import plan
+from mock_engine import FAKE_ACCOUNT, REPO
+from support.graph import fingerprint
 
 FIXTURE = REPO / "tests" / "fixtures" / "graph-before-cluster-split.json"
-PARTS = {"inputs": ("inputs",), "waits": ("waitsFor", "provider"),
-         "options": ("protect", "retainOnDelete", "ignoreChanges", "replaceOnChanges", "deleteBeforeReplace",
-                     "aliases")}
-
-
-def fingerprint(doc: dict, renamed_from: tuple[str, ...] = ()) -> dict[str, dict[str, str]]:
-    """Per URN: its parent, and a digest of its inputs, of what it waits for, and of its options. A resource
-    renamed later (an alias names its URN in `renamed_from`) is keyed by that URN, as Pulumi takes it over."""
-    def digest(resource: dict, keys: tuple[str, ...]) -> str:
-        return hashlib.sha256(json.dumps({k: resource[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
-
-    def key(resource: dict) -> str:
-        return next((alias for alias in resource["aliases"] if alias in renamed_from), resource["urn"])
-    return {key(r): {"parent": r["parent"], **{part: digest(r, keys) for part, keys in PARTS.items()}}
-            for r in doc["resources"]}
-
-
 def as_recorded(doc: dict) -> dict:
     """The document with roles' ARNs in the format the mocks gave them when the fixture was recorded
     (`arn:aws:mock:…:role/<name>`; IAM's own format since)."""

@@ -11,8 +11,8 @@ from components import workloads as w
 from components.config import SettingsError
 from components.pods import memory_bytes
 from components.workloads import BROKER_URL_SECRET, METADATA_CONNECTION_SECRET
-from harness import ProgramFailed, is_secret, run_program, unwrap
-from schemas import chart_defaults, missing_value_paths, validate_against_json_schema
+from mock_engine import ProgramFailed, is_secret, run_program, unwrap
+from support.schemas import chart_defaults, missing_value_paths, validate_against_json_schema
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
 CLUSTER = "kubernetes:postgresql.cnpg.io/v1:Cluster"
@@ -249,7 +249,7 @@ def test_the_pooler_tracks_the_named_statements_airflows_async_engine_prepares(s
     them (max_prepared_statements > 0, PgBouncer 1.21+: its documentation, "0 disables prepared statement
     support"), or a client that names its statements fails with 'prepared statement ... does not exist'. The
     release keeps Airflow's async engine on unnamed ones (asyncpg's cache off); this is the second line, for any
-    asyncpg client that names them (tests/test_airflow_e2e.py runs both cases through a real PgBouncer)."""
+    asyncpg client that names them (tests/e2e/test_airflow_e2e.py runs both cases through a real PgBouncer)."""
     pgbouncer = stack_runs[stack].one(POOLER).values["spec"]["pgbouncer"]
     assert pgbouncer["poolMode"] == "transaction"
     assert int(pgbouncer["parameters"]["max_prepared_statements"]) > 0

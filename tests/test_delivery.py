@@ -16,9 +16,9 @@ import re
 from itertools import product
 
 import pytest
-from test_workflows import load
 
-from harness import FAKE_ACCOUNT, REPO, ProgramFailed, load_stack_config, run_program
+from mock_engine import FAKE_ACCOUNT, REPO, ProgramFailed, load_stack_config, run_program
+from support.workflows import load
 
 PULUMI_ACTION = "./.github/actions/pulumi"
 ACTION = REPO / ".github" / "actions" / "pulumi" / "action.yml"

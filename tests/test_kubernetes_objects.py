@@ -3,8 +3,13 @@ kubernetes-validate for the pinned Kubernetes version, custom resources by their
 
 import pytest
 
-from harness import STACKS
-from schemas import CRDS_WITHOUT_SHARED_SCHEMA, crd_schema_path, validate_custom_resource, validate_kubernetes_object
+from mock_engine import STACKS
+from support.schemas import (
+    CRDS_WITHOUT_SHARED_SCHEMA,
+    crd_schema_path,
+    validate_custom_resource,
+    validate_kubernetes_object,
+)
 
 
 @pytest.mark.parametrize("stack", STACKS)

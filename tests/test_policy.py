@@ -8,19 +8,14 @@ import dataclasses
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from harness import REPO, STACKS, run_program
-
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "policy"))
-
-import plan  # noqa: E402
-import rules  # noqa: E402
+import plan
+from mock_engine import REPO, STACKS, run_program
+from policy import rules
 
 POLICY_PYTHON = os.environ.get("POLICY_PYTHON", str(REPO / "policy" / "venv" / "bin" / "python"))
 
@@ -269,8 +264,11 @@ def as_json(resources: list[rules.Resource]) -> list[dict]:
 def drive_pack(tmp_path: Path, resources: list) -> dict:
     path = tmp_path / "graph.json"
     path.write_text(json.dumps(resources))
-    done = subprocess.run([POLICY_PYTHON, str(REPO / "tests" / "policy_driver.py"), str(path)],
-                          capture_output=True, text=True, timeout=120)
+    # The pack's modules from policy/, as `pulumi preview --policy-pack policy` imports them (-P: not the
+    # driver's own directory).
+    done = subprocess.run([POLICY_PYTHON, "-P", str(REPO / "tests" / "support" / "policy_driver.py"), str(path)],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "policy")})
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -278,7 +276,7 @@ def drive_pack(tmp_path: Path, resources: list) -> dict:
 @pytest.mark.parametrize("stack", ["prod", MANAGED, MANAGED_RDS])
 def test_the_pack_reports_through_pulumi_policy_what_the_rules_find(runs, stack, tmp_path):
     """Every bad case of a stack at once, through pulumi-policy's argument classes and unknown-checking proxy:
-    the pack reports exactly the violations the plain functions find, with the levels `plan.py` shows."""
+    the pack reports exactly the violations the plain functions find, with the levels `python -m plan` shows."""
     resources = graph(runs[stack])
     cases = [case for case in CASES if case[0] == stack]
     for _, _, _, type_, name, change in cases:

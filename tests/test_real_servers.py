@@ -8,7 +8,6 @@ kombu for Celery's broker).
 
 from __future__ import annotations
 
-import secrets
 import shutil
 import tempfile
 import uuid
@@ -24,12 +23,11 @@ from kombu.utils.url import url_to_parts
 
 import components.broker.redis_ha
 import components.database.urls
-from availability import unavailable
-from components import workloads as w
 from components.database.urls import DATABASE_NAME
-from components.workloads import BROKER_URL_SECRET, METADATA_CONNECTION_SECRET
-from harness import run_program
-from servers import (
+from mock_engine import run_program
+from support.availability import unavailable
+from support.published import PASSWORD_SEED, URL_RESERVED, published
+from support.servers import (
     servers_session,
     start_pgbouncer,
     start_postgres,
@@ -37,22 +35,6 @@ from servers import (
     unavailable_reason,
     with_host_and_port,
 )
-
-URL_RESERVED = "@:/?#%&"
-PASSWORD_SEED = secrets.randbits(64)
-
-
-def published(run) -> dict:
-    secret_data = {s.values["metadata"]["name"]: s.values["stringData"] for s in run.of_type("kubernetes:core/v1:Secret")}
-    return {
-        "metadata_url": secret_data[METADATA_CONNECTION_SECRET]["connection"],
-        "broker_url": secret_data[BROKER_URL_SECRET]["connection"],
-        "postgres_user": secret_data[w.POSTGRES_APP_USER_SECRET]["username"],
-        "postgres_password": secret_data[w.POSTGRES_APP_USER_SECRET]["password"],
-        "redis_password": secret_data[w.REDIS_AUTH_SECRET]["auth"],
-        # What the Pooler asks PgBouncer for (servers.start_pgbouncer writes it into pgbouncer.ini).
-        "pooler": run.one("kubernetes:postgresql.cnpg.io/v1:Pooler").values["spec"]["pgbouncer"],
-    }
 
 
 @pytest.fixture(scope="module")

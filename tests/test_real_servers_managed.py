@@ -33,14 +33,14 @@ import psycopg2
 import pytest
 import sqlalchemy
 
-from availability import unavailable
 from components import workloads as w
 from components.airflow.values import AIRFLOW_LOCAL_SETTINGS
 from components.broker.elasticache import tls_broker_url
 from components.database import managed as rds
 from components.database.urls import DATABASE_NAME, managed_metadata_urls, metadata_url, pgbouncer_stats_url
 from components.workloads import ASYNC_CONNECTION_KEY
-from servers import (
+from support.availability import unavailable
+from support.servers import (
     CertificateAuthority,
     PostgresServer,
     ProcessServer,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness import STACKS
-from netpol import selects
-from rendering import platform_pods, render_all
+from mock_engine import STACKS
+from support.netpol import selects
+from support.rendering import platform_pods, render_all
 
 # Pod Security Standards, `restricted` profile (Kubernetes 1.35): the checks of
 # https://kubernetes.io/docs/concepts/security/pod-security-standards/ that a pod spec can fail.

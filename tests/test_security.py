@@ -7,11 +7,11 @@ from cryptography.fernet import Fernet
 
 from components import workloads as w
 from components.config import Settings
-from harness import SECRET_SIG, is_secret, plain_strings, run_program, unwrap
-from harness import SIG_KEY as SECRET_MARKER
-from netpol import Endpoint, Policy, allowed
-from schemas import validate_against_json_schema
-from test_network_flows import policies_of
+from mock_engine import SECRET_SIG, is_secret, plain_strings, run_program, unwrap
+from mock_engine import SIG_KEY as SECRET_MARKER
+from support.flows import policies_of
+from support.netpol import Endpoint, Policy, allowed
+from support.schemas import validate_against_json_schema
 
 NETWORK_POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 SECRET = "kubernetes:core/v1:Secret"
@@ -263,7 +263,7 @@ def test_fernet_rotation_decrypts_with_both_keys_and_encrypts_with_the_new_one()
 
 
 def test_previous_fernet_key_must_be_a_fernet_key_given_as_a_secret():
-    from harness import ProgramFailed
+    from mock_engine import ProgramFailed
 
     with pytest.raises(ProgramFailed, match="previousFernetKey"):
         run_program("local", secret_config={"previousFernetKey": "not-a-key"})

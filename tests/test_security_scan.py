@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import ProgramRun, run_program
-from rendering import RELEASE, chart_name, render_all
+from mock_engine import ProgramRun, run_program
+from support.rendering import RELEASE, chart_name, render_all
 
 SKIPPED_CHECKS = ("CKV_K8S_21",)
 DIGEST = "sha256:" + "ab" * 32

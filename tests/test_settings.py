@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from components.config import Settings, SettingsError, load_settings, pulumi_yaml_config, settings_reference_markdown
-from harness import REPO, ProgramFailed, run_program
+from mock_engine import REPO, ProgramFailed, run_program
 
 
 def failure(stack: str, **overrides) -> ProgramFailed:
@@ -223,7 +223,7 @@ def test_a_version_past_eks_standard_support_is_refused_on_aws(monkeypatch, day,
 
 def test_the_calendar_knows_the_stacks_version_and_it_is_supported_today():
     from components.cluster.settings import EKS_STANDARD_SUPPORT_ENDS, today
-    from test_placement import stack_settings
+    from support.stacks import stack_settings
     for stack in ("staging", "prod", "prod-managed"):
         version = stack_settings(stack).kubernetes_version
         assert EKS_STANDARD_SUPPORT_ENDS[version] >= today(), (stack, version)
@@ -259,7 +259,7 @@ def test_worker_taints_a_node_pool_would_refuse_are_refused_by_name(taints, wron
 
 def test_a_worker_taint_without_a_value_leaves_the_value_out_for_karpenter():
     """Karpenter 1.14's NodePool CRD refuses an empty taint value (its pattern needs a character)."""
-    from schemas import validate_custom_resource
+    from support.schemas import validate_custom_resource
     run = run_program("staging", overrides={"workerNodeTaints": [{"key": "dedicated", "effect": "NO_SCHEDULE"},
                                                                  {"key": "team", "value": "data", "effect": "NO_EXECUTE"}]})
     node_pool = run.one("kubernetes:karpenter.sh/v1:NodePool")

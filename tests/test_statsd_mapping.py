@@ -1,13 +1,13 @@
-"""tests/statsd_mapping.py held to statsd_exporter v0.28.0's own expectations: each case below is a scenario of the
+"""tests/support/statsd_mapping.py held to statsd_exporter v0.28.0's own expectations: each case below is a scenario of the
 exporter's tests at that tag (pkg/mapper/mapper_test.go, TestMetricMapperYAML; pkg/mapper/escape_test.go), named
 after it, with the mappings, names and results those tests expect. The alerts and dashboards trust this model to
-say which series Airflow's metrics become (tests/test_metrics_e2e.py, tests/test_observability.py)."""
+say which series Airflow's metrics become (tests/e2e/test_metrics_e2e.py, tests/test_observability.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from statsd_mapping import COUNTER, GAUGE, OBSERVER, MappingConfig, escape_metric_name
+from support.statsd_mapping import COUNTER, GAUGE, OBSERVER, MappingConfig, escape_metric_name
 
 # (upstream scenario, mappings.yml, [(statsd name, metric type, expected Prometheus name, expected labels)]);
 # expected name None: the event is dropped.

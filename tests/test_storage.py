@@ -13,7 +13,7 @@ from components.storage import (
     KMS_DATA_KEY_ACTIONS,
     LOG_WRITER_OBJECT_ACTIONS,
 )
-from harness import run_program
+from mock_engine import run_program
 
 BUCKET = "aws:s3/bucket:Bucket"
 PVC = "kubernetes:core/v1:PersistentVolumeClaim"

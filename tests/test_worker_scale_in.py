@@ -3,7 +3,7 @@
 (kubernetes pkg/controller/controller_utils.go, ActivePodsWithRanks). The token and the Role that make this
 possible are fenced by a ValidatingAdmissionPolicy, evaluated here with CEL as the API server would (matchConditions,
 variables, validations; an error counts as a refusal, failurePolicy Fail). The reporter itself runs in Celery in
-the end-to-end tier (tests/test_dags_e2e.py); here its HTTP call meets a stand-in of the API server's PATCH."""
+the end-to-end tier (tests/e2e/test_dags_e2e.py); here its HTTP call meets a stand-in of the API server's PATCH."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pytest
 
 from components import workloads as w
 from components.airflow.values import TOKEN_POD_NAME, WORKER_DELETION_COST_CODE
-from harness import REPO, run_program
-from kube_api_stand_in import KubeApiStandIn, certificates, merge_patch
-from rendering import render_all
+from mock_engine import REPO, run_program
+from support.kube_api_stand_in import KubeApiStandIn, certificates, merge_patch
+from support.rendering import render_all
 
 POLICY = "kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicy"
 POLICY_BINDING = "kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicyBinding"

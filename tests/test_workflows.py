@@ -13,20 +13,13 @@ import jsonschema
 import pytest
 import yaml
 
-from harness import REPO
+from mock_engine import REPO
+from support.workflows import load
 
 WORKFLOWS = REPO / ".github" / "workflows"
 ACTION = REPO / ".github" / "actions" / "pulumi" / "action.yml"
 NODE_TOOLS = os.environ.get("NODE_TOOLS", str(Path.home() / ".cache" / "airflow-platform" / "node-tools"))
 FULL_SHA = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@[0-9a-f]{40}$")
-
-
-def load(path: Path) -> dict:
-    doc = yaml.safe_load(path.read_text())
-    # YAML 1.1 reads the key `on` as True.
-    if True in doc:
-        doc["on"] = doc.pop(True)
-    return doc
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +78,7 @@ def test_pull_requests_run_the_tests_previews_and_plans_for_forks(workflows):
     jobs = pr["jobs"]
     assert set(jobs) == {"tests", "preview", "plan-for-forks"}
     assert jobs["tests"]["uses"] == "./.github/workflows/tests.yml"
-    # Same-repository pull requests preview both AWS stacks with the policy pack; forks get plan.py.
+    # Same-repository pull requests preview both AWS stacks with the policy pack; forks get `python -m plan`.
     same_repo = "github.event.pull_request.head.repo.full_name == github.repository"
     assert jobs["preview"]["if"] == same_repo
     assert jobs["plan-for-forks"]["if"] == same_repo.replace("==", "!=")
@@ -95,7 +88,7 @@ def test_pull_requests_run_the_tests_previews_and_plans_for_forks(workflows):
     assert preview["with"]["role-to-assume"] == "${{ vars.AWS_PREVIEW_ROLE_ARN }}"
     # Where its Pulumi token lives, with its own rules; the stack's preview role trusts only it (test_delivery.py).
     assert jobs["preview"]["environment"] == "preview-${{ matrix.stack }}"
-    plan_step = next(s for s in steps(jobs["plan-for-forks"]) if "plan.py" in s.get("run", ""))
+    plan_step = next(s for s in steps(jobs["plan-for-forks"]) if "python -m plan " in s.get("run", ""))
     for stack in ("staging", "prod"):
         assert stack in plan_step["run"]
     assert '--against "origin/$BASE_REF"' in plan_step["run"]

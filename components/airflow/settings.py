@@ -1,4 +1,5 @@
-"""Settings of airflow: Airflow itself: the chart and image, its components, the workers and KEDA, git-sync."""
+"""AirflowRelease's settings: Airflow itself (the chart and image), its components, the Celery workers and KEDA,
+git-sync and the ingress host."""
 
 from __future__ import annotations
 

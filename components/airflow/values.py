@@ -251,7 +251,7 @@ def platform_secrets_volume(sources: list[dict]) -> dict:
 
 
 # statsd_exporter (v0.28.0, the chart's) mappings appended to the chart's own, for what Airflow 3.1 really
-# sends (tests/test_metrics_e2e.py runs Airflow and checks every name the alerts and dashboards use). The
+# sends (tests/e2e/test_metrics_e2e.py runs Airflow and checks every name the alerts and dashboards use). The
 # chart's mappings were written for Airflow 2: Airflow 3 sends pool.{queued,running,deferred,scheduled}_slots
 # per pool, per-triggerer gauges whose host name may hold dots, one-field dagrun.dependency-check, and the
 # executor gauges without the executor's name. Globs are tried before regexes, and a glob whose whole path is
@@ -514,7 +514,7 @@ def airflow_values(settings: AirflowSettings, inputs: ReleaseInputs) -> dict:
         _place(values, settings, inputs.workers)
         for component in ("scheduler", "apiServer", "triggerer", "dagProcessor"):
             values[component]["replicas"] = max(values[component]["replicas"], 2)
-    if remote_logging:
+    if inputs.storage.logs_bucket_name is not None:
         values["config"]["logging"].update({
             "remote_base_log_folder": pulumi.Output.concat("s3://", inputs.storage.logs_bucket_name, "/logs"),
             "remote_log_conn_id": "aws_default",

@@ -65,10 +65,11 @@ class Broker(pulumi.ComponentResource):
                 timeout=900, opts=k8s_opts)
             url = password.apply(lambda plain: broker_url(
                 plain, f"{HAPROXY_SERVICE}.{w.AIRFLOW_NAMESPACE}.svc.cluster.local", w.REDIS_PORT))
+        secret_url: pulumi.Output[str] = pulumi.Output.secret(url)
         connection = k8s.core.v1.Secret(
             f"{name}-broker-url",
             metadata={"name": w.BROKER_URL_SECRET, "namespace": args.namespace},
-            string_data={"connection": pulumi.Output.secret(url)},
+            string_data={"connection": secret_url},
             opts=secret_opts)
         self.handle = BrokerHandle(connection_secret_name=connection.metadata.name,
                                    connection_checksum=secrets_checksum(url), ready=self)

@@ -1,4 +1,5 @@
-"""Settings of broker: The Celery broker: redis-ha, or ElastiCache."""
+"""Broker's settings: the Celery broker, redis-ha in the cluster or ElastiCache (the engine itself is chosen in
+PlatformSettings.broker_engine)."""
 
 from __future__ import annotations
 

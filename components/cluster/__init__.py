@@ -72,17 +72,24 @@ class Cluster(pulumi.ComponentResource):
         super().__init__("airflow:platform:Cluster", name, None, opts)
         self._settings = args.settings
         self._nodes = args.nodes
-        self._node_groups = []
-        self._worker_capacity = []
-        self._load_balancer_controller = None
-        self._partition = None
-        self._account_id = None
-        self._zones, self._private_subnet_ids = [], []
-        self._private_subnet_cidrs = []
-        self._public_subnet_cidrs = []
-        self._s3_cidrs = []
-        self._secrets_manager_endpoint = None
-        self._secrets_manager_cidrs = []
+        self._node_groups: list[aws.eks.NodeGroup] = []
+        self._worker_capacity: list[pulumi.Resource] = []
+        self._load_balancer_controller: Optional[k8s.helm.v3.Release] = None
+        self._partition: Optional[str] = None
+        self._account_id: Optional[str] = None
+        self._vpc_id: Optional[pulumi.Output[str]] = None
+        self._cluster_security_group_id: Optional[pulumi.Output[str]] = None
+        self._default_storage_class_name: Optional[str] = None
+        self._zones: list[str] = []
+        self._private_subnet_ids: list[pulumi.Output[str]] = []
+        self._private_subnet_cidrs: list[str] = []
+        self._public_subnet_cidrs: list[str] = []
+        self._s3_cidrs: list[str] = []
+        self._secrets_manager_endpoint: Optional[aws.ec2.VpcEndpoint] = None
+        self._secrets_manager_cidrs: list[str] = []
+        self._provider: k8s.Provider
+        self._operators_provider: k8s.Provider
+        self._cluster_name: pulumi.Output[str]
         if args.settings.is_aws:
             if args.aws_provider is None:
                 raise ValueError("Cluster: target=aws needs an aws_provider")
@@ -108,24 +115,21 @@ class Cluster(pulumi.ComponentResource):
         self._operators_provider = self._provider
         self._cluster_name = pulumi.Output.from_input(settings.kube_context)
         self.kubeconfig = None
-        self._vpc_id = None
-        self._cluster_security_group_id = None
-        # The laptop cluster's own default class (kind's `standard`, k3d's `local-path`).
-        self._default_storage_class_name = None
+        # The laptop cluster's own default class (kind's `standard`, k3d's `local-path`): no name.
 
     # --- AWS ---------------------------------------------------------------------------------------
     def _build_eks(self, name: str, args: ClusterArgs, aws_provider: aws.Provider) -> None:
         settings, name_prefix = self._settings, args.name_prefix
         cluster_name = settings.eks_cluster_name(name_prefix)
         invoke = pulumi.InvokeOptions(provider=aws_provider)
-        self._partition = aws.get_partition(opts=invoke).partition
+        partition = aws.get_partition(opts=invoke).partition
         caller = aws.get_caller_identity(opts=invoke)
-        self._account_id = caller.account_id
+        self._partition, self._account_id = partition, caller.account_id
         ctx = AwsContext(name=name, cluster_name=cluster_name, name_prefix=name_prefix, settings=settings,
                          nodes=args.nodes, worker_grace_seconds=args.worker_grace_seconds,
                          deploys_from_github=args.deploys_from_github,
                          aws=pulumi.ResourceOptions(parent=self, provider=aws_provider), invoke=invoke,
-                         partition=self._partition, caller_arn=caller.arn, account_id=caller.account_id,
+                         partition=partition, caller_arn=caller.arn, account_id=caller.account_id,
                          component=self)
         # Before any resource: an `up` by a principal the stack gives no access entry stops here.
         check_deployer_access(ctx)

@@ -63,7 +63,7 @@ def eks_addon(ctx: AwsContext, eks_cluster: aws.eks.Cluster, addon: str,
     """An EKS add-on at AWS's default version for the cluster's Kubernetes (or the pinned one)."""
     name = ctx.name
     configuration: Optional[str] = None
-    pod_identities: list[dict] = []
+    pod_identities: list[aws.eks.AddonPodIdentityAssociationArgsDict] = []
     if addon == "vpc-cni":
         configuration = json.dumps({"enableNetworkPolicy": "true"})
     elif addon in ADDONS_WITH_POD_IDENTITY:
@@ -81,7 +81,8 @@ def eks_addon(ctx: AwsContext, eks_cluster: aws.eks.Cluster, addon: str,
     )
 
 
-def pod_identity_role_for_addon(ctx: AwsContext, short: str, service_account: str, policy: str) -> dict:
+def pod_identity_role_for_addon(ctx: AwsContext, short: str, service_account: str,
+                                policy: str) -> aws.eks.AddonPodIdentityAssociationArgsDict:
     name = ctx.name
     role = aws.iam.Role(f"{name}-{short}", assume_role_policy=POD_IDENTITY_TRUST_POLICY, opts=ctx.aws)
     aws.iam.RolePolicyAttachment(f"{name}-{short}", role=role.name,

@@ -173,7 +173,8 @@ def build_karpenter_aws(ctx: AwsContext, eks_cluster: aws.eks.Cluster,
         # Managed policies, as Karpenter publishes them: together they exceed an inline policy's size limit.
         policy = aws.iam.Policy(
             f"{name}-karpenter-{policy_name}", description=f"Karpenter {KARPENTER_VERSION} {policy_name} ({cluster_name})",
-            policy=documents.apply(lambda docs, key=policy_name: json.dumps(docs[key])), opts=ctx.aws)
+            policy=documents.apply(lambda docs, key=policy_name: json.dumps(docs[key])),  # type: ignore[misc]
+            opts=ctx.aws)
         attachments.append(aws.iam.RolePolicyAttachment(f"{name}-karpenter-{policy_name}", role=role.name,
                                                         policy_arn=policy.arn, opts=ctx.aws))
     association = aws.eks.PodIdentityAssociation(

@@ -100,13 +100,13 @@ def build_network(ctx: AwsContext) -> Network:
         if unknown:
             raise ValueError(f"airflow:availabilityZones: {unknown} are not zones of {settings.region} "
                              f"({', '.join(sorted(known))})")
-        zones = list(settings.availability_zones)
+        zones: list[str] = list(settings.availability_zones)
     else:
-        zones = aws.get_availability_zones(
+        zones = list(aws.get_availability_zones(
             state="available",
             filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
             opts=ctx.invoke,
-        ).names
+        ).names)
         if len(zones) < settings.availability_zone_count:
             raise ValueError(
                 f"airflow:availabilityZoneCount: {settings.region} offers {len(zones)} zones, "
@@ -173,7 +173,8 @@ def build_network(ctx: AwsContext) -> Network:
                                              settings.s3_endpoint_buckets)),
         tags={"Name": f"{cluster_name}-s3"}, opts=ctx.aws)
     s3_prefix_list = aws.ec2.get_prefix_list(name=s3_service, opts=ctx.invoke)
-    secrets_manager_endpoint, secrets_manager_cidrs = None, ()
+    secrets_manager_endpoint: Optional[aws.ec2.VpcEndpoint] = None
+    secrets_manager_cidrs: tuple[str, ...] = ()
     if settings.secrets_backend == "aws-secrets-manager":
         addresses = secrets_manager_addresses(private_cidrs)
         secrets_manager_cidrs = tuple(f"{address}/32" for address in addresses)

@@ -1,4 +1,5 @@
-"""Settings of cluster: Where the cluster runs: the local context, or the AWS network, control plane and add-ons. The nodes: the system node group, the worker node group and Karpenter's worker NodePool."""
+"""Cluster's settings: where the cluster runs (the local context, or the AWS network, control plane and add-ons),
+and its nodes (the system node group, the worker node group and Karpenter's worker NodePool)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ EKS_STANDARD_SUPPORT_ENDS = {
 
 def today() -> datetime.date:
     return datetime.datetime.now(datetime.timezone.utc).date()
+
+
+CapacityType = Literal["on-demand", "spot"]
+Architecture = Literal["amd64", "arm64"]
 
 
 class NodeTaint(BaseModel):
@@ -248,8 +253,8 @@ class NodeSettings(PlatformSettings):
         default="auto",
         description="The worker managed node group: `auto` has one only when Karpenter is off; `on` keeps it next "
                     "to Karpenter (for a steady base of workers), `off` drops it.")
-    karpenter_capacity_types: list[Literal["on-demand", "spot"]] = Field(
-        default_factory=lambda: ["on-demand"], min_length=1, max_length=2,
+    karpenter_capacity_types: list[CapacityType] = Field(
+        default_factory=lambda: list[CapacityType](["on-demand"]), min_length=1, max_length=2,
         description="Capacity types Karpenter may launch worker nodes as (with both it prefers spot).")
     karpenter_instance_families: list[str] = Field(
         default_factory=lambda: ["m7i", "m6i", "m7a", "m6a"], min_length=1, max_length=20,
@@ -257,8 +262,8 @@ class NodeSettings(PlatformSettings):
     karpenter_instance_sizes: list[str] = Field(
         default_factory=lambda: ["xlarge", "2xlarge", "4xlarge"], min_length=1, max_length=20,
         description="EC2 instance sizes for worker nodes.")
-    karpenter_architectures: list[Literal["amd64", "arm64"]] = Field(
-        default_factory=lambda: ["amd64"], min_length=1, max_length=2,
+    karpenter_architectures: list[Architecture] = Field(
+        default_factory=lambda: list[Architecture](["amd64"]), min_length=1, max_length=2,
         description="CPU architectures of worker nodes (arm64 only if every image the tasks use has it).")
     karpenter_cpu_limit: int = Field(
         default=64, ge=1, le=100000,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -77,15 +77,18 @@ class Database(pulumi.ComponentResource):
         self.operator, self.airflow_chart_values = None, {}
         # Where the operator's chart puts its Grafana dashboard (CloudNativePG only).
         self.dashboard_namespace: Optional[pulumi.Output[str]] = None
-        build, published_urls = ((self._build_managed, managed_metadata_urls) if settings.managed_database
-                                 else (self._build_cloudnative_pg, cloudnative_pg_metadata_urls))
+        build: Callable[[str, DatabaseArgs], tuple[str, int]] = (
+            self._build_managed if settings.managed_database else self._build_cloudnative_pg)
+        published_urls: Callable[..., dict[str, str]] = (
+            managed_metadata_urls if settings.managed_database else cloudnative_pg_metadata_urls)
         pooler_host, pooler_port = build(name, args)
         urls = pulumi.Output.all(args.credentials.app_password, args.credentials.keda_password, args.credentials.worker_password).apply(
             lambda passwords: published_urls(*passwords, pooler_host, pooler_port))
+        secret_urls: pulumi.Output[dict[str, str]] = pulumi.Output.secret(urls)
         connection = k8s.core.v1.Secret(
             f"{name}-metadata-connection",
             metadata={"name": w.METADATA_CONNECTION_SECRET, "namespace": args.namespace},
-            string_data=pulumi.Output.secret(urls),
+            string_data=secret_urls,
             opts=self._k8s)
         self.connection_secret_name = connection.metadata.name
         self.connection_checksum = secrets_checksum(urls.apply(lambda found: json.dumps(found, sort_keys=True)))
@@ -103,7 +106,7 @@ class Database(pulumi.ComponentResource):
             raise ValueError("Database: a managed engine needs the AWS partition and account, the KMS key and the "
                              "platform CA issuer")
         # The master user's: only the bootstrap Job uses it. RDS refuses `@`, `/`, quotes and spaces in it.
-        admin_password = pulumi.Output.secret(
+        admin_password: pulumi.Output[str] = pulumi.Output.secret(
             generated_password(f"{name}-admin-password", self, special=True, override_special=RDS_SPECIAL))
         database = managed.managed_postgres(
             name, settings, args.cluster, admin_password=admin_password, kms_key_arn=args.storage.kms_key_arn,
@@ -144,18 +147,18 @@ class Database(pulumi.ComponentResource):
         keda_salt = random.RandomBytes(f"{name}-keda-scram-salt", length=16, opts=pulumi.ResourceOptions(parent=self))
         worker_salt = random.RandomBytes(f"{name}-worker-scram-salt", length=16,
                                          opts=pulumi.ResourceOptions(parent=self))
+        secrets = pulumi.Output.all(admin_password, database.endpoint, args.credentials.app_password, salt.base64,
+                                    args.credentials.keda_password, keda_salt.base64, args.credentials.worker_password,
+                                    worker_salt.base64)
+        bootstrap_data: pulumi.Output[dict[str, str]] = pulumi.Output.secret(secrets.apply(
+            lambda values: {"pg_service.conf": managed.service_file(values[0], values[1], database.port),
+                            "app-verifier": managed.scram_sha256_verifier(values[2], base64.b64decode(values[3])),
+                            "keda-verifier": managed.scram_sha256_verifier(values[4], base64.b64decode(values[5])),
+                            "worker-verifier": managed.scram_sha256_verifier(values[6], base64.b64decode(values[7]))}))
         bootstrap_secret = k8s.core.v1.Secret(
             f"{name}-bootstrap",
             metadata={"name": managed.BOOTSTRAP_SECRET, "namespace": args.namespace},
-            string_data=pulumi.Output.secret(pulumi.Output.all(admin_password, database.endpoint,
-                                                              args.credentials.app_password, salt.base64,
-                                                              args.credentials.keda_password, keda_salt.base64,
-                                                              args.credentials.worker_password, worker_salt.base64).apply(
-                lambda values: {"pg_service.conf": managed.service_file(values[0], values[1], database.port),
-                                "app-verifier": managed.scram_sha256_verifier(values[2], base64.b64decode(values[3])),
-                                "keda-verifier": managed.scram_sha256_verifier(values[4], base64.b64decode(values[5])),
-                                "worker-verifier": managed.scram_sha256_verifier(values[6],
-                                                                             base64.b64decode(values[7]))})),
+            string_data=bootstrap_data,
             opts=self._k8s)
         # Named after what it sets and where: a new password, script or database (a new or restored one has a new
         # AWS id) is a new Job, which runs; an unchanged one is left as it is.
@@ -172,17 +175,18 @@ class Database(pulumi.ComponentResource):
             spec=managed.bootstrap_job_spec(settings),
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(
                 depends_on=[*database.resources, bootstrap_config, bootstrap_secret])))
+        secret_users: pulumi.Output[str] = pulumi.Output.secret(users)
         k8s.core.v1.Secret(
             f"{name}-pgbouncer-config",
             metadata={"name": managed.PGBOUNCER_CONFIG_SECRET, "namespace": args.namespace},
-            string_data={"pgbouncer.ini": ini, "users.txt": pulumi.Output.secret(users)},
+            string_data={"pgbouncer.ini": ini, "users.txt": secret_users},
             # PgBouncer starts only once Airflow's role exists: the release waits for both.
             opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[bootstrap])))
-        stats = args.credentials.app_password.apply(pgbouncer_stats_url)
+        stats: pulumi.Output[str] = pulumi.Output.secret(args.credentials.app_password.apply(pgbouncer_stats_url))
         k8s.core.v1.Secret(
             f"{name}-pgbouncer-stats",
             metadata={"name": managed.PGBOUNCER_STATS_SECRET, "namespace": args.namespace},
-            string_data={"connection": pulumi.Output.secret(stats)}, opts=self._k8s)
+            string_data={"connection": stats}, opts=self._k8s)
         self.airflow_chart_values = managed.pgbouncer_chart_values(settings, ca_certificates, secrets_checksum(ini, users))
         return pgbouncer_host, managed.PGBOUNCER_PORT
 
@@ -206,6 +210,9 @@ class Database(pulumi.ComponentResource):
         cluster_dependencies: list[pulumi.Resource] = [self.operator]
 
         if backups:
+            bucket = args.storage.backups_bucket_name
+            if bucket is None:
+                raise ValueError("Database: CloudNativePG's backups on AWS need Storage's backups bucket")
             plugin = chart_release(
                 f"{name}-barman-cloud", chart="plugin-barman-cloud",
                 version=settings.barman_cloud_plugin_chart_version, repo=CNPG_CHARTS,
@@ -217,7 +224,7 @@ class Database(pulumi.ComponentResource):
                 f"{name}-object-store",
                 api_version="barmancloud.cnpg.io/v1", kind="ObjectStore",
                 metadata={"name": OBJECT_STORE, "namespace": args.namespace},
-                spec=object_store_spec(args.storage.backups_bucket_name, args.storage.backup_retention_days),
+                spec=object_store_spec(bucket, args.storage.backup_retention_days),
                 opts=pulumi.ResourceOptions.merge(self._k8s, pulumi.ResourceOptions(depends_on=[plugin])))
             # The instances archive WAL from their first minute: their role must be in place first.
             cluster_dependencies += [plugin, object_store, *args.storage.database_access]

@@ -237,7 +237,12 @@ def postgres_family(settings: DatabaseSettings) -> str:
 
 
 # Every connection TLS; slow statements logged.
-PARAMETERS = [{"name": "rds.force_ssl", "value": "1"}, {"name": "log_min_duration_statement", "value": "1000"}]
+PARAMETERS = {"rds.force_ssl": "1", "log_min_duration_statement": "1000"}
+# The same, as Aurora's cluster parameter group and RDS's parameter group each take them.
+CLUSTER_PARAMETERS: list[aws.rds.ClusterParameterGroupParameterArgsDict] = [
+    {"name": name, "value": value} for name, value in PARAMETERS.items()]
+INSTANCE_PARAMETERS: list[aws.rds.ParameterGroupParameterArgsDict] = [
+    {"name": name, "value": value} for name, value in PARAMETERS.items()]
 
 
 @dataclass
@@ -250,27 +255,29 @@ class ManagedPostgres:
     resources: list[pulumi.Resource]
 
 
-def managed_postgres(name: str, settings: DatabaseSettings, cluster: ClusterHandle, *, admin_password: pulumi.Input[str],
+def managed_postgres(name: str, settings: DatabaseSettings, eks: ClusterHandle, *, admin_password: pulumi.Input[str],
                      kms_key_arn: pulumi.Input[str], opts: pulumi.ResourceOptions) -> ManagedPostgres:
     """Aurora or RDS PostgreSQL for Airflow's metadata, in the cluster's private subnets."""
-    name_prefix, zones = cluster.name_prefix, cluster.zones
+    name_prefix, zones = eks.name_prefix, eks.zones
+    if eks.vpc_id is None or eks.cluster_security_group_id is None or eks.account_id is None or eks.partition is None:
+        raise ValueError("Aurora and RDS need the EKS cluster's VPC, security group, account and partition")
     protect = settings.protect_stateful_resources
     keep = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=protect, retain_on_delete=protect))
     # Before a destroy (teardown), what AWS will not delete while the kept database uses it is kept with it
     # (Network keeps its subnets).
     kept_with = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=settings.keeps_managed_stores))
     identifier = f"{name_prefix}-metadata"
-    subnet_group = aws.rds.SubnetGroup(f"{name}-metadata", name=identifier, subnet_ids=list(cluster.private_subnet_ids),
+    subnet_group = aws.rds.SubnetGroup(f"{name}-metadata", name=identifier, subnet_ids=list(eks.private_subnet_ids),
                                        description=f"Airflow {name_prefix}: metadata database", opts=kept_with)
     security_group, from_cluster = cluster_only_security_group(
-        f"{name}-metadata", vpc_id=cluster.vpc_id, port=w.POSTGRES_PORT, what="PostgreSQL to the Airflow metadata database",
-        node_security_group_id=cluster.cluster_security_group_id, keep=settings.keeps_managed_stores, opts=opts)
+        f"{name}-metadata", vpc_id=eks.vpc_id, port=w.POSTGRES_PORT, what="PostgreSQL to the Airflow metadata database",
+        node_security_group_id=eks.cluster_security_group_id, keep=settings.keeps_managed_stores, opts=opts)
     monitoring_role = aws.iam.Role(
-        f"{name}-monitoring", assume_role_policy=service_trust_policy("monitoring.rds.amazonaws.com", cluster.account_id),
+        f"{name}-monitoring", assume_role_policy=service_trust_policy("monitoring.rds.amazonaws.com", eks.account_id),
         opts=opts)
     monitoring_policy = aws.iam.RolePolicyAttachment(
         f"{name}-monitoring", role=monitoring_role.name,
-        policy_arn=managed_policy_arn(cluster.partition, "service-role/AmazonRDSEnhancedMonitoringRole"), opts=opts)
+        policy_arn=managed_policy_arn(eks.partition, "service-role/AmazonRDSEnhancedMonitoringRole"), opts=opts)
     monitoring = {"monitoring_interval": settings.database_monitoring_interval_seconds,
                   "monitoring_role_arn": monitoring_role.arn,
                   "performance_insights_enabled": True, "performance_insights_kms_key_id": kms_key_arn,
@@ -292,7 +299,7 @@ def managed_postgres(name: str, settings: DatabaseSettings, cluster: ClusterHand
         # Named after its family: a major upgrade makes the next family's group before it drops this one.
         parameters = aws.rds.ClusterParameterGroup(
             f"{name}-metadata", name=f"{identifier}-{postgres_family(settings)}", family=postgres_family(settings),
-            description="Airflow metadata: TLS only", parameters=PARAMETERS, opts=kept_with)
+            description="Airflow metadata: TLS only", parameters=CLUSTER_PARAMETERS, opts=kept_with)
         cluster = aws.rds.Cluster(
             f"{name}-aurora", cluster_identifier=identifier, engine="aurora-postgresql",
             engine_version=settings.database_engine_version, database_name=w.POSTGRES_DATABASE,
@@ -315,9 +322,9 @@ def managed_postgres(name: str, settings: DatabaseSettings, cluster: ClusterHand
                                resource_id=cluster.cluster_resource_id,
                                resources=[from_cluster, cluster, *instances])
 
-    parameters = aws.rds.ParameterGroup(
+    instance_parameters = aws.rds.ParameterGroup(
         f"{name}-metadata", name=f"{identifier}-{postgres_family(settings)}", family=postgres_family(settings),
-        description="Airflow metadata: TLS only", parameters=PARAMETERS, opts=kept_with)
+        description="Airflow metadata: TLS only", parameters=INSTANCE_PARAMETERS, opts=kept_with)
     instance = aws.rds.Instance(
         f"{name}-rds", identifier=identifier, engine="postgres", engine_version=settings.database_engine_version,
         instance_class=settings.database_instance_class, multi_az=True,
@@ -325,7 +332,7 @@ def managed_postgres(name: str, settings: DatabaseSettings, cluster: ClusterHand
         storage_type="gp3", storage_encrypted=True, kms_key_id=kms_key_arn,
         db_name=w.POSTGRES_DATABASE, username=ADMIN_USER, password=admin_password, port=w.POSTGRES_PORT,
         db_subnet_group_name=subnet_group.name, vpc_security_group_ids=[security_group.id],
-        parameter_group_name=parameters.name, backup_retention_period=settings.database_backup_retention_days,
+        parameter_group_name=instance_parameters.name, backup_retention_period=settings.database_backup_retention_days,
         backup_window="02:00-03:00", maintenance_window="sun:04:00-sun:05:00",
         enabled_cloudwatch_logs_exports=["postgresql", "upgrade"], allow_major_version_upgrade=True,
         # The automated backups (point-in-time restore) outlive the instance, for their retention.

@@ -1,4 +1,5 @@
-"""Settings of database: The metadata database: CloudNativePG and its PgBouncer, or Aurora / RDS."""
+"""Database's settings: CloudNativePG and its PgBouncer, or Aurora / RDS (the engine itself is chosen in
+PlatformSettings.database_engine)."""
 
 from __future__ import annotations
 

@@ -96,6 +96,9 @@ class Delivery(pulumi.ComponentResource):
     def __init__(self, name: str, args: DeliveryArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("airflow:platform:Delivery", name, None, opts)
         self._args = args
+        if args.cluster.partition is None:
+            raise ValueError("Delivery needs an AWS stack (githubRepository with target=aws)")
+        self._partition = args.cluster.partition
         self._opts = pulumi.ResourceOptions(parent=self, provider=args.cluster.aws_provider)
         provider_arn = args.settings.github_oidc_provider_arn or self._oidc_provider(name).arn
         deploy_role = self._role(name, "deploy", provider_arn, args.deploy_environment)
@@ -141,7 +144,7 @@ class Delivery(pulumi.ComponentResource):
 
     def _attach(self, resource_name: str, role: aws.iam.Role, policy: str) -> None:
         aws.iam.RolePolicyAttachment(resource_name, role=role.name,
-                                     policy_arn=managed_policy_arn(self._args.cluster.partition, policy), opts=self._opts)
+                                     policy_arn=managed_policy_arn(self._partition, policy), opts=self._opts)
 
     def _access_entry(self, resource_name: str, role: aws.iam.Role, policy: str) -> None:
         args = self._args

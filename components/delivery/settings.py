@@ -1,4 +1,4 @@
-"""Settings of delivery: GitHub Actions' way in: the repository, its CodeStar connection, the OIDC provider."""
+"""Delivery's settings: GitHub Actions' way in (the repository, its CodeStar connection, the OIDC provider)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ with `promtool test rules` that every alert fires on a matching series and stays
 Metric names are the ones the exporters really publish:
 - Airflow: what Airflow 3.1 sends over statsd, after the release's statsd_exporter mapping (the chart's
   mappings plus AirflowRelease's STATSD_EXTRA_MAPPINGS); proven against real Airflow in
-  tests/test_metrics_e2e.py.
+  tests/e2e/test_metrics_e2e.py.
 - PostgreSQL: CloudNativePG 1.30's instance manager (`cnpg_collector_*`, the default monitoring queries
   `cnpg_pg_replication_*`, `cnpg_pg_stat_archiver_*`), the Barman Cloud plugin
   (`barman_cloud_cloudnative_pg_io_*`) and its PgBouncer exporter (`cnpg_pgbouncer_*`).

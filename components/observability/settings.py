@@ -1,4 +1,4 @@
-"""Settings of observability: kube-prometheus-stack, Grafana and the alerts."""
+"""Observability's settings: kube-prometheus-stack, Grafana, the alerts' thresholds and receivers."""
 
 from __future__ import annotations
 

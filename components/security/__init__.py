@@ -187,15 +187,15 @@ class Security(pulumi.ComponentResource):
             fernet_key = pulumi.Output.secret(pulumi.Output.concat(fernet_key, ",", settings.previous_fernet_key))
         # RDS and Aurora refuse `@`, `/`, quotes and spaces in a password.
         postgres_special = RDS_SPECIAL if settings.managed_database else URL_RESERVED_SPECIAL
-        postgres_password = pulumi.Output.secret(
+        postgres_password: pulumi.Output[str] = pulumi.Output.secret(
             self._password(name, "postgres-password", special=True, override_special=postgres_special))
-        keda_password = pulumi.Output.secret(
+        keda_password: pulumi.Output[str] = pulumi.Output.secret(
             self._password(name, "keda-database-password", special=True, override_special=postgres_special))
-        worker_password = pulumi.Output.secret(
+        worker_password: pulumi.Output[str] = pulumi.Output.secret(
             self._password(name, "worker-database-password", special=True, override_special=postgres_special))
         # redis-ha writes the password into redis.conf, sentinel.conf and haproxy.cfg: alphanumeric only,
         # its strength comes from its length.
-        redis_password = pulumi.Output.secret(self._password(
+        redis_password: pulumi.Output[str] = pulumi.Output.secret(self._password(
             name, "redis-password", special=False, generation=settings.broker_password_generation))
         self.admin_password = pulumi.Output.secret(self._password(name, "admin-password", special=True))
         api_secret_key = self._password(name, "api-secret-key", special=False)
@@ -254,7 +254,7 @@ class Security(pulumi.ComponentResource):
         for index, host in enumerate(args.ingress_hosts):
             # By domain: the validation options are a set, in no particular order.
             validation = certificate.domain_validation_options.apply(
-                lambda options, host=host: next(o for o in options if o.domain_name == host))
+                lambda options, host=host: next(o for o in options if o.domain_name == host))  # type: ignore[misc]
             records.append(aws.route53.Record(
                 # The ingress host's keeps its former name.
                 f"{name}-ingress-validation" + (f"-{index}" if index else ""),
@@ -292,7 +292,7 @@ class Security(pulumi.ComponentResource):
             spec={"isCA": True, "commonName": "airflow-platform-ca", "secretName": ca_secret,
                   "duration": "87600h", "renewBefore": "720h",
                   "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
-                  "issuerRef": {"name": bootstrap.metadata["name"], "kind": "ClusterIssuer",
+                  "issuerRef": {"name": bootstrap.metadata["name"], "kind": "ClusterIssuer",  # type: ignore[attr-defined]
                                 "group": "cert-manager.io"}},
             opts=after_release)
         issuer = k8s.apiextensions.CustomResource(
@@ -301,7 +301,7 @@ class Security(pulumi.ComponentResource):
             metadata={"name": "airflow-platform-ca"}, spec={"ca": {"secretName": ca_secret}},
             opts=pulumi.ResourceOptions.merge(after_release, pulumi.ResourceOptions(depends_on=[ca])))
         self.certificate_authority = CertificateAuthority(cert_manager=cert_manager,
-                                                          issuer_name=issuer.metadata["name"])
+                                                          issuer_name=issuer.metadata["name"])  # type: ignore[attr-defined]
 
 
 def cert_manager_values(ha: bool, placement: Optional[dict] = None) -> dict:

@@ -100,8 +100,8 @@ def public_internet(*excluded: str) -> tuple[str, ...]:
     """The IPv4 internet as CIDRs that leave out the non-public ranges and `excluded`, with no `ipBlock.except`:
     older VPC CNI policy agents ignore `except` (aws/amazon-vpc-cni-k8s#2592; handled since aws-network-policy-agent
     v1.2.4), which would turn "the internet except the VPC" into "everything"."""
-    remaining = [ipaddress.ip_network("0.0.0.0/0")]
-    for hole in (ipaddress.ip_network(cidr) for cidr in (*NON_PUBLIC_RANGES, *excluded)):
+    remaining = [ipaddress.IPv4Network("0.0.0.0/0")]
+    for hole in (ipaddress.IPv4Network(cidr) for cidr in (*NON_PUBLIC_RANGES, *excluded)):
         remaining = [part for network in remaining
                      for part in (network.address_exclude(hole) if hole.subnet_of(network)
                                   else () if network.subnet_of(hole) else (network,))]

@@ -1,4 +1,5 @@
-"""Settings of security: Who may reach what, and the secrets: operators, egress allow-lists, rotations, TLS and the way in."""
+"""Security's settings: who may reach what (operators, egress allow-lists, the ingress), the generated secrets'
+rotations, and TLS."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Settings of storage: Task logs, backups and the shared volumes."""
+"""Storage's settings: task logs, backups and the shared volumes."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Runs the policy pack's policies through pulumi-policy's own classes, in the pack's virtualenv.
 
-    policy/venv/bin/python tests/policy_driver.py <graph.json>
+    PYTHONPATH=policy policy/venv/bin/python tests/support/policy_driver.py <graph.json>
 
 The graph is a list of resources (type, name, urn, props, protect, propertyDependencies), as the tests
 record them. Props reach each policy through pulumi-policy's unknown-checking proxy, as under
@@ -12,9 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "policy"))
-
-from pulumi_policy import (  # noqa: E402
+from pulumi_policy import (
     PolicyCustomTimeouts,
     PolicyResource,
     PolicyResourceOptions,
@@ -22,9 +20,11 @@ from pulumi_policy import (  # noqa: E402
     ResourceValidationPolicy,
     StackValidationArgs,
 )
-from pulumi_policy.proxy import UnknownValueError, unknown_checking_proxy  # noqa: E402
+from pulumi_policy.proxy import UnknownValueError, unknown_checking_proxy
 
-from pack import policies  # noqa: E402
+# The pack's modules (pack, rules) come from policy/ on PYTHONPATH, as `pulumi preview --policy-pack policy`
+# runs them from there.
+from pack import policies
 
 
 def options(entry):

@@ -10,7 +10,7 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
-from harness import SCHEMAS, Registration
+from mock_engine import SCHEMAS, Registration
 
 KUBERNETES_VERSION = "1.35.0"
 # Helm releases are recorded as resources too, but what they render is checked against the chart schemas.

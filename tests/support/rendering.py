@@ -21,7 +21,7 @@ from typing import Any, Optional
 import yaml
 
 from components import workloads as w
-from harness import SHARED, ProgramRun, Registration
+from mock_engine import SHARED, ProgramRun, Registration
 
 CHARTS = SHARED / "charts"
 KUBERNETES_VERSION = "1.35.0"
@@ -83,7 +83,7 @@ def render_release(release: Registration) -> list[dict]:
     if chart_version(chart) != inputs["version"]:
         raise AssertionError(f"release {release.name} pins {chart} {inputs['version']}, the chart source in "
                              f"../shared/charts is {chart_version(chart)}")
-    # String assets, as harness.unwrap shows them.
+    # String assets, as mock_engine.unwrap shows them.
     yaml_files = tuple(asset["stringAsset"] for asset in inputs.get("valueYamlFiles") or [])
     return list(_render(chart, inputs["name"], inputs["namespace"], json.dumps(inputs["values"], sort_keys=True),
                         yaml_files))

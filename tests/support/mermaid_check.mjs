@@ -1,7 +1,7 @@
 // Parses Mermaid diagrams with Mermaid's own parser, one Node process for all of them. Prints one JSON
 // line per file: {"file", "type"} when Mermaid accepts it, {"file", "error"} when it does not.
 // Exit 0 when every file parsed, 1 when one did not, 2 when Mermaid is not installed.
-//   NODE_TOOLS=<npm --prefix dir> node tests/mermaid_check.mjs <file>...   (make test installs it)
+//   NODE_TOOLS=<npm --prefix dir> node tests/support/mermaid_check.mjs <file>...   (make test installs it)
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';

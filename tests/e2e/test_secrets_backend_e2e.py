@@ -36,10 +36,9 @@ from urllib.parse import quote
 
 import pytest
 
-from harness import FAKE_ACCOUNT, REPO, ProgramRun, Registration, run_program
-from rendering import RELEASE, render_release
-from servers import free_port, wait_for_port
-from test_airflow_e2e import airflow_bin  # noqa: F401 (a fixture)
+from mock_engine import FAKE_ACCOUNT, REPO, ProgramRun, Registration, run_program
+from support.rendering import RELEASE, render_release
+from support.servers import free_port, wait_for_port
 
 pytestmark = pytest.mark.e2e
 
@@ -78,7 +77,7 @@ print(json.dumps({s["Name"]: s["ARN"] for s in client.list_secrets()["SecretList
 
 @pytest.fixture(scope="module")
 def program() -> ProgramRun:
-    """The program for the stack, under the test harness's mocks."""
+    """The program for the stack, under the mock engine."""
     if not (REPO / f"Pulumi.{STACK}.yaml").exists():
         pytest.fail(f"Pulumi.{STACK}.yaml does not exist: this tier reads the secrets backend's configuration "
                     f"from that stack's Airflow release (secretsBackend: aws-secrets-manager)")

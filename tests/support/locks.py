@@ -10,7 +10,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from harness import REPO
+from mock_engine import REPO
 
 # Each virtualenv the project creates: its input, its lock, and the directory `make lock` compiles it in.
 LOCKS = {

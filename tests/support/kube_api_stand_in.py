@@ -13,6 +13,7 @@ import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 
 def merge_patch(target, patch):
@@ -68,7 +69,9 @@ class KubeApiStandIn:
 
     def __init__(self, directory: Path, token: str = "worker-token"):
         directory.mkdir(parents=True, exist_ok=True)
-        self.token, self.pods, self.patches = token, {}, []
+        self.token = token
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.patches: list[tuple[str, str | None, Any]] = []
         self.ca_file, certificate, key = certificates(directory)
         self.lock = threading.Lock()
         stand_in = self

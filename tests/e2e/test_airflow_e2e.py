@@ -11,130 +11,17 @@ Airflow runs in its own virtualenv (AIRFLOW_BIN), because its dependencies and P
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import psycopg2
 import pytest
 from cryptography.fernet import Fernet
 
-from components import workloads as w
-from components.workloads import ASYNC_CONNECTION_KEY, METADATA_CONNECTION_SECRET
-from harness import run_program
-from rendering import secret_files
-from servers import start_pgbouncer, start_postgres, start_redis, unavailable_reason, with_host_and_port
-from test_real_servers import PASSWORD_SEED, URL_RESERVED, published
+from support.airflow_cli import airflow, airflow_env, async_env
+from support.servers import with_host_and_port
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def airflow_bin() -> Path:
-    location = os.environ.get("AIRFLOW_BIN")
-    if not location or not Path(location).exists():
-        pytest.fail("AIRFLOW_BIN must name the airflow executable of the e2e virtualenv (make e2e sets it)")
-    return Path(location)
-
-
-@pytest.fixture(scope="module")
-def platform():
-    run = run_program("prod", password_characters=URL_RESERVED, password_seed=PASSWORD_SEED)
-    values = published(run)
-    secrets = {s.values["metadata"]["name"]: s.values["stringData"] for s in run.of_type("kubernetes:core/v1:Secret")}
-    values["fernet_key"] = secrets[w.FERNET_KEY_SECRET]["fernet-key"]
-    values["jwt_secret"] = secrets[w.JWT_SECRET]["jwt-secret"]
-    values["async_metadata_url"] = secrets[METADATA_CONNECTION_SECRET][ASYNC_CONNECTION_KEY]
-    chart_values = run.one("kubernetes:helm.sh/v3:Release", "airflow-airflow").values["values"]
-    values["async_connect_args"] = chart_values["config"]["database"]["sql_alchemy_connect_args_async"]
-    values["airflow_local_settings"] = chart_values["airflowLocalSettings"]
-    # The credentials as the chart hands them to Airflow: `<option>_CMD` = `cat <file>`, each file an item of
-    # the projected Secret volume every Airflow component mounts (the scheduler's, here).
-    files = {path: secrets[name][key] for path, (name, key) in secret_files(
-        {"volumes": chart_values["scheduler"]["extraVolumes"]},
-        {"volumeMounts": chart_values["scheduler"]["extraVolumeMounts"]}, present=set(secrets)).items()}
-    commands = {e["name"].removesuffix("_CMD"): e["value"].split() for e in chart_values["env"]
-                if e["name"].endswith("_CMD")}
-    assert commands and all(command[0] == "cat" for command in commands.values())
-    values["credentials"] = {option: files[command[1]] for option, command in commands.items()}
-    return values
-
-
-@pytest.fixture(scope="module")
-def servers(platform):
-    reason = unavailable_reason()
-    if reason:
-        pytest.fail(reason)
-    workdir = Path(tempfile.mkdtemp(prefix="airflow-platform-e2e-"))
-    workdir.chmod(0o755)
-    started = []
-    try:
-        postgres = start_postgres(workdir / "postgres")
-        started.append(postgres)
-        postgres.superuser_sql(f'CREATE ROLE "{platform["postgres_user"]}" LOGIN PASSWORD %s', platform["postgres_password"])
-        postgres.superuser_sql(f'CREATE DATABASE "airflow" OWNER "{platform["postgres_user"]}"')
-        pgbouncer = start_pgbouncer(workdir / "pgbouncer", postgres, platform["postgres_user"],
-                                    platform["postgres_password"], "airflow", platform["pooler"])
-        started.append(pgbouncer)
-        # A second PgBouncer whose clients share two server connections, as under load.
-        shared = start_pgbouncer(workdir / "pgbouncer-shared", postgres, platform["postgres_user"],
-                                 platform["postgres_password"], "airflow", platform["pooler"], server_connections=2)
-        started.append(shared)
-        # The same, but not tracking prepared statements: the Pooler with max_prepared_statements 0.
-        untracked = start_pgbouncer(workdir / "pgbouncer-untracked", postgres, platform["postgres_user"],
-                                    platform["postgres_password"], "airflow", {**platform["pooler"], "parameters": {
-                                        **platform["pooler"]["parameters"], "max_prepared_statements": "0"}},
-                                    server_connections=2)
-        started.append(untracked)
-        # One server connection for every client: a statement prepared once is found again by the next client.
-        single = start_pgbouncer(workdir / "pgbouncer-single", postgres, platform["postgres_user"],
-                                 platform["postgres_password"], "airflow", platform["pooler"], server_connections=1)
-        started.append(single)
-        redis = start_redis(workdir / "redis", platform["redis_password"])
-        started.append(redis)
-        yield {"postgres": postgres.port, "pgbouncer_shared": shared.port, "pgbouncer": pgbouncer.port, "redis": redis.port,
-               "pgbouncer_untracked": untracked.port, "pgbouncer_single": single.port,
-               "home": workdir / "airflow-home"}
-    finally:
-        for server in reversed(started):
-            server.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def airflow_env(platform, servers, async_port: int | None = None, without: tuple[str, ...] = ()) -> dict[str, str]:
-    """What the chart gives every Airflow container, from the Secrets the program published: no credential in
-    the environment, each one read by Airflow through its `_CMD` option from a file (0440, as the projected
-    volume mounts it), the in-cluster host names replaced by the local servers'."""
-    local = {
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": ("127.0.0.1", servers["pgbouncer"]),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": ("127.0.0.1", async_port or servers["pgbouncer"]),
-        "AIRFLOW__CELERY__BROKER_URL": ("127.0.0.1", servers["redis"]),
-    }
-    servers["home"].mkdir(parents=True, exist_ok=True)
-    directory = Path(tempfile.mkdtemp(prefix="secrets-", dir=servers["home"]))
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(servers["home"]),
-        "AIRFLOW_HOME": str(servers["home"]),
-        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    }
-    for option, value in platform["credentials"].items():
-        if option in without:
-            continue
-        if option in local:
-            value = with_host_and_port(value, *local[option])
-        path = directory / option.lower()
-        path.write_text(value)
-        path.chmod(0o440)
-        env[f"{option}_CMD"] = f"cat {path}"
-    return env
-
-
-def airflow(airflow_bin: Path, env: dict[str, str], *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([str(airflow_bin), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_airflow_migrates_the_metadata_database_through_pgbouncer(airflow_bin, platform, servers):
@@ -218,18 +105,6 @@ asyncio.run(main())
 print(json.dumps({"url": settings.SQL_ALCHEMY_CONN_ASYNC.split("@")[-1], "users": sorted(users),
                   "errors": errors}))
 """
-
-
-def async_env(platform, servers, port: int, with_connect_args: bool = True) -> dict[str, str]:
-    """The environment the chart gives an Airflow container for its async engine: the published
-    async-connection, and (from the release's `config` and `airflowLocalSettings`) its connect args."""
-    env = airflow_env(platform, servers, async_port=port)
-    if with_connect_args:
-        config_dir = servers["home"] / "config"
-        config_dir.mkdir(parents=True, exist_ok=True)
-        (config_dir / "airflow_local_settings.py").write_text(platform["airflow_local_settings"])
-        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC"] = platform["async_connect_args"]
-    return env
 
 
 def run_async_probe(airflow_bin: Path, env: dict[str, str], clients: int, queries: int, processes: int = 1,

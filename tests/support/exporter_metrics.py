@@ -18,7 +18,7 @@ from typing import Iterable, Optional
 import promql_parser
 import yaml
 
-from harness import REPO
+from mock_engine import REPO
 
 FIXTURE = REPO / "tests/fixtures/exporter-metrics.yaml"
 SHARED_CHARTS = REPO.parent / "shared/charts"

@@ -19,15 +19,15 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from availability import unavailable
 from components.database.managed import pgbouncer_users
+from support.availability import unavailable
 
 
 class ServerUnavailable(RuntimeError):
@@ -287,7 +287,7 @@ def run_pgbouncer(workdir: Path, ini: str, port: int) -> ProcessServer:
     output = workdir / "pgbouncer.stderr"
     # The `postgres` user by setuid in the child rather than runuser, so that stop() signals PgBouncer itself
     # (runuser passes SIGTERM on, then sleeps 2 s before it exits).
-    as_postgres = {"user": "postgres", "group": "postgres", "extra_groups": []} if os.geteuid() == 0 else {}
+    as_postgres: dict[str, Any] = {"user": "postgres", "group": "postgres", "extra_groups": []} if os.geteuid() == 0 else {}
     with output.open("wb") as stderr:
         process = subprocess.Popen([binary, str(ini_file)], stdout=subprocess.DEVNULL, stderr=stderr,
                                    **as_postgres)

@@ -1,0 +1,65 @@
+"""The restructuring of issue 25 (settings per area, handles, packages, tooling out of tests) changes nothing Pulumi
+sees: on every stack the same resources under the same URNs and parents, with the same inputs, waits, provider and
+options, the same values in every section of every Helm release, and the same outputs, as the commit before it
+(tests/fixtures/graph-before-restructure.json, recorded by `scripts/record_graph.py cb0376b`). A later change that
+alters the graph on purpose names what it changes in LATER_CHANGES, with why."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+import plan
+from mock_engine import REPO, STACKS
+from support.graph import stack_fingerprint
+
+FIXTURE = REPO / "tests" / "fixtures" / "graph-before-restructure.json"
+
+# Changes made on purpose since the recording, per stack: resource name -> the parts that changed.
+LATER_CHANGES: dict[str, dict[str, list[str]]] = {stack: {} for stack in STACKS}
+
+
+@pytest.fixture(scope="module")
+def before() -> dict:
+    return json.loads(FIXTURE.read_text())["stacks"]
+
+
+def differences(was: dict, now: dict) -> dict:
+    """What differs, readably: resources gone or added; per resource the parts that changed; per release the
+    values sections that changed; the outputs."""
+    name = lambda urn: urn.rsplit("::", 1)[1]  # noqa: E731
+    found: dict = {}
+    gone, added = set(was["resources"]) - set(now["resources"]), set(now["resources"]) - set(was["resources"])
+    if gone or added:
+        found["resources gone"], found["resources added"] = sorted(map(name, gone)), sorted(map(name, added))
+    for urn in set(was["resources"]) & set(now["resources"]):
+        parts = [part for part, value in was["resources"][urn].items() if now["resources"][urn][part] != value]
+        if parts:
+            found[name(urn)] = parts
+    for urn in set(was["releases"]) & set(now["releases"]):
+        sections = sorted(key for key in set(was["releases"][urn]) | set(now["releases"][urn])
+                          if was["releases"][urn].get(key) != now["releases"][urn].get(key))
+        if sections:
+            found[f"{name(urn)} values"] = sections
+    if was["outputs"] != now["outputs"]:
+        found["outputs"] = ["changed"]
+    return found
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_restructuring_changes_nothing_pulumi_sees(before, stack):
+    now = stack_fingerprint(plan.stack_document(stack))
+    assert differences(before[stack], now) == LATER_CHANGES[stack]
+
+
+def test_the_comparison_sees_a_change_in_one_section_of_the_airflow_values(before):
+    doc = plan.stack_document("prod-managed")
+    release = next(r for r in doc["helmReleases"] if r["release"] == "airflow")
+    resource = next(r for r in doc["resources"] if r["urn"] == release["urn"])
+    changed = copy.deepcopy(doc)
+    next(r for r in changed["helmReleases"] if r["urn"] == release["urn"])["values"]["workers"]["replicas"] += 1
+    next(r for r in changed["resources"] if r["urn"] == release["urn"])["inputs"]["values"]["workers"]["replicas"] += 1
+    assert differences(before["prod-managed"], stack_fingerprint(changed)) == {
+        **LATER_CHANGES["prod-managed"], resource["name"]: ["inputs"], f"{resource['name']} values": ["workers"]}
