@@ -81,6 +81,8 @@ LATER_CHANGES = {
     # the execution API the workers, statsd Airflow's long-running components.
     **{f"security-airflow-to-{flow}": ["inputs"] for flow in ("api-server-egress", "redis-egress", "redis-ingress",
                                                               "statsd-egress")},
+    # The alert runbooks moved from the README to docs/alerts.md (every rule's runbook_url).
+    **{f"observability-rules-{area}": ["inputs"] for area in ("airflow", "postgresql", "redis", "platform")},
     # Kubernetes 1.35: 1.34 left EKS's standard support on 2026-12-02 (the control plane and the node groups).
     **{name: ["inputs"] for name in ("cluster-eks", "cluster-system", "cluster-workers")},
 }
@@ -150,7 +152,7 @@ def test_karpenter_changes_what_it_means_to_and_nothing_else(before, stack):
         **{name: LATER_CHANGES[name] for name in ("cluster-s3", "database-cluster", "database-metadata-connection",
                                                   "database-pooler")},
         **{name: parts for name, parts in LATER_CHANGES.items()
-           if name.startswith(("storage-", "security-operator-", "security-airflow-to-"))},
+           if name.startswith(("storage-", "security-operator-", "security-airflow-to-", "observability-rules-"))},
         **{name: LATER_CHANGES[name] for name in ("cluster-eks", "cluster-system", "database-cloudnative-pg",
                                                   "observability-kube-prometheus-stack")},
         **{name: parts for name, parts in LATER_CHANGES_AWS.items() if name not in ("cluster-k8s",

@@ -43,8 +43,8 @@ class ObservabilitySettings(PlatformSettings):
         default="", max_length=256, repr=False, json_schema_extra={"secret": True, "stand_in": "stand-in"},
         description="SMTP password of alert e-mails (set with `pulumi config set --secret`).")
     alert_runbook_base_url: str = Field(
-        default="https://github.com/example/airflow-platform/blob/main/README.md", pattern=r"^https?://\S+$",
-        description="Where the README is published: every alert's runbook_url is this plus the alert's anchor.")
+        default="https://github.com/example/airflow-platform/blob/main/docs/alerts.md", pattern=r"^https?://\S+$",
+        description="Where docs/alerts.md is published: every alert's runbook_url is this plus the alert's anchor.")
     postgres_replication_lag_alert_seconds: int = Field(
         default=300, ge=10, le=86400, description="Replication lag of a standby that raises an alert, in seconds.")
     airflow_queued_alert_minutes: int = Field(
