@@ -84,8 +84,7 @@ observability = Observability("observability", ObservabilityArgs(
     cluster=cluster,
     namespace=namespaces.monitoring,
     certificate_authority=security.certificate_authority,
-    database=settings.database,
-    broker=settings.broker,
+    stores=settings.observed_stores,
     ingress=security.ingress,
     dashboard_namespaces={"cnpg": database.operator_namespace} if database.operator_namespace is not None else {},
 ))

@@ -28,6 +28,7 @@ from components.cluster.capacity_model import WorkerShape, worker_capacity_probl
 from components.cluster.settings import EKS_STANDARD_SUPPORT_ENDS, ClusterSettings, NodeSettings, today
 from components.database.settings import DatabaseSettings
 from components.delivery.settings import DeliverySettings
+from components.observability.alerts import ObservedStores
 from components.observability.settings import ObservabilitySettings
 from components.platform import PROJECT_NAMESPACE, PlatformSettings, SettingsError, aws_name_prefix
 from components.security.network_policies import GIT_SYNC_PRIVATE_PREFIX, NEVER_A_GIT_HOST, NON_PUBLIC_RANGES
@@ -87,6 +88,13 @@ class Settings(ClusterSettings, NodeSettings, SecuritySettings, StorageSettings,
     @property
     def delivery(self) -> DeliverySettings:
         return self.slice(DeliverySettings)
+
+    @property
+    def observed_stores(self) -> ObservedStores:
+        """What Observability's alert thresholds take of the database's and the broker's settings."""
+        return ObservedStores(postgres_instances=self.postgres_instances,
+                              pgbouncer_max_client_connections=self.pgbouncer_max_client_connections,
+                              redis_replicas=self.redis_replicas)
 
 
 def _fields_in_reference_order() -> list[tuple[str, Any]]:

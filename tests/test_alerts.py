@@ -289,11 +289,10 @@ def test_every_alert_carries_severity_summary_description_and_a_runbook_in_the_a
 
 def test_thresholds_follow_the_settings():
     settings = stack_settings("prod", {"postgresReplicationLagAlertSeconds": 42})
-    lag = next(a for a in alert_groups(settings.observability, settings.database, settings.broker)["postgresql"] if a.name == "PostgresReplicationLagHigh")
+    lag = next(a for a in alert_groups(settings.observability, settings.observed_stores)["postgresql"] if a.name == "PostgresReplicationLagHigh")
     assert "> 42" in lag.expr
     local_settings = stack_settings("local")
-    local = {a.name for a in alert_groups(local_settings.observability, local_settings.database,
-                                           local_settings.broker)["postgresql"]}
+    local = {a.name for a in alert_groups(local_settings.observability, local_settings.observed_stores)["postgresql"]}
     assert "PostgresBackupTooOld" not in local and "PostgresStreamingReplicasMissing" not in local, \
         "a local stack keeps no backups and has one instance"
 

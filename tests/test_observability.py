@@ -296,7 +296,7 @@ def test_every_label_an_airflow_series_is_filtered_by_is_one_the_statsd_mapping_
             labels_of.setdefault(mapping.name, set()).update(mapping.labels, made)
     stacks = [load_settings(stack_settings(stack), stack=stack) for stack in ("local", "prod", "prod-managed")]
     expressions = [alert.expr for settings in stacks
-                   for alerts in alert_groups(settings.observability, settings.database, settings.broker).values()
+                   for alerts in alert_groups(settings.observability, settings.observed_stores).values()
                    for alert in alerts]
 
     def panel_expressions(node):

@@ -18,12 +18,10 @@ import pulumi_random as random
 import yaml
 
 from components import workloads as w
-from components.broker.settings import BrokerSettings
-from components.database.settings import DatabaseSettings
 from components.handles import CertificateAuthority, ClusterHandle, Ingress
 from components.helm import chart_release
 from components.ingress import alb_ingress
-from components.observability.alerts import alert_groups, prometheus_rule_spec
+from components.observability.alerts import ObservedStores, alert_groups, prometheus_rule_spec
 from components.observability.settings import ObservabilitySettings
 from components.pods import resources
 
@@ -234,9 +232,8 @@ class ObservabilityArgs:
     namespace: pulumi.Output[str]
     # cert-manager issues the operator's admission webhook certificate.
     certificate_authority: CertificateAuthority
-    # The alert thresholds follow the database's and the broker's shape (instances, replicas, client limit).
-    database: DatabaseSettings
-    broker: BrokerSettings
+    # The alert thresholds follow the in-cluster stores' shape (instances, replicas, client limit).
+    stores: ObservedStores
     # target=aws: the shared ALB's settings and certificate, for Grafana's Ingress.
     ingress: Optional[Ingress] = None
     # Other namespaces whose dashboard ConfigMaps Grafana loads, by a short name (CloudNativePG's operator's).
@@ -309,7 +306,7 @@ class Observability(pulumi.ComponentResource):
                 api_version="monitoring.coreos.com/v1", kind=monitor["kind"],
                 metadata={"name": monitor["name"], "namespace": args.namespace, "labels": SELECTED},
                 spec=monitor["spec"], opts=with_crds)
-        for area, alerts in alert_groups(settings, args.database, args.broker).items():
+        for area, alerts in alert_groups(settings, args.stores).items():
             k8s.apiextensions.CustomResource(
                 f"{name}-rules-{area}",
                 api_version="monitoring.coreos.com/v1", kind="PrometheusRule",

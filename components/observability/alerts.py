@@ -18,8 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from components import workloads as w
-from components.broker.settings import BrokerSettings
-from components.database.settings import DatabaseSettings
 from components.observability.settings import ObservabilitySettings
 
 AIRFLOW_NS = f'namespace="{w.AIRFLOW_NAMESPACE}"'
@@ -29,6 +27,14 @@ INSTANCES_JOB = f"{w.MONITORING_NAMESPACE}/{w.POSTGRES_CLUSTER}"
 POOLER_JOB = f"{w.MONITORING_NAMESPACE}/{w.POSTGRES_POOLER}"
 # The Airflow chart's PgBouncer (Observability's airflow-pgbouncer monitor), in front of Aurora / RDS.
 CHART_PGBOUNCER_JOB = f"{w.MONITORING_NAMESPACE}/{w.CHART_PGBOUNCER}"
+
+
+@dataclass(frozen=True)
+class ObservedStores:
+    """What the thresholds need to know of the in-cluster stores (Database's and Broker's settings)."""
+    postgres_instances: int
+    pgbouncer_max_client_connections: int
+    redis_replicas: int
 
 
 @dataclass(frozen=True)
@@ -116,9 +122,9 @@ def airflow_alerts(settings: ObservabilitySettings) -> list[Alert]:
     ]
 
 
-def postgres_alerts(settings: ObservabilitySettings, database: DatabaseSettings) -> list[Alert]:
+def postgres_alerts(settings: ObservabilitySettings, stores: ObservedStores) -> list[Alert]:
     cluster = f'cluster="{w.POSTGRES_CLUSTER}"'
-    standbys = database.postgres_instances - 1
+    standbys = stores.postgres_instances - 1
     alerts = [
         # Either PostgreSQL does not answer its instance manager, or the pod cannot be scraped at all.
         Alert("PostgresInstanceDown",
@@ -148,10 +154,10 @@ def postgres_alerts(settings: ObservabilitySettings, database: DatabaseSettings)
               "A PgBouncer pod does not reach PostgreSQL, or none reports: Airflow's database connections fail."),
         Alert("PgBouncerClientConnectionsNearLimit",
               f"max by (pod) (cnpg_pgbouncer_lists_used_clients{{{AIRFLOW_NS}}}) > "
-              f"{int(database.pgbouncer_max_client_connections * 0.9)}",
+              f"{int(stores.pgbouncer_max_client_connections * 0.9)}",
               "10m", "warning", "PgBouncer client connections near max_client_conn",
               f"{{{{ $labels.pod }}}} serves {{{{ $value }}}} clients, above 90 % of "
-              f"pgbouncerMaxClientConnections ({database.pgbouncer_max_client_connections})."),
+              f"pgbouncerMaxClientConnections ({stores.pgbouncer_max_client_connections})."),
     ]
     if standbys > 0:
         alerts.append(Alert(
@@ -185,11 +191,11 @@ def chart_pgbouncer_alerts(settings: ObservabilitySettings) -> list[Alert]:
     ]
 
 
-def redis_alerts(broker: BrokerSettings) -> list[Alert]:
+def redis_alerts(stores: ObservedStores) -> list[Alert]:
     # Only redis-ha's exporter sidecars publish redis_* in the Airflow namespace (a PodMonitor's targets
     # carry no `service` label).
     redis = AIRFLOW_NS
-    replicas = broker.redis_replicas - 1
+    replicas = stores.redis_replicas - 1
     alerts = [
         Alert("RedisNoMaster",
               f'(count(redis_instance_info{{{redis}, role="master"}}) or vector(0)) < 1',
@@ -244,17 +250,16 @@ def platform_alerts(settings: ObservabilitySettings) -> list[Alert]:
     ]
 
 
-def alert_groups(settings: ObservabilitySettings, database: DatabaseSettings,
-                 broker: BrokerSettings) -> dict[str, list[Alert]]:
+def alert_groups(settings: ObservabilitySettings, stores: ObservedStores) -> dict[str, list[Alert]]:
     """Alerts by area; each area becomes one PrometheusRule. The in-cluster engines' rules exist only when those
     engines run: Aurora, RDS and ElastiCache are watched from CloudWatch, outside this platform."""
     groups = {"airflow": airflow_alerts(settings)}
     if settings.managed_database:
         groups["pgbouncer"] = chart_pgbouncer_alerts(settings)
     else:
-        groups["postgresql"] = postgres_alerts(settings, database)
+        groups["postgresql"] = postgres_alerts(settings, stores)
     if not settings.managed_broker:
-        groups["redis"] = redis_alerts(broker)
+        groups["redis"] = redis_alerts(stores)
     groups["platform"] = platform_alerts(settings)
     return groups
 

@@ -11,3 +11,4 @@ from mock_engine import load_stack_config
 def stack_settings(stack: str, overrides: Optional[dict] = None) -> Settings:
     config = {k.split(":", 1)[1]: v for k, v in load_stack_config(stack).items() if k.startswith("airflow:")}
     return load_settings({**config, **(overrides or {})})
+
