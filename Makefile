@@ -1,6 +1,6 @@
 # `make test` sets up everything it needs and runs the tests. Every virtualenv and every Node tool is installed
 # from a lock with the hash of each file (requirements*.txt, tools/node/package-lock.json); `make lock`
-# regenerates the locks from their inputs (*.in, package.json). See README, "Locked installs".
+# regenerates the locks from their inputs (*.in, package.json). See docs/dependencies.md, "Locked installs".
 PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.requirements-installed
@@ -48,7 +48,7 @@ UV_COMPILE = $(UV) pip compile --quiet $(UV_UPGRADE)
 
 # Lint, type checks, then the default tier. mypy (pyproject.toml) checks the program, mock_engine, plan and the
 # scripts, then the policy pack on its own, as `pulumi preview --policy-pack policy` imports it, against its own
-# virtualenv (pulumi-policy). A first run takes minutes (pulumi_aws's types), later ones read .mypy_cache.
+# virtualenv (pulumi-policy). The providers' SDKs are not followed (pyproject.toml): seconds, a few hundred MB.
 test: $(STAMP) $(HELM) $(PGBOUNCER) $(SCAN_STAMP) $(NODE_STAMP) $(POLICY_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
@@ -145,7 +145,7 @@ lock: $(STAMP)
 	cd tools/node && $(if $(filter all,$(UPGRADE)),rm -f package-lock.json && )npm install --package-lock-only \
 	  --no-audit --no-fund$(if $(filter-out all,$(UPGRADE)), && npm update --package-lock-only $(UPGRADE))
 
-# The settings table in README.md and the config block of Pulumi.yaml come from the settings model.
+# The settings table in docs/settings.md and the config block of Pulumi.yaml come from the settings models.
 docs: $(STAMP)
 	$(VENV)/bin/python -m scripts.generate_docs
 

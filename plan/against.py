@@ -39,7 +39,7 @@ def resolve(ref: str) -> str:
 PROGRAM = ("__main__.py", "components", "Pulumi.yaml", "requirements.txt", "policy/config")
 
 
-def document_at(ref: str, commit: str, stack: str) -> Optional[dict]:
+def document_at(ref: str, commit: str, stack: str, secret_digests: bool = False) -> Optional[dict]:
     """The stack as `ref` (resolved to `commit`) defines it: that commit's program and stack file, run by this
     plan in a child process (so its modules never mix with the working tree's). None when the commit has no
     such stack file."""
@@ -59,7 +59,7 @@ def document_at(ref: str, commit: str, stack: str) -> Optional[dict]:
         # The child imports the commit's program first, then this tree's engine (`-P`: nothing else in front,
         # not even the current directory), as the language host imports a program from its project directory.
         child = subprocess.run([sys.executable, "-P", "-m", "plan", "--stack", stack, "--format", "json",
-                                "--root", str(program)], capture_output=True, text=True, cwd=program,
+                                "--root", str(program), *(["--secret-digests"] if secret_digests else [])], capture_output=True, text=True, cwd=program,
                                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1",
                                     "PYTHONPATH": os.pathsep.join((str(program), str(ROOT)))})
         requirements = program / "requirements.txt"

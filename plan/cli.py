@@ -61,6 +61,8 @@ def parse_args(argv: Optional[Iterable[str]] = None) -> argparse.Namespace:
     parser.add_argument("--against", metavar="GIT_REF",
                         help="show what changes from this ref (branch, tag, commit) to the working tree")
     parser.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)  # the program to plan
+    # Digests of the (mock) secret values instead of `[secret]`: for scripts/record_graph.py.
+    parser.add_argument("--secret-digests", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -108,7 +110,7 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
             code = 2 if has_changes(diff) else 0
         else:
             with Progress(f"evaluating stack {args.stack}"):
-                doc = stack_document(args.stack, root)
+                doc = stack_document(args.stack, root, secret_digests=args.secret_digests)
             print({"json": dumps, "text": text_report, "mermaid": mermaid_report}[args.format](doc))
             code = 0
             new_doc = doc

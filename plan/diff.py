@@ -184,8 +184,8 @@ def data_loss_warnings(diff: dict, new_doc: dict) -> list[str]:
         if change["action"] == "replace" and change["type"] == "random:index/randomBytes:RandomBytes" \
                 and change["name"].endswith("fernet-key") and "airflow:previousFernetKey" not in new_doc["settings"]:
             warnings.append(f"{change['name']}: a new Fernet key without airflow:previousFernetKey leaves every "
-                            "connection, variable and trigger encrypted with the old key unreadable (README, Rotate "
-                            "secrets); never lower or remove airflow:fernetKeyRotation")
+                            "connection, variable and trigger encrypted with the old key unreadable (docs/operations.md, "
+                            "Rotate secrets); never lower or remove airflow:fernetKeyRotation")
     return warnings
 
 

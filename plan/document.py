@@ -3,6 +3,7 @@ redacted), options and dependencies, the components, Helm releases, a cold `up`'
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -15,16 +16,21 @@ from plan.common import COMPONENT_PREFIX, HELM_RELEASE, REDACTED, ROOT, PlanErro
 from policy import rules as policy_rules
 
 
-def redact(value: Any) -> Any:
-    """Inputs as plain data: secrets as `[secret]`, string assets as their text."""
+def redact(value: Any, secret_digests: bool = False) -> Any:
+    """Inputs as plain data: secrets as `[secret]`, string assets as their text. With `secret_digests`, a secret is
+    `[secret <digest>]` instead, so a recorded graph sees its value change (under the mocks every secret is a
+    stand-in or a seeded fake, never the stack's own; the digest is kept, not the value)."""
     if mock_engine.is_secret(value):
+        if secret_digests:
+            plain = json.dumps(redact(mock_engine.unwrap(value)), sort_keys=True, default=str)
+            return f"{REDACTED[:-1]} {hashlib.sha256(plain.encode()).hexdigest()[:16]}]"
         return REDACTED
     if isinstance(value, pulumi.StringAsset):
         return {"stringAsset": value.text}
     if isinstance(value, dict):
-        return {k: redact(v) for k, v in value.items()}
+        return {k: redact(v, secret_digests) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [redact(v) for v in value]
+        return [redact(v, secret_digests) for v in value]
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value
@@ -86,9 +92,10 @@ def longest_chain(resources: dict[str, dict]) -> tuple[float, list[str]]:
     return max((finish(urn) for urn in sorted(resources)), key=lambda chain: chain[0], default=(0.0, []))
 
 
-def stack_document(stack: str, root: Path = ROOT, overrides: Optional[dict[str, Any]] = None) -> dict:
+def stack_document(stack: str, root: Path = ROOT, overrides: Optional[dict[str, Any]] = None,
+                   secret_digests: bool = False) -> dict:
     """Run the stack file of the program at `root` under the mocks (with config `overrides`, as the tests
-    give them); everything a reader or a diff needs."""
+    give them); everything a reader or a diff needs (`secret_digests`: see `redact`)."""
     if not (root / f"Pulumi.{stack}.yaml").exists():
         raise PlanError(f"no stack file Pulumi.{stack}.yaml in {root}")
     # A fixed seed: generated values (and what is derived from them) are equal between two runs.
@@ -118,7 +125,7 @@ def stack_document(stack: str, root: Path = ROOT, overrides: Optional[dict[str, 
             "protect": r.protect, "retainOnDelete": r.retain_on_delete,
             "ignoreChanges": sorted(r.ignore_changes), "replaceOnChanges": sorted(r.replace_on_changes),
             "deleteBeforeReplace": r.delete_before_replace, "aliases": sorted(set(r.alias_urns)),
-            "inputs": redact(r.inputs),
+            "inputs": redact(r.inputs, secret_digests),
         }
     for urn, step in steps(resources).items():
         resources[urn]["step"] = step
@@ -186,7 +193,7 @@ def stack_document(stack: str, root: Path = ROOT, overrides: Optional[dict[str, 
         # What paces a cold `up`: the resources that take time on its longest chain (MODELLED_CREATE_MINUTES).
         "coldUp": {"minutes": round(chain_minutes, 1),
                    "chain": [resources[u]["name"] for u in chain if modelled_minutes(resources[u]) >= 1]},
-        "outputs": redact(run.outputs),
+        "outputs": redact(run.outputs, secret_digests),
         "policy": policy_report(run, stack, root),
     }
 

@@ -1,7 +1,7 @@
 """The replacement tables: which input changes make a provider replace a resource (always, or in some cases),
 which inputs are sets, which changes the cloud refuses, and which updates wait for a maintenance window.
 
-README, "Plan a change", lists what is covered.
+docs/delivery.md, "Plan a change offline", lists what is covered.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from plan.common import HELM_RELEASE
 
 # Inputs a provider cannot change in place: a change to any of them (or below them) replaces the resource.
 # From the providers' schemas (ForceNew in terraform-provider-aws 6.x / terraform-provider-random, the
-# forced-replacement tables of pulumi-kubernetes 4.x); README, "Plan a change", lists what is covered.
+# forced-replacement tables of pulumi-kubernetes 4.x); docs/delivery.md, "Plan a change offline", lists what
+# is covered.
 REPLACED_ON_CHANGE: dict[str, tuple[str, ...]] = {
     "pulumi:providers:aws": ("region",),
     "aws:eks/cluster:Cluster": ("name", "roleArn", "bootstrapSelfManagedAddons",

@@ -1,4 +1,4 @@
-"""The platform's policy pack: `pulumi preview --policy-pack policy` (see README, Delivery)."""
+"""The platform's policy pack: `pulumi preview --policy-pack policy` (see docs/delivery.md)."""
 
 from pulumi_policy import PolicyPack
 

@@ -409,7 +409,7 @@ def airflow_images_pinned_by_digest(values: Mapping):
                  if isinstance(image, Mapping) and get(image, "tag") and running.get(name, True)})
     for key, tag in tags.items():
         if not tag or "@sha256:" not in str(tag):
-            yield f"{key} ({tag!r}) has no digest: a re-pushed tag changes what runs (README: Pin images by digest)"
+            yield f"{key} ({tag!r}) has no digest: a re-pushed tag changes what runs (docs/operations.md: Pin images by digest)"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -436,7 +436,7 @@ def stateful_resources_protected(resource: Resource):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Managed data stores (components/rds.py, components/elasticache.py): Aurora or RDS PostgreSQL, ElastiCache.
+# Managed data stores (components/database/managed.py, components/broker/elasticache.py): Aurora or RDS PostgreSQL, ElastiCache.
 
 RDS_INSTANCE = "aws:rds/instance:Instance"
 AURORA_CLUSTER = "aws:rds/cluster:Cluster"

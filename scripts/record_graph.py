@@ -17,7 +17,7 @@ def main(ref: str, out: Path) -> None:
     commit = resolve(ref)
     recorded = {}
     for stack in STACKS:
-        doc = document_at(ref, commit, stack)
+        doc = document_at(ref, commit, stack, secret_digests=True)
         if doc is None:
             raise SystemExit(f"{ref} has no stack file Pulumi.{stack}.yaml")
         recorded[stack] = stack_fingerprint(doc)

@@ -1,4 +1,4 @@
-"""The guard on Celery's result column (components/airflow.py, CELERY_RESULT_GUARD_SQL), on a real PostgreSQL: the
+"""The guard on Celery's result column (components/airflow/values.py, CELERY_RESULT_GUARD_SQL), on a real PostgreSQL: the
 scheduler unpickles `celery_taskmeta.result` when it reads the tasks' states, so what the workers' role may store
 there must be plain data. Pickles of the results Celery and Airflow store pass (made by Python's own pickler at
 every protocol SQLAlchemy's PickleType may use); pickles that would run code when loaded are refused, as are

@@ -1,4 +1,4 @@
-"""The way GitHub's workflows reach the stack (components/delivery.py), checked against the workflows themselves.
+"""The way GitHub's workflows reach the stack (components/delivery/), checked against the workflows themselves.
 
 Every job that runs the Pulumi action is expanded over its matrix; its OIDC subject is derived with GitHub's
 documented rules (docs.github.com, "OpenID Connect reference": a job that references an environment gets

@@ -1,8 +1,9 @@
 """The restructuring of issue 25 (settings per area, handles, packages, tooling out of tests) changes nothing Pulumi
 sees: on every stack the same resources under the same URNs and parents, with the same inputs, waits, provider and
 options, the same values in every section of every Helm release, and the same outputs, as the commit before it
-(tests/fixtures/graph-before-restructure.json, recorded by `scripts/record_graph.py cb0376b`). A later change that
-alters the graph on purpose names what it changes in LATER_CHANGES, with why."""
+(tests/fixtures/graph-before-restructure.json, recorded by `PYTHONPATH=tests python -m scripts.record_graph cb0376b
+tests/fixtures/graph-before-restructure.json`). A later change that alters the graph on purpose names what it
+changes in LATER_CHANGES, with why."""
 
 from __future__ import annotations
 
@@ -60,12 +61,12 @@ def differences(was: dict, now: dict) -> dict:
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_the_restructuring_changes_nothing_pulumi_sees(before, stack):
-    now = stack_fingerprint(plan.stack_document(stack))
+    now = stack_fingerprint(plan.stack_document(stack, secret_digests=True))
     assert differences(before[stack], now) == LATER_CHANGES[stack]
 
 
 def test_the_comparison_sees_a_change_in_one_section_of_the_airflow_values(before):
-    doc = plan.stack_document("prod-managed")
+    doc = plan.stack_document("prod-managed", secret_digests=True)
     release = next(r for r in doc["helmReleases"] if r["release"] == "airflow")
     resource = next(r for r in doc["resources"] if r["urn"] == release["urn"])
     changed = copy.deepcopy(doc)
@@ -73,3 +74,16 @@ def test_the_comparison_sees_a_change_in_one_section_of_the_airflow_values(befor
     next(r for r in changed["resources"] if r["urn"] == release["urn"])["inputs"]["values"]["workers"]["replicas"] += 1
     assert differences(before["prod-managed"], stack_fingerprint(changed)) == {
         **LATER_CHANGES["prod-managed"], resource["name"]: ["inputs"], f"{resource['name']} values": ["workers"]}
+
+
+def test_the_recorded_graph_sees_a_secret_value_change():
+    """Secrets enter the comparison as digests of their (mock) values: a changed password shows, while plan's own
+    output keeps them as `[secret]`."""
+    from mock_engine import SECRET_SIG, SIG_KEY
+    from plan.document import redact
+
+    def secret(value: str) -> dict:
+        return {SIG_KEY: SECRET_SIG, "value": value}
+    assert redact({"password": secret("one")}) == redact({"password": secret("two")}) == {"password": "[secret]"}
+    one, two = redact(secret("one"), secret_digests=True), redact(secret("two"), secret_digests=True)
+    assert one != two and one.startswith("[secret ") and "one" not in one

@@ -271,3 +271,22 @@ def test_the_literal_credential_check_can_fail():
     assert LITERAL_CREDENTIALS[0].search("key: AKIAIOSFODNN7EXAMPLE")
     assert CREDENTIAL_REFERENCE.fullmatch("${{ secrets.A_TOKEN || github.token }}")
     assert not CREDENTIAL_REFERENCE.fullmatch("${{ secrets.A_TOKEN || 'hunter2' }}")
+
+
+def run_steps(workflows) -> list[tuple[str, str]]:
+    return [(f"{name}/{job_name}", step["run"]) for name, doc in workflows.items()
+            for job_name, job in doc["jobs"].items() for step in job.get("steps", []) if "run" in step]
+
+
+def test_no_step_writes_into_a_directory_of_the_checkout(workflows):
+    """A `run:` step is `bash -e`: `mkdir <dir>` of a directory the repository has (a package such as `plan/`)
+    fails the job, and files written there would be uploaded with the source."""
+    tracked = {path.split("/", 1)[0] for path in subprocess.run(
+        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()}
+    made = [(where, directory) for where, script in run_steps(workflows)
+            for directory in re.findall(r"\bmkdir\s+(?!-)([\w./-]+)", script)]
+    assert made, "no step makes a directory: the check would see nothing"
+    assert [(where, d) for where, d in made if d.rstrip("/").split("/", 1)[0] in tracked] == []
+    uploads = [step["with"]["path"] for doc in workflows.values() for job in doc["jobs"].values()
+               for step in job.get("steps", []) if str(step.get("uses", "")).startswith("actions/upload-artifact")]
+    assert uploads and [path for path in uploads if path.rstrip("/").split("/", 1)[0] in tracked] == []

@@ -254,7 +254,7 @@ class Security(pulumi.ComponentResource):
         for index, host in enumerate(args.ingress_hosts):
             # By domain: the validation options are a set, in no particular order.
             validation = certificate.domain_validation_options.apply(
-                lambda options, host=host: next(o for o in options if o.domain_name == host))  # type: ignore[misc]
+                lambda options, host=host: next(o for o in options if o.domain_name == host))
             records.append(aws.route53.Record(
                 # The ingress host's keeps its former name.
                 f"{name}-ingress-validation" + (f"-{index}" if index else ""),
@@ -292,7 +292,7 @@ class Security(pulumi.ComponentResource):
             spec={"isCA": True, "commonName": "airflow-platform-ca", "secretName": ca_secret,
                   "duration": "87600h", "renewBefore": "720h",
                   "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
-                  "issuerRef": {"name": bootstrap.metadata["name"], "kind": "ClusterIssuer",  # type: ignore[attr-defined]
+                  "issuerRef": {"name": bootstrap.metadata["name"], "kind": "ClusterIssuer",
                                 "group": "cert-manager.io"}},
             opts=after_release)
         issuer = k8s.apiextensions.CustomResource(
@@ -301,7 +301,7 @@ class Security(pulumi.ComponentResource):
             metadata={"name": "airflow-platform-ca"}, spec={"ca": {"secretName": ca_secret}},
             opts=pulumi.ResourceOptions.merge(after_release, pulumi.ResourceOptions(depends_on=[ca])))
         self.certificate_authority = CertificateAuthority(cert_manager=cert_manager,
-                                                          issuer_name=issuer.metadata["name"])  # type: ignore[attr-defined]
+                                                          issuer_name=issuer.metadata["name"])
 
 
 def cert_manager_values(ha: bool, placement: Optional[dict] = None) -> dict:

@@ -196,7 +196,7 @@ class Storage(pulumi.ComponentResource):
         if expire_current_after_days is not None:
             rule["expiration"] = {"days": expire_current_after_days}
         aws.s3.BucketLifecycleConfiguration(
-            f"{name}-{purpose}", bucket=bucket.id, rules=[rule],  # type: ignore[list-item]
+            f"{name}-{purpose}", bucket=bucket.id, rules=[rule],
             # Lifecycle rules on noncurrent versions need versioning switched on first.
             opts=pulumi.ResourceOptions.merge(companion, pulumi.ResourceOptions(depends_on=[versioning])))
         return bucket
@@ -237,7 +237,7 @@ class Storage(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions.merge(self._aws, self._keep))
         security_group = aws.ec2.SecurityGroup(
             f"{name}-efs", vpc_id=args.cluster.vpc_id, description="NFS to the Airflow EFS file system, from the nodes only",
-            ingress=[{"protocol": "tcp", "from_port": 2049, "to_port": 2049,  # type: ignore[list-item]
+            ingress=[{"protocol": "tcp", "from_port": 2049, "to_port": 2049,
                       "security_groups": [args.cluster.cluster_security_group_id], "description": "NFS from EKS nodes"}],
             egress=[], opts=self._aws)
         # Named after their zone, so adding or removing a zone touches only its own mount target (EFS allows

@@ -271,7 +271,7 @@ _DATE_FUNCTIONS = {"minute", "hour", "day_of_week", "day_of_month", "day_of_year
 
 
 # Stands for "any label" in a label set: the series of a metric outside the fixture (Airflow's, checked against
-# real Airflow in tests/test_metrics_e2e.py).
+# real Airflow in tests/e2e/test_metrics_e2e.py).
 ANY_LABEL = "*"
 
 

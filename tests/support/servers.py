@@ -240,7 +240,7 @@ def start_pgbouncer(workdir: Path, postgres: PostgresServer, user: str, password
     workdir.mkdir(parents=True, exist_ok=True)
     cert, key = self_signed_certificate(workdir)
     userlist = workdir / "userlist.txt"
-    # The auth file as the program writes PgBouncer's (components/rds.py).
+    # The auth file as the program writes PgBouncer's (components/database/managed.py).
     userlist.write_text(pgbouncer_users(user, password)
                         + "".join(pgbouncer_users(name, secret) for name, secret in (other_users or {}).items()))
     userlist.chmod(0o600)
