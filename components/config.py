@@ -106,11 +106,6 @@ def _fields_in_reference_order() -> list[tuple[str, Any]]:
     return list(seen.items())
 
 
-def config_key(field_name: str) -> str:
-    """The `pulumi config` key of a settings field."""
-    return f"{PROJECT_NAMESPACE}:{Settings.model_fields[field_name].alias}"
-
-
 def _standard_support_problems(settings: Settings) -> list[tuple[str, str]]:
     """EKS upgrades a control plane whose version left standard support by itself (upgrade policy STANDARD); the
     stack's version is then a downgrade it refuses. A version the calendar does not list yet passes."""

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
+from components.handles import ClusterHandle
 
-def cluster_only_security_group(resource_name: str, *, vpc_id: pulumi.Input[str], port: int, what: str,
-                                node_security_group_id: pulumi.Input[str], keep: bool,
+
+def cluster_only_security_group(resource_name: str, *, cluster: ClusterHandle, port: int, what: str, keep: bool,
                                 opts: pulumi.ResourceOptions) -> tuple[aws.ec2.SecurityGroup,
                                                                        aws.vpc.SecurityGroupIngressRule]:
     """A security group admitting `port` from EKS's nodes and pods only (the VPC CNI gives pods the nodes' groups,
@@ -15,6 +16,9 @@ def cluster_only_security_group(resource_name: str, *, vpc_id: pulumi.Input[str]
     data store in it, are created while EKS is; only the rule waits for the cluster's group. `keep`: the group
     stays on `destroy` with the store that uses it (AWS refuses to delete it before); the rule goes, as it names
     the cluster's group, which EKS deletes with the cluster."""
+    if cluster.vpc_id is None or cluster.cluster_security_group_id is None:
+        raise ValueError(f"{what}: a managed store needs the EKS cluster's VPC and security group (target=aws)")
+    vpc_id, node_security_group_id = cluster.vpc_id, cluster.cluster_security_group_id
     group = aws.ec2.SecurityGroup(resource_name, vpc_id=vpc_id, description=f"{what}, from EKS only", egress=[],
                                   opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=keep)))
     rule = aws.vpc.SecurityGroupIngressRule(

@@ -46,8 +46,6 @@ def managed_redis(name: str, settings: BrokerSettings, eks: ClusterHandle, *, au
     """An ElastiCache replication group for Celery's broker, in the cluster's private subnets; `generation` is the
     auth token's (brokerPasswordGeneration)."""
     name_prefix, zones = eks.name_prefix, eks.zones
-    if eks.vpc_id is None or eks.cluster_security_group_id is None:
-        raise ValueError("ElastiCache needs the EKS cluster's VPC and security group")
     protect = settings.protect_stateful_resources
     # Before a destroy (teardown), what AWS will not delete while the kept group uses it is kept with it (Network
     # keeps its subnets).
@@ -56,8 +54,8 @@ def managed_redis(name: str, settings: BrokerSettings, eks: ClusterHandle, *, au
     subnet_group = aws.elasticache.SubnetGroup(f"{name}-broker", name=identifier, subnet_ids=list(eks.private_subnet_ids),
                                                description=f"Airflow {name_prefix}: Celery broker", opts=kept_with)
     security_group, from_cluster = cluster_only_security_group(
-        f"{name}-broker", vpc_id=eks.vpc_id, port=w.REDIS_PORT, what="Redis to the Airflow Celery broker",
-        node_security_group_id=eks.cluster_security_group_id, keep=settings.keeps_managed_stores, opts=opts)
+        f"{name}-broker", cluster=eks, port=w.REDIS_PORT, what="Redis to the Airflow Celery broker",
+        keep=settings.keeps_managed_stores, opts=opts)
     # Named after its family: a new major version makes the next family's group before it drops this one.
     parameters = aws.elasticache.ParameterGroup(
         f"{name}-broker", name=f"{identifier}-{parameter_group_family(settings)}", family=parameter_group_family(settings),

@@ -9,6 +9,7 @@ Either way the component exposes one `kubernetes.Provider` that every later comp
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -77,16 +78,10 @@ class Cluster(pulumi.ComponentResource):
         self._load_balancer_controller: Optional[k8s.helm.v3.Release] = None
         self._partition: Optional[str] = None
         self._account_id: Optional[str] = None
-        self._vpc_id: Optional[pulumi.Output[str]] = None
+        # The VPC, its subnets and endpoints (None locally).
+        self._network: Optional[Network] = None
         self._cluster_security_group_id: Optional[pulumi.Output[str]] = None
         self._default_storage_class_name: Optional[str] = None
-        self._zones: list[str] = []
-        self._private_subnet_ids: list[pulumi.Output[str]] = []
-        self._private_subnet_cidrs: list[str] = []
-        self._public_subnet_cidrs: list[str] = []
-        self._s3_cidrs: list[str] = []
-        self._secrets_manager_endpoint: Optional[aws.ec2.VpcEndpoint] = None
-        self._secrets_manager_cidrs: list[str] = []
         self._provider: k8s.Provider
         self._operators_provider: k8s.Provider
         self._cluster_name: pulumi.Output[str]
@@ -100,7 +95,7 @@ class Cluster(pulumi.ComponentResource):
         self.register_outputs({
             "cluster_name": self._cluster_name,
             "kubeconfig": self.kubeconfig,
-            "vpc_id": self._vpc_id,
+            "vpc_id": self._network.vpc_id if self._network else None,
         })
 
     # --- local -------------------------------------------------------------------------------------
@@ -149,13 +144,7 @@ class Cluster(pulumi.ComponentResource):
         admin_access = build_admin_access(ctx, eks_cluster)
 
         self._cluster_name = eks_cluster.name
-        self._vpc_id = network.vpc_id
-        self._zones, self._private_subnet_ids = network.zones, network.private_subnet_ids
-        self._private_subnet_cidrs = network.private_subnet_cidrs
-        self._public_subnet_cidrs = network.public_subnet_cidrs
-        self._s3_cidrs = network.s3_cidrs
-        self._secrets_manager_endpoint = network.secrets_manager_endpoint
-        self._secrets_manager_cidrs = list(network.secrets_manager_cidrs)
+        self._network = network
         self._cluster_security_group_id = eks_cluster.vpc_config.cluster_security_group_id
         self.kubeconfig = pulumi.Output.secret(kubeconfig(eks_cluster, settings.region))
         # Two providers, so that Pulumi orders the Kubernetes objects against the cluster's own services both ways:
@@ -203,19 +192,23 @@ class Cluster(pulumi.ComponentResource):
                 tolerations.append({**w.WORKER_TAINT, "operator": "Equal"})
             worker_nodes = WorkerNodes(node_selector=dict(w.WORKER_NODES), tolerations=tuple(tolerations),
                                        karpenter=nodes.uses_karpenter, capacity=tuple(self._worker_capacity))
-        return ClusterHandle(
+        handle = ClusterHandle(
             name_prefix=args.name_prefix, region=settings.region, k8s_provider=self._provider,
             operators_provider=self._operators_provider, cluster_name=self._cluster_name,
             kubernetes_service_ip=settings.kubernetes_service_ip,
             # A managed node group balances its subnets: the system nodes span as many zones as they can.
-            system_zones=min(nodes.system_node_count, settings.zone_count) if settings.is_aws else 1,
-            system_nodes=nodes.system_node_count if settings.is_aws else 1,
-            workers=worker_nodes, storage_class_name=self._default_storage_class_name,
-            aws_provider=args.aws_provider, partition=self._partition, account_id=self._account_id,
-            vpc_id=self._vpc_id, vpc_cidr=str(settings.vpc_cidr) if settings.is_aws else None,
-            zones=tuple(self._zones), private_subnet_ids=tuple(self._private_subnet_ids),
-            private_subnet_cidrs=tuple(self._private_subnet_cidrs), public_subnet_cidrs=tuple(self._public_subnet_cidrs),
-            s3_cidrs=tuple(self._s3_cidrs), secrets_manager_endpoint=self._secrets_manager_endpoint,
-            secrets_manager_cidrs=tuple(self._secrets_manager_cidrs),
+            system_zones=min(nodes.system_nodes, settings.zone_count), system_nodes=nodes.system_nodes,
+            workers=worker_nodes, storage_class_name=self._default_storage_class_name)
+        network = self._network
+        if network is None:
+            return handle
+        return dataclasses.replace(
+            handle, aws_provider=args.aws_provider, partition=self._partition, account_id=self._account_id,
+            vpc_id=network.vpc_id, vpc_cidr=str(settings.vpc_cidr), zones=tuple(network.zones),
+            private_subnet_ids=tuple(network.private_subnet_ids),
+            private_subnet_cidrs=tuple(network.private_subnet_cidrs),
+            public_subnet_cidrs=tuple(network.public_subnet_cidrs), s3_cidrs=tuple(network.s3_cidrs),
+            secrets_manager_endpoint=network.secrets_manager_endpoint,
+            secrets_manager_cidrs=network.secrets_manager_cidrs,
             cluster_security_group_id=self._cluster_security_group_id,
             load_balancer_controller=self._load_balancer_controller)

@@ -101,10 +101,8 @@ class Database(pulumi.ComponentResource):
         """Aurora or RDS, PgBouncer's configuration, certificate and metrics login, and the chart values that
         run PgBouncer. Returns where Airflow connects: PgBouncer's Service."""
         settings = args.settings
-        if args.cluster.partition is None or args.cluster.account_id is None or args.storage.kms_key_arn is None \
-                or args.certificate_authority.issuer_name is None:
-            raise ValueError("Database: a managed engine needs the AWS partition and account, the KMS key and the "
-                             "platform CA issuer")
+        if args.storage.kms_key_arn is None:
+            raise ValueError("Database: a managed engine needs the stack's KMS key")
         # The master user's: only the bootstrap Job uses it. RDS refuses `@`, `/`, quotes and spaces in it.
         admin_password: pulumi.Output[str] = pulumi.Output.secret(
             generated_password(f"{name}-admin-password", self, special=True, override_special=RDS_SPECIAL))

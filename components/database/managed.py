@@ -259,8 +259,8 @@ def managed_postgres(name: str, settings: DatabaseSettings, eks: ClusterHandle, 
                      kms_key_arn: pulumi.Input[str], opts: pulumi.ResourceOptions) -> ManagedPostgres:
     """Aurora or RDS PostgreSQL for Airflow's metadata, in the cluster's private subnets."""
     name_prefix, zones = eks.name_prefix, eks.zones
-    if eks.vpc_id is None or eks.cluster_security_group_id is None or eks.account_id is None or eks.partition is None:
-        raise ValueError("Aurora and RDS need the EKS cluster's VPC, security group, account and partition")
+    if eks.account_id is None or eks.partition is None:
+        raise ValueError("Aurora and RDS need the AWS account and partition (target=aws)")
     protect = settings.protect_stateful_resources
     keep = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(protect=protect, retain_on_delete=protect))
     # Before a destroy (teardown), what AWS will not delete while the kept database uses it is kept with it
@@ -270,8 +270,8 @@ def managed_postgres(name: str, settings: DatabaseSettings, eks: ClusterHandle, 
     subnet_group = aws.rds.SubnetGroup(f"{name}-metadata", name=identifier, subnet_ids=list(eks.private_subnet_ids),
                                        description=f"Airflow {name_prefix}: metadata database", opts=kept_with)
     security_group, from_cluster = cluster_only_security_group(
-        f"{name}-metadata", vpc_id=eks.vpc_id, port=w.POSTGRES_PORT, what="PostgreSQL to the Airflow metadata database",
-        node_security_group_id=eks.cluster_security_group_id, keep=settings.keeps_managed_stores, opts=opts)
+        f"{name}-metadata", cluster=eks, port=w.POSTGRES_PORT, what="PostgreSQL to the Airflow metadata database",
+        keep=settings.keeps_managed_stores, opts=opts)
     monitoring_role = aws.iam.Role(
         f"{name}-monitoring", assume_role_policy=service_trust_policy("monitoring.rds.amazonaws.com", eks.account_id),
         opts=opts)
