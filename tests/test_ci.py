@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from mock_engine import REPO
+from support.imports import imported_modules
 
 TESTS = REPO / "tests"
 
@@ -129,16 +130,6 @@ def python_files() -> list[Path]:
     listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard",
                              "*.py"], capture_output=True, check=True).stdout.decode().split("\0")
     return [REPO / name for name in filter(None, listed) if (REPO / name).is_file()]
-
-
-def imported_modules(path: Path) -> set[str]:
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            found.add(node.module)
-    return found
 
 
 def test_no_test_file_imports_another():

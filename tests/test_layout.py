@@ -4,34 +4,22 @@ another component."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import importlib
 import typing
-from pathlib import Path
 
 import pulumi
 import pytest
 
 from components.platform import PlatformSettings
 from mock_engine import REPO
+from support.imports import imported_modules
 
 COMPONENTS = REPO / "components"
 PACKAGES = sorted(path.name for path in COMPONENTS.iterdir() if (path / "__init__.py").exists())
 ARGS = {"cluster": "ClusterArgs", "security": "SecurityArgs", "storage": "StorageArgs", "database": "DatabaseArgs",
         "broker": "BrokerArgs", "airflow": "AirflowReleaseArgs", "observability": "ObservabilityArgs",
         "delivery": "DeliveryArgs"}
-
-
-def imported_modules(path: Path) -> set[str]:
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-            names.update(f"{node.module}.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-    return names
 
 
 def peers_imported(package: str) -> set[str]:

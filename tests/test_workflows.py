@@ -275,7 +275,7 @@ def test_the_literal_credential_check_can_fail():
 
 def run_steps(workflows) -> list[tuple[str, str]]:
     return [(f"{name}/{job_name}", step["run"]) for name, doc in workflows.items()
-            for job_name, job in doc["jobs"].items() for step in job.get("steps", []) if "run" in step]
+            for job_name, job in doc["jobs"].items() for step in steps(job) if "run" in step]
 
 
 def test_no_step_writes_into_a_directory_of_the_checkout(workflows):
@@ -288,5 +288,5 @@ def test_no_step_writes_into_a_directory_of_the_checkout(workflows):
     assert made, "no step makes a directory: the check would see nothing"
     assert [(where, d) for where, d in made if d.rstrip("/").split("/", 1)[0] in tracked] == []
     uploads = [step["with"]["path"] for doc in workflows.values() for job in doc["jobs"].values()
-               for step in job.get("steps", []) if str(step.get("uses", "")).startswith("actions/upload-artifact")]
+               for step in steps(job) if str(step.get("uses", "")).startswith("actions/upload-artifact")]
     assert uploads and [path for path in uploads if path.rstrip("/").split("/", 1)[0] in tracked] == []
